@@ -1,0 +1,75 @@
+"""``python -m fedsim +experiment=NAME [key=value ...]``: run an experiment through Hydra."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fedsim.config import ConfigError, register_configs
+
+log = logging.getLogger("fedsim")
+
+
+def conf_dir() -> Path:
+    """``conf/`` of a clone (or editable install), else the copy shipped as ``fedsim.conf``."""
+    repo = Path(__file__).resolve().parent.parent / "conf"
+    if (repo / "config.yaml").is_file():
+        return repo
+    packaged = Path(__file__).resolve().parent / "conf"
+    if (packaged / "config.yaml").is_file():
+        return packaged
+    from importlib.resources import files
+
+    return Path(str(files("fedsim.conf")))
+
+
+def _preflight(argv: list[str]) -> None:
+    """Report a config that cannot compose in one line, before Hydra prints its longer message."""
+    experiments = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        named = key.lstrip("+~") == "experiment" and value and "," not in value
+        if named and value not in experiments:
+            known = ", ".join(experiments)
+            sys.exit(f"error: unknown experiment {value!r} (available: {known})")
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return  # sweeps and Hydra's own flags are Hydra's to check
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            compose(config_name="config", overrides=overrides)
+    except Exception as e:  # any composition failure is reported the same way
+        cause = e.__cause__
+        detail = str(e).strip().splitlines()[0]
+        if cause is not None and str(cause).strip():
+            detail += " " + str(cause).strip().splitlines()[0]
+        sys.exit(f"error: {detail}")
+
+
+@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        from fedsim.app import run_experiment
+
+        run_experiment(cfg, run_dir, conf_dir())
+    except ConfigError as e:
+        log.debug("configuration error", exc_info=True)
+        sys.exit(f"error: {e}")
+    print(f"results: {run_dir}")
+
+
+def main() -> None:
+    register_configs()
+    _preflight(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

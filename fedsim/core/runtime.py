@@ -1,0 +1,143 @@
+"""The one interface both runtimes implement: send work to devices, get results back.
+
+The coordinator and the scenarios are written against :class:`Transport` only. The simulator
+moves a virtual clock through modelled transfers and compute; the real runtime sends the same
+tasks over HTTP and reads the wall clock. Nothing in here may import a runtime: adapters live in
+``fedsim.sim`` and ``fedsim.real``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fedsim.core.events import EventKind, EventLog
+
+NDArrays = dict[str, np.ndarray]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRef:
+    """A published model version as devices see it: what to download and how big it is."""
+
+    name: str
+    version: int
+    nbytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitIns:
+    """Train ``model`` on the device's local data and send the update back."""
+
+    model: ModelRef
+    samples: int
+    epochs: int
+    batch_size: int
+    flops: float
+    update_nbytes: int
+    parameters: NDArrays | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadDataIns:
+    """Ship ``samples`` training samples (``nbytes`` in all) to the server."""
+
+    samples: int
+    nbytes: int
+
+
+Instruction = FitIns | UploadDataIns
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One piece of work for one device."""
+
+    id: str
+    device: int
+    ins: Instruction
+
+
+@dataclass(frozen=True, kw_only=True)
+class Update:
+    """What a device trained: example count, and the arrays when training ran for real.
+
+    A timing-only workload (a large model whose training is modelled, not run) carries no
+    arrays; its update still has a size on the wire and an example count to weight by.
+    """
+
+    num_examples: int
+    nbytes: int
+    parameters: NDArrays | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskResult:
+    """A task's outcome, stamped with the runtime's clock (seconds)."""
+
+    task_id: str
+    device: int
+    started: float
+    finished: float
+    update: Update | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cost:
+    """Work done on one device: arithmetic, memory traffic, bytes written to disk."""
+
+    flops: float = 0.0
+    memory_bytes: float = 0.0
+    disk_bytes: float = 0.0
+
+
+class Transport(abc.ABC):
+    """Sends tasks to devices and collects their results within a deadline.
+
+    ``submit`` starts tasks without waiting; ``wait`` returns results as they arrive. Work the
+    server does itself goes through ``server_work``: the simulator charges its modelled cost to
+    the virtual clock, the real runtime runs it and measures it. Every transfer and compute
+    step is recorded in ``events``, in seconds of the transport's clock.
+    """
+
+    def __init__(self) -> None:
+        self.events = EventLog()
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The runtime's clock in seconds."""
+
+    @abc.abstractmethod
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Start ``tasks``; their results become available to :meth:`wait`."""
+
+    @abc.abstractmethod
+    def wait(self, *, count: int, deadline: float | None = None) -> list[TaskResult]:
+        """Block until ``count`` results are available or the clock reaches ``deadline``.
+
+        Returns the results that arrived (at most ``count``, in arrival order); results that
+        arrive later stay queued for the next call.
+        """
+
+    @abc.abstractmethod
+    def server_work(
+        self, kind: EventKind, cost: Cost, fn: Callable[[], T] | None = None
+    ) -> T | None:
+        """Do work on the server: returns ``fn()``, after the time the work takes."""
+
+    def run(self, tasks: Sequence[Task], *, deadline: float | None = None) -> list[TaskResult]:
+        """Submit ``tasks`` and wait for all of them (or the deadline)."""
+        self.submit(tasks)
+        return self.wait(count=len(tasks), deadline=deadline)

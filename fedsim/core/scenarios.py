@@ -1,0 +1,86 @@
+"""The paper's two ways to train, written against the transport interface.
+
+- cloud-based (``t_ref``): every device ships its training data to the cloud server, which then
+  trains on all of it;
+- client-based (``t_new``): one federated round: the server deploys the model, every device
+  trains on its own data and returns its update, the server aggregates and publishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedsim.core.coordinator import RoundCoordinator, RoundReport
+from fedsim.core.events import EventKind
+from fedsim.core.runtime import (
+    Cost,
+    FitIns,
+    ModelRef,
+    NDArrays,
+    Task,
+    Transport,
+    UploadDataIns,
+)
+from fedsim.core.strategies.fedavg import FedAvg
+from fedsim.core.workload import WorkloadSpec
+
+
+class ScenarioError(RuntimeError):
+    """A scenario could not complete (a device failed where the scenario needs it)."""
+
+
+def cloud_based(transport: Transport, *, clients: Sequence[int], workload: WorkloadSpec) -> float:
+    """Upload every client's shard to the server, then train there; returns the elapsed time."""
+    t0 = transport.now()
+    n = workload.samples_per_device
+    tasks = [
+        Task(
+            id=f"data-d{dev}",
+            device=dev,
+            ins=UploadDataIns(samples=n, nbytes=workload.shard_bytes()),
+        )
+        for dev in clients
+    ]
+    results = transport.run(tasks)
+    failed = {r.device: r.error for r in results if not r.ok}
+    if failed or len(results) < len(tasks):
+        raise ScenarioError(f"data upload failed: {failed or 'results missing'}")
+    samples = n * len(results)
+    transport.server_work(EventKind.TRAIN, Cost(flops=workload.train_flops(samples)))
+    return transport.now() - t0
+
+
+def fit_plan(workload: WorkloadSpec):
+    """The instructions every client gets in the client-based scenario."""
+    n = workload.samples_per_device
+
+    def plan(device: int, model: ModelRef, parameters: NDArrays | None) -> FitIns:
+        return FitIns(
+            model=model,
+            samples=n,
+            epochs=workload.epochs,
+            batch_size=workload.batch_size,
+            flops=workload.train_flops(n),
+            update_nbytes=workload.model.state_bytes,
+            parameters=parameters,
+        )
+
+    return plan
+
+
+def client_based(
+    transport: Transport, *, clients: Sequence[int], workload: WorkloadSpec
+) -> tuple[float, RoundReport]:
+    """One FedAvg round on ``clients``; returns the elapsed time and the round's report."""
+    t0 = transport.now()
+    spec = workload.model
+    coordinator = RoundCoordinator(
+        transport=transport,
+        strategy=FedAvg(),
+        model=ModelRef(name=spec.name, version=0, nbytes=spec.state_bytes),
+        state_values=spec.state_values,
+    )
+    report = coordinator.fit_round(0, clients, fit_plan(workload), min_fit=len(clients))
+    if not report.aggregated:
+        raise ScenarioError(f"federated round failed: {report.failures}")
+    return transport.now() - t0, report

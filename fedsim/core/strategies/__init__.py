@@ -1,0 +1,1 @@
+"""Aggregation strategies: pure numpy over named float32 arrays."""

@@ -1,0 +1,206 @@
+"""Devices, their hardware and links, and the network tree that joins them.
+
+The network is a tree: each device hangs off its group's switch (or off another device, as an IP
+camera hangs off its recorder), and each group's switch hangs off a common backbone through the
+group's uplink. Every physical link is full duplex: it is two directed links, ``up`` (towards the
+backbone) and ``down``, which do not share bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+SERVER = "server"
+TRAINER = "trainer"
+DEVICE = "device"
+ROLES = (SERVER, TRAINER, DEVICE)
+
+MSS_BYTES = 1460  # TCP payload per segment on Ethernet (1500-byte MTU)
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be built; the message names the offending field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardwareProfile:
+    """Compute capability of a device, in base units (FLOP/s, bytes, bytes/s).
+
+    ``peak_flops`` is the total fp32 peak of what trains (all GPUs, or the CPU). Training reaches
+    ``efficiency`` of it; with several accelerators data-parallel training loses a further
+    ``1 - scaling_efficiency``. ``jitter`` is the coefficient of variation of a compute step.
+    """
+
+    name: str
+    description: str = ""
+    peak_flops: float
+    units: int = 1
+    efficiency: float
+    scaling_efficiency: float = 1.0
+    memory_bytes: float
+    memory_bandwidth: float
+    disk_bandwidth: float
+    jitter: float = 0.0
+
+    @property
+    def effective_flops(self) -> float:
+        scaling = self.scaling_efficiency if self.units > 1 else 1.0
+        return self.peak_flops * self.efficiency * scaling
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkProfile:
+    """A kind of link: goodput in bytes/s, one-way latency in s, packet loss, latency jitter."""
+
+    name: str
+    bandwidth: float
+    latency: float
+    loss: float = 0.0
+    latency_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth > 0:
+            raise TopologyError(f"network {self.name}: bandwidth must be > 0")
+        if self.latency < 0 or self.latency_jitter < 0:
+            raise TopologyError(f"network {self.name}: latency must be >= 0")
+        if not 0 <= self.loss < 1:
+            raise TopologyError(f"network {self.name}: loss must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Group:
+    """A network group of Fig. 3(a): devices behind one switch with one uplink."""
+
+    id: int
+    description: str
+    uplink: LinkProfile
+
+
+@dataclass(frozen=True, kw_only=True)
+class Device:
+    """A device of Fig. 3(a). ``attach_to`` is a device id, or None for the group's switch."""
+
+    id: int
+    description: str
+    group: int
+    id_in_group: int
+    role: str
+    hardware: HardwareProfile
+    link: LinkProfile
+    attach_to: int | None = None
+
+
+# Nodes of the network tree: ("device", id), ("switch", group id) and the backbone.
+Node = tuple[str, int]
+BACKBONE: Node = ("backbone", 0)
+# A directed link: (owner node, "up" | "down"); the owner is the lower end of the physical link.
+DirectedLink = tuple[Node, str]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated device tree with routing between any two devices."""
+
+    name: str
+    groups: Mapping[int, Group]
+    devices: Mapping[int, Device]
+    _parent: dict[Node, Node] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parent: dict[Node, Node] = {("switch", g): BACKBONE for g in self.groups}
+        for d in self.devices.values():
+            where = f"topology.devices[id={d.id}]"
+            if d.group not in self.groups:
+                raise TopologyError(f"{where}.group: no group {d.group}")
+            if d.role not in ROLES:
+                raise TopologyError(f"{where}.role: {d.role!r} is not one of {', '.join(ROLES)}")
+            if d.attach_to is None:
+                parent[("device", d.id)] = ("switch", d.group)
+            elif d.attach_to not in self.devices:
+                raise TopologyError(f"{where}.link.to: no device {d.attach_to}")
+            else:
+                parent[("device", d.id)] = ("device", d.attach_to)
+        object.__setattr__(self, "_parent", parent)
+        for d in self.devices.values():
+            self._ancestors(("device", d.id))  # raises on a cycle
+        servers = [d.id for d in self.devices.values() if d.role == SERVER]
+        if len(servers) != 1:
+            raise TopologyError(f"topology.devices: need exactly one server, found {servers}")
+
+    @property
+    def server(self) -> int:
+        return next(d.id for d in self.devices.values() if d.role == SERVER)
+
+    @property
+    def trainers(self) -> list[int]:
+        return [d.id for d in self.devices.values() if d.role == TRAINER]
+
+    def _ancestors(self, node: Node) -> list[Node]:
+        chain = [node]
+        while chain[-1] != BACKBONE:
+            chain.append(self._parent[chain[-1]])
+            if len(chain) > len(self._parent) + 1:
+                raise TopologyError(f"topology: device links form a cycle at {node}")
+        return chain
+
+    def link_profile(self, owner: Node) -> LinkProfile:
+        """The profile of the physical link between ``owner`` and its parent."""
+        kind, ident = owner
+        return self.devices[ident].link if kind == "device" else self.groups[ident].uplink
+
+    def links(self) -> dict[DirectedLink, LinkProfile]:
+        """Every directed link with its profile."""
+        return {(n, d): self.link_profile(n) for n in self._parent for d in ("up", "down")}
+
+    def path(self, src: int, dst: int) -> list[DirectedLink]:
+        """Directed links from device ``src`` to device ``dst``: up to the meeting point, down."""
+        for end in (src, dst):
+            if end not in self.devices:
+                raise TopologyError(f"no device {end}")
+        up = self._ancestors(("device", src))
+        down = self._ancestors(("device", dst))
+        meet = next(n for n in up if n in set(down))
+        hops = [(n, "up") for n in up[: up.index(meet)]]
+        hops += [(n, "down") for n in reversed(down[: down.index(meet)])]
+        return hops
+
+    def latency(self, path: list[DirectedLink]) -> float:
+        return sum(self.link_profile(n).latency for n, _ in path)
+
+    def flow_cap(self, path: list[DirectedLink]) -> float:
+        """The rate one TCP flow can reach on a lossy path (Mathis et al., CCR 1997).
+
+        Throughput <= MSS / RTT * sqrt(3 / (2 p)); infinite when the path loses nothing.
+        """
+        keep = math.prod(1.0 - self.link_profile(n).loss for n, _ in path)
+        loss = 1.0 - keep
+        rtt = 2 * self.latency(path)
+        if loss <= 0 or rtt <= 0:
+            return math.inf
+        return MSS_BYTES / rtt * math.sqrt(3.0 / (2.0 * loss))
+
+
+def map_profiles(
+    topology: Topology,
+    *,
+    hardware: Callable[[HardwareProfile], HardwareProfile] = lambda h: h,
+    link: Callable[[LinkProfile], LinkProfile] = lambda p: p,
+) -> Topology:
+    """A copy of ``topology`` with every hardware and link profile passed through a function."""
+    groups = {g.id: replace(g, uplink=link(g.uplink)) for g in topology.groups.values()}
+    devices = {
+        d.id: replace(d, hardware=hardware(d.hardware), link=link(d.link))
+        for d in topology.devices.values()
+    }
+    return Topology(topology.name, groups, devices)
+
+
+def without_jitter(topology: Topology) -> Topology:
+    """The same topology with its random variation switched off: expected times only."""
+    return map_profiles(
+        topology,
+        hardware=lambda h: replace(h, jitter=0.0),
+        link=lambda p: replace(p, latency_jitter=0.0),
+    )

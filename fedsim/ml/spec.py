@@ -1,0 +1,148 @@
+"""Measured ``ModelSpec``s, served from caches so a run does not rebuild the model.
+
+``model_spec`` looks in the packaged cache (``specs/model_specs.json``, committed and checked
+against a fresh measurement by a test), then in the user cache (``cache_dir``, else
+``$FEDSIM_CACHE_DIR``, else ``~/.cache/fedsim``); a miss is measured and added to the user
+cache. torch is imported only to measure, so a cache hit costs no torch import.
+
+``python -m fedsim.ml.spec --refresh`` measures the packaged entries again and rewrites the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedsim.core.workload import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# Name -> "module:class", resolved on demand so that naming a model does not import torch.
+MODELS = {"yolov4": "fedsim.ml.yolov4:YOLOv4"}
+
+PACKAGED_CACHE = Path(__file__).with_name("specs") / "model_specs.json"
+PACKAGED_ENTRIES = (("yolov4", 608, 80), ("yolov4", 512, 80))
+CACHE_FILE_NAME = "model_specs.json"
+CACHE_DIR_ENV = "FEDSIM_CACHE_DIR"
+
+_Key = tuple[str, int, int]
+
+
+def model_spec(
+    name: str, *, input_size: int, num_classes: int, cache_dir: str | os.PathLike | None = None
+) -> ModelSpec:
+    """The spec of model ``name`` at ``input_size``, from a cache or measured and cached."""
+    _check_known(name)
+    key = (name, input_size, num_classes)
+    spec = _read_cache(PACKAGED_CACHE).get(key)
+    if spec is not None:
+        return spec
+    user_cache = user_cache_path(cache_dir)
+    specs = _read_cache(user_cache)
+    spec = specs.get(key)
+    if spec is None:
+        spec = measure_model_spec(name, input_size=input_size, num_classes=num_classes)
+        specs[key] = spec
+        _write_cache(user_cache, specs)
+    return spec
+
+
+def measure_model_spec(name: str, *, input_size: int, num_classes: int) -> ModelSpec:
+    """Build model ``name`` and count its state and its per-sample FLOPs at ``input_size``."""
+    _check_known(name)
+    import torch
+
+    try:
+        return _measure(name, input_size, num_classes, torch.device("meta"))
+    except NotImplementedError:
+        # An op without a meta kernel: real compute on the CPU counts the same, only slower.
+        return _measure(name, input_size, num_classes, torch.device("cpu"))
+
+
+def user_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where missed specs are written: ``cache_dir``, ``$FEDSIM_CACHE_DIR`` or ~/.cache/fedsim."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "fedsim"
+    return Path(cache_dir) / CACHE_FILE_NAME
+
+
+def _measure(name: str, input_size: int, num_classes: int, device: torch.device) -> ModelSpec:
+    import torch
+
+    from fedsim.ml import flops
+
+    module_name, class_name = MODELS[name].split(":")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    with torch.device(device):
+        model = model_class(num_classes=num_classes)
+    # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not shipped weights.
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    shape = (1, 3, input_size, input_size)
+    return ModelSpec(
+        name=name,
+        input_size=input_size,
+        num_classes=num_classes,
+        parameters=sum(p.numel() for p in model.parameters()),
+        buffers=buffers,
+        forward_flops=flops.forward_flops(model, shape),
+        train_flops=flops.train_flops(model.train(), shape),
+    )
+
+
+def _check_known(name: str) -> None:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+
+
+def _read_cache(path: Path) -> dict[_Key, ModelSpec]:
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError:
+        # A damaged user cache only costs a re-measurement; it is rewritten on the next miss.
+        return {}
+    specs = (ModelSpec(**entry) for entry in entries)
+    return {(s.name, s.input_size, s.num_classes): s for s in specs}
+
+
+def _write_cache(path: Path, specs: dict[_Key, ModelSpec]) -> None:
+    """Write atomically, so a reader in another process never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [dataclasses.asdict(specs[key]) for key in sorted(specs)]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedsim.ml.spec", description=__doc__)
+    parser.add_argument(
+        "--refresh", action="store_true", help=f"re-measure and rewrite {PACKAGED_CACHE.name}"
+    )
+    args = parser.parse_args(argv)
+    if not args.refresh:
+        parser.error("nothing to do; pass --refresh")
+    specs = {
+        key: measure_model_spec(key[0], input_size=key[1], num_classes=key[2])
+        for key in PACKAGED_ENTRIES
+    }
+    _write_cache(PACKAGED_CACHE, specs)
+    print(f"wrote {len(specs)} specs to {PACKAGED_CACHE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""``report.md``: what was run, Table II beside the paper, workload, breakdown, crossover, plots.
+
+Tables are written by hand as GitHub-flavoured Markdown, so no extra package is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedsim.core.results import ExperimentResult
+from fedsim.report.tables import (
+    SCENARIO_LABELS,
+    crossover_frame,
+    runs_frame,
+    scenario_order,
+    short_number,
+    table_ii,
+)
+
+MB = 1e6  # decimal megabytes, as link bandwidths are decimal megabits
+PLOT_CAPTIONS = {
+    "tref_tnew": "t_ref and t_new: fedsim (mean ± std) beside the paper's Table II",
+    "breakdown": "Where the time goes: mean transfer, compute, aggregation and waiting time",
+    "timeline": "Timeline of one repetition, per device, both scenarios",
+    "crossover": "Time-saving rate over link bandwidth and data per device",
+}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """A Markdown table; ``align`` holds one letter per column, ``l`` or ``r``."""
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = [header, rule, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def _span(first: float, last: float) -> str:
+    return short_number(first) if first == last else f"{short_number(first)}–{short_number(last)}"
+
+
+def _bandwidth_ranges(bandwidths: Sequence[float], grid: Sequence[float]) -> str:
+    """Winning bandwidths as runs of neighbouring grid values, e.g. ``1–10, 100``."""
+    position = {b: i for i, b in enumerate(grid)}
+    runs: list[list[float]] = []
+    for b in bandwidths:
+        if runs and position[b] == position[runs[-1][-1]] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return ", ".join(_span(r[0], r[-1]) for r in runs)
+
+
+def _what_was_run(summary: Mapping[str, Any]) -> str:
+    workload = summary["workload"]
+    clients = ", ".join(str(c) for c in summary["clients"])
+    epochs = workload["epochs"]
+    return (
+        "## What was run\n\n"
+        f"fedsim {summary['fedsim_version']} ran the experiment `{summary['experiment']}` in "
+        f"{summary['mode']} mode on the topology `{summary['topology']}` (server: device "
+        f"{summary['server']}; clients: devices {clients}), {summary['repetitions']} "
+        f"repetitions with seed {summary['seed']}. Each repetition times two scenarios. "
+        "**Cloud-based** (t_ref): every client uploads its "
+        f"{workload['samples_per_device']} local samples of {workload['dataset']['name']} to "
+        f"the server, which trains {workload['model']['name']} on all of them. "
+        "**Client-based** (t_new): one federated round: the server deploys the model, each "
+        f"client trains on its own samples ({epochs} epoch{'s' if epochs != 1 else ''}, batch "
+        f"size {workload['batch_size']}), uploads its update, and the server aggregates. The "
+        "time-saving rate is the paper's formula (1), Δt = (1/n) Σ (t_ref − t_new) / t_ref "
+        "over the n repetitions: positive when client-based training is the faster."
+    )
+
+
+def _table_ii_section(summary: Mapping[str, Any]) -> str:
+    table = table_ii(dict(summary))
+    t_ref, t_new = summary["t_ref_s"], summary["t_new_s"]
+    stds = {"t_ref": t_ref["std"], "t_new": t_new["std"]}
+    names = {
+        "t_ref": "t_ref, cloud-based [s]",
+        "t_new": "t_new, client-based [s]",
+        "time-saving rate": "time-saving rate Δt [%]",
+    }
+    rows = []
+    for quantity, row in table.iterrows():
+        if row["unit"] == "s":
+            rows.append(
+                [
+                    names[quantity],
+                    f"{row['paper']:.2f}",
+                    f"{row['fedsim']:.2f} ± {stds[quantity]:.2f}",
+                    f"{row['difference']:+.2f} s",
+                    f"{100 * row['relative difference']:+.1f} %",
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    names[quantity],
+                    f"{row['paper']:.1f}",
+                    f"{row['fedsim']:.1f}",
+                    f"{row['difference']:+.1f} pp",
+                    "",
+                ]
+            )
+    header = ["", "paper", "fedsim (mean ± std)", "difference", "relative difference"]
+    fedsim_rate = float(summary["time_saving_rate"])
+    paper_rate = float(summary["paper"]["time_saving_rate"])
+    verdict = "faster" if fedsim_rate > 0 else "slower"
+    agreement = (
+        "the same sign as the paper's"
+        if (fedsim_rate > 0) == (paper_rate > 0)
+        else "the opposite sign to the paper's"
+    )
+    return (
+        f"## Table II: average training time over {summary['repetitions']} repetitions\n\n"
+        + _table(header, rows, "lrrrr")
+        + "\n\n"
+        f"fedsim's range over the repetitions: t_ref {t_ref['min']:.2f}–{t_ref['max']:.2f} s, "
+        f"t_new {t_new['min']:.2f}–{t_new['max']:.2f} s. In fedsim, client-based training is "
+        f"{verdict} than cloud-based by {abs(100 * fedsim_rate):.1f} % on average, "
+        f"{agreement}. Δt averages the per-repetition ratios, so it differs slightly from "
+        "the ratio of the mean times."
+        + (
+            '\n\nNote on the paper: its text speaks of "a speed improvement of about 11%", '
+            "but its Table II has t_new > t_ref, which formula (1) turns into a negative rate "
+            f"({100 * paper_rate:.1f} %): in the paper's measurement client-based training was "
+            "the slower one."
+            if paper_rate < 0
+            else ""
+        )
+    )
+
+
+def _workload_section(workload: Mapping[str, Any]) -> str:
+    model, dataset = workload["model"], workload["dataset"]
+    shard_mb = workload["samples_per_device"] * dataset["bytes_per_sample"] / MB
+    rows = [
+        ["model", f"{model['name']}, input {model['input_size']}², {model['num_classes']} classes"],
+        ["parameters", f"{model['parameters']:,}"],
+        ["buffers (BatchNorm statistics)", f"{model['buffers']:,}"],
+        ["state values shipped (parameters + buffers)", f"{model['state_values']:,}"],
+        ["model state, float32 [MB]", f"{model['state_bytes'] / MB:.1f}"],
+        ["forward [GFLOPs per sample]", f"{model['forward_flops'] / 1e9:.1f}"],
+        ["training step [GFLOPs per sample]", f"{model['train_flops'] / 1e9:.1f}"],
+        ["data set", f"{dataset['name']}, {dataset['samples']:,} samples"],
+        ["data set size [GB]", f"{dataset['total_bytes'] / 1e9:.1f}"],
+        ["bytes per sample [kB]", f"{dataset['bytes_per_sample'] / 1e3:.1f}"],
+        ["samples per device", f"{workload['samples_per_device']:,}"],
+        ["data per device [MB]", f"{shard_mb:.2f}"],
+        ["batch size, epochs", f"{workload['batch_size']}, {workload['epochs']}"],
+    ]
+    return (
+        "## Workload\n\n"
+        "Model size and cost are measured from the PyTorch model, not typed in; one "
+        "multiply-add counts as two FLOPs. MB and GB are decimal (10⁶, 10⁹ bytes).\n\n"
+        + _table(["quantity", "value"], rows, "lr")
+    )
+
+
+def _breakdown_section(runs: pd.DataFrame) -> str:
+    order = scenario_order(runs["scenario"])
+    grouped = runs.groupby("scenario")
+    means = grouped.mean(numeric_only=True)
+    stds = grouped["total_s"].std(ddof=0).fillna(0.0)
+    rows = [
+        [
+            SCENARIO_LABELS.get(s, s),
+            f"{means.loc[s, 'total_s']:.2f} ± {stds[s]:.2f}",
+            f"{means.loc[s, 'transfer_s']:.2f}",
+            f"{means.loc[s, 'compute_s']:.2f}",
+            f"{means.loc[s, 'aggregation_s']:.2f}",
+            f"{means.loc[s, 'waiting_s']:.2f}",
+            f"{means.loc[s, 'bytes_moved'] / MB:.1f}",
+        ]
+        for s in order
+    ]
+    header = [
+        "scenario",
+        "total [s]",
+        "transfer [s]",
+        "compute [s]",
+        "aggregation [s]",
+        "waiting [s]",
+        "data moved [MB]",
+    ]
+    return (
+        "## Time breakdown per scenario\n\n"
+        f"Means over {runs['repetition'].nunique()} repetitions of the time on each scenario's "
+        "critical path; transfer + compute + aggregation + waiting = total. Waiting is time on "
+        "the critical path when none of its steps ran (queueing, stragglers).\n\n"
+        + _table(header, rows, "lrrrrrr")
+    )
+
+
+def _assumptions_section(assumptions: Sequence[str]) -> str:
+    if not assumptions:
+        return "## Assumptions\n\nThe run recorded no assumptions."
+    return "## Assumptions\n\n" + "\n".join(f"- {a}" for a in assumptions)
+
+
+def _crossover_rows(
+    crossover: pd.DataFrame, bandwidths: Sequence[float], bytes_per_sample: float
+) -> str:
+    """A table with, per data size of the grid, the bandwidths at which client-based wins."""
+    header = [
+        "data per device [samples]",
+        "data per device [MB]",
+        "client-based wins at [Mb/s]",
+        "Δt over the row [%]",
+    ]
+    rows = []
+    for samples, row in crossover.groupby("samples_per_device"):
+        winning = sorted(row.loc[row["time_saving_rate"] > 0, "bandwidth_mbps"])
+        rate = 100.0 * row["time_saving_rate"]
+        rows.append(
+            [
+                short_number(samples),
+                f"{samples * bytes_per_sample / MB:.2f}",
+                _bandwidth_ranges(winning, bandwidths) if winning else "nowhere",
+                f"{rate.min():,.1f} to {rate.max():,.1f}",
+            ]
+        )
+    return _table(header, rows, "r" * len(header))
+
+
+def _crossover_section(
+    crossover: pd.DataFrame,
+    link: str,
+    current_samples: int,
+    bytes_per_sample: float,
+    summary: Mapping[str, Any],
+) -> str:
+    heading = "## Where client-based training wins\n\n"
+    if crossover.empty:
+        return heading + "No crossover grid was computed for this run."
+    bandwidths = sorted(crossover["bandwidth_mbps"].unique())
+    samples = sorted(crossover["samples_per_device"].unique())
+    rates = 100.0 * crossover["time_saving_rate"]
+    wins = int((crossover["time_saving_rate"] > 0).sum())
+    link_name = f"`{link}`" if link else "the swept link"
+    text = (
+        f"{heading}The grid sweeps the bandwidth of {link_name} over "
+        f"{_span(bandwidths[0], bandwidths[-1])} Mb/s ({len(bandwidths)} values) and the data "
+        f"per device over {_span(samples[0], samples[-1])} samples ({len(samples)} values), "
+        "and compares the expected times of both scenarios at each of its "
+        f"{len(crossover)} points. Client-based training wins (Δt > 0) at {wins} of them."
+    )
+    if wins == 0:
+        best = crossover.loc[crossover["time_saving_rate"].idxmax()]
+        text += (
+            " It does not win anywhere in this grid: Δt ranges from "
+            f"{rates.min():,.1f} % to {rates.max():,.1f} %, closest to a win at "
+            f"{short_number(best['bandwidth_mbps'])} Mb/s with "
+            f"{short_number(best['samples_per_device'])} samples per device. Whether it wins "
+            "outside the grid, this run does not say."
+        )
+    elif wins == len(crossover):
+        text += (
+            f" It wins everywhere in this grid: Δt ranges from {rates.min():,.1f} % to "
+            f"{rates.max():,.1f} %."
+        )
+    else:
+        text += "\n\n" + _crossover_rows(crossover, bandwidths, bytes_per_sample)
+    on_link = (
+        f" and {short_number(summary['crossover_bandwidth_mbps'])} Mb/s on {link_name}"
+        if "crossover_bandwidth_mbps" in summary
+        else ""
+    )
+    text += (
+        f"\n\nThe configuration that was run has {current_samples} samples per device{on_link}; "
+        f"its measured Δt is {100 * float(summary['time_saving_rate']):.1f} %."
+    )
+    return text
+
+
+def _plots_section(plots: Mapping[str, Path]) -> str:
+    if not plots:
+        return "## Plots\n\nNo plots were written."
+    blocks = [
+        f"### {PLOT_CAPTIONS.get(name, name)}\n\n![{name}](plots/{path.name})"
+        for name, path in plots.items()
+    ]
+    return "## Plots\n\n" + "\n\n".join(blocks)
+
+
+def render_report(result: ExperimentResult, plots: Mapping[str, Path]) -> str:
+    """The text of ``report.md``; ``plots`` maps plot names to files inside ``plots/``."""
+    summary = result.summary
+    workload = summary["workload"]
+    sections = [
+        f"# fedsim report: {summary['experiment']}\n\n"
+        "Cloud-based against client-based training time, the comparison of the seed paper's "
+        "Table II.",
+        _what_was_run(summary),
+        _table_ii_section(summary),
+        _workload_section(workload),
+        _breakdown_section(runs_frame(result.runs)),
+        _assumptions_section(result.assumptions),
+        _crossover_section(
+            crossover_frame(result.crossover),
+            result.crossover_link,
+            workload["samples_per_device"],
+            workload["dataset"]["bytes_per_sample"],
+            summary,
+        ),
+        _plots_section(plots),
+    ]
+    return "\n\n".join(sections) + "\n"

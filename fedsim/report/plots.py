@@ -1,0 +1,371 @@
+"""The four plots of a run, as PNG files: Table II bars, time breakdown, a timeline, crossover.
+
+Each function takes tables or the summary and an output path, writes the PNG and returns the
+path. Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas rather than through
+``pyplot``: nothing is registered in pyplot's global figure list, so nothing is left open to
+leak across a sweep of runs, and no GUI backend is ever chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import CenteredNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from fedsim.core.events import EventKind
+from fedsim.report.tables import SCENARIO_LABELS, scenario_order, short_number
+
+log = logging.getLogger(__name__)
+
+DPI = 120
+PAPER_COLOR = "0.65"
+FEDSIM_COLOR = "tab:blue"
+# The breakdown's colours echo the timeline's: compute green as train, aggregation purple.
+PARTS = {
+    "transfer_s": ("transfer", "tab:blue"),
+    "compute_s": ("compute", "tab:green"),
+    "aggregation_s": ("aggregation", "tab:purple"),
+    "waiting_s": ("waiting", "0.75"),
+}
+KIND_COLORS = {
+    EventKind.DATA_UPLOAD.value: "tab:red",
+    EventKind.MODEL_DOWNLOAD.value: "tab:blue",
+    EventKind.UPDATE_UPLOAD.value: "tab:cyan",
+    EventKind.TRAIN.value: "tab:green",
+    EventKind.AGGREGATE.value: "tab:purple",
+    EventKind.PUBLISH.value: "tab:olive",
+}
+UNKNOWN_KIND_COLOR = "0.5"
+RATE_SCALE_LIMIT = 100.0  # percent; see _diverging
+GRID_TICKS_MAX = 7  # beyond this many grid values, tick labels would collide
+
+
+def _figure(**kwargs: Any) -> Figure:
+    fig = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_tref_tnew(summary: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: the paper's t_ref and t_new beside fedsim's mean with std error bars."""
+    paper = summary["paper"]
+    paper_values = [paper["t_ref_s"], paper["t_new_s"]]
+    means = [summary["t_ref_s"]["mean"], summary["t_new_s"]["mean"]]
+    stds = [summary["t_ref_s"]["std"], summary["t_new_s"]["std"]]
+    x = np.arange(2)
+    width = 0.38
+
+    fig = _figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    paper_bars = ax.bar(x - width / 2, paper_values, width, color=PAPER_COLOR, label="paper")
+    fedsim_bars = ax.bar(
+        x + width / 2,
+        means,
+        width,
+        yerr=stds,
+        capsize=5,
+        color=FEDSIM_COLOR,
+        label=f"fedsim (mean ± std, {summary['repetitions']} repetitions)",
+    )
+    # bar_label puts the fedsim labels above the error bars, clear of the caps.
+    ax.bar_label(paper_bars, fmt="{:.2f} s", padding=3)
+    ax.bar_label(fedsim_bars, fmt="{:.2f} s", padding=3)
+    top = max(*paper_values, *(m + s for m, s in zip(means, stds, strict=True)))
+    ax.set_ylim(0, 1.3 * top)
+    ax.set_xticks(x, labels=["t_ref\ncloud-based", "t_new\nclient-based"])
+    ax.set_ylabel("training time [s]")
+    ax.legend(loc="upper left")
+    ax.set_title(
+        "Table II: training time, paper vs fedsim\n"
+        f"time-saving rate Δt: paper {100 * paper['time_saving_rate']:+.1f} %, "
+        f"fedsim {100 * summary['time_saving_rate']:+.1f} %",
+        fontsize=11,
+    )
+    return _save(fig, path)
+
+
+def plot_breakdown(runs: pd.DataFrame, path: Path) -> Path:
+    """Stacked bars per scenario: mean transfer, compute, aggregation and waiting time."""
+    order = scenario_order(runs["scenario"])
+    grouped = runs.groupby("scenario")
+    means = grouped[list(PARTS)].mean().reindex(order)
+    total_mean = grouped["total_s"].mean().reindex(order).to_numpy()
+    total_std = grouped["total_s"].std(ddof=0).reindex(order).fillna(0.0).to_numpy()
+    x = np.arange(len(order))
+
+    fig = _figure(figsize=(7.2, 4.8))
+    ax = fig.add_subplot()
+    bottom = np.zeros(len(order))
+    for column, (label, color) in PARTS.items():
+        values = means[column].to_numpy()
+        bars = ax.bar(x, values, 0.55, bottom=bottom, color=color, label=label)
+        # Only segments tall enough to hold their number get one.
+        texts = [f"{v:.2f}" if v >= 0.06 * total_mean.max() else "" for v in values]
+        ax.bar_label(bars, labels=texts, label_type="center", fontsize=9)
+        bottom += values
+    ax.errorbar(x, total_mean, yerr=total_std, fmt="none", ecolor="black", capsize=5)
+    for xi, m, s in zip(x, total_mean, total_std, strict=True):
+        ax.annotate(
+            f"total {m:.2f} ± {s:.2f} s",
+            (xi, m + s),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+        )
+    ax.set_xticks(x, labels=[SCENARIO_LABELS.get(s, s) for s in order])
+    ax.set_ylim(0, 1.15 * (total_mean + total_std).max())
+    ax.set_ylabel("mean time on the critical path [s]")
+    ax.set_title(f"Where the time goes (mean over {runs['repetition'].nunique()} repetitions)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _device_label(device: int, server: int | None) -> str:
+    return f"device {device} (server)" if device == server else f"device {device}"
+
+
+def plot_timeline(
+    events: pd.DataFrame, path: Path, *, repetition: int = 0, server: int | None = None
+) -> Path:
+    """Gantt chart of one repetition: a row per device, a subplot per scenario, shared x."""
+    rep = events[events["repetition"] == repetition]
+    if rep.empty:
+        log.warning("no events for repetition %d: the timeline is empty", repetition)
+        fig = _figure(figsize=(8.0, 2.5))
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"no events recorded for repetition {repetition}", ha="center")
+        return _save(fig, path)
+
+    order = scenario_order(rep["scenario"])
+    devices = {s: sorted(rep.loc[rep["scenario"] == s, "device"].unique()) for s in order}
+    rows = [len(devices[s]) for s in order]
+    fig = _figure(figsize=(9.0, 1.6 + 0.45 * sum(rows) + 0.5 * len(order)))
+    axes = fig.subplots(
+        len(order), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": rows}
+    )[:, 0]
+    for ax, scenario in zip(axes, order, strict=True):
+        frame = rep[rep["scenario"] == scenario]
+        for row, device in enumerate(devices[scenario]):
+            for kind, group in frame[frame["device"] == device].groupby("kind"):
+                ax.broken_barh(
+                    list(zip(group["start_s"], group["duration_s"], strict=True)),
+                    (row - 0.35, 0.7),
+                    facecolors=KIND_COLORS.get(kind, UNKNOWN_KIND_COLOR),
+                    edgecolor="black",
+                    linewidth=0.4,
+                )
+        ax.set_yticks(
+            range(len(devices[scenario])),
+            labels=[_device_label(d, server) for d in devices[scenario]],
+        )
+        # First device on top, as one reads a schedule.
+        ax.set_ylim(len(devices[scenario]) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(
+            f"{SCENARIO_LABELS.get(scenario, scenario)}: ends at {frame['end_s'].max():.2f} s",
+            loc="left",
+            fontsize=10,
+        )
+    axes[-1].set_xlabel("time since the scenario started [s]")
+    axes[-1].set_xlim(left=0)
+
+    present = set(rep["kind"])
+    known = [k.value for k in EventKind if k.value in present]
+    kinds = known + sorted(present - set(known))
+    handles = [
+        Patch(facecolor=KIND_COLORS.get(k, UNKNOWN_KIND_COLOR), edgecolor="black", label=k)
+        for k in kinds
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
+    fig.suptitle(f"Timeline of repetition {repetition}")
+    return _save(fig, path)
+
+
+def _grid_ticks(axis: Any, values: np.ndarray) -> None:
+    """Plain-number ticks on a log axis: at the grid values themselves when there are few."""
+    if len(values) <= GRID_TICKS_MAX:
+        axis.set_ticks(values)
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: short_number(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_fractions(values: np.ndarray) -> np.ndarray:
+    """Where grid values sit along a log axis spanning them, from 0 to 1."""
+    logs = np.log(values)
+    span = logs[-1] - logs[0]
+    return (logs - logs[0]) / span if span > 0 else np.full(len(values), 0.5)
+
+
+def _label_region(
+    ax: Any, inside: np.ndarray, outside: np.ndarray, xs: np.ndarray, ys: np.ndarray, text: str
+) -> None:
+    """Write ``text`` on the grid cells ``inside`` (rows: ys, columns: xs).
+
+    The label goes on the inside cell farthest from any ``outside`` cell, so it sits deep in its
+    region rather than on the break-even line; it is kept off the edges to stay in the axes.
+    """
+    x, y = 0.5, 0.5  # the whole grid is one region
+    if outside.any():
+        fx, fy = np.meshgrid(_log_fractions(xs), _log_fractions(ys))
+        ix, iy = fx[inside], fy[inside]
+        clearance = np.min(
+            (ix[:, None] - fx[outside]) ** 2 + (iy[:, None] - fy[outside]) ** 2, axis=1
+        )
+        best = int(np.argmax(clearance))
+        x, y = float(np.clip(ix[best], 0.15, 0.85)), float(np.clip(iy[best], 0.08, 0.92))
+    ax.text(
+        x,
+        y,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        fontweight="bold",
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+    )
+
+
+def _diverging(low: float, high: float) -> tuple[CenteredNorm, np.ndarray, str]:
+    """A norm with white at 0, contour levels at round numbers, and which ends to extend.
+
+    The scale is symmetric and stops at ±100 %: a rate cannot exceed 100 %, while below it is
+    unbounded (client-based ten times slower is -900 %), and letting that stretch the scale
+    would wash out every cell near the crossover, the ones worth reading.
+    """
+    half = min(max(abs(low), abs(high), 1e-9), RATE_SCALE_LIMIT)
+    levels = MaxNLocator(nbins=20, symmetric=True).tick_values(-half, half)
+    under, over = low < levels[0], high > levels[-1]
+    extend = "both" if under and over else "min" if under else "max" if over else "neither"
+    return CenteredNorm(vcenter=0.0, halfrange=levels[-1]), levels, extend
+
+
+def _mark_current(ax: Any, samples: float | None, bandwidth_mbps: float | None) -> None:
+    """The configuration that was run: a point, or a line when its bandwidth is not known."""
+    if samples is not None and bandwidth_mbps is not None:
+        ax.plot(
+            bandwidth_mbps,
+            samples,
+            marker="*",
+            markersize=16,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            label=(
+                f"current: {short_number(bandwidth_mbps)} Mb/s, {short_number(samples)} samples"
+            ),
+        )
+    elif samples is not None:
+        ax.axhline(
+            samples,
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"current data per device: {short_number(samples)} samples",
+        )
+
+
+def plot_crossover(
+    crossover: pd.DataFrame,
+    path: Path,
+    *,
+    link: str = "",
+    current_samples: float | None = None,
+    current_bandwidth_mbps: float | None = None,
+    bytes_per_sample: float | None = None,
+) -> Path | None:
+    """Time-saving rate over link bandwidth x data per device; None (and a warning) if no grid.
+
+    The current configuration is a point when its bandwidth is known, else a line at its data
+    per device. With ``bytes_per_sample`` the right axis gives the data per device in MB.
+    """
+    if crossover.empty:
+        log.warning("no crossover grid in the result: %s not written", path.name)
+        return None
+    grid = crossover.pivot_table(
+        index="samples_per_device",
+        columns="bandwidth_mbps",
+        values="time_saving_rate",
+        aggfunc="mean",
+    )
+    bandwidths = grid.columns.to_numpy(dtype=float)
+    samples = grid.index.to_numpy(dtype=float)
+    rate = np.ma.masked_invalid(100.0 * grid.to_numpy(dtype=float))
+    low, high = float(rate.min()), float(rate.max())
+    norm, levels, extend = _diverging(low, high)
+
+    fig = _figure(figsize=(8.4, 5.8))
+    ax = fig.add_subplot()
+    if len(bandwidths) >= 2 and len(samples) >= 2:
+        filled = ax.contourf(
+            bandwidths, samples, rate, levels=levels, cmap="RdBu", norm=norm, extend=extend
+        )
+        if low < 0.0 < high:
+            ax.contour(bandwidths, samples, rate, levels=[0.0], colors="black", linewidths=1.5)
+            # An inline contour label cuts a gap into a short line; the legend names it instead.
+            ax.plot([], [], color="black", linewidth=1.5, label="Δt = 0: break-even")
+    else:
+        # A sweep along one axis only has no area to fill: show its points.
+        xs, ys = np.meshgrid(bandwidths, samples)
+        filled = ax.scatter(
+            xs.ravel(),
+            ys.ravel(),
+            c=rate.ravel(),
+            cmap="RdBu",
+            norm=norm,
+            s=300,
+            marker="s",
+            edgecolors="black",
+        )
+        ax.margins(0.3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _grid_ticks(ax.xaxis, bandwidths)
+    _grid_ticks(ax.yaxis, samples)
+
+    # Name each side inside it.
+    filled_rate = rate.filled(np.nan)
+    wins, loses = filled_rate > 0.0, filled_rate < 0.0
+    if wins.any():
+        _label_region(ax, wins, loses, bandwidths, samples, "client-based wins")
+    if loses.any():
+        _label_region(ax, loses, wins, bandwidths, samples, "cloud-based wins")
+
+    _mark_current(ax, current_samples, current_bandwidth_mbps)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", ncols=2, fontsize=9)
+
+    ax.set_xlabel(f"bandwidth of {link} [Mb/s]" if link else "link bandwidth [Mb/s]")
+    ax.set_ylabel("data per device [samples]")
+    if bytes_per_sample:
+        megabytes = ax.secondary_yaxis(
+            "right",
+            functions=(
+                lambda s: s * bytes_per_sample / 1e6,
+                lambda mb: mb * 1e6 / bytes_per_sample,
+            ),
+        )
+        megabytes.set_ylabel("data per device [MB]")
+        _grid_ticks(megabytes.yaxis, samples * bytes_per_sample / 1e6)
+    label = "time-saving rate Δt [%]  (> 0: client-based faster)"
+    if extend != "neither":
+        label += f"\nvalues beyond ±{levels[-1]:g} % take the end colour"
+    fig.colorbar(filled, ax=ax, label=label)
+    ax.set_title("Crossover: time-saving rate of client-based over cloud-based training")
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""SimPy runtime: network and compute models, fault injection."""

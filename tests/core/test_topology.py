@@ -1,0 +1,117 @@
+import math
+
+import pytest
+from conftest import hardware, link, star
+
+from fedsim.core.topology import Device, Topology, TopologyError, without_jitter
+
+
+def test_path_goes_up_to_the_meeting_point_and_down():
+    # Prepare: server in group 0, clients 1 and 2 in group 1.
+    t = star(2)
+    # Execute / Assert: client to server crosses both uplinks; client to client stays in group 1.
+    assert t.path(1, 0) == [
+        (("device", 1), "up"),
+        (("switch", 1), "up"),
+        (("switch", 0), "down"),
+        (("device", 0), "down"),
+    ]
+    assert t.path(1, 2) == [(("device", 1), "up"), (("device", 2), "down")]
+    assert t.path(2, 2) == []
+
+
+def test_device_attached_to_another_device():
+    t = star(2)
+    cam = Device(
+        id=9,
+        description="cam",
+        group=1,
+        id_in_group=5,
+        role="device",
+        hardware=hardware(),
+        link=link("cam"),
+        attach_to=2,
+    )
+    t2 = Topology("x", t.groups, {**t.devices, 9: cam})
+    assert t2.path(9, 2) == [(("device", 9), "up")]
+    assert len(t2.path(9, 0)) == 5
+
+
+def test_invalid_topologies_name_the_field():
+    t = star(1)
+    orphan = Device(
+        id=5,
+        description="x",
+        group=7,
+        id_in_group=0,
+        role="device",
+        hardware=hardware(),
+        link=link(),
+    )
+    with pytest.raises(TopologyError, match=r"devices\[id=5\]\.group"):
+        Topology("x", t.groups, {**t.devices, 5: orphan})
+    dangling = Device(
+        id=5,
+        description="x",
+        group=1,
+        id_in_group=0,
+        role="device",
+        hardware=hardware(),
+        link=link(),
+        attach_to=42,
+    )
+    with pytest.raises(TopologyError, match=r"link\.to: no device 42"):
+        Topology("x", t.groups, {**t.devices, 5: dangling})
+    no_server = {k: v for k, v in t.devices.items() if k != 0}
+    with pytest.raises(TopologyError, match="exactly one server"):
+        Topology("x", t.groups, no_server)
+    with pytest.raises(TopologyError, match="bandwidth"):
+        link(mb_per_s=-1)
+
+
+def test_attachment_cycle_is_rejected():
+    t = star(1)
+    a = Device(
+        id=5,
+        description="a",
+        group=1,
+        id_in_group=0,
+        role="device",
+        hardware=hardware(),
+        link=link(),
+        attach_to=6,
+    )
+    b = Device(
+        id=6,
+        description="b",
+        group=1,
+        id_in_group=1,
+        role="device",
+        hardware=hardware(),
+        link=link(),
+        attach_to=5,
+    )
+    with pytest.raises(TopologyError, match="cycle"):
+        Topology("x", t.groups, {**t.devices, 5: a, 6: b})
+
+
+def test_loss_caps_a_flow_by_the_mathis_formula():
+    t = star(1, access=link("lossy", 100, latency_s=0.01, loss=0.01))
+    path = t.path(1, 0)
+    # RTT 20 ms, p = 1%: 1460 / 0.02 * sqrt(1.5 / 0.01) = 894,043 B/s
+    assert t.flow_cap(path) == pytest.approx(1460 / 0.02 * math.sqrt(150), rel=1e-9)
+    assert star(1).flow_cap(path) == math.inf
+
+
+def test_without_jitter_clears_every_profile():
+    t = star(2)
+    noisy = Topology(
+        t.name,
+        t.groups,
+        {
+            k: d.__class__(**{**d.__dict__, "hardware": hardware(jitter=0.3)})
+            for k, d in t.devices.items()
+        },
+    )
+    calm = without_jitter(noisy)
+    assert all(d.hardware.jitter == 0 for d in calm.devices.values())

@@ -1,0 +1,322 @@
+"""FlowNetwork: max-min sharing of directed links, latency, caps, and scale."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import simpy
+
+from fedsim.sim.maxmin import NaiveFlowNetwork, max_min_rates
+from fedsim.sim.network import FlowNetwork, FlowRecord
+
+MB = 1e6
+
+
+def _ends(events: list[simpy.Event]) -> list[float]:
+    return [event.value.end for event in events]
+
+
+def test_two_flows_on_one_link_end_together() -> None:
+    # Prepare
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity={"l": 100 * MB}, latency={"l": 0.01})
+
+    # Execute
+    events = [net.transfer(["l"], 100 * MB), net.transfer(["l"], 100 * MB)]
+    env.run()
+
+    # Assert
+    assert events[0].value == events[1].value == FlowRecord(0, 2.01, 100 * MB)
+
+
+def test_flow_limited_by_its_access_link_leaves_the_rest_to_others() -> None:
+    # Prepare
+    env = simpy.Environment()
+    capacity = {"shared": 100 * MB, "slow": 10 * MB, "a": 1e9, "b": 1e9, "c": 1e9}
+    net = FlowNetwork(env, capacity=capacity)
+
+    # Execute
+    slow = net.transfer(["slow", "shared"], 100 * MB)
+    others = [net.transfer([access, "shared"], 60 * MB) for access in "abc"]
+    env.run(until=1)
+    rates = net.rates()
+    env.run()
+
+    # Assert: the others get (100 - 10) / 3 MB/s each, the slow flow keeps 10 MB/s.
+    assert rates[slow] == 10 * MB
+    assert [rates[event] for event in others] == [30 * MB] * 3
+    assert _ends(others) == [2.0] * 3
+    assert slow.value.end == 10.0
+
+
+@pytest.mark.parametrize("same_path", [True, False], ids=["one-bundle", "own-access"])
+def test_ending_flow_frees_bandwidth_for_the_others(same_path: bool) -> None:
+    # Prepare: 300 MB over 100 MB/s; 100 MB left each at 3 s, then 100 MB at 50 MB/s each.
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity={"l": 100 * MB, 0: 1e9, 1: 1e9, 2: 1e9})
+    paths = [["l"]] * 3 if same_path else [[i, "l"] for i in range(3)]
+
+    # Execute
+    events = [
+        net.transfer(path, size * MB) for path, size in zip(paths, [100, 200, 300], strict=True)
+    ]
+    env.run()
+
+    # Assert
+    assert _ends(events) == pytest.approx([3.0, 5.0, 6.0], rel=1e-12)
+
+
+def test_latency_adds_once_per_transfer() -> None:
+    # Prepare
+    env = simpy.Environment()
+    links = {"a": 0.1, "b": 0.2, "c": 0.3}
+    net = FlowNetwork(env, capacity=dict.fromkeys(links, 100 * MB), latency=links)
+
+    # Execute
+    full = net.transfer(["a", "b", "c"], 100 * MB)
+    empty = net.transfer(["a", "b", "c"], 0)
+    local = net.transfer([], 100 * MB)
+    env.run()
+
+    # Assert
+    assert full.value.end == pytest.approx(1.6, rel=1e-12)
+    assert empty.value.end == pytest.approx(0.6, rel=1e-12)
+    assert local.value == FlowRecord(0, 0, 100 * MB)
+
+
+def test_per_flow_cap_leaves_the_rest_to_uncapped_flows() -> None:
+    # Prepare
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity={"l": 100 * MB})
+
+    # Execute
+    capped = net.transfer(["l"], 40 * MB, cap=20 * MB)
+    free = net.transfer(["l"], 80 * MB)
+    env.run(until=0.5)
+    rates = net.rates()
+    env.run()
+
+    # Assert
+    assert rates == {capped: 20 * MB, free: 80 * MB}
+    assert _ends([capped, free]) == [2.0, 1.0]
+
+
+def test_download_and_upload_over_one_physical_link_do_not_share() -> None:
+    # Prepare
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity={("s", "d"): 100 * MB, ("d", "s"): 100 * MB})
+
+    # Execute
+    down = net.transfer([("s", "d")], 100 * MB)
+    up = net.transfer([("d", "s")], 100 * MB)
+    env.run()
+
+    # Assert
+    assert _ends([down, up]) == [1.0, 1.0]
+
+
+def test_counters_follow_active_and_delivered_flows() -> None:
+    # Prepare
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity={"l": 100 * MB}, latency={"l": 0.5})
+    net.transfer(["l"], 100 * MB)
+    net.transfer(["l"], 50 * MB)
+
+    # Execute
+    env.run(until=1)
+    during = (net.active_flows, net.bytes_delivered)
+    env.run()
+
+    # Assert
+    assert during == (2, 0.0)
+    assert (net.active_flows, net.bytes_delivered) == (0, 150 * MB)
+
+
+@pytest.mark.parametrize(
+    ("path", "nbytes", "cap"),
+    [(["l"], -1, math.inf), (["x"], 1, math.inf), (["l", "l"], 1, math.inf), (["l"], 1, 0)],
+    ids=["negative-bytes", "unknown-link", "repeated-link", "zero-cap"],
+)
+def test_transfer_rejects_invalid_requests(path: list[str], nbytes: float, cap: float) -> None:
+    # Prepare
+    net = FlowNetwork(simpy.Environment(), capacity={"l": 1.0})
+
+    # Execute / Assert
+    with pytest.raises(ValueError):
+        net.transfer(path, nbytes, cap=cap)
+
+
+def test_network_rejects_non_positive_capacity() -> None:
+    with pytest.raises(ValueError):
+        FlowNetwork(simpy.Environment(), capacity={"l": 0.0})
+
+
+def test_reference_rates_on_a_textbook_example() -> None:
+    # Prepare: flow 0 crosses both links; link b is also used by two one-hop flows.
+    paths = [("a", "b"), ("a",), ("b",), ("b",)]
+
+    # Execute
+    rates = max_min_rates(paths, {"a": 10.0, "b": 9.0}, [math.inf, math.inf, math.inf, 1.0])
+
+    # Assert: flow 3 is capped at 1, the other b-users split 8, flow 1 takes what is left on a.
+    assert rates == pytest.approx([4.0, 6.0, 4.0, 1.0])
+
+
+def _star(devices: int, server: float, down: float, up: float) -> dict:
+    capacity = {("srv", "sw"): server, ("sw", "srv"): server}
+    for i in range(devices):
+        capacity[("sw", i)] = down
+        capacity[(i, "sw")] = up
+    return capacity
+
+
+@pytest.mark.parametrize("own_access", [True, False], ids=["own-access", "one-bundle"])
+def test_ten_thousand_identical_flows_end_together(own_access: bool) -> None:
+    # Prepare
+    devices, size, server = 10_000, 1 * MB, 1e9
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity=_star(devices, server, 2e9, 2e9))
+
+    # Execute
+    events = [
+        net.transfer([("srv", "sw"), ("sw", i if own_access else 0)], size) for i in range(devices)
+    ]
+    env.run()
+
+    # Assert
+    ends = set(_ends(events))
+    assert len(ends) == 1
+    assert ends.pop() == pytest.approx(devices * size / server, rel=1e-9)
+
+
+def test_ten_thousand_device_round_matches_the_analytic_answer() -> None:
+    # Prepare: downloads share the server link; the uploads' own 1 MB/s links bind, because
+    # the server's 20 GB/s exceed 10,000 x 1 MB/s.
+    devices, size, server, up = 10_000, 1 * MB, 20e9, 1 * MB
+    env = simpy.Environment()
+    net = FlowNetwork(env, capacity=_star(devices, server, 1e9, up))
+    compute = np.random.default_rng(0).uniform(0.1, 2.0, devices)
+    uploads: list[simpy.Event] = []
+
+    def device(i: int):
+        yield net.transfer([("srv", "sw"), ("sw", i)], size)
+        yield env.timeout(compute[i])
+        upload = net.transfer([(i, "sw"), ("sw", "srv")], size)
+        uploads.append(upload)
+        yield upload
+
+    # Execute
+    for i in range(devices):
+        env.process(device(i))
+    env.run()
+
+    # Assert
+    download_end = devices * size / server
+    starts = np.array([u.value.start for u in uploads])
+    ends = np.array(_ends(uploads))
+    assert starts == pytest.approx(download_end + np.sort(compute), rel=1e-9)
+    assert ends == pytest.approx(starts + size / up, rel=1e-9)
+
+
+def _tree_scenario(seed: int) -> tuple[dict, dict, list[tuple[float, tuple, float, float]]]:
+    """A random tree of hosts and random transfers between them, with ties on purpose."""
+    rng = np.random.default_rng(seed)
+    hosts = int(rng.integers(3, 10))
+    parent = {i: int(rng.integers(0, i)) for i in range(1, hosts)}
+    capacity, latency = {}, {}
+    for child, up in parent.items():
+        for link in ((child, up), (up, child)):
+            capacity[link] = float(rng.choice([1, 2, 5])) * MB
+            latency[link] = float(rng.choice([0.0, 0.01]))
+
+    def to_root(host: int) -> list[int]:
+        chain = [host]
+        while chain[-1]:
+            chain.append(parent[chain[-1]])
+        return chain
+
+    def path(src: int, dst: int) -> tuple:
+        a, b = to_root(src), to_root(dst)
+        while len(a) > 1 and len(b) > 1 and a[-2] == b[-2]:
+            a.pop()
+            b.pop()
+        if a[-1] != b[-1]:
+            raise AssertionError("chains end at the root")
+        hops = a + b[-2::-1]
+        return tuple(itertools.pairwise(hops))
+
+    pairs = [tuple(rng.choice(hosts, 2, replace=False)) for _ in range(4)]
+    flows = []
+    for _ in range(int(rng.integers(5, 40))):
+        src, dst = pairs[rng.integers(len(pairs))] if rng.random() < 0.5 else (0, 0)
+        if src == dst:
+            src, dst = rng.choice(hosts, 2, replace=False)
+        start = float(rng.integers(0, 8)) * 0.5
+        nbytes = float(rng.choice([0, 1 * MB, 2 * MB, rng.uniform(0.1, 3) * MB]))
+        cap = float(rng.choice([math.inf, math.inf, 0.5 * MB, 1 * MB]))
+        flows.append((start, path(int(src), int(dst)), nbytes, cap))
+    return capacity, latency, flows
+
+
+def _simulate(network_type: type, seed: int, check_rates: bool) -> list[float]:
+    capacity, latency, flows = _tree_scenario(seed)
+    env = simpy.Environment()
+    net = network_type(env, capacity=capacity, latency=latency)
+    events: list[simpy.Event | None] = [None] * len(flows)
+    spec: dict[simpy.Event, tuple] = {}
+
+    def launch(i: int, start: float, path: tuple, nbytes: float, cap: float):
+        yield env.timeout(start)
+        events[i] = net.transfer(path, nbytes, cap=cap)
+        spec[events[i]] = (path, cap)
+
+    for i, flow in enumerate(flows):
+        env.process(launch(i, *flow))
+    while env.peek() < math.inf:
+        env.step()
+        if check_rates:
+            rates = net.rates()
+            paths, caps = zip(*(spec[e] for e in rates), strict=True) if rates else ((), ())
+            expected = max_min_rates(list(paths), capacity, list(caps))
+            assert list(rates.values()) == pytest.approx(expected, rel=1e-9)
+    return _ends(events)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_rates_and_end_times_match_the_reference_on_random_trees(seed: int) -> None:
+    # Execute: rates are checked against max_min_rates after every simulation step.
+    fast = _simulate(FlowNetwork, seed, check_rates=True)
+    naive = _simulate(NaiveFlowNetwork, seed, check_rates=False)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
+
+
+def test_jittered_round_matches_the_naive_simulator() -> None:
+    # Prepare: a congested server link in both directions, uploads at distinct times.
+    devices, size = 300, 5 * MB
+    compute = np.random.default_rng(1).lognormal(0.0, 0.5, devices)
+
+    def run(network_type: type) -> list[float]:
+        env = simpy.Environment()
+        net = network_type(env, capacity=_star(devices, 100 * MB, 2 * MB, 1 * MB))
+        ends = [0.0] * devices
+
+        def device(i: int):
+            yield net.transfer([("srv", "sw"), ("sw", i)], size)
+            yield env.timeout(compute[i])
+            ends[i] = (yield net.transfer([(i, "sw"), ("sw", "srv")], size)).end
+
+        for i in range(devices):
+            env.process(device(i))
+        env.run()
+        return ends
+
+    # Execute
+    fast, naive = run(FlowNetwork), run(NaiveFlowNetwork)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9)

@@ -1,0 +1,125 @@
+"""The SimPy runtime: compute model, scenario timings derived by hand, determinism."""
+
+import numpy as np
+import pytest
+from conftest import hardware, link, star
+
+from fedsim.core.events import EventKind
+from fedsim.core.experiment import compare
+from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
+from fedsim.core.scenarios import client_based, cloud_based
+from fedsim.core.workload import DatasetSpec, ModelSpec, WorkloadSpec
+from fedsim.sim.compute import compute_seconds, jitter_factor
+from fedsim.sim.runtime import SimTransport
+
+MB = 1e6
+
+
+def workload(samples=10, train_gflops=100.0, values=25_000_000):
+    model = ModelSpec(
+        name="m",
+        input_size=32,
+        num_classes=10,
+        parameters=values,
+        buffers=0,
+        forward_flops=int(train_gflops * 1e9 / 3),
+        train_flops=int(train_gflops * 1e9),
+    )
+    data = DatasetSpec(name="d", samples=1000, total_bytes=int(1000 * MB))  # 1 MB per sample
+    return WorkloadSpec(
+        model=model, dataset=data, samples_per_device=samples, batch_size=10, epochs=1
+    )
+
+
+def test_compute_time_scales_with_flops():
+    hw = hardware(tflops=2.0)
+    assert compute_seconds(Cost(flops=4e12), hw) == pytest.approx(2.0)
+    assert compute_seconds(Cost(flops=8e12), hw) == pytest.approx(
+        2 * compute_seconds(Cost(flops=4e12), hw)
+    )
+    # Memory-bound work takes bytes / bandwidth when that is the larger ceiling.
+    assert compute_seconds(Cost(flops=1.0, memory_bytes=20e9), hw) == pytest.approx(2.0)
+    assert compute_seconds(Cost(disk_bytes=1e9), hw) == pytest.approx(1.0)
+
+
+def test_jitter_has_mean_one_and_the_profiles_spread():
+    rng = np.random.default_rng(0)
+    draws = np.array([jitter_factor(rng, 0.1) for _ in range(20000)])
+    assert draws.mean() == pytest.approx(1.0, abs=0.005)
+    assert draws.std() == pytest.approx(0.1, abs=0.005)
+    assert jitter_factor(rng, 0.0) == 1.0
+
+
+def test_cloud_based_time_is_upload_then_server_training():
+    # Prepare: 2 clients with 10 MB each behind a 10 MB/s shared uplink with 5 ms latency;
+    # the server trains 20 samples x 100 GFLOP at 10 TFLOP/s.
+    topo = star(2, uplink=link("up", 10.0, latency_s=0.005))
+    tr = SimTransport(topo, seed=0)
+    # Execute
+    t = cloud_based(tr, clients=[1, 2], workload=workload())
+    # Assert: 20 MB through 10 MB/s = 2 s (+5 ms), then 2e12 / 1e13 = 0.2 s.
+    assert t == pytest.approx(0.005 + 2.0 + 0.2)
+    kinds = [e.kind for e in tr.events]
+    assert kinds.count(EventKind.DATA_UPLOAD) == 2 and kinds.count(EventKind.TRAIN) == 1
+
+
+def test_client_based_time_is_deploy_train_upload_aggregate_publish():
+    # Prepare: a 100 MB model (25M float32), clients train 10 x 100 GFLOP at 1 TFLOP/s = 1 s.
+    topo = star(2, uplink=link("up", 100.0))
+    tr = SimTransport(topo, seed=0)
+    # Execute
+    t, report = client_based(tr, clients=[1, 2], workload=workload())
+    # Assert: two 100 MB downloads share 100 MB/s: 2 s; train 1 s; two uploads 2 s;
+    # aggregate 3 x 100 MB at 10 GB/s = 0.03 s; publish 100 MB at 1 GB/s = 0.1 s.
+    assert t == pytest.approx(2 + 1 + 2 + 0.03 + 0.1)
+    assert report.aggregated and sorted(report.completed) == [1, 2] and report.version.version == 1
+
+
+def test_deadline_leaves_stragglers_out():
+    # Prepare: client 2 is 10x slower; a round deadline cuts it off.
+    topo = star(2)
+    slow = topo.devices[2].__class__(
+        **{**topo.devices[2].__dict__, "hardware": hardware(tflops=0.1)}
+    )
+    topo = topo.__class__(topo.name, topo.groups, {**topo.devices, 2: slow})
+    tr = SimTransport(topo, seed=0)
+    ref = ModelRef(name="m", version=0, nbytes=1000)
+    tasks = [
+        Task(
+            id=f"t{d}",
+            device=d,
+            ins=FitIns(
+                model=ref, samples=1, epochs=1, batch_size=1, flops=1e12, update_nbytes=1000
+            ),
+        )
+        for d in (1, 2)
+    ]
+    # Execute
+    got = tr.run(tasks, deadline=5.0)
+    # Assert: client 1 needs 1 s, client 2 needs 10 s: only client 1 arrives, at the deadline.
+    assert [r.device for r in got] == [1]
+    assert tr.now() == pytest.approx(5.0)
+    assert [r.device for r in tr.wait(count=1)] == [2]
+
+
+def test_same_seed_same_numbers_different_seed_different_numbers():
+    topo = star(2, uplink=link("up", 50.0))
+    topo = topo.__class__(
+        topo.name,
+        topo.groups,
+        {
+            k: d.__class__(**{**d.__dict__, "hardware": hardware(tflops=1.0, jitter=0.1)})
+            if k
+            else d
+            for k, d in topo.devices.items()
+        },
+    )
+
+    def run(seed):
+        out = compare(
+            topo, workload(), [1, 2], lambda t, s: SimTransport(t, seed=s), repetitions=5, seed=seed
+        )
+        return out.t_ref + out.t_new
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)

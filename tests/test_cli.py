@@ -1,0 +1,152 @@
+"""The main job end to end, as a user runs it: ``python -m fedsim +experiment=imagenet_yolo``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = ROOT.parent / "shared" / "checks" / "run-contract"
+SMALL_GRID = ["crossover.bandwidth_mbps.num=3", "crossover.samples_per_device.num=3"]
+
+
+def fedsim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("results: "), proc.stdout + proc.stderr
+    return Path(last.removeprefix("results: "))
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "imagenet_yolo"
+    proc = fedsim("+experiment=imagenet_yolo", "repetitions=4", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert run_dir_of(proc) == out
+    return out
+
+
+def test_main_job_writes_every_output(main_run: Path):
+    s = json.loads((main_run / "summary.json").read_text())
+    assert s["experiment"] == "imagenet_yolo" and s["mode"] == "sim" and s["repetitions"] == 4
+    assert s["paper"]["t_ref_s"] == 6.02 and s["paper"]["t_new_s"] == 6.72
+    assert s["workload"]["model"]["state_values"] == 64_429_405
+    for key in ("t_ref_s", "t_new_s"):
+        assert s[key]["min"] <= s[key]["mean"] <= s[key]["max"]
+    runs = rows(main_run / "runs.csv")
+    assert len(runs) == 8  # 4 repetitions x 2 scenarios
+    for r in runs:
+        parts = sum(float(r[k]) for k in ("transfer_s", "compute_s", "aggregation_s", "waiting_s"))
+        assert parts == pytest.approx(float(r["total_s"]), rel=1e-9)
+    events = rows(main_run / "events.csv")
+    kinds = {e["kind"] for e in events}
+    assert kinds >= {"data_upload", "model_download", "train", "update_upload", "aggregate"}
+    assert {p.name for p in (main_run / "plots").glob("*.png")} == {
+        "tref_tnew.png",
+        "breakdown.png",
+        "timeline.png",
+        "crossover.png",
+    }
+    assert "6.02" in (main_run / "report.md").read_text()
+
+
+def test_main_job_keeps_the_run_contract(main_run: Path):
+    if not CONTRACT.exists():
+        pytest.skip(f"{CONTRACT} is not there")
+    proc = subprocess.run(
+        [sys.executable, str(CONTRACT), str(main_run)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert "contract kept" in proc.stdout
+
+
+def test_formula_1_in_summary_matches_runs(main_run: Path):
+    s = json.loads((main_run / "summary.json").read_text())
+    runs = rows(main_run / "runs.csv")
+    ref = {r["repetition"]: float(r["total_s"]) for r in runs if r["scenario"] == "cloud_based"}
+    new = {r["repetition"]: float(r["total_s"]) for r in runs if r["scenario"] == "client_based"}
+    rate = sum((ref[k] - new[k]) / ref[k] for k in ref) / len(ref)
+    assert s["time_saving_rate"] == pytest.approx(rate)
+
+
+def test_same_seed_same_numbers(tmp_path: Path):
+    dirs = []
+    for name in ("a", "b"):
+        proc = fedsim(
+            "+experiment=imagenet_yolo",
+            "repetitions=3",
+            "seed=11",
+            *SMALL_GRID,
+            f"hydra.run.dir={tmp_path / name}",
+        )
+        assert proc.returncode == 0, proc.stderr
+        dirs.append(run_dir_of(proc))
+    a, b = (json.loads((d / "summary.json").read_text()) for d in dirs)
+    assert a["t_ref_s"] == b["t_ref_s"] and a["t_new_s"] == b["t_new_s"]
+    assert (dirs[0] / "runs.csv").read_text() == (dirs[1] / "runs.csv").read_text()
+    assert (dirs[0] / "events.csv").read_text() == (dirs[1] / "events.csv").read_text()
+
+
+def test_multirun_sweep_over_link_bandwidth(tmp_path: Path):
+    proc = fedsim(
+        "-m",
+        "+experiment=imagenet_yolo",
+        "network.wan_1g.bandwidth_mbps=10,1000",
+        "repetitions=2",
+        *SMALL_GRID,
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summaries = [json.loads((tmp_path / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    slow, fast = (s["t_new_s"]["mean"] for s in summaries)
+    # 2 x 257.7 MB through a 10 Mb/s uplink takes minutes; through 1 Gb/s about 4 s.
+    assert slow > 400 > 20 > fast
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("network.wan_1g.bandwidth_mbps=-5", "network.wan_1g.bandwidth_mbps"),
+        ("topology.devices.4.hardware=quantum_9000", "topology.devices[4].hardware"),
+        ("topology.devices.7.link.to=42", "topology.devices[7].link.to"),
+        ("experiment.clients=[4,99]", "experiment.clients"),
+        ("workload.model=resnet9000", "workload.model"),
+        ("network.wan_1g.bandwith_mbps=3", "bandwith_mbps"),
+    ],
+)
+def test_bad_configuration_exits_with_one_line(override: str, names: str, tmp_path: Path):
+    proc = fedsim("+experiment=imagenet_yolo", override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and names in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_unknown_experiment_exits_with_one_line():
+    proc = fedsim("+experiment=imagenet_yolov9")
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.strip()
+        == "error: unknown experiment 'imagenet_yolov9' (available: imagenet_yolo)"
+    )
