@@ -17,16 +17,11 @@ log = logging.getLogger("fedsim")
 
 
 def conf_dir() -> Path:
-    """``conf/`` of a clone (or editable install), else the copy shipped as ``fedsim.conf``."""
-    repo = Path(__file__).resolve().parent.parent / "conf"
-    if (repo / "config.yaml").is_file():
-        return repo
-    packaged = Path(__file__).resolve().parent / "conf"
-    if (packaged / "config.yaml").is_file():
-        return packaged
-    from importlib.resources import files
+    """The Hydra configs: ``conf/`` of the clone, reached through the ``fedsim/conf`` link.
 
-    return Path(str(files("fedsim.conf")))
+    In a wheel the link is a real directory, so an installed fedsim finds the same files.
+    """
+    return Path(__file__).resolve().parent / "conf"
 
 
 def _preflight(argv: list[str]) -> None:
