@@ -26,7 +26,7 @@ from fedsim.core.runtime import (
 )
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import compute_seconds, jitter_factor
-from fedsim.sim.network import FlowNetwork
+from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
 # Trains a FitIns for real on a device (the simulator's virtual time is modelled regardless).
@@ -42,13 +42,14 @@ class SimTransport(Transport):
         *,
         seed: np.random.SeedSequence | int = 0,
         trainer: LocalTrainer | None = None,
+        network: type[FlowNetworkBase] = FlowNetwork,
     ) -> None:
         super().__init__()
         self.topology = topology
         self.server = topology.server
         self.env = simpy.Environment()
         links = topology.links()
-        self.network = FlowNetwork(
+        self.network = network(
             self.env,
             capacity={k: p.bandwidth for k, p in links.items()},
             latency={k: p.latency for k, p in links.items()},
