@@ -51,9 +51,14 @@ def _preflight(argv: list[str]) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        from fedsim.app import run_experiment
-
-        run_experiment(cfg, run_dir, conf_dir())
+        kind = cfg.experiment.kind
+        if kind == "federated":
+            from fedsim.fl_app import run_federated as run
+        elif kind == "comparison":
+            from fedsim.app import run_experiment as run
+        else:
+            raise ConfigError(f"experiment.kind: {kind!r} is not one of comparison, federated")
+        run(cfg, run_dir, conf_dir())
     except ConfigError as e:
         log.debug("configuration error", exc_info=True)
         sys.exit(f"error: {e}")

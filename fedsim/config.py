@@ -98,11 +98,30 @@ class GroupConf:
 
 
 @dataclass
+class GenerateConf:
+    """A generated fleet: a server in group 0, ``groups`` x ``devices_per_group`` trainers.
+
+    Trainer hardware cycles through ``hardware``; every trainer joins its group with ``link``,
+    every edge group reaches the backbone through ``uplink``.
+    """
+
+    groups: int = MISSING
+    devices_per_group: int = MISSING
+    hardware: list[str] = MISSING
+    link: str = MISSING
+    uplink: str = MISSING
+    server_hardware: str = MISSING
+    server_link: str = MISSING
+    cloud_uplink: str = MISSING
+
+
+@dataclass
 class TopologyConf:
     name: str = MISSING
     description: str = ""
     groups: list[GroupConf] = field(default_factory=list)
     devices: list[DeviceConf] = field(default_factory=list)
+    generate: GenerateConf | None = None
 
 
 @dataclass
@@ -150,7 +169,65 @@ class PaperConf:
 class ExperimentConf:
     name: str = "default"
     description: str = ""
+    kind: str = "comparison"  # comparison: cloud vs client (Table II); federated: FL rounds
     clients: list[int] = field(default_factory=list)  # empty: every trainer of the topology
+
+
+@dataclass
+class FederatedConf:
+    """Multi-round federated training (``experiment.kind: federated``)."""
+
+    training: str = "real"  # real: PyTorch trains on each shard; modelled: time only
+    rounds: int = 20
+    clients_per_round: int | None = None  # a count; when null, fraction_per_round of them
+    fraction_per_round: float = 1.0
+    min_fit: int = 1
+    deadline_s: float | None = None
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    eval_every: int = 1
+    target_accuracy: float | None = None
+    max_update_norm: float | None = None
+    selection: str = "all"  # all | random | resource | oort
+    balance: bool = False
+    hierarchical: bool = False
+    group_deadline_s: float | None = None
+    mode: str = "sync"  # sync | async
+    buffer_size: int = 4
+    concurrency: int = 0
+    max_staleness: int = 5
+    staleness_exponent: float = 0.5
+    max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
+
+
+@dataclass
+class PartitionConf:
+    kind: str = "dirichlet"  # dirichlet | iid
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+
+
+@dataclass
+class OutageConf:
+    device: int = MISSING
+    start_s: float = MISSING
+    end_s: float | None = None
+
+
+@dataclass
+class LinkChangeConf:
+    network: str = MISSING
+    start_s: float = MISSING
+    end_s: float | None = None
+    factor: float = MISSING
+
+
+@dataclass
+class FaultsConf:
+    dropout: float = 0.0
+    outages: list[OutageConf] = field(default_factory=list)
+    link_changes: list[LinkChangeConf] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +247,10 @@ class Config:
     workload: WorkloadConf = field(default_factory=WorkloadConf)
     crossover: CrossoverConf | None = None
     paper: PaperConf | None = None
+    fl: FederatedConf = field(default_factory=FederatedConf)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    partition: PartitionConf = field(default_factory=PartitionConf)
+    faults: FaultsConf = field(default_factory=FaultsConf)
 
 
 def register_configs() -> None:
@@ -268,6 +349,8 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
     hw = _Profiles("hardware", cfg.hardware, HardwareConf, hardware_profile, conf_dir)
     net = _Profiles("network", cfg.network, NetworkConf, link_profile, conf_dir)
     t = cfg.topology
+    if t.generate is not None:
+        return _generated(t.name, t.generate, hw, net)
     groups: dict[int, Group] = {}
     for i, g in enumerate(t.groups):
         if g.id in groups:
@@ -298,6 +381,46 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
         return Topology(t.name, groups, devices)
     except TopologyError as e:
         raise ConfigError(str(e)) from None
+
+
+def _generated(name: str, g: Any, hw: _Profiles, net: _Profiles) -> Topology:
+    where = "topology.generate"
+    if g.groups < 1 or g.devices_per_group < 1:
+        raise ConfigError(f"{where}: groups and devices_per_group must be >= 1")
+    if not g.hardware:
+        raise ConfigError(f"{where}.hardware: name at least one profile")
+    kinds = [hw(h, f"{where}.hardware") for h in g.hardware]
+    link, uplink = net(g.link, f"{where}.link"), net(g.uplink, f"{where}.uplink")
+    groups = {
+        0: Group(
+            id=0, description="cloud group", uplink=net(g.cloud_uplink, f"{where}.cloud_uplink")
+        )
+    }
+    devices = {
+        0: Device(
+            id=0,
+            description="server",
+            group=0,
+            id_in_group=0,
+            role="server",
+            hardware=hw(g.server_hardware, f"{where}.server_hardware"),
+            link=net(g.server_link, f"{where}.server_link"),
+        )
+    }
+    for gid in range(1, g.groups + 1):
+        groups[gid] = Group(id=gid, description=f"edge group {gid}", uplink=uplink)
+        for j in range(g.devices_per_group):
+            dev = len(devices)
+            devices[dev] = Device(
+                id=dev,
+                description=f"trainer {dev}",
+                group=gid,
+                id_in_group=j,
+                role="trainer",
+                hardware=kinds[dev % len(kinds)],
+                link=link,
+            )
+    return Topology(name, groups, devices)
 
 
 def build_dataset(c: Any) -> DatasetSpec:

@@ -15,13 +15,14 @@ class EventKind(str, Enum):
     TRAIN = "train"  # local (or cloud) training
     AGGREGATE = "aggregate"  # the server combines updates
     PUBLISH = "publish"  # the server stores the new version
+    EVALUATE = "evaluate"  # the server evaluates a new version on held-out data
 
     @property
     def is_transfer(self) -> bool:
         return self in (EventKind.DATA_UPLOAD, EventKind.MODEL_DOWNLOAD, EventKind.UPDATE_UPLOAD)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
     """One step of work on one device, in seconds since the scenario started."""
 

@@ -66,3 +66,51 @@ class ExperimentResult:
     crossover: list[CrossoverPoint] = field(default_factory=list)
     crossover_link: str = ""
     assumptions: list[str] = field(default_factory=list)
+
+
+FEDERATED = "federated"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRow:
+    """One round of a federated run (in async mode, one aggregation), in simulated seconds.
+
+    The time split follows the round's critical path as in :class:`ScenarioRun`. ``accuracy``
+    and ``eval_loss`` are None in rounds without evaluation.
+    """
+
+    round: int
+    version: int | None
+    started_s: float
+    finished_s: float
+    total_s: float
+    transfer_s: float
+    compute_s: float
+    aggregation_s: float
+    waiting_s: float
+    bytes_moved: int
+    selected: int
+    completed: int
+    failed: int
+    rejected: int
+    aggregated: bool
+    train_loss: float | None = None
+    accuracy: float | None = None
+    eval_loss: float | None = None
+    staleness: float | None = None
+
+
+@dataclass(kw_only=True)
+class FederatedResult:
+    """Everything a federated run hands to the report layer.
+
+    ``label_counts`` maps each client to its number of training samples per class (the non-IID
+    split); ``failures`` lists (round, device, reason) for every lost or rejected update.
+    """
+
+    summary: dict[str, Any]
+    rounds: list[RoundRow]
+    events: tuple[Event, ...]
+    label_counts: dict[int, list[int]] = field(default_factory=dict)
+    failures: list[tuple[int, int, str]] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)

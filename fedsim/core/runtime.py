@@ -31,8 +31,22 @@ class ModelRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cost:
+    """Work done on one device: arithmetic, memory traffic, bytes written to disk."""
+
+    flops: float = 0.0
+    memory_bytes: float = 0.0
+    disk_bytes: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class FitIns:
-    """Train ``model`` on the device's local data and send the update back."""
+    """Train ``model`` on the device's local data and send the update back.
+
+    ``samples`` is how many samples the device processes per epoch (its share of the round's
+    work). The model comes from ``source`` and the update goes to ``sink``: the server when
+    None, a group aggregator in hierarchical rounds.
+    """
 
     model: ModelRef
     samples: int
@@ -42,6 +56,24 @@ class FitIns:
     update_nbytes: int
     parameters: NDArrays | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    source: int | None = None
+    sink: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayIns:
+    """Fetch ``model`` from the server and hold it for the devices of the group to fetch."""
+
+    model: ModelRef
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardIns:
+    """Combine the updates gathered here (``cost``) and send the result to the server."""
+
+    cost: Cost
+    nbytes: int
+    num_examples: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +84,7 @@ class UploadDataIns:
     nbytes: int
 
 
-Instruction = FitIns | UploadDataIns
+Instruction = FitIns | UploadDataIns | RelayIns | ForwardIns
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,15 +124,6 @@ class TaskResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Cost:
-    """Work done on one device: arithmetic, memory traffic, bytes written to disk."""
-
-    flops: float = 0.0
-    memory_bytes: float = 0.0
-    disk_bytes: float = 0.0
 
 
 class Transport(abc.ABC):

@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsim.core.coordinator import RoundCoordinator, RoundReport
+from fedsim.core.coordinator import ClientWork, Coordinator, FederatedConfig, RoundReport
 from fedsim.core.events import EventKind
-from fedsim.core.runtime import (
-    Cost,
-    FitIns,
-    ModelRef,
-    NDArrays,
-    Task,
-    Transport,
-    UploadDataIns,
-)
+from fedsim.core.runtime import Cost, ModelRef, Task, Transport, UploadDataIns
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.workload import WorkloadSpec
 
@@ -50,37 +42,30 @@ def cloud_based(transport: Transport, *, clients: Sequence[int], workload: Workl
     return transport.now() - t0
 
 
-def fit_plan(workload: WorkloadSpec):
-    """The instructions every client gets in the client-based scenario."""
-    n = workload.samples_per_device
-
-    def plan(device: int, model: ModelRef, parameters: NDArrays | None) -> FitIns:
-        return FitIns(
-            model=model,
-            samples=n,
-            epochs=workload.epochs,
-            batch_size=workload.batch_size,
-            flops=workload.train_flops(n),
-            update_nbytes=workload.model.state_bytes,
-            parameters=parameters,
-        )
-
-    return plan
-
-
 def client_based(
     transport: Transport, *, clients: Sequence[int], workload: WorkloadSpec
 ) -> tuple[float, RoundReport]:
     """One FedAvg round on ``clients``; returns the elapsed time and the round's report."""
     t0 = transport.now()
     spec = workload.model
-    coordinator = RoundCoordinator(
+    coordinator = Coordinator(
         transport=transport,
         strategy=FedAvg(),
+        work=ClientWork(
+            samples=dict.fromkeys(clients, workload.samples_per_device),
+            train_flops_per_sample=float(spec.train_flops),
+            update_nbytes=spec.state_bytes,
+            state_values=spec.state_values,
+        ),
         model=ModelRef(name=spec.name, version=0, nbytes=spec.state_bytes),
-        state_values=spec.state_values,
+        config=FederatedConfig(
+            rounds=1,
+            min_fit=len(clients),
+            local_epochs=workload.epochs,
+            batch_size=workload.batch_size,
+        ),
     )
-    report = coordinator.fit_round(0, clients, fit_plan(workload), min_fit=len(clients))
+    report = coordinator.fit_round(0, clients)
     if not report.aggregated:
         raise ScenarioError(f"federated round failed: {report.failures}")
     return transport.now() - t0, report

@@ -25,10 +25,19 @@ if TYPE_CHECKING:
     import torch
 
 # Name -> "module:class", resolved on demand so that naming a model does not import torch.
-MODELS = {"yolov4": "fedsim.ml.yolov4:YOLOv4"}
+MODELS = {
+    "yolov4": "fedsim.ml.yolov4:YOLOv4",
+    "digits_cnn": "fedsim.ml.models:DigitsCNN",
+    "digits_mlp": "fedsim.ml.models:DigitsMLP",
+}
 
 PACKAGED_CACHE = Path(__file__).with_name("specs") / "model_specs.json"
-PACKAGED_ENTRIES = (("yolov4", 608, 80), ("yolov4", 512, 80))
+PACKAGED_ENTRIES = (
+    ("yolov4", 608, 80),
+    ("yolov4", 512, 80),
+    ("digits_cnn", 8, 10),
+    ("digits_mlp", 8, 10),
+)
 CACHE_FILE_NAME = "model_specs.json"
 CACHE_DIR_ENV = "FEDSIM_CACHE_DIR"
 
@@ -84,7 +93,8 @@ def _measure(name: str, input_size: int, num_classes: int, device: torch.device)
         model = model_class(num_classes=num_classes)
     # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not shipped weights.
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    shape = (1, 3, input_size, input_size)
+    # A model states its input channels when it does not take RGB (the digits nets are grey).
+    shape = (1, getattr(model_class, "in_channels", 3), input_size, input_size)
     return ModelSpec(
         name=name,
         input_size=input_size,

@@ -1,5 +1,7 @@
 """Reports of a run: tables (pandas), plots (matplotlib, Agg), ``report.md``, the run directory.
 
-``write.write_run`` is the entry point; ``console.console_table`` prints Table II for the terminal.
-Nothing in ``fedsim.core`` imports this package.
+Entry points: ``write.write_run`` (a cloud-vs-client comparison),
+``federated.write_federated_run`` (a federated run), ``sweep.write_sweep_report`` (a Hydra
+multirun); ``console`` holds what the terminal shows. Nothing in ``fedsim.core`` imports this
+package.
 """

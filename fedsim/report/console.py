@@ -1,9 +1,14 @@
-"""Table II as a fixed-width text table for the terminal."""
+"""What a run prints in the terminal: Table II of a comparison, the outcome of a federated run."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fedsim.report.federated_markdown import (
+    percent,
+    seconds,
+    time_to_target_text,
+)
 from fedsim.report.tables import table_ii
 
 _NAMES = {
@@ -14,17 +19,52 @@ _NAMES = {
 
 
 def console_table(summary: dict[str, Any]) -> str:
-    """Paper, fedsim (mean) and their difference for t_ref, t_new and the time-saving rate."""
+    """fedsim's mean t_ref, t_new and rate; with reference figures, paper's and difference."""
     table = table_ii(summary)
+    with_paper = "paper" in table
     width = max(len(n) for n in _NAMES.values())
+    columns = f"{'paper':>8} {'fedsim':>8} {'difference':>11}" if with_paper else f"{'fedsim':>8}"
     lines = [
         f"Table II, mean over {summary['repetitions']} repetitions",
-        f"{'':<{width}} {'paper':>8} {'fedsim':>8} {'difference':>11}",
+        f"{'':<{width}} {columns}",
     ]
     for quantity, row in table.iterrows():
-        if row["unit"] == "s":
+        seconds = row["unit"] == "s"
+        if not with_paper:
+            values = f"{row['fedsim']:>8.2f}" if seconds else f"{row['fedsim']:>8.1f}"
+        elif seconds:
             values = f"{row['paper']:>8.2f} {row['fedsim']:>8.2f} {row['difference']:>+9.2f} s"
         else:
             values = f"{row['paper']:>8.1f} {row['fedsim']:>8.1f} {row['difference']:>+8.1f} pp"
         lines.append(f"{_NAMES[quantity]:<{width}} {values}")
+    return "\n".join(lines)
+
+
+def console_federated(summary: dict[str, Any]) -> str:
+    """A few lines on a federated run: final and best accuracy, time to target, simulated time."""
+    strategy = summary.get("strategy")
+    name = strategy.get("name", "?") if isinstance(strategy, dict) else str(strategy)
+    clients = len(summary.get("clients", []))
+    rows = [
+        (
+            "final accuracy",
+            f"{percent(summary.get('final_accuracy'))}"
+            f"  (best {percent(summary.get('best_accuracy'))})",
+        ),
+        ("time to target", time_to_target_text(summary)),
+        ("simulated time", seconds(summary.get("simulated_time_s"))),
+        (
+            "rounds",
+            f"{summary.get('rounds_aggregated', '?')} aggregated, "
+            f"{summary.get('rounds_failed', '?')} failed; "
+            f"{summary.get('updates_lost', '?')} updates lost",
+        ),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [
+        f"{summary.get('experiment', 'federated run')}: {summary.get('rounds', '?')} rounds of "
+        f"{name} on {clients} clients ({summary.get('fl_mode', 'sync')}, "
+        f"{summary.get('mode', '?')} mode)"
+    ]
+    lines += [f"{label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)

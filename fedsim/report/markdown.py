@@ -1,4 +1,4 @@
-"""``report.md``: what was run, Table II beside the paper, workload, breakdown, crossover, plots.
+"""``report.md``: what was run, Table II, workload, breakdown, crossover, plots.
 
 Tables are written by hand as GitHub-flavoured Markdown, so no extra package is needed.
 """
@@ -28,9 +28,11 @@ PLOT_CAPTIONS = {
     "timeline": "Timeline of one repetition, per device, both scenarios",
     "crossover": "Time-saving rate over link bandwidth and data per device",
 }
+# A run without reference figures plots fedsim's bars alone.
+FEDSIM_ONLY_CAPTIONS = {**PLOT_CAPTIONS, "tref_tnew": "t_ref and t_new: fedsim (mean ± std)"}
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
     """A Markdown table; ``align`` holds one letter per column, ``l`` or ``r``."""
     rule = ["---:" if a == "r" else ":---" for a in align]
     lines = [header, rule, *rows]
@@ -74,23 +76,30 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
     )
 
 
-def _table_ii_section(summary: Mapping[str, Any]) -> str:
-    table = table_ii(dict(summary))
-    t_ref, t_new = summary["t_ref_s"], summary["t_new_s"]
-    stds = {"t_ref": t_ref["std"], "t_new": t_new["std"]}
-    names = {
-        "t_ref": "t_ref, cloud-based [s]",
-        "t_new": "t_new, client-based [s]",
-        "time-saving rate": "time-saving rate Δt [%]",
-    }
+_TABLE_II_NAMES = {
+    "t_ref": "t_ref, cloud-based [s]",
+    "t_new": "t_new, client-based [s]",
+    "time-saving rate": "time-saving rate Δt [%]",
+}
+
+
+def _table_ii_table(table: pd.DataFrame, stds: Mapping[str, float]) -> str:
+    """Table II in Markdown: fedsim's column, with the paper's and the differences if given."""
+    with_paper = "paper" in table
     rows = []
     for quantity, row in table.iterrows():
-        if row["unit"] == "s":
+        seconds = row["unit"] == "s"
+        fedsim = (
+            f"{row['fedsim']:.2f} ± {stds[quantity]:.2f}" if seconds else f"{row['fedsim']:.1f}"
+        )
+        if not with_paper:
+            rows.append([_TABLE_II_NAMES[quantity], fedsim])
+        elif seconds:
             rows.append(
                 [
-                    names[quantity],
+                    _TABLE_II_NAMES[quantity],
                     f"{row['paper']:.2f}",
-                    f"{row['fedsim']:.2f} ± {stds[quantity]:.2f}",
+                    fedsim,
                     f"{row['difference']:+.2f} s",
                     f"{100 * row['relative difference']:+.1f} %",
                 ]
@@ -98,39 +107,61 @@ def _table_ii_section(summary: Mapping[str, Any]) -> str:
         else:
             rows.append(
                 [
-                    names[quantity],
+                    _TABLE_II_NAMES[quantity],
                     f"{row['paper']:.1f}",
-                    f"{row['fedsim']:.1f}",
+                    fedsim,
                     f"{row['difference']:+.1f} pp",
                     "",
                 ]
             )
+    if not with_paper:
+        return markdown_table(["", "fedsim (mean ± std)"], rows, "lr")
     header = ["", "paper", "fedsim (mean ± std)", "difference", "relative difference"]
-    fedsim_rate = float(summary["time_saving_rate"])
-    paper_rate = float(summary["paper"]["time_saving_rate"])
-    verdict = "faster" if fedsim_rate > 0 else "slower"
+    return markdown_table(header, rows, "lrrrr")
+
+
+def _paper_comparison(fedsim_rate: float, paper: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The clause that compares fedsim's rate with the paper's, and the note on the paper.
+
+    Both are empty when the run has no reference figures.
+    """
+    if paper is None:
+        return "", ""
+    paper_rate = float(paper["time_saving_rate"])
     agreement = (
-        "the same sign as the paper's"
+        ", the same sign as the paper's"
         if (fedsim_rate > 0) == (paper_rate > 0)
-        else "the opposite sign to the paper's"
+        else ", the opposite sign to the paper's"
     )
+    if paper_rate >= 0:
+        return agreement, ""
+    note = (
+        '\n\nNote on the paper: its text speaks of "a speed improvement of about 11%", '
+        "but its Table II has t_new > t_ref, which formula (1) turns into a negative rate "
+        f"({100 * paper_rate:.1f} %): in the paper's measurement client-based training was "
+        "the slower one."
+    )
+    return agreement, note
+
+
+def _table_ii_section(summary: Mapping[str, Any]) -> str:
+    t_ref, t_new = summary["t_ref_s"], summary["t_new_s"]
+    table = _table_ii_table(table_ii(dict(summary)), {"t_ref": t_ref["std"], "t_new": t_new["std"]})
+    paper = summary.get("paper")
+    source = str(paper.get("source") or "").strip().rstrip(".") if paper is not None else ""
+    fedsim_rate = float(summary["time_saving_rate"])
+    verdict = "faster" if fedsim_rate > 0 else "slower"
+    agreement, note = _paper_comparison(fedsim_rate, paper)
     return (
         f"## Table II: average training time over {summary['repetitions']} repetitions\n\n"
-        + _table(header, rows, "lrrrr")
+        + table
         + "\n\n"
-        f"fedsim's range over the repetitions: t_ref {t_ref['min']:.2f}–{t_ref['max']:.2f} s, "
+        + (f"Paper figures: {source}.\n\n" if source else "")
+        + f"fedsim's range over the repetitions: t_ref {t_ref['min']:.2f}–{t_ref['max']:.2f} s, "
         f"t_new {t_new['min']:.2f}–{t_new['max']:.2f} s. In fedsim, client-based training is "
-        f"{verdict} than cloud-based by {abs(100 * fedsim_rate):.1f} % on average, "
-        f"{agreement}. Δt averages the per-repetition ratios, so it differs slightly from "
-        "the ratio of the mean times."
-        + (
-            '\n\nNote on the paper: its text speaks of "a speed improvement of about 11%", '
-            "but its Table II has t_new > t_ref, which formula (1) turns into a negative rate "
-            f"({100 * paper_rate:.1f} %): in the paper's measurement client-based training was "
-            "the slower one."
-            if paper_rate < 0
-            else ""
-        )
+        f"{verdict} than cloud-based by {abs(100 * fedsim_rate):.1f} % on average{agreement}. "
+        "Δt averages the per-repetition ratios, so it differs slightly from the ratio of the "
+        "mean times." + note
     )
 
 
@@ -156,7 +187,7 @@ def _workload_section(workload: Mapping[str, Any]) -> str:
         "## Workload\n\n"
         "Model size and cost are measured from the PyTorch model, not typed in; one "
         "multiply-add counts as two FLOPs. MB and GB are decimal (10⁶, 10⁹ bytes).\n\n"
-        + _table(["quantity", "value"], rows, "lr")
+        + markdown_table(["quantity", "value"], rows, "lr")
     )
 
 
@@ -191,11 +222,11 @@ def _breakdown_section(runs: pd.DataFrame) -> str:
         f"Means over {runs['repetition'].nunique()} repetitions of the time on each scenario's "
         "critical path; transfer + compute + aggregation + waiting = total. Waiting is time on "
         "the critical path when none of its steps ran (queueing, stragglers).\n\n"
-        + _table(header, rows, "lrrrrrr")
+        + markdown_table(header, rows, "lrrrrrr")
     )
 
 
-def _assumptions_section(assumptions: Sequence[str]) -> str:
+def assumptions_section(assumptions: Sequence[str]) -> str:
     if not assumptions:
         return "## Assumptions\n\nThe run recorded no assumptions."
     return "## Assumptions\n\n" + "\n".join(f"- {a}" for a in assumptions)
@@ -223,7 +254,7 @@ def _crossover_rows(
                 f"{rate.min():,.1f} to {rate.max():,.1f}",
             ]
         )
-    return _table(header, rows, "r" * len(header))
+    return markdown_table(header, rows, "r" * len(header))
 
 
 def _crossover_section(
@@ -276,11 +307,11 @@ def _crossover_section(
     return text
 
 
-def _plots_section(plots: Mapping[str, Path]) -> str:
+def plots_section(plots: Mapping[str, Path], captions: Mapping[str, str]) -> str:
     if not plots:
         return "## Plots\n\nNo plots were written."
     blocks = [
-        f"### {PLOT_CAPTIONS.get(name, name)}\n\n![{name}](plots/{path.name})"
+        f"### {captions.get(name, name)}\n\n![{name}](plots/{path.name})"
         for name, path in plots.items()
     ]
     return "## Plots\n\n" + "\n\n".join(blocks)
@@ -298,7 +329,7 @@ def render_report(result: ExperimentResult, plots: Mapping[str, Path]) -> str:
         _table_ii_section(summary),
         _workload_section(workload),
         _breakdown_section(runs_frame(result.runs)),
-        _assumptions_section(result.assumptions),
+        assumptions_section(result.assumptions),
         _crossover_section(
             crossover_frame(result.crossover),
             result.crossover_link,
@@ -306,6 +337,6 @@ def render_report(result: ExperimentResult, plots: Mapping[str, Path]) -> str:
             workload["dataset"]["bytes_per_sample"],
             summary,
         ),
-        _plots_section(plots),
+        plots_section(plots, PLOT_CAPTIONS if "paper" in summary else FEDSIM_ONLY_CAPTIONS),
     ]
     return "\n\n".join(sections) + "\n"

@@ -9,6 +9,7 @@ leak across a sweep of runs, and no GUI backend is ever chosen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,38 +43,52 @@ KIND_COLORS = {
     EventKind.TRAIN.value: "tab:green",
     EventKind.AGGREGATE.value: "tab:purple",
     EventKind.PUBLISH.value: "tab:olive",
+    EventKind.EVALUATE.value: "tab:orange",
 }
 UNKNOWN_KIND_COLOR = "0.5"
 RATE_SCALE_LIMIT = 100.0  # percent; see _diverging
 GRID_TICKS_MAX = 7  # beyond this many grid values, tick labels would collide
 
 
-def _figure(**kwargs: Any) -> Figure:
+def new_figure(**kwargs: Any) -> Figure:
+    """A constrained-layout figure on its own Agg canvas, outside pyplot's figure list."""
     fig = Figure(layout="constrained", **kwargs)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (creating its directory) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
 
 
 def plot_tref_tnew(summary: dict[str, Any], path: Path) -> Path:
-    """Grouped bars: the paper's t_ref and t_new beside fedsim's mean with std error bars."""
-    paper = summary["paper"]
-    paper_values = [paper["t_ref_s"], paper["t_new_s"]]
+    """Bars of fedsim's mean t_ref and t_new with std error bars, beside the paper's if given."""
+    paper = summary.get("paper")
     means = [summary["t_ref_s"]["mean"], summary["t_new_s"]["mean"]]
     stds = [summary["t_ref_s"]["std"], summary["t_new_s"]["std"]]
+    fedsim_rate = f"fedsim {100 * summary['time_saving_rate']:+.1f} %"
     x = np.arange(2)
-    width = 0.38
 
-    fig = _figure(figsize=(6.4, 4.8))
+    fig = new_figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
-    paper_bars = ax.bar(x - width / 2, paper_values, width, color=PAPER_COLOR, label="paper")
+    if paper is None:
+        width, fedsim_x, paper_values = 0.5, x, []
+        title = f"Table II: training time in fedsim\ntime-saving rate Δt: {fedsim_rate}"
+    else:
+        width = 0.38
+        fedsim_x = x + width / 2
+        paper_values = [paper["t_ref_s"], paper["t_new_s"]]
+        paper_bars = ax.bar(x - width / 2, paper_values, width, color=PAPER_COLOR, label="paper")
+        ax.bar_label(paper_bars, fmt="{:.2f} s", padding=3)
+        title = (
+            "Table II: training time, paper vs fedsim\n"
+            f"time-saving rate Δt: paper {100 * paper['time_saving_rate']:+.1f} %, {fedsim_rate}"
+        )
     fedsim_bars = ax.bar(
-        x + width / 2,
+        fedsim_x,
         means,
         width,
         yerr=stds,
@@ -82,20 +97,14 @@ def plot_tref_tnew(summary: dict[str, Any], path: Path) -> Path:
         label=f"fedsim (mean ± std, {summary['repetitions']} repetitions)",
     )
     # bar_label puts the fedsim labels above the error bars, clear of the caps.
-    ax.bar_label(paper_bars, fmt="{:.2f} s", padding=3)
     ax.bar_label(fedsim_bars, fmt="{:.2f} s", padding=3)
     top = max(*paper_values, *(m + s for m, s in zip(means, stds, strict=True)))
     ax.set_ylim(0, 1.3 * top)
     ax.set_xticks(x, labels=["t_ref\ncloud-based", "t_new\nclient-based"])
     ax.set_ylabel("training time [s]")
     ax.legend(loc="upper left")
-    ax.set_title(
-        "Table II: training time, paper vs fedsim\n"
-        f"time-saving rate Δt: paper {100 * paper['time_saving_rate']:+.1f} %, "
-        f"fedsim {100 * summary['time_saving_rate']:+.1f} %",
-        fontsize=11,
-    )
-    return _save(fig, path)
+    ax.set_title(title, fontsize=11)
+    return save_figure(fig, path)
 
 
 def plot_breakdown(runs: pd.DataFrame, path: Path) -> Path:
@@ -107,7 +116,7 @@ def plot_breakdown(runs: pd.DataFrame, path: Path) -> Path:
     total_std = grouped["total_s"].std(ddof=0).reindex(order).fillna(0.0).to_numpy()
     x = np.arange(len(order))
 
-    fig = _figure(figsize=(7.2, 4.8))
+    fig = new_figure(figsize=(7.2, 4.8))
     ax = fig.add_subplot()
     bottom = np.zeros(len(order))
     for column, (label, color) in PARTS.items():
@@ -132,11 +141,21 @@ def plot_breakdown(runs: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("mean time on the critical path [s]")
     ax.set_title(f"Where the time goes (mean over {runs['repetition'].nunique()} repetitions)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _device_label(device: int, server: int | None) -> str:
+def device_label(device: int, server: int | None) -> str:
     return f"device {device} (server)" if device == server else f"device {device}"
+
+
+def kind_handles(kinds: Iterable[str]) -> list[Patch]:
+    """Legend patches for the event kinds present, in EventKind's order, then others by name."""
+    present = set(kinds)
+    known = [k.value for k in EventKind if k.value in present]
+    return [
+        Patch(facecolor=KIND_COLORS.get(k, UNKNOWN_KIND_COLOR), edgecolor="black", label=k)
+        for k in known + sorted(present - set(known))
+    ]
 
 
 def plot_timeline(
@@ -146,16 +165,16 @@ def plot_timeline(
     rep = events[events["repetition"] == repetition]
     if rep.empty:
         log.warning("no events for repetition %d: the timeline is empty", repetition)
-        fig = _figure(figsize=(8.0, 2.5))
+        fig = new_figure(figsize=(8.0, 2.5))
         ax = fig.add_subplot()
         ax.set_axis_off()
         ax.text(0.5, 0.5, f"no events recorded for repetition {repetition}", ha="center")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
     order = scenario_order(rep["scenario"])
     devices = {s: sorted(rep.loc[rep["scenario"] == s, "device"].unique()) for s in order}
     rows = [len(devices[s]) for s in order]
-    fig = _figure(figsize=(9.0, 1.6 + 0.45 * sum(rows) + 0.5 * len(order)))
+    fig = new_figure(figsize=(9.0, 1.6 + 0.45 * sum(rows) + 0.5 * len(order)))
     axes = fig.subplots(
         len(order), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": rows}
     )[:, 0]
@@ -172,7 +191,7 @@ def plot_timeline(
                 )
         ax.set_yticks(
             range(len(devices[scenario])),
-            labels=[_device_label(d, server) for d in devices[scenario]],
+            labels=[device_label(d, server) for d in devices[scenario]],
         )
         # First device on top, as one reads a schedule.
         ax.set_ylim(len(devices[scenario]) - 0.5, -0.5)
@@ -185,16 +204,10 @@ def plot_timeline(
     axes[-1].set_xlabel("time since the scenario started [s]")
     axes[-1].set_xlim(left=0)
 
-    present = set(rep["kind"])
-    known = [k.value for k in EventKind if k.value in present]
-    kinds = known + sorted(present - set(known))
-    handles = [
-        Patch(facecolor=KIND_COLORS.get(k, UNKNOWN_KIND_COLOR), edgecolor="black", label=k)
-        for k in kinds
-    ]
+    handles = kind_handles(rep["kind"])
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
     fig.suptitle(f"Timeline of repetition {repetition}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid_ticks(axis: Any, values: np.ndarray) -> None:
@@ -310,7 +323,7 @@ def plot_crossover(
     low, high = float(rate.min()), float(rate.max())
     norm, levels, extend = _diverging(low, high)
 
-    fig = _figure(figsize=(8.4, 5.8))
+    fig = new_figure(figsize=(8.4, 5.8))
     ax = fig.add_subplot()
     if len(bandwidths) >= 2 and len(samples) >= 2:
         filled = ax.contourf(
@@ -368,4 +381,4 @@ def plot_crossover(
         label += f"\nvalues beyond ±{levels[-1]:g} % take the end colour"
     fig.colorbar(filled, ax=ax, label=label)
     ax.set_title("Crossover: time-saving rate of client-based over cloud-based training")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -39,6 +39,11 @@ def short_number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def number_of_seconds(value: float) -> str:
+    """Seconds to three significant digits below 10 (``0.0984``), else to 0.1 (``1,234.5``)."""
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+
+
 def scenario_order(scenarios: Iterable[str]) -> list[str]:
     """The scenarios present, cloud-based first as in Table II, then any others by name."""
     present = set(scenarios)
@@ -81,27 +86,32 @@ def crossover_frame(points: Sequence[CrossoverPoint]) -> pd.DataFrame:
 
 
 def table_ii(summary: dict[str, Any]) -> pd.DataFrame:
-    """The paper's Table II beside fedsim's: rows t_ref, t_new, time-saving rate.
+    """fedsim's Table II, beside the paper's when the summary has it: rows t_ref, t_new, rate.
 
-    Times are in seconds, the rate in percent, so ``difference`` (fedsim - paper) of the rate
-    is in percentage points. ``relative difference`` (a fraction of the paper's value) is given
-    for the times only: relative to a rate that may sit near zero it would mislead.
+    Times are in seconds, the rate in percent. Without ``summary["paper"]`` (an experiment with
+    no reference figures) the columns are ``unit`` and ``fedsim`` only. With it, ``paper`` comes
+    before ``fedsim``, and ``difference`` (fedsim - paper) of the rate is in percentage points.
+    ``relative difference`` (a fraction of the paper's value) is given for the times only:
+    relative to a rate that may sit near zero it would mislead.
     """
-    paper = summary["paper"]
-    paper_values = [
-        float(paper["t_ref_s"]),
-        float(paper["t_new_s"]),
-        100.0 * float(paper["time_saving_rate"]),
-    ]
     fedsim_values = [
         float(summary["t_ref_s"]["mean"]),
         float(summary["t_new_s"]["mean"]),
         100.0 * float(summary["time_saving_rate"]),
     ]
     table = pd.DataFrame(
-        {"unit": ["s", "s", "%"], "paper": paper_values, "fedsim": fedsim_values},
+        {"unit": ["s", "s", "%"], "fedsim": fedsim_values},
         index=pd.Index(TABLE_II_ROWS, name="quantity"),
     )
+    paper = summary.get("paper")
+    if paper is None:
+        return table
+    paper_values = [
+        float(paper["t_ref_s"]),
+        float(paper["t_new_s"]),
+        100.0 * float(paper["time_saving_rate"]),
+    ]
+    table.insert(1, "paper", paper_values)
     table["difference"] = table["fedsim"] - table["paper"]
     relative = table["difference"] / table["paper"]
     table["relative difference"] = relative.where(table["unit"] == "s", np.nan)

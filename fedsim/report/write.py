@@ -18,14 +18,14 @@ from fedsim.report.tables import crossover_frame, events_frame, runs_frame
 PLOTS_DIR = "plots"
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with numpy scalars and arrays, tuples and paths turned into JSON types."""
     if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
@@ -70,7 +70,7 @@ def write_run(run_dir: Path, result: ExperimentResult) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(
-        json.dumps(_plain(result.summary), indent=2) + "\n", encoding="utf-8"
+        json.dumps(json_safe(result.summary), indent=2) + "\n", encoding="utf-8"
     )
     runs = runs_frame(result.runs)
     runs.to_csv(run_dir / "runs.csv", index=False)

@@ -86,6 +86,10 @@ class NaiveFlowNetwork(FlowNetworkBase):
         self._left[flow] = flow.nbytes
         self._reschedule()
 
+    def _reshare(self, link: Hashable) -> None:
+        self._advance()
+        self._reschedule()
+
     def _wake(self, generation: int) -> None:
         if generation != self._generation:
             return

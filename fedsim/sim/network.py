@@ -99,6 +99,22 @@ class FlowNetworkBase:
         self.env.timeout(delay).callbacks.append(lambda _: self._arrive(flow))
         return done
 
+    def capacity(self, link: Hashable) -> float:
+        """The link's capacity now, in bytes/s."""
+        return self._capacity[link]
+
+    def set_capacity(self, link: Hashable, capacity: float) -> None:
+        """Change ``link``'s capacity from now on (a link that degrades or recovers)."""
+        if link not in self._capacity:
+            raise ValueError(f"unknown link {link!r}")
+        if not capacity > 0:
+            raise ValueError(f"link capacities must be positive, got {capacity}")
+        self._capacity[link] = capacity
+        self._reshare(link)
+
+    def _reshare(self, link: Hashable) -> None:
+        raise NotImplementedError
+
     def _arrive(self, flow: _Flow) -> None:
         if flow.nbytes == 0:
             self._complete(flow)
@@ -166,7 +182,9 @@ class FlowNetwork(FlowNetworkBase):
     ):
         super().__init__(env, capacity=capacity, latency=latency)
         self._bundles: dict[tuple, _Bundle] = {}
-        self._users: dict[Hashable, set[_Bundle]] = {link: set() for link in self._capacity}
+        # Bundles per link, in a dict rather than a set: the order in which bundles are placed
+        # decides the order of same-instant completions, so it must not depend on object ids.
+        self._users: dict[Hashable, dict[_Bundle, None]] = {link: {} for link in self._capacity}
         self._classes: dict[tuple, _Class] = {}
         self._ids = itertools.count()
         self._generation = 0  # timeouts of older generations are stale
@@ -186,7 +204,7 @@ class FlowNetwork(FlowNetworkBase):
             bundle = self._bundles[key] = _Bundle(flow.path, flow.cap)
             for link in flow.path:
                 users = self._users[link]
-                users.add(bundle)
+                users[bundle] = None
                 if len(users) == 2:  # the former sole user loses a private link
                     dirty.update(dict.fromkeys(users))
         finish = self._bundle_clock(bundle, now) + flow.nbytes
@@ -195,6 +213,11 @@ class FlowNetwork(FlowNetworkBase):
         self.active_flows += 1
         dirty[bundle] = None
         self._update(dirty, now)
+
+    def _reshare(self, link: Hashable) -> None:
+        # Classes keep their clocks up to now before rates change; a bundle alone on the link
+        # changes its private cap, so it is placed again.
+        self._update(dict.fromkeys(self._users[link]), self.env.now)
 
     def _wake(self, generation: int) -> None:
         if generation != self._generation:
@@ -225,7 +248,7 @@ class FlowNetwork(FlowNetworkBase):
                 del self._bundles[(bundle.path, bundle.cap)]
                 for link in bundle.path:
                     users = self._users[link]
-                    users.discard(bundle)
+                    users.pop(bundle, None)
                     if len(users) == 1:  # the last user gains a private link
                         dirty.update(dict.fromkeys(users))
         self.active_flows -= len(finished)

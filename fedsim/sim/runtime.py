@@ -17,7 +17,9 @@ from fedsim.core.events import Event, EventKind
 from fedsim.core.runtime import (
     Cost,
     FitIns,
+    ForwardIns,
     NDArrays,
+    RelayIns,
     Task,
     TaskResult,
     Transport,
@@ -26,6 +28,7 @@ from fedsim.core.runtime import (
 )
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import compute_seconds, jitter_factor
+from fedsim.sim.faults import FaultPlan, LinkChange
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
@@ -43,6 +46,7 @@ class SimTransport(Transport):
         seed: np.random.SeedSequence | int = 0,
         trainer: LocalTrainer | None = None,
         network: type[FlowNetworkBase] = FlowNetwork,
+        faults: FaultPlan | None = None,
     ) -> None:
         super().__init__()
         self.topology = topology
@@ -56,6 +60,10 @@ class SimTransport(Transport):
         )
         self.rng = np.random.default_rng(seed)
         self.trainer = trainer
+        self.faults = faults or FaultPlan()
+        self._links = links
+        for change in self.faults.link_changes:
+            self.env.process(self._link_change(change))
         # One compute job at a time per device: a second one queues (and that shows as waiting).
         self._processor = {dev: simpy.Resource(self.env, capacity=1) for dev in topology.devices}
         self._inbox: list[TaskResult] = []
@@ -93,36 +101,74 @@ class SimTransport(Transport):
 
     # -- processes -------------------------------------------------------------------------
 
+    def offline(self, device: int) -> bool:
+        """Whether ``device`` is unreachable now (an outage of the fault plan)."""
+        return self.faults.offline(device, self.env.now)
+
+    def busy(self, device: int) -> bool:
+        return self._processor[device].count > 0
+
+    def _steps(self, task: Task) -> list[Generator[simpy.Event, Any, None]]:
+        ins, dev, tid = task.ins, task.device, task.id
+        if isinstance(ins, UploadDataIns):
+            return [self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid)]
+        if isinstance(ins, FitIns):
+            src = self.server if ins.source is None else ins.source
+            sink = self.server if ins.sink is None else ins.sink
+            return [
+                self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid),
+                self._compute(dev, Cost(flops=ins.flops), EventKind.TRAIN, tid),
+                self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid),
+            ]
+        if isinstance(ins, RelayIns):
+            return [self._send(self.server, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid)]
+        if isinstance(ins, ForwardIns):
+            return [
+                self._compute(dev, ins.cost, EventKind.AGGREGATE, tid),
+                self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid),
+            ]
+        raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
+
     def _task(self, task: Task) -> Generator[simpy.Event, Any, None]:
         started = self.env.now
         ins, dev = task.ins, task.device
+        drops = isinstance(ins, FitIns) and self.faults.dropout > 0
+        drops = drops and self.rng.random() < self.faults.dropout
         update = None
-        if isinstance(ins, UploadDataIns):
-            yield from self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, task.id)
-        elif isinstance(ins, FitIns):
-            yield from self._send(
-                self.server, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, task.id
-            )
-            yield from self._compute(dev, Cost(flops=ins.flops), EventKind.TRAIN, task.id)
-            params, metrics = self.trainer(dev, ins) if self.trainer else (None, {})
-            yield from self._send(
-                dev, self.server, ins.update_nbytes, EventKind.UPDATE_UPLOAD, task.id
-            )
-            update = Update(
-                num_examples=ins.samples,
-                nbytes=ins.update_nbytes,
-                parameters=params,
-                metrics=metrics,
-            )
-        else:
-            raise TypeError(f"task {task.id}: unknown instruction {type(ins).__name__}")
-        self._inbox.append(
-            TaskResult(
-                task_id=task.id, device=dev, started=started, finished=self.env.now, update=update
-            )
+        for i, step in enumerate(self._steps(task)):
+            begin = self.env.now
+            yield from step
+            # An unreachable or dropped device goes silent: no result ever arrives.
+            if self.faults.offline(dev, begin, self.env.now):
+                return
+            if isinstance(ins, FitIns) and i == 1:
+                if drops:
+                    return
+                params, metrics = self.trainer(dev, ins) if self.trainer else (None, {})
+                update = Update(
+                    num_examples=ins.samples * ins.epochs,
+                    nbytes=ins.update_nbytes,
+                    parameters=params,
+                    metrics=metrics,
+                )
+        if isinstance(ins, ForwardIns):
+            update = Update(num_examples=ins.num_examples, nbytes=ins.nbytes)
+        result = TaskResult(
+            task_id=task.id, device=dev, started=started, finished=self.env.now, update=update
         )
+        self._inbox.append(result)
         self._arrived.succeed()
         self._arrived = self.env.event()
+
+    def _link_change(self, change: LinkChange) -> Generator[simpy.Event, Any, None]:
+        owners = [k for k, p in self._links.items() if p.name == change.network]
+        yield self.env.timeout(change.start)
+        for k in owners:
+            self.network.set_capacity(k, self._links[k].bandwidth * change.factor)
+        if change.end != float("inf"):
+            yield self.env.timeout(change.end - change.start)
+            for k in owners:
+                self.network.set_capacity(k, self._links[k].bandwidth)
 
     def _send(
         self, src: int, dst: int, nbytes: int, kind: EventKind, task: str
@@ -137,7 +183,7 @@ class SimTransport(Transport):
         if extra:
             yield self.env.timeout(extra)
         yield self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
-        device = dst if src == self.server else src
+        device = src if dst == self.server else dst
         self.events.record(
             Event(device=device, kind=kind, start=start, end=self.env.now, nbytes=nbytes, task=task)
         )

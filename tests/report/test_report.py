@@ -291,7 +291,7 @@ def test_events_frame_uses_kind_values():
 
     # Assert
     assert list(frame.columns) == EVENT_COLUMNS
-    assert set(frame["kind"]) == {k.value for k in EventKind}
+    assert set(frame["kind"]) == {e.kind.value for rep in events for e in rep.events}
     assert frame["duration_s"].tolist() == pytest.approx(frame["end_s"] - frame["start_s"])
 
 
@@ -342,6 +342,99 @@ def test_console_table_shows_both_scenarios():
     assert "t_new" in text and "client-based" in text and "6.50" in text and "6.72" in text
     assert "+0.98 s" in text
     assert "-11.6" in text and "7.1" in text
+
+
+def table_ii_section(report: str) -> str:
+    """The Table II section of a report.md, up to the next section."""
+    return next(part for part in report.split("\n## ") if part.startswith("Table II"))
+
+
+@pytest.fixture(scope="module")
+def written_without_paper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # An experiment with no reference figures: its summary has no "paper".
+    run_dir = tmp_path_factory.mktemp("run_without_paper")
+    result = make_result()
+    del result.summary["paper"]
+    write_run(run_dir, result)
+    return run_dir
+
+
+def test_without_paper_write_run_writes_every_file(written_without_paper):
+    # Prepare / Execute: the module fixture wrote a run without reference figures.
+    run_dir = written_without_paper
+
+    # Assert
+    for name in ("summary.json", "runs.csv", "events.csv", "crossover.csv", "report.md"):
+        assert (run_dir / name).is_file(), name
+    pngs = sorted((run_dir / "plots").iterdir())
+    assert [p.name for p in pngs] == [
+        "breakdown.png",
+        "crossover.png",
+        "timeline.png",
+        "tref_tnew.png",
+    ]
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in pngs)
+    assert "paper" not in json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_without_paper_report_shows_fedsim_alone(written_without_paper):
+    # Prepare
+    report = (written_without_paper / "report.md").read_text(encoding="utf-8")
+
+    # Execute
+    section = table_ii_section(report)
+
+    # Assert: one fedsim column, no paper figures, differences or note anywhere.
+    assert "|  | fedsim (mean ± std) |" in section
+    assert "| t_ref, cloud-based [s] | 7.00 ± 0.25 |" in section
+    assert "| t_new, client-based [s] | 6.50 ± 0.12 |" in section
+    assert "| time-saving rate Δt [%] | 7.1 |" in section
+    assert "paper" not in section and "difference" not in section
+    for text in ("6.02", "6.72", "-11.6", "Note on the paper", "Paper figures", "beside the"):
+        assert text not in report, text
+    assert "](plots/tref_tnew.png)" in report
+
+
+def test_table_ii_without_paper_has_the_fedsim_column_only():
+    # Prepare
+    summary = make_summary(t_ref=7.0, t_new=6.5)
+    del summary["paper"]
+
+    # Execute
+    table = table_ii(summary)
+
+    # Assert
+    assert list(table.columns) == ["unit", "fedsim"]
+    assert table["fedsim"].tolist() == pytest.approx([7.0, 6.5, 100 * 0.5 / 7.0])
+
+
+def test_console_table_without_paper():
+    # Prepare
+    summary = make_summary(t_ref=7.0, t_new=6.5)
+    del summary["paper"]
+
+    # Execute
+    text = console_table(summary)
+
+    # Assert
+    assert "7.00" in text and "6.50" in text and "7.1" in text
+    assert "fedsim" in text and "paper" not in text and "difference" not in text
+    assert len(text.splitlines()) == 5
+
+
+def test_report_names_the_source_of_the_paper_figures():
+    # Prepare
+    result = make_result()
+    result.summary["paper"]["source"] = "Park and Kum, Table II (average of 50 repetitions)"
+
+    # Execute
+    section = table_ii_section(render_report(result, {}))
+
+    # Assert: under the table, before fedsim's range.
+    assert (
+        "|  |\n\nPaper figures: Park and Kum, Table II (average of 50 repetitions).\n\n"
+        "fedsim's range" in section
+    )
 
 
 @pytest.mark.skipif(not CONTRACT.exists(), reason="the shared contract check is not here")

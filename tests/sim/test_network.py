@@ -320,3 +320,31 @@ def test_jittered_round_matches_the_naive_simulator() -> None:
 
     # Assert
     assert fast == pytest.approx(naive, rel=1e-9)
+
+
+@pytest.mark.parametrize("network_type", [FlowNetwork, NaiveFlowNetwork])
+def test_capacity_change_midway_reshapes_end_times(network_type):
+    # Prepare: one 100 MB flow on a 100 MB/s link; at t=0.5 s the link drops to 25 MB/s.
+    env = simpy.Environment()
+    net = network_type(env, capacity={"l": 100 * MB})
+    done = net.transfer(["l"], 100 * MB)
+    env.timeout(0.5).callbacks.append(lambda _: net.set_capacity("l", 25 * MB))
+    # Execute
+    env.run()
+    # Assert: 50 MB in the first 0.5 s, the other 50 MB at 25 MB/s take 2 s.
+    assert done.value.end == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("network_type", [FlowNetwork, NaiveFlowNetwork])
+def test_capacity_change_on_a_shared_link(network_type):
+    # Two 100 MB flows share 100 MB/s; at t=1 s the link doubles: 50 MB left each at 100 MB/s.
+    env = simpy.Environment()
+    net = network_type(env, capacity={"a": 1e12, "b": 1e12, "s": 100 * MB})
+    ends = [net.transfer([x, "s"], 100 * MB) for x in ("a", "b")]
+    env.timeout(1.0).callbacks.append(lambda _: net.set_capacity("s", 200 * MB))
+    env.run()
+    assert [e.value.end for e in ends] == pytest.approx([1.5, 1.5])
+    with pytest.raises(ValueError):
+        net.set_capacity("s", 0)
+    with pytest.raises(ValueError):
+        net.set_capacity("nope", 1.0)

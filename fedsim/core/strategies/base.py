@@ -1,9 +1,17 @@
-"""The strategy interface the round coordinator calls."""
+"""The strategy interface the round coordinator calls (Flower's hooks, trimmed to what we use).
+
+A strategy sees the current global parameters and the round's validated updates (each the full
+parameters a client trained, with its example count) and returns the next global parameters.
+``configure_fit`` adds strategy-specific settings to what clients receive (FedProx's ``mu``).
+Rules that must see every update at once set ``streaming = False``; the coordinator then keeps
+the round's updates in memory, which it otherwise need not.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fedsim.core.runtime import NDArrays, Update
 
@@ -12,6 +20,11 @@ class Strategy(abc.ABC):
     """Turns the updates of a round into the next global parameters."""
 
     name: str = "strategy"
+    streaming: bool = True
+
+    def configure_fit(self, rnd: int) -> Mapping[str, Any]:
+        """Extra settings sent to every client of round ``rnd``."""
+        return {}
 
     @abc.abstractmethod
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:

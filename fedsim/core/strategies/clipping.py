@@ -1,0 +1,63 @@
+"""Norm clipping of client moves before any strategy sees them (DP-FedAvg's clipping step).
+
+McMahan et al. (ICLR 2018) bound each client's influence by clipping its update
+``w_i - current`` to an L2 norm of at most ``max_norm``, over all arrays together; that bound
+is what differential-privacy noise is then calibrated to, and on its own it limits how far a
+single scaled-up (e.g. Byzantine) update can drag the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedsim.core.runtime import NDArrays, Update
+from fedsim.core.strategies.aggregate import delta_norm, updates_with_arrays
+from fedsim.core.strategies.base import Strategy
+
+
+def clip_update(arrays: NDArrays, current: NDArrays, *, max_norm: float) -> NDArrays:
+    """``arrays``, moved back towards ``current`` so that their difference has norm <= max_norm."""
+    norm = delta_norm(arrays, current)
+    if norm <= max_norm:
+        return arrays
+    scale = max_norm / norm
+    out: NDArrays = {}
+    for k, ref in current.items():
+        ref64 = np.asarray(ref, dtype=np.float64)
+        moved = ref64 + (np.asarray(arrays[k], dtype=np.float64) - ref64) * scale
+        out[k] = moved.astype(np.asarray(arrays[k]).dtype)
+    return out
+
+
+class Clipped(Strategy):
+    """Wraps ``inner``: every update's move is clipped to ``max_norm`` before ``inner`` runs."""
+
+    def __init__(self, *, inner: Strategy, max_norm: float) -> None:
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        self.inner = inner
+        self.max_norm = float(max_norm)
+        self.name = f"{inner.name}+clip"
+        # Clipping looks at one update at a time, so it streams whenever the inner rule does.
+        self.streaming = inner.streaming
+
+    def configure_fit(self, rnd: int) -> Mapping[str, Any]:
+        return self.inner.configure_fit(rnd)
+
+    def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
+        with_arrays = updates_with_arrays(updates, self.name)
+        if with_arrays is None:
+            return self.inner.aggregate_fit(current, updates)
+        if current is None:
+            raise ValueError("clipping needs the current parameters to measure each update's move")
+        clipped = [
+            dataclasses.replace(
+                u, parameters=clip_update(u.parameters, current, max_norm=self.max_norm)
+            )
+            for u in with_arrays
+        ]
+        return self.inner.aggregate_fit(current, clipped)

@@ -1,0 +1,107 @@
+"""Write a federated run's directory in the layout of the comparison runs.
+
+``summary.json``, ``runs.csv`` (one row per round), ``events.csv``, ``plots/*.png`` and
+``report.md``. ``runs.csv`` and ``events.csv`` open with the ``repetition`` (0) and ``scenario``
+(``federated``) columns of the comparison tables, so one reader handles both kinds of run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedsim.core.events import Event, EventKind
+from fedsim.core.results import FEDERATED, FederatedResult, RepetitionEvents, RoundRow
+from fedsim.report.federated_markdown import render_federated_report
+from fedsim.report.federated_plots import (
+    plot_accuracy_time,
+    plot_federated_timeline,
+    plot_label_distribution,
+    plot_round_breakdown,
+)
+from fedsim.report.tables import events_frame
+from fedsim.report.write import PLOTS_DIR, json_safe
+
+ROUND_FIELDS = [f.name for f in dataclasses.fields(RoundRow)]
+ROUND_COLUMNS = ["repetition", "scenario", *ROUND_FIELDS]
+# Optional measurements: None in a round without them, NaN in the table, empty in the CSV.
+OPTIONAL_FLOATS = ["train_loss", "accuracy", "eval_loss", "staleness"]
+# Only the server stores and evaluates versions; group aggregators also aggregate.
+SERVER_KINDS = (EventKind.PUBLISH, EventKind.EVALUATE, EventKind.AGGREGATE)
+
+
+def rounds_frame(rounds: Sequence[RoundRow]) -> pd.DataFrame:
+    """One row per round, after the ``repetition`` and ``scenario`` columns of ``runs.csv``."""
+    frame = pd.DataFrame([dataclasses.asdict(r) for r in rounds], columns=ROUND_FIELDS)
+    frame["version"] = frame["version"].astype("Int64")  # an int, or empty when none published
+    frame[OPTIONAL_FLOATS] = frame[OPTIONAL_FLOATS].astype(float)
+    frame["aggregated"] = frame["aggregated"].astype(bool)
+    frame.insert(0, "scenario", FEDERATED)
+    frame.insert(0, "repetition", 0)
+    return frame
+
+
+def federated_events_frame(events: Sequence[Event]) -> pd.DataFrame:
+    """The event log with the columns of the comparison runs' ``events.csv``."""
+    log = RepetitionEvents(repetition=0, scenario=FEDERATED, events=tuple(events))
+    return events_frame([log])
+
+
+def server_of(summary: Mapping[str, Any], events: Sequence[Event]) -> int | None:
+    """The server: the summary's ``server``, else the device that publishes (or evaluates)."""
+    if summary.get("server") is not None:
+        return int(summary["server"])
+    for kind in SERVER_KINDS:
+        devices = Counter(e.device for e in events if e.kind == kind)
+        if devices:
+            return devices.most_common(1)[0][0]
+    return None
+
+
+def write_federated_plots(
+    result: FederatedResult, rounds: pd.DataFrame, events: pd.DataFrame, plots_dir: Path
+) -> dict[str, Path]:
+    """Write the four plots of a federated run into ``plots_dir``; returns name -> path."""
+    summary = result.summary
+    return {
+        "accuracy_time": plot_accuracy_time(
+            rounds,
+            plots_dir / "accuracy_time.png",
+            target=summary.get("target_accuracy"),
+            time_to_target=summary.get("time_to_target_s"),
+            round_to_target=summary.get("round_to_target"),
+        ),
+        "round_breakdown": plot_round_breakdown(rounds, plots_dir / "round_breakdown.png"),
+        "timeline": plot_federated_timeline(
+            events,
+            rounds,
+            plots_dir / "timeline.png",
+            server=server_of(summary, result.events),
+        ),
+        "label_distribution": plot_label_distribution(
+            result.label_counts,
+            plots_dir / "label_distribution.png",
+            partition=summary.get("partition"),
+        ),
+    }
+
+
+def write_federated_run(run_dir: Path, result: FederatedResult) -> None:
+    """Write every output of the federated ``result`` into ``run_dir`` (created if missing)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(
+        json.dumps(json_safe(result.summary), indent=2) + "\n", encoding="utf-8"
+    )
+    rounds = rounds_frame(result.rounds)
+    rounds.to_csv(run_dir / "runs.csv", index=False)
+    events = federated_events_frame(result.events)
+    events.to_csv(run_dir / "events.csv", index=False)
+    plots = write_federated_plots(result, rounds, events, run_dir / PLOTS_DIR)
+    (run_dir / "report.md").write_text(render_federated_report(result, plots), encoding="utf-8")

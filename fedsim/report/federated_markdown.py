@@ -1,0 +1,262 @@
+"""``report.md`` of a federated run: what was run, results, rounds, failures, assumptions, plots.
+
+Also the small formatters that the console summary and the sweep report share with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsim.core.results import FederatedResult, RoundRow
+from fedsim.report.markdown import assumptions_section, markdown_table, plots_section
+from fedsim.report.tables import number_of_seconds
+
+PLOT_CAPTIONS = {
+    "accuracy_time": "Test accuracy and training loss over simulated time",
+    "round_breakdown": "Where each round's time goes: transfer, compute, aggregation, waiting",
+    "timeline": "Timeline of the run, per device",
+    "label_distribution": "Training samples per class on each client (the non-IID split)",
+}
+ROUNDS_TABLE_MAX = 40  # more rounds: the table shows every k-th one
+FAILED_ROWS_MAX = 10  # rounds not aggregated that a sampled table adds
+NOT_AGGREGATED = "✗"
+NO_DEVICE = -1  # the coordinator's device for "no device was available"
+DEVICES_LISTED_MAX = 8  # more devices failing for one reason: a count
+
+
+def percent(value: float | None) -> str:
+    """An accuracy (a fraction) in percent, or ``—`` when there is none."""
+    return "—" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def seconds(value: float | None) -> str:
+    """Seconds, with minutes or hours beside them once they help: ``400.2 s (6.7 min)``."""
+    if value is None or math.isnan(value):
+        return "—"
+    text = f"{number_of_seconds(value)} s"
+    if value >= 2 * 3600:
+        return f"{text} ({value / 3600:.1f} h)"
+    if value >= 120:
+        return f"{text} ({value / 60:.1f} min)"
+    return text
+
+
+def strategy_text(strategy: Any) -> str:
+    """``fedavg (clip_norm=null)`` from the summary's strategy, a name or a dict with ``name``."""
+    if not isinstance(strategy, Mapping):
+        return str(strategy)
+    params = {k: v for k, v in strategy.items() if k != "name"}
+    name = str(strategy.get("name", "?"))
+    return f"{name} ({parameters_text(params)})" if params else name
+
+
+def parameters_text(params: Mapping[str, Any]) -> str:
+    """``k=v`` pairs as in the configs: ``null`` for None, numbers in their short form."""
+
+    def value(v: Any) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, float):
+            return f"{v:g}"
+        return str(v)
+
+    return ", ".join(f"{k}={value(v)}" for k, v in params.items())
+
+
+def time_to_target_text(summary: Mapping[str, Any]) -> str:
+    """When the target accuracy was first reached, that it was not, or ``—`` with no target."""
+    target = summary.get("target_accuracy")
+    if target is None:
+        return "—"
+    reached = summary.get("time_to_target_s")
+    if reached is None:
+        return f"not reached ({percent(target)} in {summary.get('rounds', '?')} rounds)"
+    where = summary.get("round_to_target")
+    return f"{seconds(reached)} ({percent(target)} in round {where})"
+
+
+def ranges(values: Iterable[int]) -> str:
+    """Sorted integers as runs: ``1, 3–5, 9``."""
+    runs: list[list[int]] = []
+    for v in sorted(set(values)):
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+
+
+def _what_was_run(summary: Mapping[str, Any]) -> str:
+    workload = summary.get("workload", {})
+    model, dataset = workload.get("model", {}), workload.get("dataset", {})
+    clients = ", ".join(str(c) for c in summary.get("clients", []))
+    rounds = summary.get("rounds", "?")
+    mode = summary.get("fl_mode", "sync")
+    unit = "aggregations (asynchronous, FedBuff-style)" if mode == "async" else "rounds"
+    text = (
+        f"fedsim {summary.get('fedsim_version', '?')} ran the experiment "
+        f"`{summary.get('experiment', '?')}` in {summary.get('mode', '?')} mode on the topology "
+        f"`{summary.get('topology', '?')}` (clients: devices {clients}) with seed "
+        f"{summary.get('seed', '?')}: {rounds} {unit} of "
+        f"**{strategy_text(summary.get('strategy', '?'))}**, client selection "
+        f"`{summary.get('selection', '?')}`."
+    )
+    if model:
+        epochs = workload.get("local_epochs", "?")
+        size = (
+            f" ({model['parameters']:,} parameters, {model['state_bytes'] / 1e3:,.1f} kB of state)"
+            if "parameters" in model and "state_bytes" in model
+            else ""
+        )
+        text += (
+            f" Each selected client trains {model.get('name', '?')}{size} on its shard of "
+            f"{dataset.get('name', 'its data')} for {epochs} local epoch"
+            f"{'s' if epochs != 1 else ''} with batch size {workload.get('batch_size', '?')}"
+        )
+        training = summary.get("training")
+        text += (
+            ", for real with PyTorch, while the simulator accounts the time."
+            if training == "real"
+            else "; only its time is modelled, no model is trained."
+            if training == "modelled"
+            else "."
+        )
+    partition = summary.get("partition") or {}
+    if partition.get("kind") == "dirichlet":
+        alpha = partition["alpha"]
+        text += f" The data is split across clients by a Dirichlet draw, α = {alpha:g}."
+    elif partition.get("kind"):
+        text += f" The data split across clients is {partition['kind']}."
+    faults = {k: v for k, v in (summary.get("faults") or {}).items() if v}
+    text += (
+        f" Faults injected: {parameters_text(faults)}." if faults else " No faults were injected."
+    )
+    return "## What was run\n\n" + text
+
+
+def _results_section(summary: Mapping[str, Any]) -> str:
+    rows = [
+        ["final accuracy", percent(summary.get("final_accuracy"))],
+        ["best accuracy", percent(summary.get("best_accuracy"))],
+        ["target accuracy", percent(summary.get("target_accuracy"))],
+        ["time to target (simulated)", time_to_target_text(summary)],
+        ["simulated time", seconds(summary.get("simulated_time_s"))],
+        [
+            "rounds aggregated / failed",
+            f"{summary.get('rounds_aggregated', '?')} / {summary.get('rounds_failed', '?')}",
+        ],
+        ["updates lost", str(summary.get("updates_lost", "?"))],
+        ["updates rejected", str(summary.get("updates_rejected", "?"))],
+    ]
+    return "## Results\n\n" + markdown_table(["quantity", "value"], rows, "lr")
+
+
+def _shown_rounds(rounds: Sequence[RoundRow]) -> tuple[list[RoundRow], str]:
+    """The rounds the table shows, and a note on which when it is not all of them.
+
+    Up to ROUNDS_TABLE_MAX rounds: all. Beyond: one evaluated round in k (one round in k if
+    none was evaluated), the last round, and the rounds not aggregated if they are few.
+    """
+    if len(rounds) <= ROUNDS_TABLE_MAX:
+        return list(rounds), ""
+    evaluated = [r for r in rounds if r.accuracy is not None]
+    pool = evaluated or list(rounds)
+    step = math.ceil(len(pool) / ROUNDS_TABLE_MAX)
+    keep = {r.round for r in pool[::step]} | {pool[-1].round, rounds[-1].round}
+    failed = [r.round for r in rounds if not r.aggregated]
+    if len(failed) <= FAILED_ROWS_MAX:
+        keep |= set(failed)
+    what = "evaluated round" if evaluated else "round"
+    extra = " and every one not aggregated" if failed and len(failed) <= FAILED_ROWS_MAX else ""
+    which = f"The {len(pool)} {what}s are" if step == 1 else f"One {what} in {step} is"
+    note = f"{which} shown, with the last{extra}; `runs.csv` has all {len(rounds)} rounds."
+    return [r for r in rounds if r.round in keep], note
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _rounds_section(rounds: Sequence[RoundRow], fl_mode: str) -> str:
+    heading = "## Rounds\n\n"
+    if not rounds:
+        return heading + "No rounds were run."
+    shown, sampled = _shown_rounds(rounds)
+    all_aggregated = all(r.aggregated for r in rounds)
+    rows = [
+        [
+            f"{r.round} {NOT_AGGREGATED}" if not r.aggregated else str(r.round),
+            number_of_seconds(r.finished_s),
+            f"{r.completed} / {r.selected}",
+            _loss(r.train_loss),
+            percent(r.accuracy),
+        ]
+        for r in shown
+    ]
+    header = ["round", "ends at [s]", "completed / selected", "train loss", "test accuracy"]
+    notes = [f"{NOT_AGGREGATED}: the round aggregated nothing."] if not all_aggregated else []
+    if fl_mode == "async":
+        notes.insert(0, "In asynchronous mode a row is one aggregation of the buffer.")
+    if sampled:
+        notes.append(sampled)
+    table = markdown_table(header, rows, "rrrrr")
+    return heading + table + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def _devices(devices: Iterable[int]) -> str:
+    named = sorted(set(devices) - {NO_DEVICE})
+    if len(named) > DEVICES_LISTED_MAX:
+        return f"{len(named)} devices"
+    return ", ".join(str(d) for d in named) or "—"
+
+
+def _failures_section(failures: Sequence[tuple[int, int, str]], rounds: Sequence[RoundRow]) -> str:
+    heading = "## Failures\n\n"
+    failed_rounds = [r.round for r in rounds if not r.aggregated]
+    if not failures and not failed_rounds:
+        return heading + "No update was lost or rejected, and every round was aggregated."
+    text = ""
+    if failures:
+        by_reason: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for rnd, device, reason in failures:
+            by_reason[reason].append((rnd, device))
+        ordered = sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0]))
+        rows = [
+            [
+                reason.replace("|", "\\|").replace("\n", " "),
+                str(len(hits)),
+                _devices(d for _, d in hits),
+                ranges(r for r, _ in hits),
+            ]
+            for reason, hits in ordered
+        ]
+        affected = len({r for r, _, _ in failures})
+        text += (
+            f"{len(failures)} updates were lost or rejected, in {affected} of {len(rounds)} "
+            "rounds.\n\n" + markdown_table(["reason", "updates", "devices", "rounds"], rows, "lrrr")
+        )
+    if failed_rounds:
+        text += (
+            "\n\n" if text else ""
+        ) + f"Rounds not aggregated ({len(failed_rounds)}): {ranges(failed_rounds)}."
+    return heading + text
+
+
+def render_federated_report(result: FederatedResult, plots: Mapping[str, Path]) -> str:
+    """The text of a federated run's ``report.md``; ``plots`` maps names to files in ``plots/``."""
+    summary = result.summary
+    sections = [
+        f"# fedsim report: {summary.get('experiment', 'federated run')}\n\n"
+        "Federated training: how accurate the model gets, how fast, and where the time goes.",
+        _what_was_run(summary),
+        _results_section(summary),
+        _rounds_section(result.rounds, str(summary.get("fl_mode", "sync"))),
+        _failures_section(result.failures, result.rounds),
+        assumptions_section(result.assumptions),
+        plots_section(plots, PLOT_CAPTIONS),
+    ]
+    return "\n\n".join(sections) + "\n"

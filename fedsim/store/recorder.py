@@ -1,0 +1,56 @@
+"""Keeps a federated run's model versions and deployments in a model repository.
+
+Hooked to the coordinator's ``on_round``: each aggregated round stores the new global model as
+a version (safetensors, with the round and its evaluation metrics), and each round's deployment
+records which devices received the version it started from and how that ended for them. The
+repository's statistics are then what the seed paper's Fig. 3(c) shows for the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedsim.core.coordinator import RoundReport
+from fedsim.core.repository import DeploymentState, ModelRepository
+from fedsim.core.runtime import NDArrays
+from fedsim.store.safetensors_io import encode
+
+
+class RepositoryRecorder:
+    """Stores versions and deployments of model ``name`` as rounds end."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        name: str,
+        architecture: str,
+        initial: NDArrays,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.name = name
+        repository.register_model(name, architecture, metadata)
+        self.version = repository.add_version(name, encode(initial)).version
+
+    def record(self, report: RoundReport, parameters: NDArrays | None) -> None:
+        deployment = self.repository.create_deployment(self.name, self.version, report.selected)
+        arrived = set(report.completed) | set(report.rejected)
+        for device in report.selected:
+            # Every selected device was sent the version; those that answered had it.
+            self.repository.set_deployment_state(deployment.id, device, DeploymentState.DOWNLOADING)
+            final = DeploymentState.DEPLOYED if device in arrived else DeploymentState.FAILED
+            self.repository.set_deployment_state(deployment.id, device, final)
+        if report.aggregated and parameters is not None:
+            metrics = {k: float(v) for k, v in report.metrics.items()}
+            if report.train_loss is not None:
+                metrics["train_loss"] = report.train_loss
+            info = self.repository.add_version(
+                self.name,
+                encode(parameters),
+                parent=self.version,
+                round=report.round,
+                metrics=metrics,
+            )
+            self.version = info.version

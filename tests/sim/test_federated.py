@@ -1,0 +1,229 @@
+"""Multi-round federated training through the coordinator on the simulated runtime."""
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import hardware, link, star
+
+from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, FederatedConfig
+from fedsim.core.events import EventKind
+from fedsim.core.runtime import Cost, ModelRef
+from fedsim.core.strategies.fedavg import FedAvg
+from fedsim.core.topology import Device, Group, Topology
+from fedsim.sim.faults import FaultPlan, LinkChange, Outage
+from fedsim.sim.runtime import SimTransport
+
+TARGETS = {d: np.full(4, float(d), np.float32) for d in range(1, 21)}
+
+
+def pull_trainer(dev, ins):
+    """Moves the parameters halfway to the device's own target: easy to aggregate by hand."""
+    w = ins.parameters["w"]
+    return {"w": (w + 0.5 * (TARGETS[dev] - w)).astype(np.float32)}, {"loss": float(dev)}
+
+
+def two_groups(per_group=2, slow=()):
+    """Server in group 0; devices 1..n in groups 1 and 2 behind 10 MB/s uplinks."""
+    fast, wan = link("fast", 1e6), link("wan", 10.0, latency_s=0.001)
+    groups = {
+        0: Group(id=0, description="cloud", uplink=fast),
+        1: Group(id=1, description="g1", uplink=wan),
+        2: Group(id=2, description="g2", uplink=wan),
+    }
+    devices = {
+        0: Device(
+            id=0,
+            description="server",
+            group=0,
+            id_in_group=0,
+            role="server",
+            hardware=hardware("srv", 10.0),
+            link=fast,
+        )
+    }
+    for i in range(1, 2 * per_group + 1):
+        g = 1 if i <= per_group else 2
+        hw = hardware("slow", 0.1) if i in slow else hardware("cli", 1.0)
+        devices[i] = Device(
+            id=i,
+            description=f"d{i}",
+            group=g,
+            id_in_group=i,
+            role="trainer",
+            hardware=hw,
+            link=link("lan", 100.0),
+        )
+    return Topology("two_groups", groups, devices)
+
+
+def coordinator(topo, *, config, faults=None, trainer=pull_trainer, samples=100, **kw):
+    clients = [d for d in topo.devices if d != 0]
+    transport = SimTransport(topo, seed=0, trainer=trainer, faults=faults)
+    work = ClientWork(
+        samples=dict.fromkeys(clients, samples),
+        train_flops_per_sample=1e10,
+        update_nbytes=1_000_000,
+        state_values=4,
+    )
+    coord = Coordinator(
+        transport=transport,
+        strategy=kw.pop("strategy", FedAvg()),
+        work=work,
+        model=ModelRef(name="m", version=0, nbytes=1_000_000),
+        parameters={"w": np.zeros(4, np.float32)},
+        config=config,
+        groups={d: topo.devices[d].group for d in clients},
+        **kw,
+    )
+    return coord, clients
+
+
+def test_rounds_aggregate_fedavg_and_publish_versions():
+    # Prepare: 4 clients with equal data; each moves w halfway to its own target.
+    coord, clients = coordinator(two_groups(), config=FederatedConfig(rounds=3))
+    # Execute
+    history = coord.run(clients)
+    # Assert: w_{r+1} = w_r + 0.5 (mean target - w_r), mean target = 2.5.
+    expected = 2.5 * (1 - 0.5**3)
+    np.testing.assert_allclose(coord.parameters["w"], expected, rtol=1e-6)
+    assert [r.version.version for r in history] == [1, 2, 3]
+    assert all(r.aggregated and sorted(r.completed) == clients for r in history)
+    assert history[0].train_loss == pytest.approx(2.5)
+    assert all(a.finished <= b.started + 1e-9 for a, b in itertools.pairwise(history))
+
+
+def test_dropouts_do_not_hang_rounds_beyond_their_deadline():
+    # Prepare: 30% of devices drop out of every task; rounds have a 5 s deadline.
+    cfg = FederatedConfig(rounds=10, deadline_s=5.0, min_fit=1)
+    coord, clients = coordinator(two_groups(per_group=5), config=cfg, faults=FaultPlan(dropout=0.3))
+    # Execute
+    history = coord.run(clients)
+    # Assert: every round is done collecting by its deadline and some devices were lost.
+    events = coord.transport.events.events
+    for r in history:
+        agg = [
+            e
+            for e in events
+            if e.kind is EventKind.AGGREGATE and r.started <= e.start <= r.finished
+        ]
+        assert agg and agg[0].start <= r.started + cfg.deadline_s + 1e-9
+        assert r.aggregated
+    lost = sum(len(r.failures) for r in history)
+    assert 0 < lost < 10 * len(clients)
+    assert all(
+        reason == "no result before the deadline" for r in history for reason in r.failures.values()
+    )
+
+
+def test_round_below_min_fit_fails_and_the_next_one_goes_on():
+    # Prepare: device 1 is offline for the first 10 s; min_fit needs all 4.
+    cfg = FederatedConfig(rounds=2, deadline_s=5.0, min_fit=4)
+    coord, clients = coordinator(
+        two_groups(), config=cfg, faults=FaultPlan(outages=[Outage(device=1, start=0, end=4)])
+    )
+    # Execute
+    history = coord.run(clients)
+    # Assert
+    assert not history[0].aggregated and history[0].failures == {1: "no result before the deadline"}
+    assert history[1].aggregated and coord.model.version == 1
+    assert coord.reliability.score(1) < coord.reliability.score(2)
+
+
+def test_invalid_updates_are_rejected_with_a_reason():
+    def nan_trainer(dev, ins):
+        params, metrics = pull_trainer(dev, ins)
+        if dev == 3:
+            params["w"][0] = np.nan
+        return params, metrics
+
+    coord, clients = coordinator(
+        two_groups(), config=FederatedConfig(rounds=1), trainer=nan_trainer
+    )
+    history = coord.run(clients)
+    assert set(history[0].rejected) == {3} and "finite" in history[0].rejected[3]
+    assert sorted(history[0].completed) == [1, 2, 4]
+    np.testing.assert_allclose(coord.parameters["w"], 0.5 * np.mean([1, 2, 4]), rtol=1e-6)
+    assert coord.reliability.score(3) < 1.0
+
+
+def test_late_results_do_not_leak_into_the_next_round():
+    # Device 4 is 10x slower: it misses round 0's deadline and its result arrives in round 1.
+    cfg = FederatedConfig(rounds=2, deadline_s=3.0)
+    coord, clients = coordinator(two_groups(slow=(4,)), config=cfg)
+    history = coord.run(clients)
+    assert 4 in history[0].failures and 4 in history[1].failures
+    assert all(sorted(r.completed) == [1, 2, 3] for r in history)
+
+
+def test_hierarchical_round_matches_flat_fedavg_and_crosses_each_wan_link_once():
+    flat, clients = coordinator(two_groups(), config=FederatedConfig(rounds=1))
+    flat.run(clients)
+    hier, _ = coordinator(two_groups(), config=FederatedConfig(rounds=1, hierarchical=True))
+    history = hier.run(clients)
+    np.testing.assert_allclose(hier.parameters["w"], flat.parameters["w"], rtol=1e-6)
+    assert history[0].aggregated and len(history[0].completed) == 2  # one update per group
+    uploads_to_cloud = [
+        e
+        for e in hier.transport.events
+        if e.kind is EventKind.UPDATE_UPLOAD and e.task.startswith("r0-forward")
+    ]
+    assert len(uploads_to_cloud) == 2
+    downloads = [e for e in hier.transport.events if e.kind is EventKind.MODEL_DOWNLOAD]
+    assert len(downloads) == 2 + 4  # one relay per group, then within each group
+
+
+def test_load_balancing_keeps_the_slowest_from_holding_the_round():
+    topo = two_groups(slow=(4,))
+    times = {}
+    for balance in (False, True):
+        coord, clients = coordinator(
+            topo, config=FederatedConfig(rounds=1, balance=balance), resources=None
+        )
+        from fedsim.sim.resources import SimResources
+
+        coord.resources = SimResources(coord.transport, train_flops_per_sample=1e10)
+        coord.run(clients)
+        times[balance] = coord.history[0].duration
+    assert times[True] < 0.5 * times[False]
+
+
+def test_async_buffers_k_updates_and_weights_staleness():
+    cfg = FederatedConfig(rounds=4, mode="async", buffer_size=2, concurrency=3, max_staleness=3)
+    coord, clients = coordinator(two_groups(per_group=3, slow=(6,)), config=cfg)
+    history = coord.run(clients)
+    assert len(history) == 4 and all(r.aggregated and len(r.completed) == 2 for r in history)
+    assert [r.version.version for r in history] == [1, 2, 3, 4]
+    assert any(r.staleness and r.staleness > 0 for r in history)
+    assert np.all(np.isfinite(coord.parameters["w"]))
+
+
+def test_evaluation_every_k_rounds_costs_server_time():
+    ev = Evaluation(fn=lambda p: {"accuracy": float(p["w"].mean())}, cost=Cost(flops=1e13))
+    coord, clients = coordinator(
+        two_groups(), config=FederatedConfig(rounds=4, eval_every=2), evaluation=ev
+    )
+    history = coord.run(clients)
+    assert [bool(r.metrics) for r in history] == [False, True, False, True]
+    evals = [e for e in coord.transport.events if e.kind is EventKind.EVALUATE]
+    assert len(evals) == 2 and evals[0].duration == pytest.approx(1.0)
+
+
+def test_link_degradation_slows_transfers_while_it_lasts():
+    base, clients = coordinator(two_groups(), config=FederatedConfig(rounds=1))
+    base.run(clients)
+    slow, _ = coordinator(
+        two_groups(),
+        config=FederatedConfig(rounds=1),
+        faults=FaultPlan(link_changes=[LinkChange(network="wan", start=0.0, factor=0.1)]),
+    )
+    slow.run(clients)
+    # 2 x 1 MB per group through 10 MB/s, then through 1 MB/s: transfers take 10x longer;
+    # 1 ms of latency per transfer, 1 s of training, 1.5 ms of aggregation and publishing.
+    assert base.history[0].duration == pytest.approx(0.201 + 1 + 0.201 + 0.0015)
+    assert slow.history[0].duration == pytest.approx(2.001 + 1 + 2.001 + 0.0015)
+
+
+def test_star_fixture_still_builds():
+    assert star(2).server == 0 and replace

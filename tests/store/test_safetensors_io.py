@@ -1,0 +1,208 @@
+"""Safetensors encoding, decoding, and validation of malformed or mismatched files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+
+import numpy as np
+import pytest
+
+from fedsim.core.repository import InvalidModelFile
+from fedsim.store.safetensors_io import (
+    MAX_HEADER_BYTES,
+    check,
+    decode,
+    encode,
+    read_layout,
+)
+
+
+def raw(header: dict | bytes, data: bytes = b"", *, length: int | None = None) -> bytes:
+    """A file built by hand: 8-byte header length, header, data."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(head) if length is None else length) + head + data
+
+
+def f32(name="w", shape=(2,), offsets=(0, 8)) -> dict:
+    return {name: {"dtype": "F32", "shape": list(shape), "data_offsets": list(offsets)}}
+
+
+@pytest.fixture(params=["bytes", "path"])
+def as_source(request, tmp_path):
+    """Hand a file to check() in memory or on disk: both must be judged alike."""
+
+    def make(data: bytes):
+        if request.param == "bytes":
+            return data
+        path = tmp_path / "upload.safetensors"
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
+# -- round trip --
+
+
+def test_round_trip_keeps_names_shapes_dtypes_and_values():
+    # Prepare
+    rng = np.random.default_rng(0)
+    arrays = {
+        "conv.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "f64": rng.standard_normal(5),
+        "f16": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "i64": np.array([-(2**40), 0, 2**40]),
+        "u8": np.arange(256, dtype=np.uint8),
+        "mask": np.array([True, False, True]),
+        "c64": np.array([1 + 2j], dtype=np.complex64),
+        "scalar": np.float32(3.5) * np.ones((), np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+    }
+    # Execute
+    back = decode(encode(arrays))
+    # Assert
+    assert back.keys() == arrays.keys()
+    for name, a in arrays.items():
+        assert back[name].dtype == a.dtype and back[name].shape == a.shape, name
+        np.testing.assert_array_equal(back[name], a)
+
+
+def test_encode_writes_views_and_big_endian_arrays_by_value():
+    # Prepare: a transposed view (not contiguous) and a big-endian array.
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    arrays = {"t": base.T, "be": np.arange(5, dtype=">i4")}
+    # Execute
+    back = decode(encode(arrays))
+    # Assert
+    np.testing.assert_array_equal(back["t"], base.T)
+    np.testing.assert_array_equal(back["be"], np.arange(5))
+    assert back["be"].dtype == np.dtype("<i4")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({}, "at least one tensor"),
+        ({"s": np.array(["text"])}, "no safetensors code"),
+        ({"o": np.array([object()])}, "no safetensors code"),
+        ({1: np.zeros(2)}, "names must be strings"),
+    ],
+)
+def test_encode_refuses_what_it_cannot_hold(arrays, message):
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        encode(arrays)
+
+
+def test_check_and_read_layout_report_the_layout(as_source):
+    # Prepare
+    data = encode({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.int64)})
+    # Execute
+    layout = check(as_source(data))
+    # Assert
+    assert layout == {"w": ((3, 4), "F32"), "b": ((4,), "I64")}
+    assert read_layout(as_source(data)) == layout
+
+
+# -- malformed files --
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "too short (0 bytes"),
+        (b"\x01\x00\x00", "too short (3 bytes"),
+        (raw(b"{}", length=2**63), f"exceeds the limit of {MAX_HEADER_BYTES} bytes"),
+        (raw(b"{}", length=MAX_HEADER_BYTES + 1), "exceeds the limit"),
+        (raw(b'{"a":', length=1000), "header length 1000 runs past the end of the file"),
+        (raw(b'{"w": {"dtype": "F32",'), "header is not valid JSON"),
+        (raw(b'{"w": "\xff\xfe"}'), "header is not UTF-8"),
+        (raw(b"[1, 2]"), "header is a JSON list, not an object"),
+        (raw(b'{"w": 1, "w": 2}'), "duplicate key 'w'"),
+        (raw({"w": [1, 2]}), "tensor 'w': expected an object, got list"),
+        (raw({"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "tensor 'w': missing data_offsets"),
+        (raw(f32(offsets=(0, 8)), b"\0" * 4), "data_offsets [0, 8] go past the end of the data"),
+        (raw(f32(offsets=(0, 4)), b"\0" * 4), "hold 4 bytes, shape (2,) of F32 needs 8"),
+        (raw(f32(offsets=(8, 4)), b"\0" * 8), "is not [begin, end], begin <= end"),
+        (raw(f32(offsets=(0,)), b"\0" * 8), "is not [begin, end]"),
+        (raw(f32(shape=(-2,)), b"\0" * 8), "shape [-2] is not a list of integers >= 0"),
+        (raw(f32(shape=(True,), offsets=(0, 4)), b"\0" * 4), "is not a list of integers"),
+        (raw({"w": {"dtype": "Q8", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "unknown dtype"),
+        (raw({**f32("a"), **f32("b", offsets=(4, 12))}, b"\0" * 12), "overlap or leave a gap"),
+        (raw({**f32("a"), **f32("b", offsets=(12, 20))}, b"\0" * 20), "overlap or leave a gap"),
+        (raw(f32(), b"\0" * 12), "4 bytes at the end of the data belong to no tensor"),
+        (raw({"__metadata__": {"a": 1}, **f32()}, b"\0" * 8), "__metadata__ must map strings"),
+        (raw({}), "no tensors in the file"),
+        (raw({"__metadata__": {"a": "b"}}), "no tensors in the file"),
+        (pickle.dumps({"w": [1.0, 2.0]}), "not a safetensors file"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_check_refuses_malformed_files_naming_the_fault(as_source, data, message):
+    # Execute / Assert
+    with pytest.raises(InvalidModelFile, match=re.escape(message)):
+        check(as_source(data))
+
+
+def test_structural_faults_are_called_not_a_safetensors_file():
+    # Execute
+    with pytest.raises(InvalidModelFile) as info:
+        check(raw(f32(offsets=(0, 8)), b"\0" * 4))
+    # Assert
+    assert str(info.value) == (
+        "not a safetensors file: tensor 'w': data_offsets [0, 8] go past the end of the data "
+        "(4 bytes)"
+    )
+
+
+def test_a_dtype_numpy_cannot_hold_is_named():
+    # Prepare: a valid bfloat16 file.
+    data = raw({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4)
+    # Execute / Assert
+    with pytest.raises(InvalidModelFile, match="tensor 'w': dtype BF16 has no numpy equivalent"):
+        check(data)
+
+
+def test_decode_validates_before_loading():
+    # Execute / Assert
+    with pytest.raises(InvalidModelFile, match="not a safetensors file: too short"):
+        decode(b"1234")
+
+
+# -- against a reference layout --
+
+
+@pytest.fixture
+def model() -> bytes:
+    return encode({"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})
+
+
+def test_matching_reference_passes_with_codes_or_numpy_dtypes(model):
+    # Execute / Assert
+    check(model, reference={"w": ((4, 3), "F32"), "b": ([3], np.float32)})
+    check(model, reference={"w": ((4, 3), np.dtype("<f4")), "b": ((3,), "float32")})
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ({"w": ((4, 3), "F32"), "b": ((4,), "F32")}, "tensor 'b': shape (3,) != (4,)"),
+        ({"w": ((4, 3), "F16"), "b": ((3,), "F32")}, "tensor 'w': dtype F32 != F16"),
+        ({"w": ((4, 3), "F32"), "b": ((3,), "F32"), "c": ((1,), "F32")}, "missing tensors: 'c'"),
+        ({"w": ((4, 3), "F32")}, "unexpected tensors: 'b'"),
+    ],
+)
+def test_mismatched_reference_names_the_difference(model, reference, message):
+    # Execute / Assert
+    with pytest.raises(InvalidModelFile) as info:
+        check(model, reference=reference)
+    assert str(info.value) == message
+
+
+def test_reference_with_a_dtype_safetensors_lacks_is_a_caller_error(model):
+    # Execute / Assert
+    with pytest.raises(ValueError, match="reference dtype"):
+        check(model, reference={"w": ((4, 3), "nonsense"), "b": ((3,), "F32")})
