@@ -1,4 +1,8 @@
-"""``python -m fedsim +experiment=NAME [key=value ...]``: run an experiment through Hydra."""
+"""The ``fedsim`` command.
+
+``python -m fedsim +experiment=NAME [key=value ...]`` runs an experiment through Hydra;
+``fedsim server ...`` and ``fedsim agent ...`` run the real runtime's processes.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +69,18 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(f"results: {run_dir}")
 
 
+SUBCOMMANDS = {
+    "server": "fedsim.real.server.cli",
+    "agent": "fedsim.real.agent.cli",
+}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        from importlib import import_module
+
+        command = import_module(SUBCOMMANDS[sys.argv[1]])
+        sys.exit(command.main(sys.argv[2:]))
     register_configs()
     _preflight(sys.argv[1:])
     _hydra_main()

@@ -132,6 +132,14 @@ class DatasetConf:
 
 
 @dataclass
+class ScaleConf:
+    """A smaller job for mode=real, so that real training fits a small host."""
+
+    input_size: int = MISSING
+    samples_per_device: int = MISSING
+
+
+@dataclass
 class WorkloadConf:
     name: str = MISSING
     model: str = MISSING
@@ -141,6 +149,7 @@ class WorkloadConf:
     samples_per_device: int = MISSING
     epochs: int = 1
     dataset: DatasetConf = field(default_factory=DatasetConf)
+    scale: ScaleConf | None = None  # applied in mode=real only
 
 
 @dataclass
@@ -232,7 +241,15 @@ class FaultsConf:
 
 @dataclass
 class ModeConf:
+    """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
+    loopback, doing the work for real."""
+
     name: str = "sim"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port
+    startup_timeout_s: float = 120.0
+    heartbeat_interval_s: float = 1.0
+    patience_s: float = 10.0
 
 
 @dataclass

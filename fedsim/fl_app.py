@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedsim import __version__
-from fedsim.app import build_workload, make_transport_factory
+from fedsim.app import build_workload
 from fedsim.config import ConfigError, build_topology, clients_of
 from fedsim.core.coordinator import (
     ClientWork,
@@ -93,6 +95,80 @@ def fault_plan(c: Any, topology: Topology) -> FaultPlan:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"faults: {e}") from None
+
+
+@contextmanager
+def _runtime(
+    cfg,
+    topology,
+    clients,
+    run_dir,
+    *,
+    trainer,
+    faults,
+    shards,
+    seed,
+    flops,
+    attached=None,
+    channel="",
+):
+    """The transport, the scheduler's resource view and the model store of ``cfg.mode``.
+
+    sim: SimPy over the topology, with the trainer run in-process and faults injected.
+    real: a server and one agent process per client on loopback (LocalCluster).
+    """
+    name = "attached" if attached is not None else cfg.mode.name
+    if name != "sim":
+        if faults.dropout or faults.outages or faults.link_changes:
+            raise ConfigError("faults: fault injection is simulated; in mode=real stop agents")
+        if cfg.fl.hierarchical:
+            raise ConfigError("fl.hierarchical: hierarchical rounds run in mode=sim only")
+    if name == "attached":
+        from fedsim.real.resources import RegistryResources
+        from fedsim.real.transport import HttpTransport
+
+        transport = HttpTransport(
+            board=attached.board,
+            repository=attached.repository,
+            server=topology.server,
+            channel=channel,
+        )
+        profiles = {d: topology.devices[d].hardware for d in clients}
+        yield (
+            transport,
+            RegistryResources(attached.registry, train_flops_per_sample=flops, profiles=profiles),
+            attached.repository,
+        )
+    elif name == "sim":
+        from fedsim.sim.resources import SimResources
+        from fedsim.sim.runtime import SimTransport
+        from fedsim.store.sqlite import SqliteRepository
+
+        transport = SimTransport(topology, seed=seed, trainer=trainer, faults=faults)
+        store = SqliteRepository(run_dir / "repository") if trainer is not None else None
+        try:
+            yield transport, SimResources(transport, train_flops_per_sample=flops), store
+        finally:
+            if store is not None:
+                store.close()
+    elif name == "real":
+        from fedsim.real.launch import LocalCluster
+        from fedsim.real.resources import RegistryResources
+        from fedsim.real.transport import HttpTransport
+
+        profiles = {d: topology.devices[d].hardware for d in clients}
+        with LocalCluster(
+            run_dir=run_dir, topology=topology, clients=clients, shards=shards, mode=cfg.mode
+        ) as cluster:
+            transport = HttpTransport(
+                board=cluster.board, repository=cluster.repository, server=topology.server
+            )
+            resources = RegistryResources(
+                cluster.registry, train_flops_per_sample=flops, profiles=profiles
+            )
+            yield transport, resources, cluster.repository
+    else:
+        raise ConfigError(f"mode: {name!r} is not one of sim, real")
 
 
 def _real_data(cfg: Any, clients: list[int], rng: np.random.Generator):
@@ -176,15 +252,25 @@ def _to_target(rows: list[RoundRow], target: float | None) -> tuple[int | None, 
     return None, None
 
 
-def run_federated(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> FederatedResult:
-    """Run the configured federated training and write its results to ``run_dir``."""
+def run_federated(
+    cfg: Any,
+    run_dir: Path,
+    conf_dir: Path | None = None,
+    *,
+    attached: Any = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    task_prefix: str = "",
+) -> FederatedResult:
+    """Run the configured federated training and write its results to ``run_dir``.
+
+    ``attached`` (a :class:`fedsim.real.jobs.Attached`) runs it over a server that is already
+    up, as a job; ``on_round`` gets each round's row as it ends.
+    """
     from tqdm import tqdm
 
     from fedsim.report.console import console_federated
     from fedsim.report.federated import write_federated_run
-    from fedsim.sim.resources import SimResources
 
-    make_transport_factory(cfg.mode.name)  # rejects a mode this run cannot use
     topology = build_topology(cfg, conf_dir)
     clients = clients_of(cfg, topology)
     fl = federated_config(cfg.fl)
@@ -198,7 +284,7 @@ def run_federated(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> Fede
     seeds = np.random.SeedSequence(cfg.seed).spawn(3)
     rng = np.random.default_rng(seeds[0])
 
-    trainer = evaluation = params = None
+    trainer = evaluation = params = shards = None
     labels: dict[int, list[int]] = {}
     if cfg.fl.training == "real":
         import torch
@@ -221,62 +307,79 @@ def run_federated(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> Fede
     else:
         raise ConfigError(f"fl.training: {cfg.fl.training!r} is not one of real, modelled")
 
-    from fedsim.sim.runtime import SimTransport
+    with _runtime(
+        cfg,
+        topology,
+        clients,
+        run_dir,
+        trainer=trainer,
+        faults=faults,
+        shards=shards,
+        seed=seeds[1],
+        flops=float(spec.train_flops),
+    ) as (
+        transport,
+        resources,
+        store,
+    ):
+        recorder = _RoundRows(transport.events, cfg.fl.max_events)
+        versions = None
+        if params is not None:
+            from fedsim.store.recorder import RepositoryRecorder
 
-    transport = SimTransport(topology, seed=seeds[1], trainer=trainer, faults=faults)
-    recorder = _RoundRows(transport.events, cfg.fl.max_events)
-    store = versions = None
-    if params is not None:
-        from fedsim.store.recorder import RepositoryRecorder
-        from fedsim.store.sqlite import SqliteRepository
-
-        store = SqliteRepository(run_dir / "repository")
-        versions = RepositoryRecorder(
-            store,
-            name=spec.name,
-            architecture=spec.name,
-            initial=params,
-            metadata={"experiment": cfg.experiment.name},
-        )
-    with tqdm(total=fl.rounds, desc="rounds", unit="round", file=sys.stderr) as bar:
-        coordinator = Coordinator(
-            transport=transport,
-            strategy=strategy,
-            work=ClientWork(
-                samples=samples,
-                train_flops_per_sample=float(spec.train_flops),
-                update_nbytes=spec.state_bytes,
-                state_values=spec.state_values,
-            ),
-            model=ModelRef(name=spec.name, version=0, nbytes=spec.state_bytes),
-            parameters=params,
-            config=fl,
-            selector=choose,
-            resources=SimResources(transport, train_flops_per_sample=float(spec.train_flops)),
-            reliability=Reliability(),
-            evaluation=evaluation,
-            groups={d: topology.devices[d].group for d in clients},
-            on_round=lambda r: (
-                recorder(r),
-                versions and versions.record(r, coordinator.parameters),
-                bar.update(1),
-            ),
-            seed=seeds[2],
-        )
-        history = coordinator.run(clients)
+            versions = RepositoryRecorder(
+                store,
+                name=spec.name,
+                architecture=spec.name,
+                initial=params,
+                metadata={"experiment": cfg.experiment.name},
+            )
+        with tqdm(total=fl.rounds, desc="rounds", unit="round", file=sys.stderr) as bar:
+            coordinator = Coordinator(
+                transport=transport,
+                strategy=strategy,
+                work=ClientWork(
+                    samples=samples,
+                    train_flops_per_sample=float(spec.train_flops),
+                    update_nbytes=spec.state_bytes,
+                    state_values=spec.state_values,
+                    config={
+                        "model": spec.name,
+                        "num_classes": spec.num_classes,
+                        "input_size": spec.input_size,
+                        "seed": cfg.seed,
+                    },
+                ),
+                model=ModelRef(name=spec.name, version=0, nbytes=spec.state_bytes),
+                parameters=params,
+                config=fl,
+                selector=choose,
+                resources=resources,
+                reliability=Reliability(),
+                evaluation=evaluation,
+                groups={d: topology.devices[d].group for d in clients},
+                on_round=lambda r: (
+                    recorder(r),
+                    on_round and on_round(asdict(recorder.rows[-1])),
+                    versions and versions.record(r, coordinator.parameters),
+                    bar.update(1),
+                ),
+                seed=seeds[2],
+            )
+            history = coordinator.run(clients)
+        simulated_time = transport.now()
+        repository = None
+        if params is not None:
+            stats = store.stats(spec.name)
+            repository = {
+                "path": "repository",
+                "versions": stats.versions,
+                "deployments": stats.deployments,
+                "total_bytes": stats.total_size,
+            }
 
     events = tuple(transport.events)
     rows = recorder.rows
-    repository = None
-    if store is not None:
-        stats = store.stats(spec.name)
-        repository = {
-            "path": "repository",
-            "versions": stats.versions,
-            "deployments": stats.deployments,
-            "total_bytes": stats.total_size,
-        }
-        store.close()
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
     round_to_target, time_to_target = _to_target(rows, cfg.fl.target_accuracy)
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
@@ -284,7 +387,7 @@ def run_federated(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> Fede
     summary: dict[str, Any] = {
         "experiment": cfg.experiment.name,
         "kind": "federated",
-        "mode": cfg.mode.name,
+        "mode": "real" if attached is not None else cfg.mode.name,
         "seed": cfg.seed,
         "strategy": dict(cfg.strategy),
         "rounds": fl.rounds,
@@ -298,7 +401,7 @@ def run_federated(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> Fede
         "target_accuracy": cfg.fl.target_accuracy,
         "round_to_target": round_to_target,
         "time_to_target_s": time_to_target,
-        "simulated_time_s": transport.now(),
+        "simulated_time_s": simulated_time,
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
         "updates_lost": sum(len(r.failures) for r in history),

@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -101,12 +102,17 @@ class FederatedConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientWork:
-    """What a client's training costs: its local samples, FLOPs per sample, update size."""
+    """What a client's training costs: its local samples, FLOPs per sample, update size.
+
+    ``config`` travels to every client with its task (what model to build, the seed); the
+    round's own settings (learning rate, strategy parameters) are added to it.
+    """
 
     samples: Mapping[int, int]
     train_flops_per_sample: float
     update_nbytes: int
     state_values: int
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,7 +268,7 @@ class Coordinator:
 
     def _fit_ins(self, rnd: int, samples: int, **route: int | None) -> FitIns:
         cfg = self.config
-        config = {"learning_rate": cfg.learning_rate, "round": rnd}
+        config = {**self.work.config, "learning_rate": cfg.learning_rate, "round": rnd}
         config.update(self.strategy.configure_fit(rnd))
         return FitIns(
             model=self.model,

@@ -23,7 +23,7 @@ from fedsim.core.results import (
     ScenarioRun,
 )
 from fedsim.core.runtime import Transport
-from fedsim.core.scenarios import client_based, cloud_based
+from fedsim.core.scenarios import MODELLED, RealWork, client_based, cloud_based
 from fedsim.core.topology import LinkProfile, Topology, TopologyError, map_profiles, without_jitter
 from fedsim.core.workload import WorkloadSpec
 
@@ -79,14 +79,15 @@ def compare_once(
     make_transport: TransportFactory,
     seed: np.random.SeedSequence,
     rep: int = 0,
+    real: RealWork = MODELLED,
 ) -> tuple[list[ScenarioRun], list[RepetitionEvents]]:
     """Run both scenarios once, each on its own fresh transport."""
     cloud_seed, client_seed = seed.spawn(2)
     runs, events = [], []
     cloud = make_transport(topology, cloud_seed)
-    t_ref = cloud_based(cloud, clients=clients, workload=workload)
+    t_ref = cloud_based(cloud, clients=clients, workload=workload, real=real)
     client = make_transport(topology, client_seed)
-    t_new, _ = client_based(client, clients=clients, workload=workload)
+    t_new, _ = client_based(client, clients=clients, workload=workload, real=real)
     for name, tr, total in ((CLOUD, cloud, t_ref), (CLIENT, client, t_new)):
         runs.append(_scenario_run(rep, name, tr, total))
         events.append(RepetitionEvents(repetition=rep, scenario=name, events=tuple(tr.events)))
@@ -102,6 +103,7 @@ def compare(
     repetitions: int,
     seed: int,
     progress: Callable[[int], None] = lambda rep: None,
+    real: RealWork = MODELLED,
 ) -> ComparisonOutcome:
     """``repetitions`` runs of both scenarios; formula (1) over them."""
     if repetitions < 1:
@@ -109,7 +111,7 @@ def compare(
     runs: list[ScenarioRun] = []
     events: list[RepetitionEvents] = []
     for rep, child in enumerate(np.random.SeedSequence(seed).spawn(repetitions)):
-        r, e = compare_once(topology, workload, clients, make_transport, child, rep)
+        r, e = compare_once(topology, workload, clients, make_transport, child, rep, real)
         runs += r
         events += e
         progress(rep)

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from fedsim.core.coordinator import ClientWork, Coordinator, FederatedConfig, RoundReport
 from fedsim.core.events import EventKind
-from fedsim.core.runtime import Cost, ModelRef, Task, Transport, UploadDataIns
+from fedsim.core.runtime import Cost, ModelRef, NDArrays, Task, Transport, UploadDataIns
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.workload import WorkloadSpec
 
@@ -21,7 +23,30 @@ class ScenarioError(RuntimeError):
     """A scenario could not complete (a device failed where the scenario needs it)."""
 
 
-def cloud_based(transport: Transport, *, clients: Sequence[int], workload: WorkloadSpec) -> float:
+@dataclass(frozen=True, kw_only=True)
+class RealWork:
+    """What a runtime that does the work for real needs beyond the workload's costs.
+
+    ``server_train(samples)`` trains on the server in the cloud-based scenario; ``parameters``
+    are deployed in the client-based one, with ``client_config`` telling agents what to build.
+    Left empty, the work is modelled from its cost (the simulator's way).
+    """
+
+    server_train: Callable[[int], object] | None = None
+    parameters: NDArrays | None = None
+    client_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+MODELLED = RealWork()
+
+
+def cloud_based(
+    transport: Transport,
+    *,
+    clients: Sequence[int],
+    workload: WorkloadSpec,
+    real: RealWork = MODELLED,
+) -> float:
     """Upload every client's shard to the server, then train there; returns the elapsed time."""
     t0 = transport.now()
     n = workload.samples_per_device
@@ -38,12 +63,17 @@ def cloud_based(transport: Transport, *, clients: Sequence[int], workload: Workl
     if failed or len(results) < len(tasks):
         raise ScenarioError(f"data upload failed: {failed or 'results missing'}")
     samples = n * len(results)
-    transport.server_work(EventKind.TRAIN, Cost(flops=workload.train_flops(samples)))
+    train = None if real.server_train is None else (lambda: real.server_train(samples))
+    transport.server_work(EventKind.TRAIN, Cost(flops=workload.train_flops(samples)), train)
     return transport.now() - t0
 
 
 def client_based(
-    transport: Transport, *, clients: Sequence[int], workload: WorkloadSpec
+    transport: Transport,
+    *,
+    clients: Sequence[int],
+    workload: WorkloadSpec,
+    real: RealWork = MODELLED,
 ) -> tuple[float, RoundReport]:
     """One FedAvg round on ``clients``; returns the elapsed time and the round's report."""
     t0 = transport.now()
@@ -56,8 +86,10 @@ def client_based(
             train_flops_per_sample=float(spec.train_flops),
             update_nbytes=spec.state_bytes,
             state_values=spec.state_values,
+            config=real.client_config,
         ),
         model=ModelRef(name=spec.name, version=0, nbytes=spec.state_bytes),
+        parameters=real.parameters,
         config=FederatedConfig(
             rounds=1,
             min_fit=len(clients),

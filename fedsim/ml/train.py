@@ -112,7 +112,7 @@ class TorchTrainer:
                 loss_sq_sum = torch.zeros((), device=self.device)
                 for start in range(0, ins.samples, ins.batch_size):
                     batch = epoch_order[start : start + ins.batch_size]
-                    losses = F.cross_entropy(model(X[batch]), y[batch], reduction="none")
+                    losses = _per_sample_loss(model, model(X[batch]), y[batch])
                     optimizer.zero_grad(set_to_none=True)
                     losses.mean().backward()
                     if mu > 0:
@@ -212,6 +212,14 @@ def evaluate(
     """``{"accuracy", "loss"}`` of ``parameters`` on ``(X, y)``; see :class:`Evaluator`."""
     evaluator = Evaluator(model_name=model_name, num_classes=num_classes, X=X, y=y, device=device)
     return evaluator(parameters)
+
+
+def _per_sample_loss(model: nn.Module, outputs: Any, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classifiers; a model with its own ``training_loss`` supplies it."""
+    own = getattr(model, "training_loss", None)
+    if own is not None:
+        return own(outputs, y)
+    return F.cross_entropy(outputs, y, reduction="none")
 
 
 def _derive_seed(*entropy: int) -> int:

@@ -1,7 +1,7 @@
 import math
 
 import pytest
-from conftest import hardware, link, star
+from topologies import hardware, link, star
 
 from fedsim.core.topology import Device, Topology, TopologyError, without_jitter
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import hardware, link, star
+from topologies import hardware, link, star
 
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, FederatedConfig
 from fedsim.core.events import EventKind

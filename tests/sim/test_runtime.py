@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import hardware, link, star
+from topologies import hardware, link, star
 
 from fedsim.core.events import EventKind
 from fedsim.core.experiment import compare

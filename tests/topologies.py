@@ -1,8 +1,6 @@
-"""Shared fixtures: small topologies with round numbers, so expected times are easy to derive."""
+"""Small topologies with round numbers, so that tests can derive expected times by hand."""
 
 from __future__ import annotations
-
-import pytest
 
 from fedsim.core.topology import (
     Device,
@@ -64,8 +62,3 @@ def star(n_clients=2, *, access=None, uplink=None, server_tflops=10.0, client_tf
             link=access or fast,
         )
     return Topology("star", groups, devices)
-
-
-@pytest.fixture
-def make_star():
-    return star

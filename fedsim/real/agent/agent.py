@@ -1,0 +1,449 @@
+"""The device agent: register, send heartbeats, long-poll for tasks and run them.
+
+Two loops share one event loop, heartbeats and tasks; training runs in a one-thread executor,
+so the heartbeats keep their rhythm through a long training and the server sees a busy device,
+not a dead one. Every request outlives a server restart (``client`` retries), and a 401 after
+one, when the server has forgotten the device's token, makes the agent register again under
+the same id and carry on where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
+from typing import Any, TypeVar
+
+import aiohttp
+import numpy as np
+import torch
+
+from fedsim.ml.train import TorchTrainer
+from fedsim.real.agent.client import ApiClient, ApiError, Backoff, Body, Unauthorized
+from fedsim.real.agent.config import AgentConfig
+from fedsim.real.agent.resources import LoadMeter, hardware
+from fedsim.real.agent.state import Identity, StateDir
+from fedsim.real.agent.work import (
+    TaskError,
+    TrainerFactory,
+    Trainers,
+    data_bytes,
+    fit_ins,
+    padding,
+    task_digest,
+)
+from fedsim.store.safetensors_io import decode, encode
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+POLL_MARGIN = 15.0  # how long past a long poll's ``wait`` its reply may take before it is lost
+MAX_REASON_CHARS = 2000  # an error report stays far below the server's JSON body limit
+OCTETS = "application/octet-stream"
+
+
+class AgentError(Exception):
+    """What the agent cannot get past by retrying: a rejected enrollment, a removed device."""
+
+
+class Agent:
+    """One device's agent. ``run()`` serves until ``stop()`` or an :class:`AgentError`.
+
+    ``trainer_factory`` makes the trainers (default ``TorchTrainer``), called with its keyword
+    arguments (``model_name``, ``num_classes``, ``data``, ``seed``, ``device``).
+    """
+
+    def __init__(
+        self, *, config: AgentConfig, trainer_factory: TrainerFactory | None = None
+    ) -> None:
+        self.config = config
+        self._state = StateDir(config.state_dir)
+        self._trainers = Trainers(
+            data=config.data_spec,
+            input_size=config.input_size,
+            factory=trainer_factory or TorchTrainer,
+            torch_device=config.torch_device,
+        )
+        self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
+        self._client: ApiClient | None = None
+        self._load: LoadMeter | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._hardware: dict[str, Any] | None = None
+        self._device_id: int | None = None
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
+
+    @property
+    def device_id(self) -> int | None:
+        """The id the server knows this device by, once registered."""
+        return self._device_id
+
+    async def run(self) -> None:
+        """Register, then send heartbeats and run tasks until :meth:`stop` is called."""
+        if self._running:
+            raise RuntimeError("the agent is running already")
+        self._running = True
+        self._stopping.clear()
+        self._stopped.clear()
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        self._load = LoadMeter()
+        # One worker: tasks run one at a time, and torch's thread pool is the parallelism.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-train")
+        try:
+            connector = aiohttp.TCPConnector(ssl=self._ssl())
+            async with aiohttp.ClientSession(connector=connector) as session:
+                self._client = ApiClient(
+                    session=session, server=self.config.server, backoff=self._backoff
+                )
+                await _until(self._serve(), self._stopping)
+        finally:
+            # A training still running cannot be interrupted; its result is simply dropped,
+            # and the server hands the task out again to the next run.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._running = False
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop the loops and wait until :meth:`run` has returned."""
+        self._stopping.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # -- the loops ------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        await self._register()
+        workers = [
+            asyncio.create_task(self._heartbeat_loop(), name="fedsim-heartbeat"),
+            asyncio.create_task(self._task_loop(), name="fedsim-tasks"),
+        ]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for worker in done:
+                worker.result()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _heartbeat_loop(self) -> None:
+        url = self._api.api("devices", self._device_id, "heartbeat")
+        while True:
+            try:
+                await self._as_device(
+                    lambda token: self._api.request(
+                        "PUT", url, token=token, json_body={"resources": self._meter.read()}
+                    )
+                )
+            except ApiError as e:
+                if e.status == 410:
+                    raise AgentError(f"device {self._device_id} was removed from the server") from e
+                log.warning("heartbeat refused: %s", e)
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _task_loop(self) -> None:
+        url = self._api.api("devices", self._device_id, "tasks")
+        wait = self.config.poll_wait
+        while True:
+            try:
+                reply = await self._as_device(
+                    lambda token: self._api.request(
+                        "GET",
+                        url,
+                        token=token,
+                        params={"wait": str(wait)},
+                        read_timeout=wait + POLL_MARGIN,
+                    )
+                )
+                task = None if reply.status == 204 or not reply.body else reply.json()
+                if task is not None and not (isinstance(task, dict) and "id" in task):
+                    raise ValueError(f"not a task: {reply.body[:200]!r}")
+            except ApiError as e:
+                if e.status == 410:
+                    raise AgentError(f"device {self._device_id} was removed from the server") from e
+                log.error("polling for tasks failed: %s", e)
+                await asyncio.sleep(self._backoff.cap)
+                continue
+            except ValueError as e:
+                log.error("the server sent a task this agent cannot read: %s", e)
+                await asyncio.sleep(self._backoff.cap)
+                continue
+            if task is not None:
+                await self._run_task(task)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def _run_task(self, task: Mapping[str, Any]) -> None:
+        task_id, kind = str(task["id"]), task.get("kind")
+        log.info("task %s: %s", task_id, kind)
+        self._meter.busy = True
+        try:
+            if kind == "fit":
+                await self._fit(task_id, task)
+            elif kind == "upload_data":
+                await self._upload_data(task_id, task)
+            else:
+                raise TaskError(
+                    f"this agent does not run {kind!r} tasks; it runs 'fit' and 'upload_data'"
+                )
+        except AgentError:
+            raise
+        except Exception as e:  # any failure of the work is the task's, reported to the server
+            expected = isinstance(e, (TaskError, ApiError))
+            log.error("task %s failed: %s", task_id, e, exc_info=not expected)
+            reason = str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}"
+            await self._report_error(task_id, reason)
+        finally:
+            self._meter.busy = False
+
+    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> None:
+        digest = task_digest(task)
+        if self._state.is_finished(task_id, digest):
+            stored = self._state.stored_result(digest)
+            if stored is None:
+                raise TaskError(
+                    f"task {task_id} was trained by this device before and its result is no "
+                    "longer kept; not training it twice"
+                )
+            log.info("task %s: trained before; sending the kept result again", task_id)
+            await self._put(task_id, "update", stored.body, len(stored.body), stored.headers)
+            return
+
+        ins = fit_ins(task, None)  # checks the task before anything is downloaded
+        model = task.get("model") or {}
+        num_examples = str(ins.samples * ins.epochs)
+        if not model.get("url"):
+            # Timing-only: the model is too large to train here for real, or has no weights;
+            # what the server measures is the upload of an update of the model's size.
+            headers = {
+                "X-Fedsim-Timing-Only": "1",
+                "X-Fedsim-Num-Examples": num_examples,
+                "X-Fedsim-Metrics": "{}",
+                "X-Fedsim-Timings": json.dumps(
+                    {"download_s": 0.0, "train_s": 0.0, "upload_s": 0.0}
+                ),
+            }
+            nbytes = ins.update_nbytes
+            await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
+            return
+
+        trainer = self._trainers.get(ins.config, default_model=ins.model.name)
+        started = perf_counter()
+        url = self._api.resolve(str(model["url"]))
+        blob = await self._as_device(lambda token: self._api.download(url, token=token))
+        download_s = perf_counter() - started
+        self._meter.transfer("bandwidth_down", len(blob), download_s)
+        expected = model.get("sha256")
+        if expected:
+            actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
+            if actual != str(expected).lower():
+                raise TaskError(
+                    f"the model blob's sha256 is {actual} but the task says {expected}; "
+                    "not training on it"
+                )
+
+        device_id = self._device_id
+
+        def train() -> tuple[bytes, dict[str, float], float]:
+            # decode gives read-only views of the blob; the trainer loads copies.
+            parameters = {name: np.array(a) for name, a in decode(blob).items()}
+            begun = perf_counter()
+            arrays, metrics = trainer(device_id, dataclasses.replace(ins, parameters=parameters))
+            return encode(arrays), metrics, perf_counter() - begun
+
+        loop = asyncio.get_running_loop()
+        body, metrics, train_s = await loop.run_in_executor(self._executor, train)
+        self._meter.trained(ins.samples * ins.epochs, train_s)
+        headers = {
+            "X-Fedsim-Num-Examples": num_examples,
+            "X-Fedsim-Metrics": json.dumps(metrics),
+            # The agent cannot time its own upload before sending it; the server times it.
+            "X-Fedsim-Timings": json.dumps(
+                {"download_s": download_s, "train_s": train_s, "upload_s": 0.0}
+            ),
+        }
+        # Kept before it is sent: a restart from here on re-sends it instead of training again.
+        await loop.run_in_executor(
+            self._executor,
+            lambda: self._state.store_result(task_id, digest, headers=headers, body=body),
+        )
+        await self._put(task_id, "update", body, len(body), headers)
+
+    async def _upload_data(self, task_id: str, task: Mapping[str, Any]) -> None:
+        try:
+            nbytes = int(task.get("nbytes") or 0)
+        except (TypeError, ValueError):
+            raise TaskError(f"the task's nbytes {task.get('nbytes')!r} is not a count") from None
+        if nbytes < 0:
+            raise TaskError(f"the task's nbytes is negative ({nbytes})")
+        spec = self.config.data_spec
+        await self._put(task_id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
+
+    async def _put(
+        self, task_id: str, what: str, body: Body, nbytes: int, headers: Mapping[str, str]
+    ) -> None:
+        """PUT ``nbytes`` of ``body`` to ``/tasks/{task_id}/{what}``."""
+        url = self._api.api("tasks", task_id, what)
+        # An explicit length keeps a streamed body from going out chunked, so the server
+        # can refuse a wrong size up front.
+        sent_headers = {"Content-Type": OCTETS, "Content-Length": str(nbytes), **headers}
+        started = perf_counter()
+        try:
+            await self._as_device(
+                lambda token: self._api.request(
+                    "PUT", url, token=token, body=body, headers=sent_headers
+                )
+            )
+        except ApiError as e:
+            if e.status in (404, 410):
+                log.warning("task %s: the server no longer wants its result (%s)", task_id, e)
+                return
+            raise TaskError(f"the server refused the {what}: {e}") from e
+        self._meter.transfer("bandwidth_up", nbytes, perf_counter() - started)
+        log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
+
+    async def _report_error(self, task_id: str, reason: str) -> None:
+        url = self._api.api("tasks", task_id, "error")
+        body = {"reason": reason[:MAX_REASON_CHARS]}
+        try:
+            await self._as_device(
+                lambda token: self._api.request("POST", url, token=token, json_body=body)
+            )
+        except ApiError as e:
+            log.warning("task %s: could not report its failure: %s", task_id, e)
+
+    # -- identity -------------------------------------------------------------------------
+
+    async def _register(self, *, rejected: str | None = None) -> None:
+        """Register with the saved device token, else the enrollment token; save the new one.
+
+        ``rejected`` is a token the server just refused (a 401), not worth presenting again.
+        """
+        saved = self._state.load_identity()
+        device_id = self.config.device_id
+        if device_id is None:
+            device_id = saved.device_id if saved is not None else self._device_id
+        tokens = []
+        if saved is not None and saved.device_id == device_id and saved.token != rejected:
+            tokens.append(saved.token)
+        if self.config.enrollment_token:
+            tokens.append(self.config.enrollment_token)
+        if not tokens:
+            raise AgentError(
+                "the server does not accept this device's saved token and no enrollment token "
+                "was given (--token or FEDSIM_ENROLLMENT_TOKEN)"
+            )
+        body = self._registration(device_id)
+        for i, token in enumerate(tokens):
+            try:
+                reply = await self._api.request(
+                    "POST", self._api.api("devices"), token=token, json_body=body
+                )
+                break
+            except ApiError as e:
+                if i + 1 < len(tokens) and e.status in (401, 403):
+                    log.info("the saved device token was refused (%s); enrolling again", e)
+                    continue
+                raise AgentError(_refusal(e, device_id)) from e
+        try:
+            answer = reply.json()
+            identity = Identity(device_id=int(answer["device"]["id"]), token=str(answer["token"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise AgentError(f"unexpected answer to registration: {reply.body[:200]!r}") from e
+        self._state.save_identity(identity)
+        self._device_id, self._token = identity.device_id, identity.token
+        log.info("registered as device %d with %s", identity.device_id, self._api.root)
+
+    def _registration(self, device_id: int | None) -> dict[str, Any]:
+        if self._hardware is None:
+            self._hardware = hardware()
+        body: dict[str, Any] = {
+            "description": self.config.description,
+            "labels": dict(self.config.labels),
+            "hardware": self._hardware,
+        }
+        optional = {
+            "id": device_id,
+            "group": self.config.group,
+            "id_in_group": self.config.id_in_group,
+            "profile": self.config.profile,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return body
+
+    async def _as_device(self, send: Callable[[str | None], Awaitable[T]]) -> T:
+        """``send(token)`` with the device token; after a 401, register again and resend."""
+        attempt = 0
+        while True:
+            token = self._token
+            try:
+                return await send(token)
+            except Unauthorized:
+                if attempt:
+                    # Refused again right after registering: do not spin on a confused server.
+                    await asyncio.sleep(self._backoff.delay(attempt))
+                attempt += 1
+                async with self._auth_lock:
+                    # The other loop may have registered again while this one waited.
+                    if self._token == token:
+                        log.warning("the server no longer accepts this device's token")
+                        await self._register(rejected=token)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def _api(self) -> ApiClient:
+        assert self._client is not None, "only while running"
+        return self._client
+
+    @property
+    def _meter(self) -> LoadMeter:
+        assert self._load is not None, "only while running"
+        return self._load
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self.config.insecure:
+            return False
+        if self.config.cafile is not None:
+            return ssl.create_default_context(cafile=self.config.cafile)
+        return True
+
+
+def _refusal(e: ApiError, device_id: int | None) -> str:
+    """Why the server will not register this device, and what the user can do about it."""
+    which = f"device {device_id}" if device_id is not None else "this device"
+    if e.status == 401:
+        return f"the server rejected the enrollment token ({e.message})"
+    if e.status == 403:
+        return (
+            f"{which} is registered already and this agent holds no token the server accepts "
+            "for it (was --state-dir lost?); pass another --device-id"
+        )
+    if e.status == 409:
+        return f"{which} was removed from the server; register under another --device-id"
+    return f"registration refused: {e}"
+
+
+async def _until(work: Awaitable[None], event: asyncio.Event) -> None:
+    """Run ``work`` until it ends or ``event`` is set; re-raise what ``work`` raised."""
+    main = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        main.cancel()
+        stopper.cancel()
+        await asyncio.gather(main, stopper, return_exceptions=True)
+    if not main.cancelled() and main.exception() is not None:
+        raise main.exception()

@@ -1,0 +1,234 @@
+"""HTTP to the fedsim server: requests that ride out outages, and a resumable blob download.
+
+A request is retried for as long as it takes while the server cannot be reached or answers
+5xx or 429, sleeping ``uniform(0, min(cap, base * 2**attempt))`` between tries ("full jitter":
+a fleet of agents that lost the server together does not hammer it together when it comes
+back). Every other answer is the caller's: 2xx is returned, 401 raises :class:`Unauthorized`
+(the agent registers again), the rest raise :class:`ApiError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0  # a reply (or a chunk of a download) slower than this counts as lost
+CHUNK_BYTES = 1 << 20
+
+# What a server that is restarting, overloaded or unreachable looks like from here.
+_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+Body = bytes | Callable[[], AsyncIterator[bytes]] | None
+"""A request body: bytes, or a function making a fresh stream of it for each try."""
+
+
+class ApiError(Exception):
+    """The server answered with an error status that retrying will not change."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Unauthorized(ApiError):
+    """401: the server does not know the token (it may have lost its state)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
+
+    base: float = 0.5
+    cap: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.cap, self.base * 2 ** min(attempt, 32)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply:
+    """A successful answer, read whole."""
+
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class ApiClient:
+    """Requests to one fedsim server over ``session``, with retries and bearer tokens."""
+
+    def __init__(self, *, session: aiohttp.ClientSession, server: str, backoff: Backoff) -> None:
+        root = server.rstrip("/").removesuffix(API_PREFIX)
+        self.root = root
+        self._origin = _origin(root)
+        self._session = session
+        self._backoff = backoff
+
+    def api(self, *segments: object) -> str:
+        """The URL of ``/api/v1/<segments>``, each segment quoted whole (a task id may hold /)."""
+        return "/".join([self.root + API_PREFIX, *(quote(str(s), safe="") for s in segments)])
+
+    def resolve(self, url: str) -> str:
+        """A URL the server handed out (``/api/v1/models/...``), made absolute."""
+        return urljoin(self.root + "/", url)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        token: str | None,
+        json_body: Any = None,
+        body: Body = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> Reply:
+        """Send until the server gives an answer that is not an outage; return it if 2xx."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout
+        )
+        attempt = 0
+        while True:
+            data = body() if callable(body) else body
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    json=json_body,
+                    data=data,
+                    headers=self._headers(url, token, headers),
+                    params=params,
+                    timeout=timeout,
+                ) as resp:
+                    payload = await resp.read()
+                    if not _retryable(resp.status):
+                        if attempt:
+                            log.info("%s %s: the server answers again", method, url)
+                        return _reply_or_raise(resp.status, payload)
+                    problem = f"HTTP {resp.status} {_message(payload)}"
+            except _TRANSIENT as e:
+                problem = _describe(e)
+            await self._pause(attempt, f"{method} {url}", problem)
+            attempt += 1
+
+    async def download(self, url: str, *, token: str | None) -> bytes:
+        """The bytes at ``url``, resuming with ``Range`` where a broken transfer stopped.
+
+        ``If-Range`` carries the ETag of the first answer, so a blob that changed in the
+        meantime comes back whole instead of being spliced onto the old one.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+        )
+        received = bytearray()
+        etag: str | None = None
+        attempt = 0
+        while True:
+            extra = {}
+            if received:
+                extra["Range"] = f"bytes={len(received)}-"
+                if etag:
+                    extra["If-Range"] = etag
+            progress = len(received)
+            try:
+                async with self._session.get(
+                    url, headers=self._headers(url, token, extra), timeout=timeout
+                ) as resp:
+                    if resp.status == 200:
+                        received.clear()
+                    elif resp.status in (206, 416):
+                        if resp.status == 416 or _range_start(resp) != len(received):
+                            received.clear()  # not the continuation of our bytes: start over
+                            raise _Retry(f"HTTP {resp.status} does not resume at our byte")
+                    elif _retryable(resp.status):
+                        raise _Retry(f"HTTP {resp.status} {_message(await resp.read())}")
+                    else:
+                        _reply_or_raise(resp.status, await resp.read())
+                        raise ApiError(resp.status, "unexpected answer to a blob download")
+                    etag = resp.headers.get("ETag", etag)
+                    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                        received += chunk
+                    return bytes(received)
+            except _TRANSIENT as e:
+                problem = _describe(e)
+            except _Retry as e:
+                problem = str(e)
+            if len(received) > progress:
+                attempt = 0  # a link that drops but moves data is not a server that is down
+            await self._pause(attempt, f"GET {url} (at byte {len(received)})", problem)
+            attempt += 1
+
+    async def _pause(self, attempt: int, what: str, problem: str) -> None:
+        delay = self._backoff.delay(attempt)
+        # The first failure is worth a warning; the rest of an outage only adds noise.
+        level = logging.WARNING if attempt == 0 else logging.DEBUG
+        log.log(level, "%s failed (%s); retrying in %.1f s", what, problem, delay)
+        await asyncio.sleep(delay)
+
+    def _headers(
+        self, url: str, token: str | None, extra: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        headers = dict(extra or {})
+        # The device token is for this server only, whatever URL a task points at.
+        if token is not None and _origin(url) == self._origin:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+
+class _Retry(Exception):
+    pass
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status == 429
+
+
+def _reply_or_raise(status: int, payload: bytes) -> Reply:
+    if 200 <= status < 300:
+        return Reply(status=status, body=payload)
+    error = Unauthorized if status == 401 else ApiError
+    raise error(status, _message(payload))
+
+
+def _message(payload: bytes) -> str:
+    """The ``error.message`` of the protocol's error JSON, else the start of the body."""
+    try:
+        error = json.loads(payload)["error"]
+        message = str(error["message"])
+        return f"{message} ({error['field']})" if error.get("field") else message
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return payload[:200].decode("utf-8", "replace").strip()
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    """The first byte of a 206's ``Content-Range: bytes a-b/n``."""
+    value = resp.headers.get("Content-Range", "")
+    unit, _, spec = value.partition(" ")
+    start = spec.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port

@@ -1,0 +1,127 @@
+"""The agent's settings (:class:`AgentConfig`) and the forms of ``--data`` (:class:`DataSpec`).
+
+Nothing here imports torch or aiohttp, so the command line can check its arguments (and print
+its help) without loading either.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+MAX_POLL_WAIT = 60  # the protocol caps a long poll's ``wait`` at 60 s
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where the device's training data comes from.
+
+    ``npz``: a file with arrays ``X`` (float, ``(n, channels, size, size)``) and ``y`` (class
+    indices); ``folder``: an ImageNet-style tree read by ``ImageFolderDataset``; ``synthetic``:
+    ``count`` random images shaped by the task's ``input_size`` and ``num_classes``.
+    """
+
+    kind: Literal["npz", "folder", "synthetic"]
+    path: Path | None = None
+    count: int = 0
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """``--data``'s value as a :class:`DataSpec`; ``ValueError`` with a one-line reason."""
+    if text.startswith(SYNTHETIC_PREFIX):
+        count = text.removeprefix(SYNTHETIC_PREFIX)
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--data {text!r}: expected synthetic:N with N >= 1 samples")
+        return DataSpec(kind="synthetic", count=int(count))
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return DataSpec(kind="folder", path=path)
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise ValueError(f"--data {text!r}: a file must be an .npz with arrays X and y")
+        return DataSpec(kind="npz", path=path)
+    raise ValueError(f"--data {text!r}: no such file or directory")
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` as a dict; ``ValueError`` for an item without ``=`` or with no key."""
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key.strip()] = value
+    return labels
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/fedsim/agent``, else ``~/.local/state/fedsim/agent``."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "fedsim" / "agent"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Everything an :class:`~fedsim.real.agent.agent.Agent` is told; checked on construction.
+
+    ``server`` is the server's base URL (``http://host:port``; a trailing ``/api/v1`` is
+    accepted). ``enrollment_token`` may be None when ``state_dir`` holds a device token from an
+    earlier run. ``device_id`` None lets the server assign one. ``data`` is ``--data``'s text
+    (see :func:`parse_data_spec`), None for a device that only runs timing-only work;
+    ``input_size`` overrides the task's for an image folder. ``poll_wait`` is whole seconds, as
+    the protocol's ``?wait=``. ``torch_device`` "auto" trains on
+    the GPU when torch sees one. ``retry_base`` and ``retry_cap`` shape the backoff between
+    retries of a failed request (full jitter).
+    """
+
+    server: str
+    state_dir: Path
+    enrollment_token: str | None = None
+    device_id: int | None = None
+    description: str = ""
+    group: int | None = None
+    id_in_group: int | None = None
+    profile: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    data: str | None = None
+    input_size: int | None = None
+    heartbeat_interval: float = 5.0
+    poll_wait: int = 25
+    cafile: str | None = None
+    insecure: bool = False
+    threads: int | None = None
+    torch_device: str = "auto"
+    retry_base: float = 0.5
+    retry_cap: float = 10.0
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"--server {self.server!r}: expected http(s)://HOST[:PORT]")
+        if self.device_id is not None and self.device_id < 0:
+            raise ValueError(f"--device-id must be >= 0, got {self.device_id}")
+        if not self.heartbeat_interval > 0:
+            raise ValueError(f"--heartbeat-interval must be > 0, got {self.heartbeat_interval}")
+        if not 1 <= self.poll_wait <= MAX_POLL_WAIT:
+            raise ValueError(f"--poll-wait must be 1..{MAX_POLL_WAIT} s, got {self.poll_wait}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.input_size is not None and self.input_size < 1:
+            raise ValueError(f"--input-size must be >= 1, got {self.input_size}")
+        if self.cafile is not None and self.insecure:
+            raise ValueError("--cafile and --insecure contradict each other; pass one")
+        if self.cafile is not None and not Path(self.cafile).is_file():
+            raise ValueError(f"--cafile {self.cafile!r}: no such file")
+        if not (0 < self.retry_base <= self.retry_cap):
+            raise ValueError("retry_base must be > 0 and <= retry_cap")
+        if self.data is not None:
+            parse_data_spec(self.data)
+
+    @property
+    def data_spec(self) -> DataSpec | None:
+        return None if self.data is None else parse_data_spec(self.data)

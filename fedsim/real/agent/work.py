@@ -1,0 +1,232 @@
+"""The device's side of a task: reading it, its training data, its trainers, the bytes it sends.
+
+Training data comes from ``--data`` (see :class:`~fedsim.real.agent.config.DataSpec`) and is
+loaded on the first training that needs it, in the training thread: decoding an image folder
+can take long, and the event loop must keep the heartbeats going meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedsim.core.runtime import FitIns, ModelRef, NDArrays
+from fedsim.real.agent.client import CHUNK_BYTES
+from fedsim.real.agent.config import DataSpec
+
+# The fields that say what work a task is; a task handed out again carries the same ones.
+_WORK_FIELDS = (
+    "id",
+    "kind",
+    "model",
+    "samples",
+    "epochs",
+    "batch_size",
+    "flops",
+    "update_nbytes",
+    "nbytes",
+    "config",
+)
+
+
+class TaskError(ValueError):
+    """A task this agent cannot run as given (a missing field, no data for it, ...)."""
+
+
+class Trainer(Protocol):
+    """What trains: ``TorchTrainer``'s call signature."""
+
+    def __call__(self, device_id: int, ins: FitIns) -> tuple[NDArrays, dict[str, float]]: ...
+
+
+TrainerFactory = Callable[..., Trainer]
+"""Makes a trainer from ``model_name``, ``num_classes``, ``data``, ``seed``, ``device``
+(keywords), as ``TorchTrainer`` does."""
+
+
+def task_digest(task: Mapping[str, Any]) -> str:
+    """A fingerprint of the work ``task`` asks for.
+
+    Task ids such as ``r3-d4`` repeat from one job to the next, so a finished task is known by
+    its id and this digest together: the same id asking for other work is another task.
+    """
+    work = {key: task.get(key) for key in _WORK_FIELDS}
+    canonical = json.dumps(work, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def fit_ins(task: Mapping[str, Any], parameters: NDArrays | None) -> FitIns:
+    """The ``FitIns`` a fit task describes, with ``parameters`` as the global model."""
+    model = task.get("model") or {}
+    config = dict(task.get("config") or {})
+    try:
+        return FitIns(
+            model=ModelRef(
+                name=str(model.get("name") or config.get("model", "")),
+                version=int(model.get("version") or 0),
+                nbytes=int(model.get("nbytes") or 0),
+            ),
+            samples=int(task["samples"]),
+            epochs=int(task["epochs"]),
+            batch_size=int(task["batch_size"]),
+            flops=float(task.get("flops") or 0.0),
+            update_nbytes=int(task.get("update_nbytes") or 0),
+            parameters=parameters,
+            config=config,
+        )
+    except KeyError as e:
+        raise TaskError(f"the task has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise TaskError(f"the task has a malformed field: {e}") from None
+
+
+class Trainers:
+    """One trainer per (model, num_classes, seed, input size), kept across tasks.
+
+    Keeping it keeps the model instance and the device's shard as tensors, so only the first
+    round pays for building and loading them.
+    """
+
+    def __init__(
+        self,
+        *,
+        data: DataSpec | None,
+        input_size: int | None,
+        factory: TrainerFactory,
+        torch_device: str,
+    ) -> None:
+        self._data = data
+        self._input_size = input_size
+        self._factory = factory
+        self._torch_device = torch_device
+        self._trainers: dict[tuple[str, int, int, int | None], Trainer] = {}
+
+    def get(self, config: Mapping[str, Any], *, default_model: str = "") -> Trainer:
+        """The trainer for a task's ``config`` (keys ``model``, ``num_classes``, ``seed``)."""
+        if self._data is None:
+            raise TaskError("this agent has no training data; start it with --data")
+        model_name = str(config.get("model") or default_model)
+        if not model_name:
+            raise TaskError("the task names no model (config 'model')")
+        if "num_classes" not in config:
+            raise TaskError("the task's config has no 'num_classes'")
+        num_classes = int(config["num_classes"])
+        seed = int(config.get("seed", 0))
+        input_size = self._input_size or _opt_int(config.get("input_size"))
+        key = (model_name, num_classes, seed, input_size)
+        trainer = self._trainers.get(key)
+        if trainer is None:
+            spec = self._data
+
+            def load(device_id: int) -> tuple[Any, Any]:
+                return load_shard(
+                    spec,
+                    device_id=device_id,
+                    model_name=model_name,
+                    num_classes=num_classes,
+                    seed=seed,
+                    input_size=input_size,
+                )
+
+            trainer = self._factory(
+                model_name=model_name,
+                num_classes=num_classes,
+                data=load,
+                seed=seed,
+                device=resolve_torch_device(self._torch_device),
+            )
+            self._trainers[key] = trainer
+        return trainer
+
+
+def load_shard(
+    spec: DataSpec,
+    *,
+    device_id: int,
+    model_name: str,
+    num_classes: int,
+    seed: int,
+    input_size: int | None,
+) -> tuple[Any, Any]:
+    """The device's ``(X, y)`` as ``spec`` says, shaped for model ``model_name``."""
+    if spec.kind == "npz":
+        with np.load(spec.path, allow_pickle=False) as arrays:
+            missing = [k for k in ("X", "y") if k not in arrays.files]
+            if missing:
+                raise TaskError(f"{spec.path} has no array {', '.join(missing)} (needs X and y)")
+            return arrays["X"], arrays["y"]
+    if input_size is None:
+        raise TaskError("the task's config has no 'input_size'; pass --input-size")
+    channels = _in_channels(model_name)
+    if spec.kind == "folder":
+        from fedsim.ml.data import ImageFolderDataset
+
+        dataset = ImageFolderDataset(spec.path, size=input_size, channels=channels)
+        return dataset.to_arrays()
+    from fedsim.ml.data import synthetic_imagenet
+
+    # Each device draws its own images, as devices hold different data.
+    X, y = synthetic_imagenet(
+        spec.count,
+        size=input_size,
+        num_classes=num_classes,
+        seed=int(np.random.SeedSequence([seed, device_id]).generate_state(1)[0]),
+    )
+    return X[:, :channels].contiguous(), y
+
+
+def resolve_torch_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+async def padding(nbytes: int) -> AsyncIterator[bytes]:
+    """``nbytes`` zero bytes, in chunks: a timing-only update's body."""
+    chunk = bytes(CHUNK_BYTES)
+    for start in range(0, nbytes, CHUNK_BYTES):
+        yield chunk[: min(CHUNK_BYTES, nbytes - start)]
+
+
+async def data_bytes(spec: DataSpec | None, nbytes: int) -> AsyncIterator[bytes]:
+    """``nbytes`` bytes of the device's data: the data file's, repeated as needed, else noise.
+
+    The noise is seeded (the same bytes every time) and incompressible, so that a link that
+    compresses cannot make the transfer cheaper than real data would be.
+    """
+    if spec is not None and spec.kind == "npz" and spec.path.stat().st_size > 0:
+        with open(spec.path, "rb") as f:
+            sent = 0
+            while sent < nbytes:
+                chunk = f.read(min(CHUNK_BYTES, nbytes - sent))
+                if not chunk:
+                    f.seek(0)
+                    continue
+                sent += len(chunk)
+                yield chunk
+        return
+    block = np.random.default_rng(0).bytes(CHUNK_BYTES)
+    for start in range(0, nbytes, CHUNK_BYTES):
+        yield block[: min(CHUNK_BYTES, nbytes - start)]
+
+
+def _in_channels(model_name: str) -> int:
+    """The input channels model ``model_name`` takes (1 for the digits nets, else RGB)."""
+    from fedsim.ml.spec import MODELS
+
+    if model_name not in MODELS:
+        raise TaskError(f"unknown model {model_name!r}; known: {', '.join(sorted(MODELS))}")
+    module_name, class_name = MODELS[model_name].split(":")
+    return int(getattr(getattr(importlib.import_module(module_name), class_name), "in_channels", 3))
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,180 @@
+"""The task board: tasks waiting for devices, and what devices send back.
+
+The coordinator runs in its own thread and posts tasks; the aiohttp handlers, on the event
+loop, hand them to long-polling agents and file their results. One lock guards the board's
+state; agents waiting for work are woken through the event loop, the coordinator through a
+thread-safe queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsim.core.runtime import NDArrays
+
+
+class TaskState(str, enum.Enum):
+    QUEUED = "queued"  # posted, no agent has taken it yet
+    TAKEN = "taken"  # handed to the device's agent
+    DONE = "done"  # a result or an error arrived
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What a device sent back for a task, stamped with the server's clock (time.time())."""
+
+    task_id: str
+    device: int
+    received_at: float
+    error: str | None = None
+    num_examples: int = 0
+    nbytes: int = 0
+    parameters: NDArrays | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+@dataclass(kw_only=True)
+class PostedTask:
+    """A task on the board. ``payload`` is the JSON an agent receives."""
+
+    id: str
+    device: int
+    payload: dict[str, Any]
+    posted_at: float
+    reference: NDArrays | None = None  # the deployed parameters an update must match
+    channel: str = ""  # whose coordinator waits for the outcome (one per job)
+    state: TaskState = TaskState.QUEUED
+    taken_at: float | None = None
+    outcome: Outcome | None = None
+
+
+class TaskBoard:
+    """Per-device queues of tasks and one queue of outcomes for the coordinator."""
+
+    def __init__(self, *, clock=time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._tasks: dict[str, PostedTask] = {}
+        self._queues: dict[int, deque[str]] = {}
+        self._wakers: dict[int, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outcomes: dict[str, queue.Queue[Outcome]] = {"": queue.Queue()}
+
+    @property
+    def outcomes(self) -> queue.Queue[Outcome]:
+        """Outcomes of tasks posted on the default channel."""
+        return self._outcomes[""]
+
+    def _channel(self, name: str) -> queue.Queue[Outcome]:
+        with self._lock:
+            return self._outcomes.setdefault(name, queue.Queue())
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the board to the server's event loop (agents wait on it)."""
+        self._loop = loop
+
+    # -- the coordinator's side (any thread) ------------------------------------------------
+
+    def post(self, task: PostedTask) -> None:
+        with self._lock:
+            if task.id in self._tasks:
+                raise ValueError(f"task {task.id} was posted already")
+            self._tasks[task.id] = task
+            self._queues.setdefault(task.device, deque()).append(task.id)
+        self._wake(task.device)
+
+    def cancel(self, task_id: str) -> None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None and task.state in (TaskState.QUEUED, TaskState.TAKEN):
+                task.state = TaskState.CANCELLED
+
+    def next_outcome(self, timeout: float | None, channel: str = "") -> Outcome | None:
+        """The channel's next outcome, waiting at most ``timeout`` seconds (forever when None)."""
+        try:
+            return self._channel(channel).get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    # -- the handlers' side (event loop) ----------------------------------------------------
+
+    async def take(self, device: int, wait: float) -> PostedTask | None:
+        """The device's next task: one it holds already, else the next queued; None on time-out."""
+        deadline = time.monotonic() + wait
+        while True:
+            task = self._claim(device)
+            if task is not None:
+                return task
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            waker = self._wakers.setdefault(device, asyncio.Event())
+            waker.clear()
+            try:
+                await asyncio.wait_for(waker.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return None
+
+    def get(self, task_id: str) -> PostedTask | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def finish(self, outcome: Outcome) -> bool:
+        """File ``outcome``; False when the task already had one (a repeated request)."""
+        with self._lock:
+            task = self._tasks.get(outcome.task_id)
+            if task is None or task.state in (TaskState.DONE, TaskState.CANCELLED):
+                return False
+            task.state = TaskState.DONE
+            task.outcome = outcome
+            channel = self._outcomes.setdefault(task.channel, queue.Queue())
+        channel.put(outcome)
+        return True
+
+    def pending(self, device: int | None = None) -> list[PostedTask]:
+        with self._lock:
+            return [
+                t
+                for t in self._tasks.values()
+                if t.state in (TaskState.QUEUED, TaskState.TAKEN)
+                and (device is None or t.device == device)
+            ]
+
+    def _claim(self, device: int) -> PostedTask | None:
+        with self._lock:
+            held = [
+                t for t in self._tasks.values() if t.device == device and t.state is TaskState.TAKEN
+            ]
+            if held:
+                return held[0]
+            q = self._queues.get(device)
+            while q:
+                task = self._tasks[q.popleft()]
+                if task.state is TaskState.QUEUED:
+                    task.state = TaskState.TAKEN
+                    task.taken_at = self.clock()
+                    return task
+            return None
+
+    def _wake(self, device: int) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def wake() -> None:
+            self._wakers.setdefault(device, asyncio.Event()).set()
+
+        # A closed loop (the server has stopped) has no agent waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(wake)

@@ -1,0 +1,227 @@
+"""A fedsim server and one agent process per client, on loopback: ``mode=real`` on one machine.
+
+The server runs in a thread of this process (so the coordinator can share its task board and
+repository); every agent is a separate ``fedsim agent`` process with its own data shard, as it
+would be on a device. Everything is stopped on exit, agents first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from fedsim.core.registry import DeviceRegistry, DeviceState, UnknownDevice
+from fedsim.core.topology import Topology
+from fedsim.real.board import TaskBoard
+from fedsim.store.sqlite import SqliteRegistryStore, SqliteRepository
+
+log = logging.getLogger(__name__)
+
+
+class ServerThread:
+    """An aiohttp application served from a background thread with its own event loop."""
+
+    def __init__(self, app: web.Application, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app, self.host, self.port = app, host, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="fedsim-server", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the server did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"the server did not start: {self._error}") from self._error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner = web.AppRunner(self.app)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self._loop.run_until_complete(site.start())
+            self.port = self._runner.addresses[0][1]
+        except BaseException as e:  # reported to the starting thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+
+class LocalCluster:
+    """The server and one agent process per client, for the duration of a ``with`` block."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        topology: Topology,
+        clients: list[int],
+        shards: Mapping[int, tuple[np.ndarray, np.ndarray]] | None,
+        mode: Any,
+        data: str | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.topology = topology
+        self.clients = clients
+        self.shards = dict(shards or {})
+        self.data = data  # the agents' --data when they have no shard (e.g. "synthetic:4")
+        self.mode = mode
+        self.admin_token = secrets.token_urlsafe(24)
+        self.enrollment_token = secrets.token_urlsafe(24)
+        self.board = TaskBoard()
+        self.repository: SqliteRepository | None = None
+        self.registry: DeviceRegistry | None = None
+        self.server: ServerThread | None = None
+        self.agents: dict[int, subprocess.Popen] = {}
+
+    def __enter__(self) -> LocalCluster:
+        from fedsim.real.server.app import init_app
+        from fedsim.real.server.config import ServerConfig
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.repository = SqliteRepository(self.run_dir / "repository")
+        self.registry = DeviceRegistry(
+            SqliteRegistryStore(self.run_dir / "registry"), patience=self.mode.patience_s
+        )
+        config = ServerConfig(
+            host=self.mode.host,
+            port=self.mode.port,
+            data_dir=self.run_dir,
+            admin_token=self.admin_token,
+            enrollment_token=self.enrollment_token,
+            patience_s=self.mode.patience_s,
+        )
+        app = init_app(config, board=self.board, registry=self.registry, repository=self.repository)
+        self.server = ServerThread(app, host=self.mode.host, port=self.mode.port)
+        try:
+            self.server.start()
+            for dev in self.clients:
+                self.start_agent(dev)
+            self.wait_online(self.clients, self.mode.startup_timeout_s)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        log.info("real mode: server %s with %d agents", self.server.url, len(self.clients))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for dev in list(self.agents):
+            self.stop_agent(dev)
+        if self.server is not None:
+            self.server.stop()
+        if self.repository is not None:
+            self.repository.close()
+
+    def agent_dir(self, dev: int) -> Path:
+        return self.run_dir / "agents" / str(dev)
+
+    def start_agent(self, dev: int) -> subprocess.Popen:
+        """Start (or restart) device ``dev``'s agent process."""
+        d = self.topology.devices[dev]
+        home = self.agent_dir(dev)
+        home.mkdir(parents=True, exist_ok=True)
+        data = home / "shard.npz"
+        if dev in self.shards and not data.exists():
+            X, y = self.shards[dev]
+            np.savez(data, X=X, y=y)
+        cmd = [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "agent",
+            "--server",
+            self.server.url,
+            "--token",
+            self.enrollment_token,
+            "--device-id",
+            str(dev),
+            "--description",
+            d.description,
+            "--group",
+            str(d.group),
+            "--id-in-group",
+            str(d.id_in_group),
+            "--profile",
+            d.hardware.name,
+            "--state-dir",
+            str(home),
+            "--heartbeat-interval",
+            str(self.mode.heartbeat_interval_s),
+            "--poll-wait",
+            "5",
+            "--threads",
+            "1",
+        ]
+        if data.exists():
+            cmd += ["--data", str(data)]
+        elif self.data is not None:
+            cmd += ["--data", self.data]
+        with open(home / "agent.log", "ab") as logfile:
+            proc = subprocess.Popen(
+                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        self.agents[dev] = proc
+        return proc
+
+    def stop_agent(self, dev: int, *, kill: bool = False) -> None:
+        proc = self.agents.pop(dev, None)
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait_online(self, devices: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        missing = list(devices)
+        while time.monotonic() < deadline:
+            missing = [d for d in devices if not self._online(d)]
+            if not missing:
+                return
+            dead = [d for d in missing if d in self.agents and self.agents[d].poll() is not None]
+            if dead:
+                log_tail = (self.agent_dir(dead[0]) / "agent.log").read_text()[-2000:]
+                raise RuntimeError(f"agent {dead[0]} exited while starting:\n{log_tail}")
+            time.sleep(0.1)
+        raise RuntimeError(f"agents {missing} did not come online within {timeout:g} s")
+
+    def _online(self, dev: int) -> bool:
+        try:
+            return self.registry.get(dev).state in (DeviceState.ONLINE, DeviceState.BUSY)
+        except UnknownDevice:
+            return False

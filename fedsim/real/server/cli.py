@@ -1,0 +1,145 @@
+"""``fedsim server``: serve the Device Manager and the AI Model Repository.
+
+``main(argv)`` takes the arguments after ``server``; ``fedsim/__main__.py`` dispatches to it.
+Tokens come from the environment by preference (a command line is visible to every user of
+the machine through ``ps``), and the server refuses to start without both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fedsim.real.server.config import ServerConfig
+
+ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
+ENROLLMENT_ENV = "FEDSIM_ENROLLMENT_TOKEN"
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig(data_dir=Path("."), admin_token="a", enrollment_token="e")
+    p = argparse.ArgumentParser(
+        prog="fedsim server",
+        description="Serve fedsim's REST API (docs/protocol.md): devices register and "
+        "heartbeat, models and their versions are stored and downloaded, agents long-poll "
+        "for tasks and upload their results. Stops gracefully on SIGINT or SIGTERM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=defaults.host, help="address to listen on")
+    p.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("fedsim-data"),
+        help="directory for the device registry, device tokens, model repository and "
+        "uploads in progress; created if missing, kept across restarts",
+    )
+    p.add_argument(
+        "--admin-token",
+        # No default shown: --help must not print a secret from the environment.
+        default=argparse.SUPPRESS,
+        help=f"the operator's bearer token, allowed everything; read from ${ADMIN_ENV} "
+        "when not given (prefer the variable: a command line is visible to other users)",
+    )
+    p.add_argument(
+        "--enrollment-token",
+        default=argparse.SUPPRESS,
+        help="the bearer token devices present to register, which returns each its own "
+        f"device token; read from ${ENROLLMENT_ENV} when not given",
+    )
+    p.add_argument(
+        "--patience",
+        type=float,
+        default=defaults.patience_s,
+        help="seconds without a heartbeat after which a device counts as offline",
+    )
+    p.add_argument(
+        "--max-json-bytes",
+        type=int,
+        default=defaults.max_json_bytes,
+        help="largest JSON request body accepted; larger ones are answered 413",
+    )
+    p.add_argument(
+        "--max-blob-bytes",
+        type=int,
+        default=defaults.max_blob_bytes,
+        help="largest model version, update or data upload accepted; larger ones are answered 413",
+    )
+    p.add_argument(
+        "--body-read-timeout",
+        type=float,
+        default=defaults.body_read_timeout_s,
+        help="seconds to wait for the next bytes of a request body before answering 408",
+    )
+    p.add_argument(
+        "--long-poll-max",
+        type=float,
+        default=defaults.long_poll_max_s,
+        help="longest an agent's GET .../tasks?wait= is held open, in seconds",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=defaults.shutdown_timeout_s,
+        help="seconds a stopping server lets requests in flight finish before cancelling them",
+    )
+    p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
+    p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging threshold",
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the server; returns the process exit status (2 for a configuration error)."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else 0
+    admin = getattr(args, "admin_token", None) or os.environ.get(ADMIN_ENV)
+    enrollment = getattr(args, "enrollment_token", None) or os.environ.get(ENROLLMENT_ENV)
+    if not admin:
+        return _error(f"no admin token: set {ADMIN_ENV} or pass --admin-token")
+    if not enrollment:
+        return _error(f"no enrollment token: set {ENROLLMENT_ENV} or pass --enrollment-token")
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            admin_token=admin,
+            enrollment_token=enrollment,
+            patience_s=args.patience,
+            max_json_bytes=args.max_json_bytes,
+            max_blob_bytes=args.max_blob_bytes,
+            body_read_timeout_s=args.body_read_timeout,
+            long_poll_max_s=args.long_poll_max,
+            shutdown_timeout_s=args.shutdown_timeout,
+            cert_file=args.cert,
+            key_file=args.key,
+        )
+    except ValueError as e:
+        return _error(str(e))
+    for path in (config.cert_file, config.key_file):
+        if path is not None and not path.is_file():
+            return _error(f"no such file: {path}")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    from fedsim.real.server.app import run_server  # aiohttp loads only when serving
+
+    try:
+        run_server(config)
+    except OSError as e:  # the port is taken, the data directory is not writable, ...
+        return _error(str(e))
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"fedsim server: error: {message}", file=sys.stderr)
+    return 2

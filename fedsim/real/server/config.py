@@ -1,0 +1,65 @@
+"""The server's configuration: one frozen dataclass, built by the CLI or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything ``init_app`` and ``run_server`` need; checked on construction.
+
+    ``data_dir`` holds ``registry/`` (devices, device tokens) and ``repository/`` (models,
+    versions, deployments) and ``uploads/`` (task results being received). TLS is on when both
+    ``cert_file`` and ``key_file`` are given.
+    """
+
+    data_dir: Path
+    admin_token: str
+    enrollment_token: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    patience_s: float = 30.0  # a device silent for longer is offline
+    max_json_bytes: int = MiB
+    max_blob_bytes: int = 2 * GiB
+    # The longest wait for the next bytes of a request body; a slow link may take much
+    # longer for the whole body, a stalled one never sends more.
+    body_read_timeout_s: float = 60.0
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    long_poll_max_s: float = 60.0
+    # How long a stopping server lets requests in flight (uploads) finish before cancelling.
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if not self.admin_token or not self.enrollment_token:
+            raise ValueError("admin_token and enrollment_token must be non-empty")
+        if self.admin_token == self.enrollment_token:
+            # Every device holds the enrollment token; it must not open the admin endpoints.
+            raise ValueError("admin_token and enrollment_token must differ")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        positive = ("patience_s", "body_read_timeout_s", "long_poll_max_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
+        for name in ("max_json_bytes", "max_blob_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS needs both cert_file and key_file, or neither")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None

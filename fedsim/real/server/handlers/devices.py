@@ -1,0 +1,120 @@
+"""The Device Manager's endpoints: registration, heartbeats, listing, removal, groups."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from fedsim.core.registry import (
+    DeviceRecord,
+    DeviceRegistry,
+    DeviceRemoved,
+    DeviceState,
+    UnknownDevice,
+)
+from fedsim.real.server.agents import AgentBook
+from fedsim.real.server.auth import PRINCIPAL, Role
+from fedsim.real.server.bodies import query_int
+from fedsim.real.server.config import ServerConfig
+from fedsim.real.server.errors import ApiError
+from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.offload import Offload
+from fedsim.real.server.schemas import HEARTBEAT, REGISTER_DEVICE
+from fedsim.real.server.serialize import device_json
+
+
+class DeviceHandlers:
+    """``/devices`` and ``/groups``."""
+
+    def __init__(
+        self, *, registry: DeviceRegistry, agents: AgentBook, offload: Offload, config: ServerConfig
+    ) -> None:
+        self._registry = registry
+        self._agents = agents
+        self._offload = offload
+        self._config = config
+        # Deciding who may register an id and registering it must be one step, or two
+        # enrollments of the same new id could both succeed.
+        self._registering = asyncio.Lock()
+
+    async def register(self, request: web.Request) -> web.Response:
+        who = request[PRINCIPAL]
+        body = await json_body(request, REGISTER_DEVICE, self._config)
+        id = body.get("id")
+        async with self._registering:
+            existing = await self._offload(self._find, id)
+            if existing is not None and existing.state is DeviceState.REMOVED:
+                raise ApiError(409, f"device {id} was removed; ids are not reused", field="id")
+            if who.role is Role.DEVICE and id != who.device:
+                raise ApiError(403, f"device {who.device} may re-register only itself")
+            if who.role is Role.ENROLLMENT and existing is not None:
+                raise ApiError(
+                    403,
+                    f"device {id} is registered; registering it again takes its device token",
+                )
+            try:
+                record = await self._offload(
+                    self._registry.register,
+                    id=id,
+                    description=body.get("description", ""),
+                    group=body.get("group", 0),
+                    id_in_group=body.get("id_in_group"),
+                    profile=body.get("profile", ""),
+                    labels=body.get("labels"),
+                )
+            except DeviceRemoved as e:
+                raise ApiError(409, str(e), field="id") from None
+            except ValueError as e:
+                raise ApiError(422, str(e)) from None
+            token = await self._offload(
+                self._agents.enroll,
+                record.id,
+                hardware=body.get("hardware"),
+                endpoints=body.get("endpoints"),
+            )
+        return web.json_response({"device": self._json(record), "token": token}, status=201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        group = query_int(request, "group")
+        state = request.query.get("state")
+        if state is not None and state not in {s.value for s in DeviceState}:
+            states = ", ".join(s.value for s in DeviceState)
+            raise ApiError(422, f"state must be one of {states}, got {state!r}", field="state")
+        records = await self._offload(self._registry.list, group=group, state=state)
+        return web.json_response({"devices": [self._json(r) for r in records]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        record = await self._offload(self._registry.get, path_int(request, "id"))
+        return web.json_response(self._json(record))
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        id = path_int(request, "id")
+        body = await json_body(request, HEARTBEAT, self._config)
+        record = await self._offload(self._registry.heartbeat, id, body.get("resources"))
+        return web.json_response(self._json(record))
+
+    async def remove(self, request: web.Request) -> web.Response:
+        record = await self._offload(self._registry.remove, path_int(request, "id"))
+        return web.json_response(self._json(record))
+
+    async def groups(self, request: web.Request) -> web.Response:
+        records = await self._offload(self._registry.list)
+        groups: dict[int, dict[str, int]] = {}
+        for r in records:
+            entry = groups.setdefault(r.group, {"id": r.group, "devices": 0, "online": 0})
+            entry["devices"] += 1
+            # Busy devices are heartbeating too: "online" counts every live device.
+            entry["online"] += r.state in (DeviceState.ONLINE, DeviceState.BUSY)
+        return web.json_response({"groups": [groups[g] for g in sorted(groups)]})
+
+    def _find(self, id: int | None) -> DeviceRecord | None:
+        if id is None:
+            return None
+        try:
+            return self._registry.get(id)
+        except UnknownDevice:
+            return None
+
+    def _json(self, record: DeviceRecord) -> dict:
+        return device_json(record, self._agents.details(record.id))

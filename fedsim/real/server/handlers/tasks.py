@@ -1,0 +1,228 @@
+"""The agents' work queue and their results, over the coordinator's :class:`TaskBoard`.
+
+An agent long-polls for its next task; what it sends back (trained parameters, the byte count
+of its training data, or an error) becomes an :class:`Outcome` on the board. Results are
+idempotent per task: the same result sent again after a lost response is answered ``200``
+with the stored result; a different one for a finished task is ``409``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from fedsim.core.registry import DeviceRegistry, DeviceState
+from fedsim.core.repository import InvalidModelFile
+from fedsim.core.runtime import NDArrays
+from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
+from fedsim.real.server.auth import PRINCIPAL
+from fedsim.real.server.bodies import (
+    BodyReader,
+    header_flag,
+    header_int,
+    header_json,
+    query_seconds,
+    spool,
+)
+from fedsim.real.server.config import ServerConfig
+from fedsim.real.server.errors import ApiError
+from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.metrics import ServerMetrics
+from fedsim.real.server.offload import Offload
+from fedsim.real.server.schemas import NUMBERS, TASK_ERROR
+from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
+
+NUM_EXAMPLES = "X-Fedsim-Num-Examples"
+METRICS = "X-Fedsim-Metrics"
+TIMINGS = "X-Fedsim-Timings"
+TIMING_ONLY = "X-Fedsim-Timing-Only"
+UPLOAD_DATA = "upload_data"
+
+
+class TaskHandlers:
+    """``/devices/{id}/tasks`` and ``/tasks/{task_id}/...``."""
+
+    def __init__(
+        self,
+        *,
+        board: TaskBoard,
+        registry: DeviceRegistry,
+        offload: Offload,
+        metrics: ServerMetrics,
+        config: ServerConfig,
+        spool_dir: Path,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._board = board
+        self._registry = registry
+        self._offload = offload
+        self._metrics = metrics
+        self._config = config
+        self._spool_dir = spool_dir
+        self._stopping = stopping
+
+    async def poll(self, request: web.Request) -> web.Response:
+        device = path_int(request, "id")
+        wait = query_seconds(request, "wait", default=0.0)
+        if (await self._offload(self._registry.get, device)).state is DeviceState.REMOVED:
+            raise ApiError(410, f"device {device} was removed")
+        task = await self._take(device, min(wait, self._config.long_poll_max_s))
+        if task is None:
+            return web.Response(status=204)
+        return web.json_response(task.payload)
+
+    async def update(self, request: web.Request) -> web.Response:
+        task = self._task(request)
+        if _kind(task) == UPLOAD_DATA:
+            raise ApiError(409, f"task {task.id} uploads data: send it to /tasks/{task.id}/data")
+        timing_only = header_flag(request, TIMING_ONLY)
+        num_examples = header_int(request, NUM_EXAMPLES, required=True)
+        metrics = header_json(request, METRICS, NUMBERS) or {}
+        timings = header_json(request, TIMINGS, NUMBERS) or {}
+        if timing_only and task.reference is not None:
+            raise ApiError(
+                422, f"task {task.id} needs trained parameters, not timings", field=TIMING_ONLY
+            )
+        reader = self._reader(request)
+        parameters = None
+        try:
+            if timing_only:
+                await reader.drain()  # padding that stands for the update: counted only
+                received_at = self._board.clock()
+            else:
+                path = await spool(reader, self._spool_dir, self._offload)
+                received_at = self._board.clock()  # before decoding: that is the server's time
+                try:
+                    if task.state is TaskState.DONE:  # a repeat: compare, do not decode again
+                        return self._settled(task, reader.sha256, None)
+                    parameters = await self._offload(_decode, path, task)
+                finally:
+                    path.unlink(missing_ok=True)
+        finally:
+            self._metrics.bytes_received.labels("update").inc(reader.nbytes)
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=received_at,
+            num_examples=num_examples,
+            nbytes=reader.nbytes,
+            parameters=parameters,
+            metrics=metrics,
+            timings=timings,
+            sha256=reader.sha256,
+        )
+        return self._file(task, outcome, status=201)
+
+    async def data(self, request: web.Request) -> web.Response:
+        task = self._task(request)
+        if _kind(task) != UPLOAD_DATA:
+            raise ApiError(409, f"task {task.id} is not an upload_data task")
+        reader = self._reader(request)
+        try:
+            await reader.drain()  # the bytes only stand for a transfer: counted, not kept
+        finally:
+            self._metrics.bytes_received.labels("data").inc(reader.nbytes)
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=self._board.clock(),
+            nbytes=reader.nbytes,
+            sha256=reader.sha256,
+        )
+        return self._file(task, outcome, status=201)
+
+    async def error(self, request: web.Request) -> web.Response:
+        task = self._task(request)
+        body = await json_body(request, TASK_ERROR, self._config)
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=self._board.clock(),
+            error=body["reason"],
+        )
+        return self._file(task, outcome, status=200)
+
+    # -- internals --
+
+    async def _take(self, device: int, wait: float) -> PostedTask | None:
+        """The board's next task for ``device``, or None on time-out or when stopping."""
+        take = asyncio.ensure_future(self._board.take(device, wait))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            # A stopping server answers "nothing now" at once rather than holding shutdown
+            # for a whole poll; a task taken meanwhile stays assigned and is handed out again.
+            await asyncio.wait({take, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            take.cancel()
+            stop.cancel()
+        return take.result() if take.done() and not take.cancelled() else None
+
+    def _task(self, request: web.Request) -> PostedTask:
+        """The path's task, if the caller may report on it and it is still wanted."""
+        task_id = request.match_info["task_id"]
+        task = self._board.get(task_id)
+        if task is None:
+            raise ApiError(404, f"no task {task_id}")
+        who = request[PRINCIPAL]
+        if not who.may_act_as(task.device):
+            raise ApiError(403, f"task {task_id} belongs to device {task.device}")
+        if task.state is TaskState.CANCELLED:
+            raise ApiError(410, f"task {task_id} was cancelled")
+        return task
+
+    def _reader(self, request: web.Request) -> BodyReader:
+        return BodyReader(
+            request,
+            limit=self._config.max_blob_bytes,
+            timeout_s=self._config.body_read_timeout_s,
+        )
+
+    def _file(self, task: PostedTask, outcome: Outcome, *, status: int) -> web.Response:
+        if not self._board.finish(outcome):
+            return self._settled(task, outcome.sha256, outcome.error)
+        result = "failed" if outcome.error is not None else "succeeded"
+        self._metrics.tasks.labels(_kind(task), result).inc()
+        return web.json_response(_result_json(task, outcome), status=status)
+
+    @staticmethod
+    def _settled(task: PostedTask, sha256: str | None, error: str | None) -> web.Response:
+        """Answer a result for a task that has one already, or was cancelled meanwhile."""
+        if task.state is TaskState.CANCELLED:
+            raise ApiError(410, f"task {task.id} was cancelled")
+        prior = task.outcome
+        if prior is None or prior.sha256 != sha256 or prior.error != error:
+            raise ApiError(409, f"task {task.id} has a different result already")
+        return web.json_response(_result_json(task, prior), status=200)
+
+
+def _decode(path: Path, task: PostedTask) -> NDArrays:
+    """The update's arrays, refused unless its layout is that of the task's parameters."""
+    data = path.read_bytes()
+    try:
+        if task.reference is not None:
+            reference = {k: (v.shape, v.dtype) for k, v in task.reference.items()}
+            # Header only first: a wrong layout is refused before any tensor is loaded.
+            compare_layouts(read_layout(data), reference)
+        return decode(data)
+    except InvalidModelFile as e:
+        raise ApiError(422, f"the update for task {task.id} is unusable: {e}") from None
+
+
+def _kind(task: PostedTask) -> str:
+    return str(task.payload.get("kind", "unknown"))
+
+
+def _result_json(task: PostedTask, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "task": task.id,
+        "device": task.device,
+        "state": TaskState.DONE.value,
+        "received_at": outcome.received_at,
+        "nbytes": outcome.nbytes,
+        "sha256": outcome.sha256,
+        "num_examples": outcome.num_examples,
+        "error": outcome.error,
+    }

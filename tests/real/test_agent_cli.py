@@ -1,0 +1,140 @@
+"""``fedsim agent``'s command line: its help, the config it builds, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedsim.real.agent import cli
+
+OPTIONS = (
+    "--server",
+    "--token",
+    "--device-id",
+    "--description",
+    "--group",
+    "--id-in-group",
+    "--profile",
+    "--label",
+    "--data",
+    "--input-size",
+    "--state-dir",
+    "--heartbeat-interval",
+    "--poll-wait",
+    "--cafile",
+    "--insecure",
+    "--threads",
+    "--torch-device",
+    "--log-level",
+)
+URL = "http://127.0.0.1:8080"
+
+
+def test_help_exits_0_and_explains_every_option(capsys):
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+
+    # Assert
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in OPTIONS:
+        assert option in out
+    assert "FEDSIM_ENROLLMENT_TOKEN" in out and "synthetic:N" in out
+    parser_options = {s for a in cli.build_parser()._actions for s in a.option_strings}
+    assert parser_options - {"-h", "--help"} == set(OPTIONS)
+
+
+def test_options_become_the_agent_config(tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "from-env")
+    data = tmp_path / "shard.npz"
+    data.write_bytes(b"")
+    argv = [
+        "--server", URL, "--device-id", "4", "--description", "pi", "--group", "2",
+        "--id-in-group", "1", "--profile", "rpi4", "--label", "site=lab", "--label", "rack=3",
+        "--data", str(data), "--state-dir", str(tmp_path / "s"), "--heartbeat-interval", "0.5",
+        "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
+    ]  # fmt: skip
+
+    # Execute
+    config, level = cli.parse_config(argv)
+
+    # Assert
+    assert config.server == URL and config.enrollment_token == "from-env"
+    assert (config.device_id, config.group, config.id_in_group) == (4, 2, 1)
+    assert config.description == "pi" and config.profile == "rpi4"
+    assert config.labels == {"site": "lab", "rack": "3"}
+    assert config.data_spec.kind == "npz" and config.data_spec.path == data
+    assert config.state_dir == tmp_path / "s"
+    assert config.heartbeat_interval == 0.5 and config.poll_wait == 10
+    assert config.insecure and config.threads == 1 and level == "debug"
+
+
+def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.delenv("FEDSIM_ENROLLMENT_TOKEN", raising=False)
+    (tmp_path / "device.json").write_text('{"device_id": 3, "token": "t"}')
+
+    # Execute
+    config, _ = cli.parse_config(["--server", URL, "--state-dir", str(tmp_path)])
+
+    # Assert
+    assert config.enrollment_token is None
+
+
+def test_synthetic_data_needs_no_file(tmp_path):
+    config, _ = cli.parse_config(
+        ["--server", URL, "--token", "t", "--state-dir", str(tmp_path), "--data", "synthetic:64"]
+    )
+
+    assert config.data_spec.kind == "synthetic" and config.data_spec.count == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        ([], "--server"),
+        (["--server", "ftp://host"], "--server"),
+        (["--server", URL, "--device-id", "four"], "--device-id"),
+        (["--server", URL, "--poll-wait", "61"], "--poll-wait"),
+        (["--server", URL, "--heartbeat-interval", "0"], "--heartbeat-interval"),
+        (["--server", URL, "--label", "no-value"], "--label"),
+        (["--server", URL, "--data", "synthetic:0"], "synthetic:N"),
+        (["--server", URL, "--data", "/no/such/shard.npz"], "no such file"),
+        (["--server", URL, "--threads", "0"], "--threads"),
+        (["--server", URL, "--log-level", "loud"], "--log-level"),
+        (["--server", URL, "--insecure", "--cafile", "CAFILE"], "--insecure"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):
+    # Prepare
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("")
+    argv = [str(cafile) if a == "CAFILE" else a for a in args]
+    argv += ["--token", "t", "--state-dir", str(tmp_path)]
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+
+    # Assert
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and complaint in err
+    assert err.startswith("fedsim agent: error: ")
+
+
+def test_no_token_and_no_saved_identity_is_a_bad_argument(tmp_path, capsys, monkeypatch):
+    # Prepare
+    monkeypatch.delenv("FEDSIM_ENROLLMENT_TOKEN", raising=False)
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--server", URL, "--state-dir", str(Path(tmp_path) / "empty")])
+
+    # Assert
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "FEDSIM_ENROLLMENT_TOKEN" in err

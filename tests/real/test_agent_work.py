@@ -1,0 +1,84 @@
+"""The agent's local side of a task: --data forms, task fingerprints, generated bodies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.real.agent.config import parse_data_spec
+from fedsim.real.agent.work import TaskError, data_bytes, load_shard, padding, task_digest
+
+
+def shard(spec, *, device_id=1, model_name="digits_cnn", input_size=8):
+    return load_shard(
+        spec,
+        device_id=device_id,
+        model_name=model_name,
+        num_classes=10,
+        seed=0,
+        input_size=input_size,
+    )
+
+
+def test_synthetic_data_is_shaped_for_the_model_and_differs_per_device():
+    # Prepare
+    spec = parse_data_spec("synthetic:6")
+
+    # Execute
+    X1, y1 = shard(spec, device_id=1)
+    X2, _ = shard(spec, device_id=2)
+    X_rgb, _ = shard(spec, model_name="yolov4", input_size=32)
+
+    # Assert
+    assert tuple(X1.shape) == (6, 1, 8, 8) and tuple(y1.shape) == (6,)
+    assert int(y1.min()) >= 0 and int(y1.max()) < 10
+    assert not np.array_equal(np.asarray(X1), np.asarray(X2))
+    assert tuple(X_rgb.shape) == (6, 3, 32, 32)
+
+
+def test_an_image_folder_is_read_at_the_input_size(tmp_path):
+    # Prepare: two classes of 4x4 grey .npy images.
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        np.save(tmp_path / label / "a.npy", np.full((4, 4), 200, np.uint8))
+    spec = parse_data_spec(str(tmp_path))
+
+    # Execute
+    X, y = shard(spec, input_size=8)
+
+    # Assert
+    assert X.shape == (2, 1, 8, 8) and list(y) == [0, 1]
+
+
+def test_an_npz_without_y_is_a_task_error(tmp_path):
+    # Prepare
+    path = tmp_path / "bad.npz"
+    np.savez(path, X=np.zeros((2, 1, 8, 8), np.float32))
+
+    # Execute / Assert
+    with pytest.raises(TaskError, match="no array y"):
+        shard(parse_data_spec(str(path)))
+
+
+def test_a_task_digest_names_the_work_not_the_wording():
+    # Prepare
+    task = {"id": "r1-d1", "kind": "fit", "samples": 10, "config": {"a": 1, "b": 2}}
+    reordered = {"config": {"b": 2, "a": 1}, "samples": 10, "kind": "fit", "id": "r1-d1"}
+    annotated = {**task, "assigned_at": 12.5}  # not part of the work
+    other = {**task, "samples": 11}
+
+    # Execute / Assert
+    assert task_digest(task) == task_digest(reordered) == task_digest(annotated)
+    assert task_digest(task) != task_digest(other)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("nbytes", [0, 1, (1 << 20) - 1, (1 << 20) + 1, 3 << 20])
+async def test_generated_bodies_have_exactly_nbytes(nbytes):
+    # Execute
+    noise = b"".join([chunk async for chunk in data_bytes(None, nbytes)])
+    zeros = b"".join([chunk async for chunk in padding(nbytes)])
+
+    # Assert
+    assert len(noise) == nbytes and len(zeros) == nbytes
+    assert zeros == bytes(nbytes)

@@ -1,0 +1,147 @@
+"""``fedsim server``: its command line, the configuration it builds, and the process it runs
+(plain HTTP and TLS, stopped by SIGTERM or SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fedsim.real.server.cli import main
+from fedsim.real.server.config import ServerConfig
+from tests.real.conftest import ADMIN_TOKEN
+
+
+def test_config_refuses_what_cannot_work(tmp_path):
+    base = {"data_dir": tmp_path, "admin_token": "a", "enrollment_token": "e"}
+    for bad in (
+        {"admin_token": ""},
+        {"enrollment_token": "a"},  # the same as admin: every device would be admin
+        {"port": 70000},
+        {"patience_s": 0},
+        {"max_blob_bytes": 0},
+        {"cert_file": tmp_path / "cert.pem"},  # without a key
+    ):
+        with pytest.raises(ValueError):
+            ServerConfig(**{**base, **bad})
+    assert not ServerConfig(**base).tls
+
+
+def test_cli_help_explains_every_option(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--host",
+        "--port",
+        "--data-dir",
+        "--admin-token",
+        "--enrollment-token",
+        "--patience",
+        "--max-json-bytes",
+        "--max-blob-bytes",
+        "--body-read-timeout",
+        "--long-poll-max",
+        "--shutdown-timeout",
+        "--cert",
+        "--key",
+        "--log-level",
+    ):
+        assert option in text
+    assert "FEDSIM_ADMIN_TOKEN" in text and "FEDSIM_ENROLLMENT_TOKEN" in text
+
+
+def test_cli_refuses_to_start_without_tokens(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("FEDSIM_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("FEDSIM_ENROLLMENT_TOKEN", raising=False)
+    assert main(["--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "FEDSIM_ADMIN_TOKEN" in err
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert main(["--data-dir", str(tmp_path)]) == 2
+    assert "FEDSIM_ENROLLMENT_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", ADMIN_TOKEN)
+    assert main(["--data-dir", str(tmp_path)]) == 2
+    assert "must differ" in capsys.readouterr().err
+
+
+def test_cli_never_prints_a_token_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "do-not-print-me")
+    main(["--help"])
+    assert "do-not-print-me" not in capsys.readouterr().out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> dict:
+    with urllib.request.urlopen(url, timeout=2, context=context) as r:
+        return json.loads(r.read())
+
+
+def serve(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FEDSIM_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FEDSIM_ENROLLMENT_TOKEN": "enrollment-for-cli-test",
+    }
+    cmd = [sys.executable, "-m", "fedsim", "server", "--port", str(port)]
+    cmd += ["--data-dir", str(tmp_path / "data"), *extra]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True), port
+
+
+def wait_healthy(url: str, context: ssl.SSLContext | None = None) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return get(url, context)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_the_command_serves_until_sigterm_and_exits_0(tmp_path):
+    process, port = serve(tmp_path)
+    try:
+        health = wait_healthy(f"http://127.0.0.1:{port}/api/v1/health")
+        assert health["status"] == "ok"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a certificate")
+def test_the_command_serves_https_with_a_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    process, port = serve(tmp_path, "--cert", str(cert), "--key", str(key))
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        health = wait_healthy(f"https://127.0.0.1:{port}/api/v1/health", context)
+        assert health["status"] == "ok"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+        process.communicate()

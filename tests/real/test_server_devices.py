@@ -1,0 +1,272 @@
+"""Device Manager endpoints: registration, tokens and their scopes, heartbeats, removal,
+groups, body limits and validation, and persistence across a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.real.conftest import ADMIN, API, ENROLL, bearer
+
+pytestmark = pytest.mark.asyncio
+
+
+async def error_of(response) -> dict:
+    body = await response.json()
+    assert body["error"]["status"] == response.status
+    return body["error"]
+
+
+# -- registration and tokens -------------------------------------------------------------
+
+
+async def test_enrollment_registers_and_returns_a_device_token(server):
+    body = {
+        "description": "jetson",
+        "group": 1,
+        "id_in_group": 0,
+        "profile": "client_i7_gtx1080",
+        "labels": {"site": "lab"},
+        "hardware": {"cpu_count": 12, "memory_bytes": 16e9, "gpu": "GTX 1080"},
+        "endpoints": {"node_exporter": "http://10.0.0.4:9100/metrics"},
+    }
+    r = await server.client.post(f"{API}/devices", json=body, headers=ENROLL)
+    assert r.status == 201
+    data = await r.json()
+    device = data["device"]
+    assert device["state"] == "registered"
+    assert device["group"] == 1 and device["labels"] == {"site": "lab"}
+    assert device["hardware"]["cpu_count"] == 12
+    assert device["endpoints"] == body["endpoints"]
+    assert len(data["token"]) >= 40
+
+    r = await server.client.get(f"{API}/devices/{device['id']}", headers=bearer(data["token"]))
+    assert r.status == 200
+    assert (await r.json())["description"] == "jetson"
+
+
+async def test_missing_or_unknown_token_is_401_with_a_bearer_challenge(server):
+    for headers in ({}, bearer("nobody-issued-this"), {"Authorization": "Basic dXNlcjpwdw=="}):
+        r = await server.client.get(f"{API}/devices", headers=headers)
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await error_of(r))["message"]
+
+
+async def test_valid_tokens_outside_their_scope_are_403(server):
+    a, token_a = await server.register()
+    b, _ = await server.register()
+    cases = [
+        ("PUT", f"{API}/devices/{b}/heartbeat", token_a, {"resources": {}}),
+        ("GET", f"{API}/devices/{b}", token_a, None),
+        ("GET", f"{API}/devices/{b}/tasks", token_a, None),
+        ("GET", f"{API}/devices", ENROLL, None),
+        ("PUT", f"{API}/devices/{a}/heartbeat", ENROLL, {"resources": {}}),
+        ("POST", f"{API}/models", token_a, {"name": "m", "architecture": "x"}),
+        ("DELETE", f"{API}/devices/{a}", token_a, None),
+        ("GET", f"{API}/groups", token_a, None),
+    ]
+    for method, path, headers, body in cases:
+        r = await server.client.request(method, path, headers=headers, json=body)
+        assert r.status == 403, (method, path)
+        await error_of(r)
+
+
+async def test_re_registration_needs_the_device_token_and_replaces_it(server):
+    id, old = await server.register(group=2)
+    r = await server.client.put(f"{API}/devices/{id}/heartbeat", json={}, headers=old)
+    assert (await r.json())["state"] == "online"
+
+    # The enrollment token may not take over a registered id...
+    r = await server.client.post(f"{API}/devices", json={"id": id, "group": 2}, headers=ENROLL)
+    assert r.status == 403
+    # ...nor may a device token register another id.
+    r = await server.client.post(f"{API}/devices", json={"id": id + 7}, headers=old)
+    assert r.status == 403
+
+    r = await server.client.post(
+        f"{API}/devices", json={"id": id, "group": 2, "description": "restarted"}, headers=old
+    )
+    assert r.status == 201
+    data = await r.json()
+    assert data["device"]["state"] == "online"  # state kept
+    assert data["device"]["description"] == "restarted"
+    new = bearer(data["token"])
+    assert new != old
+    assert (await server.client.get(f"{API}/devices/{id}", headers=old)).status == 401
+    assert (await server.client.get(f"{API}/devices/{id}", headers=new)).status == 200
+
+
+async def test_enrollment_may_register_an_unknown_explicit_id(server):
+    r = await server.client.post(f"{API}/devices", json={"id": 40, "group": 1}, headers=ENROLL)
+    assert r.status == 201
+    assert (await r.json())["device"]["id"] == 40
+    id, _ = await server.register()
+    assert id == 41  # ids are never reused, and follow the highest
+
+
+async def test_moving_a_device_to_another_group_is_409(server):
+    id, token = await server.register(group=1)
+    r = await server.client.post(f"{API}/devices", json={"id": id, "group": 3}, headers=token)
+    assert r.status == 409
+
+
+# -- heartbeats, removal, listing ----------------------------------------------------------
+
+
+async def test_heartbeat_merges_resources_and_brings_the_device_online(server):
+    id, token = await server.register()
+    r = await server.client.put(
+        f"{API}/devices/{id}/heartbeat",
+        json={"resources": {"cpu_busy": 0.3, "bandwidth_up": 1e8}},
+        headers=token,
+    )
+    assert r.status == 200
+    r = await server.client.put(
+        f"{API}/devices/{id}/heartbeat", json={"resources": {"cpu_busy": 0.5}}, headers=token
+    )
+    record = await r.json()
+    assert record["state"] == "online"
+    assert record["resources"] == {"cpu_busy": 0.5, "bandwidth_up": 1e8}
+    assert record["last_seen"] >= record["registered_at"]
+
+
+async def test_removed_device_heartbeat_is_410_and_its_id_cannot_return(server):
+    id, token = await server.register()
+    r = await server.client.delete(f"{API}/devices/{id}", headers=ADMIN)
+    assert r.status == 200
+    assert (await r.json())["state"] == "removed"
+    r = await server.client.put(f"{API}/devices/{id}/heartbeat", json={}, headers=token)
+    assert r.status == 410
+    assert (await server.client.delete(f"{API}/devices/{id}", headers=ADMIN)).status == 410
+    r = await server.client.post(f"{API}/devices", json={"id": id}, headers=ADMIN)
+    assert r.status == 409
+    assert (await error_of(r))["field"] == "id"
+
+
+async def test_unknown_device_is_404(server):
+    r = await server.client.get(f"{API}/devices/999", headers=ADMIN)
+    assert r.status == 404
+    r = await server.client.put(f"{API}/devices/999/heartbeat", json={}, headers=ADMIN)
+    assert r.status == 404
+
+
+async def test_list_filters_by_group_and_state(server):
+    a, token_a = await server.register(group=1)
+    await server.register(group=1)
+    c, _ = await server.register(group=2)
+    await server.client.put(f"{API}/devices/{a}/heartbeat", json={}, headers=token_a)
+    await server.client.delete(f"{API}/devices/{c}", headers=ADMIN)
+
+    async def ids(query: str) -> list[int]:
+        r = await server.client.get(f"{API}/devices{query}", headers=ADMIN)
+        assert r.status == 200
+        return [d["id"] for d in (await r.json())["devices"]]
+
+    assert await ids("") == [a, a + 1]  # removed devices are left out
+    assert await ids("?group=1&state=online") == [a]
+    assert await ids("?state=removed") == [c]
+    for query, field in (("?state=asleep", "state"), ("?group=x", "group")):
+        r = await server.client.get(f"{API}/devices{query}", headers=ADMIN)
+        assert r.status == 422
+        assert (await error_of(r))["field"] == field
+
+
+async def test_groups_count_devices_and_live_ones(server):
+    a, token = await server.register(group=1)
+    await server.register(group=1)
+    await server.register(group=2)
+    await server.client.put(f"{API}/devices/{a}/heartbeat", json={}, headers=token)
+    r = await server.client.get(f"{API}/groups", headers=ADMIN)
+    assert (await r.json())["groups"] == [
+        {"id": 1, "devices": 2, "online": 1},
+        {"id": 2, "devices": 1, "online": 0},
+    ]
+
+
+# -- bodies: limits, syntax, schema -------------------------------------------------------
+
+
+async def test_malformed_json_is_400(server):
+    for data in (b"{not json", b"", b'{"resources": {"x": NaN}}'):
+        r = await server.client.post(
+            f"{API}/devices", data=data, headers={**ENROLL, "Content-Type": "application/json"}
+        )
+        assert r.status == 400, data
+        await error_of(r)
+
+
+async def test_oversized_json_is_413_declared_or_streamed(make_server):
+    server = await make_server(max_json_bytes=1000)
+    big = b'{"description": "' + b"x" * 5000 + b'"}'
+    r = await server.client.post(f"{API}/devices", data=big, headers=ENROLL)
+    assert r.status == 413
+
+    async def chunked():  # no Content-Length: the limit must hold while streaming
+        for i in range(0, len(big), 100):
+            yield big[i : i + 100]
+
+    r = await server.client.post(f"{API}/devices", data=chunked(), headers=ENROLL)
+    assert r.status == 413
+    await error_of(r)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"group": "one"}, "group"),
+        ({"group": -1}, "group"),
+        ({"id": True}, "id"),
+        ({"labels": {"k": 3}}, "labels.k"),
+        ({"hardware": {"cpu_count": 0}}, "hardware.cpu_count"),
+        ({"endpoints": {"agent": "ftp://x"}}, "endpoints.agent"),
+        ({"colour": "red"}, "colour"),
+        ([1, 2], None),
+    ],
+)
+async def test_schema_violations_are_422_naming_the_field(server, body, field):
+    r = await server.client.post(f"{API}/devices", json=body, headers=ENROLL)
+    assert r.status == 422
+    error = await error_of(r)
+    assert error["field"] == field
+    if field:
+        assert field in error["message"]
+
+
+async def test_heartbeat_resources_must_be_numbers(server):
+    id, token = await server.register()
+    r = await server.client.put(
+        f"{API}/devices/{id}/heartbeat", json={"resources": {"cpu": "busy"}}, headers=token
+    )
+    assert r.status == 422
+    assert (await error_of(r))["field"] == "resources.cpu"
+
+
+async def test_unknown_paths_and_methods_answer_json_errors(server):
+    r = await server.client.get(f"{API}/nothing-here")
+    assert r.status == 404
+    await error_of(r)
+    r = await server.client.patch(f"{API}/devices", headers=ADMIN)
+    assert r.status == 405
+    assert "POST" in r.headers["Allow"]
+    await error_of(r)
+
+
+# -- persistence ----------------------------------------------------------------------------
+
+
+async def test_restart_keeps_devices_and_their_tokens(make_server):
+    first = await make_server()
+    id, token = await first.register(group=1, hardware={"cpu_count": 4})
+    await first.client.put(f"{API}/devices/{id}/heartbeat", json={}, headers=token)
+    await first.client.close()
+
+    second = await make_server()
+    r = await second.client.get(f"{API}/devices/{id}", headers=token)
+    assert r.status == 200
+    record = await r.json()
+    assert record["state"] == "online"
+    assert record["hardware"] == {"cpu_count": 4}
+    r = await second.client.put(f"{API}/devices/{id}/heartbeat", json={}, headers=token)
+    assert r.status == 200
+    new_id, _ = await second.register()
+    assert new_id == id + 1
