@@ -317,6 +317,8 @@ def run_federated(
         shards=shards,
         seed=seeds[1],
         flops=float(spec.train_flops),
+        attached=attached,
+        channel=task_prefix,
     ) as (
         transport,
         resources,

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedsim.core.registry import DeviceRegistry
 from fedsim.core.repository import ModelRepository
 from fedsim.real.board import TaskBoard
+from fedsim.real.server.jobs_api import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class _Job:
         }
 
 
-class JobManager:
+class JobManager(Jobs):
     """Starts, tracks and cancels jobs; one thread per job."""
 
     def __init__(self, *, data_dir: Path, attached: Attached) -> None:

@@ -69,11 +69,12 @@ class HttpTransport(Transport):
             payload, reference = self._payload(task)
             self.board.post(
                 PostedTask(
-                    id=task.id,
+                    id=self.channel + task.id,
                     device=task.device,
-                    payload=payload,
+                    payload={**payload, "id": self.channel + task.id},
                     posted_at=self.clock(),
                     reference=reference,
+                    channel=self.channel,
                 )
             )
 

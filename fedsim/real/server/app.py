@@ -21,6 +21,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -150,13 +151,17 @@ def init_app(
     return app
 
 
-def run_server(config: ServerConfig, *, jobs: Jobs | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully (see the module docstring)."""
+def run_server(config: ServerConfig, *, jobs: Jobs | None = None, **stores: Any) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully (see the module docstring).
+
+    ``stores`` (board, registry, repository) are passed to :func:`init_app`, for a caller that
+    shares them, as the job manager does.
+    """
     ssl_context = None
     if config.tls:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.cert_file, config.key_file)
-    app = init_app(config, jobs=jobs)
+    app = init_app(config, jobs=jobs, **stores)
     scheme = "https" if config.tls else "http"
     web.run_app(
         app,

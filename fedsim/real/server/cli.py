@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedsim.real.server.config import ServerConfig
 
@@ -97,6 +98,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _job_runner(config: ServerConfig) -> dict[str, Any]:
+    """The stores the server shares with its job manager, and the manager itself."""
+    from fedsim.core.registry import DeviceRegistry
+    from fedsim.real.board import TaskBoard
+    from fedsim.real.jobs import Attached, JobManager
+    from fedsim.store.sqlite import SqliteRegistryStore, SqliteRepository
+
+    data = Path(config.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    attached = Attached(
+        board=TaskBoard(),
+        repository=SqliteRepository(data / "repository"),
+        registry=DeviceRegistry(SqliteRegistryStore(data / "registry"), patience=config.patience_s),
+    )
+    return {
+        "jobs": JobManager(data_dir=data, attached=attached),
+        "board": attached.board,
+        "registry": attached.registry,
+        "repository": attached.repository,
+    }
+
+
 def main(argv: list[str]) -> int:
     """Run the server; returns the process exit status (2 for a configuration error)."""
     try:
@@ -134,7 +157,7 @@ def main(argv: list[str]) -> int:
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
     try:
-        run_server(config)
+        run_server(config, **_job_runner(config))
     except OSError as e:  # the port is taken, the data directory is not writable, ...
         return _error(str(e))
     return 0

@@ -1,0 +1,144 @@
+"""Real mode under failure: an agent killed mid-round, a server restarted mid-job, jobs API."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from fedsim.__main__ import conf_dir
+from fedsim.config import register_configs
+from fedsim.fl_app import run_federated
+from fedsim.real.board import TaskState
+from fedsim.real.jobs import Attached, JobManager
+from fedsim.real.launch import LocalCluster, ServerThread
+from fedsim.store.safetensors_io import decode
+
+
+def config(*overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(
+            config_name="config", overrides=["+experiment=fl_digits", "mode=real", *overrides]
+        )
+
+
+def cluster_for(cfg, run_dir: Path) -> LocalCluster:
+    import numpy as np
+
+    from fedsim.app import build_workload  # noqa: F401  (the same path run_federated takes)
+    from fedsim.config import build_topology, clients_of
+    from fedsim.fl_app import _real_data
+
+    topology = build_topology(cfg)
+    clients = clients_of(cfg, topology)
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[0])
+    shards, _, _ = _real_data(cfg, clients, rng)
+    return LocalCluster(
+        run_dir=run_dir, topology=topology, clients=clients, shards=shards, mode=cfg.mode
+    )
+
+
+def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Path):
+    # Thirty local epochs keep each agent training long enough (about a second) to be killed
+    # in the middle of it.
+    cfg = config("fl.rounds=2", "fl.deadline_s=10", "fl.min_fit=2", "fl.local_epochs=30")
+    with cluster_for(cfg, tmp_path) as cluster:
+        attached = Attached(
+            board=cluster.board, repository=cluster.repository, registry=cluster.registry
+        )
+        victim = 8
+
+        def kill_when_training() -> None:
+            # Wait until the victim has taken its round-1 task, then kill it outright.
+            while True:
+                held = [
+                    t
+                    for t in cluster.board.pending(victim)
+                    if t.state is TaskState.TAKEN and t.id.startswith("r1")
+                ]
+                if held:
+                    cluster.stop_agent(victim, kill=True)
+                    return
+                time.sleep(0.01)
+
+        def on_round(row):
+            if row["round"] == 0:
+                threading.Thread(target=kill_when_training, daemon=True).start()
+
+        result = run_federated(cfg, tmp_path / "run", attached=attached, on_round=on_round)
+    rounds = result.rounds
+    assert [r.aggregated for r in rounds] == [True, True]
+    assert rounds[0].completed == 3
+    assert rounds[1].completed == 2 and rounds[1].failed == 1
+    assert 8 in {d for _, d, _ in result.failures}
+
+
+def test_server_restart_mid_job_loses_nothing(tmp_path: Path):
+    cfg = config("fl.rounds=3", "fl.deadline_s=60")
+    with cluster_for(cfg, tmp_path) as cluster:
+        attached = Attached(
+            board=cluster.board, repository=cluster.repository, registry=cluster.registry
+        )
+
+        def on_round(row):
+            if row["round"] == 0:
+                # Stop the server and bring up a fresh application on the same port and stores.
+                from fedsim.real.server.app import init_app
+                from fedsim.real.server.config import ServerConfig
+
+                old = cluster.server
+                old.stop()
+                app = init_app(
+                    ServerConfig(
+                        host=old.host,
+                        port=old.port,
+                        data_dir=tmp_path,
+                        admin_token=cluster.admin_token,
+                        enrollment_token=cluster.enrollment_token,
+                        patience_s=cluster.mode.patience_s,
+                    ),
+                    board=cluster.board,
+                    registry=cluster.registry,
+                    repository=cluster.repository,
+                )
+                cluster.server = ServerThread(app, host=old.host, port=old.port)
+                cluster.server.start()
+
+        result = run_federated(cfg, tmp_path / "run", attached=attached, on_round=on_round)
+        repo = cluster.repository
+        versions = repo.list_versions("digits_cnn")
+        assert [v.version for v in versions] == list(range(1, len(versions) + 1))
+        for v in versions:
+            with repo.open_blob("digits_cnn", v.version) as f:
+                blob = f.read()
+            assert hashlib.sha256(blob).hexdigest() == v.sha256
+            decode(blob)
+    assert [r.aggregated for r in result.rounds] == [True, True, True]
+    assert all(r.completed == 3 for r in result.rounds)
+    assert {v.round for v in versions} >= {0, 1, 2}
+
+
+def test_job_api_runs_federated_training_on_the_servers_devices(tmp_path: Path):
+    cfg = config("fl.rounds=2")
+    with cluster_for(cfg, tmp_path) as cluster:
+        jobs = JobManager(
+            data_dir=tmp_path,
+            attached=Attached(
+                board=cluster.board, repository=cluster.repository, registry=cluster.registry
+            ),
+        )
+        with pytest.raises(ValueError, match="kind"):
+            jobs.start("teleport", {})
+        job = jobs.start("federated", {"experiment": {"name": "fl_digits"}, "fl": {"rounds": 2}})
+        deadline = time.monotonic() + 120
+        while jobs.get(job["id"])["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        done = jobs.get(job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["round"] == 2 and len(done["rounds"]) == 2
+    assert (Path(done["results"]) / "summary.json").exists()
