@@ -142,6 +142,17 @@ class TaskBoard:
         channel.put(outcome)
         return True
 
+    def forget(self, task_id: str) -> None:
+        """Drop a finished task and what it holds (parameters): the coordinator has its result.
+
+        A repeated upload for it is then answered as for an unknown task, which the agent
+        takes as "nothing more to do".
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None and task.state in (TaskState.DONE, TaskState.CANCELLED):
+                del self._tasks[task_id]
+
     def pending(self, device: int | None = None) -> list[PostedTask]:
         with self._lock:
             return [

@@ -171,6 +171,8 @@ class HttpTransport(Transport):
 
     def _result(self, o: Outcome) -> TaskResult:
         task = self.board.get(o.task_id)
+        # The board need not keep the task (and the parameters it references) any longer.
+        self.board.forget(o.task_id)
         o = replace(o, task_id=o.task_id.removeprefix(self.channel))
         posted = (task.posted_at if task else o.received_at) - self.t0
         taken = (task.taken_at if task and task.taken_at else o.received_at) - self.t0
@@ -180,7 +182,7 @@ class HttpTransport(Transport):
             return TaskResult(
                 task_id=o.task_id, device=o.device, started=posted, finished=finished, error=o.error
             )
-        self._record_timings(o, kind, taken, finished)
+        self._record_timings(o, task, taken, finished)
         update = None
         if kind == "fit":
             update = Update(
@@ -193,13 +195,16 @@ class HttpTransport(Transport):
             task_id=o.task_id, device=o.device, started=posted, finished=finished, update=update
         )
 
-    def _record_timings(self, o: Outcome, kind: str | None, taken: float, finished: float) -> None:
+    def _record_timings(
+        self, o: Outcome, task: PostedTask | None, taken: float, finished: float
+    ) -> None:
         """Place the agent's reported step durations on the server's clock.
 
         The agent measures its steps with its own clock; only durations travel. Steps are laid
         out from the moment it took the task, the upload ending when the result arrived.
         """
         t = o.timings
+        kind = task.payload.get("kind") if task else None
         if kind == "upload_data":
             self.events.record(
                 Event(
@@ -214,7 +219,6 @@ class HttpTransport(Transport):
             return
         download = float(t.get("download_s", 0.0))
         train = float(t.get("train_s", 0.0))
-        task = self.board.get(self.channel + o.task_id)
         model = (task.payload.get("model") if task else None) or {}
         steps = [
             (EventKind.MODEL_DOWNLOAD, taken, taken + download, int(model.get("nbytes", 0))),

@@ -64,3 +64,23 @@ def test_same_seed_same_global_model_in_sim_and_real(tmp_path: Path):
     assert runs["sim"].keys() == runs["real"].keys()
     for k in runs["sim"]:
         np.testing.assert_allclose(runs["real"][k], runs["sim"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_imagenet_yolo_in_real_mode_measures_both_scenarios(tmp_path: Path):
+    proc = fedsim(
+        "+experiment=imagenet_yolo",
+        "mode=real",
+        "repetitions=1",
+        "crossover.bandwidth_mbps.num=2",
+        "crossover.samples_per_device.num=2",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["mode"] == "real" and s["repetitions"] == 1
+    assert s["t_ref_s"]["mean"] > 0 and s["t_new_s"]["mean"] > 0
+    assert s["scaled"]["input_size"] == [608, 128]
+    report = (tmp_path / "report.md").read_text()
+    assert "workload.scale" in report and "6.02" in report
+    events = (tmp_path / "events.csv").read_text()
+    assert "data_upload" in events and "update_upload" in events
