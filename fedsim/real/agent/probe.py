@@ -1,0 +1,80 @@
+"""The agent's bandwidth probe: round-trip time and throughput to the server, both ways.
+
+RTT is the median of a few small requests (``/health``); throughput times a download of
+``nbytes`` from ``/probe`` and an upload of as many bytes to it. The request's round trip is
+taken off each transfer's time, so a small payload on a long link is not underestimated by
+its latency. Payloads are small by default so the probe does not disturb training.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+API = "/api/v1"
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Bytes per second up (agent -> server) and down, and the round-trip time in seconds."""
+
+    up_bps: float
+    down_bps: float
+    rtt_s: float
+
+    def resources(self) -> dict[str, float]:
+        """The keys the heartbeat reports them under."""
+        return {"bandwidth_up": self.up_bps, "bandwidth_down": self.down_bps, "rtt": self.rtt_s}
+
+
+async def measure(
+    session: aiohttp.ClientSession,
+    server: str,
+    *,
+    headers: dict[str, str],
+    nbytes: int = 1 << 20,
+    pings: int = 5,
+) -> ProbeResult:
+    """Probe the link from this agent to ``server`` (its base URL)."""
+    rtts = []
+    for _ in range(pings):
+        start = time.perf_counter()
+        async with session.get(f"{server}{API}/health") as r:
+            await r.read()
+        rtts.append(time.perf_counter() - start)
+    rtt = statistics.median(rtts)
+
+    start = time.perf_counter()
+    async with session.get(
+        f"{server}{API}/probe", params={"bytes": str(nbytes)}, headers=headers
+    ) as r:
+        r.raise_for_status()
+        got = 0
+        async for chunk in r.content.iter_chunked(CHUNK):
+            got += len(chunk)
+    down = got / max(time.perf_counter() - start - rtt, 1e-9)
+
+    start = time.perf_counter()
+    async with session.put(
+        f"{server}{API}/probe",
+        data=_zeros(nbytes),
+        headers={**headers, "Content-Length": str(nbytes)},
+    ) as r:
+        r.raise_for_status()
+        await r.read()
+    up = nbytes / max(time.perf_counter() - start - rtt, 1e-9)
+    return ProbeResult(up_bps=up, down_bps=down, rtt_s=rtt)
+
+
+async def _zeros(nbytes: int) -> AsyncIterator[bytes]:
+    block = bytes(CHUNK)
+    left = nbytes
+    while left:
+        piece = block[: min(CHUNK, left)]
+        left -= len(piece)
+        yield piece
