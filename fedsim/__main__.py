@@ -72,6 +72,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 SUBCOMMANDS = {
     "server": "fedsim.real.server.cli",
     "agent": "fedsim.real.agent.cli",
+    "prometheus-config": "fedsim.monitor.cli",
 }
 
 

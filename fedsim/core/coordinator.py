@@ -187,6 +187,7 @@ class Coordinator:
         self.history: list[RoundReport] = []
         self._utility: dict[int, float] = {}
         self._duration: dict[int, float] = {}
+        self._rate: dict[int, float] = {}
         self._late: list[TaskResult] = []
         if self.config.hierarchical:
             missing = [d for d in work.samples if d not in self.groups]
@@ -253,6 +254,7 @@ class Coordinator:
                 v,
                 reliability=self.reliability.score(d),
                 utility=self._utility.get(d, v.utility),
+                throughput=self._rate.get(d, v.throughput),
                 last_duration=self._duration.get(d, v.last_duration),
                 samples=self.work.samples.get(d, v.samples),
             )
@@ -322,8 +324,14 @@ class Coordinator:
         return accepted, rejected
 
     def _observe(self, r: TaskResult) -> None:
-        """Remember what Oort-style selection uses: duration and statistical utility."""
+        """Remember what selection and balancing use: duration, speed, statistical utility.
+
+        The speed seen in the last task (samples over its whole duration, transfers included)
+        overrides the profiled or reported throughput: it is what the device really delivered.
+        """
         self._duration[r.device] = r.finished - r.started
+        if r.update is not None and r.finished > r.started:
+            self._rate[r.device] = r.update.num_examples / (r.finished - r.started)
         metrics = r.update.metrics if r.update else {}
         loss = metrics.get("loss_rms", metrics.get("loss"))
         if loss is not None:

@@ -9,6 +9,8 @@ import pytest
 from fedsim.real.agent import cli
 
 OPTIONS = (
+    "--probe-interval",
+    "--probe-bytes",
     "--server",
     "--token",
     "--device-id",
@@ -26,6 +28,8 @@ OPTIONS = (
     "--insecure",
     "--threads",
     "--torch-device",
+    "--metrics-port",
+    "--metrics-host",
     "--log-level",
 )
 URL = "http://127.0.0.1:8080"

@@ -27,6 +27,8 @@ import torch
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.client import ApiClient, ApiError, Backoff, Body, Unauthorized
 from fedsim.real.agent.config import AgentConfig
+from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url, gpu_memory_reader
+from fedsim.real.agent.probe import measure
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
 from fedsim.real.agent.work import (
@@ -72,6 +74,8 @@ class Agent:
             torch_device=config.torch_device,
         )
         self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
+        self.metrics = AgentMetrics(gpu_memory=gpu_memory_reader(config.torch_device))
+        self._metrics_url: str | None = None  # registered as endpoints.agent
         self._client: ApiClient | None = None
         self._load: LoadMeter | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -100,9 +104,13 @@ class Agent:
         self._load = LoadMeter()
         # One worker: tasks run one at a time, and torch's thread pool is the parallelism.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-train")
+        metrics_server = MetricsServer(self.metrics) if self.config.metrics_port else None
         try:
+            if metrics_server is not None:
+                await self._serve_metrics(metrics_server)
             connector = aiohttp.TCPConnector(ssl=self._ssl())
             async with aiohttp.ClientSession(connector=connector) as session:
+                self._session = session
                 self._client = ApiClient(
                     session=session, server=self.config.server, backoff=self._backoff
                 )
@@ -111,6 +119,8 @@ class Agent:
             # A training still running cannot be interrupted; its result is simply dropped,
             # and the server hands the task out again to the next run.
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if metrics_server is not None:
+                await metrics_server.stop()
             self._running = False
             self._stopped.set()
 
@@ -128,6 +138,8 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name="fedsim-heartbeat"),
             asyncio.create_task(self._task_loop(), name="fedsim-tasks"),
         ]
+        if self.config.probe_interval > 0:
+            workers.append(asyncio.create_task(self._probe_loop(), name="fedsim-probe"))
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for worker in done:
@@ -151,6 +163,27 @@ class Agent:
                     raise AgentError(f"device {self._device_id} was removed from the server") from e
                 log.warning("heartbeat refused: %s", e)
             await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _probe_loop(self) -> None:
+        """Measure the link to the server now and then; report it by heartbeat and metrics."""
+        while True:
+            try:
+                result = await self._as_device(
+                    lambda token: measure(
+                        self._session,
+                        self.config.server.rstrip("/"),
+                        headers={"Authorization": f"Bearer {token}"},
+                        nbytes=self.config.probe_bytes,
+                    )
+                )
+                self._meter.probed(result)
+                self.metrics.set_probe(
+                    up_bps=result.up_bps, down_bps=result.down_bps, rtt_s=result.rtt_s
+                )
+                log.debug("probe: %s", result)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError) as e:
+                log.warning("bandwidth probe failed: %s", e)
+            await asyncio.sleep(self.config.probe_interval)
 
     async def _task_loop(self) -> None:
         url = self._api.api("devices", self._device_id, "tasks")
@@ -197,9 +230,11 @@ class Agent:
                 raise TaskError(
                     f"this agent does not run {kind!r} tasks; it runs 'fit' and 'upload_data'"
                 )
+            self.metrics.task_done(kind, "succeeded")
         except AgentError:
             raise
         except Exception as e:  # any failure of the work is the task's, reported to the server
+            self.metrics.task_done(kind, "failed")
             expected = isinstance(e, (TaskError, ApiError))
             log.error("task %s failed: %s", task_id, e, exc_info=not expected)
             reason = str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}"
@@ -244,6 +279,7 @@ class Agent:
         blob = await self._as_device(lambda token: self._api.download(url, token=token))
         download_s = perf_counter() - started
         self._meter.transfer("bandwidth_down", len(blob), download_s)
+        self.metrics.bytes_received.labels("model").inc(len(blob))
         expected = model.get("sha256")
         if expected:
             actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
@@ -265,6 +301,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
         self._meter.trained(ins.samples * ins.epochs, train_s)
+        self.metrics.train_seconds.observe(train_s)
         headers = {
             "X-Fedsim-Num-Examples": num_examples,
             "X-Fedsim-Metrics": json.dumps(metrics),
@@ -311,6 +348,7 @@ class Agent:
                 return
             raise TaskError(f"the server refused the {what}: {e}") from e
         self._meter.transfer("bandwidth_up", nbytes, perf_counter() - started)
+        self.metrics.bytes_sent.labels(what).inc(nbytes)
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
 
     async def _report_error(self, task_id: str, reason: str) -> None:
@@ -378,6 +416,7 @@ class Agent:
             "group": self.config.group,
             "id_in_group": self.config.id_in_group,
             "profile": self.config.profile,
+            "endpoints": {"agent": self._metrics_url} if self._metrics_url else None,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         return body
@@ -401,6 +440,16 @@ class Agent:
                         await self._register(rejected=token)
 
     # -- plumbing -------------------------------------------------------------------------
+
+    async def _serve_metrics(self, server: MetricsServer) -> None:
+        """Serve ``/metrics`` on ``--metrics-port``; its URL goes into the registration."""
+        host, port = self.config.metrics_host, self.config.metrics_port
+        try:
+            bound = await server.start(host=host, port=port)
+        except OSError as e:
+            raise AgentError(f"cannot serve metrics on {host}:{port}: {e}") from e
+        self._metrics_url = await asyncio.to_thread(advertised_url, host, bound, self.config.server)
+        log.info("serving metrics at %s", self._metrics_url)
 
     @property
     def _api(self) -> ApiClient:

@@ -141,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to train: cpu, cuda, cuda:1, ... (default: auto, the GPU when there is one)",
     )
     p.add_argument(
+        "--probe-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help=(
+            "measure upload and download throughput and round-trip time to the server every S "
+            "seconds, reported with heartbeats and as metrics; 0: never (default: %(default)s)"
+        ),
+    )
+    p.add_argument(
+        "--probe-bytes",
+        type=int,
+        default=256 * 1024,
+        metavar="N",
+        help="bytes each probe sends and receives; small so it does not disturb training "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help=(
+            "serve the agent's Prometheus metrics at http://HOST:PORT/metrics and tell the "
+            "server where (default: 0, no metrics)"
+        ),
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help=(
+            "the address --metrics-port listens on; 0.0.0.0 for every interface, advertised "
+            "as the address this host reaches the server from (default: %(default)s)"
+        ),
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -173,6 +210,10 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             insecure=args.insecure,
             threads=args.threads,
             torch_device=args.torch_device,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+            probe_interval=args.probe_interval,
+            probe_bytes=args.probe_bytes,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -76,7 +76,8 @@ class AgentConfig:
     ``input_size`` overrides the task's for an image folder. ``poll_wait`` is whole seconds, as
     the protocol's ``?wait=``. ``torch_device`` "auto" trains on
     the GPU when torch sees one. ``retry_base`` and ``retry_cap`` shape the backoff between
-    retries of a failed request (full jitter).
+    retries of a failed request (full jitter). ``metrics_port`` > 0 serves the agent's
+    Prometheus metrics on ``metrics_host:metrics_port``; 0 serves none.
     """
 
     server: str
@@ -98,6 +99,10 @@ class AgentConfig:
     torch_device: str = "auto"
     retry_base: float = 0.5
     retry_cap: float = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    probe_interval: float = 60.0
+    probe_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         url = urlsplit(self.server)
@@ -119,6 +124,14 @@ class AgentConfig:
             raise ValueError(f"--cafile {self.cafile!r}: no such file")
         if not (0 < self.retry_base <= self.retry_cap):
             raise ValueError("retry_base must be > 0 and <= retry_cap")
+        if self.probe_interval < 0:
+            raise ValueError(f"--probe-interval must be >= 0, got {self.probe_interval}")
+        if not 0 < self.probe_bytes <= 64 * 1024 * 1024:
+            raise ValueError(
+                f"--probe-bytes must be in 1..{64 * 1024 * 1024}, got {self.probe_bytes}"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:
             parse_data_spec(self.data)
 

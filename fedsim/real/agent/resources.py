@@ -6,6 +6,8 @@ from typing import Any
 
 import psutil
 
+from fedsim.real.agent.probe import ProbeResult
+
 
 def hardware() -> dict[str, Any]:
     """``cpu_count``, ``memory_bytes`` and, when torch sees a GPU, ``gpu`` (its name)."""
@@ -41,6 +43,10 @@ class LoadMeter:
         """Record a transfer of ``nbytes`` that took ``seconds`` as ``key`` (bytes/s)."""
         if nbytes >= self.MIN_TRANSFER_BYTES and seconds > 0:
             self._measured[key] = nbytes / seconds
+
+    def probed(self, result: ProbeResult) -> None:
+        """The bandwidth probe's figures replace what transfers measured in passing."""
+        self._measured.update(result.resources())
 
     def trained(self, samples: int, seconds: float) -> None:
         if seconds > 0:

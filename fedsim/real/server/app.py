@@ -34,9 +34,11 @@ from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import error_middleware
 from fedsim.real.server.handlers.deployments import DeploymentHandlers
 from fedsim.real.server.handlers.devices import DeviceHandlers
+from fedsim.real.server.handlers.discovery import DiscoveryHandlers
 from fedsim.real.server.handlers.health import ServerHandlers
 from fedsim.real.server.handlers.jobs import JobHandlers
 from fedsim.real.server.handlers.models import ModelHandlers
+from fedsim.real.server.handlers.probe import ProbeHandlers
 from fedsim.real.server.handlers.tasks import TaskHandlers
 from fedsim.real.server.jobs_api import Jobs
 from fedsim.real.server.metrics import ServerMetrics
@@ -86,7 +88,7 @@ def init_app(
     board = TaskBoard() if board is None else board
 
     offload = Offload()
-    metrics = ServerMetrics(devices=registry)
+    metrics = ServerMetrics(devices=registry, repository=repository, jobs=jobs)
     stopping = asyncio.Event()
     app = web.Application(
         # Only JSON bodies are read whole; blobs are streamed under their own limit.
@@ -127,6 +129,8 @@ def init_app(
             stopping=stopping,
         ),
         jobs=JobHandlers(jobs=jobs, offload=offload, config=config),
+        discovery=DiscoveryHandlers(registry=registry, agents=agents, offload=offload),
+        probe=ProbeHandlers(max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024)),
     )
 
     async def stores(app: web.Application) -> AsyncIterator[None]:

@@ -238,6 +238,25 @@ def _components() -> Obj:
         },
     }
     job = {"type": "object", "description": "As the job manager reports it: id, kind, state, ..."}
+    target_groups = {
+        "type": "array",
+        "description": "Prometheus http_sd target groups: one per device and declared endpoint",
+        "items": {
+            "type": "object",
+            "properties": {
+                "targets": {
+                    "type": "array",
+                    "items": {"type": "string", "description": "host:port"},
+                },
+                "labels": {
+                    "type": "object",
+                    "description": "fedsim_device, fedsim_group, fedsim_role (the endpoint's "
+                    "name: agent, node_exporter), __scheme__, __metrics_path__",
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        },
+    }
 
     def listing(key: str, item: str) -> Obj:
         return {"type": "object", "properties": {key: {"type": "array", "items": _ref(item)}}}
@@ -285,6 +304,7 @@ def _components() -> Obj:
             "TaskResult": result,
             "Job": job,
             "JobList": listing("jobs", "Job"),
+            "TargetGroups": target_groups,
             "Health": {
                 "type": "object",
                 "properties": {
@@ -407,6 +427,35 @@ def _paths() -> Obj:
         },
         f"{api}/devices/{{id}}/tasks": {"get": poll},
         f"{api}/groups": {"get": _op("Groups with device counts (admin)", returns=_ref("Groups"))},
+        f"{api}/probe": {
+            "get": {
+                **_op(
+                    "Bandwidth probe: download `bytes` zero bytes (any device)",
+                    params=[
+                        _query(
+                            "bytes",
+                            {"type": "integer", "minimum": 0},
+                            "how many bytes to send (default 1 MiB)",
+                        )
+                    ],
+                    errors=(400, 422),
+                ),
+            },
+            "put": _op(
+                "Bandwidth probe: upload bytes that are counted and discarded (any device)",
+                blob_body=True,
+                errors=(413,),
+            ),
+        },
+        f"{api}/sd/targets": {
+            "get": _op(
+                "Prometheus HTTP service discovery of the devices' metrics endpoints (admin)",
+                returns=_ref("TargetGroups"),
+                description="For http_sd_configs with `authorization: {credentials_file: ...}` "
+                "holding the admin token. Removed devices are left out; offline ones stay, so an "
+                "endpoint that stopped answering shows as down.",
+            )
+        },
         f"{api}/models": {
             "post": _op(
                 "Register a model (admin)",

@@ -7,9 +7,11 @@ from aiohttp import web
 from fedsim.real.server.auth import ADMIN, ANY_DEVICE, ENROLL, PUBLIC, Authenticator, own
 from fedsim.real.server.handlers.deployments import DeploymentHandlers
 from fedsim.real.server.handlers.devices import DeviceHandlers
+from fedsim.real.server.handlers.discovery import DiscoveryHandlers
 from fedsim.real.server.handlers.health import ServerHandlers
 from fedsim.real.server.handlers.jobs import JobHandlers
 from fedsim.real.server.handlers.models import ModelHandlers
+from fedsim.real.server.handlers.probe import ProbeHandlers
 from fedsim.real.server.handlers.tasks import TaskHandlers
 
 API = "/api/v1"
@@ -28,6 +30,8 @@ def setup_routes(
     deployments: DeploymentHandlers,
     tasks: TaskHandlers,
     jobs: JobHandlers,
+    discovery: DiscoveryHandlers,
+    probe: ProbeHandlers,
 ) -> None:
     version = f"{API}/models/{MODEL}/versions/{VERSION}"
     table = [
@@ -42,6 +46,10 @@ def setup_routes(
         ("PUT", f"{API}/devices/{ID}/heartbeat", devices.heartbeat, own("id")),
         ("GET", f"{API}/devices/{ID}/tasks", tasks.poll, own("id")),
         ("GET", f"{API}/groups", devices.groups, ADMIN),
+        # Prometheus's http_sd_configs, with the admin token as authorization credentials.
+        ("GET", f"{API}/sd/targets", discovery.targets, ADMIN),
+        ("GET", f"{API}/probe", probe.download, ANY_DEVICE),
+        ("PUT", f"{API}/probe", probe.upload, ANY_DEVICE),
         ("POST", f"{API}/models", models.create, ADMIN),
         ("GET", f"{API}/models", models.list, ANY_DEVICE),
         ("GET", f"{API}/models/{MODEL}", models.get, ANY_DEVICE),

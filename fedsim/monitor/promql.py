@@ -1,0 +1,169 @@
+"""The scheduler's view of devices read from Prometheus, over its HTTP API.
+
+Prometheus scrapes what each device declared at registration (its agent's ``/metrics`` and its
+node_exporter, found through the server's service discovery, which labels every series with
+``fedsim_device``). :class:`PrometheusResources` asks it for CPU busy, memory available,
+measured bandwidth and ``up`` per device, and fills in everything else (group, throughput) from
+a fallback view, usually the heartbeat one (:class:`~fedsim.real.resources.RegistryResources`).
+A device Prometheus knows nothing about is described by the fallback alone, and so is every
+device while Prometheus cannot be reached.
+
+The queries are blocking HTTP requests (``urllib``): the coordinator reads the view from its own
+thread, not from an event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import replace
+
+from fedsim.core.scheduling import DeviceView, ResourceView
+
+log = logging.getLogger(__name__)
+
+DEVICE_LABEL = "fedsim_device"
+# What the agent exports when node_exporter's view is missing, and what only the agent measures.
+AGENT_CPU_BUSY = "fedsim_agent_cpu_busy_ratio"
+AGENT_MEMORY_AVAILABLE = "fedsim_agent_memory_available_bytes"
+AGENT_BANDWIDTH = "fedsim_agent_probe_bandwidth_bytes_per_second"
+
+
+class PrometheusError(Exception):
+    """Prometheus could not be asked, or answered something other than a result."""
+
+
+class PrometheusResources(ResourceView):
+    """Devices as Prometheus last scraped them, the rest from ``fallback``.
+
+    Per device, each field Prometheus has replaces the fallback's:
+
+    - ``cpu_busy``: ``1 - `` node_exporter's idle CPU share over ``rate_window``, else the
+      agent's ``fedsim_agent_cpu_busy_ratio``;
+    - ``memory_available``: node_exporter's ``MemAvailable``, else the agent's
+      ``fedsim_agent_memory_available_bytes``;
+    - ``bandwidth``: the slower direction of the agent's probe,
+      ``fedsim_agent_probe_bandwidth_bytes_per_second{direction="up"|"down"}``;
+    - ``online``: false when any of the device's scraped endpoints is down (``up == 0``).
+      Prometheus only ever takes a device offline: node_exporter answering says the host is up,
+      not that the agent is, so a device the fallback sees offline (no heartbeats) stays
+      offline. What ``up`` adds is speed: a dead agent endpoint shows within a scrape interval,
+      long before the heartbeat's patience runs out.
+
+    ``timeout_s`` bounds each of the few queries a snapshot makes.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        fallback: ResourceView,
+        timeout_s: float = 2.0,
+        rate_window: str = "1m",
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.fallback = fallback
+        self.timeout_s = timeout_s
+        self.rate_window = rate_window
+        self._reachable = True  # warn once when Prometheus goes away, not on every snapshot
+
+    def snapshot(self, devices: Sequence[int]) -> dict[int, DeviceView]:
+        views = self.fallback.snapshot(devices)
+        if not devices:
+            return views
+        try:
+            measured = self._measure(devices)
+        except PrometheusError as e:
+            if self._reachable:
+                log.warning("Prometheus at %s: %s; using the fallback view", self.url, e)
+            else:
+                log.debug("Prometheus at %s still unavailable: %s", self.url, e)
+            self._reachable = False
+            return views
+        if not self._reachable:
+            log.info("Prometheus at %s answers again", self.url)
+            self._reachable = True
+        for device, fields in measured.items():
+            view = views[device]
+            if "online" in fields:
+                fields["online"] = view.online and fields["online"]
+            views[device] = replace(view, **fields)
+        return views
+
+    def _measure(self, devices: Sequence[int]) -> dict[int, dict]:
+        """The fields Prometheus has for each of ``devices`` it knows; raises PrometheusError."""
+        ids = "|".join(str(d) for d in sorted(set(devices)))
+        sel = f'{DEVICE_LABEL}=~"{ids}"'
+        by = f"by ({DEVICE_LABEL})"
+        window = self.rate_window
+        queries = {
+            "online": f"min {by} (up{{{sel}}})",
+            # Each "or" takes the agent's number only for devices node_exporter has none for.
+            "cpu_busy": (
+                f'1 - avg {by} (rate(node_cpu_seconds_total{{mode="idle",{sel}}}[{window}]))'
+                f" or max {by} ({AGENT_CPU_BUSY}{{{sel}}})"
+            ),
+            "memory_available": (
+                f"max {by} (node_memory_MemAvailable_bytes{{{sel}}})"
+                f" or max {by} ({AGENT_MEMORY_AVAILABLE}{{{sel}}})"
+            ),
+            "bandwidth": f"min {by} ({AGENT_BANDWIDTH}{{{sel}}})",
+        }
+        at = time.time()  # one instant for every query, so the fields agree
+        wanted = set(devices)
+        fields: dict[int, dict] = {}
+        for name, promql in queries.items():
+            for device, value in self._query(promql, at).items():
+                if device in wanted:
+                    fields.setdefault(device, {})[name] = value
+        for values in fields.values():
+            if "online" in values:
+                values["online"] = values["online"] >= 1.0
+            if "cpu_busy" in values:  # rates of counters jitter a little past the bounds
+                values["cpu_busy"] = min(max(values["cpu_busy"], 0.0), 1.0)
+        return fields
+
+    def _query(self, promql: str, at: float) -> dict[int, float]:
+        """An instant query's finite values by device; raises PrometheusError."""
+        body = urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"}).encode()
+        # POST: the device list in the selector may outgrow a URL.
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/query",
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as e:
+            raise PrometheusError(f"HTTP {e.code} for {promql!r}: {_error_text(e)}") from e
+        except (OSError, ValueError) as e:  # refused, timed out, or not JSON
+            raise PrometheusError(str(getattr(e, "reason", e))) from e
+        try:
+            if answer["status"] != "success":
+                raise PrometheusError(f"{promql!r}: {answer.get('error', answer['status'])}")
+            result = answer["data"]["result"]
+            values = {}
+            for series in result:
+                value = float(series["value"][1])
+                device = series["metric"].get(DEVICE_LABEL, "")
+                if device.isdigit() and math.isfinite(value):
+                    values[int(device)] = value
+            return values
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise PrometheusError(f"unexpected answer to {promql!r}: {e!r}") from e
+
+
+def _error_text(e: urllib.error.HTTPError) -> str:
+    """Prometheus's own message for a failed query, else the HTTP reason."""
+    try:
+        return str(json.load(e).get("error") or e.reason)
+    except (OSError, ValueError, AttributeError):
+        return str(e.reason)

@@ -1,0 +1,274 @@
+"""A real Prometheus and node_exporter watching a fedsim server and three agents on loopback.
+
+Prometheus is configured by ``fedsim prometheus-config`` and finds the devices only through the
+server's service discovery. All devices run on this host, so devices 1 and 2 declare the same
+node_exporter (one instance on a free loopback port) as theirs; device 3 declares none, so its
+CPU and memory come from its agent's own metrics. Every agent serves ``/metrics``
+(``--metrics-port``). The heartbeat patience is long, so when an agent stops, only Prometheus
+(its ``up`` going to 0) can take the device offline within the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+from unittest import mock
+
+import numpy as np
+import psutil
+import pytest
+from topologies import star
+
+from fedsim.config import ModeConf
+from fedsim.core.scheduling import DeviceView, ResourceView
+from fedsim.core.selection import ResourceAware
+from fedsim.monitor import cli
+from fedsim.monitor.promql import PrometheusResources
+from fedsim.real import launch
+from fedsim.real.launch import LocalCluster
+from fedsim.real.resources import RegistryResources
+
+PROMETHEUS = "/usr/bin/prometheus"
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+WRAPPER = Path(__file__).with_name("agent_with_node_exporter.py")
+DEVICES = [1, 2, 3]
+WITH_NODE_EXPORTER = [1, 2]
+VICTIM = 2  # stopped at the end: its node_exporter stays up, its agent goes down
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (os.access(PROMETHEUS, os.X_OK) and os.access(NODE_EXPORTER, os.X_OK)),
+        reason=f"needs {PROMETHEUS} and {NODE_EXPORTER} "
+        "(Debian: apt-get install prometheus prometheus-node-exporter)",
+    ),
+]
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(
+    what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 20.0
+) -> T:
+    """``probe()``'s first result that is ``done``, polled until ``timeout``; on a timeout,
+    fails naming ``what`` and showing the last result."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except OSError as e:  # a process still starting
+            last = e
+        else:
+            if done(last):
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def get_json(url: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(url + query, timeout=5) as response:
+        return json.load(response)
+
+
+def spawn(cmd: Sequence[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class MonitoredCluster(LocalCluster):
+    """LocalCluster whose agents serve ``/metrics`` and may declare a node_exporter."""
+
+    def __init__(self, *, node_exporters: dict[int, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node_exporters = node_exporters
+
+    def start_agent(self, dev: int) -> subprocess.Popen:
+        real_popen = subprocess.Popen
+        node_exporter = self.node_exporters.get(dev, "")
+
+        def popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+            # LocalCluster's command, run through the wrapper instead of `-m fedsim agent`.
+            assert cmd[1:4] == ["-m", "fedsim", "agent"], cmd
+            args = [cmd[0], str(WRAPPER), *cmd[4:], "--metrics-port", str(free_port())]
+            env = {**os.environ, "FEDSIM_TEST_NODE_EXPORTER": node_exporter}
+            return real_popen(args, env=env, **kwargs)
+
+        with mock.patch.object(launch.subprocess, "Popen", popen):
+            return super().start_agent(dev)
+
+
+class Unmeasured(ResourceView):
+    """The heartbeat view with CPU and memory blanked out, so that values seen through
+    PrometheusResources must have come from Prometheus."""
+
+    def __init__(self, inner: ResourceView) -> None:
+        self.inner = inner
+
+    def snapshot(self, devices: Sequence[int]) -> dict[int, DeviceView]:
+        views = self.inner.snapshot(devices)
+        return {d: replace(v, cpu_busy=-1.0, memory_available=-1.0) for d, v in views.items()}
+
+
+def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
+    procs: list[subprocess.Popen] = []
+    node_url = f"http://127.0.0.1:{free_port()}/metrics"
+    node_address = urllib.parse.urlsplit(node_url).netloc
+    mode = ModeConf(name="real", patience_s=60.0, heartbeat_interval_s=0.5, startup_timeout_s=60.0)
+    cluster = MonitoredCluster(
+        node_exporters={d: node_url for d in WITH_NODE_EXPORTER},
+        run_dir=tmp_path / "cluster",
+        topology=star(len(DEVICES)),
+        clients=DEVICES,
+        shards=None,
+        mode=mode,
+    )
+    try:
+        procs.append(
+            spawn(
+                [
+                    NODE_EXPORTER,
+                    f"--web.listen-address={node_address}",
+                    "--web.disable-exporter-metrics",
+                    "--collector.disable-defaults",
+                    "--collector.cpu",
+                    "--collector.meminfo",
+                    "--collector.loadavg",
+                ],
+                tmp_path / "node_exporter.log",
+            )
+        )
+        with cluster:
+            token_file = tmp_path / "admin.token"
+            token_file.write_text(cluster.admin_token)
+            config = tmp_path / "prometheus.yml"
+            argv = ["--server", cluster.server.url, "--token-file", str(token_file)]
+            argv += ["--scrape-interval", "1s", "--sd-refresh-interval", "1s"]
+            assert cli.main([*argv, "--out", str(config)]) == 0
+            prometheus = f"http://127.0.0.1:{free_port()}"
+            procs.append(
+                spawn(
+                    [
+                        PROMETHEUS,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address={prometheus.removeprefix('http://')}",
+                    ],
+                    tmp_path / "prometheus.log",
+                )
+            )
+            check_stack(cluster, prometheus, node_address)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        # `with cluster` stopped the agents and the server; after a failed start too.
+
+
+def check_stack(cluster: MonitoredCluster, prometheus: str, node_address: str) -> None:
+    # Discovery: every declared endpoint is a target carrying the device's labels.
+    expected = {(str(d), "agent") for d in DEVICES}
+    expected |= {(str(d), "node_exporter") for d in WITH_NODE_EXPORTER}
+
+    def targets() -> list[dict]:
+        return get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+
+    def all_up(active: list[dict]) -> bool:
+        devices = [t for t in active if "fedsim_device" in t["labels"]]
+        found = {(t["labels"]["fedsim_device"], t["labels"]["fedsim_role"]) for t in devices}
+        healthy = all(t["health"] == "up" for t in active)
+        return found == expected and len(devices) == len(expected) and healthy
+
+    active = wait_for("every target discovered and up", targets, all_up, timeout=30)
+    assert len(active) == len(expected) + 1  # and the server's own
+    for t in active:
+        labels = t["labels"]
+        if labels["job"] == "fedsim-server":
+            assert labels["instance"] == cluster.server.url.removeprefix("http://")
+        else:
+            assert labels["fedsim_group"] == "1"
+            if labels["fedsim_role"] == "node_exporter":
+                assert labels["instance"] == node_address
+
+    def up() -> list[float]:
+        result = get_json(f"{prometheus}/api/v1/query", query='up{fedsim_device!=""}')
+        return [float(s["value"][1]) for s in result["data"]["result"]]
+
+    wait_for("up == 1 for every device target", up, lambda v: v == [1.0] * len(expected))
+
+    # The resource view: CPU and memory from Prometheus (node_exporter for 1 and 2, the agent's
+    # own metrics for 3), the rest from the heartbeats.
+    heartbeats = RegistryResources(cluster.registry, train_flops_per_sample=1.0)
+    view = PrometheusResources(url=prometheus, fallback=Unmeasured(heartbeats))
+
+    def measured(views: dict[int, DeviceView]) -> bool:
+        return all(v.cpu_busy >= 0 and v.memory_available > 0 for v in views.values())
+
+    views = wait_for("CPU and memory of every device", lambda: view.snapshot(DEVICES), measured)
+    total = psutil.virtual_memory().total
+    for v in views.values():
+        assert v.online and v.group == 1, v
+        assert 0.0 <= v.cpu_busy <= 1.0
+        assert 0 < v.memory_available <= total
+    probed = get_json(
+        f"{prometheus}/api/v1/query", query="fedsim_agent_probe_bandwidth_bytes_per_second"
+    )["data"]["result"]
+    for series in probed:  # only once agents run the bandwidth probe
+        d = int(series["metric"]["fedsim_device"])
+        assert views[d].bandwidth > 0
+
+    policy = ResourceAware(max_cpu_busy=1.0)
+    rng = np.random.default_rng(0)
+    assert policy.select(list(views.values()), 3, rnd=1, rng=rng) == DEVICES
+
+    # The victim's agent stops; its node_exporter (shared) stays up. Prometheus sees the agent
+    # down long before the heartbeat patience runs out.
+    cluster.stop_agent(VICTIM)
+    views = wait_for(
+        f"device {VICTIM} offline", lambda: view.snapshot(DEVICES), lambda v: not v[VICTIM].online
+    )
+    assert heartbeats.snapshot([VICTIM])[VICTIM].online  # the registry still thinks it is up
+    assert [d for d in DEVICES if views[d].online] == [1, 3]
+    assert policy.select(list(views.values()), 3, rnd=2, rng=rng) == [1, 3]
+
+    # Removed from the server, it leaves Prometheus's targets at the next discovery refresh.
+    request = urllib.request.Request(
+        f"{cluster.server.url}/api/v1/devices/{VICTIM}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {cluster.admin_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+    def victim_gone(active: list[dict]) -> bool:
+        return all(t["labels"].get("fedsim_device") != str(VICTIM) for t in active)
+
+    wait_for(f"device {VICTIM}'s targets dropped", targets, victim_gone)
+    views = view.snapshot(DEVICES)
+    assert not views[VICTIM].online
+    assert policy.select(list(views.values()), 3, rnd=3, rng=rng) == [1, 3]

@@ -1,0 +1,65 @@
+"""Load balancing on real processes: one agent throttled by a CPU quota (needs root, cgroups)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from test_cluster import cluster_for, config
+
+from fedsim.fl_app import run_federated
+from fedsim.real.jobs import Attached
+
+CGROUP = Path("/sys/fs/cgroup/cpu")
+
+
+def throttle(pid: int, name: str, share: float) -> Path:
+    """Put process ``pid`` in a cgroup that may use ``share`` of one CPU."""
+    group = CGROUP / name
+    group.mkdir(exist_ok=True)
+    period = int((group / "cpu.cfs_period_us").read_text())
+    (group / "cpu.cfs_quota_us").write_text(str(int(period * share)))
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def release(group: Path) -> None:
+    root_procs = CGROUP / "cgroup.procs"
+    for pid in (group / "cgroup.procs").read_text().split():
+        with contextlib.suppress(OSError):  # the process may have exited
+            root_procs.write_text(pid)
+    group.rmdir()
+
+
+@pytest.mark.skipif(
+    not (CGROUP / "cpu.cfs_quota_us").exists(),
+    reason="needs the cgroup v1 cpu controller, writable as root",
+)
+def test_balanced_round_is_markedly_sooner_with_one_agent_throttled(tmp_path: Path):
+    durations = {}
+    for balance in (False, True):
+        # Round 0 lets every agent measure its training speed; round 1 is the one compared.
+        cfg = config(
+            "fl.rounds=2",
+            "fl.local_epochs=8",
+            "fl.deadline_s=120",
+            f"fl.balance={str(balance).lower()}",
+        )
+        run_dir = tmp_path / f"balance-{balance}"
+        with cluster_for(cfg, run_dir) as cluster:
+            group = throttle(cluster.agents[8].pid, f"fedsim-test-{balance}", 0.15)
+            try:
+                attached = Attached(
+                    board=cluster.board, repository=cluster.repository, registry=cluster.registry
+                )
+                result = run_federated(cfg, run_dir / "run", attached=attached)
+            finally:
+                release(group)
+        assert all(r.aggregated for r in result.rounds)
+        durations[balance] = result.rounds[1].total_s
+    print(
+        f"round with device 8 at 15% of a CPU: unbalanced {durations[False]:.2f} s, "
+        f"balanced {durations[True]:.2f} s"
+    )
+    assert durations[True] < 0.6 * durations[False]
