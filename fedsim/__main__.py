@@ -56,6 +56,14 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         kind = cfg.experiment.kind
+        if cfg.mode.name == "real" and cfg.mode.server_url:
+            from fedsim.real.remote import run_remote
+
+            if kind != "federated":
+                raise ConfigError("mode.server_url: a running server runs federated jobs only")
+            run_remote(cfg, run_dir)
+            print(f"results: {run_dir}")
+            return
         if kind == "federated":
             from fedsim.fl_app import run_federated as run
         elif kind == "comparison":

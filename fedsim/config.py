@@ -250,6 +250,8 @@ class ModeConf:
     startup_timeout_s: float = 120.0
     heartbeat_interval_s: float = 1.0
     patience_s: float = 10.0
+    server_url: str | None = None  # a running fedsim server: run there as a job
+    admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
 
 
 @dataclass

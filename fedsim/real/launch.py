@@ -104,6 +104,7 @@ class LocalCluster:
         self.agents: dict[int, subprocess.Popen] = {}
 
     def __enter__(self) -> LocalCluster:
+        from fedsim.real.jobs import Attached, JobManager
         from fedsim.real.server.app import init_app
         from fedsim.real.server.config import ServerConfig
 
@@ -120,7 +121,17 @@ class LocalCluster:
             enrollment_token=self.enrollment_token,
             patience_s=self.mode.patience_s,
         )
-        app = init_app(config, board=self.board, registry=self.registry, repository=self.repository)
+        self.jobs = JobManager(
+            data_dir=self.run_dir,
+            attached=Attached(board=self.board, repository=self.repository, registry=self.registry),
+        )
+        app = init_app(
+            config,
+            board=self.board,
+            registry=self.registry,
+            repository=self.repository,
+            jobs=self.jobs,
+        )
         self.server = ServerThread(app, host=self.mode.host, port=self.mode.port)
         try:
             self.server.start()

@@ -218,6 +218,9 @@ def _round_marks(ax: Axes, rounds: pd.DataFrame) -> None:
         top.set_xlabel("round", fontsize=9)
 
 
+MAX_TIMELINE_ROWS = 60  # the server and the first 59 devices
+
+
 def plot_federated_timeline(
     events: pd.DataFrame,
     rounds: pd.DataFrame,
@@ -247,6 +250,11 @@ def plot_federated_timeline(
         title = f"Timeline of the first {max_events:,} of {total:,} events only"
 
     devices = sorted(events["device"].unique(), key=lambda d: (d != server, d))
+    if len(devices) > MAX_TIMELINE_ROWS:
+        # A row per device stops being readable (and drawable) long before a fleet's size.
+        title += f"; {MAX_TIMELINE_ROWS - 1} of {len(devices) - 1:,} devices shown"
+        devices = devices[:MAX_TIMELINE_ROWS]
+        events = events[events["device"].isin(devices)]
     row_of = {d: i for i, d in enumerate(devices)}
     dense = len(events) > 500
     fig = new_figure(figsize=(10.0, min(18.0, 2.2 + 0.45 * len(devices))))

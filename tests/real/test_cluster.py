@@ -142,3 +142,35 @@ def test_job_api_runs_federated_training_on_the_servers_devices(tmp_path: Path):
     assert done["state"] == "succeeded", done["error"]
     assert done["round"] == 2 and len(done["rounds"]) == 2
     assert (Path(done["results"]) / "summary.json").exists()
+
+
+def test_real_mode_against_a_running_server_runs_as_a_job(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = config("fl.rounds=2")
+    with cluster_for(cfg, tmp_path / "server") as cluster:
+        token = tmp_path / "admin.token"
+        token.write_text(cluster.admin_token)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedsim",
+                "+experiment=fl_digits",
+                "mode=real",
+                f"mode.server_url={cluster.server.url}",
+                f"mode.admin_token_file={token}",
+                "fl.rounds=2",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=os.environ,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["state"] == "succeeded" and s["rounds"] == 2 and s["mode"] == "real"
+    assert Path(s["results_on_server"], "summary.json").exists()
