@@ -26,7 +26,7 @@ from fedsim.config import (
 from fedsim.core.experiment import compare, crossover
 from fedsim.core.results import ExperimentResult
 from fedsim.core.runtime import FitIns, ModelRef
-from fedsim.core.topology import LinkProfile, Topology
+from fedsim.core.topology import Topology
 from fedsim.core.workload import ModelSpec, WorkloadSpec
 
 log = logging.getLogger(__name__)
@@ -217,12 +217,6 @@ def _compare_real(cfg, run_dir, topology, clients, workload, bar):
         )
 
 
-def _link_profiles(topology: Topology) -> list[LinkProfile]:
-    return [d.link for d in topology.devices.values()] + [
-        g.uplink for g in topology.groups.values()
-    ]
-
-
 def run_experiment(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> ExperimentResult:
     """Run the configured comparison and write its results to ``run_dir``."""
     from tqdm import tqdm
@@ -286,7 +280,7 @@ def run_experiment(cfg: Any, run_dir: Path, conf_dir: Path | None = None) -> Exp
         "fedsim_version": __version__,
     }
     if grid is not None:
-        swept = [p for p in _link_profiles(topology) if p.name == grid.link]
+        swept = [p for p in topology.link_profiles() if p.name == grid.link]
         summary["crossover_bandwidth_mbps"] = swept[0].bandwidth * 8 / 1e6 if swept else None
     if cfg.paper is not None:
         summary["paper"] = {

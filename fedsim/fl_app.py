@@ -79,8 +79,7 @@ def fault_plan(c: Any, topology: Topology) -> FaultPlan:
             if o.device not in topology.devices:
                 raise ConfigError(f"faults.outages[{i}].device: no device {o.device}")
             outages.append(Outage(device=o.device, start=o.start_s, end=o.end_s or inf))
-        names = {d.link.name for d in topology.devices.values()}
-        names |= {g.uplink.name for g in topology.groups.values()}
+        names = {p.name for p in topology.link_profiles()}
         changes = []
         for i, ch in enumerate(c.link_changes):
             if ch.network not in names:
@@ -123,23 +122,7 @@ def _runtime(
             raise ConfigError("faults: fault injection is simulated; in mode=real stop agents")
         if cfg.fl.hierarchical:
             raise ConfigError("fl.hierarchical: hierarchical rounds run in mode=sim only")
-    if name == "attached":
-        from fedsim.real.resources import RegistryResources
-        from fedsim.real.transport import HttpTransport
-
-        transport = HttpTransport(
-            board=attached.board,
-            repository=attached.repository,
-            server=topology.server,
-            channel=channel,
-        )
-        profiles = {d: topology.devices[d].hardware for d in clients}
-        yield (
-            transport,
-            RegistryResources(attached.registry, train_flops_per_sample=flops, profiles=profiles),
-            attached.repository,
-        )
-    elif name == "sim":
+    if name == "sim":
         from fedsim.sim.resources import SimResources
         from fedsim.sim.runtime import SimTransport
         from fedsim.store.sqlite import SqliteRepository
@@ -151,24 +134,34 @@ def _runtime(
         finally:
             if store is not None:
                 store.close()
+    elif name == "attached":
+        yield _over_server(attached, topology, clients, flops, channel)
     elif name == "real":
+        from fedsim.real.jobs import Attached
         from fedsim.real.launch import LocalCluster
-        from fedsim.real.resources import RegistryResources
-        from fedsim.real.transport import HttpTransport
 
-        profiles = {d: topology.devices[d].hardware for d in clients}
         with LocalCluster(
             run_dir=run_dir, topology=topology, clients=clients, shards=shards, mode=cfg.mode
         ) as cluster:
-            transport = HttpTransport(
-                board=cluster.board, repository=cluster.repository, server=topology.server
+            server = Attached(
+                board=cluster.board, repository=cluster.repository, registry=cluster.registry
             )
-            resources = RegistryResources(
-                cluster.registry, train_flops_per_sample=flops, profiles=profiles
-            )
-            yield transport, resources, cluster.repository
+            yield _over_server(server, topology, clients, flops, channel)
     else:
         raise ConfigError(f"mode: {name!r} is not one of sim, real")
+
+
+def _over_server(server, topology, clients, flops, channel):
+    """Transport, resource view and store over a running server's board and stores."""
+    from fedsim.real.resources import RegistryResources
+    from fedsim.real.transport import HttpTransport
+
+    transport = HttpTransport(
+        board=server.board, repository=server.repository, server=topology.server, channel=channel
+    )
+    profiles = {d: topology.devices[d].hardware for d in clients}
+    resources = RegistryResources(server.registry, train_flops_per_sample=flops, profiles=profiles)
+    return transport, resources, server.repository
 
 
 def _real_data(cfg: Any, clients: list[int], rng: np.random.Generator):

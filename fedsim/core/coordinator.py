@@ -387,7 +387,7 @@ class Coordinator:
             completed=tuple(r.device for r in accepted),
             failures=failures,
             rejected=rejected,
-            train_loss=_mean_loss(accepted),
+            train_loss=_mean_loss([r.update for r in accepted]),
             staleness=staleness,
         )
         if len(accepted) < cfg.min_fit:
@@ -620,16 +620,17 @@ def _combine(updates: Sequence[Update]) -> Update:
         for u in updates:
             acc.add(u.parameters, float(u.num_examples))
         params = acc.average()
-    losses = [(u.metrics["loss"], u.num_examples) for u in updates if "loss" in u.metrics]
-    metrics = {"loss": sum(x * n for x, n in losses) / sum(n for _, n in losses)} if losses else {}
+    loss = _mean_loss(updates)
+    metrics = {} if loss is None else {"loss": loss}
     return Update(num_examples=total, nbytes=updates[0].nbytes, parameters=params, metrics=metrics)
 
 
-def _mean_loss(results: Sequence[TaskResult]) -> float | None:
+def _mean_loss(updates: Sequence[Update | None]) -> float | None:
+    """The example-weighted mean of the updates' training losses (None when none reported)."""
     pairs = [
-        (r.update.metrics["loss"], r.update.num_examples)
-        for r in results
-        if r.update is not None and "loss" in r.update.metrics
+        (u.metrics["loss"], u.num_examples)
+        for u in updates
+        if u is not None and "loss" in u.metrics
     ]
     if not pairs:
         return None

@@ -122,9 +122,7 @@ def compare(
 
 def with_bandwidth(topology: Topology, link: str, mbps: float) -> Topology:
     """``topology`` with every link of profile ``link`` set to ``mbps`` megabits per second."""
-    names = {d.link.name for d in topology.devices.values()}
-    names |= {g.uplink.name for g in topology.groups.values()}
-    if link not in names:
+    if link not in {p.name for p in topology.link_profiles()}:
         raise TopologyError(f"crossover.link: no link uses network profile {link!r}")
 
     def swap(p: LinkProfile) -> LinkProfile:

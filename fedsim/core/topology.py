@@ -150,6 +150,10 @@ class Topology:
         kind, ident = owner
         return self.devices[ident].link if kind == "device" else self.groups[ident].uplink
 
+    def link_profiles(self) -> list[LinkProfile]:
+        """The profile of every physical link: each device's own link and each group's uplink."""
+        return [d.link for d in self.devices.values()] + [g.uplink for g in self.groups.values()]
+
     def links(self) -> dict[DirectedLink, LinkProfile]:
         """Every directed link with its profile."""
         return {(n, d): self.link_profile(n) for n in self._parent for d in ("up", "down")}
