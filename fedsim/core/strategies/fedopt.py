@@ -27,13 +27,16 @@ from fedsim.core.strategies.base import Strategy
 class FedOpt(Strategy):
     """The shared server step; subclasses say how ``v`` absorbs ``delta^2``."""
 
-    def __init__(self, *, eta: float, beta1: float, tau: float) -> None:
+    def __init__(self, *, eta: float, beta1: float, tau: float, beta2: float | None = None) -> None:
         if eta <= 0:
             raise ValueError(f"eta must be > 0, got {eta}")
         if not 0.0 <= beta1 < 1.0:
             raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
+        if beta2 is not None and not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
+        self.beta2 = None if beta2 is None else float(beta2)  # Adam and Yogi; Adagrad has none
         self.eta = float(eta)
         self.beta1 = float(beta1)
         self.tau = float(tau)

@@ -21,10 +21,7 @@ class FedYogi(FedOpt):
     def __init__(
         self, *, eta: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
-        super().__init__(eta=eta, beta1=beta1, tau=tau)
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
-        self.beta2 = float(beta2)
+        super().__init__(eta=eta, beta1=beta1, tau=tau, beta2=beta2)
 
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         return v - (1.0 - self.beta2) * delta_sq * np.sign(v - delta_sq)
