@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedsim.core.registry import DeviceRegistry
 from fedsim.core.repository import ModelRepository
 from fedsim.real.board import TaskBoard
-from fedsim.real.server.jobs_api import Jobs
+from fedsim.real.server.jobs_api import Jobs, RoundListener
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class JobManager(Jobs):
         self.attached = attached
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._listeners: list[RoundListener] = []
 
     def start(self, kind: str, config: dict[str, Any]) -> dict[str, Any]:
         """Validate ``config`` and start the job; raises ValueError naming what is wrong."""
@@ -100,6 +101,9 @@ class JobManager(Jobs):
     def list(self) -> list[dict[str, Any]]:
         return [j.view() for j in self._jobs.values()]
 
+    def watch_rounds(self, listener: RoundListener) -> None:
+        self._listeners.append(listener)
+
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         job = self._jobs.get(job_id)
         if job is None:
@@ -116,6 +120,11 @@ class JobManager(Jobs):
 
         def on_round(row: dict[str, Any]) -> None:
             job.rounds.append(row)
+            for listener in self._listeners:
+                try:
+                    listener(row)
+                except Exception:  # a broken observer must not end the job
+                    log.exception("round listener %r failed", listener)
             if job.stop.is_set():
                 raise JobCancelled
 

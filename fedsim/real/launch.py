@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ class LocalCluster:
         shards: Mapping[int, tuple[np.ndarray, np.ndarray]] | None,
         mode: Any,
         data: str | None = None,
+        agent_args: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -95,6 +96,7 @@ class LocalCluster:
         self.shards = dict(shards or {})
         self.data = data  # the agents' --data when they have no shard (e.g. "synthetic:4")
         self.mode = mode
+        self.agent_args = dict(agent_args or {})  # further `fedsim agent` options per device
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
         self.board = TaskBoard()
@@ -194,6 +196,7 @@ class LocalCluster:
             cmd += ["--data", str(data)]
         elif self.data is not None:
             cmd += ["--data", self.data]
+        cmd += self.agent_args.get(dev, ())
         with open(home / "agent.log", "ab") as logfile:
             proc = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

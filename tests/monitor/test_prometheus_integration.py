@@ -2,10 +2,11 @@
 
 Prometheus is configured by ``fedsim prometheus-config`` and finds the devices only through the
 server's service discovery. All devices run on this host, so devices 1 and 2 declare the same
-node_exporter (one instance on a free loopback port) as theirs; device 3 declares none, so its
-CPU and memory come from its agent's own metrics. Every agent serves ``/metrics``
-(``--metrics-port``). The heartbeat patience is long, so when an agent stops, only Prometheus
-(its ``up`` going to 0) can take the device offline within the test.
+node_exporter (one instance on a free loopback port) as theirs (``--node-exporter``); device 3
+declares none, so its CPU and memory come from its agent's own metrics. Every agent serves
+``/metrics`` (``--metrics-port``) and runs the bandwidth probe every second. The heartbeat
+patience is long, so when an agent stops, only Prometheus (its ``up`` going to 0) can take the
+device offline within the test.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
-from unittest import mock
 
 import numpy as np
 import psutil
@@ -33,13 +33,11 @@ from fedsim.core.scheduling import DeviceView, ResourceView
 from fedsim.core.selection import ResourceAware
 from fedsim.monitor import cli
 from fedsim.monitor.promql import PrometheusResources
-from fedsim.real import launch
 from fedsim.real.launch import LocalCluster
 from fedsim.real.resources import RegistryResources
 
 PROMETHEUS = "/usr/bin/prometheus"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-WRAPPER = Path(__file__).with_name("agent_with_node_exporter.py")
 DEVICES = [1, 2, 3]
 WITH_NODE_EXPORTER = [1, 2]
 VICTIM = 2  # stopped at the end: its node_exporter stays up, its agent goes down
@@ -102,38 +100,17 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-class MonitoredCluster(LocalCluster):
-    """LocalCluster whose agents serve ``/metrics`` and may declare a node_exporter."""
-
-    def __init__(self, *, node_exporters: dict[int, str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.node_exporters = node_exporters
-
-    def start_agent(self, dev: int) -> subprocess.Popen:
-        real_popen = subprocess.Popen
-        node_exporter = self.node_exporters.get(dev, "")
-
-        def popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
-            # LocalCluster's command, run through the wrapper instead of `-m fedsim agent`.
-            assert cmd[1:4] == ["-m", "fedsim", "agent"], cmd
-            args = [cmd[0], str(WRAPPER), *cmd[4:], "--metrics-port", str(free_port())]
-            env = {**os.environ, "FEDSIM_TEST_NODE_EXPORTER": node_exporter}
-            return real_popen(args, env=env, **kwargs)
-
-        with mock.patch.object(launch.subprocess, "Popen", popen):
-            return super().start_agent(dev)
-
-
 class Unmeasured(ResourceView):
-    """The heartbeat view with CPU and memory blanked out, so that values seen through
-    PrometheusResources must have come from Prometheus."""
+    """The heartbeat view with CPU, memory and bandwidth blanked out, so that values seen
+    through PrometheusResources must have come from Prometheus."""
 
     def __init__(self, inner: ResourceView) -> None:
         self.inner = inner
 
     def snapshot(self, devices: Sequence[int]) -> dict[int, DeviceView]:
         views = self.inner.snapshot(devices)
-        return {d: replace(v, cpu_busy=-1.0, memory_available=-1.0) for d, v in views.items()}
+        blank = {"cpu_busy": -1.0, "memory_available": -1.0, "bandwidth": 0.0}
+        return {d: replace(v, **blank) for d, v in views.items()}
 
 
 def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
@@ -141,8 +118,13 @@ def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
     node_url = f"http://127.0.0.1:{free_port()}/metrics"
     node_address = urllib.parse.urlsplit(node_url).netloc
     mode = ModeConf(name="real", patience_s=60.0, heartbeat_interval_s=0.5, startup_timeout_s=60.0)
-    cluster = MonitoredCluster(
-        node_exporters={d: node_url for d in WITH_NODE_EXPORTER},
+    agent_args = {
+        d: ["--metrics-port", str(free_port()), "--probe-interval", "1", "--probe-bytes", "65536"]
+        + (["--node-exporter", node_url] if d in WITH_NODE_EXPORTER else [])
+        for d in DEVICES
+    }
+    cluster = LocalCluster(
+        agent_args=agent_args,
         run_dir=tmp_path / "cluster",
         topology=star(len(DEVICES)),
         clients=DEVICES,
@@ -190,7 +172,7 @@ def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
         # `with cluster` stopped the agents and the server; after a failed start too.
 
 
-def check_stack(cluster: MonitoredCluster, prometheus: str, node_address: str) -> None:
+def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> None:
     # Discovery: every declared endpoint is a target carrying the device's labels.
     expected = {(str(d), "agent") for d in DEVICES}
     expected |= {(str(d), "node_exporter") for d in WITH_NODE_EXPORTER}
@@ -227,7 +209,9 @@ def check_stack(cluster: MonitoredCluster, prometheus: str, node_address: str) -
     view = PrometheusResources(url=prometheus, fallback=Unmeasured(heartbeats))
 
     def measured(views: dict[int, DeviceView]) -> bool:
-        return all(v.cpu_busy >= 0 and v.memory_available > 0 for v in views.values())
+        return all(
+            v.cpu_busy >= 0 and v.memory_available > 0 and v.bandwidth > 0 for v in views.values()
+        )
 
     views = wait_for("CPU and memory of every device", lambda: view.snapshot(DEVICES), measured)
     total = psutil.virtual_memory().total
@@ -235,12 +219,17 @@ def check_stack(cluster: MonitoredCluster, prometheus: str, node_address: str) -
         assert v.online and v.group == 1, v
         assert 0.0 <= v.cpu_busy <= 1.0
         assert 0 < v.memory_available <= total
+    # Bandwidth is the slower direction of each agent's probe, as Prometheus scraped it.
     probed = get_json(
-        f"{prometheus}/api/v1/query", query="fedsim_agent_probe_bandwidth_bytes_per_second"
+        f"{prometheus}/api/v1/query",
+        query="min by (fedsim_device) (fedsim_agent_probe_bandwidth_bytes_per_second)",
     )["data"]["result"]
-    for series in probed:  # only once agents run the bandwidth probe
-        d = int(series["metric"]["fedsim_device"])
-        assert views[d].bandwidth > 0
+    slowest = {int(s["metric"]["fedsim_device"]): float(s["value"][1]) for s in probed}
+    assert sorted(slowest) == DEVICES
+    for d, v in views.items():
+        assert v.bandwidth > 0
+        # Both queries see the latest scrape; a probe may land between them, so allow drift.
+        assert v.bandwidth == pytest.approx(slowest[d], rel=0.5)
 
     policy = ResourceAware(max_cpu_busy=1.0)
     rng = np.random.default_rng(0)

@@ -369,6 +369,7 @@ async def test_registers_describes_its_hardware_and_keeps_the_token_private(fake
         id_in_group=1,
         profile="client_i7",
         labels={"site": "lab"},
+        node_exporter="http://10.0.0.5:9100",
     )
     agent = Agent(config=config)
 
@@ -382,6 +383,8 @@ async def test_registers_describes_its_hardware_and_keeps_the_token_private(fake
     assert reg["body"]["description"] == "bench" and reg["body"]["group"] == 2
     assert reg["body"]["id_in_group"] == 1 and reg["body"]["profile"] == "client_i7"
     assert reg["body"]["labels"] == {"site": "lab"}
+    # No --metrics-port: only the node_exporter is declared, with its default path.
+    assert reg["body"]["endpoints"] == {"node_exporter": "http://10.0.0.5:9100/metrics"}
     assert reg["body"]["hardware"]["cpu_count"] >= 1
     assert reg["body"]["hardware"]["memory_bytes"] > 0
     assert agent.device_id == reg["id"]

@@ -30,6 +30,7 @@ OPTIONS = (
     "--torch-device",
     "--metrics-port",
     "--metrics-host",
+    "--node-exporter",
     "--log-level",
 )
 URL = "http://127.0.0.1:8080"
@@ -60,6 +61,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
         "--id-in-group", "1", "--profile", "rpi4", "--label", "site=lab", "--label", "rack=3",
         "--data", str(data), "--state-dir", str(tmp_path / "s"), "--heartbeat-interval", "0.5",
         "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
+        "--node-exporter", "http://10.0.0.5:9100/metrics",
     ]  # fmt: skip
 
     # Execute
@@ -74,6 +76,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert config.state_dir == tmp_path / "s"
     assert config.heartbeat_interval == 0.5 and config.poll_wait == 10
     assert config.insecure and config.threads == 1 and level == "debug"
+    assert config.node_exporter == "http://10.0.0.5:9100/metrics"
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
@@ -110,6 +113,8 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--threads", "0"], "--threads"),
         (["--server", URL, "--log-level", "loud"], "--log-level"),
         (["--server", URL, "--insecure", "--cafile", "CAFILE"], "--insecure"),
+        (["--server", URL, "--node-exporter", "10.0.0.5:9100"], "--node-exporter"),
+        (["--server", URL, "--node-exporter", "http://:9100/metrics"], "--node-exporter"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,13 @@ def test_real_mode_against_a_running_server_runs_as_a_job(tmp_path: Path):
             timeout=300,
             env=os.environ,
         )
+        # The job's rounds reached the server's own metrics.
+        with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=5) as r:
+            exposition = r.read().decode()
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fedsim_round_duration_seconds_count 2.0" in exposition
+    assert "fedsim_aggregation_seconds_count 2.0" in exposition
+    assert 'fedsim_jobs{state="succeeded"} 1.0' in exposition
     s = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     assert s["state"] == "succeeded" and s["rounds"] == 2 and s["mode"] == "real"
     assert Path(s["results_on_server"], "summary.json").exists()

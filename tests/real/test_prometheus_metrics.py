@@ -250,22 +250,42 @@ async def test_a_refused_heartbeat_is_not_counted(server):
 async def test_the_round_observers_move_the_histograms_and_counters(server):
     # Prepare
     metrics = server.app[METRICS]
-    row = {"round": 1, "total_s": 12.5, "completed": 3, "failed": 1, "aggregation_s": 0.2}
+    row = {"total_s": 12.5, "completed": 3, "failed": 1, "aggregated": True, "aggregation_s": 0.2}
+    missed = {"total_s": 5.0, "completed": 0, "failed": 2, "aggregated": False, "aggregation_s": 0}
 
     # Execute
     metrics.on_round(row)
+    metrics.on_round(missed)  # nothing aggregated: no aggregation observed
     metrics.observe_round(duration_s=7.5, participants=4, failures=0)
-    metrics.observe_aggregation(0.2)
     text = await server_text(server)
 
     # Assert
-    assert value(text, "fedsim_round_duration_seconds_count") == 2
-    assert value(text, "fedsim_round_duration_seconds_sum") == 20.0
-    assert value(text, "fedsim_round_duration_seconds_bucket", le="10.0") == 1
+    assert value(text, "fedsim_round_duration_seconds_count") == 3
+    assert value(text, "fedsim_round_duration_seconds_sum") == 25.0
+    assert value(text, "fedsim_round_duration_seconds_bucket", le="10.0") == 2
     assert value(text, "fedsim_round_participants") == 4  # the last round's
-    assert value(text, "fedsim_round_failures_total") == 1
+    assert value(text, "fedsim_round_failures_total") == 3
     assert value(text, "fedsim_aggregation_seconds_count") == 1
     assert value(text, "fedsim_aggregation_seconds_sum") == 0.2
+
+
+@pytest.mark.asyncio
+async def test_the_job_managers_rounds_reach_the_servers_metrics(make_server):
+    # Prepare
+    jobs = FakeJobs()
+    server = await make_server(jobs=jobs)
+    [listener] = jobs.listeners  # the server subscribed its metrics
+
+    # Execute: a job's thread reports a round.
+    listener(
+        {"total_s": 4.0, "completed": 3, "failed": 0, "aggregated": True, "aggregation_s": 0.5}
+    )
+    text = await server_text(server)
+
+    # Assert
+    assert value(text, "fedsim_round_duration_seconds_count") == 1
+    assert value(text, "fedsim_round_participants") == 3
+    assert value(text, "fedsim_aggregation_seconds_sum") == 0.5
 
 
 @pytest.mark.asyncio

@@ -76,6 +76,7 @@ async def test_openapi_is_served_without_a_token(server):
 class FakeJobs(Jobs):
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.listeners: list = []
 
     def start(self, kind: str, config: dict[str, Any]) -> dict[str, Any]:
         if "rounds" not in config:
@@ -97,6 +98,9 @@ class FakeJobs(Jobs):
 
     def list(self) -> list[dict[str, Any]]:
         return list(self.jobs.values())
+
+    def watch_rounds(self, listener) -> None:
+        self.listeners.append(listener)
 
 
 async def test_jobs_are_routed_to_the_job_manager(make_server):

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -416,10 +417,20 @@ class Agent:
             "group": self.config.group,
             "id_in_group": self.config.id_in_group,
             "profile": self.config.profile,
-            "endpoints": {"agent": self._metrics_url} if self._metrics_url else None,
+            "endpoints": self._endpoints() or None,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         return body
+
+    def _endpoints(self) -> dict[str, str]:
+        """Where Prometheus scrapes this device: the agent's own metrics and node_exporter's."""
+        endpoints = {}
+        if self._metrics_url:
+            endpoints["agent"] = self._metrics_url
+        if self.config.node_exporter:
+            ne = urlsplit(self.config.node_exporter)
+            endpoints["node_exporter"] = ne._replace(path=ne.path or "/metrics").geturl()
+        return endpoints
 
     async def _as_device(self, send: Callable[[str | None], Awaitable[T]]) -> T:
         """``send(token)`` with the device token; after a 401, register again and resend."""

@@ -178,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
+        "--node-exporter",
+        default=None,
+        metavar="URL",
+        help=(
+            "the node_exporter running beside this agent, e.g. http://10.0.0.5:9100/metrics; "
+            "declared to the server so that Prometheus scrapes it as this device's "
+            "(default: none)"
+        ),
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -214,6 +224,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             metrics_port=args.metrics_port,
             probe_interval=args.probe_interval,
             probe_bytes=args.probe_bytes,
+            node_exporter=args.node_exporter,
         )
     except ValueError as e:
         parser.error(str(e))

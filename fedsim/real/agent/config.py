@@ -77,7 +77,9 @@ class AgentConfig:
     the protocol's ``?wait=``. ``torch_device`` "auto" trains on
     the GPU when torch sees one. ``retry_base`` and ``retry_cap`` shape the backoff between
     retries of a failed request (full jitter). ``metrics_port`` > 0 serves the agent's
-    Prometheus metrics on ``metrics_host:metrics_port``; 0 serves none.
+    Prometheus metrics on ``metrics_host:metrics_port``; 0 serves none. ``node_exporter`` is
+    the URL of the node_exporter beside the agent (its path defaults to ``/metrics``), declared
+    at registration so that Prometheus finds it through the server's service discovery.
     """
 
     server: str
@@ -103,6 +105,7 @@ class AgentConfig:
     metrics_port: int = 0
     probe_interval: float = 60.0
     probe_bytes: int = 256 * 1024
+    node_exporter: str | None = None
 
     def __post_init__(self) -> None:
         url = urlsplit(self.server)
@@ -130,6 +133,13 @@ class AgentConfig:
             raise ValueError(
                 f"--probe-bytes must be in 1..{64 * 1024 * 1024}, got {self.probe_bytes}"
             )
+        if self.node_exporter is not None:
+            ne = urlsplit(self.node_exporter)
+            if ne.scheme not in ("http", "https") or not ne.hostname or ne.query:
+                raise ValueError(
+                    f"--node-exporter {self.node_exporter!r}: expected "
+                    "http(s)://HOST:PORT[/PATH], e.g. http://10.0.0.5:9100/metrics"
+                )
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:

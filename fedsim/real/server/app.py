@@ -89,6 +89,8 @@ def init_app(
 
     offload = Offload()
     metrics = ServerMetrics(devices=registry, repository=repository, jobs=jobs)
+    if jobs is not None:
+        jobs.watch_rounds(metrics.on_round)
     stopping = asyncio.Event()
     app = web.Application(
         # Only JSON bodies are read whole; blobs are streamed under their own limit.

@@ -8,7 +8,10 @@ Jobs are plain JSON-compatible dicts as docs/protocol.md shows them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from typing import Any
+
+RoundListener = Callable[[Mapping[str, Any]], None]
 
 
 class JobConflict(Exception):
@@ -38,3 +41,8 @@ class Jobs(ABC):
     @abstractmethod
     def list(self) -> list[dict[str, Any]]:
         """Every job, oldest first."""
+
+    @abstractmethod
+    def watch_rounds(self, listener: RoundListener) -> None:
+        """Call ``listener(row)`` with every round any job finishes from now on (the round's
+        ``RoundRow`` as a dict), from the job's thread; the server's metrics listen here."""

@@ -233,13 +233,17 @@ class ServerMetrics:
         self.round_failures.inc(failures)
 
     def on_round(self, row: Mapping[str, Any]) -> None:
-        """:meth:`observe_round` from a round's row (``RoundRow`` as a dict: ``total_s``,
-        ``completed``, ``failed``), the shape ``run_federated``'s ``on_round`` hands out."""
+        """:meth:`observe_round`, and :meth:`observe_aggregation` when the round aggregated,
+        from a round's row (``RoundRow`` as a dict: ``total_s``, ``completed``, ``failed``,
+        ``aggregated``, ``aggregation_s``), the shape ``run_federated``'s ``on_round`` hands out.
+        """
         self.observe_round(
             duration_s=float(row["total_s"]),
             participants=int(row["completed"]),
             failures=int(row["failed"]),
         )
+        if row.get("aggregated"):
+            self.observe_aggregation(float(row["aggregation_s"]))
 
     def observe_aggregation(self, seconds: float) -> None:
         """Record one aggregation that took ``seconds``."""
