@@ -81,6 +81,8 @@ SUBCOMMANDS = {
     "server": "fedsim.real.server.cli",
     "agent": "fedsim.real.agent.cli",
     "prometheus-config": "fedsim.monitor.cli",
+    "grafana-dashboards": "fedsim.monitor.grafana_cli",
+    "k8s-manifests": "fedsim.deploy.cli",
 }
 
 

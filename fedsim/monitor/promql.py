@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from fedsim.core.scheduling import DeviceView, ResourceView
@@ -33,6 +33,33 @@ DEVICE_LABEL = "fedsim_device"
 AGENT_CPU_BUSY = "fedsim_agent_cpu_busy_ratio"
 AGENT_MEMORY_AVAILABLE = "fedsim_agent_memory_available_bytes"
 AGENT_BANDWIDTH = "fedsim_agent_probe_bandwidth_bytes_per_second"
+AGENT_BUSY = "fedsim_agent_busy"
+
+
+def device_selector(devices: Iterable[int]) -> str:
+    """A label matcher for exactly ``devices``."""
+    ids = "|".join(str(d) for d in sorted(set(devices)))
+    return f'{DEVICE_LABEL}=~"{ids}"'
+
+
+def resource_queries(sel: str, rate_window: str) -> dict[str, str]:
+    """PromQL for each device's ``cpu_busy`` (0..1), ``memory_available`` (bytes),
+    ``bandwidth`` (bytes/s, the probe's slower direction) and ``busy`` (1 while running a task),
+    one series per device of the label matcher ``sel``."""
+    by = f"by ({DEVICE_LABEL})"
+    return {
+        # Each "or" takes the agent's number only for devices node_exporter has none for.
+        "cpu_busy": (
+            f'1 - avg {by} (rate(node_cpu_seconds_total{{mode="idle",{sel}}}[{rate_window}]))'
+            f" or max {by} ({AGENT_CPU_BUSY}{{{sel}}})"
+        ),
+        "memory_available": (
+            f"max {by} (node_memory_MemAvailable_bytes{{{sel}}})"
+            f" or max {by} ({AGENT_MEMORY_AVAILABLE}{{{sel}}})"
+        ),
+        "bandwidth": f"min {by} ({AGENT_BANDWIDTH}{{{sel}}})",
+        "busy": f"max {by} ({AGENT_BUSY}{{{sel}}})",
+    }
 
 
 class PrometheusError(Exception):
@@ -98,23 +125,12 @@ class PrometheusResources(ResourceView):
 
     def _measure(self, devices: Sequence[int]) -> dict[int, dict]:
         """The fields Prometheus has for each of ``devices`` it knows; raises PrometheusError."""
-        ids = "|".join(str(d) for d in sorted(set(devices)))
-        sel = f'{DEVICE_LABEL}=~"{ids}"'
-        by = f"by ({DEVICE_LABEL})"
-        window = self.rate_window
+        sel = device_selector(devices)
         queries = {
-            "online": f"min {by} (up{{{sel}}})",
-            # Each "or" takes the agent's number only for devices node_exporter has none for.
-            "cpu_busy": (
-                f'1 - avg {by} (rate(node_cpu_seconds_total{{mode="idle",{sel}}}[{window}]))'
-                f" or max {by} ({AGENT_CPU_BUSY}{{{sel}}})"
-            ),
-            "memory_available": (
-                f"max {by} (node_memory_MemAvailable_bytes{{{sel}}})"
-                f" or max {by} ({AGENT_MEMORY_AVAILABLE}{{{sel}}})"
-            ),
-            "bandwidth": f"min {by} ({AGENT_BANDWIDTH}{{{sel}}})",
+            "online": f"min by ({DEVICE_LABEL}) (up{{{sel}}})",
+            **resource_queries(sel, self.rate_window),
         }
+        del queries["busy"]  # the scheduler takes busy-ness from the registry's state
         at = time.time()  # one instant for every query, so the fields agree
         wanted = set(devices)
         fields: dict[int, dict] = {}

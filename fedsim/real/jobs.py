@@ -50,6 +50,8 @@ class _Job:
     state: str = "running"
     error: str | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""  # the model's name in the repository
+    rounds_planned: int = 0
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -60,7 +62,9 @@ class _Job:
             "id": self.id,
             "kind": self.kind,
             "state": self.state,
+            "model": self.model,
             "round": len(self.rounds),
+            "rounds_planned": self.rounds_planned,
             "rounds": list(self.rounds),
             "error": self.error,
             "created_at": self.created_at,
@@ -84,7 +88,13 @@ class JobManager(Jobs):
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
         cfg = _compose(config)
-        job = _Job(id=secrets.token_hex(8), kind=kind, directory=self.data_dir / "jobs")
+        job = _Job(
+            id=secrets.token_hex(8),
+            kind=kind,
+            directory=self.data_dir / "jobs",
+            model=str(cfg.workload.model),
+            rounds_planned=int(cfg.fl.rounds),
+        )
         job.directory = self.data_dir / "jobs" / job.id
         job.thread = threading.Thread(
             target=self._run, args=(job, cfg), name=f"job-{job.id}", daemon=True

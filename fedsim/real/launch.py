@@ -122,6 +122,8 @@ class LocalCluster:
             admin_token=self.admin_token,
             enrollment_token=self.enrollment_token,
             patience_s=self.mode.patience_s,
+            # Every heartbeat into the dashboard's history: local runs are short.
+            history_interval_s=0.0,
         )
         self.jobs = JobManager(
             data_dir=self.run_dir,
@@ -179,6 +181,7 @@ class LocalCluster:
             f"--description={d.description}",
             "--group",
             str(d.group),
+            f"--group-description={self.topology.groups[d.group].description}",
             "--id-in-group",
             str(d.id_in_group),
             "--profile",

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedsim.config import ConfigError
+from fedsim.report.html import write_html_report
 
 log = logging.getLogger(__name__)
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
@@ -114,3 +115,4 @@ def _write(run_dir: Path, cfg: Any, job: dict[str, Any]) -> None:
         f"Its full results (events, plots, model repository) are on the server under "
         f"`{job.get('results')}`; `runs.csv` here holds its rounds.\n"
     )
+    write_html_report(run_dir / "report.md")

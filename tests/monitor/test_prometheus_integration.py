@@ -18,29 +18,29 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import psutil
 import pytest
-from topologies import star
+from clusters import cluster_for
+from clusters import config as fl_config
 
-from fedsim.config import ModeConf
 from fedsim.core.scheduling import DeviceView, ResourceView
 from fedsim.core.selection import ResourceAware
-from fedsim.monitor import cli
+from fedsim.monitor import cli, grafana
 from fedsim.monitor.promql import PrometheusResources
 from fedsim.real.launch import LocalCluster
 from fedsim.real.resources import RegistryResources
 
 PROMETHEUS = "/usr/bin/prometheus"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-DEVICES = [1, 2, 3]
-WITH_NODE_EXPORTER = [1, 2]
-VICTIM = 2  # stopped at the end: its node_exporter stays up, its agent goes down
+DEVICES = [3, 4, 8]  # fl_digits's clients on keti_testbed: groups 1, 1 and 2
+WITH_NODE_EXPORTER = [3, 4]
+VICTIM = 4  # stopped at the end: its node_exporter stays up, its agent goes down
 
 pytestmark = [
     pytest.mark.slow,
@@ -113,24 +113,30 @@ class Unmeasured(ResourceView):
         return {d: replace(v, **blank) for d, v in views.items()}
 
 
-def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
+@dataclass(frozen=True)
+class Stack:
+    cluster: LocalCluster
+    prometheus: str  # base URL
+    node_address: str  # host:port of the shared node_exporter
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """node_exporter, the server with three agents, and Prometheus configured by
+    ``fedsim prometheus-config``; a one-round fl_digits job has run, so round, repository and
+    training metrics hold data. The tests below share it, the one that stops an agent last."""
+    tmp_path = tmp_path_factory.mktemp("stack")
     procs: list[subprocess.Popen] = []
     node_url = f"http://127.0.0.1:{free_port()}/metrics"
     node_address = urllib.parse.urlsplit(node_url).netloc
-    mode = ModeConf(name="real", patience_s=60.0, heartbeat_interval_s=0.5, startup_timeout_s=60.0)
+    cfg = fl_config("fl.rounds=1", "mode.patience_s=60", "mode.heartbeat_interval_s=0.5")
     agent_args = {
         d: ["--metrics-port", str(free_port()), "--probe-interval", "1", "--probe-bytes", "65536"]
         + (["--node-exporter", node_url] if d in WITH_NODE_EXPORTER else [])
         for d in DEVICES
     }
-    cluster = LocalCluster(
-        agent_args=agent_args,
-        run_dir=tmp_path / "cluster",
-        topology=star(len(DEVICES)),
-        clients=DEVICES,
-        shards=None,
-        mode=mode,
-    )
+    cluster = cluster_for(cfg, tmp_path / "cluster", agent_args=agent_args)
+    assert cluster.clients == DEVICES
     try:
         procs.append(
             spawn(
@@ -165,11 +171,45 @@ def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(tmp_path: Path):
                     tmp_path / "prometheus.log",
                 )
             )
-            check_stack(cluster, prometheus, node_address)
+            spec = {"experiment": {"name": "fl_digits"}, "fl": {"rounds": 1}}
+            job = cluster.jobs.start("federated", spec)
+            done = wait_for(
+                "the job to finish",
+                lambda: cluster.jobs.get(job["id"]),
+                lambda j: j["state"] != "running",
+                timeout=120,
+            )
+            assert done["state"] == "succeeded", done["error"]
+            yield Stack(cluster=cluster, prometheus=prometheus, node_address=node_address)
     finally:
         for proc in reversed(procs):
             stop(proc)
         # `with cluster` stopped the agents and the server; after a failed start too.
+
+
+def test_every_grafana_expression_parses_and_returns_series(stack: Stack):
+    # Grafana's template variables as a dashboard showing everything sets them.
+    variables = {"$device": ".*", "$group": ".*", "$__rate_interval": "30s"}
+    checked = 0
+    for dashboard in grafana.dashboards().values():
+        for where, expr in grafana.expressions(dashboard):
+            promql = expr
+            for name, value in variables.items():
+                promql = promql.replace(name, value)
+            assert "$" not in promql.replace('"$1"', ""), (where, promql)
+
+            def query(promql: str = promql) -> dict:
+                return get_json(f"{stack.prometheus}/api/v1/query", query=promql)
+
+            # A query Prometheus cannot parse fails at once with HTTP 400.
+            answer = wait_for(f"{where}: {promql}", query, lambda a: a["data"]["result"])
+            assert answer["status"] == "success"
+            checked += 1
+    assert checked >= 30
+
+
+def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(stack: Stack):
+    check_stack(stack.cluster, stack.prometheus, stack.node_address)
 
 
 def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> None:
@@ -193,7 +233,8 @@ def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> No
         if labels["job"] == "fedsim-server":
             assert labels["instance"] == cluster.server.url.removeprefix("http://")
         else:
-            assert labels["fedsim_group"] == "1"
+            group = cluster.topology.devices[int(labels["fedsim_device"])].group
+            assert labels["fedsim_group"] == str(group)
             if labels["fedsim_role"] == "node_exporter":
                 assert labels["instance"] == node_address
 
@@ -216,7 +257,7 @@ def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> No
     views = wait_for("CPU and memory of every device", lambda: view.snapshot(DEVICES), measured)
     total = psutil.virtual_memory().total
     for v in views.values():
-        assert v.online and v.group == 1, v
+        assert v.online and v.group == cluster.topology.devices[v.id].group, v
         assert 0.0 <= v.cpu_busy <= 1.0
         assert 0 < v.memory_available <= total
     # Bandwidth is the slower direction of each agent's probe, as Prometheus scraped it.
@@ -242,8 +283,8 @@ def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> No
         f"device {VICTIM} offline", lambda: view.snapshot(DEVICES), lambda v: not v[VICTIM].online
     )
     assert heartbeats.snapshot([VICTIM])[VICTIM].online  # the registry still thinks it is up
-    assert [d for d in DEVICES if views[d].online] == [1, 3]
-    assert policy.select(list(views.values()), 3, rnd=2, rng=rng) == [1, 3]
+    assert [d for d in DEVICES if views[d].online] == [3, 8]
+    assert policy.select(list(views.values()), 3, rnd=2, rng=rng) == [3, 8]
 
     # Removed from the server, it leaves Prometheus's targets at the next discovery refresh.
     request = urllib.request.Request(
@@ -260,4 +301,4 @@ def check_stack(cluster: LocalCluster, prometheus: str, node_address: str) -> No
     wait_for(f"device {VICTIM}'s targets dropped", targets, victim_gone)
     views = view.snapshot(DEVICES)
     assert not views[VICTIM].online
-    assert policy.select(list(views.values()), 3, rnd=3, rng=rng) == [1, 3]
+    assert policy.select(list(views.values()), 3, rnd=3, rng=rng) == [3, 8]

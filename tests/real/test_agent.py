@@ -415,13 +415,17 @@ async def test_heartbeats_keep_flowing_while_a_training_runs(
             await server.give(agent.device_id, fit_task("r1-d1", global_model))
             await server.until(lambda: sum(b["busy"] == 1.0 for b in server.heartbeats) >= 3, run)
             uploaded_while_held = list(server.updates)
+            busy_gauge_while_held = agent.metrics.busy._value.get()
             release.set()
             await server.until(lambda: len(server.updates) == 1, run)
+            await server.until(lambda: agent.metrics.busy._value.get() == 0, run)
     finally:
         release.set()
 
-    # Assert: three busy heartbeats came in while the training was still held.
+    # Assert: three busy heartbeats came in while the training was still held, and the
+    # fedsim_agent_busy gauge said so too.
     assert uploaded_while_held == []
+    assert busy_gauge_while_held == 1
     assert trainers.calls == 1
     assert server.updates[0]["status"] == 201
 

@@ -16,6 +16,7 @@ OPTIONS = (
     "--device-id",
     "--description",
     "--group",
+    "--group-description",
     "--id-in-group",
     "--profile",
     "--label",

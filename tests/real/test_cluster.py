@@ -9,39 +9,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from clusters import cluster_for, config
 
-from fedsim.__main__ import conf_dir
-from fedsim.config import register_configs
 from fedsim.fl_app import run_federated
 from fedsim.real.board import TaskState
 from fedsim.real.jobs import Attached, JobManager
-from fedsim.real.launch import LocalCluster, ServerThread
+from fedsim.real.launch import ServerThread
 from fedsim.store.safetensors_io import decode
-
-
-def config(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(
-            config_name="config", overrides=["+experiment=fl_digits", "mode=real", *overrides]
-        )
-
-
-def cluster_for(cfg, run_dir: Path) -> LocalCluster:
-    import numpy as np
-
-    from fedsim.app import build_workload  # noqa: F401  (the same path run_federated takes)
-    from fedsim.config import build_topology, clients_of
-    from fedsim.fl_app import _real_data
-
-    topology = build_topology(cfg)
-    clients = clients_of(cfg, topology)
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[0])
-    shards, _, _ = _real_data(cfg, clients, rng)
-    return LocalCluster(
-        run_dir=run_dir, topology=topology, clients=clients, shards=shards, mode=cfg.mode
-    )
 
 
 def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Path):

@@ -47,6 +47,9 @@ SERVER_FAMILIES = {
     "fedsim_round_participants": "gauge",
     "fedsim_round_failures_total": "counter",
     "fedsim_aggregation_seconds": "histogram",
+    "fedsim_round_accuracy_ratio": "gauge",
+    "fedsim_round_eval_loss": "gauge",
+    "fedsim_round_train_loss": "gauge",
 }
 READ_ON_SCRAPE = {
     "fedsim_repository_versions": "gauge",
@@ -55,6 +58,7 @@ READ_ON_SCRAPE = {
 }
 AGENT_FAMILIES = {
     "fedsim_agent_up": "gauge",
+    "fedsim_agent_busy": "gauge",
     "fedsim_agent_cpu_busy_ratio": "gauge",
     "fedsim_agent_memory_available_bytes": "gauge",
     "fedsim_agent_load1": "gauge",
@@ -251,7 +255,10 @@ async def test_the_round_observers_move_the_histograms_and_counters(server):
     # Prepare
     metrics = server.app[METRICS]
     row = {"total_s": 12.5, "completed": 3, "failed": 1, "aggregated": True, "aggregation_s": 0.2}
+    row |= {"accuracy": 0.91, "eval_loss": 0.3, "train_loss": 0.4}
     missed = {"total_s": 5.0, "completed": 0, "failed": 2, "aggregated": False, "aggregation_s": 0}
+    missed |= {"accuracy": None, "eval_loss": None, "train_loss": None}
+    before = await server_text(server)
 
     # Execute
     metrics.on_round(row)
@@ -267,6 +274,11 @@ async def test_the_round_observers_move_the_histograms_and_counters(server):
     assert value(text, "fedsim_round_failures_total") == 3
     assert value(text, "fedsim_aggregation_seconds_count") == 1
     assert value(text, "fedsim_aggregation_seconds_sum") == 0.2
+    # Quality: nothing before a round measured it; then the last measured values.
+    assert "\nfedsim_round_accuracy_ratio " not in before
+    assert value(text, "fedsim_round_accuracy_ratio") == 0.91
+    assert value(text, "fedsim_round_eval_loss") == 0.3
+    assert value(text, "fedsim_round_train_loss") == 0.4
 
 
 @pytest.mark.asyncio

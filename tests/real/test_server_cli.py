@@ -30,6 +30,9 @@ def test_config_refuses_what_cannot_work(tmp_path):
         {"patience_s": 0},
         {"max_blob_bytes": 0},
         {"cert_file": tmp_path / "cert.pem"},  # without a key
+        {"prometheus_url": "prometheus:9090"},
+        {"history_samples": 0},
+        {"history_interval_s": -1},
     ):
         with pytest.raises(ValueError):
             ServerConfig(**{**base, **bad})
@@ -53,6 +56,9 @@ def test_cli_help_explains_every_option(capsys):
         "--shutdown-timeout",
         "--cert",
         "--key",
+        "--prometheus-url",
+        "--history-samples",
+        "--history-interval",
         "--log-level",
     ):
         assert option in text

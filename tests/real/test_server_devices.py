@@ -172,15 +172,28 @@ async def test_list_filters_by_group_and_state(server):
 
 
 async def test_groups_count_devices_and_live_ones(server):
-    a, token = await server.register(group=1)
-    await server.register(group=1)
+    a, token = await server.register(group=1, group_description="lab")
+    await server.register(group=1)  # no description: the group keeps "lab"
     await server.register(group=2)
     await server.client.put(f"{API}/devices/{a}/heartbeat", json={}, headers=token)
     r = await server.client.get(f"{API}/groups", headers=ADMIN)
     assert (await r.json())["groups"] == [
-        {"id": 1, "devices": 2, "online": 1},
-        {"id": 2, "devices": 1, "online": 0},
+        {"id": 1, "description": "lab", "devices": 2, "online": 1},
+        {"id": 2, "description": "", "devices": 1, "online": 0},
     ]
+    r = await server.client.get(f"{API}/devices/{a}", headers=ADMIN)
+    assert (await r.json())["group_description"] == "lab"
+
+
+async def test_a_group_is_named_by_its_latest_description(server):
+    await server.register(group=3, group_description="old site")
+    await server.register(group=3, group_description="new site")
+    r = await server.client.get(f"{API}/groups", headers=ADMIN)
+    assert (await r.json())["groups"][0]["description"] == "new site"
+    r = await server.client.post(
+        f"{API}/devices", json={"group": 3, "group_description": 7}, headers=ENROLL
+    )
+    assert r.status == 422 and (await error_of(r))["field"] == "group_description"
 
 
 # -- bodies: limits, syntax, schema -------------------------------------------------------

@@ -222,6 +222,7 @@ class Agent:
         task_id, kind = str(task["id"]), task.get("kind")
         log.info("task %s: %s", task_id, kind)
         self._meter.busy = True
+        self.metrics.busy.set(1)
         try:
             if kind == "fit":
                 await self._fit(task_id, task)
@@ -242,6 +243,7 @@ class Agent:
             await self._report_error(task_id, reason)
         finally:
             self._meter.busy = False
+            self.metrics.busy.set(0)
 
     async def _fit(self, task_id: str, task: Mapping[str, Any]) -> None:
         digest = task_digest(task)
@@ -415,6 +417,7 @@ class Agent:
         optional = {
             "id": device_id,
             "group": self.config.group,
+            "group_description": self.config.group_description or None,
             "id_in_group": self.config.id_in_group,
             "profile": self.config.profile,
             "endpoints": self._endpoints() or None,

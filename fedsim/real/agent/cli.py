@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a human-readable description of the device (default: the host name)",
     )
     p.add_argument("--group", type=int, metavar="N", help="the device's group id")
+    p.add_argument(
+        "--group-description",
+        default="",
+        metavar="TEXT",
+        help="what the device's group is, e.g. its site or network; shown by the server",
+    )
     p.add_argument("--id-in-group", type=int, metavar="N", help="the device's id within its group")
     p.add_argument(
         "--profile", metavar="NAME", help="the hardware profile name the device corresponds to"
@@ -209,6 +215,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             device_id=args.device_id,
             description=args.description,
             group=args.group,
+            group_description=args.group_description,
             id_in_group=args.id_in_group,
             profile=args.profile,
             labels=labels,

@@ -88,6 +88,7 @@ class AgentConfig:
     device_id: int | None = None
     description: str = ""
     group: int | None = None
+    group_description: str = ""
     id_in_group: int | None = None
     profile: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -140,6 +140,11 @@ class AgentMetrics:
     def __init__(self, *, gpu_memory: Callable[[], float] | None = None) -> None:
         self.registry = CollectorRegistry()
         Gauge("fedsim_agent_up", "1 while the agent runs.", registry=self.registry).set(1)
+        self.busy = Gauge(
+            "fedsim_agent_busy",
+            "1 while the agent runs a task (training, uploading data), else 0.",
+            registry=self.registry,
+        )
         self.tasks = Counter(
             "fedsim_agent_tasks",
             "Tasks run, by kind and outcome (succeeded, failed).",

@@ -32,14 +32,17 @@ from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import Authenticator
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import error_middleware
+from fedsim.real.server.handlers.dashboard import DashboardHandlers
 from fedsim.real.server.handlers.deployments import DeploymentHandlers
 from fedsim.real.server.handlers.devices import DeviceHandlers
 from fedsim.real.server.handlers.discovery import DiscoveryHandlers
 from fedsim.real.server.handlers.health import ServerHandlers
 from fedsim.real.server.handlers.jobs import JobHandlers
 from fedsim.real.server.handlers.models import ModelHandlers
+from fedsim.real.server.handlers.monitoring import MonitoringHandlers
 from fedsim.real.server.handlers.probe import ProbeHandlers
 from fedsim.real.server.handlers.tasks import TaskHandlers
+from fedsim.real.server.history import HeartbeatHistory
 from fedsim.real.server.jobs_api import Jobs
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
@@ -103,6 +106,13 @@ def init_app(
     app[BOARD] = board
     app[AGENTS] = agents
     app[METRICS] = metrics
+    history = HeartbeatHistory(samples=config.history_samples, interval_s=config.history_interval_s)
+    monitoring = MonitoringHandlers(
+        registry=registry,
+        history=history,
+        offload=offload,
+        prometheus_url=config.prometheus_url,
+    )
 
     setup_routes(
         app,
@@ -114,7 +124,9 @@ def init_app(
         server=ServerHandlers(
             registry=registry, metrics=metrics, offload=offload, openapi=build_openapi()
         ),
-        devices=DeviceHandlers(registry=registry, agents=agents, offload=offload, config=config),
+        devices=DeviceHandlers(
+            registry=registry, agents=agents, offload=offload, config=config, history=history
+        ),
         models=ModelHandlers(
             repository=repository, offload=offload, metrics=metrics, config=config
         ),
@@ -133,6 +145,8 @@ def init_app(
         jobs=JobHandlers(jobs=jobs, offload=offload, config=config),
         discovery=DiscoveryHandlers(registry=registry, agents=agents, offload=offload),
         probe=ProbeHandlers(max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024)),
+        monitoring=monitoring,
+        dashboard=DashboardHandlers(),
     )
 
     async def stores(app: web.Application) -> AsyncIterator[None]:
@@ -144,6 +158,7 @@ def init_app(
         offload.start()
         board.bind(asyncio.get_running_loop())  # agents' long polls wait on this loop
         yield
+        await monitoring.close()
         await offload.stop()  # before the stores close: calls in flight still use them
 
     async def wake_pollers(app: web.Application) -> None:

@@ -87,6 +87,24 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.shutdown_timeout_s,
         help="seconds a stopping server lets requests in flight finish before cancelling them",
     )
+    p.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="the Prometheus that scrapes this server's devices (fedsim prometheus-config); "
+        "the dashboard's monitoring charts query it, else the server's own heartbeat history",
+    )
+    p.add_argument(
+        "--history-samples",
+        type=int,
+        default=defaults.history_samples,
+        help="heartbeat readings the server keeps per device for the dashboard",
+    )
+    p.add_argument(
+        "--history-interval",
+        type=float,
+        default=defaults.history_interval_s,
+        help="seconds between the heartbeat readings kept per device",
+    )
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument(
@@ -147,6 +165,9 @@ def main(argv: list[str]) -> int:
             shutdown_timeout_s=args.shutdown_timeout,
             cert_file=args.cert,
             key_file=args.key,
+            prometheus_url=args.prometheus_url,
+            history_samples=args.history_samples,
+            history_interval_s=args.history_interval,
         )
     except ValueError as e:
         return _error(str(e))

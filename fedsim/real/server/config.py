@@ -34,6 +34,12 @@ class ServerConfig:
     long_poll_max_s: float = 60.0
     # How long a stopping server lets requests in flight (uploads) finish before cancelling.
     shutdown_timeout_s: float = 30.0
+    # The dashboard's monitoring: Prometheus's base URL when there is one, else the server's
+    # own heartbeat history, at most one reading per device every history_interval_s and
+    # history_samples of them (1440 at 5 s: two hours).
+    prometheus_url: str | None = None
+    history_samples: int = 1440
+    history_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -57,6 +63,16 @@ class ServerConfig:
         for name in ("max_json_bytes", "max_blob_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prometheus_url is not None and not self.prometheus_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"prometheus_url {self.prometheus_url!r}: expected http(s)://HOST:PORT"
+            )
+        if self.history_samples < 1:
+            raise ValueError(f"history_samples must be >= 1, got {self.history_samples}")
+        if self.history_interval_s < 0:
+            raise ValueError(f"history_interval_s must be >= 0, got {self.history_interval_s}")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("TLS needs both cert_file and key_file, or neither")
 

@@ -149,6 +149,38 @@ class JobCollector(Collector):
         return GaugeMetricFamily("fedsim_jobs", "Jobs by state.", labels=["state"])
 
 
+class LastRoundCollector(Collector):
+    """The model quality of the last round that measured it: ``fedsim_round_accuracy_ratio``,
+    ``fedsim_round_eval_loss`` (evaluated rounds) and ``fedsim_round_train_loss`` (the
+    participants' mean). No sample until a round reports one, since a zero would read as a
+    measurement."""
+
+    FIELDS = (
+        ("accuracy", "fedsim_round_accuracy_ratio", "Accuracy of the last evaluated round."),
+        ("eval_loss", "fedsim_round_eval_loss", "Evaluation loss of the last evaluated round."),
+        ("train_loss", "fedsim_round_train_loss", "Mean training loss of the last round."),
+    )
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def update(self, row: Mapping[str, Any]) -> None:
+        values = {key: float(row[key]) for key, _, _ in self.FIELDS if row.get(key) is not None}
+        self._last = {**self._last, **values}  # one assignment: a scrape sees all or nothing
+
+    def describe(self) -> Iterator[Metric]:
+        for _, name, doc in self.FIELDS:
+            yield GaugeMetricFamily(name, doc)
+
+    def collect(self) -> Iterator[Metric]:
+        last = self._last
+        for key, name, doc in self.FIELDS:
+            family = GaugeMetricFamily(name, doc)
+            if key in last:
+                family.add_metric([], last[key])
+            yield family
+
+
 class ServerMetrics:
     """The registry ``/metrics`` exposes, the counters handlers update, and the observer the
     coordinator reports rounds and aggregations to.
@@ -215,6 +247,8 @@ class ServerMetrics:
             buckets=AGGREGATION_BUCKETS,
             registry=self.registry,
         )
+        self.last_round = LastRoundCollector()
+        self.registry.register(self.last_round)
         self.registry.register(DeviceCollector(devices=devices, clock=clock))
         if repository is not None:
             self.registry.register(RepositoryCollector(repository=repository))
@@ -235,7 +269,8 @@ class ServerMetrics:
     def on_round(self, row: Mapping[str, Any]) -> None:
         """:meth:`observe_round`, and :meth:`observe_aggregation` when the round aggregated,
         from a round's row (``RoundRow`` as a dict: ``total_s``, ``completed``, ``failed``,
-        ``aggregated``, ``aggregation_s``), the shape ``run_federated``'s ``on_round`` hands out.
+        ``aggregated``, ``aggregation_s``; ``accuracy``, ``eval_loss`` and ``train_loss`` when
+        measured), the shape ``run_federated``'s ``on_round`` hands out.
         """
         self.observe_round(
             duration_s=float(row["total_s"]),
@@ -244,6 +279,7 @@ class ServerMetrics:
         )
         if row.get("aggregated"):
             self.observe_aggregation(float(row["aggregation_s"]))
+        self.last_round.update(row)
 
     def observe_aggregation(self, seconds: float) -> None:
         """Record one aggregation that took ``seconds``."""

@@ -119,6 +119,7 @@ def _components() -> Obj:
             "id": {"type": "integer"},
             "description": {"type": "string"},
             "group": {"type": "integer"},
+            "group_description": {"type": "string"},
             "id_in_group": {"type": "integer", "nullable": True},
             "profile": {"type": "string"},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -238,6 +239,30 @@ def _components() -> Obj:
         },
     }
     job = {"type": "object", "description": "As the job manager reports it: id, kind, state, ..."}
+    nullable_numbers = {"type": "array", "items": {"type": "number", "nullable": True}}
+    monitoring = {
+        "type": "object",
+        "properties": {
+            "source": {"type": "string", "enum": ["prometheus", "heartbeats"]},
+            "window_s": {"type": "integer"},
+            "step_s": {"type": "number"},
+            "warning": {"type": "string"},
+            "devices": {
+                "type": "object",
+                "description": "device id -> series, every array aligned with t",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "t": {"type": "array", "items": {"type": "number"}},
+                        "cpu_busy": nullable_numbers,
+                        "memory_available": nullable_numbers,
+                        "bandwidth": nullable_numbers,
+                        "busy": nullable_numbers,
+                    },
+                },
+            },
+        },
+    }
     target_groups = {
         "type": "array",
         "description": "Prometheus http_sd target groups: one per device and declared endpoint",
@@ -284,6 +309,7 @@ def _components() -> Obj:
                             "type": "object",
                             "properties": {
                                 "id": {"type": "integer"},
+                                "description": {"type": "string"},
                                 "devices": {"type": "integer"},
                                 "online": {"type": "integer"},
                             },
@@ -303,6 +329,7 @@ def _components() -> Obj:
             "Task": task,
             "TaskResult": result,
             "Job": job,
+            "Monitoring": monitoring,
             "JobList": listing("jobs", "Job"),
             "TargetGroups": target_groups,
             "Health": {
@@ -382,6 +409,21 @@ def _paths() -> Obj:
             "get": _op("This document", returns={"type": "object"}, public=True)
         },
         "/metrics": {"get": metrics},
+        "/dashboard": {"get": _op("The dashboard: redirects to /dashboard/", ok=308, public=True)},
+        "/dashboard/": {
+            "get": _op(
+                "The dashboard's page (HTML); its data comes from this API with the admin token",
+                public=True,
+            )
+        },
+        "/dashboard/{path}": {
+            "get": {
+                **_op("A static file of the dashboard", public=True, errors=(404,)),
+                "parameters": [
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            }
+        },
         f"{api}/devices": {
             "post": _op(
                 "Register a device (enrollment token), or re-register one (its token or admin)",
@@ -427,6 +469,26 @@ def _paths() -> Obj:
         },
         f"{api}/devices/{{id}}/tasks": {"get": poll},
         f"{api}/groups": {"get": _op("Groups with device counts (admin)", returns=_ref("Groups"))},
+        f"{api}/monitoring": {
+            "get": _op(
+                "Each device's CPU, memory, bandwidth and activity over a window (admin)",
+                returns=_ref("Monitoring"),
+                params=[
+                    _query(
+                        "window",
+                        {"type": "integer", "minimum": 10, "maximum": 86400},
+                        "seconds back from now (default 900)",
+                    ),
+                    _query("group", {"type": "integer", "minimum": 0}, "only this group"),
+                    _query("device", {"type": "integer", "minimum": 0}, "only this device"),
+                ],
+                errors=(422,),
+                description="From Prometheus when the server was started with "
+                "--prometheus-url (range queries), else from the server's own heartbeat "
+                "history; a Prometheus that fails is reported in `warning` and the heartbeats "
+                "are served.",
+            )
+        },
         f"{api}/probe": {
             "get": {
                 **_op(

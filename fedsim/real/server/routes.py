@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from fedsim.real.server.auth import ADMIN, ANY_DEVICE, ENROLL, PUBLIC, Authenticator, own
+from fedsim.real.server.handlers.dashboard import DashboardHandlers
 from fedsim.real.server.handlers.deployments import DeploymentHandlers
 from fedsim.real.server.handlers.devices import DeviceHandlers
 from fedsim.real.server.handlers.discovery import DiscoveryHandlers
 from fedsim.real.server.handlers.health import ServerHandlers
 from fedsim.real.server.handlers.jobs import JobHandlers
 from fedsim.real.server.handlers.models import ModelHandlers
+from fedsim.real.server.handlers.monitoring import MonitoringHandlers
 from fedsim.real.server.handlers.probe import ProbeHandlers
 from fedsim.real.server.handlers.tasks import TaskHandlers
 
@@ -32,6 +34,8 @@ def setup_routes(
     jobs: JobHandlers,
     discovery: DiscoveryHandlers,
     probe: ProbeHandlers,
+    monitoring: MonitoringHandlers,
+    dashboard: DashboardHandlers,
 ) -> None:
     version = f"{API}/models/{MODEL}/versions/{VERSION}"
     table = [
@@ -46,6 +50,11 @@ def setup_routes(
         ("PUT", f"{API}/devices/{ID}/heartbeat", devices.heartbeat, own("id")),
         ("GET", f"{API}/devices/{ID}/tasks", tasks.poll, own("id")),
         ("GET", f"{API}/groups", devices.groups, ADMIN),
+        ("GET", f"{API}/monitoring", monitoring.series, ADMIN),
+        # The Data Visualizer's page and assets: public, they hold no data (see dashboard.py).
+        ("GET", "/dashboard", dashboard.redirect, PUBLIC),
+        ("GET", "/dashboard/", dashboard.index, PUBLIC),
+        ("GET", "/dashboard/{path:.+}", dashboard.asset, PUBLIC),
         # Prometheus's http_sd_configs, with the admin token as authorization credentials.
         ("GET", f"{API}/sd/targets", discovery.targets, ADMIN),
         ("GET", f"{API}/probe", probe.download, ANY_DEVICE),

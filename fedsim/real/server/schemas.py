@@ -31,6 +31,11 @@ REGISTER_DEVICE: Schema = {
         "id": {**DEVICE_ID, "description": "omit to have the server assign one"},
         "description": {"type": "string", "maxLength": 1024},
         "group": GROUP_ID,
+        "group_description": {
+            "type": "string",
+            "maxLength": 1024,
+            "description": "what the device's group is, e.g. its site; shown by GET /groups",
+        },
         "id_in_group": {"type": "integer", "minimum": 0, "maximum": INT64_MAX, "nullable": True},
         "profile": SHORT_TEXT,
         "labels": {

@@ -17,6 +17,7 @@ def device_json(record: DeviceRecord, details: AgentDetails) -> dict[str, Any]:
         "id": record.id,
         "description": record.description,
         "group": record.group,
+        "group_description": details.group_description,
         "id_in_group": record.id_in_group,
         "profile": record.profile,
         "labels": dict(record.labels),

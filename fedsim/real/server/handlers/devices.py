@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 from aiohttp import web
 
@@ -19,6 +21,7 @@ from fedsim.real.server.bodies import query_int
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.history import HeartbeatHistory
 from fedsim.real.server.offload import Offload
 from fedsim.real.server.schemas import HEARTBEAT, REGISTER_DEVICE
 from fedsim.real.server.serialize import device_json
@@ -28,9 +31,16 @@ class DeviceHandlers:
     """``/devices`` and ``/groups``."""
 
     def __init__(
-        self, *, registry: DeviceRegistry, agents: AgentBook, offload: Offload, config: ServerConfig
+        self,
+        *,
+        registry: DeviceRegistry,
+        agents: AgentBook,
+        offload: Offload,
+        config: ServerConfig,
+        history: HeartbeatHistory | None = None,
     ) -> None:
         self._registry = registry
+        self._history = history
         self._agents = agents
         self._offload = offload
         self._config = config
@@ -72,6 +82,7 @@ class DeviceHandlers:
                 record.id,
                 hardware=body.get("hardware"),
                 endpoints=body.get("endpoints"),
+                group_description=body.get("group_description", ""),
             )
         return web.json_response({"device": self._json(record), "token": token}, status=201)
 
@@ -92,17 +103,27 @@ class DeviceHandlers:
         id = path_int(request, "id")
         body = await json_body(request, HEARTBEAT, self._config)
         record = await self._offload(self._registry.heartbeat, id, body.get("resources"))
+        if self._history is not None:
+            self._history.record(id, time.time(), record.resources)
         return web.json_response(self._json(record))
 
     async def remove(self, request: web.Request) -> web.Response:
         record = await self._offload(self._registry.remove, path_int(request, "id"))
+        if self._history is not None:
+            self._history.forget(record.id)
         return web.json_response(self._json(record))
 
     async def groups(self, request: web.Request) -> web.Response:
         records = await self._offload(self._registry.list)
-        groups: dict[int, dict[str, int]] = {}
-        for r in records:
-            entry = groups.setdefault(r.group, {"id": r.group, "devices": 0, "online": 0})
+        groups: dict[int, dict[str, Any]] = {}
+        # The latest registration that describes the group names it.
+        for r in sorted(records, key=lambda r: r.registered_at):
+            entry = groups.setdefault(
+                r.group, {"id": r.group, "description": "", "devices": 0, "online": 0}
+            )
+            described = self._agents.details(r.id).group_description
+            if described:
+                entry["description"] = described
             entry["devices"] += 1
             # Busy devices are heartbeating too: "online" counts every live device.
             entry["online"] += r.state in (DeviceState.ONLINE, DeviceState.BUSY)

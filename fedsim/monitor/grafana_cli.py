@@ -1,0 +1,68 @@
+"""``fedsim grafana-dashboards DIR``: write fedsim's Grafana dashboards and provisioning files.
+
+Exit codes: 0 when written, 2 for a bad argument or a directory that cannot be written, in one
+line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedsim.monitor.cli import _Parser
+from fedsim.monitor.grafana import DASHBOARDS_PATH, grafana_files
+
+PROG = "fedsim grafana-dashboards"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description=(
+            "Write three Grafana dashboards (devices, monitoring, models) for the Prometheus "
+            "that `fedsim prometheus-config` configures, as DIR/dashboards/*.json, and the "
+            "provisioning files Grafana reads at start-up as DIR/provisioning/: a Prometheus "
+            "datasource and a dashboard provider. Copy or mount DIR/provisioning to "
+            "/etc/grafana/provisioning and DIR/dashboards to --dashboards-path."
+        ),
+    )
+    p.add_argument("dir", metavar="DIR", help="where to write; created if missing")
+    p.add_argument(
+        "--prometheus-url",
+        default="http://localhost:9090",
+        metavar="URL",
+        help="the Prometheus server as Grafana reaches it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dashboards-path",
+        default=DASHBOARDS_PATH,
+        metavar="PATH",
+        help="where Grafana will find the dashboards' JSON files (default: %(default)s)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the files ``argv`` asks for; the process's exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        files = grafana_files(
+            prometheus_url=args.prometheus_url, dashboards_path=args.dashboards_path
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    root = Path(args.dir)
+    try:
+        for relative, text in files.items():
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # a reader never sees a half-written dashboard
+    except OSError as e:
+        parser.error(f"{args.dir}: {e.strerror or e}")
+    print(f"wrote {len(files)} files under {root}")
+    return 0
