@@ -89,6 +89,7 @@ class LocalCluster:
         mode: Any,
         data: str | None = None,
         agent_args: Mapping[int, Sequence[str]] | None = None,
+        prometheus_url: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -97,6 +98,7 @@ class LocalCluster:
         self.data = data  # the agents' --data when they have no shard (e.g. "synthetic:4")
         self.mode = mode
         self.agent_args = dict(agent_args or {})  # further `fedsim agent` options per device
+        self.prometheus_url = prometheus_url  # the server's --prometheus-url
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
         self.board = TaskBoard()
@@ -124,6 +126,7 @@ class LocalCluster:
             patience_s=self.mode.patience_s,
             # Every heartbeat into the dashboard's history: local runs are short.
             history_interval_s=0.0,
+            prometheus_url=self.prometheus_url,
         )
         self.jobs = JobManager(
             data_dir=self.run_dir,

@@ -135,7 +135,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         + (["--node-exporter", node_url] if d in WITH_NODE_EXPORTER else [])
         for d in DEVICES
     }
-    cluster = cluster_for(cfg, tmp_path / "cluster", agent_args=agent_args)
+    prometheus = f"http://127.0.0.1:{free_port()}"
+    cluster = cluster_for(
+        cfg, tmp_path / "cluster", agent_args=agent_args, prometheus_url=prometheus
+    )
     assert cluster.clients == DEVICES
     try:
         procs.append(
@@ -159,7 +162,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             argv = ["--server", cluster.server.url, "--token-file", str(token_file)]
             argv += ["--scrape-interval", "1s", "--sd-refresh-interval", "1s"]
             assert cli.main([*argv, "--out", str(config)]) == 0
-            prometheus = f"http://127.0.0.1:{free_port()}"
             procs.append(
                 spawn(
                     [
@@ -206,6 +208,33 @@ def test_every_grafana_expression_parses_and_returns_series(stack: Stack):
             assert answer["status"] == "success"
             checked += 1
     assert checked >= 30
+
+
+def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
+    cluster = stack.cluster
+
+    def series() -> dict:
+        request = urllib.request.Request(
+            f"{cluster.server.url}/api/v1/monitoring?window=120",
+            headers={"Authorization": f"Bearer {cluster.admin_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def complete(answer: dict) -> bool:
+        return set(answer["devices"]) == {str(d) for d in DEVICES} and all(
+            any(v is not None for v in s["cpu_busy"]) and any(v is not None for v in s["bandwidth"])
+            for s in answer["devices"].values()
+        )
+
+    answer = wait_for("Prometheus-backed series of every device", series, complete)
+    assert answer["source"] == "prometheus" and "warning" not in answer
+    total = psutil.virtual_memory().total
+    for s in answer["devices"].values():
+        assert len(s["t"]) == len(s["cpu_busy"]) == len(s["memory_available"]) > 1
+        assert all(0 <= v <= 1 for v in s["cpu_busy"] if v is not None)
+        assert all(0 < v <= total for v in s["memory_available"] if v is not None)
+        assert set(s["busy"]) <= {0.0, 1.0, None}
 
 
 def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(stack: Stack):
