@@ -52,7 +52,11 @@ def test_three_rounds_of_fedavg_on_three_agents_reach_90_percent(tmp_path: Path)
         assert (tmp_path / "agents" / str(dev) / "agent.log").exists()
 
 
-def test_same_seed_same_global_model_in_sim_and_real(tmp_path: Path):
+def test_same_seed_same_global_model_in_sim_and_real(tmp_path: Path, monkeypatch):
+    # The same arithmetic on both sides: where a GPU is present, the agents would train on it
+    # (--torch-device auto) while the simulation trains on the CPU, and CUDA's kernels round
+    # differently (measured on an H200: differences up to 3e-3 after two rounds).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     runs = {}
     for mode in ("sim", "real"):
         d = tmp_path / mode
