@@ -117,3 +117,12 @@ def test_probe_agrees_with_a_tc_shaped_link_within_10_percent(shaped_link):
     assert out["down"] == pytest.approx(2_000_000, rel=0.10)
     assert out["up"] == pytest.approx(1_000_000, rel=0.10)
     assert 0 < out["rtt"] < 0.05
+
+
+def test_a_round_trip_longer_than_the_transfer_does_not_inflate_the_rate():
+    from fedsim.real.agent.probe import _transfer_time
+
+    # A loopback: the median ping (2 ms) exceeds the transfer (1 ms) of the payload.
+    assert _transfer_time(0.001, rtt=0.002) == 0.0005  # at most twice bytes/elapsed
+    # A long link, bandwidth-bound: the round trip is taken off.
+    assert _transfer_time(2.05, rtt=0.05) == pytest.approx(2.0)

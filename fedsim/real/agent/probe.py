@@ -3,7 +3,11 @@
 RTT is the median of a few small requests (``/health``); throughput times a download of
 ``nbytes`` from ``/probe`` and an upload of as many bytes to it. The request's round trip is
 taken off each transfer's time, so a small payload on a long link is not underestimated by
-its latency. Payloads are small by default so the probe does not disturb training.
+its latency, but never more than half of it: where the round trip is most of a transfer's time
+(a payload too small for a fast link, or a loopback where the median ping can exceed one
+transfer) the difference is noise, and dividing by it would report absurd rates. The estimate
+is then at most twice the naive bytes / elapsed time, an honest "at least". Payloads are small by
+default so the probe does not disturb training.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ async def measure(
         got = 0
         async for chunk in r.content.iter_chunked(CHUNK):
             got += len(chunk)
-    down = got / max(time.perf_counter() - start - rtt, 1e-9)
+    down = got / _transfer_time(time.perf_counter() - start, rtt)
 
     start = time.perf_counter()
     async with session.put(
@@ -67,8 +71,14 @@ async def measure(
     ) as r:
         r.raise_for_status()
         await r.read()
-    up = nbytes / max(time.perf_counter() - start - rtt, 1e-9)
+    up = nbytes / _transfer_time(time.perf_counter() - start, rtt)
     return ProbeResult(up_bps=up, down_bps=down, rtt_s=rtt)
+
+
+def _transfer_time(elapsed: float, rtt: float) -> float:
+    """The time the bytes took: ``elapsed`` less the request's round trip, at least half of
+    ``elapsed`` (see the module's docstring)."""
+    return max(elapsed - rtt, elapsed / 2, 1e-9)
 
 
 async def _zeros(nbytes: int) -> AsyncIterator[bytes]:
