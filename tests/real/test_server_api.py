@@ -26,6 +26,8 @@ async def test_health_needs_no_token(server):
     body = await r.json()
     assert body["status"] == "ok" and body["devices"] == 1
     assert body["uptime_s"] >= 0 and body["version"]
+    r = await server.client.get("/health")  # the same at the root, for health checks
+    assert r.status == 200 and (await r.json())["devices"] == 1
 
 
 async def test_metrics_exposition(server):

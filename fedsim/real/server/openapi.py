@@ -409,6 +409,13 @@ def _paths() -> Obj:
             "get": _op("This document", returns={"type": "object"}, public=True)
         },
         "/metrics": {"get": metrics},
+        "/health": {
+            "get": _op(
+                "Liveness and a summary, as /api/v1/health (for container health checks)",
+                returns=_ref("Health"),
+                public=True,
+            )
+        },
         "/dashboard": {"get": _op("The dashboard: redirects to /dashboard/", ok=308, public=True)},
         "/dashboard/": {
             "get": _op(

@@ -40,6 +40,8 @@ def setup_routes(
     version = f"{API}/models/{MODEL}/versions/{VERSION}"
     table = [
         ("GET", f"{API}/health", server.health, PUBLIC),
+        # The same at the root, where container health checks and load balancers look.
+        ("GET", "/health", server.health, PUBLIC),
         ("GET", f"{API}/openapi.json", server.openapi, PUBLIC),
         # Unauthenticated like node_exporter's, so Prometheus needs no admin secret.
         ("GET", "/metrics", server.metrics, PUBLIC),
