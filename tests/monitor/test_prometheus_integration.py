@@ -222,8 +222,11 @@ def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
             return json.load(response)
 
     def complete(answer: dict) -> bool:
+        # A Prometheus started moments ago has a single step of data: wait for a series.
         return set(answer["devices"]) == {str(d) for d in DEVICES} and all(
-            any(v is not None for v in s["cpu_busy"]) and any(v is not None for v in s["bandwidth"])
+            len(s["t"]) > 1
+            and any(v is not None for v in s["cpu_busy"])
+            and any(v is not None for v in s["bandwidth"])
             for s in answer["devices"].values()
         )
 
