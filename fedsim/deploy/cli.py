@@ -10,8 +10,8 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from fedsim.cli_args import OneLineParser
 from fedsim.deploy.common import (
     DEFAULT_EDGE_TAINT,
     DEFAULT_GPU_RESOURCE,
@@ -36,15 +36,8 @@ LARGE_FLEET = 1000  # devices beyond which the output's size deserves a warning
 log = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=(
             "Write Kubernetes manifests that run fedsim on an existing cluster for a topology "

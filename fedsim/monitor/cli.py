@@ -10,18 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from fedsim.cli_args import OneLineParser
 from fedsim.monitor.prometheus_config import build_config, check_duration, render
 
 PROG = "fedsim prometheus-config"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _duration(text: str) -> str:
@@ -32,7 +25,7 @@ def _duration(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=(
             "Write a Prometheus configuration with two scrape jobs: the fedsim server's own "

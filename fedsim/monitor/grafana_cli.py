@@ -11,14 +11,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedsim.monitor.cli import _Parser
+from fedsim.cli_args import OneLineParser
 from fedsim.monitor.grafana import DASHBOARDS_PATH, grafana_files
 
 PROG = "fedsim grafana-dashboards"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=(
             "Write three Grafana dashboards (devices, monitoring, models) for the Prometheus "

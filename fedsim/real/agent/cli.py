@@ -15,8 +15,9 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
+from fedsim.cli_args import OneLineParser
 from fedsim.real.agent.config import (
     MAX_POLL_WAIT,
     AgentConfig,
@@ -33,15 +34,8 @@ TOKEN_ENV = "FEDSIM_ENROLLMENT_TOKEN"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=(
             "Run a device agent: register this device with a fedsim server, send heartbeats, "
