@@ -473,7 +473,7 @@ async def test_fit_uploads_what_torch_trainer_computes(fake, tmp_path, shard_fil
     headers = update["headers"]
     assert headers["Content-Type"] == "application/octet-stream"
     assert headers["X-Fedsim-Num-Examples"] == str(96 * 2)
-    assert json.loads(headers["X-Fedsim-Metrics"]) == expected_metrics
+    assert json.loads(headers["X-Fedsim-Metrics"]) == pytest.approx(expected_metrics, rel=1e-6)
     assert {"download_s", "train_s", "upload_s"} <= json.loads(headers["X-Fedsim-Timings"]).keys()
     assert "X-Fedsim-Timing-Only" not in headers
     assert server.errors == []
