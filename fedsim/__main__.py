@@ -81,7 +81,7 @@ SUBCOMMANDS = {
     "server": "fedsim.real.server.cli",
     "agent": "fedsim.real.agent.cli",
     "prometheus-config": "fedsim.monitor.cli",
-    "grafana-dashboards": "fedsim.monitor.grafana_cli",
+    "grafana-dashboards": "fedsim.report.grafana_cli",
     "k8s-manifests": "fedsim.deploy.cli",
 }
 

@@ -3,7 +3,7 @@
 Prometheus's configuration is :mod:`fedsim.monitor.prometheus_config`'s, pointed at the
 server's Service: it discovers the agents and node_exporters through the server's HTTP service
 discovery, as outside a cluster, so nothing here needs access to the Kubernetes API. Grafana's
-dashboards and provisioning are :func:`fedsim.monitor.grafana.grafana_files`, mounted from
+dashboards and provisioning are :func:`fedsim.report.grafana.grafana_files`, mounted from
 ConfigMaps. A hash of each configuration sits in its pod template's annotations, so a changed
 configuration rolls the pods that read it.
 """
@@ -34,8 +34,8 @@ from fedsim.deploy.common import (
     secret_env,
     service,
 )
-from fedsim.monitor.grafana import DASHBOARDS_PATH, grafana_files
 from fedsim.monitor.prometheus_config import build_config, render
+from fedsim.report.grafana import DASHBOARDS_PATH, grafana_files
 
 # Pinned so that the same manifests deploy the same software; override with
 # `kustomize edit set image` (README, "Running on a cluster").

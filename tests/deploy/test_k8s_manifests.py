@@ -27,7 +27,7 @@ from fedsim.deploy.common import (
 )
 from fedsim.deploy.k8s import build_manifests
 from fedsim.deploy.placement import placements
-from fedsim.monitor.grafana import grafana_files
+from fedsim.report.grafana import grafana_files
 
 # The Kubernetes release every manifest must be valid for; kubernetes-validate ships its
 # schemas, so the check runs offline.

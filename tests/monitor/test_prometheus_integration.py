@@ -31,10 +31,11 @@ from clusters import config as fl_config
 
 from fedsim.core.scheduling import DeviceView, ResourceView
 from fedsim.core.selection import ResourceAware
-from fedsim.monitor import cli, grafana
+from fedsim.monitor import cli
 from fedsim.monitor.promql import PrometheusResources
 from fedsim.real.launch import LocalCluster
 from fedsim.real.resources import RegistryResources
+from fedsim.report import grafana
 
 PROMETHEUS = "/usr/bin/prometheus"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"

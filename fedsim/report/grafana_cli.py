@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.cli_args import OneLineParser
-from fedsim.monitor.grafana import DASHBOARDS_PATH, grafana_files
+from fedsim.report.grafana import DASHBOARDS_PATH, grafana_files
 
 PROG = "fedsim grafana-dashboards"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsim.monitor import grafana, grafana_cli
+from fedsim.report import grafana, grafana_cli
 
 UIDS = ["fedsim-devices", "fedsim-monitoring", "fedsim-models"]
 
