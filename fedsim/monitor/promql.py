@@ -21,12 +21,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from fedsim.core.scheduling import DeviceView, ResourceView
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEVICE_LABEL = "fedsim_device"
 # What the agent exports when node_exporter's view is missing, and what only the agent measures.
@@ -162,19 +164,30 @@ class PrometheusResources(ResourceView):
             raise PrometheusError(f"HTTP {e.code} for {promql!r}: {_error_text(e)}") from e
         except (OSError, ValueError) as e:  # refused, timed out, or not JSON
             raise PrometheusError(str(getattr(e, "reason", e))) from e
-        try:
-            if answer["status"] != "success":
-                raise PrometheusError(f"{promql!r}: {answer.get('error', answer['status'])}")
-            result = answer["data"]["result"]
-            values = {}
-            for series in result:
-                value = float(series["value"][1])
-                device = series["metric"].get(DEVICE_LABEL, "")
-                if device.isdigit() and math.isfinite(value):
-                    values[int(device)] = value
-            return values
-        except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise PrometheusError(f"unexpected answer to {promql!r}: {e!r}") from e
+        values = by_device(answer, promql, lambda series: finite(series["value"][1]))
+        return {device: value for device, value in values.items() if value is not None}
+
+
+def finite(text: str) -> float | None:
+    """A sample's value as Prometheus writes it ("0.5", "NaN", "+Inf"); None unless finite."""
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def by_device(answer: Any, promql: str, read: Callable[[Any], T]) -> dict[int, T]:
+    """``read(series)`` for every series of a query's answer labelled with a device id.
+    Raises PrometheusError for a failed query, or an answer (or a series ``read`` is given)
+    of another shape."""
+    try:
+        if answer["status"] != "success":
+            raise PrometheusError(f"{promql!r}: {answer.get('error', answer['status'])}")
+        return {
+            int(series["metric"][DEVICE_LABEL]): read(series)
+            for series in answer["data"]["result"]
+            if series["metric"].get(DEVICE_LABEL, "").isdigit()
+        }
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        raise PrometheusError(f"unexpected answer to {promql!r}: {e!r}") from e
 
 
 def _error_text(e: urllib.error.HTTPError) -> str:

@@ -76,6 +76,21 @@ class ServerThread:
             self._loop.close()
 
 
+def stop_process(proc: subprocess.Popen, *, kill: bool = False, grace_s: float = 10.0) -> None:
+    """End ``proc``: SIGTERM (SIGKILL with ``kill``), then SIGKILL if it outlives ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LocalCluster:
     """The server and one agent process per client, for the duration of a ``with`` block."""
 
@@ -212,17 +227,8 @@ class LocalCluster:
 
     def stop_agent(self, dev: int, *, kill: bool = False) -> None:
         proc = self.agents.pop(dev, None)
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, kill=kill)
 
     def wait_online(self, devices: list[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout

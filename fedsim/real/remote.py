@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedsim.config import ConfigError
-from fedsim.report.html import write_html_report
+from fedsim.report.html import write_report
 
 log = logging.getLogger(__name__)
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
@@ -107,12 +107,12 @@ def _write(run_dir: Path, cfg: Any, job: dict[str, Any]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rounds[0]))
             writer.writeheader()
             writer.writerows(rounds)
-    (run_dir / "report.md").write_text(
+    write_report(
+        run_dir / "report.md",
         f"# fedsim report: {cfg.experiment.name} (job {job['id']} on {cfg.mode.server_url})\n\n"
         f"The job ran on the server's registered devices and ended **{job['state']}** after "
         f"{len(rounds)} rounds; final accuracy "
         f"{summary['final_accuracy'] if summary['final_accuracy'] is not None else 'n/a'}.\n\n"
         f"Its full results (events, plots, model repository) are on the server under "
-        f"`{job.get('results')}`; `runs.csv` here holds its rounds.\n"
+        f"`{job.get('results')}`; `runs.csv` here holds its rounds.\n",
     )
-    write_html_report(run_dir / "report.md")

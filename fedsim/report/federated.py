@@ -25,7 +25,7 @@ from fedsim.report.federated_plots import (
     plot_label_distribution,
     plot_round_breakdown,
 )
-from fedsim.report.html import write_html_report
+from fedsim.report.html import write_report
 from fedsim.report.tables import events_frame
 from fedsim.report.write import PLOTS_DIR, json_safe
 
@@ -105,5 +105,4 @@ def write_federated_run(run_dir: Path, result: FederatedResult) -> None:
     events = federated_events_frame(result.events)
     events.to_csv(run_dir / "events.csv", index=False)
     plots = write_federated_plots(result, rounds, events, run_dir / PLOTS_DIR)
-    (run_dir / "report.md").write_text(render_federated_report(result, plots), encoding="utf-8")
-    write_html_report(run_dir / "report.md")
+    write_report(run_dir / "report.md", render_federated_report(result, plots))

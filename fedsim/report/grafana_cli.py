@@ -7,11 +7,11 @@ line on stderr.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.cli_args import OneLineParser
+from fedsim.files import write_text_atomic
 from fedsim.report.grafana import DASHBOARDS_PATH, grafana_files
 
 PROG = "fedsim grafana-dashboards"
@@ -57,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.dir)
     try:
         for relative, text in files.items():
-            path = root / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # a reader never sees a half-written dashboard
+            write_text_atomic(root / relative, text)
     except OSError as e:
         parser.error(f"{args.dir}: {e.strerror or e}")
     print(f"wrote {len(files)} files under {root}")

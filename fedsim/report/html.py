@@ -122,14 +122,27 @@ def _with_nav(body: str, nav: str) -> str:
     return title + end + nav + rest if end else nav + body
 
 
+def write_report(markdown_path: Path, text: str) -> Path:
+    """Write the Markdown report ``text`` to ``markdown_path`` and its ``.html`` beside it;
+    returns the Markdown's path. Every run and sweep writes its report through here."""
+    markdown_path = Path(markdown_path)
+    markdown_path.write_text(text, encoding="utf-8")
+    _write_html(markdown_path, text)
+    return markdown_path
+
+
 def write_html_report(markdown_path: Path) -> Path:
     """Write ``report.html`` beside the Markdown report ``markdown_path``; returns its path."""
     markdown_path = Path(markdown_path)
+    return _write_html(markdown_path, markdown_path.read_text(encoding="utf-8"))
+
+
+def _write_html(markdown_path: Path, text: str) -> Path:
     converter = markdown.Markdown(
         extensions=[*EXTENSIONS, _SelfContainedExtension(markdown_path.parent)],
         output_format="html",
     )
-    body = converter.convert(markdown_path.read_text(encoding="utf-8"))
+    body = converter.convert(text)
     tokens = converter.toc_tokens
     # The toc's names are escaped already: unescape first so the title is escaped once.
     title = html.unescape(tokens[0]["name"]) if tokens else markdown_path.parent.name

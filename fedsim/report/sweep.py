@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from fedsim.report.federated_markdown import percent, strategy_text
-from fedsim.report.html import write_html_report
+from fedsim.report.html import write_report
 from fedsim.report.markdown import markdown_table, plots_section
 from fedsim.report.sweep_plots import plot_sweep_accuracy, plot_sweep_comparison
 from fedsim.report.tables import number_of_seconds
@@ -302,7 +302,4 @@ def write_sweep_report(sweep_dir: Path) -> Path | None:
         log.warning("no job directories in %s: no sweep report", sweep_dir)
         return None
     plots = write_sweep_plots(jobs, sweep_dir / PLOTS_DIR)
-    path = sweep_dir / "report.md"
-    path.write_text(render_sweep_report(sweep_dir, jobs, plots), encoding="utf-8")
-    write_html_report(path)
-    return path
+    return write_report(sweep_dir / "report.md", render_sweep_report(sweep_dir, jobs, plots))

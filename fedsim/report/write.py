@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.core.results import ExperimentResult
-from fedsim.report.html import write_html_report
+from fedsim.report.html import write_report
 from fedsim.report.markdown import render_report
 from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
 from fedsim.report.tables import crossover_frame, events_frame, runs_frame
@@ -81,5 +81,4 @@ def write_run(run_dir: Path, result: ExperimentResult) -> None:
     if not crossover.empty:
         crossover.to_csv(run_dir / "crossover.csv", index=False)
     plots = write_plots(result, runs, events, crossover, run_dir / PLOTS_DIR)
-    (run_dir / "report.md").write_text(render_report(result, plots), encoding="utf-8")
-    write_html_report(run_dir / "report.md")
+    write_report(run_dir / "report.md", render_report(result, plots))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -28,12 +27,13 @@ import psutil
 import pytest
 from clusters import cluster_for
 from clusters import config as fl_config
+from ports import free_port
 
 from fedsim.core.scheduling import DeviceView, ResourceView
 from fedsim.core.selection import ResourceAware
 from fedsim.monitor import cli
 from fedsim.monitor.promql import PrometheusResources
-from fedsim.real.launch import LocalCluster
+from fedsim.real.launch import LocalCluster, stop_process
 from fedsim.real.resources import RegistryResources
 from fedsim.report import grafana
 
@@ -53,12 +53,6 @@ pytestmark = [
 ]
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(
@@ -89,16 +83,6 @@ def get_json(url: str, **params: str) -> Any:
 def spawn(cmd: Sequence[str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Unmeasured(ResourceView):
@@ -186,7 +170,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(cluster=cluster, prometheus=prometheus, node_address=node_address)
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_process(proc)
         # `with cluster` stopped the agents and the server; after a failed start too.
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedsim.core.runtime import FitIns
@@ -137,12 +138,6 @@ async def heartbeat(server, id: int, headers: dict[str, str]) -> None:
         f"{API}/devices/{id}/heartbeat", json={"resources": {"cpu_busy": 0.1}}, headers=headers
     )
     assert r.status == 200, await r.text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def scrape(url: str) -> str:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+from ports import free_port
 
 from fedsim.real.server.cli import main
 from fedsim.real.server.config import ServerConfig
@@ -83,12 +83,6 @@ def test_cli_never_prints_a_token_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "do-not-print-me")
     main(["--help"])
     assert "do-not-print-me" not in capsys.readouterr().out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> dict:

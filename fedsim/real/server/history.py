@@ -76,13 +76,12 @@ class HeartbeatHistory:
     def record(self, device: int, at: float, resources: Mapping[str, Any]) -> None:
         """Keep ``device``'s reading at Unix time ``at``, unless one was kept within
         ``interval_s`` before it."""
-        values = reading(resources)
         with self._lock:
             ring = self._rings.get(device)
             if ring is None:
                 ring = self._rings[device] = _Ring(self.samples)
-            if at - ring.last_t() >= self.interval_s:
-                ring.append(at, values)
+            if at - ring.last_t() >= self.interval_s:  # most heartbeats stop here
+                ring.append(at, reading(resources))
 
     def forget(self, device: int) -> None:
         with self._lock:

@@ -10,7 +10,6 @@ blank because monitoring is down.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -18,7 +17,13 @@ import aiohttp
 from aiohttp import web
 
 from fedsim.core.registry import DeviceRegistry
-from fedsim.monitor.promql import DEVICE_LABEL, PrometheusError, device_selector, resource_queries
+from fedsim.monitor.promql import (
+    PrometheusError,
+    by_device,
+    device_selector,
+    finite,
+    resource_queries,
+)
 from fedsim.real.server.bodies import query_int
 from fedsim.real.server.history import FIELDS, HeartbeatHistory
 from fedsim.real.server.offload import Offload
@@ -86,23 +91,23 @@ class MonitoringHandlers:
         """Range queries per field, merged per device onto the timestamps any field has."""
         rate_window = f"{max(int(4 * step), 60)}s"  # enough samples for rate() at any step
         queries = resource_queries(device_selector(ids), rate_window)
-        points: dict[str, dict[float, dict[str, float]]] = {}
+        points: dict[int, dict[float, dict[str, float | None]]] = {}
         for field in FIELDS:
             for device, values in (await self._range(queries[field], start, end, step)).items():
                 for t, value in values:
                     points.setdefault(device, {}).setdefault(t, {})[field] = value
         devices = {}
-        for device in sorted(points, key=int):
+        for device in sorted(points):
             times = sorted(points[device])
             series: dict[str, list] = {"t": times}
             for field in FIELDS:
                 series[field] = [points[device][t].get(field) for t in times]
-            devices[device] = series
+            devices[str(device)] = series
         return devices
 
     async def _range(
         self, promql: str, start: float, end: float, step: float
-    ) -> dict[str, list[tuple[float, float | None]]]:
+    ) -> dict[int, list[tuple[float, float | None]]]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         form = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step}"}
@@ -113,18 +118,8 @@ class MonitoringHandlers:
                 answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise PrometheusError(f"{type(e).__name__}: {e}") from e
-        if not isinstance(answer, dict) or answer.get("status") != "success":
-            error = answer.get("error") if isinstance(answer, dict) else answer
-            raise PrometheusError(f"query failed: {error}")
-        out: dict[str, list[tuple[float, float | None]]] = {}
-        try:
-            for result in answer["data"]["result"]:
-                device = result["metric"].get(DEVICE_LABEL, "")
-                if device.isdigit():
-                    out[device] = [
-                        (float(t), v if math.isfinite(v := float(text)) else None)
-                        for t, text in result["values"]
-                    ]
-        except (KeyError, TypeError, ValueError) as e:
-            raise PrometheusError(f"unexpected answer: {e!r}") from e
-        return out
+        return by_device(
+            answer,
+            promql,
+            lambda series: [(float(t), finite(text)) for t, text in series["values"]],
+        )
