@@ -36,7 +36,7 @@ from fedsim.core.selection import AllSelection, OortSelection, RandomSelection, 
 from fedsim.core.strategies.registry import make_strategy
 from fedsim.core.topology import Topology
 from fedsim.core.workload import WorkloadSpec
-from fedsim.sim.faults import FaultPlan, LinkChange, Outage
+from fedsim.core.faults import FaultPlan, LinkChange, Outage
 
 log = logging.getLogger(__name__)
 

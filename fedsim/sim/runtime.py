@@ -28,7 +28,7 @@ from fedsim.core.runtime import (
 )
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import compute_seconds, jitter_factor
-from fedsim.sim.faults import FaultPlan, LinkChange
+from fedsim.core.faults import FaultPlan, LinkChange
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
