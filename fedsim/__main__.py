@@ -15,17 +15,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedsim.config import ConfigError, register_configs
+from fedsim.config import ConfigError, build_spec, conf_dir, register_configs
 
 log = logging.getLogger("fedsim")
-
-
-def conf_dir() -> Path:
-    """The Hydra configs: ``conf/`` of the clone, reached through the ``fedsim/conf`` link.
-
-    In a wheel the link is a real directory, so an installed fedsim finds the same files.
-    """
-    return Path(__file__).resolve().parent / "conf"
 
 
 def _preflight(argv: list[str]) -> None:
@@ -53,24 +45,20 @@ def _preflight(argv: list[str]) -> None:
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    """Parse, pick the runtime, run, write: the whole composition root."""
+    from fedsim.pipeline import run_and_write
+    from fedsim.report.console import console
+    from fedsim.runtimes import runtime
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        kind = cfg.experiment.kind
-        if cfg.mode.name == "real" and cfg.mode.server_url:
-            from fedsim.real.remote import run_remote
+        spec = build_spec(cfg, conf_dir())
+        if spec.mode.server_url:
+            from fedsim.remote import run_remote
 
-            if kind != "federated":
-                raise ConfigError("mode.server_url: a running server runs federated jobs only")
-            run_remote(cfg, run_dir)
-            print(f"results: {run_dir}")
-            return
-        if kind == "federated":
-            from fedsim.fl_app import run_federated as run
-        elif kind == "comparison":
-            from fedsim.app import run_experiment as run
+            run_remote(spec, run_dir)
         else:
-            raise ConfigError(f"experiment.kind: {kind!r} is not one of comparison, federated")
-        run(cfg, run_dir, conf_dir())
+            print(console(run_and_write(spec, runtime(spec.mode.name), run_dir)))
     except ConfigError as e:
         log.debug("configuration error", exc_info=True)
         sys.exit(f"error: {e}")
@@ -91,6 +79,11 @@ def main() -> None:
         from importlib import import_module
 
         command = import_module(SUBCOMMANDS[sys.argv[1]])
+        if sys.argv[1] == "server":
+            from fedsim.pipeline import Jobs
+
+            # The server runs the experiments posted to it as jobs through the pipeline.
+            sys.exit(command.main(sys.argv[2:], runner=Jobs()))
         sys.exit(command.main(sys.argv[2:]))
     register_configs()
     _preflight(sys.argv[1:])

@@ -1,22 +1,27 @@
-"""Structured configs (the YAML's schema) and their conversion into the engine's types.
+"""From the composed Hydra config to one typed :class:`~fedsim.spec.ExperimentSpec`.
 
-Hydra composes ``conf/`` against these dataclasses, so an unknown key or a wrong type is an error
-at composition. :func:`build` then checks values and references (bandwidths, profiles, device
-ids) and turns the config into plain core objects; every problem is a :class:`ConfigError` whose
-message starts with the path of the offending field.
+Hydra composes ``conf/`` against the schema in :mod:`fedsim.schema`, so an unknown key or a
+wrong type is an error at composition. :func:`build_spec` then checks values and references
+(bandwidths, profiles, device ids, strategies) and turns the config into the engine's objects;
+every problem is a :class:`ConfigError` whose message starts with the path of the offending
+field. :func:`compose` and :func:`compose_job` compose the config the way ``python -m fedsim``
+does, for the CLI's preflight and for jobs a server is handed as plain data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsim.core.experiment import CrossoverGrid
+from fedsim.core.faults import FaultPlan, LinkChange, Outage
 from fedsim.core.topology import (
     Device,
     Group,
@@ -25,255 +30,206 @@ from fedsim.core.topology import (
     Topology,
     TopologyError,
 )
-from fedsim.core.workload import DatasetSpec
+from fedsim.core.workload import DatasetSpec, WorkloadSpec
+from fedsim.schema import (
+    Config,
+    FLConf,
+    HardwareConf,
+    ModeConf,
+    NetworkConf,
+    PaperConf,
+    PartitionConf,
+    ScaleConf,
+)
+from fedsim.spec import ExperimentSpec
 
 GB = 1e9
 MB = 1e6
+KINDS = ("comparison", "federated")
+MODES = ("sim", "real")  # what a config may ask for; "attached" is a server's jobs' runtime
+PARTITIONS = ("dirichlet", "iid")
 
 
 class ConfigError(ValueError):
     """A configuration value or reference that cannot work; the message names the field."""
 
 
-# -- schema ---------------------------------------------------------------------------------
+def conf_dir() -> Path:
+    """The Hydra configs: ``conf/`` of the clone, reached through the ``fedsim/conf`` link.
 
-
-@dataclass
-class AcceleratorConf:
-    model: str = MISSING
-    count: int = 1
-    peak_tflops: float = MISSING  # fp32 peak of one unit
-    memory_gb: float = 0.0
-    memory_bandwidth_gbps: float = MISSING
-
-
-@dataclass
-class HardwareConf:
-    description: str = ""
-    cpu_model: str = ""
-    cpu_cores: int = 1
-    cpu_ghz: float = 1.0
-    cpu_peak_gflops: float = MISSING
-    memory_gb: float = MISSING
-    memory_bandwidth_gbps: float = MISSING
-    disk_write_mbps: float = 500.0
-    accelerator: AcceleratorConf | None = None
-    train_on: str = "accelerator"
-    efficiency: float = MISSING
-    scaling_efficiency: float = 1.0
-    jitter: float = 0.0
-
-
-@dataclass
-class NetworkConf:
-    description: str = ""
-    bandwidth_mbps: float = MISSING
-    latency_ms: float = MISSING
-    loss: float = 0.0
-    jitter_ms: float = 0.0
-
-
-@dataclass
-class LinkConf:
-    network: str = MISSING
-    to: int | None = None  # a device to attach to; by default the group's switch
-
-
-@dataclass
-class DeviceConf:
-    id: int = MISSING
-    description: str = MISSING
-    group: int = MISSING
-    id_in_group: int = MISSING
-    role: str = "device"
-    hardware: str = MISSING
-    link: LinkConf = field(default_factory=LinkConf)
-
-
-@dataclass
-class GroupConf:
-    id: int = MISSING
-    description: str = MISSING
-    uplink: str = MISSING
-
-
-@dataclass
-class GenerateConf:
-    """A generated fleet: a server in group 0, ``groups`` x ``devices_per_group`` trainers.
-
-    Trainer hardware cycles through ``hardware``; every trainer joins its group with ``link``,
-    every edge group reaches the backbone through ``uplink``.
+    In a wheel the link is a real directory, so an installed fedsim finds the same files.
     """
-
-    groups: int = MISSING
-    devices_per_group: int = MISSING
-    hardware: list[str] = MISSING
-    link: str = MISSING
-    uplink: str = MISSING
-    server_hardware: str = MISSING
-    server_link: str = MISSING
-    cloud_uplink: str = MISSING
-
-
-@dataclass
-class TopologyConf:
-    name: str = MISSING
-    description: str = ""
-    groups: list[GroupConf] = field(default_factory=list)
-    devices: list[DeviceConf] = field(default_factory=list)
-    generate: GenerateConf | None = None
-
-
-@dataclass
-class DatasetConf:
-    name: str = MISSING
-    samples: int = MISSING
-    total_gb: float = MISSING
-
-
-@dataclass
-class ScaleConf:
-    """A smaller job for mode=real, so that real training fits a small host."""
-
-    input_size: int = MISSING
-    samples_per_device: int = MISSING
-
-
-@dataclass
-class WorkloadConf:
-    name: str = MISSING
-    model: str = MISSING
-    num_classes: int = MISSING
-    input_size: int = MISSING
-    batch_size: int = MISSING
-    samples_per_device: int = MISSING
-    epochs: int = 1
-    dataset: DatasetConf = field(default_factory=DatasetConf)
-    scale: ScaleConf | None = None  # applied in mode=real only
-
-
-@dataclass
-class RangeConf:
-    start: float = MISSING
-    stop: float = MISSING
-    num: int = MISSING
-
-
-@dataclass
-class CrossoverConf:
-    link: str = MISSING
-    bandwidth_mbps: RangeConf = field(default_factory=RangeConf)
-    samples_per_device: RangeConf = field(default_factory=RangeConf)
-
-
-@dataclass
-class PaperConf:
-    source: str = ""
-    t_ref_s: float = MISSING
-    t_new_s: float = MISSING
-    time_saving_rate: float = MISSING
-
-
-@dataclass
-class ExperimentConf:
-    name: str = "default"
-    description: str = ""
-    kind: str = "comparison"  # comparison: cloud vs client (Table II); federated: FL rounds
-    clients: list[int] = field(default_factory=list)  # empty: every trainer of the topology
-
-
-@dataclass
-class FederatedConf:
-    """Multi-round federated training (``experiment.kind: federated``)."""
-
-    training: str = "real"  # real: PyTorch trains on each shard; modelled: time only
-    rounds: int = 20
-    clients_per_round: int | None = None  # a count; when null, fraction_per_round of them
-    fraction_per_round: float = 1.0
-    min_fit: int = 1
-    deadline_s: float | None = None
-    local_epochs: int = 1
-    batch_size: int = 16
-    learning_rate: float = 0.05
-    eval_every: int = 1
-    target_accuracy: float | None = None
-    max_update_norm: float | None = None
-    selection: str = "all"  # all | random | resource | oort
-    balance: bool = False
-    hierarchical: bool = False
-    group_deadline_s: float | None = None
-    mode: str = "sync"  # sync | async
-    buffer_size: int = 4
-    concurrency: int = 0
-    max_staleness: int = 5
-    staleness_exponent: float = 0.5
-    max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
-
-
-@dataclass
-class PartitionConf:
-    kind: str = "dirichlet"  # dirichlet | iid
-    alpha: float = 0.5
-    test_fraction: float = 0.2
-
-
-@dataclass
-class OutageConf:
-    device: int = MISSING
-    start_s: float = MISSING
-    end_s: float | None = None
-
-
-@dataclass
-class LinkChangeConf:
-    network: str = MISSING
-    start_s: float = MISSING
-    end_s: float | None = None
-    factor: float = MISSING
-
-
-@dataclass
-class FaultsConf:
-    dropout: float = 0.0
-    outages: list[OutageConf] = field(default_factory=list)
-    link_changes: list[LinkChangeConf] = field(default_factory=list)
-
-
-@dataclass
-class ModeConf:
-    """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
-    loopback, doing the work for real."""
-
-    name: str = "sim"
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: any free port
-    startup_timeout_s: float = 120.0
-    heartbeat_interval_s: float = 1.0
-    patience_s: float = 10.0
-    server_url: str | None = None  # a running fedsim server: run there as a job
-    admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
-
-
-@dataclass
-class Config:
-    experiment: ExperimentConf = field(default_factory=ExperimentConf)
-    mode: ModeConf = field(default_factory=ModeConf)
-    seed: int = 0
-    repetitions: int = 50
-    topology: TopologyConf = field(default_factory=TopologyConf)
-    hardware: dict[str, HardwareConf] = field(default_factory=dict)
-    network: dict[str, NetworkConf] = field(default_factory=dict)
-    workload: WorkloadConf = field(default_factory=WorkloadConf)
-    crossover: CrossoverConf | None = None
-    paper: PaperConf | None = None
-    fl: FederatedConf = field(default_factory=FederatedConf)
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
-    partition: PartitionConf = field(default_factory=PartitionConf)
-    faults: FaultsConf = field(default_factory=FaultsConf)
+    return Path(__file__).resolve().parent / "conf"
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="fedsim_schema", node=Config)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python -m fedsim OVERRIDES`` would run (without Hydra's own settings)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def compose_job(config: Mapping[str, Any]) -> DictConfig:
+    """A job's ``config`` (plain data) over the schema and defaults of its experiment.
+
+    The experiment's own defaults apply when ``experiment.name`` names one in ``conf/``;
+    raises :class:`ConfigError` naming what does not fit the schema.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError("config: must be an object")
+    experiment = config.get("experiment")
+    name = experiment.get("name") if isinstance(experiment, Mapping) else None
+    known = isinstance(name, str) and (conf_dir() / "experiment" / f"{name}.yaml").is_file()
+    try:
+        base = compose([f"+experiment={name}"] if known else [])
+        return OmegaConf.merge(base, OmegaConf.create(dict(config)))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {getattr(e, 'msg', None) or e}") from None
+
+
+def as_container(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data, without Hydra's own node."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    out.pop("hydra", None)
+    return out
+
+
+def _typed(where: str, node: Any, schema: type | None = None) -> Any:
+    """The dataclass instance behind a config node; its checks raise as :class:`ConfigError`."""
+    try:
+        if schema is not None and not OmegaConf.is_config(node):
+            node = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"{where}{'.' + key if key else ''}: {getattr(e, 'msg', e)}") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}.{e}") from None
+
+
+def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
+    """The checked, typed experiment ``cfg`` describes; hardware and network profiles the
+    config does not include are read from ``profiles`` (a ``conf/`` directory)."""
+    kind = cfg.experiment.kind
+    if kind not in KINDS:
+        raise ConfigError(f"experiment.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    mode: ModeConf = _typed("mode", cfg.mode)
+    if mode.name not in MODES:
+        raise ConfigError(f"mode.name: {mode.name!r} is not one of {', '.join(MODES)}")
+    if cfg.repetitions < 1:
+        raise ConfigError(f"repetitions: must be >= 1, got {cfg.repetitions}")
+    topology = build_topology(cfg, profiles)
+    clients = clients_of(cfg, topology)
+    fl: FLConf = _typed("fl", cfg.fl)
+    if kind == "federated" and fl.min_fit > len(clients):
+        raise ConfigError(f"fl.min_fit: {fl.min_fit} > the {len(clients)} clients")
+    strategy = _strategy("strategy", cfg.strategy)
+    group_strategy = None
+    if cfg.group_strategy is not None:
+        group_strategy = _strategy("group_strategy", cfg.group_strategy)
+    partition: PartitionConf = _typed("partition", cfg.partition)
+    if partition.kind not in PARTITIONS:
+        raise ConfigError(
+            f"partition.kind: {partition.kind!r} is not one of {', '.join(PARTITIONS)}"
+        )
+    if not partition.alpha > 0:
+        raise ConfigError(f"partition.alpha: must be > 0, got {partition.alpha}")
+    if not 0 < partition.test_fraction < 1:
+        raise ConfigError(
+            f"partition.test_fraction: must be in (0, 1), got {partition.test_fraction}"
+        )
+    scale: ScaleConf | None = None
+    if cfg.workload.scale is not None:
+        scale = _typed("workload.scale", cfg.workload.scale)
+    paper: PaperConf | None = None if cfg.paper is None else _typed("paper", cfg.paper)
+    return ExperimentSpec(
+        name=cfg.experiment.name,
+        kind=kind,
+        mode=mode,
+        seed=int(cfg.seed),
+        topology=topology,
+        clients=tuple(clients),
+        workload_name=cfg.workload.name,
+        workload=build_workload(cfg.workload),
+        scale=scale,
+        repetitions=int(cfg.repetitions),
+        crossover=crossover_grid(cfg.crossover) if cfg.crossover is not None else None,
+        paper=paper,
+        fl=fl,
+        strategy=strategy,
+        group_strategy=group_strategy,
+        partition=partition,
+        faults=fault_plan(cfg.faults, topology),
+        config=as_container(cfg),
+    )
+
+
+def _strategy(where: str, node: Any) -> dict[str, Any]:
+    """A strategy's config (``name`` and parameters), checked by building it once."""
+    from fedsim.core.strategies.registry import make_strategy
+
+    c = dict(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    if "name" not in c:
+        raise ConfigError(f"{where}.name: missing")
+    params = {k: v for k, v in c.items() if k != "name"}
+    try:
+        make_strategy(c["name"], **params)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return c
+
+
+def build_workload(c: Any) -> WorkloadSpec:
+    """The workload ``workload`` describes, with the model measured on its PyTorch module."""
+    from fedsim.ml.spec import model_spec
+
+    check_workload(c)
+    try:
+        model = model_spec(c.model, input_size=c.input_size, num_classes=c.num_classes)
+    except KeyError as e:
+        raise ConfigError(f"workload.model: {e.args[0]}") from None
+    return WorkloadSpec(
+        model=model,
+        dataset=build_dataset(c.dataset),
+        samples_per_device=c.samples_per_device,
+        batch_size=c.batch_size,
+        epochs=c.epochs,
+    )
+
+
+def fault_plan(c: Any, topology: Topology) -> FaultPlan:
+    """``faults``, checked against the topology's devices and link profiles."""
+    inf = float("inf")
+    outages = []
+    for i, o in enumerate(c.outages):
+        if o.device not in topology.devices:
+            raise ConfigError(f"faults.outages[{i}].device: no device {o.device}")
+        try:
+            outages.append(Outage(device=o.device, start=o.start_s, end=o.end_s or inf))
+        except ValueError as e:
+            raise ConfigError(f"faults.outages[{i}]: {e}") from None
+    names = {p.name for p in topology.link_profiles()}
+    changes = []
+    for i, ch in enumerate(c.link_changes):
+        if ch.network not in names:
+            raise ConfigError(f"faults.link_changes[{i}].network: no link uses {ch.network!r}")
+        try:
+            changes.append(
+                LinkChange(
+                    network=ch.network, start=ch.start_s, end=ch.end_s or inf, factor=ch.factor
+                )
+            )
+        except ValueError as e:
+            raise ConfigError(f"faults.link_changes[{i}]: {e}") from None
+    try:
+        return FaultPlan(dropout=c.dropout, outages=outages, link_changes=changes)
+    except ValueError as e:
+        raise ConfigError(f"faults.{e}") from None
 
 
 # -- conversion -----------------------------------------------------------------------------
@@ -489,7 +445,3 @@ def crossover_grid(c: Any) -> CrossoverGrid:
             "crossover.samples_per_device", c.samples_per_device, integer=True
         ),
     )
-
-
-def as_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -2,34 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
-from fedsim.__main__ import conf_dir
-from fedsim.config import build_topology, clients_of, register_configs
-from fedsim.fl_app import _real_data
+from fedsim.config import build_spec, compose, conf_dir
+from fedsim.core.results import RunResult
+from fedsim.pipeline import Jobs, run_and_write
 from fedsim.real.launch import LocalCluster
+from fedsim.runtimes import runtime
+from fedsim.scenarios import Hooks
+from fedsim.scenarios.federated import real_data
 
 
 def config(*overrides: str):
     """``+experiment=fl_digits mode=real`` with ``overrides``, composed as the CLI would."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(
-            config_name="config", overrides=["+experiment=fl_digits", "mode=real", *overrides]
-        )
+    return compose(["+experiment=fl_digits", "mode=real", *overrides])
 
 
 def cluster_for(cfg, run_dir: Path, **kwargs: Any) -> LocalCluster:
-    """A cluster of ``cfg``'s clients, each agent holding the shard run_federated would give
-    it (the same seeded split), so a job over the cluster trains as the experiment does."""
-    topology = build_topology(cfg)
-    clients = clients_of(cfg, topology)
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(3)[0])
-    shards, _, _ = _real_data(cfg, clients, rng)
+    """A cluster of ``cfg``'s clients, each agent holding the shard the federated scenario
+    would give it (the same seeded split), so a job over the cluster trains as the experiment
+    does. Its server runs posted jobs through the pipeline."""
+    spec = build_spec(cfg, conf_dir())
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(3)[0])
+    shards, _, _ = real_data(spec, rng)
+    kwargs.setdefault("runner", Jobs())
     return LocalCluster(
-        run_dir=run_dir, topology=topology, clients=clients, shards=shards, mode=cfg.mode, **kwargs
+        run_dir=run_dir,
+        topology=spec.topology,
+        clients=list(spec.clients),
+        shards=shards,
+        mode=spec.mode,
+        **kwargs,
     )
+
+
+def run_over(
+    cluster: LocalCluster,
+    cfg,
+    run_dir: Path,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run ``cfg`` over the running ``cluster`` (the attached runtime) and write it."""
+    assert cluster.stores is not None
+    rt = runtime("attached", stores=cluster.stores)
+    hooks = Hooks(on_round=on_round, progress=False)
+    return run_and_write(build_spec(cfg, conf_dir()), rt, run_dir, hooks)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MODES = ("sync", "async")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class FederatedConfig:
     """How rounds run. A round selects ``clients_per_round`` clients when it is set, else
     ``fraction_per_round`` of the candidates (at least one)."""
@@ -58,16 +58,16 @@ class FederatedConfig:
     min_fit: int = 1
     deadline_s: float | None = None
     local_epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 16
     learning_rate: float = 0.05
     eval_every: int = 1
     max_update_norm: float | None = None
     balance: bool = False
     hierarchical: bool = False
-    aggregators: Mapping[int, int] = field(default_factory=dict)
+    aggregators: dict[int, int] = field(default_factory=dict)
     group_deadline_s: float | None = None
     mode: str = "sync"
-    buffer_size: int = 10
+    buffer_size: int = 4
     concurrency: int = 0
     max_staleness: int = 5
     staleness_exponent: float = 0.5
@@ -167,6 +167,7 @@ class Coordinator:
         evaluation: Evaluation | None = None,
         groups: Mapping[int, int] | None = None,
         publish: Publisher | None = None,
+        group_strategy: Strategy | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
         seed: int | np.random.SeedSequence = 0,
     ) -> None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedsim.core.critical_path import critical_path
 from fedsim.core.metrics import describe, time_saving_rate
 from fedsim.core.results import (
     CLIENT,
@@ -21,6 +20,7 @@ from fedsim.core.results import (
     CrossoverPoint,
     RepetitionEvents,
     ScenarioRun,
+    time_fields,
 )
 from fedsim.core.runtime import Transport
 from fedsim.core.scenarios import MODELLED, RealWork, client_based, cloud_based
@@ -58,17 +58,8 @@ class ComparisonOutcome:
 
 
 def _scenario_run(rep: int, name: str, transport: Transport, total: float) -> ScenarioRun:
-    events = list(transport.events)
-    parts = critical_path(events, 0.0, total)
     return ScenarioRun(
-        repetition=rep,
-        scenario=name,
-        total_s=total,
-        transfer_s=parts.transfer,
-        compute_s=parts.compute,
-        aggregation_s=parts.aggregation,
-        waiting_s=parts.waiting,
-        bytes_moved=sum(e.nbytes for e in events),
+        repetition=rep, scenario=name, **time_fields(list(transport.events), 0.0, total)
     )
 
 

@@ -1,14 +1,17 @@
-"""What an experiment produces: per-repetition timings, the event log, the crossover grid.
+"""What a run produces: its rows (repetitions or rounds), the event log, the crossover grid.
 
-These plain records are the contract between the engine and the report layer, which turns them
-into ``runs.csv``, ``events.csv``, ``summary.json``, ``report.md`` and plots.
+:class:`RunResult` is the one contract between the scenarios and the report layer, which turns
+it into ``runs.csv``, ``events.csv``, ``summary.json``, ``report.md`` and plots. Both kinds of
+row carry the same :class:`TimeSplit` of their time along the critical path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fedsim.core.critical_path import critical_path
 from fedsim.core.events import Event
 
 CLOUD = "cloud_based"  # t_ref: the devices ship their data, the cloud server trains
@@ -16,21 +19,44 @@ CLIENT = "client_based"  # t_new: one federated round on the devices
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScenarioRun:
-    """One repetition of one scenario, with its time split along the critical path.
+class TimeSplit:
+    """A span of time split along its critical path, and the bytes moved in it.
 
     ``transfer_s + compute_s + aggregation_s + waiting_s == total_s``: ``waiting_s`` is time on
     the critical path when no step of it was running (queueing, idling for stragglers).
     """
 
-    repetition: int
-    scenario: str
     total_s: float
     transfer_s: float
     compute_s: float
     aggregation_s: float
     waiting_s: float
     bytes_moved: int
+
+
+def time_fields(events: Sequence[Event], start: float, end: float) -> dict[str, Any]:
+    """The :class:`TimeSplit` fields of ``[start, end]`` over the ``events`` inside it."""
+    inside = [e for e in events if e.start >= start - 1e-9 and e.end <= end + 1e-9]
+    parts = critical_path(inside, start, end)
+    return {
+        "total_s": end - start,
+        "transfer_s": parts.transfer,
+        "compute_s": parts.compute,
+        "aggregation_s": parts.aggregation,
+        "waiting_s": parts.waiting,
+        "bytes_moved": sum(e.nbytes for e in inside),
+    }
+
+
+TIME_FIELDS = [f.name for f in fields(TimeSplit)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScenarioRun(TimeSplit):
+    """One repetition of one scenario of the comparison."""
+
+    repetition: int
+    scenario: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,39 +82,20 @@ class CrossoverPoint:
         return (self.t_ref_s - self.t_new_s) / self.t_ref_s
 
 
-@dataclass(kw_only=True)
-class ExperimentResult:
-    """Everything a run hands to the report layer."""
-
-    summary: dict[str, Any]
-    runs: list[ScenarioRun]
-    events: list[RepetitionEvents]
-    crossover: list[CrossoverPoint] = field(default_factory=list)
-    crossover_link: str = ""
-    assumptions: list[str] = field(default_factory=list)
-
-
 FEDERATED = "federated"
 
 
 @dataclass(frozen=True, kw_only=True)
-class RoundRow:
-    """One round of a federated run (in async mode, one aggregation), in simulated seconds.
+class RoundRow(TimeSplit):
+    """One round of a federated run (in async mode, one aggregation), in the runtime's seconds.
 
-    The time split follows the round's critical path as in :class:`ScenarioRun`. ``accuracy``
-    and ``eval_loss`` are None in rounds without evaluation.
+    ``accuracy`` and ``eval_loss`` are None in rounds without evaluation.
     """
 
     round: int
     version: int | None
     started_s: float
     finished_s: float
-    total_s: float
-    transfer_s: float
-    compute_s: float
-    aggregation_s: float
-    waiting_s: float
-    bytes_moved: int
     selected: int
     completed: int
     failed: int
@@ -100,17 +107,29 @@ class RoundRow:
     staleness: float | None = None
 
 
-@dataclass(kw_only=True)
-class FederatedResult:
-    """Everything a federated run hands to the report layer.
+COMPARISON = "comparison"
 
-    ``label_counts`` maps each client to its number of training samples per class (the non-IID
-    split); ``failures`` lists (round, device, reason) for every lost or rejected update.
+
+@dataclass(kw_only=True)
+class RunResult:
+    """Everything a run hands to the report layer, whichever scenario ran.
+
+    ``rows`` are the comparison's repetitions x scenarios or the federated rounds; ``events``
+    one log per (repetition, scenario). ``crossover`` belongs to the comparison;
+    ``label_counts`` (each client's samples per class) and ``failures`` ((round, device,
+    reason) for every lost or rejected update) to federated runs.
     """
 
+    kind: str  # COMPARISON or FEDERATED
     summary: dict[str, Any]
-    rounds: list[RoundRow]
-    events: tuple[Event, ...]
+    rows: Sequence[ScenarioRun] | Sequence[RoundRow]
+    events: list[RepetitionEvents]
+    assumptions: list[str] = field(default_factory=list)
+    crossover: list[CrossoverPoint] = field(default_factory=list)
+    crossover_link: str = ""
     label_counts: dict[int, list[int]] = field(default_factory=dict)
     failures: list[tuple[int, int, str]] = field(default_factory=list)
-    assumptions: list[str] = field(default_factory=list)
+
+    def all_events(self) -> list[Event]:
+        """Every event of every log, in order."""
+        return [e for log in self.events for e in log.events]

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _conf_dir() -> Path:
-    from fedsim.__main__ import conf_dir
+    from fedsim.config import conf_dir
 
     return conf_dir()
 

@@ -1,9 +1,10 @@
 """Jobs the server runs for its users: federated training over the devices registered with it.
 
-``POST /api/v1/jobs`` hands a job's experiment config to :class:`JobManager`, which validates
-it against the same schema as ``python -m fedsim`` and runs it in a thread with the same
-coordinator, over the server's own task board, repository and registry. Results land in
-``<data_dir>/jobs/<id>/`` in the same layout as any run.
+``POST /api/v1/jobs`` hands a job's experiment config (plain data) to :class:`JobManager`. The
+manager does not know how to run an experiment: it is handed a :class:`JobRunner` (fedsim's
+pipeline, given by the ``fedsim server`` command) that checks the config against the same
+schema as ``python -m fedsim`` and runs it in a thread over the server's own stores. Results
+land in ``<data_dir>/jobs/<id>/`` in the same layout as any run.
 """
 
 from __future__ import annotations
@@ -12,34 +13,46 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from fedsim.core.registry import DeviceRegistry
-from fedsim.core.repository import ModelRepository
-from fedsim.real.board import TaskBoard
 from fedsim.real.server.jobs_api import Jobs, RoundListener
+from fedsim.real.stores import ServerStores
 
 log = logging.getLogger(__name__)
-
-KINDS = ("federated",)
 
 
 class JobCancelled(Exception):
     """Raised inside a job's thread when the job has been cancelled."""
 
 
-@dataclass(frozen=True)
-class Attached:
-    """A running server's board, repository and registry, for a job to run over."""
+class PreparedJob(Protocol):
+    """A checked job, ready to run: what it trains and for how many rounds."""
 
-    board: TaskBoard
-    repository: ModelRepository
-    registry: DeviceRegistry
+    model: str
+    rounds: int
+
+    def run(
+        self,
+        run_dir: Path,
+        stores: ServerStores,
+        *,
+        channel: str,
+        on_round: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Run over ``stores`` (task ids prefixed by ``channel``), writing results to
+        ``run_dir``; ``on_round`` gets each round's row as it ends and may raise to stop."""
+
+
+class JobRunner(Protocol):
+    """Checks and prepares jobs of the kinds it knows."""
+
+    kinds: tuple[str, ...]
+
+    def prepare(self, kind: str, config: Mapping[str, Any]) -> PreparedJob:
+        """The job ``config`` describes; raises ValueError naming what is wrong."""
 
 
 @dataclass
@@ -76,28 +89,29 @@ class _Job:
 class JobManager(Jobs):
     """Starts, tracks and cancels jobs; one thread per job."""
 
-    def __init__(self, *, data_dir: Path, attached: Attached) -> None:
+    def __init__(self, *, data_dir: Path, stores: ServerStores, runner: JobRunner) -> None:
         self.data_dir = Path(data_dir)
-        self.attached = attached
+        self.stores = stores
+        self.runner = runner
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._listeners: list[RoundListener] = []
 
     def start(self, kind: str, config: dict[str, Any]) -> dict[str, Any]:
         """Validate ``config`` and start the job; raises ValueError naming what is wrong."""
-        if kind not in KINDS:
-            raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-        cfg = _compose(config)
+        if kind not in self.runner.kinds:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(self.runner.kinds)}")
+        prepared = self.runner.prepare(kind, config)
+        job_id = secrets.token_hex(8)
         job = _Job(
-            id=secrets.token_hex(8),
+            id=job_id,
             kind=kind,
-            directory=self.data_dir / "jobs",
-            model=str(cfg.workload.model),
-            rounds_planned=int(cfg.fl.rounds),
+            directory=self.data_dir / "jobs" / job_id,
+            model=prepared.model,
+            rounds_planned=prepared.rounds,
         )
-        job.directory = self.data_dir / "jobs" / job.id
         job.thread = threading.Thread(
-            target=self._run, args=(job, cfg), name=f"job-{job.id}", daemon=True
+            target=self._run, args=(job, prepared), name=f"job-{job.id}", daemon=True
         )
         with self._lock:
             self._jobs[job.id] = job
@@ -120,14 +134,12 @@ class JobManager(Jobs):
             return None
         if job.state == "running":
             job.stop.set()
-            for task in self.attached.board.pending():
+            for task in self.stores.board.pending():
                 if task.id.startswith(f"{job.id}:"):
-                    self.attached.board.cancel(task.id)
+                    self.stores.board.cancel(task.id)
         return job.view()
 
-    def _run(self, job: _Job, cfg: Any) -> None:
-        from fedsim.fl_app import run_federated
-
+    def _run(self, job: _Job, prepared: PreparedJob) -> None:
         def on_round(row: dict[str, Any]) -> None:
             job.rounds.append(row)
             for listener in self._listeners:
@@ -139,13 +151,7 @@ class JobManager(Jobs):
                 raise JobCancelled
 
         try:
-            run_federated(
-                cfg,
-                job.directory,
-                attached=self.attached,
-                on_round=on_round,
-                task_prefix=f"{job.id}:",
-            )
+            prepared.run(job.directory, self.stores, channel=f"{job.id}:", on_round=on_round)
             job.state = "succeeded"
         except JobCancelled:
             job.state = "cancelled"
@@ -154,25 +160,3 @@ class JobManager(Jobs):
             job.state, job.error = "failed", f"{type(e).__name__}: {e}"
         finally:
             job.finished_at = time.time()
-
-
-def _compose(config: dict[str, Any]) -> Any:
-    """``config`` over the experiment schema and defaults, as ``python -m fedsim`` composes it."""
-    from hydra import compose, initialize_config_dir
-
-    from fedsim.__main__ import conf_dir
-    from fedsim.config import register_configs
-
-    register_configs()
-    experiment = config.get("experiment", {}).get("name") if isinstance(config, dict) else None
-    overrides = (
-        [f"+experiment={experiment}"]
-        if experiment and (conf_dir() / "experiment" / f"{experiment}.yaml").exists()
-        else []
-    )
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            base = compose(config_name="config", overrides=overrides)
-        return OmegaConf.merge(base, OmegaConf.create(config))
-    except OmegaConfBaseException as e:
-        raise ValueError(f"config: {e.msg if hasattr(e, 'msg') else e}") from None

@@ -16,15 +16,19 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
 
 from fedsim.core.registry import DeviceRegistry, DeviceState, UnknownDevice
+from fedsim.core.repository import ModelRepository
 from fedsim.core.topology import Topology
 from fedsim.real.board import TaskBoard
-from fedsim.store.sqlite import SqliteRegistryStore, SqliteRepository
+from fedsim.real.stores import ServerStores
+
+if TYPE_CHECKING:
+    from fedsim.real.jobs import JobManager, JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class LocalCluster:
         data: str | None = None,
         agent_args: Mapping[int, Sequence[str]] | None = None,
         prometheus_url: str | None = None,
+        runner: JobRunner | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -116,22 +121,18 @@ class LocalCluster:
         self.prometheus_url = prometheus_url  # the server's --prometheus-url
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
-        self.board = TaskBoard()
-        self.repository: SqliteRepository | None = None
-        self.registry: DeviceRegistry | None = None
+        self.runner = runner  # runs the jobs posted to this cluster's server, if given
+        self.stores: ServerStores | None = None
+        self.jobs: JobManager | None = None
         self.server: ServerThread | None = None
         self.agents: dict[int, subprocess.Popen] = {}
 
     def __enter__(self) -> LocalCluster:
-        from fedsim.real.jobs import Attached, JobManager
+        from fedsim.real.jobs import JobManager
         from fedsim.real.server.app import init_app
         from fedsim.real.server.config import ServerConfig
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.repository = SqliteRepository(self.run_dir / "repository")
-        self.registry = DeviceRegistry(
-            SqliteRegistryStore(self.run_dir / "registry"), patience=self.mode.patience_s
-        )
+        self.stores = stores = ServerStores.open(self.run_dir, patience_s=self.mode.patience_s)
         config = ServerConfig(
             host=self.mode.host,
             port=self.mode.port,
@@ -143,15 +144,13 @@ class LocalCluster:
             history_interval_s=0.0,
             prometheus_url=self.prometheus_url,
         )
-        self.jobs = JobManager(
-            data_dir=self.run_dir,
-            attached=Attached(board=self.board, repository=self.repository, registry=self.registry),
-        )
+        if self.runner is not None:
+            self.jobs = JobManager(data_dir=self.run_dir, stores=stores, runner=self.runner)
         app = init_app(
             config,
-            board=self.board,
-            registry=self.registry,
-            repository=self.repository,
+            board=stores.board,
+            registry=stores.registry,
+            repository=stores.repository,
             jobs=self.jobs,
         )
         self.server = ServerThread(app, host=self.mode.host, port=self.mode.port)
@@ -171,8 +170,26 @@ class LocalCluster:
             self.stop_agent(dev)
         if self.server is not None:
             self.server.stop()
-        if self.repository is not None:
-            self.repository.close()
+        if self.stores is not None:
+            self.stores.close()
+
+    # The stores, by name, for code that drives the cluster's server directly.
+    @property
+    def board(self) -> TaskBoard:
+        return self._stores().board
+
+    @property
+    def repository(self) -> ModelRepository:
+        return self._stores().repository
+
+    @property
+    def registry(self) -> DeviceRegistry:
+        return self._stores().registry
+
+    def _stores(self) -> ServerStores:
+        if self.stores is None:
+            raise RuntimeError("the cluster is not running")
+        return self.stores
 
     def agent_dir(self, dev: int) -> Path:
         return self.run_dir / "agents" / str(dev)

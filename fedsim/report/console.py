@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedsim.core.results import COMPARISON, RunResult
 from fedsim.report.federated_markdown import (
     percent,
     seconds,
@@ -68,3 +69,10 @@ def console_federated(summary: dict[str, Any]) -> str:
     ]
     lines += [f"{label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def console(result: RunResult) -> str:
+    """What a finished run prints, by its kind."""
+    if result.kind == COMPARISON:
+        return console_table(result.summary)
+    return console_federated(result.summary)

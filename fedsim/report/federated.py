@@ -1,14 +1,13 @@
-"""Write a federated run's directory in the layout of the comparison runs.
+"""A federated run's tables and plots, for the one run writer (:mod:`fedsim.report.write`).
 
-``summary.json``, ``runs.csv`` (one row per round), ``events.csv``, ``plots/*.png`` and
-``report.md``. ``runs.csv`` and ``events.csv`` open with the ``repetition`` (0) and ``scenario``
-(``federated``) columns of the comparison tables, so one reader handles both kinds of run.
+``runs.csv`` has one row per round and ``events.csv`` the comparison's columns: both open with
+the ``repetition`` (0) and ``scenario`` (``federated``) columns, so one reader handles both kinds
+of run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,19 +16,20 @@ from typing import Any
 import pandas as pd
 
 from fedsim.core.events import Event, EventKind
-from fedsim.core.results import FEDERATED, FederatedResult, RepetitionEvents, RoundRow
-from fedsim.report.federated_markdown import render_federated_report
+from fedsim.core.results import FEDERATED, TIME_FIELDS, RoundRow, RunResult
 from fedsim.report.federated_plots import (
     plot_accuracy_time,
     plot_federated_timeline,
     plot_label_distribution,
     plot_round_breakdown,
 )
-from fedsim.report.html import write_report
-from fedsim.report.tables import events_frame
-from fedsim.report.write import PLOTS_DIR, json_safe
 
-ROUND_FIELDS = [f.name for f in dataclasses.fields(RoundRow)]
+# The round's identity and clock first, then its time split, then what happened in it.
+ROUND_FIELDS = ["round", "version", "started_s", "finished_s", *TIME_FIELDS] + [
+    f.name
+    for f in dataclasses.fields(RoundRow)
+    if f.name not in {"round", "version", "started_s", "finished_s", *TIME_FIELDS}
+]
 ROUND_COLUMNS = ["repetition", "scenario", *ROUND_FIELDS]
 # Optional measurements: None in a round without them, NaN in the table, empty in the CSV.
 OPTIONAL_FLOATS = ["train_loss", "accuracy", "eval_loss", "staleness"]
@@ -48,12 +48,6 @@ def rounds_frame(rounds: Sequence[RoundRow]) -> pd.DataFrame:
     return frame
 
 
-def federated_events_frame(events: Sequence[Event]) -> pd.DataFrame:
-    """The event log with the columns of the comparison runs' ``events.csv``."""
-    log = RepetitionEvents(repetition=0, scenario=FEDERATED, events=tuple(events))
-    return events_frame([log])
-
-
 def server_of(summary: Mapping[str, Any], events: Sequence[Event]) -> int | None:
     """The server: the summary's ``server``, else the device that publishes (or evaluates)."""
     if summary.get("server") is not None:
@@ -66,7 +60,7 @@ def server_of(summary: Mapping[str, Any], events: Sequence[Event]) -> int | None
 
 
 def write_federated_plots(
-    result: FederatedResult, rounds: pd.DataFrame, events: pd.DataFrame, plots_dir: Path
+    result: RunResult, rounds: pd.DataFrame, events: pd.DataFrame, plots_dir: Path
 ) -> dict[str, Path]:
     """Write the four plots of a federated run into ``plots_dir``; returns name -> path."""
     summary = result.summary
@@ -83,7 +77,7 @@ def write_federated_plots(
             events,
             rounds,
             plots_dir / "timeline.png",
-            server=server_of(summary, result.events),
+            server=server_of(summary, result.all_events()),
         ),
         "label_distribution": plot_label_distribution(
             result.label_counts,
@@ -91,18 +85,3 @@ def write_federated_plots(
             partition=summary.get("partition"),
         ),
     }
-
-
-def write_federated_run(run_dir: Path, result: FederatedResult) -> None:
-    """Write every output of the federated ``result`` into ``run_dir`` (created if missing)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(
-        json.dumps(json_safe(result.summary), indent=2) + "\n", encoding="utf-8"
-    )
-    rounds = rounds_frame(result.rounds)
-    rounds.to_csv(run_dir / "runs.csv", index=False)
-    events = federated_events_frame(result.events)
-    events.to_csv(run_dir / "events.csv", index=False)
-    plots = write_federated_plots(result, rounds, events, run_dir / PLOTS_DIR)
-    write_report(run_dir / "report.md", render_federated_report(result, plots))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsim.core.results import FederatedResult, RoundRow
+from fedsim.core.results import RoundRow, RunResult
 from fedsim.report.markdown import assumptions_section, markdown_table, plots_section
 from fedsim.report.tables import number_of_seconds
 
@@ -246,16 +246,19 @@ def _failures_section(failures: Sequence[tuple[int, int, str]], rounds: Sequence
     return heading + text
 
 
-def render_federated_report(result: FederatedResult, plots: Mapping[str, Path]) -> str:
+def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str:
     """The text of a federated run's ``report.md``; ``plots`` maps names to files in ``plots/``."""
     summary = result.summary
+    title = str(summary.get("experiment", "federated run"))
+    if summary.get("job"):
+        title += f" (job {summary['job']} on {summary.get('server_url')})"
     sections = [
-        f"# fedsim report: {summary.get('experiment', 'federated run')}\n\n"
+        f"# fedsim report: {title}\n\n"
         "Federated training: how accurate the model gets, how fast, and where the time goes.",
         _what_was_run(summary),
         _results_section(summary),
-        _rounds_section(result.rounds, str(summary.get("fl_mode", "sync"))),
-        _failures_section(result.failures, result.rounds),
+        _rounds_section(result.rows, str(summary.get("fl_mode", "sync"))),
+        _failures_section(result.failures, result.rows),
         assumptions_section(result.assumptions),
         plots_section(plots, PLOT_CAPTIONS),
     ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedsim.core.results import ExperimentResult
+from fedsim.core.results import RunResult
 from fedsim.report.tables import (
     SCENARIO_LABELS,
     crossover_frame,
@@ -317,7 +317,7 @@ def plots_section(plots: Mapping[str, Path], captions: Mapping[str, str]) -> str
     return "## Plots\n\n" + "\n\n".join(blocks)
 
 
-def render_report(result: ExperimentResult, plots: Mapping[str, Path]) -> str:
+def render_report(result: RunResult, plots: Mapping[str, Path]) -> str:
     """The text of ``report.md``; ``plots`` maps plot names to files inside ``plots/``."""
     summary = result.summary
     workload = summary["workload"]
@@ -328,7 +328,7 @@ def render_report(result: ExperimentResult, plots: Mapping[str, Path]) -> str:
         _what_was_run(summary),
         _table_ii_section(summary),
         _workload_section(workload),
-        _breakdown_section(runs_frame(result.runs)),
+        _breakdown_section(runs_frame(result.rows)),
         assumptions_section(result.assumptions),
         _crossover_section(
             crossover_frame(result.crossover),

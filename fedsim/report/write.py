@@ -1,4 +1,10 @@
-"""Write a run's directory: summary.json, runs/events/crossover CSVs, plots/*.png, report.md."""
+"""Write a run's directory, whichever scenario ran: the one writer of run directories.
+
+``summary.json``, ``runs.csv`` (repetitions or rounds), ``events.csv``, ``crossover.csv`` when
+the comparison swept one, ``plots/*.png``, and ``report.md`` with its ``report.html``. What
+differs by scenario (which table, which plots, which report text) is looked up by the result's
+``kind``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.core.results import ExperimentResult
+from fedsim.core.results import COMPARISON, FEDERATED, RunResult
+from fedsim.report.federated import rounds_frame, write_federated_plots
+from fedsim.report.federated_markdown import render_federated_report
 from fedsim.report.html import write_report
 from fedsim.report.markdown import render_report
 from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
@@ -35,7 +43,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_plots(
-    result: ExperimentResult,
+    result: RunResult,
     runs: pd.DataFrame,
     events: pd.DataFrame,
     crossover: pd.DataFrame,
@@ -66,19 +74,33 @@ def write_plots(
     return written
 
 
-def write_run(run_dir: Path, result: ExperimentResult) -> None:
+def _comparison(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
+    runs = runs_frame(result.rows)  # type: ignore[arg-type]
+    events = events_frame(result.events)
+    crossover = crossover_frame(result.crossover)
+    if not crossover.empty:
+        crossover.to_csv(run_dir / "crossover.csv", index=False)
+    plots = write_plots(result, runs, events, crossover, run_dir / PLOTS_DIR)
+    return runs, render_report(result, plots)
+
+
+def _federated(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
+    rounds = rounds_frame(result.rows)  # type: ignore[arg-type]
+    plots = write_federated_plots(result, rounds, events_frame(result.events), run_dir / PLOTS_DIR)
+    return rounds, render_federated_report(result, plots)
+
+
+SCENARIO_REPORTS = {COMPARISON: _comparison, FEDERATED: _federated}
+
+
+def write_run(run_dir: Path, result: RunResult) -> None:
     """Write every output of ``result`` into ``run_dir`` (created if missing)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(
         json.dumps(json_safe(result.summary), indent=2) + "\n", encoding="utf-8"
     )
-    runs = runs_frame(result.runs)
-    runs.to_csv(run_dir / "runs.csv", index=False)
-    events = events_frame(result.events)
-    events.to_csv(run_dir / "events.csv", index=False)
-    crossover = crossover_frame(result.crossover)
-    if not crossover.empty:
-        crossover.to_csv(run_dir / "crossover.csv", index=False)
-    plots = write_plots(result, runs, events, crossover, run_dir / PLOTS_DIR)
-    write_report(run_dir / "report.md", render_report(result, plots))
+    events_frame(result.events).to_csv(run_dir / "events.csv", index=False)
+    rows, text = SCENARIO_REPORTS[result.kind](result, run_dir)
+    rows.to_csv(run_dir / "runs.csv", index=False)
+    write_report(run_dir / "report.md", text)

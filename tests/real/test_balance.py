@@ -6,10 +6,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from test_cluster import cluster_for, config
-
-from fedsim.fl_app import run_federated
-from fedsim.real.jobs import Attached
+from clusters import cluster_for, config, run_over
 
 CGROUP = Path("/sys/fs/cgroup/cpu")
 
@@ -50,14 +47,11 @@ def test_balanced_round_is_markedly_sooner_with_one_agent_throttled(tmp_path: Pa
         with cluster_for(cfg, run_dir) as cluster:
             group = throttle(cluster.agents[8].pid, f"fedsim-test-{balance}", 0.15)
             try:
-                attached = Attached(
-                    board=cluster.board, repository=cluster.repository, registry=cluster.registry
-                )
-                result = run_federated(cfg, run_dir / "run", attached=attached)
+                result = run_over(cluster, cfg, run_dir / "run")
             finally:
                 release(group)
-        assert all(r.aggregated for r in result.rounds)
-        durations[balance] = result.rounds[1].total_s
+        assert all(r.aggregated for r in result.rows)
+        durations[balance] = result.rows[1].total_s
     print(
         f"round with device 8 at 15% of a CPU: unbalanced {durations[False]:.2f} s, "
         f"balanced {durations[True]:.2f} s"

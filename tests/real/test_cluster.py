@@ -9,11 +9,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from clusters import cluster_for, config
+from clusters import cluster_for, config, run_over
 
-from fedsim.fl_app import run_federated
+from fedsim.pipeline import Jobs
 from fedsim.real.board import TaskState
-from fedsim.real.jobs import Attached, JobManager
+from fedsim.real.jobs import JobManager
 from fedsim.real.launch import ServerThread
 from fedsim.store.safetensors_io import decode
 
@@ -23,9 +23,6 @@ def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Pa
     # in the middle of it.
     cfg = config("fl.rounds=2", "fl.deadline_s=10", "fl.min_fit=2", "fl.local_epochs=30")
     with cluster_for(cfg, tmp_path) as cluster:
-        attached = Attached(
-            board=cluster.board, repository=cluster.repository, registry=cluster.registry
-        )
         victim = 8
 
         def kill_when_training() -> None:
@@ -34,7 +31,7 @@ def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Pa
                 held = [
                     t
                     for t in cluster.board.pending(victim)
-                    if t.state is TaskState.TAKEN and t.id.startswith("r1")
+                    if t.state is TaskState.TAKEN and ":r1-" in t.id
                 ]
                 if held:
                     cluster.stop_agent(victim, kill=True)
@@ -45,8 +42,8 @@ def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Pa
             if row["round"] == 0:
                 threading.Thread(target=kill_when_training, daemon=True).start()
 
-        result = run_federated(cfg, tmp_path / "run", attached=attached, on_round=on_round)
-    rounds = result.rounds
+        result = run_over(cluster, cfg, tmp_path / "run", on_round)
+    rounds = result.rows
     assert [r.aggregated for r in rounds] == [True, True]
     assert rounds[0].completed == 3
     assert rounds[1].completed == 2 and rounds[1].failed == 1
@@ -56,9 +53,6 @@ def test_agent_killed_mid_round_the_round_completes_with_the_others(tmp_path: Pa
 def test_server_restart_mid_job_loses_nothing(tmp_path: Path):
     cfg = config("fl.rounds=3", "fl.deadline_s=60")
     with cluster_for(cfg, tmp_path) as cluster:
-        attached = Attached(
-            board=cluster.board, repository=cluster.repository, registry=cluster.registry
-        )
 
         def on_round(row):
             if row["round"] == 0:
@@ -84,7 +78,7 @@ def test_server_restart_mid_job_loses_nothing(tmp_path: Path):
                 cluster.server = ServerThread(app, host=old.host, port=old.port)
                 cluster.server.start()
 
-        result = run_federated(cfg, tmp_path / "run", attached=attached, on_round=on_round)
+        result = run_over(cluster, cfg, tmp_path / "run", on_round)
         repo = cluster.repository
         versions = repo.list_versions("digits_cnn")
         assert [v.version for v in versions] == list(range(1, len(versions) + 1))
@@ -93,8 +87,8 @@ def test_server_restart_mid_job_loses_nothing(tmp_path: Path):
                 blob = f.read()
             assert hashlib.sha256(blob).hexdigest() == v.sha256
             decode(blob)
-    assert [r.aggregated for r in result.rounds] == [True, True, True]
-    assert all(r.completed == 3 for r in result.rounds)
+    assert [r.aggregated for r in result.rows] == [True, True, True]
+    assert all(r.completed == 3 for r in result.rows)
     assert {v.round for v in versions} >= {0, 1, 2}
 
 
@@ -103,9 +97,8 @@ def test_job_api_runs_federated_training_on_the_servers_devices(tmp_path: Path):
     with cluster_for(cfg, tmp_path) as cluster:
         jobs = JobManager(
             data_dir=tmp_path,
-            attached=Attached(
-                board=cluster.board, repository=cluster.repository, registry=cluster.registry
-            ),
+            stores=cluster.stores,
+            runner=Jobs(),
         )
         with pytest.raises(ValueError, match="kind"):
             jobs.start("teleport", {})

@@ -10,18 +10,13 @@ from pathlib import Path
 import pytest
 
 from fedsim.core.events import Event, EventKind
-from fedsim.core.results import FederatedResult, RoundRow
+from fedsim.core.results import FEDERATED, RepetitionEvents, RoundRow, RunResult
 from fedsim.report.console import console_federated
-from fedsim.report.federated import (
-    ROUND_COLUMNS,
-    federated_events_frame,
-    rounds_frame,
-    server_of,
-    write_federated_run,
-)
+from fedsim.report.federated import ROUND_COLUMNS, rounds_frame, server_of
 from fedsim.report.federated_markdown import render_federated_report
 from fedsim.report.federated_plots import plot_federated_timeline
-from fedsim.report.tables import EVENT_COLUMNS
+from fedsim.report.tables import EVENT_COLUMNS, events_frame
+from fedsim.report.write import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SERVER, CLIENTS = 0, (3, 4, 8)
@@ -130,13 +125,14 @@ def make_events() -> tuple[Event, ...]:
     return tuple(events)
 
 
-def make_result() -> FederatedResult:
+def make_result() -> RunResult:
     failures = [(FAILED_ROUND, d, "no result before the deadline") for d in CLIENTS]
     failures.append((4, 8, "update norm 1e9 above max_update_norm"))
-    return FederatedResult(
+    return RunResult(
+        kind=FEDERATED,
         summary=make_summary(),
-        rounds=[make_round(n) for n in range(1, ROUNDS + 1)],
-        events=make_events(),
+        rows=[make_round(n) for n in range(1, ROUNDS + 1)],
+        events=[RepetitionEvents(repetition=0, scenario=FEDERATED, events=make_events())],
         label_counts={3: [50, 0, 3, 40, 7, 0, 0, 12, 30, 1], 4: [0] * 9 + [90], 8: [10] * 10},
         failures=failures,
         assumptions=["Client 3 (jetson): 1 TFLOP/s effective."],
@@ -144,10 +140,10 @@ def make_result() -> FederatedResult:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FederatedResult]:
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunResult]:
     run_dir = tmp_path_factory.mktemp("federated_run")
     result = make_result()
-    write_federated_run(run_dir, result)
+    write_run(run_dir, result)
     return run_dir, result
 
 
@@ -186,7 +182,7 @@ def test_runs_csv_has_a_row_per_round(written):
     assert reader.fieldnames == ROUND_COLUMNS
     assert reader.fieldnames[:2] == ["repetition", "scenario"]
     assert set(reader.fieldnames) >= {f.name for f in dataclasses.fields(RoundRow)}
-    assert len(rows) == len(result.rounds)
+    assert len(rows) == len(result.rows)
     assert {r["repetition"] for r in rows} == {"0"} and {r["scenario"] for r in rows} == {
         "federated"
     }
@@ -208,7 +204,7 @@ def test_events_csv_has_the_comparison_columns(written):
 
     # Assert
     assert reader.fieldnames == EVENT_COLUMNS
-    assert len(rows) == len(result.events)
+    assert len(rows) == len(result.all_events())
     assert {r["scenario"] for r in rows} == {"federated"}
     assert {int(r["device"]) for r in rows} == {SERVER, *CLIENTS}
     assert "evaluate" in {r["kind"] for r in rows}
@@ -277,7 +273,7 @@ def test_report_without_failures_says_so():
     # Prepare
     result = make_result()
     result.failures = []
-    result.rounds = [dataclasses.replace(r, aggregated=True) for r in result.rounds]
+    result.rows = [dataclasses.replace(r, aggregated=True) for r in result.rows]
 
     # Execute
     report = render_federated_report(result, {})
@@ -290,7 +286,7 @@ def test_report_without_failures_says_so():
 def test_long_runs_show_every_kth_round_and_the_failed_ones():
     # Prepare: 100 rounds, one failed in the middle.
     result = make_result()
-    result.rounds = [
+    result.rows = [
         dataclasses.replace(make_round(1), round=n, aggregated=n != 57) for n in range(1, 101)
     ]
 
@@ -330,8 +326,8 @@ def test_server_is_inferred_from_the_events():
 def test_long_timeline_draws_the_first_rounds_only(tmp_path):
     # Prepare: 5 rounds of 12 or 9 events; room for about two rounds.
     result = make_result()
-    events = federated_events_frame(result.events)
-    rounds = rounds_frame(result.rounds)
+    events = events_frame(result.events)
+    rounds = rounds_frame(result.rows)
 
     # Execute
     path = plot_federated_timeline(
@@ -345,16 +341,15 @@ def test_long_timeline_draws_the_first_rounds_only(tmp_path):
 def test_modelled_run_without_evaluations_or_labels_still_plots(tmp_path):
     # Prepare: time only, as fl.training=modelled produces.
     result = make_result()
-    result.rounds = [
-        dataclasses.replace(r, accuracy=None, eval_loss=None, train_loss=None)
-        for r in result.rounds
+    result.rows = [
+        dataclasses.replace(r, accuracy=None, eval_loss=None, train_loss=None) for r in result.rows
     ]
     result.label_counts = {}
     result.summary.update(final_accuracy=None, best_accuracy=None, time_to_target_s=None)
     result.summary["round_to_target"] = None
 
     # Execute
-    write_federated_run(tmp_path, result)
+    write_run(tmp_path, result)
 
     # Assert
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == PLOTS
@@ -396,7 +391,7 @@ def test_console_federated_without_target_or_accuracy():
 def test_long_runs_sample_the_evaluated_rounds():
     # Prepare: 200 rounds, evaluated every 5th, as with fl.eval_every=5.
     result = make_result()
-    result.rounds = [
+    result.rows = [
         dataclasses.replace(make_round(1), round=n, accuracy=0.5 if n % 5 == 0 else None)
         for n in range(1, 201)
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import subprocess
@@ -11,13 +12,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from test_federated_report import make_result as make_federated_result
 from test_report import make_result
 from test_sweep_report import EXPERIMENT, write_comparison_job, write_federated_job
 
-from fedsim.real.remote import run_remote
-from fedsim.report.federated import write_federated_run
+from fedsim.config import build_spec, compose, conf_dir
+from fedsim.remote import run_remote
 from fedsim.report.federated_markdown import percent
 from fedsim.report.html import write_html_report
 from fedsim.report.sweep import write_sweep_report
@@ -130,7 +130,7 @@ def comparison_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("federated_run")
-    write_federated_run(run_dir, make_federated_result())
+    write_run(run_dir, make_federated_result())
     return run_dir
 
 
@@ -237,27 +237,28 @@ def test_remote_run_writes_report_html(tmp_path, monkeypatch):
         "round": 2,
         "error": None,
         "results": "/srv/results/j1",
-        "rounds": [{"round": 1, "accuracy": 0.8}, {"round": 2, "accuracy": 0.9}],
+        "rounds": [dataclasses.asdict(r) for r in make_federated_result().rows[:2]],
     }
-    monkeypatch.setattr("fedsim.real.remote._call", lambda *args, **kwargs: job)
+    monkeypatch.setattr("fedsim.remote._call", lambda *args, **kwargs: job)
     monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "secret")
-    cfg = OmegaConf.create(
-        {
-            "experiment": {"name": "fl_digits", "kind": "federated"},
-            "mode": {"server_url": "http://192.0.2.1:8080", "admin_token_file": None},
-            "fl": {"rounds": 2},
-            "seed": 0,
-        }
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "mode=real",
+            "mode.server_url=http://192.0.2.1:8080",
+            "fl.rounds=2",
+        ]
     )
 
     # Execute
-    run_remote(cfg, tmp_path, poll_s=0)
+    run_remote(build_spec(cfg, conf_dir()), tmp_path, poll_s=0)
     page = page_of(tmp_path)
 
     # Assert
     assert page.title == "fedsim report: fl_digits (job j1 on http://192.0.2.1:8080)"
-    assert "/srv/results/j1" in "".join(page.text) and "0.9" in "".join(page.text)
-    assert not page.resources and "script" not in page.tags
+    final = percent(job["rounds"][-1]["accuracy"])
+    assert "/srv/results/j1" in "".join(page.text) and final in "".join(page.text)
+    assert_self_contained(page, tmp_path / "plots")
 
 
 def test_missing_image_leaves_a_note_not_an_exception(tmp_path, caplog):

@@ -17,9 +17,10 @@ from fedsim.core.events import Event, EventKind
 from fedsim.core.results import (
     CLIENT,
     CLOUD,
+    COMPARISON,
     CrossoverPoint,
-    ExperimentResult,
     RepetitionEvents,
+    RunResult,
     ScenarioRun,
 )
 from fedsim.report.console import console_table
@@ -29,7 +30,8 @@ from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, t
 from fedsim.report.write import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CONTRACT = Path("/work/shared/checks/run-contract")
+# The shared checks lie beside the repository: ../shared from its root.
+CONTRACT = Path(__file__).resolve().parents[2] / ".." / "shared" / "checks" / "run-contract"
 SERVER, CLIENTS = 0, (4, 8)
 
 
@@ -111,7 +113,7 @@ def make_crossover() -> list[CrossoverPoint]:
     ]
 
 
-def make_result(*, repetitions: int = 3, crossover: bool = True, **summary) -> ExperimentResult:
+def make_result(*, repetitions: int = 3, crossover: bool = True, **summary) -> RunResult:
     runs = []
     for rep in range(repetitions):
         jitter = 0.1 * (rep - 1)
@@ -139,9 +141,10 @@ def make_result(*, repetitions: int = 3, crossover: bool = True, **summary) -> E
                 bytes_moved=1_030_961_616,
             )
         )
-    return ExperimentResult(
+    return RunResult(
+        kind=COMPARISON,
         summary=make_summary(repetitions=repetitions, **summary),
-        runs=runs,
+        rows=runs,
         events=[e for rep in range(repetitions) for e in make_events(rep)],
         crossover=make_crossover() if crossover else [],
         crossover_link="edge_uplink",
@@ -153,7 +156,7 @@ def make_result(*, repetitions: int = 3, crossover: bool = True, **summary) -> E
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExperimentResult]:
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunResult]:
     run_dir = tmp_path_factory.mktemp("run")
     result = make_result()
     write_run(run_dir, result)

@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsim.real.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from fedsim.real.jobs import JobRunner
 
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
 ENROLLMENT_ENV = "FEDSIM_ENROLLMENT_TOKEN"
@@ -116,30 +119,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _job_runner(config: ServerConfig) -> dict[str, Any]:
-    """The stores the server shares with its job manager, and the manager itself."""
-    from fedsim.core.registry import DeviceRegistry
-    from fedsim.real.board import TaskBoard
-    from fedsim.real.jobs import Attached, JobManager
-    from fedsim.store.sqlite import SqliteRegistryStore, SqliteRepository
+def _served(config: ServerConfig, runner: JobRunner | None) -> dict[str, Any]:
+    """The stores the server keeps, and the job manager when it is handed a job runner."""
+    from fedsim.real.jobs import JobManager
+    from fedsim.real.stores import ServerStores
 
-    data = Path(config.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    attached = Attached(
-        board=TaskBoard(),
-        repository=SqliteRepository(data / "repository"),
-        registry=DeviceRegistry(SqliteRegistryStore(data / "registry"), patience=config.patience_s),
-    )
+    stores = ServerStores.open(config.data_dir, patience_s=config.patience_s)
+    jobs = None
+    if runner is not None:
+        jobs = JobManager(data_dir=Path(config.data_dir), stores=stores, runner=runner)
     return {
-        "jobs": JobManager(data_dir=data, attached=attached),
-        "board": attached.board,
-        "registry": attached.registry,
-        "repository": attached.repository,
+        "jobs": jobs,
+        "board": stores.board,
+        "registry": stores.registry,
+        "repository": stores.repository,
     }
 
 
-def main(argv: list[str]) -> int:
-    """Run the server; returns the process exit status (2 for a configuration error)."""
+def main(argv: list[str], runner: JobRunner | None = None) -> int:
+    """Run the server; returns the process exit status (2 for a configuration error).
+
+    ``runner`` runs the experiments users post as jobs (``fedsim`` hands it its pipeline);
+    without one the server answers job requests as unavailable.
+    """
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has printed
@@ -178,7 +180,7 @@ def main(argv: list[str]) -> int:
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
     try:
-        run_server(config, **_job_runner(config))
+        run_server(config, **_served(config, runner))
     except OSError as e:  # the port is taken, the data directory is not writable, ...
         return _error(str(e))
     return 0

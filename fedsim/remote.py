@@ -2,15 +2,15 @@
 
 With ``mode.server_url`` set, ``python -m fedsim`` does not start a server or agents: it asks
 that server (``POST /api/v1/jobs``, admin token from ``mode.admin_token_file`` or
-``$FEDSIM_ADMIN_TOKEN``) to run the experiment over the devices registered with it, follows
-the job until it ends, and writes the job's rounds here. The full result layout (events,
-plots, the repository) stays on the server, under the path the summary gives.
+``$FEDSIM_ADMIN_TOKEN``) to run the experiment over the devices registered with it (there the
+pipeline runs it with the ``attached`` runtime), follows the job until it ends, and writes the
+job's rounds here through the one run writer. The events and the repository stay on the
+server, under the path the summary gives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -21,10 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from fedsim.config import ConfigError
-from fedsim.report.html import write_report
+from fedsim.core.results import FEDERATED, RoundRow, RunResult
+from fedsim.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
@@ -62,57 +61,58 @@ def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[s
         raise ConfigError(f"mode.server_url: cannot reach {url}: {e.reason}") from None
 
 
-def run_remote(cfg: Any, run_dir: Path, poll_s: float = 1.0) -> dict[str, Any]:
-    """Run the experiment as a job on ``cfg.mode.server_url``; returns the finished job."""
-    base = cfg.mode.server_url.rstrip("/") + "/api/v1/jobs"
-    token = _token(cfg.mode)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    config["mode"] = {"name": "real"}
-    job = _call("POST", base, token, {"kind": cfg.experiment.kind, "config": config})
-    log.info("job %s started on %s", job["id"], cfg.mode.server_url)
+def run_remote(spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0) -> dict[str, Any]:
+    """Run ``spec`` as a job on ``spec.mode.server_url``; returns the finished job."""
+    if spec.kind != FEDERATED:
+        raise ConfigError("mode.server_url: a running server runs federated jobs only")
+    url = str(spec.mode.server_url)
+    base = url.rstrip("/") + "/api/v1/jobs"
+    token = _token(spec.mode)
+    config = {**spec.config, "mode": {"name": "real"}}
+    job = _call("POST", base, token, {"kind": spec.kind, "config": config})
+    log.info("job %s started on %s", job["id"], url)
     seen = 0
     while job["state"] == "running":
         time.sleep(poll_s)
         job = _call("GET", f"{base}/{job['id']}", token)
         if job["round"] > seen:
             seen = job["round"]
-            print(f"round {seen}/{cfg.fl.rounds}", file=sys.stderr)
-    _write(run_dir, cfg, job)
+            print(f"round {seen}/{spec.fl.rounds}", file=sys.stderr)
+    _write(run_dir, spec, job)
     if job["state"] != "succeeded":
         raise ConfigError(f"mode.server_url: job {job['id']} {job['state']}: {job['error']}")
     return job
 
 
-def _write(run_dir: Path, cfg: Any, job: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rounds = job.get("rounds", [])
-    accuracies = [r["accuracy"] for r in rounds if r.get("accuracy") is not None]
+def _write(run_dir: Path, spec: ExperimentSpec, job: dict[str, Any]) -> None:
+    from fedsim.report.write import write_run
+
+    rows = [RoundRow(**r) for r in job.get("rounds", [])]
+    accuracies = [r.accuracy for r in rows if r.accuracy is not None]
     summary = {
-        "experiment": cfg.experiment.name,
-        "kind": cfg.experiment.kind,
+        "experiment": spec.name,
+        "kind": FEDERATED,
         "mode": "real",
-        "seed": cfg.seed,
-        "server": cfg.mode.server_url,
+        "seed": spec.seed,
+        "server_url": spec.mode.server_url,
         "job": job["id"],
         "state": job["state"],
-        "rounds": len(rounds),
+        "rounds": len(rows),
+        "rounds_aggregated": sum(r.aggregated for r in rows),
+        "rounds_failed": sum(not r.aggregated for r in rows),
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
         "results_on_server": job.get("results"),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if rounds:
-        with open(run_dir / "runs.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rounds[0]))
-            writer.writeheader()
-            writer.writerows(rounds)
-    write_report(
-        run_dir / "report.md",
-        f"# fedsim report: {cfg.experiment.name} (job {job['id']} on {cfg.mode.server_url})\n\n"
-        f"The job ran on the server's registered devices and ended **{job['state']}** after "
-        f"{len(rounds)} rounds; final accuracy "
-        f"{summary['final_accuracy'] if summary['final_accuracy'] is not None else 'n/a'}.\n\n"
-        f"Its full results (events, plots, model repository) are on the server under "
-        f"`{job.get('results')}`; `runs.csv` here holds its rounds.\n",
+    result = RunResult(
+        kind=FEDERATED,
+        summary=summary,
+        rows=rows,
+        events=[],
+        assumptions=[
+            f"The job ran as job {job['id']} on {spec.mode.server_url}, over the devices "
+            f"registered there, and ended {job['state']}. Its events and model repository are "
+            f"on the server under {job.get('results')}."
+        ],
     )
+    write_run(run_dir, result)

@@ -1,0 +1,71 @@
+"""The ``attached`` runtime: a fedsim server that is already up, over its own stores.
+
+Jobs run this way (the server's job manager hands the pipeline its stores), and so does the
+``real`` runtime once it has started its local server and agents. Tasks go to the agents through
+the server's task board; each transport's task ids carry the session's channel, so that jobs
+sharing a server never collide.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.core.repository import ModelRepository
+from fedsim.core.topology import Topology
+from fedsim.real.resources import RegistryResources
+from fedsim.real.stores import ServerStores
+from fedsim.real.transport import HttpTransport
+from fedsim.runtimes import Needs
+from fedsim.spec import ExperimentSpec
+
+
+@dataclass(kw_only=True)
+class ServerSession:
+    """Transports over a server's task board; resources from its device registry."""
+
+    stores: ServerStores
+    topology: Topology
+    needs: Needs
+    channel: str = ""
+    _count: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def store(self) -> ModelRepository:
+        return self.stores.repository
+
+    def transport(self, topology: Topology, seed: np.random.SeedSequence) -> HttpTransport:
+        return HttpTransport(
+            board=self.stores.board,
+            repository=self.stores.repository,
+            server=topology.server,
+            channel=f"{self.channel}{next(self._count)}:",
+        )
+
+    def resources(self, transport: HttpTransport) -> RegistryResources:  # type: ignore[override]
+        profiles = {d: self.topology.devices[d].hardware for d in self.needs.clients}
+        return RegistryResources(
+            self.stores.registry,
+            train_flops_per_sample=self.needs.train_flops_per_sample,
+            profiles=profiles,
+        )
+
+
+@dataclass(frozen=True)
+class AttachedRuntime:
+    """Runs over ``stores`` of a server that is up; ``channel`` prefixes its task ids."""
+
+    stores: ServerStores
+    channel: str = ""
+    measured = True
+
+    @contextmanager
+    def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[ServerSession]:
+        yield ServerSession(
+            stores=self.stores, topology=spec.topology, needs=needs, channel=self.channel
+        )

@@ -1,0 +1,50 @@
+"""The ``sim`` runtime: SimPy over the topology, training (if any) in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.core.faults import FaultPlan
+from fedsim.core.repository import ModelRepository
+from fedsim.core.topology import Topology
+from fedsim.runtimes import Needs
+from fedsim.sim.resources import SimResources
+from fedsim.sim.runtime import SimTransport
+from fedsim.spec import ExperimentSpec
+
+
+@dataclass(kw_only=True)
+class SimSession:
+    needs: Needs
+    faults: FaultPlan
+    store: ModelRepository | None = None
+
+    def transport(self, topology: Topology, seed: np.random.SeedSequence) -> SimTransport:
+        return SimTransport(topology, seed=seed, trainer=self.needs.trainer, faults=self.faults)
+
+    def resources(self, transport: SimTransport) -> SimResources:  # type: ignore[override]
+        return SimResources(transport, train_flops_per_sample=self.needs.train_flops_per_sample)
+
+
+class SimRuntime:
+    """Simulated devices and links; faults are injected by the simulator."""
+
+    measured = False
+
+    @contextmanager
+    def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[SimSession]:
+        store = None
+        if needs.store:
+            from fedsim.store.sqlite import SqliteRepository
+
+            store = SqliteRepository(Path(run_dir) / "repository")
+        try:
+            yield SimSession(needs=needs, faults=spec.faults, store=store)
+        finally:
+            if store is not None:
+                store.close()

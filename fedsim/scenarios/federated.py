@@ -1,0 +1,334 @@
+"""Federated training: data, trainer, strategy and coordinator over a runtime's session.
+
+With ``fl.training: real`` each client's shard trains a PyTorch model for real (in this process
+under the simulator, in the agents' processes under a real runtime); with ``modelled`` only
+time is accounted for (for scale). Each round becomes a :class:`RoundRow` as it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim import __version__
+from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
+from fedsim.core.events import EventLog
+from fedsim.core.results import FEDERATED, RepetitionEvents, RoundRow, RunResult, time_fields
+from fedsim.core.runtime import Cost, ModelRef
+from fedsim.core.scheduling import Reliability
+from fedsim.core.selection import (
+    AllSelection,
+    OortSelection,
+    RandomSelection,
+    ResourceAware,
+    SelectionPolicy,
+)
+from fedsim.core.strategies.base import Strategy
+from fedsim.core.strategies.registry import make_strategy
+from fedsim.core.topology import Topology
+from fedsim.core.workload import ModelSpec
+from fedsim.runtimes import Needs, Runtime, Shards
+from fedsim.scenarios import Hooks
+from fedsim.scenarios.comparison import model_summary
+from fedsim.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+
+def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunResult:
+    """Run ``spec.fl.rounds`` rounds over ``rt``; rows, events and the report's facts."""
+    from tqdm import tqdm
+
+    fl, model = spec.fl, spec.workload.model
+    clients = list(spec.clients)
+    seeds = np.random.SeedSequence(spec.seed).spawn(3)
+    rng = np.random.default_rng(seeds[0])
+
+    trainer = evaluation = params = shards = None
+    labels: dict[int, list[int]] = {}
+    if fl.training == "real":
+        import torch
+
+        from fedsim.ml.train import Evaluator, TorchTrainer
+
+        torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves a core free
+        shards, (X_test, y_test), labels = real_data(spec, rng)
+        samples = {dev: len(shard[1]) for dev, shard in shards.items()}
+        trainer = TorchTrainer(
+            model_name=model.name, num_classes=model.num_classes, data=shards, seed=spec.seed
+        )
+        params = trainer.initial_parameters()
+        evaluator = Evaluator(
+            model_name=model.name, num_classes=model.num_classes, X=X_test, y=y_test
+        )
+        evaluation = Evaluation(fn=evaluator, cost=Cost(flops=model.forward_flops * len(y_test)))
+    else:
+        samples = dict.fromkeys(clients, spec.workload.samples_per_device)
+
+    needs = Needs(
+        clients=clients,
+        train_flops_per_sample=float(model.train_flops),
+        trainer=trainer,
+        shards=shards,
+        store=params is not None,
+    )
+    bar = tqdm(
+        total=fl.rounds, desc="rounds", unit="round", file=sys.stderr, disable=not hooks.progress
+    )
+    with bar, rt.open(spec, run_dir, needs) as session:
+        transport = session.transport(spec.topology, seeds[1])
+        rows = _RoundRows(transport.events, fl.max_events)
+        versions = None
+        if params is not None:
+            from fedsim.store.recorder import RepositoryRecorder
+
+            assert session.store is not None
+            versions = RepositoryRecorder(
+                session.store,
+                name=model.name,
+                architecture=model.name,
+                initial=params,
+                metadata={"experiment": spec.name},
+            )
+
+        def on_round(r: RoundReport) -> None:
+            rows(r)
+            if hooks.on_round is not None:
+                hooks.on_round(asdict(rows.rows[-1]))
+            if versions is not None:
+                versions.record(r, coordinator.parameters)
+            bar.update(1)
+
+        coordinator = Coordinator(
+            transport=transport,
+            strategy=_strategy(spec.strategy),
+            group_strategy=None if spec.group_strategy is None else _strategy(spec.group_strategy),
+            work=ClientWork(
+                samples=samples,
+                train_flops_per_sample=float(model.train_flops),
+                update_nbytes=model.state_bytes,
+                state_values=model.state_values,
+                config={
+                    "model": model.name,
+                    "num_classes": model.num_classes,
+                    "input_size": model.input_size,
+                    "seed": spec.seed,
+                },
+            ),
+            model=ModelRef(name=model.name, version=0, nbytes=model.state_bytes),
+            parameters=params,
+            config=fl,
+            selector=selector(fl.selection, model.state_bytes),
+            resources=session.resources(transport),
+            reliability=Reliability(),
+            evaluation=evaluation,
+            groups={d: spec.topology.devices[d].group for d in clients},
+            on_round=on_round,
+            seed=seeds[2],
+        )
+        history = coordinator.run(clients)
+        elapsed = transport.now()
+        repository = None
+        if params is not None:
+            assert session.store is not None
+            stats = session.store.stats(model.name)
+            repository = {
+                "path": "repository",
+                "versions": stats.versions,
+                "deployments": stats.deployments,
+                "total_bytes": stats.total_size,
+            }
+
+    events = tuple(transport.events)
+    failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
+    failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
+    summary = _summary(spec, rows.rows, samples, elapsed, repository, rows.dropped, len(events))
+    summary["updates_lost"] = sum(len(r.failures) for r in history)
+    summary["updates_rejected"] = sum(len(r.rejected) for r in history)
+    return RunResult(
+        kind=FEDERATED,
+        summary=summary,
+        rows=rows.rows,
+        events=[RepetitionEvents(repetition=0, scenario=FEDERATED, events=events)],
+        label_counts=labels,
+        failures=failures,
+        assumptions=_assumptions(spec, model),
+    )
+
+
+def _strategy(c: Any) -> Strategy:
+    return make_strategy(c["name"], **{k: v for k, v in c.items() if k != "name"})
+
+
+def selector(name: str, model_bytes: float) -> SelectionPolicy:
+    """The selection policy ``fl.selection`` names."""
+    if name == "random":
+        return RandomSelection()
+    if name == "resource":
+        return ResourceAware(model_bytes=model_bytes)
+    if name == "oort":
+        return OortSelection(model_bytes=model_bytes)
+    return AllSelection()
+
+
+def real_data(
+    spec: ExperimentSpec, rng: np.random.Generator
+) -> tuple[Shards, tuple[np.ndarray, np.ndarray], dict[int, list[int]]]:
+    """Shards of the data set per client, the test split and the label counts."""
+    from fedsim.config import ConfigError
+    from fedsim.core.partition import dirichlet_partition, iid_partition, label_distribution
+    from fedsim.ml.data import load_digits_split
+
+    name = spec.workload.dataset.name
+    if name != "digits":
+        raise ConfigError(f"workload.dataset.name: real training knows 'digits', not {name!r}")
+    p, clients = spec.partition, list(spec.clients)
+    X, y, X_test, y_test = load_digits_split(test_fraction=p.test_fraction, seed=spec.seed)
+    if p.kind == "dirichlet":
+        parts = dirichlet_partition(y, len(clients), p.alpha, rng=rng, min_size=spec.fl.batch_size)
+    else:
+        parts = iid_partition(len(y), len(clients), rng)
+    shards = {dev: (X[idx], y[idx]) for dev, idx in zip(clients, parts, strict=True)}
+    counts = label_distribution(y, parts)
+    labels = {dev: [int(v) for v in row] for dev, row in zip(clients, counts, strict=True)}
+    return shards, (X_test, y_test), labels
+
+
+class _RoundRows:
+    """Turns each round's report and events into a row as the round ends.
+
+    Rows are made while the events are at hand, so that a long run need keep only the first
+    ``max_events`` events for the events table (memory stays bounded at any scale).
+    """
+
+    def __init__(self, log: EventLog, max_events: int) -> None:
+        self.log, self.max_events = log, max_events
+        self.rows: list[RoundRow] = []
+        self._mark = 0
+        self.dropped = 0
+
+    def __call__(self, r: RoundReport) -> None:
+        fresh = self.log.events[self._mark :]
+        self.rows.append(
+            RoundRow(
+                round=r.round,
+                version=r.version.version if r.version else None,
+                started_s=r.started,
+                finished_s=r.finished,
+                **time_fields(fresh, r.started, r.finished),
+                selected=len(r.selected),
+                completed=len(r.completed),
+                failed=len(r.failures),
+                rejected=len(r.rejected),
+                aggregated=r.aggregated,
+                train_loss=r.train_loss,
+                accuracy=r.metrics.get("accuracy"),
+                eval_loss=r.metrics.get("loss"),
+                staleness=r.staleness,
+            )
+        )
+        if len(self.log.events) > self.max_events:
+            self.dropped += len(self.log.events) - self.max_events
+            del self.log.events[self.max_events :]
+        self._mark = len(self.log.events)
+
+
+def _to_target(rows: list[RoundRow], target: float | None) -> tuple[int | None, float | None]:
+    if target is None:
+        return None, None
+    for row in rows:
+        if row.accuracy is not None and row.accuracy >= target:
+            return row.round, row.finished_s
+    return None, None
+
+
+def _summary(
+    spec: ExperimentSpec,
+    rows: list[RoundRow],
+    samples: dict[int, int],
+    elapsed: float,
+    repository: dict[str, Any] | None,
+    dropped: int,
+    recorded: int,
+) -> dict[str, Any]:
+    fl, workload = spec.fl, spec.workload
+    accuracies = [r.accuracy for r in rows if r.accuracy is not None]
+    round_to_target, time_to_target = _to_target(rows, fl.target_accuracy)
+    return {
+        "experiment": spec.name,
+        "kind": FEDERATED,
+        "mode": spec.mode.name,
+        "seed": spec.seed,
+        "strategy": dict(spec.strategy),
+        "rounds": fl.rounds,
+        "fl_mode": fl.mode,
+        "selection": fl.selection,
+        "training": fl.training,
+        "clients": list(spec.clients),
+        "topology": spec.topology.name,
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "target_accuracy": fl.target_accuracy,
+        "round_to_target": round_to_target,
+        "time_to_target_s": time_to_target,
+        "simulated_time_s": elapsed,
+        "rounds_aggregated": sum(r.aggregated for r in rows),
+        "rounds_failed": sum(not r.aggregated for r in rows),
+        "repository": repository,
+        "events_recorded": recorded,
+        "events_not_recorded": dropped,
+        "workload": {
+            "name": spec.workload_name,
+            "model": model_summary(workload.model),
+            "dataset": asdict(workload.dataset),
+            "batch_size": fl.batch_size,
+            "local_epochs": fl.local_epochs,
+            "samples_per_client": samples if len(samples) <= 100 else None,
+        },
+        "partition": {"kind": spec.partition.kind, "alpha": spec.partition.alpha},
+        "faults": {
+            "dropout": spec.faults.dropout,
+            "outages": len(spec.faults.outages),
+            "link_changes": len(spec.faults.link_changes),
+        },
+        "fedsim_version": __version__,
+    }
+
+
+def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
+    fl, topology = spec.fl, spec.topology
+    out = [
+        f"Training one sample of {model.name} costs {model.train_flops:,} FLOPs (forward + "
+        f"backward, counted on the PyTorch module); simulated time uses it with each device's "
+        f"profile, whatever the host's own speed.",
+        f"Each round sends the {model.state_bytes / 1e3:.1f} kB float32 state to every selected "
+        f"client and back.",
+    ]
+    out += _client_lines(topology, list(spec.clients))
+    if fl.training == "real":
+        p = spec.partition
+        out.append(
+            f"Data: scikit-learn's digits, split {p.kind}"
+            + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
+            + f"; {p.test_fraction:.0%} held out for the server's evaluation."
+        )
+    if fl.deadline_s is not None:
+        out.append(
+            f"A round waits at most {fl.deadline_s:g} s for updates; it needs "
+            f"{fl.min_fit} to aggregate."
+        )
+    return out
+
+
+def _client_lines(topology: Topology, clients: list[int]) -> list[str]:
+    return [
+        f"Client {dev} ({topology.devices[dev].description}): "
+        f"{topology.devices[dev].hardware.description}, "
+        f"{topology.devices[dev].hardware.effective_flops / 1e12:.3g} TFLOP/s effective."
+        for dev in clients
+    ]

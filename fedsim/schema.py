@@ -1,0 +1,248 @@
+"""The experiment config's schema: the YAML under ``conf/`` composes against these dataclasses.
+
+Hydra's ConfigStore holds :class:`Config` as ``fedsim_schema`` (``conf/config.yaml`` lists it
+first in its defaults), so an unknown key or a wrong type is an error at composition. The FL
+settings are the engine's own :class:`~fedsim.core.coordinator.FederatedConfig`, extended by
+what the experiment does around the rounds, so they are declared once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from fedsim.core.coordinator import FederatedConfig
+
+
+@dataclass
+class AcceleratorConf:
+    model: str = MISSING
+    count: int = 1
+    peak_tflops: float = MISSING  # fp32 peak of one unit
+    memory_gb: float = 0.0
+    memory_bandwidth_gbps: float = MISSING
+
+
+@dataclass
+class HardwareConf:
+    description: str = ""
+    cpu_model: str = ""
+    cpu_cores: int = 1
+    cpu_ghz: float = 1.0
+    cpu_peak_gflops: float = MISSING
+    memory_gb: float = MISSING
+    memory_bandwidth_gbps: float = MISSING
+    disk_write_mbps: float = 500.0
+    accelerator: AcceleratorConf | None = None
+    train_on: str = "accelerator"
+    efficiency: float = MISSING
+    scaling_efficiency: float = 1.0
+    jitter: float = 0.0
+
+
+@dataclass
+class NetworkConf:
+    description: str = ""
+    bandwidth_mbps: float = MISSING
+    latency_ms: float = MISSING
+    loss: float = 0.0
+    jitter_ms: float = 0.0
+
+
+@dataclass
+class LinkConf:
+    network: str = MISSING
+    to: int | None = None  # a device to attach to; by default the group's switch
+
+
+@dataclass
+class DeviceConf:
+    id: int = MISSING
+    description: str = MISSING
+    group: int = MISSING
+    id_in_group: int = MISSING
+    role: str = "device"
+    hardware: str = MISSING
+    link: LinkConf = field(default_factory=LinkConf)
+
+
+@dataclass
+class GroupConf:
+    id: int = MISSING
+    description: str = MISSING
+    uplink: str = MISSING
+
+
+@dataclass
+class GenerateConf:
+    """A generated fleet: a server in group 0, ``groups`` x ``devices_per_group`` trainers.
+
+    Trainer hardware cycles through ``hardware``; every trainer joins its group with ``link``,
+    every edge group reaches the backbone through ``uplink``.
+    """
+
+    groups: int = MISSING
+    devices_per_group: int = MISSING
+    hardware: list[str] = MISSING
+    link: str = MISSING
+    uplink: str = MISSING
+    server_hardware: str = MISSING
+    server_link: str = MISSING
+    cloud_uplink: str = MISSING
+
+
+@dataclass
+class TopologyConf:
+    name: str = MISSING
+    description: str = ""
+    groups: list[GroupConf] = field(default_factory=list)
+    devices: list[DeviceConf] = field(default_factory=list)
+    generate: GenerateConf | None = None
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    samples: int = MISSING
+    total_gb: float = MISSING
+
+
+@dataclass
+class ScaleConf:
+    """A smaller job for mode=real, so that real training fits a small host."""
+
+    input_size: int = MISSING
+    samples_per_device: int = MISSING
+
+
+@dataclass
+class WorkloadConf:
+    name: str = MISSING
+    model: str = MISSING
+    num_classes: int = MISSING
+    input_size: int = MISSING
+    batch_size: int = MISSING
+    samples_per_device: int = MISSING
+    epochs: int = 1
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    scale: ScaleConf | None = None  # applied in mode=real only
+
+
+@dataclass
+class RangeConf:
+    start: float = MISSING
+    stop: float = MISSING
+    num: int = MISSING
+
+
+@dataclass
+class CrossoverConf:
+    link: str = MISSING
+    bandwidth_mbps: RangeConf = field(default_factory=RangeConf)
+    samples_per_device: RangeConf = field(default_factory=RangeConf)
+
+
+@dataclass
+class PaperConf:
+    source: str = ""
+    t_ref_s: float = MISSING
+    t_new_s: float = MISSING
+    time_saving_rate: float = MISSING
+
+
+@dataclass
+class ExperimentConf:
+    name: str = "default"
+    description: str = ""
+    kind: str = "comparison"  # comparison: cloud vs client (Table II); federated: FL rounds
+    clients: list[int] = field(default_factory=list)  # empty: every trainer of the topology
+
+
+SELECTIONS = ("all", "random", "resource", "oort")
+TRAININGS = ("real", "modelled")
+
+
+@dataclass(kw_only=True)
+class FLConf(FederatedConfig):
+    """``fl``: the coordinator's own settings (:class:`FederatedConfig`, written once, with its
+    defaults and checks) plus what the experiment does around the rounds."""
+
+    training: str = "real"  # real: PyTorch trains on each shard; modelled: time only
+    selection: str = "all"  # all | random | resource | oort
+    target_accuracy: float | None = None
+    max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.training not in TRAININGS:
+            raise ValueError(f"training: {self.training!r} is not one of {', '.join(TRAININGS)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if self.max_events < 0:
+            raise ValueError(f"max_events: must be >= 0, got {self.max_events}")
+
+
+@dataclass
+class PartitionConf:
+    kind: str = "dirichlet"  # dirichlet | iid
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+
+
+@dataclass
+class OutageConf:
+    device: int = MISSING
+    start_s: float = MISSING
+    end_s: float | None = None
+
+
+@dataclass
+class LinkChangeConf:
+    network: str = MISSING
+    start_s: float = MISSING
+    end_s: float | None = None
+    factor: float = MISSING
+
+
+@dataclass
+class FaultsConf:
+    dropout: float = 0.0
+    outages: list[OutageConf] = field(default_factory=list)
+    link_changes: list[LinkChangeConf] = field(default_factory=list)
+
+
+@dataclass
+class ModeConf:
+    """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
+    loopback, doing the work for real."""
+
+    name: str = "sim"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port
+    startup_timeout_s: float = 120.0
+    heartbeat_interval_s: float = 1.0
+    patience_s: float = 10.0
+    server_url: str | None = None  # a running fedsim server: run there as a job
+    admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConf = field(default_factory=ExperimentConf)
+    mode: ModeConf = field(default_factory=ModeConf)
+    seed: int = 0
+    repetitions: int = 50
+    topology: TopologyConf = field(default_factory=TopologyConf)
+    hardware: dict[str, HardwareConf] = field(default_factory=dict)
+    network: dict[str, NetworkConf] = field(default_factory=dict)
+    workload: WorkloadConf = field(default_factory=WorkloadConf)
+    crossover: CrossoverConf | None = None
+    paper: PaperConf | None = None
+    fl: FLConf = field(default_factory=FLConf)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    # Hierarchical rounds: how a group combines its members' updates (default: as `strategy`).
+    group_strategy: dict[str, Any] | None = None
+    partition: PartitionConf = field(default_factory=PartitionConf)
+    faults: FaultsConf = field(default_factory=FaultsConf)
