@@ -2,6 +2,7 @@
 
 import itertools
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ from topologies import hardware, link, star
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, FederatedConfig
 from fedsim.core.events import EventKind
 from fedsim.core.faults import FaultPlan, LinkChange, Outage
-from fedsim.core.runtime import Cost, ModelRef
+from fedsim.core.runtime import Cost, ModelRef, Update
+from fedsim.core.strategies.fedadam import FedAdam
 from fedsim.core.strategies.fedavg import FedAvg
+from fedsim.core.strategies.median import Median
 from fedsim.core.topology import Device, Group, Topology
 from fedsim.sim.runtime import SimTransport
 
@@ -172,6 +175,111 @@ def test_hierarchical_round_matches_flat_fedavg_and_crosses_each_wan_link_once()
     assert len(uploads_to_cloud) == 2
     downloads = [e for e in hier.transport.events if e.kind is EventKind.MODEL_DOWNLOAD]
     assert len(downloads) == 2 + 4  # one relay per group, then within each group
+
+
+def outlier_trainer(dev, ins):
+    """pull_trainer, except that device 3 sends an update far off the others."""
+    params, metrics = pull_trainer(dev, ins)
+    if dev == 3:
+        params["w"] = np.full(4, 1000.0, np.float32)
+    return params, metrics
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that keeps the updates it was given, to see what reached the cloud."""
+
+    def __init__(self):
+        self.seen = []
+
+    def aggregate_fit(self, current, updates):
+        self.seen.append(list(updates))
+        return super().aggregate_fit(current, updates)
+
+
+def test_hierarchical_groups_combine_with_the_configured_robust_rule():
+    # Prepare: groups {1, 2, 3} and {4, 5, 6}; from w = 0, device d sends 0.5 d, but device 3
+    # sends 1000. The configured rule is the coordinate-wise median.
+    coord, clients = coordinator(
+        two_groups(per_group=3),
+        config=FederatedConfig(rounds=1, hierarchical=True),
+        trainer=outlier_trainer,
+        strategy=Median(),
+    )
+    # Execute
+    coord.run(clients)
+    # Assert: group 1 median(0.5, 1, 1000) = 1 and group 2 median(2, 2.5, 3) = 2.5, then the
+    # cloud's median of the two = 1.75. Groups averaging as before would give group 1
+    # (0.5 + 1 + 1000) / 3 = 333.83 and the cloud median(333.83, 2.5) = 168.17.
+    np.testing.assert_allclose(coord.parameters["w"], 1.75, rtol=1e-6)
+
+
+def test_group_strategy_combines_groups_and_the_strategy_the_cloud():
+    # Prepare: the same outlier; groups use the median, the cloud a FedAvg that records.
+    cloud = RecordingFedAvg()
+    coord, clients = coordinator(
+        two_groups(per_group=3),
+        config=FederatedConfig(rounds=1, hierarchical=True),
+        trainer=outlier_trainer,
+        strategy=cloud,
+        group_strategy=Median(),
+    )
+    # Execute
+    coord.run(clients)
+    # Assert: the cloud got the two group medians, each weighing its 3 x 100 examples.
+    [updates] = cloud.seen
+    assert sorted(float(u.parameters["w"][0]) for u in updates) == [1.0, 2.5]
+    assert [u.num_examples for u in updates] == [300, 300]
+    np.testing.assert_allclose(coord.parameters["w"], (1.0 + 2.5) / 2, rtol=1e-6)
+
+
+def test_stateful_group_rules_keep_their_own_state():
+    # Prepare: FedAdam keeps momentum and second moments from round to round. By hand: one
+    # fresh FedAdam per group and one for the cloud, over two rounds of pull_trainer updates.
+    members = {1: [1, 2, 3], 2: [4, 5, 6]}
+    groups, cloud = {g: FedAdam() for g in members}, FedAdam()
+    w = {"w": np.zeros(4, np.float32)}
+    for _ in range(2):
+        combined, sent = [], SimpleNamespace(parameters=w)
+        for g, devs in members.items():
+            trained = [
+                Update(num_examples=100, nbytes=1, parameters=pull_trainer(d, sent)[0])
+                for d in devs
+            ]
+            combined.append(
+                Update(num_examples=300, nbytes=1, parameters=groups[g].aggregate_fit(w, trained))
+            )
+        w = cloud.aggregate_fit(w, combined)
+    coord, clients = coordinator(
+        two_groups(per_group=3),
+        config=FederatedConfig(rounds=2, hierarchical=True),
+        strategy=FedAdam(),
+    )
+    # Execute
+    coord.run(clients)
+    # Assert
+    np.testing.assert_allclose(coord.parameters["w"], w["w"], rtol=1e-6)
+
+
+def test_configured_aggregator_relays_and_combines_for_its_group():
+    # Prepare: group 1 names device 2 its aggregator; group 2 keeps its lowest id, 4.
+    cfg = FederatedConfig(rounds=1, hierarchical=True, aggregators={1: 2})
+    coord, clients = coordinator(two_groups(per_group=3), config=cfg)
+    # Execute
+    coord.run(clients)
+    # Assert
+    hops = {
+        (e.kind, e.task): e.device
+        for e in coord.transport.events
+        if "relay" in e.task or "forward" in e.task
+    }
+    assert hops[(EventKind.MODEL_DOWNLOAD, "r0-relay-g1")] == 2
+    assert hops[(EventKind.AGGREGATE, "r0-forward-g1")] == 2
+    assert hops[(EventKind.UPDATE_UPLOAD, "r0-forward-g2")] == 4
+
+
+def test_group_strategy_needs_hierarchical_rounds():
+    with pytest.raises(ValueError, match="group_strategy"):
+        coordinator(two_groups(), config=FederatedConfig(rounds=1), group_strategy=Median())
 
 
 def test_load_balancing_keeps_the_slowest_from_holding_the_round():

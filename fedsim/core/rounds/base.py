@@ -1,0 +1,360 @@
+"""What every round protocol shares: the run's state and the steps rounds are made of.
+
+:class:`Federation` holds the current version, the history and what the coordinator learns of
+each device, and does the steps: device views, work shares, building fit tasks, gathering
+results until a deadline, validating updates, aggregating them with the strategy, evaluating and
+recording a round. A protocol (:class:`RoundProtocol`) arranges these steps in its own order.
+Everything here is written against :class:`~fedsim.core.runtime.Transport` only.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fedsim.core.balance import balance_work
+from fedsim.core.events import EventKind
+from fedsim.core.rounds.config import FederatedConfig
+from fedsim.core.runtime import (
+    Cost,
+    FitIns,
+    ModelRef,
+    NDArrays,
+    Task,
+    TaskResult,
+    Transport,
+    Update,
+)
+from fedsim.core.scheduling import DeviceView, Reliability, ResourceView
+from fedsim.core.selection import AllSelection, SelectionPolicy
+from fedsim.core.strategies.base import Strategy
+from fedsim.core.strategies.validation import validate_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientWork:
+    """What a client's training costs: its local samples, FLOPs per sample, update size.
+
+    ``config`` travels to every client with its task (what model to build, the seed); the
+    round's own settings (learning rate, strategy parameters) are added to it.
+    """
+
+    samples: Mapping[int, int]
+    train_flops_per_sample: float
+    update_nbytes: int
+    state_values: int
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    """Server-side evaluation of a new version: ``fn(parameters)`` costs ``cost`` on the server."""
+
+    fn: Callable[[NDArrays | None], Mapping[str, float]]
+    cost: Cost = field(default_factory=Cost)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundReport:
+    """What happened in one round (in async mode: one aggregation)."""
+
+    round: int
+    started: float
+    finished: float
+    selected: tuple[int, ...]
+    completed: tuple[int, ...]
+    failures: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    aggregated: bool = False
+    version: ModelRef | None = None
+    train_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    staleness: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+# Called with each published version: (version, parameters, round, metrics).
+Publisher = Callable[[ModelRef, NDArrays | None, int, Mapping[str, float]], None]
+
+
+def aggregation_cost(strategy: Strategy, n: int, values: int, model_bytes: int) -> Cost:
+    """What combining ``n`` updates of ``values`` numbers with ``strategy`` costs.
+
+    A streaming rule passes over each update once (memory bound); a rule that needs all
+    updates at once compares them, which costs about n^2 passes in the worst case (Krum).
+    """
+    passes = n if strategy.streaming else n * n
+    return Cost(flops=2.0 * passes * values, memory_bytes=(n + 1) * model_bytes)
+
+
+def mean_loss(updates: Sequence[Update | None]) -> float | None:
+    """The example-weighted mean of the updates' training losses (None when none reported)."""
+    pairs = [
+        (u.metrics["loss"], u.num_examples)
+        for u in updates
+        if u is not None and "loss" in u.metrics
+    ]
+    if not pairs:
+        return None
+    return float(sum(x * n for x, n in pairs) / sum(n for _, n in pairs))
+
+
+# eq=False: a federation is one running thing, compared by identity; repr=False: its state
+# (parameters, history) is too large to print.
+@dataclass(kw_only=True, eq=False, repr=False)
+class Federation:
+    """The state of a federated run and the steps its rounds are made of."""
+
+    transport: Transport
+    strategy: Strategy
+    work: ClientWork
+    model: ModelRef
+    parameters: NDArrays | None = None
+    config: FederatedConfig = field(default_factory=FederatedConfig)
+    selector: SelectionPolicy = field(default_factory=AllSelection)
+    resources: ResourceView | None = None
+    reliability: Reliability = field(default_factory=Reliability)
+    evaluation: Evaluation | None = None
+    groups: Mapping[int, int] = field(default_factory=dict)
+    publish: Publisher | None = None
+    on_round: Callable[[RoundReport], None] | None = None
+    seed: int | np.random.SeedSequence = 0
+    history: list[RoundReport] = field(init=False, default_factory=list)
+    # Results of tasks from an earlier round or aggregation, kept out of the current one.
+    late: list[TaskResult] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.groups = dict(self.groups)
+        self.rng = np.random.default_rng(self.seed)
+        # What the rounds observed of each device; selection and balancing read it.
+        self._utility: dict[int, float] = {}
+        self._duration: dict[int, float] = {}
+        self._rate: dict[int, float] = {}
+
+    # -- choosing and instructing clients ---------------------------------------------------
+
+    def views(self, candidates: Iterable[int]) -> dict[int, DeviceView]:
+        """What selection sees of ``candidates``: resources, overlaid with what rounds observed."""
+        candidates = list(candidates)
+        if self.resources is not None:
+            base = self.resources.snapshot(candidates)
+        else:
+            base = {
+                d: DeviceView(id=d, group=self.groups.get(d, 0), throughput=1.0, bandwidth=1.0)
+                for d in candidates
+            }
+        return {
+            d: replace(
+                v,
+                reliability=self.reliability.score(d),
+                utility=self._utility.get(d, v.utility),
+                throughput=self._rate.get(d, v.throughput),
+                last_duration=self._duration.get(d, v.last_duration),
+                samples=self.work.samples.get(d, v.samples),
+            )
+            for d, v in base.items()
+        }
+
+    def select(self, views: Mapping[int, DeviceView], count: int, rnd: int) -> list[int]:
+        """Up to ``count`` of the viewed devices, by the selection policy (``rnd`` 1-based)."""
+        return self.selector.select(list(views.values()), count, rnd=rnd, rng=self.rng)
+
+    def shares(self, selected: Sequence[int], views: Mapping[int, DeviceView]) -> dict[int, int]:
+        """Samples each client processes per epoch: its own data, or a balanced share of it."""
+        own = {d: self.work.samples[d] for d in selected}
+        if not self.config.balance:
+            return own
+        return balance_work([views[d] for d in selected], sum(own.values()))
+
+    def fit_task(
+        self,
+        rnd: int,
+        dev: int,
+        samples: int,
+        *,
+        task_id: str | None = None,
+        rule: Strategy | None = None,
+        **route: int | None,
+    ) -> Task:
+        """Train on ``dev``: ``samples`` per epoch from the current version.
+
+        ``rule`` is the strategy that will aggregate the update (the configured one unless
+        given); its ``configure_fit`` settings travel with the task. ``route`` names the
+        ``source`` and ``sink`` devices when they are not the server.
+        """
+        cfg = self.config
+        config = {**self.work.config, "learning_rate": cfg.learning_rate, "round": rnd}
+        config.update((rule or self.strategy).configure_fit(rnd))
+        ins = FitIns(
+            model=self.model,
+            samples=samples,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            flops=self.work.train_flops_per_sample * samples * cfg.local_epochs,
+            update_nbytes=self.work.update_nbytes,
+            parameters=self.parameters,
+            config=config,
+            **route,
+        )
+        return Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
+
+    # -- collecting and checking results ----------------------------------------------------
+
+    def gather(self, pending: Mapping[str, int], deadline: float | None) -> list[TaskResult]:
+        """Results of ``pending`` tasks until all are in or the deadline passed."""
+        waiting, results = dict(pending), []
+        while waiting:
+            got = self.transport.wait(count=1, deadline=deadline)
+            if not got:
+                break
+            for r in got:
+                if waiting.pop(r.task_id, None) is None:
+                    self.late.append(r)
+                else:
+                    results.append(r)
+        return results
+
+    def validate(
+        self, results: Iterable[TaskResult], reference: NDArrays | None = None
+    ) -> tuple[list[TaskResult], dict[int, str]]:
+        """The results whose updates pass the checks against ``reference`` (default: the
+        current parameters), and the reason for each device whose result did not."""
+        reference = self.parameters if reference is None else reference
+        accepted, rejected = [], {}
+        for r in results:
+            reason = r.error
+            if reason is None and r.update is None:
+                reason = "no update"
+            if reason is None and r.update.parameters is not None and reference is not None:
+                reason = validate_update(
+                    reference, r.update.parameters, max_norm=self.config.max_update_norm
+                )
+            if reason is None:
+                accepted.append(r)
+                self.reliability.accept(r.device)
+                self._observe(r)
+            else:
+                rejected[r.device] = reason
+                self.reliability.reject(r.device)
+        return accepted, rejected
+
+    def _observe(self, r: TaskResult) -> None:
+        """Remember what selection and balancing use: duration, speed, statistical utility.
+
+        The speed seen in the last task (samples over its whole duration, transfers included)
+        overrides the profiled or reported throughput: it is what the device really delivered.
+        """
+        self._duration[r.device] = r.finished - r.started
+        if r.update is not None and r.finished > r.started:
+            self._rate[r.device] = r.update.num_examples / (r.finished - r.started)
+        metrics = r.update.metrics if r.update else {}
+        loss = metrics.get("loss_rms", metrics.get("loss"))
+        if loss is not None:
+            self._utility[r.device] = r.update.num_examples * float(loss)
+
+    def lost(self, expected: Iterable[int], results: Iterable[TaskResult]) -> dict[int, str]:
+        """The ``expected`` devices with no result, each counted against its reliability."""
+        arrived = {r.device for r in results}
+        lost = {d: "no result before the deadline" for d in expected if d not in arrived}
+        for d in lost:
+            self.reliability.lost(d)
+        return lost
+
+    # -- the new version ----------------------------------------------------------------------
+
+    def aggregate(self, updates: Sequence[Update]) -> None:
+        """The strategy's next parameters from ``updates``, published as the next version."""
+        t, n = self.transport, len(updates)
+        cost = aggregation_cost(self.strategy, n, self.work.state_values, self.model.nbytes)
+        self.parameters = t.server_work(
+            EventKind.AGGREGATE, cost, lambda: self.strategy.aggregate_fit(self.parameters, updates)
+        )
+        self.model = replace(self.model, version=self.model.version + 1)
+        t.server_work(EventKind.PUBLISH, Cost(disk_bytes=self.model.nbytes))
+
+    def evaluate(self, rnd: int, force: bool = False) -> dict[str, float]:
+        """Server-side metrics of the version, every ``eval_every`` rounds or when forced."""
+        if self.evaluation is None:
+            return {}
+        if not force and (rnd + 1) % self.config.eval_every:
+            return {}
+        ev = self.evaluation
+        return dict(
+            self.transport.server_work(EventKind.EVALUATE, ev.cost, lambda: ev.fn(self.parameters))
+            or {}
+        )
+
+    def finish_round(
+        self,
+        rnd: int,
+        started: float,
+        selected: Sequence[int],
+        accepted: Sequence[TaskResult],
+        failures: dict[int, str],
+        rejected: dict[int, str],
+        staleness: float | None = None,
+    ) -> RoundReport:
+        """Aggregate, evaluate and publish when ``min_fit`` updates were accepted; record it."""
+        cfg = self.config
+        report = dict(
+            round=rnd,
+            started=started,
+            selected=tuple(selected),
+            completed=tuple(r.device for r in accepted),
+            failures=failures,
+            rejected=rejected,
+            train_loss=mean_loss([r.update for r in accepted]),
+            staleness=staleness,
+        )
+        if len(accepted) < cfg.min_fit:
+            log.warning("round %d failed: %d updates < min_fit %d", rnd, len(accepted), cfg.min_fit)
+            return self.record(RoundReport(**report, finished=self.transport.now()))
+        self.aggregate([r.update for r in accepted])
+        metrics = self.evaluate(rnd, force=rnd == cfg.rounds - 1)
+        if self.publish is not None:
+            self.publish(self.model, self.parameters, rnd, metrics)
+        return self.record(
+            RoundReport(
+                **report,
+                finished=self.transport.now(),
+                aggregated=True,
+                version=self.model,
+                metrics=metrics,
+            )
+        )
+
+    def record(self, report: RoundReport) -> RoundReport:
+        """Append ``report`` to the history and tell ``on_round``."""
+        self.history.append(report)
+        if self.on_round is not None:
+            self.on_round(report)
+        log.info(
+            "round %d: %d/%d updates, %.3f s%s",
+            report.round,
+            len(report.completed),
+            len(report.selected),
+            report.duration,
+            "".join(f", {k} {v:.4g}" for k, v in report.metrics.items()),
+        )
+        return report
+
+
+class RoundProtocol(abc.ABC):
+    """One way of running rounds over a :class:`Federation`'s state and steps."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.fed = fed
+
+    @abc.abstractmethod
+    def run(self, candidates: Sequence[int]) -> None:
+        """All configured rounds over ``candidates``; their reports go to ``fed.history``."""
