@@ -147,6 +147,12 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     if cfg.workload.scale is not None:
         scale = _typed("workload.scale", cfg.workload.scale)
     paper: PaperConf | None = None if cfg.paper is None else _typed("paper", cfg.paper)
+    faults = fault_plan(cfg.faults, topology)
+    if faults.link_changes and mode.name != "sim":
+        raise ConfigError(
+            "faults.link_changes: links are changed in the simulator only; "
+            f"mode={mode.name} runs over this host's own links"
+        )
     return ExperimentSpec(
         name=cfg.experiment.name,
         kind=kind,
@@ -164,7 +170,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         strategy=strategy,
         group_strategy=group_strategy,
         partition=partition,
-        faults=fault_plan(cfg.faults, topology),
+        faults=faults,
         config=as_container(cfg),
     )
 
