@@ -1,67 +1,9 @@
-"""Faults the simulator injects: devices that drop out or go away, links that degrade.
+"""The fault plan's former home, kept while ``fedsim.fl_app`` still imports it from here.
 
-A device that drops out or is offline says nothing: its task simply never returns, as a crashed
-or disconnected device behaves, and the server learns of it only through its round deadline.
+The plan lives in :mod:`fedsim.core.faults`, shared by every runtime; this module goes once
+the composition root imports it from there.
 """
 
-from __future__ import annotations
+from fedsim.core.faults import FaultPlan, LinkChange, Outage
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outage:
-    """Device ``device`` is unreachable in ``[start, end)`` (seconds of simulated time)."""
-
-    device: int
-    start: float
-    end: float = float("inf")
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"outage of device {self.device}: need 0 <= start < end")
-
-    def overlaps(self, start: float, end: float) -> bool:
-        return (
-            self.start < end and start < self.end if end > start else self.start <= start < self.end
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinkChange:
-    """Every link of network profile ``network`` runs at ``factor`` of its bandwidth in
-    ``[start, end)``: a degradation when factor < 1."""
-
-    network: str
-    start: float
-    end: float = float("inf")
-    factor: float
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"link change of {self.network}: need 0 <= start < end")
-        if not self.factor > 0:
-            raise ValueError(f"link change of {self.network}: factor must be > 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FaultPlan:
-    """What goes wrong in a run.
-
-    ``dropout`` is the probability that a device given a training task drops out before it
-    returns its update (drawn per task from the run's seeded generator).
-    """
-
-    dropout: float = 0.0
-    outages: Sequence[Outage] = ()
-    link_changes: Sequence[LinkChange] = ()
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def offline(self, device: int, start: float, end: float | None = None) -> bool:
-        """Whether ``device`` is unreachable at ``start`` or at any time up to ``end``."""
-        stop = start if end is None else end
-        return any(o.device == device and o.overlaps(start, stop) for o in self.outages)
+__all__ = ["FaultPlan", "LinkChange", "Outage"]

@@ -14,6 +14,7 @@ import numpy as np
 import simpy
 
 from fedsim.core.events import Event, EventKind
+from fedsim.core.faults import FaultPlan, LinkChange
 from fedsim.core.runtime import (
     Cost,
     FitIns,
@@ -28,7 +29,6 @@ from fedsim.core.runtime import (
 )
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import compute_seconds, jitter_factor
-from fedsim.sim.faults import FaultPlan, LinkChange
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")

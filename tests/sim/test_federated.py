@@ -9,10 +9,10 @@ from topologies import hardware, link, star
 
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, FederatedConfig
 from fedsim.core.events import EventKind
+from fedsim.core.faults import FaultPlan, LinkChange, Outage
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.topology import Device, Group, Topology
-from fedsim.sim.faults import FaultPlan, LinkChange, Outage
 from fedsim.sim.runtime import SimTransport
 
 TARGETS = {d: np.full(4, float(d), np.float32) for d in range(1, 21)}
