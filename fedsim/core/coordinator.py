@@ -434,9 +434,8 @@ class Coordinator:
         agg = {g: cfg.aggregators.get(g, min(ds)) for g, ds in members.items()}
         group_deadline = None if cfg.group_deadline_s is None else t.now() + cfg.group_deadline_s
         relays = {f"r{rnd}-relay-g{g}": g for g in members}
-        t.submit(
-            [Task(id=i, device=agg[g], ins=RelayIns(model=self.model)) for i, g in relays.items()]
-        )
+        relay = RelayIns(model=self.model, parameters=self.parameters)
+        t.submit([Task(id=i, device=agg[g], ins=relay) for i, g in relays.items()])
         fits: dict[str, tuple[int, int]] = {}  # task id -> (group, device)
         forwards: dict[str, int] = {}
         gathered: dict[int, list[TaskResult]] = {g: [] for g in members}

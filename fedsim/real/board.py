@@ -42,6 +42,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None
+    url: str | None = None  # a relay's: where the device serves the version it holds
 
 
 @dataclass(kw_only=True)
@@ -54,6 +55,9 @@ class PostedTask:
     posted_at: float
     reference: NDArrays | None = None  # the deployed parameters an update must match
     channel: str = ""  # whose coordinator waits for the outcome (one per job)
+    # The device drops out of it (an injected fault): handed out once, then forgotten, since
+    # no result will come; a device that restarts does not get it again.
+    dropped: bool = False
     state: TaskState = TaskState.QUEUED
     taken_at: float | None = None
     outcome: Outcome | None = None
@@ -99,6 +103,20 @@ class TaskBoard:
             task = self._tasks.get(task_id)
             if task is not None and task.state in (TaskState.QUEUED, TaskState.TAKEN):
                 task.state = TaskState.CANCELLED
+
+    def abandon(self, device: int) -> list[str]:
+        """Forget every unfinished task of ``device``, which went away (an outage): the tasks
+        are lost, as on a device that crashed, and no outcome is filed. Returns their ids."""
+        with self._lock:
+            lost = [
+                t.id
+                for t in self._tasks.values()
+                if t.device == device and t.state in (TaskState.QUEUED, TaskState.TAKEN)
+            ]
+            for task_id in lost:
+                del self._tasks[task_id]
+            self._queues.pop(device, None)
+        return lost
 
     def next_outcome(self, timeout: float | None, channel: str = "") -> Outcome | None:
         """The channel's next outcome, waiting at most ``timeout`` seconds (forever when None)."""
@@ -171,10 +189,13 @@ class TaskBoard:
                 return held[0]
             q = self._queues.get(device)
             while q:
-                task = self._tasks[q.popleft()]
-                if task.state is TaskState.QUEUED:
+                # A task cancelled and forgotten while queued has left only its id here.
+                task = self._tasks.get(q.popleft())
+                if task is not None and task.state is TaskState.QUEUED:
                     task.state = TaskState.TAKEN
                     task.taken_at = self.clock()
+                    if task.dropped:
+                        del self._tasks[task.id]
                     return task
             return None
 

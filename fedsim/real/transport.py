@@ -7,24 +7,40 @@ training in the cloud-based scenario) runs in the calling thread and is timed.
 
 A version the coordinator deploys is stored in the model repository first, so that agents
 download it like any other version; its repository URL travels in the task.
+
+Hierarchical rounds run as in the simulator: a relay task has the group's aggregator fetch the
+version and serve it from its agent; the members' fit tasks point at that agent (with the relay's
+token) instead of the repository. Their updates still come to the server, where the coordinator
+combines each group; a forward task then has the aggregator send an update of the group's size,
+which times the group's upload to the cloud.
+
+Dropouts are drawn as the simulator draws them (one draw per fit task, in submit order, from
+the transport's seeded generator): a dropped task is marked ``drop``, and its agent trains and
+then stays silent. Outages stop agent processes: see :mod:`fedsim.real.faults`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import numpy as np
+
 from fedsim.core.events import Event, EventKind
+from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository, UnknownModel
 from fedsim.core.runtime import (
     Cost,
     FitIns,
+    ForwardIns,
     ModelRef,
     NDArrays,
+    RelayIns,
     Task,
     TaskResult,
     Transport,
@@ -40,7 +56,12 @@ API = "/api/v1"
 
 
 class HttpTransport(Transport):
-    """Tasks through a :class:`TaskBoard` served to agents by the fedsim server."""
+    """Tasks through a :class:`TaskBoard` served to agents by the fedsim server.
+
+    ``faults``: its ``dropout`` is applied here, drawn from ``seed`` as ``SimTransport`` draws;
+    its outages are an :class:`~fedsim.real.faults.OutageDriver`'s to carry out; link changes
+    need a shaped network, which this runtime does not have, and are refused.
+    """
 
     def __init__(
         self,
@@ -50,8 +71,17 @@ class HttpTransport(Transport):
         server: int,
         clock: Callable[[], float] = time.time,
         channel: str = "",
+        faults: FaultPlan | None = None,
+        seed: np.random.SeedSequence | int = 0,
     ) -> None:
         super().__init__()
+        self.faults = faults or FaultPlan()
+        if self.faults.link_changes:
+            raise ValueError(
+                "faults.link_changes: the real runtime does not shape its links; "
+                "link changes run in the simulator"
+            )
+        self.rng = np.random.default_rng(seed)
         # Task ids on the board carry the channel, so that jobs sharing a server never collide.
         self.channel = channel
         self.board = board
@@ -60,6 +90,10 @@ class HttpTransport(Transport):
         self.clock = clock
         self.t0 = clock()
         self._deployed: dict[tuple[str, int], dict[str, Any]] = {}
+        # Relays posted (board id -> aggregator, model, token), and the last one each aggregator
+        # did ((aggregator, name) -> version, where it serves it, the token it asks for).
+        self._relays: dict[str, tuple[int, ModelRef, str]] = {}
+        self._relayed: dict[tuple[int, str], tuple[int, str, str]] = {}
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -67,14 +101,23 @@ class HttpTransport(Transport):
     def submit(self, tasks: Sequence[Task]) -> None:
         for task in tasks:
             payload, reference = self._payload(task)
+            board_id = self.channel + task.id
+            # As SimTransport draws: one draw per fit task, in the order they are submitted.
+            drop = isinstance(task.ins, FitIns) and self.faults.dropout > 0
+            drop = drop and bool(self.rng.random() < self.faults.dropout)
+            if drop:
+                payload["drop"] = True
+            if isinstance(task.ins, RelayIns):
+                self._relays[board_id] = (task.device, task.ins.model, payload["token"])
             self.board.post(
                 PostedTask(
-                    id=self.channel + task.id,
+                    id=board_id,
                     device=task.device,
-                    payload={**payload, "id": self.channel + task.id},
+                    payload={**payload, "id": board_id},
                     posted_at=self.clock(),
                     reference=reference,
                     channel=self.channel,
+                    dropped=drop,
                 )
             )
 
@@ -114,9 +157,11 @@ class HttpTransport(Transport):
             "model": None,
         }
         if isinstance(ins, FitIns):
-            if ins.source is not None or ins.sink is not None:
-                raise NotImplementedError("hierarchical rounds run in the simulator only")
+            # The update goes to the server whatever ``sink`` says: the coordinator combines
+            # each group's updates itself. The model comes from ``source`` when it relays it.
             model = self._model(ins.model, ins.parameters)
+            if ins.source is not None:
+                model = self._from_peer(ins.source, model)
             return {
                 **base,
                 "kind": "fit",
@@ -135,7 +180,34 @@ class HttpTransport(Transport):
                 "samples": ins.samples,
                 "nbytes": ins.nbytes,
             }, None
-        raise NotImplementedError(f"{type(ins).__name__} runs in the simulator only")
+        if isinstance(ins, RelayIns):
+            model = self._model(ins.model, ins.parameters)
+            # The members present this token to the aggregator's agent to fetch the model.
+            token = secrets.token_urlsafe(24)
+            return {**base, "kind": "relay", "model": model, "token": token}, None
+        if isinstance(ins, ForwardIns):
+            return {
+                **base,
+                "kind": "forward",
+                "nbytes": ins.nbytes,
+                "num_examples": ins.num_examples,
+            }, None
+        raise TypeError(f"task {task.id}: unknown instruction {type(ins).__name__}")
+
+    def _from_peer(self, source: int, model: dict[str, Any]) -> dict[str, Any]:
+        """``model`` as fetched from device ``source``, which relays it; from the server when
+        ``source`` holds no copy (its relay failed or the model is timing-only)."""
+        version, url, token = self._relayed.get((source, model["name"]), (None, None, None))
+        if version != model["version"] or model["url"] is None:
+            if model["url"] is not None:
+                log.warning(
+                    "device %d relays no copy of %s v%d; its group downloads it from the server",
+                    source,
+                    model["name"],
+                    model["version"],
+                )
+            return model
+        return {**model, "url": url, "token": token}
 
     def _model(self, ref: ModelRef, parameters: NDArrays | None) -> dict[str, Any]:
         """The task's model: where the agent downloads the version the coordinator deploys."""
@@ -178,12 +250,18 @@ class HttpTransport(Transport):
         taken = (task.taken_at if task and task.taken_at else o.received_at) - self.t0
         finished = o.received_at - self.t0
         kind = task.payload.get("kind") if task else None
+        relay = self._relays.pop(self.channel + o.task_id, None)
         if o.error is not None:
             return TaskResult(
                 task_id=o.task_id, device=o.device, started=posted, finished=finished, error=o.error
             )
+        if relay is not None and o.url is not None:
+            device, model, token = relay
+            self._relayed[(device, model.name)] = (model.version, o.url, token)
         self._record_timings(o, task, taken, finished)
         update = None
+        if kind == "forward":
+            update = Update(num_examples=o.num_examples, nbytes=o.nbytes)
         if kind == "fit":
             update = Update(
                 num_examples=o.num_examples,
@@ -205,27 +283,20 @@ class HttpTransport(Transport):
         """
         t = o.timings
         kind = task.payload.get("kind") if task else None
-        if kind == "upload_data":
-            self.events.record(
-                Event(
-                    device=o.device,
-                    kind=EventKind.DATA_UPLOAD,
-                    start=taken,
-                    end=finished,
-                    nbytes=o.nbytes,
-                    task=o.task_id,
-                )
-            )
-            return
         download = float(t.get("download_s", 0.0))
         train = float(t.get("train_s", 0.0))
         model = (task.payload.get("model") if task else None) or {}
-        steps = [
-            (EventKind.MODEL_DOWNLOAD, taken, taken + download, int(model.get("nbytes", 0))),
-            (EventKind.TRAIN, taken + download, taken + download + train, 0),
-        ]
-        upload_start = min(max(taken + download + train, taken), finished)
-        steps.append((EventKind.UPDATE_UPLOAD, upload_start, finished, o.nbytes))
+        fetched = (EventKind.MODEL_DOWNLOAD, taken, taken + download, int(model.get("nbytes", 0)))
+        if kind == "upload_data":
+            steps = [(EventKind.DATA_UPLOAD, taken, finished, o.nbytes)]
+        elif kind == "forward":
+            steps = [(EventKind.UPDATE_UPLOAD, taken, finished, o.nbytes)]
+        elif kind == "relay":
+            steps = [fetched]
+        else:
+            steps = [fetched, (EventKind.TRAIN, taken + download, taken + download + train, 0)]
+            upload_start = min(max(taken + download + train, taken), finished)
+            steps.append((EventKind.UPDATE_UPLOAD, upload_start, finished, o.nbytes))
         for kind_, start, end, nbytes in steps:
             self.events.record(
                 Event(

@@ -2,9 +2,14 @@
 
 Two loops share one event loop, heartbeats and tasks; training runs in a one-thread executor,
 so the heartbeats keep their rhythm through a long training and the server sees a busy device,
-not a dead one. Every request outlives a server restart (``client`` retries), and a 401 after
-one, when the server has forgotten the device's token, makes the agent register again under
-the same id and carry on where it was.
+not a dead one. Tasks: ``fit`` (train, send the update; a task marked ``drop`` is trained and
+then discarded, as a device that drops out), ``upload_data``, and the two steps of a group
+aggregator in hierarchical rounds: ``relay`` (fetch a version and serve it to the group's
+members, see :mod:`~fedsim.real.agent.relay`) and ``forward`` (send the group's update).
+
+Every request outlives a server restart (``client`` retries), and a 401 after one, when the
+server has forgotten the device's token, makes the agent register again under the same id and
+carry on where it was.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from fedsim.real.agent.client import ApiClient, ApiError, Backoff, Body, Unautho
 from fedsim.real.agent.config import AgentConfig
 from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url, gpu_memory_reader
 from fedsim.real.agent.probe import measure
+from fedsim.real.agent.relay import HeldModels
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
 from fedsim.real.agent.work import (
@@ -49,6 +55,9 @@ T = TypeVar("T")
 
 POLL_MARGIN = 15.0  # how long past a long poll's ``wait`` its reply may take before it is lost
 MAX_REASON_CHARS = 2000  # an error report stays far below the server's JSON body limit
+# How long a member tries to fetch its group's model from the aggregator's agent. Unlike the
+# server, a peer that is gone may stay gone (an outage): the task fails rather than waiting on.
+PEER_DOWNLOAD_TIMEOUT_S = 60.0
 OCTETS = "application/octet-stream"
 
 
@@ -77,6 +86,9 @@ class Agent:
         self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
         self.metrics = AgentMetrics(gpu_memory=gpu_memory_reader(config.torch_device))
         self._metrics_url: str | None = None  # registered as endpoints.agent
+        self._held = HeldModels()  # versions relayed to this device's group
+        self._http: MetricsServer | None = None
+        self._http_base: str | None = None  # where peers reach self._http, once it listens
         self._client: ApiClient | None = None
         self._load: LoadMeter | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -105,10 +117,10 @@ class Agent:
         self._load = LoadMeter()
         # One worker: tasks run one at a time, and torch's thread pool is the parallelism.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-train")
-        metrics_server = MetricsServer(self.metrics) if self.config.metrics_port else None
+        self._http, self._http_base = MetricsServer(self.metrics, held=self._held), None
         try:
-            if metrics_server is not None:
-                await self._serve_metrics(metrics_server)
+            if self.config.metrics_port:
+                await self._serve_metrics()
             connector = aiohttp.TCPConnector(ssl=self._ssl())
             async with aiohttp.ClientSession(connector=connector) as session:
                 self._session = session
@@ -120,8 +132,8 @@ class Agent:
             # A training still running cannot be interrupted; its result is simply dropped,
             # and the server hands the task out again to the next run.
             self._executor.shutdown(wait=False, cancel_futures=True)
-            if metrics_server is not None:
-                await metrics_server.stop()
+            if self._http_base is not None:
+                await self._http.stop()
             self._running = False
             self._stopped.set()
 
@@ -224,15 +236,21 @@ class Agent:
         self._meter.busy = True
         self.metrics.busy.set(1)
         try:
+            outcome = "succeeded"
             if kind == "fit":
-                await self._fit(task_id, task)
+                outcome = await self._fit(task_id, task)
             elif kind == "upload_data":
                 await self._upload_data(task_id, task)
+            elif kind == "relay":
+                await self._relay(task_id, task)
+            elif kind == "forward":
+                await self._forward(task_id, task)
             else:
                 raise TaskError(
-                    f"this agent does not run {kind!r} tasks; it runs 'fit' and 'upload_data'"
+                    f"this agent does not run {kind!r} tasks; it runs 'fit', 'upload_data', "
+                    "'relay' and 'forward'"
                 )
-            self.metrics.task_done(kind, "succeeded")
+            self.metrics.task_done(kind, outcome)
         except AgentError:
             raise
         except Exception as e:  # any failure of the work is the task's, reported to the server
@@ -245,7 +263,9 @@ class Agent:
             self._meter.busy = False
             self.metrics.busy.set(0)
 
-    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> None:
+    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> str:
+        """Train and send the update; returns the outcome, "dropped" for a task marked drop."""
+        drop = bool(task.get("drop"))
         digest = task_digest(task)
         if self._state.is_finished(task_id, digest):
             stored = self._state.stored_result(digest)
@@ -256,7 +276,7 @@ class Agent:
                 )
             log.info("task %s: trained before; sending the kept result again", task_id)
             await self._put(task_id, "update", stored.body, len(stored.body), stored.headers)
-            return
+            return "succeeded"
 
         ins = fit_ins(task, None)  # checks the task before anything is downloaded
         model = task.get("model") or {}
@@ -272,25 +292,14 @@ class Agent:
                     {"download_s": 0.0, "train_s": 0.0, "upload_s": 0.0}
                 ),
             }
+            if drop:
+                return _dropped(task_id)
             nbytes = ins.update_nbytes
             await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
-            return
+            return "succeeded"
 
         trainer = self._trainers.get(ins.config, default_model=ins.model.name)
-        started = perf_counter()
-        url = self._api.resolve(str(model["url"]))
-        blob = await self._as_device(lambda token: self._api.download(url, token=token))
-        download_s = perf_counter() - started
-        self._meter.transfer("bandwidth_down", len(blob), download_s)
-        self.metrics.bytes_received.labels("model").inc(len(blob))
-        expected = model.get("sha256")
-        if expected:
-            actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
-            if actual != str(expected).lower():
-                raise TaskError(
-                    f"the model blob's sha256 is {actual} but the task says {expected}; "
-                    "not training on it"
-                )
+        blob, download_s = await self._download_model(model, "not training on it")
 
         device_id = self._device_id
 
@@ -305,6 +314,8 @@ class Agent:
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
         self._meter.trained(ins.samples * ins.epochs, train_s)
         self.metrics.train_seconds.observe(train_s)
+        if drop:
+            return _dropped(task_id)
         headers = {
             "X-Fedsim-Num-Examples": num_examples,
             "X-Fedsim-Metrics": json.dumps(metrics),
@@ -319,14 +330,77 @@ class Agent:
             lambda: self._state.store_result(task_id, digest, headers=headers, body=body),
         )
         await self._put(task_id, "update", body, len(body), headers)
+        return "succeeded"
+
+    async def _download_model(self, model: Mapping[str, Any], refusal: str) -> tuple[bytes, float]:
+        """A task's model blob, checked against its sha256, and the seconds it took.
+
+        From the server with the device token, or, when the task carries a relay ``token``,
+        from the group aggregator's agent at ``url`` with that token.
+        """
+        url = self._api.resolve(str(model["url"]))
+        peer_token = model.get("token")
+        started = perf_counter()
+        if peer_token:
+            fetch = self._api.download(
+                url, token=None, headers={"Authorization": f"Bearer {peer_token}"}
+            )
+            try:
+                blob = await asyncio.wait_for(fetch, PEER_DOWNLOAD_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise TaskError(
+                    f"could not fetch the model from the group's aggregator at {url} "
+                    f"within {PEER_DOWNLOAD_TIMEOUT_S:g} s"
+                ) from None
+        else:
+            blob = await self._as_device(lambda token: self._api.download(url, token=token))
+        download_s = perf_counter() - started
+        self._meter.transfer("bandwidth_down", len(blob), download_s)
+        self.metrics.bytes_received.labels("model").inc(len(blob))
+        expected = model.get("sha256")
+        if expected:
+            actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
+            if actual != str(expected).lower():
+                raise TaskError(
+                    f"the model blob's sha256 is {actual} but the task says {expected}; {refusal}"
+                )
+        return blob, download_s
+
+    async def _relay(self, task_id: str, task: Mapping[str, Any]) -> None:
+        """Fetch the task's model version and hold it for the group; say where it is served."""
+        token = str(task.get("token") or "")
+        if not token:
+            raise TaskError("the relay task has no token to guard the model it holds")
+        model = task.get("model") or {}
+        url, download_s = None, 0.0
+        if model.get("url"):  # a timing-only model has no bytes to hold
+            try:
+                name, version = str(model["name"]), int(model["version"])
+            except (KeyError, TypeError, ValueError):
+                raise TaskError(f"the relay task's model is malformed: {model!r}") from None
+            blob, download_s = await self._download_model(model, "not relaying it")
+            url = await self._peer_base() + self._held.hold(name, version, blob, token)
+        body = {"url": url, "timings": {"download_s": download_s}}
+        await self._send_json(task_id, "relay", body)
+        log.info("task %s: holding the model for the group at %s", task_id, url)
+
+    async def _forward(self, task_id: str, task: Mapping[str, Any]) -> None:
+        """Send the group's combined update: ``nbytes`` of padding that stands for it.
+
+        The coordinator combines the group's updates itself (with its strategy), so what
+        travels here is timed, not used.
+        """
+        nbytes = _count(task, "nbytes")
+        headers = {
+            "X-Fedsim-Timing-Only": "1",
+            "X-Fedsim-Num-Examples": str(_count(task, "num_examples")),
+            "X-Fedsim-Metrics": "{}",
+            "X-Fedsim-Timings": json.dumps({"upload_s": 0.0}),
+        }
+        await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
 
     async def _upload_data(self, task_id: str, task: Mapping[str, Any]) -> None:
-        try:
-            nbytes = int(task.get("nbytes") or 0)
-        except (TypeError, ValueError):
-            raise TaskError(f"the task's nbytes {task.get('nbytes')!r} is not a count") from None
-        if nbytes < 0:
-            raise TaskError(f"the task's nbytes is negative ({nbytes})")
+        nbytes = _count(task, "nbytes")
         spec = self.config.data_spec
         await self._put(task_id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
 
@@ -353,6 +427,19 @@ class Agent:
         self._meter.transfer("bandwidth_up", nbytes, perf_counter() - started)
         self.metrics.bytes_sent.labels(what).inc(nbytes)
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
+
+    async def _send_json(self, task_id: str, what: str, body: Mapping[str, Any]) -> None:
+        """PUT ``body`` as JSON to ``/tasks/{task_id}/{what}``."""
+        url = self._api.api("tasks", task_id, what)
+        try:
+            await self._as_device(
+                lambda token: self._api.request("PUT", url, token=token, json_body=body)
+            )
+        except ApiError as e:
+            if e.status in (404, 410):
+                log.warning("task %s: the server no longer wants its result (%s)", task_id, e)
+                return
+            raise TaskError(f"the server refused the {what} result: {e}") from e
 
     async def _report_error(self, task_id: str, reason: str) -> None:
         url = self._api.api("tasks", task_id, "error")
@@ -455,15 +542,28 @@ class Agent:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _serve_metrics(self, server: MetricsServer) -> None:
+    async def _serve_metrics(self) -> None:
         """Serve ``/metrics`` on ``--metrics-port``; its URL goes into the registration."""
-        host, port = self.config.metrics_host, self.config.metrics_port
-        try:
-            bound = await server.start(host=host, port=port)
-        except OSError as e:
-            raise AgentError(f"cannot serve metrics on {host}:{port}: {e}") from e
-        self._metrics_url = await asyncio.to_thread(advertised_url, host, bound, self.config.server)
+        await self._listen(self.config.metrics_port)
+        self._metrics_url = self._http_base + "/metrics"
         log.info("serving metrics at %s", self._metrics_url)
+
+    async def _peer_base(self) -> str:
+        """Where the group's members reach this agent's HTTP server: the metrics server's
+        address, or, without ``--metrics-port``, a free port on ``--metrics-host``."""
+        if self._http_base is None:
+            await self._listen(0)
+        return self._http_base
+
+    async def _listen(self, port: int) -> None:
+        host = self.config.metrics_host
+        try:
+            bound = await self._http.start(host=host, port=port)
+        except OSError as e:
+            raise AgentError(f"cannot serve HTTP on {host}:{port}: {e}") from e
+        self._http_base = await asyncio.to_thread(
+            advertised_url, host, bound, self.config.server, ""
+        )
 
     @property
     def _api(self) -> ApiClient:
@@ -481,6 +581,23 @@ class Agent:
         if self.config.cafile is not None:
             return ssl.create_default_context(cafile=self.config.cafile)
         return True
+
+
+def _dropped(task_id: str) -> str:
+    # A device that drops out goes silent: no update, no error; the round's deadline passes.
+    log.info("task %s: trained and dropped, as the task says (a dropout)", task_id)
+    return "dropped"
+
+
+def _count(task: Mapping[str, Any], key: str) -> int:
+    """A task's non-negative integer field ``key`` (0 when absent)."""
+    try:
+        value = int(task.get(key) or 0)
+    except (TypeError, ValueError):
+        raise TaskError(f"the task's {key} {task.get(key)!r} is not a count") from None
+    if value < 0:
+        raise TaskError(f"the task's {key} is negative ({value})")
+    return value
 
 
 def _refusal(e: ApiError, device_id: int | None) -> str:

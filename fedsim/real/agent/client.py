@@ -127,11 +127,14 @@ class ApiClient:
             await self._pause(attempt, f"{method} {url}", problem)
             attempt += 1
 
-    async def download(self, url: str, *, token: str | None) -> bytes:
+    async def download(
+        self, url: str, *, token: str | None, headers: Mapping[str, str] | None = None
+    ) -> bytes:
         """The bytes at ``url``, resuming with ``Range`` where a broken transfer stopped.
 
         ``If-Range`` carries the ETag of the first answer, so a blob that changed in the
-        meantime comes back whole instead of being spliced onto the old one.
+        meantime comes back whole instead of being spliced onto the old one. ``headers`` go
+        with every request (a peer's own credentials, say).
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
@@ -140,7 +143,7 @@ class ApiClient:
         etag: str | None = None
         attempt = 0
         while True:
-            extra = {}
+            extra = dict(headers or {})
             if received:
                 extra["Range"] = f"bytes={len(received)}-"
                 if etag:

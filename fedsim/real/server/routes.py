@@ -79,6 +79,7 @@ def setup_routes(
         ),
         ("PUT", f"{API}/tasks/{{task_id}}/update", tasks.update, ANY_DEVICE),
         ("PUT", f"{API}/tasks/{{task_id}}/data", tasks.data, ANY_DEVICE),
+        ("PUT", f"{API}/tasks/{{task_id}}/relay", tasks.relay, ANY_DEVICE),
         ("POST", f"{API}/tasks/{{task_id}}/error", tasks.error, ANY_DEVICE),
         ("POST", f"{API}/jobs", jobs.start, ADMIN),
         ("GET", f"{API}/jobs", jobs.list, ADMIN),

@@ -1,7 +1,8 @@
 """The agents' work queue and their results, over the coordinator's :class:`TaskBoard`.
 
 An agent long-polls for its next task; what it sends back (trained parameters, the byte count
-of its training data, or an error) becomes an :class:`Outcome` on the board. Results are
+of its training data, where it serves a relayed model, or an error) becomes an
+:class:`Outcome` on the board. Results are
 idempotent per task: the same result sent again after a lost response is answered ``200``
 with the stored result; a different one for a finished task is ``409``.
 """
@@ -9,6 +10,8 @@ with the stored result; a different one for a finished task is ``409``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import NUMBERS, TASK_ERROR
+from fedsim.real.server.schemas import NUMBERS, RELAY_RESULT, TASK_ERROR
 from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
 
 NUM_EXAMPLES = "X-Fedsim-Num-Examples"
@@ -40,6 +43,7 @@ METRICS = "X-Fedsim-Metrics"
 TIMINGS = "X-Fedsim-Timings"
 TIMING_ONLY = "X-Fedsim-Timing-Only"
 UPLOAD_DATA = "upload_data"
+RELAY = "relay"
 
 
 class TaskHandlers:
@@ -78,6 +82,8 @@ class TaskHandlers:
         task = self._task(request)
         if _kind(task) == UPLOAD_DATA:
             raise ApiError(409, f"task {task.id} uploads data: send it to /tasks/{task.id}/data")
+        if _kind(task) == RELAY:
+            raise ApiError(409, f"task {task.id} relays a model: send to /tasks/{task.id}/relay")
         timing_only = header_flag(request, TIMING_ONLY)
         num_examples = header_int(request, NUM_EXAMPLES, required=True)
         metrics = header_json(request, METRICS, NUMBERS) or {}
@@ -131,6 +137,23 @@ class TaskHandlers:
             received_at=self._board.clock(),
             nbytes=reader.nbytes,
             sha256=reader.sha256,
+        )
+        return self._file(task, outcome, status=201)
+
+    async def relay(self, request: web.Request) -> web.Response:
+        task = self._task(request)
+        if _kind(task) != RELAY:
+            raise ApiError(409, f"task {task.id} is not a relay task")
+        body = await json_body(request, RELAY_RESULT, self._config)
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=self._board.clock(),
+            timings=body.get("timings") or {},
+            url=body.get("url"),
+            # What a repeat of this result is compared by.
+            sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         )
         return self._file(task, outcome, status=201)
 
