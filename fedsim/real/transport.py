@@ -32,11 +32,18 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.real.board import Outcome, PostedTask, TaskBoard
+from fedsim.real.protocol import (
+    FitTask,
+    Paths,
+    TaskBase,
+    TaskModel,
+    UploadDataTask,
+    path,
+)
 from fedsim.store.safetensors_io import encode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-API = "/api/v1"
 
 
 class HttpTransport(Transport):
@@ -59,19 +66,19 @@ class HttpTransport(Transport):
         self.server = server
         self.clock = clock
         self.t0 = clock()
-        self._deployed: dict[tuple[str, int], dict[str, Any]] = {}
+        self._deployed: dict[tuple[str, int], TaskModel] = {}
 
     def now(self) -> float:
         return self.clock() - self.t0
 
     def submit(self, tasks: Sequence[Task]) -> None:
         for task in tasks:
-            payload, reference = self._payload(task)
+            message, reference = self._message(task, self.channel + task.id)
             self.board.post(
                 PostedTask(
-                    id=self.channel + task.id,
+                    id=message.id,
                     device=task.device,
-                    payload={**payload, "id": self.channel + task.id},
+                    message=message,
                     posted_at=self.clock(),
                     reference=reference,
                     channel=self.channel,
@@ -100,54 +107,32 @@ class HttpTransport(Transport):
 
     # -- tasks out ---------------------------------------------------------------------------
 
-    def _payload(self, task: Task) -> tuple[dict[str, Any], NDArrays | None]:
+    def _message(self, task: Task, id: str) -> tuple[TaskBase, NDArrays | None]:
+        """The task's message, and the parameters an update must match (if any)."""
         ins = task.ins
-        base = {
-            "id": task.id,
-            "config": {},
-            "samples": 0,
-            "epochs": 0,
-            "batch_size": 0,
-            "flops": 0.0,
-            "update_nbytes": 0,
-            "nbytes": 0,
-            "model": None,
-        }
         if isinstance(ins, FitIns):
             if ins.source is not None or ins.sink is not None:
                 raise NotImplementedError("hierarchical rounds run in the simulator only")
-            model = self._model(ins.model, ins.parameters)
-            return {
-                **base,
-                "kind": "fit",
-                "model": model,
-                "samples": ins.samples,
-                "epochs": ins.epochs,
-                "batch_size": ins.batch_size,
-                "flops": ins.flops,
-                "update_nbytes": ins.update_nbytes,
-                "config": _jsonable(ins.config),
-            }, ins.parameters
+            message = FitTask(
+                id=id,
+                model=self._model(ins.model, ins.parameters),
+                samples=int(ins.samples),
+                epochs=int(ins.epochs),
+                batch_size=int(ins.batch_size),
+                flops=float(ins.flops),
+                update_nbytes=int(ins.update_nbytes),
+                config=_jsonable(ins.config),
+            )
+            return message, ins.parameters
         if isinstance(ins, UploadDataIns):
-            return {
-                **base,
-                "kind": "upload_data",
-                "samples": ins.samples,
-                "nbytes": ins.nbytes,
-            }, None
+            return UploadDataTask(id=id, samples=int(ins.samples), nbytes=int(ins.nbytes)), None
         raise NotImplementedError(f"{type(ins).__name__} runs in the simulator only")
 
-    def _model(self, ref: ModelRef, parameters: NDArrays | None) -> dict[str, Any]:
+    def _model(self, ref: ModelRef, parameters: NDArrays | None) -> TaskModel:
         """The task's model: where the agent downloads the version the coordinator deploys."""
-        plain = {
-            "name": ref.name,
-            "version": ref.version,
-            "nbytes": ref.nbytes,
-            "sha256": None,
-            "url": None,
-        }
         if parameters is None:
-            return plain  # a timing-only workload: nothing to download
+            # A timing-only workload: nothing to download.
+            return TaskModel(name=ref.name, version=int(ref.version), nbytes=int(ref.nbytes))
         key = (ref.name, ref.version)
         if key not in self._deployed:
             blob = encode(parameters)
@@ -159,12 +144,13 @@ class HttpTransport(Transport):
             versions = self.repository.list_versions(ref.name)
             same = [v for v in versions if v.sha256 == sha]
             info = same[-1] if same else self.repository.add_version(ref.name, blob)
-            self._deployed[key] = {
-                **plain,
-                "nbytes": info.size,
-                "sha256": info.sha256,
-                "url": f"{API}/models/{ref.name}/versions/{info.version}/blob",
-            }
+            self._deployed[key] = TaskModel(
+                name=ref.name,
+                version=int(ref.version),
+                nbytes=info.size,
+                sha256=info.sha256,
+                url=path(Paths.BLOB, name=ref.name, version=info.version),
+            )
         return self._deployed[key]
 
     # -- results in --------------------------------------------------------------------------
@@ -177,14 +163,13 @@ class HttpTransport(Transport):
         posted = (task.posted_at if task else o.received_at) - self.t0
         taken = (task.taken_at if task and task.taken_at else o.received_at) - self.t0
         finished = o.received_at - self.t0
-        kind = task.payload.get("kind") if task else None
         if o.error is not None:
             return TaskResult(
                 task_id=o.task_id, device=o.device, started=posted, finished=finished, error=o.error
             )
         self._record_timings(o, task, taken, finished)
         update = None
-        if kind == "fit":
+        if task is not None and isinstance(task.message, FitTask):
             update = Update(
                 num_examples=o.num_examples,
                 nbytes=o.nbytes,
@@ -204,8 +189,8 @@ class HttpTransport(Transport):
         out from the moment it took the task, the upload ending when the result arrived.
         """
         t = o.timings
-        kind = task.payload.get("kind") if task else None
-        if kind == "upload_data":
+        message = task.message if task else None
+        if isinstance(message, UploadDataTask):
             self.events.record(
                 Event(
                     device=o.device,
@@ -217,11 +202,10 @@ class HttpTransport(Transport):
                 )
             )
             return
-        download = float(t.get("download_s", 0.0))
-        train = float(t.get("train_s", 0.0))
-        model = (task.payload.get("model") if task else None) or {}
+        download, train = t.download_s, t.train_s
+        model_nbytes = message.model.nbytes if isinstance(message, FitTask) else 0
         steps = [
-            (EventKind.MODEL_DOWNLOAD, taken, taken + download, int(model.get("nbytes", 0))),
+            (EventKind.MODEL_DOWNLOAD, taken, taken + download, model_nbytes),
             (EventKind.TRAIN, taken + download, taken + download + train, 0),
         ]
         upload_start = min(max(taken + download + train, taken), finished)

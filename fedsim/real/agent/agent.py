@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,13 +31,17 @@ from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_ur
 from fedsim.real.agent.probe import measure
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
-from fedsim.real.agent.work import (
-    TaskError,
-    TrainerFactory,
-    Trainers,
-    data_bytes,
-    fit_ins,
-    padding,
+from fedsim.real.agent.work import TaskError, TrainerFactory, Trainers, data_bytes, fit_ins, padding
+from fedsim.real.protocol import (
+    FitTask,
+    Paths,
+    ProtocolError,
+    TaskBase,
+    TaskFailure,
+    Timings,
+    UpdateMeta,
+    UploadDataTask,
+    parse_task,
     task_digest,
 )
 from fedsim.store.safetensors_io import decode, encode
@@ -151,7 +154,7 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def _heartbeat_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "heartbeat")
+        url = self._api.url(Paths.HEARTBEAT, id=self._device_id)
         while True:
             try:
                 await self._as_device(
@@ -187,7 +190,7 @@ class Agent:
             await asyncio.sleep(self.config.probe_interval)
 
     async def _task_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "tasks")
+        url = self._api.url(Paths.TASKS, id=self._device_id)
         wait = self.config.poll_wait
         while True:
             try:
@@ -201,7 +204,7 @@ class Agent:
                     )
                 )
                 task = None if reply.status == 204 or not reply.body else reply.json()
-                if task is not None and not (isinstance(task, dict) and "id" in task):
+                if task is not None and not isinstance(_get(task, "id"), str):
                     raise ValueError(f"not a task: {reply.body[:200]!r}")
             except ApiError as e:
                 if e.status == 410:
@@ -218,20 +221,20 @@ class Agent:
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _run_task(self, task: Mapping[str, Any]) -> None:
-        task_id, kind = str(task["id"]), task.get("kind")
+    async def _run_task(self, raw: Mapping[str, Any]) -> None:
+        """Run the task ``raw`` (its JSON, with a string ``id``) and report its result."""
+        task_id, kind = raw["id"], str(raw.get("kind"))
         log.info("task %s: %s", task_id, kind)
         self._meter.busy = True
         self.metrics.busy.set(1)
         try:
-            if kind == "fit":
-                await self._fit(task_id, task)
-            elif kind == "upload_data":
-                await self._upload_data(task_id, task)
+            task = self._read(raw)
+            if isinstance(task, FitTask):
+                await self._fit(task)
+            elif isinstance(task, UploadDataTask):
+                await self._upload_data(task)
             else:
-                raise TaskError(
-                    f"this agent does not run {kind!r} tasks; it runs 'fit' and 'upload_data'"
-                )
+                raise TaskError(f"this agent does not run {kind!r} tasks")
             self.metrics.task_done(kind, "succeeded")
         except AgentError:
             raise
@@ -245,7 +248,15 @@ class Agent:
             self._meter.busy = False
             self.metrics.busy.set(0)
 
-    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _read(raw: Mapping[str, Any]) -> TaskBase:
+        try:
+            return parse_task(raw)
+        except ProtocolError as e:
+            raise TaskError(str(e)) from None
+
+    async def _fit(self, task: FitTask) -> None:
+        task_id = task.id
         digest = task_digest(task)
         if self._state.is_finished(task_id, digest):
             stored = self._state.stored_result(digest)
@@ -258,35 +269,28 @@ class Agent:
             await self._put(task_id, "update", stored.body, len(stored.body), stored.headers)
             return
 
-        ins = fit_ins(task, None)  # checks the task before anything is downloaded
-        model = task.get("model") or {}
-        num_examples = str(ins.samples * ins.epochs)
-        if not model.get("url"):
+        ins = fit_ins(task, None)
+        model = task.model
+        num_examples = ins.samples * ins.epochs
+        if not model.url:
             # Timing-only: the model is too large to train here for real, or has no weights;
             # what the server measures is the upload of an update of the model's size.
-            headers = {
-                "X-Fedsim-Timing-Only": "1",
-                "X-Fedsim-Num-Examples": num_examples,
-                "X-Fedsim-Metrics": "{}",
-                "X-Fedsim-Timings": json.dumps(
-                    {"download_s": 0.0, "train_s": 0.0, "upload_s": 0.0}
-                ),
-            }
+            headers = UpdateMeta(num_examples=num_examples, timing_only=True).headers()
             nbytes = ins.update_nbytes
             await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
             return
 
         trainer = self._trainers.get(ins.config, default_model=ins.model.name)
         started = perf_counter()
-        url = self._api.resolve(str(model["url"]))
+        url = self._api.resolve(model.url)
         blob = await self._as_device(lambda token: self._api.download(url, token=token))
         download_s = perf_counter() - started
         self._meter.transfer("bandwidth_down", len(blob), download_s)
         self.metrics.bytes_received.labels("model").inc(len(blob))
-        expected = model.get("sha256")
+        expected = model.sha256
         if expected:
             actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
-            if actual != str(expected).lower():
+            if actual != expected:
                 raise TaskError(
                     f"the model blob's sha256 is {actual} but the task says {expected}; "
                     "not training on it"
@@ -305,14 +309,12 @@ class Agent:
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
         self._meter.trained(ins.samples * ins.epochs, train_s)
         self.metrics.train_seconds.observe(train_s)
-        headers = {
-            "X-Fedsim-Num-Examples": num_examples,
-            "X-Fedsim-Metrics": json.dumps(metrics),
+        headers = UpdateMeta(
+            num_examples=num_examples,
+            metrics={str(k): float(v) for k, v in metrics.items()},
             # The agent cannot time its own upload before sending it; the server times it.
-            "X-Fedsim-Timings": json.dumps(
-                {"download_s": download_s, "train_s": train_s, "upload_s": 0.0}
-            ),
-        }
+            timings=Timings(download_s=download_s, train_s=train_s),
+        ).headers()
         # Kept before it is sent: a restart from here on re-sends it instead of training again.
         await loop.run_in_executor(
             self._executor,
@@ -320,21 +322,16 @@ class Agent:
         )
         await self._put(task_id, "update", body, len(body), headers)
 
-    async def _upload_data(self, task_id: str, task: Mapping[str, Any]) -> None:
-        try:
-            nbytes = int(task.get("nbytes") or 0)
-        except (TypeError, ValueError):
-            raise TaskError(f"the task's nbytes {task.get('nbytes')!r} is not a count") from None
-        if nbytes < 0:
-            raise TaskError(f"the task's nbytes is negative ({nbytes})")
-        spec = self.config.data_spec
-        await self._put(task_id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
+    async def _upload_data(self, task: UploadDataTask) -> None:
+        spec, nbytes = self.config.data_spec, task.nbytes
+        await self._put(task.id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
 
     async def _put(
         self, task_id: str, what: str, body: Body, nbytes: int, headers: Mapping[str, str]
     ) -> None:
-        """PUT ``nbytes`` of ``body`` to ``/tasks/{task_id}/{what}``."""
-        url = self._api.api("tasks", task_id, what)
+        """PUT ``nbytes`` of ``body`` to the task's ``what`` (update or data)."""
+        template = Paths.TASK_UPDATE if what == "update" else Paths.TASK_DATA
+        url = self._api.url(template, task_id=task_id)
         # An explicit length keeps a streamed body from going out chunked, so the server
         # can refuse a wrong size up front.
         sent_headers = {"Content-Type": OCTETS, "Content-Length": str(nbytes), **headers}
@@ -355,8 +352,8 @@ class Agent:
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
 
     async def _report_error(self, task_id: str, reason: str) -> None:
-        url = self._api.api("tasks", task_id, "error")
-        body = {"reason": reason[:MAX_REASON_CHARS]}
+        url = self._api.url(Paths.TASK_ERROR, task_id=task_id)
+        body = TaskFailure(reason=reason[:MAX_REASON_CHARS] or "unknown").model_dump()
         try:
             await self._as_device(
                 lambda token: self._api.request("POST", url, token=token, json_body=body)
@@ -389,7 +386,7 @@ class Agent:
         for i, token in enumerate(tokens):
             try:
                 reply = await self._api.request(
-                    "POST", self._api.api("devices"), token=token, json_body=body
+                    "POST", self._api.url(Paths.DEVICES), token=token, json_body=body
                 )
                 break
             except ApiError as e:
@@ -481,6 +478,11 @@ class Agent:
         if self.config.cafile is not None:
             return ssl.create_default_context(cafile=self.config.cafile)
         return True
+
+
+def _get(value: Any, key: str) -> Any:
+    """``value[key]`` if ``value`` is a JSON object that has it, else None."""
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def _refusal(e: ApiError, device_id: int | None) -> str:
