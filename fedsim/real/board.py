@@ -16,9 +16,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from fedsim.core.runtime import NDArrays
+from fedsim.real.protocol import TaskBase, Timings
 
 
 class TaskState(str, enum.Enum):
@@ -40,18 +40,18 @@ class Outcome:
     nbytes: int = 0
     parameters: NDArrays | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
     sha256: str | None = None
     url: str | None = None  # a relay's: where the device serves the version it holds
 
 
 @dataclass(kw_only=True)
 class PostedTask:
-    """A task on the board. ``payload`` is the JSON an agent receives."""
+    """A task on the board; ``message`` is what its agent receives, with the same id."""
 
     id: str
     device: int
-    payload: dict[str, Any]
+    message: TaskBase
     posted_at: float
     reference: NDArrays | None = None  # the deployed parameters an update must match
     channel: str = ""  # whose coordinator waits for the outcome (one per job)
@@ -91,6 +91,8 @@ class TaskBoard:
     # -- the coordinator's side (any thread) ------------------------------------------------
 
     def post(self, task: PostedTask) -> None:
+        if task.message.id != task.id:
+            raise ValueError(f"task {task.id} carries a message for task {task.message.id}")
         with self._lock:
             if task.id in self._tasks:
                 raise ValueError(f"task {task.id} was posted already")

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedsim.config import ConfigError
+from fedsim.real.protocol import Paths
 from fedsim.report.html import write_report
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[s
 
 def run_remote(cfg: Any, run_dir: Path, poll_s: float = 1.0) -> dict[str, Any]:
     """Run the experiment as a job on ``cfg.mode.server_url``; returns the finished job."""
-    base = cfg.mode.server_url.rstrip("/") + "/api/v1/jobs"
+    base = cfg.mode.server_url.rstrip("/") + Paths.JOBS
     token = _token(cfg.mode)
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)

@@ -326,7 +326,6 @@ def fit_task(task_id: str, blob: bytes, *, sha256: str | None = None, **fields: 
         "batch_size": 16,
         "flops": 9.6e8,
         "update_nbytes": len(blob),
-        "nbytes": 0,
         "config": {
             "learning_rate": 0.05,
             "round": 3,

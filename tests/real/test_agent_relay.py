@@ -125,7 +125,8 @@ async def test_a_member_whose_token_is_refused_reports_the_task_failed(
         await server.give(1, relay_task("r0-relay-g1", global_model))
         await server.until(lambda: len(server.relays) == 1, run_a)
         task = fit_task("r0-d2", global_model)
-        task["model"] = {**task["model"], "url": server.relays[0]["body"]["url"], "token": "x"}
+        wrong = "a-token-of-another-relay"
+        task["model"] = {**task["model"], "url": server.relays[0]["body"]["url"], "token": wrong}
         await server.give(2, task)
         await server.until(lambda: len(server.errors) == 1, run_m)
 

@@ -11,6 +11,7 @@ from topologies import star
 from fedsim.core.faults import FaultPlan, LinkChange
 from fedsim.core.runtime import FitIns, ModelRef, Task, UploadDataIns
 from fedsim.real.board import PostedTask, TaskBoard, TaskState
+from fedsim.real.protocol import UploadDataTask
 from fedsim.real.transport import HttpTransport
 from fedsim.sim.runtime import SimTransport
 
@@ -22,7 +23,11 @@ def fit(task_id: str, device: int) -> Task:
     return Task(id=task_id, device=device, ins=ins)
 
 
-def tasks() -> list[Task]:
+def upload(task_id: str) -> UploadDataTask:
+    return UploadDataTask(id=task_id, nbytes=100)
+
+
+def tasks() -> list[list[Task]]:
     """Fit tasks in three submissions, with an upload_data task (no draw) among them."""
     first = [fit(f"r0-d{d}", d) for d in (1, 2, 3, 4)]
     second = [fit(f"r1-d{d}", d) for d in (4, 2)] + [
@@ -52,7 +57,7 @@ def test_http_transport_drops_the_tasks_the_simulator_drops(seed: int):
     assert marked == {t.id for t in posted} - arrived
     assert 0 < len(marked) < len(posted)
     for t in posted:
-        assert board.get(t.id).payload.get("drop", False) == (t.id in marked)
+        assert getattr(board.get(t.id).message, "drop", False) == (t.id in marked)
 
 
 def test_without_dropout_nothing_is_drawn_or_marked():
@@ -66,7 +71,7 @@ def test_without_dropout_nothing_is_drawn_or_marked():
 
     # Assert
     assert http.rng.bit_generator.state == state
-    assert not any(t.dropped or "drop" in t.payload for t in board.pending())
+    assert not any(t.dropped or getattr(t.message, "drop", False) for t in board.pending())
 
 
 def test_link_changes_are_refused_in_real_mode():
@@ -80,7 +85,7 @@ def test_a_dropped_task_is_handed_out_once_and_the_next_one_follows():
     board = TaskBoard()
     for i, dropped in enumerate([True, False]):
         board.post(
-            PostedTask(id=f"t{i}", device=1, payload={"id": f"t{i}"}, posted_at=0, dropped=dropped)
+            PostedTask(id=f"t{i}", device=1, message=upload(f"t{i}"), posted_at=0, dropped=dropped)
         )
 
     # Execute: the agent polls, runs the dropped task (says nothing), polls again.
@@ -97,7 +102,7 @@ def test_abandon_forgets_what_a_device_held_and_what_waited_for_it():
     # Prepare: device 1 holds t0 and has t1 queued; device 2 has t2.
     board = TaskBoard()
     for task_id, device in [("t0", 1), ("t1", 1), ("t2", 2)]:
-        board.post(PostedTask(id=task_id, device=device, payload={}, posted_at=0))
+        board.post(PostedTask(id=task_id, device=device, message=upload(task_id), posted_at=0))
     asyncio.run(board.take(1, wait=0))
 
     # Execute

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,13 +37,21 @@ from fedsim.real.agent.probe import measure
 from fedsim.real.agent.relay import HeldModels
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
-from fedsim.real.agent.work import (
-    TaskError,
-    TrainerFactory,
-    Trainers,
-    data_bytes,
-    fit_ins,
-    padding,
+from fedsim.real.agent.work import TaskError, TrainerFactory, Trainers, data_bytes, fit_ins, padding
+from fedsim.real.protocol import (
+    FitTask,
+    ForwardTask,
+    Paths,
+    ProtocolError,
+    RelayResult,
+    RelayTask,
+    TaskBase,
+    TaskFailure,
+    TaskModel,
+    Timings,
+    UpdateMeta,
+    UploadDataTask,
+    parse_task,
     task_digest,
 )
 from fedsim.store.safetensors_io import decode, encode
@@ -163,7 +170,7 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def _heartbeat_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "heartbeat")
+        url = self._api.url(Paths.HEARTBEAT, id=self._device_id)
         while True:
             try:
                 await self._as_device(
@@ -199,7 +206,7 @@ class Agent:
             await asyncio.sleep(self.config.probe_interval)
 
     async def _task_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "tasks")
+        url = self._api.url(Paths.TASKS, id=self._device_id)
         wait = self.config.poll_wait
         while True:
             try:
@@ -213,7 +220,7 @@ class Agent:
                     )
                 )
                 task = None if reply.status == 204 or not reply.body else reply.json()
-                if task is not None and not (isinstance(task, dict) and "id" in task):
+                if task is not None and not isinstance(_get(task, "id"), str):
                     raise ValueError(f"not a task: {reply.body[:200]!r}")
             except ApiError as e:
                 if e.status == 410:
@@ -230,26 +237,25 @@ class Agent:
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _run_task(self, task: Mapping[str, Any]) -> None:
-        task_id, kind = str(task["id"]), task.get("kind")
+    async def _run_task(self, raw: Mapping[str, Any]) -> None:
+        """Run the task ``raw`` (its JSON, with a string ``id``) and report its result."""
+        task_id, kind = raw["id"], str(raw.get("kind"))
         log.info("task %s: %s", task_id, kind)
         self._meter.busy = True
         self.metrics.busy.set(1)
         try:
+            task = self._read(raw)
             outcome = "succeeded"
-            if kind == "fit":
-                outcome = await self._fit(task_id, task)
-            elif kind == "upload_data":
-                await self._upload_data(task_id, task)
-            elif kind == "relay":
-                await self._relay(task_id, task)
-            elif kind == "forward":
-                await self._forward(task_id, task)
+            if isinstance(task, FitTask):
+                outcome = await self._fit(task)
+            elif isinstance(task, UploadDataTask):
+                await self._upload_data(task)
+            elif isinstance(task, RelayTask):
+                await self._relay(task)
+            elif isinstance(task, ForwardTask):
+                await self._forward(task)
             else:
-                raise TaskError(
-                    f"this agent does not run {kind!r} tasks; it runs 'fit', 'upload_data', "
-                    "'relay' and 'forward'"
-                )
+                raise TaskError(f"this agent does not run {kind!r} tasks")
             self.metrics.task_done(kind, outcome)
         except AgentError:
             raise
@@ -263,9 +269,16 @@ class Agent:
             self._meter.busy = False
             self.metrics.busy.set(0)
 
-    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> str:
+    @staticmethod
+    def _read(raw: Mapping[str, Any]) -> TaskBase:
+        try:
+            return parse_task(raw)
+        except ProtocolError as e:
+            raise TaskError(str(e)) from None
+
+    async def _fit(self, task: FitTask) -> str:
         """Train and send the update; returns the outcome, "dropped" for a task marked drop."""
-        drop = bool(task.get("drop"))
+        task_id = task.id
         digest = task_digest(task)
         if self._state.is_finished(task_id, digest):
             stored = self._state.stored_result(digest)
@@ -278,22 +291,15 @@ class Agent:
             await self._put(task_id, "update", stored.body, len(stored.body), stored.headers)
             return "succeeded"
 
-        ins = fit_ins(task, None)  # checks the task before anything is downloaded
-        model = task.get("model") or {}
-        num_examples = str(ins.samples * ins.epochs)
-        if not model.get("url"):
+        ins = fit_ins(task, None)
+        model = task.model
+        num_examples = ins.samples * ins.epochs
+        if not model.url:
             # Timing-only: the model is too large to train here for real, or has no weights;
             # what the server measures is the upload of an update of the model's size.
-            headers = {
-                "X-Fedsim-Timing-Only": "1",
-                "X-Fedsim-Num-Examples": num_examples,
-                "X-Fedsim-Metrics": "{}",
-                "X-Fedsim-Timings": json.dumps(
-                    {"download_s": 0.0, "train_s": 0.0, "upload_s": 0.0}
-                ),
-            }
-            if drop:
+            if task.drop:
                 return _dropped(task_id)
+            headers = UpdateMeta(num_examples=num_examples, timing_only=True).headers()
             nbytes = ins.update_nbytes
             await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
             return "succeeded"
@@ -314,16 +320,14 @@ class Agent:
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
         self._meter.trained(ins.samples * ins.epochs, train_s)
         self.metrics.train_seconds.observe(train_s)
-        if drop:
+        if task.drop:
             return _dropped(task_id)
-        headers = {
-            "X-Fedsim-Num-Examples": num_examples,
-            "X-Fedsim-Metrics": json.dumps(metrics),
+        headers = UpdateMeta(
+            num_examples=num_examples,
+            metrics={str(k): float(v) for k, v in metrics.items()},
             # The agent cannot time its own upload before sending it; the server times it.
-            "X-Fedsim-Timings": json.dumps(
-                {"download_s": download_s, "train_s": train_s, "upload_s": 0.0}
-            ),
-        }
+            timings=Timings(download_s=download_s, train_s=train_s),
+        ).headers()
         # Kept before it is sent: a restart from here on re-sends it instead of training again.
         await loop.run_in_executor(
             self._executor,
@@ -332,18 +336,17 @@ class Agent:
         await self._put(task_id, "update", body, len(body), headers)
         return "succeeded"
 
-    async def _download_model(self, model: Mapping[str, Any], refusal: str) -> tuple[bytes, float]:
+    async def _download_model(self, model: TaskModel, refusal: str) -> tuple[bytes, float]:
         """A task's model blob, checked against its sha256, and the seconds it took.
 
         From the server with the device token, or, when the task carries a relay ``token``,
         from the group aggregator's agent at ``url`` with that token.
         """
-        url = self._api.resolve(str(model["url"]))
-        peer_token = model.get("token")
+        url = self._api.resolve(model.url)
         started = perf_counter()
-        if peer_token:
+        if model.token:
             fetch = self._api.download(
-                url, token=None, headers={"Authorization": f"Bearer {peer_token}"}
+                url, token=None, headers={"Authorization": f"Bearer {model.token}"}
             )
             try:
                 blob = await asyncio.wait_for(fetch, PEER_DOWNLOAD_TIMEOUT_S)
@@ -357,58 +360,57 @@ class Agent:
         download_s = perf_counter() - started
         self._meter.transfer("bandwidth_down", len(blob), download_s)
         self.metrics.bytes_received.labels("model").inc(len(blob))
-        expected = model.get("sha256")
+        expected = model.sha256
         if expected:
             actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
-            if actual != str(expected).lower():
+            if actual != expected:
                 raise TaskError(
                     f"the model blob's sha256 is {actual} but the task says {expected}; {refusal}"
                 )
         return blob, download_s
 
-    async def _relay(self, task_id: str, task: Mapping[str, Any]) -> None:
+    async def _relay(self, task: RelayTask) -> None:
         """Fetch the task's model version and hold it for the group; say where it is served."""
-        token = str(task.get("token") or "")
-        if not token:
-            raise TaskError("the relay task has no token to guard the model it holds")
-        model = task.get("model") or {}
-        url, download_s = None, 0.0
-        if model.get("url"):  # a timing-only model has no bytes to hold
-            try:
-                name, version = str(model["name"]), int(model["version"])
-            except (KeyError, TypeError, ValueError):
-                raise TaskError(f"the relay task's model is malformed: {model!r}") from None
+        model, url, download_s = task.model, None, 0.0
+        if model.url:  # a timing-only model has no bytes to hold
             blob, download_s = await self._download_model(model, "not relaying it")
-            url = await self._peer_base() + self._held.hold(name, version, blob, token)
-        body = {"url": url, "timings": {"download_s": download_s}}
-        await self._send_json(task_id, "relay", body)
-        log.info("task %s: holding the model for the group at %s", task_id, url)
+            path = self._held.hold(model.name, model.version, blob, task.token)
+            url = await self._peer_base() + path
+        result = RelayResult(url=url, timings=Timings(download_s=download_s))
+        where = self._api.url(Paths.TASK_RELAY, task_id=task.id)
+        try:
+            await self._as_device(
+                lambda token: self._api.request(
+                    "PUT", where, token=token, json_body=result.model_dump(mode="json")
+                )
+            )
+        except ApiError as e:
+            if e.status in (404, 410):
+                log.warning("task %s: the server no longer wants its result (%s)", task.id, e)
+                return
+            raise TaskError(f"the server refused the relay result: {e}") from e
+        log.info("task %s: holding the model for the group at %s", task.id, url)
 
-    async def _forward(self, task_id: str, task: Mapping[str, Any]) -> None:
+    async def _forward(self, task: ForwardTask) -> None:
         """Send the group's combined update: ``nbytes`` of padding that stands for it.
 
         The coordinator combines the group's updates itself (with its strategy), so what
         travels here is timed, not used.
         """
-        nbytes = _count(task, "nbytes")
-        headers = {
-            "X-Fedsim-Timing-Only": "1",
-            "X-Fedsim-Num-Examples": str(_count(task, "num_examples")),
-            "X-Fedsim-Metrics": "{}",
-            "X-Fedsim-Timings": json.dumps({"upload_s": 0.0}),
-        }
-        await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
+        headers = UpdateMeta(num_examples=task.num_examples, timing_only=True).headers()
+        nbytes = task.nbytes
+        await self._put(task.id, "update", lambda: padding(nbytes), nbytes, headers)
 
-    async def _upload_data(self, task_id: str, task: Mapping[str, Any]) -> None:
-        nbytes = _count(task, "nbytes")
-        spec = self.config.data_spec
-        await self._put(task_id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
+    async def _upload_data(self, task: UploadDataTask) -> None:
+        spec, nbytes = self.config.data_spec, task.nbytes
+        await self._put(task.id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
 
     async def _put(
         self, task_id: str, what: str, body: Body, nbytes: int, headers: Mapping[str, str]
     ) -> None:
-        """PUT ``nbytes`` of ``body`` to ``/tasks/{task_id}/{what}``."""
-        url = self._api.api("tasks", task_id, what)
+        """PUT ``nbytes`` of ``body`` to the task's ``what`` (update or data)."""
+        template = Paths.TASK_UPDATE if what == "update" else Paths.TASK_DATA
+        url = self._api.url(template, task_id=task_id)
         # An explicit length keeps a streamed body from going out chunked, so the server
         # can refuse a wrong size up front.
         sent_headers = {"Content-Type": OCTETS, "Content-Length": str(nbytes), **headers}
@@ -428,22 +430,9 @@ class Agent:
         self.metrics.bytes_sent.labels(what).inc(nbytes)
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
 
-    async def _send_json(self, task_id: str, what: str, body: Mapping[str, Any]) -> None:
-        """PUT ``body`` as JSON to ``/tasks/{task_id}/{what}``."""
-        url = self._api.api("tasks", task_id, what)
-        try:
-            await self._as_device(
-                lambda token: self._api.request("PUT", url, token=token, json_body=body)
-            )
-        except ApiError as e:
-            if e.status in (404, 410):
-                log.warning("task %s: the server no longer wants its result (%s)", task_id, e)
-                return
-            raise TaskError(f"the server refused the {what} result: {e}") from e
-
     async def _report_error(self, task_id: str, reason: str) -> None:
-        url = self._api.api("tasks", task_id, "error")
-        body = {"reason": reason[:MAX_REASON_CHARS]}
+        url = self._api.url(Paths.TASK_ERROR, task_id=task_id)
+        body = TaskFailure(reason=reason[:MAX_REASON_CHARS] or "unknown").model_dump()
         try:
             await self._as_device(
                 lambda token: self._api.request("POST", url, token=token, json_body=body)
@@ -476,7 +465,7 @@ class Agent:
         for i, token in enumerate(tokens):
             try:
                 reply = await self._api.request(
-                    "POST", self._api.api("devices"), token=token, json_body=body
+                    "POST", self._api.url(Paths.DEVICES), token=token, json_body=body
                 )
                 break
             except ApiError as e:
@@ -544,7 +533,7 @@ class Agent:
 
     async def _serve_metrics(self) -> None:
         """Serve ``/metrics`` on ``--metrics-port``; its URL goes into the registration."""
-        await self._listen(self.config.metrics_port)
+        await self._listen(self.config.metrics_port, "metrics")
         self._metrics_url = self._http_base + "/metrics"
         log.info("serving metrics at %s", self._metrics_url)
 
@@ -552,15 +541,18 @@ class Agent:
         """Where the group's members reach this agent's HTTP server: the metrics server's
         address, or, without ``--metrics-port``, a free port on ``--metrics-host``."""
         if self._http_base is None:
-            await self._listen(0)
+            try:
+                await self._listen(0, "the group's model")
+            except AgentError as e:  # the relay fails; the agent itself can go on
+                raise TaskError(str(e)) from None
         return self._http_base
 
-    async def _listen(self, port: int) -> None:
+    async def _listen(self, port: int, what: str) -> None:
         host = self.config.metrics_host
         try:
             bound = await self._http.start(host=host, port=port)
         except OSError as e:
-            raise AgentError(f"cannot serve HTTP on {host}:{port}: {e}") from e
+            raise AgentError(f"cannot serve {what} on {host}:{port}: {e}") from e
         self._http_base = await asyncio.to_thread(
             advertised_url, host, bound, self.config.server, ""
         )
@@ -583,21 +575,15 @@ class Agent:
         return True
 
 
+def _get(value: Any, key: str) -> Any:
+    """``value[key]`` if ``value`` is a JSON object that has it, else None."""
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def _dropped(task_id: str) -> str:
     # A device that drops out goes silent: no update, no error; the round's deadline passes.
     log.info("task %s: trained and dropped, as the task says (a dropout)", task_id)
     return "dropped"
-
-
-def _count(task: Mapping[str, Any], key: str) -> int:
-    """A task's non-negative integer field ``key`` (0 when absent)."""
-    try:
-        value = int(task.get(key) or 0)
-    except (TypeError, ValueError):
-        raise TaskError(f"the task's {key} {task.get(key)!r} is not a count") from None
-    if value < 0:
-        raise TaskError(f"the task's {key} is negative ({value})")
-    return value
 
 
 def _refusal(e: ApiError, device_id: int | None) -> str:

@@ -115,7 +115,14 @@ RELAY_RESULT: Schema = {
             "description": "where the device serves the model it holds (null: a timing-only "
             "model, nothing to hold)",
         },
-        "timings": NUMBERS,
+        "timings": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "seconds the agent's steps took by its clock",
+            "properties": {
+                k: {"type": "number", "minimum": 0} for k in ("download_s", "train_s", "upload_s")
+            },
+        },
     },
 }
 
