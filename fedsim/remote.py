@@ -23,6 +23,7 @@ from typing import Any
 
 from fedsim.config import ConfigError
 from fedsim.core.results import FEDERATED, RoundRow, RunResult
+from fedsim.real.protocol import Paths
 from fedsim.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def run_remote(spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0) -> dict
     if spec.kind != FEDERATED:
         raise ConfigError("mode.server_url: a running server runs federated jobs only")
     url = str(spec.mode.server_url)
-    base = url.rstrip("/") + "/api/v1/jobs"
+    base = url.rstrip("/") + Paths.JOBS
     token = _token(spec.mode)
     config = {**spec.config, "mode": {"name": "real"}}
     job = _call("POST", base, token, {"kind": spec.kind, "config": config})

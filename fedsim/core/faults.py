@@ -1,4 +1,10 @@
-"""Faults the simulator injects: devices that drop out or go away, links that degrade.
+"""Faults a run injects: devices that drop out or go away, links that degrade.
+
+One plan for every runtime. The simulator applies it to its modelled devices
+(``fedsim.sim.runtime``); the real runtime marks dropped tasks for the agents to discard
+(``fedsim.real.transport``) and stops and restarts agent processes for outages
+(``fedsim.real.faults``). Times are seconds of the run's clock: simulated time, or wall time
+since the transport started.
 
 A device that drops out or is offline says nothing: its task simply never returns, as a crashed
 or disconnected device behaves, and the server learns of it only through its round deadline.
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, kw_only=True)
 class Outage:
-    """Device ``device`` is unreachable in ``[start, end)`` (seconds of simulated time)."""
+    """Device ``device`` is unreachable in ``[start, end)`` (seconds of the run's clock)."""
 
     device: int
     start: float

@@ -62,9 +62,14 @@ class FitIns:
 
 @dataclass(frozen=True, kw_only=True)
 class RelayIns:
-    """Fetch ``model`` from the server and hold it for the devices of the group to fetch."""
+    """Fetch ``model`` from the server and hold it for the devices of the group to fetch.
+
+    ``parameters`` are the model's arrays when training runs for real: a runtime that ships
+    bytes (the real one) publishes them for the aggregator to fetch.
+    """
 
     model: ModelRef
+    parameters: NDArrays | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-API = "/api/v1"
+from fedsim.real.protocol import API, Paths
+
 SERVER_JOB = "fedsim-server"
 DEVICES_JOB = "fedsim-devices"
 # Prometheus's duration syntax (units largest first, each at most once), e.g. 5s, 1m30s, 500ms.
@@ -71,7 +72,7 @@ def build_config(
         "job_name": DEVICES_JOB,
         "http_sd_configs": [
             {
-                "url": f"{base}{API}/sd/targets",
+                "url": f"{base}{Paths.SD_TARGETS}",
                 "refresh_interval": sd_refresh_interval,
                 "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
                 **tls,

@@ -16,9 +16,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from fedsim.core.runtime import NDArrays
+from fedsim.real.protocol import TaskBase, Timings
 
 
 class TaskState(str, enum.Enum):
@@ -40,20 +40,24 @@ class Outcome:
     nbytes: int = 0
     parameters: NDArrays | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
     sha256: str | None = None
+    url: str | None = None  # a relay's: where the device serves the version it holds
 
 
 @dataclass(kw_only=True)
 class PostedTask:
-    """A task on the board. ``payload`` is the JSON an agent receives."""
+    """A task on the board; ``message`` is what its agent receives, with the same id."""
 
     id: str
     device: int
-    payload: dict[str, Any]
+    message: TaskBase
     posted_at: float
     reference: NDArrays | None = None  # the deployed parameters an update must match
     channel: str = ""  # whose coordinator waits for the outcome (one per job)
+    # The device drops out of it (an injected fault): handed out once, then forgotten, since
+    # no result will come; a device that restarts does not get it again.
+    dropped: bool = False
     state: TaskState = TaskState.QUEUED
     taken_at: float | None = None
     outcome: Outcome | None = None
@@ -87,6 +91,8 @@ class TaskBoard:
     # -- the coordinator's side (any thread) ------------------------------------------------
 
     def post(self, task: PostedTask) -> None:
+        if task.message.id != task.id:
+            raise ValueError(f"task {task.id} carries a message for task {task.message.id}")
         with self._lock:
             if task.id in self._tasks:
                 raise ValueError(f"task {task.id} was posted already")
@@ -99,6 +105,20 @@ class TaskBoard:
             task = self._tasks.get(task_id)
             if task is not None and task.state in (TaskState.QUEUED, TaskState.TAKEN):
                 task.state = TaskState.CANCELLED
+
+    def abandon(self, device: int) -> list[str]:
+        """Forget every unfinished task of ``device``, which went away (an outage): the tasks
+        are lost, as on a device that crashed, and no outcome is filed. Returns their ids."""
+        with self._lock:
+            lost = [
+                t.id
+                for t in self._tasks.values()
+                if t.device == device and t.state in (TaskState.QUEUED, TaskState.TAKEN)
+            ]
+            for task_id in lost:
+                del self._tasks[task_id]
+            self._queues.pop(device, None)
+        return lost
 
     def next_outcome(self, timeout: float | None, channel: str = "") -> Outcome | None:
         """The channel's next outcome, waiting at most ``timeout`` seconds (forever when None)."""
@@ -171,10 +191,13 @@ class TaskBoard:
                 return held[0]
             q = self._queues.get(device)
             while q:
-                task = self._tasks[q.popleft()]
-                if task.state is TaskState.QUEUED:
+                # A task cancelled and forgotten while queued has left only its id here.
+                task = self._tasks.get(q.popleft())
+                if task is not None and task.state is TaskState.QUEUED:
                     task.state = TaskState.TAKEN
                     task.taken_at = self.clock()
+                    if task.dropped:
+                        del self._tasks[task.id]
                     return task
             return None
 

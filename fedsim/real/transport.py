@@ -7,24 +7,40 @@ training in the cloud-based scenario) runs in the calling thread and is timed.
 
 A version the coordinator deploys is stored in the model repository first, so that agents
 download it like any other version; its repository URL travels in the task.
+
+Hierarchical rounds run as in the simulator: a relay task has the group's aggregator fetch the
+version and serve it from its agent; the members' fit tasks point at that agent (with the relay's
+token) instead of the repository. Their updates still come to the server, where the coordinator
+combines each group; a forward task then has the aggregator send an update of the group's size,
+which times the group's upload to the cloud.
+
+Dropouts are drawn as the simulator draws them (one draw per fit task, in submit order, from
+the transport's seeded generator): a dropped task is marked ``drop``, and its agent trains and
+then stays silent. Outages stop agent processes: see :mod:`fedsim.real.faults`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import numpy as np
+
 from fedsim.core.events import Event, EventKind
+from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository, UnknownModel
 from fedsim.core.runtime import (
     Cost,
     FitIns,
+    ForwardIns,
     ModelRef,
     NDArrays,
+    RelayIns,
     Task,
     TaskResult,
     Transport,
@@ -32,15 +48,29 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.real.board import Outcome, PostedTask, TaskBoard
+from fedsim.real.protocol import (
+    FitTask,
+    ForwardTask,
+    Paths,
+    RelayTask,
+    TaskBase,
+    TaskModel,
+    UploadDataTask,
+    path,
+)
 from fedsim.store.safetensors_io import encode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-API = "/api/v1"
 
 
 class HttpTransport(Transport):
-    """Tasks through a :class:`TaskBoard` served to agents by the fedsim server."""
+    """Tasks through a :class:`TaskBoard` served to agents by the fedsim server.
+
+    ``faults``: its ``dropout`` is applied here, drawn from ``seed`` as ``SimTransport`` draws;
+    its outages are an :class:`~fedsim.real.faults.OutageDriver`'s to carry out; link changes
+    need a shaped network, which this runtime does not have, and are refused.
+    """
 
     def __init__(
         self,
@@ -50,8 +80,17 @@ class HttpTransport(Transport):
         server: int,
         clock: Callable[[], float] = time.time,
         channel: str = "",
+        faults: FaultPlan | None = None,
+        seed: np.random.SeedSequence | int = 0,
     ) -> None:
         super().__init__()
+        self.faults = faults or FaultPlan()
+        if self.faults.link_changes:
+            raise ValueError(
+                "faults.link_changes: the real runtime does not shape its links; "
+                "link changes run in the simulator"
+            )
+        self.rng = np.random.default_rng(seed)
         # Task ids on the board carry the channel, so that jobs sharing a server never collide.
         self.channel = channel
         self.board = board
@@ -59,22 +98,34 @@ class HttpTransport(Transport):
         self.server = server
         self.clock = clock
         self.t0 = clock()
-        self._deployed: dict[tuple[str, int], dict[str, Any]] = {}
+        self._deployed: dict[tuple[str, int], TaskModel] = {}
+        # Relays posted (board id -> aggregator, model, token), and the last one each aggregator
+        # did ((aggregator, name) -> version, where it serves it, the token it asks for).
+        self._relays: dict[str, tuple[int, ModelRef, str]] = {}
+        self._relayed: dict[tuple[int, str], tuple[int, str, str]] = {}
 
     def now(self) -> float:
         return self.clock() - self.t0
 
     def submit(self, tasks: Sequence[Task]) -> None:
         for task in tasks:
-            payload, reference = self._payload(task)
+            message, reference = self._message(task, self.channel + task.id)
+            # As SimTransport draws: one draw per fit task, in the order they are submitted.
+            drop = isinstance(message, FitTask) and self.faults.dropout > 0
+            drop = drop and bool(self.rng.random() < self.faults.dropout)
+            if drop:
+                message = message.model_copy(update={"drop": True})
+            if isinstance(message, RelayTask):
+                self._relays[message.id] = (task.device, task.ins.model, message.token)
             self.board.post(
                 PostedTask(
-                    id=self.channel + task.id,
+                    id=message.id,
                     device=task.device,
-                    payload={**payload, "id": self.channel + task.id},
+                    message=message,
                     posted_at=self.clock(),
                     reference=reference,
                     channel=self.channel,
+                    dropped=drop,
                 )
             )
 
@@ -100,54 +151,58 @@ class HttpTransport(Transport):
 
     # -- tasks out ---------------------------------------------------------------------------
 
-    def _payload(self, task: Task) -> tuple[dict[str, Any], NDArrays | None]:
+    def _message(self, task: Task, id: str) -> tuple[TaskBase, NDArrays | None]:
+        """The task's message, and the parameters an update must match (if any)."""
         ins = task.ins
-        base = {
-            "id": task.id,
-            "config": {},
-            "samples": 0,
-            "epochs": 0,
-            "batch_size": 0,
-            "flops": 0.0,
-            "update_nbytes": 0,
-            "nbytes": 0,
-            "model": None,
-        }
         if isinstance(ins, FitIns):
-            if ins.source is not None or ins.sink is not None:
-                raise NotImplementedError("hierarchical rounds run in the simulator only")
+            # The update goes to the server whatever ``sink`` says: the coordinator combines
+            # each group's updates itself. The model comes from ``source`` when it relays it.
             model = self._model(ins.model, ins.parameters)
-            return {
-                **base,
-                "kind": "fit",
-                "model": model,
-                "samples": ins.samples,
-                "epochs": ins.epochs,
-                "batch_size": ins.batch_size,
-                "flops": ins.flops,
-                "update_nbytes": ins.update_nbytes,
-                "config": _jsonable(ins.config),
-            }, ins.parameters
+            if ins.source is not None:
+                model = self._from_peer(ins.source, model)
+            message = FitTask(
+                id=id,
+                model=model,
+                samples=int(ins.samples),
+                epochs=int(ins.epochs),
+                batch_size=int(ins.batch_size),
+                flops=float(ins.flops),
+                update_nbytes=int(ins.update_nbytes),
+                config=_jsonable(ins.config),
+            )
+            return message, ins.parameters
         if isinstance(ins, UploadDataIns):
-            return {
-                **base,
-                "kind": "upload_data",
-                "samples": ins.samples,
-                "nbytes": ins.nbytes,
-            }, None
-        raise NotImplementedError(f"{type(ins).__name__} runs in the simulator only")
+            return UploadDataTask(id=id, samples=int(ins.samples), nbytes=int(ins.nbytes)), None
+        if isinstance(ins, RelayIns):
+            # The members present this token to the aggregator's agent to fetch the model.
+            model = self._model(ins.model, ins.parameters)
+            return RelayTask(id=id, model=model, token=secrets.token_urlsafe(24)), None
+        if isinstance(ins, ForwardIns):
+            message = ForwardTask(id=id, nbytes=int(ins.nbytes), num_examples=int(ins.num_examples))
+            return message, None
+        raise TypeError(f"task {task.id}: unknown instruction {type(ins).__name__}")
 
-    def _model(self, ref: ModelRef, parameters: NDArrays | None) -> dict[str, Any]:
+    def _from_peer(self, source: int, model: TaskModel) -> TaskModel:
+        """``model`` as fetched from device ``source``, which relays it; from the server when
+        ``source`` holds no copy (its relay failed, or the model is timing-only)."""
+        version, url, token = self._relayed.get((source, model.name), (None, None, None))
+        if model.url is None:
+            return model
+        if version != model.version:
+            log.warning(
+                "device %d relays no copy of %s v%d; its group downloads it from the server",
+                source,
+                model.name,
+                model.version,
+            )
+            return model
+        return model.model_copy(update={"url": url, "token": token})
+
+    def _model(self, ref: ModelRef, parameters: NDArrays | None) -> TaskModel:
         """The task's model: where the agent downloads the version the coordinator deploys."""
-        plain = {
-            "name": ref.name,
-            "version": ref.version,
-            "nbytes": ref.nbytes,
-            "sha256": None,
-            "url": None,
-        }
         if parameters is None:
-            return plain  # a timing-only workload: nothing to download
+            # A timing-only workload: nothing to download.
+            return TaskModel(name=ref.name, version=int(ref.version), nbytes=int(ref.nbytes))
         key = (ref.name, ref.version)
         if key not in self._deployed:
             blob = encode(parameters)
@@ -159,12 +214,13 @@ class HttpTransport(Transport):
             versions = self.repository.list_versions(ref.name)
             same = [v for v in versions if v.sha256 == sha]
             info = same[-1] if same else self.repository.add_version(ref.name, blob)
-            self._deployed[key] = {
-                **plain,
-                "nbytes": info.size,
-                "sha256": info.sha256,
-                "url": f"{API}/models/{ref.name}/versions/{info.version}/blob",
-            }
+            self._deployed[key] = TaskModel(
+                name=ref.name,
+                version=int(ref.version),
+                nbytes=info.size,
+                sha256=info.sha256,
+                url=path(Paths.BLOB, name=ref.name, version=info.version),
+            )
         return self._deployed[key]
 
     # -- results in --------------------------------------------------------------------------
@@ -177,14 +233,19 @@ class HttpTransport(Transport):
         posted = (task.posted_at if task else o.received_at) - self.t0
         taken = (task.taken_at if task and task.taken_at else o.received_at) - self.t0
         finished = o.received_at - self.t0
-        kind = task.payload.get("kind") if task else None
+        relay = self._relays.pop(self.channel + o.task_id, None)
         if o.error is not None:
             return TaskResult(
                 task_id=o.task_id, device=o.device, started=posted, finished=finished, error=o.error
             )
+        if relay is not None and o.url is not None:
+            device, model, token = relay
+            self._relayed[(device, model.name)] = (model.version, o.url, token)
         self._record_timings(o, task, taken, finished)
         update = None
-        if kind == "fit":
+        if task is not None and isinstance(task.message, ForwardTask):
+            update = Update(num_examples=o.num_examples, nbytes=o.nbytes)
+        if task is not None and isinstance(task.message, FitTask):
             update = Update(
                 num_examples=o.num_examples,
                 nbytes=o.nbytes,
@@ -203,29 +264,20 @@ class HttpTransport(Transport):
         The agent measures its steps with its own clock; only durations travel. Steps are laid
         out from the moment it took the task, the upload ending when the result arrived.
         """
-        t = o.timings
-        kind = task.payload.get("kind") if task else None
-        if kind == "upload_data":
-            self.events.record(
-                Event(
-                    device=o.device,
-                    kind=EventKind.DATA_UPLOAD,
-                    start=taken,
-                    end=finished,
-                    nbytes=o.nbytes,
-                    task=o.task_id,
-                )
-            )
-            return
-        download = float(t.get("download_s", 0.0))
-        train = float(t.get("train_s", 0.0))
-        model = (task.payload.get("model") if task else None) or {}
-        steps = [
-            (EventKind.MODEL_DOWNLOAD, taken, taken + download, int(model.get("nbytes", 0))),
-            (EventKind.TRAIN, taken + download, taken + download + train, 0),
-        ]
-        upload_start = min(max(taken + download + train, taken), finished)
-        steps.append((EventKind.UPDATE_UPLOAD, upload_start, finished, o.nbytes))
+        download, train = o.timings.download_s, o.timings.train_s
+        message = task.message if task else None
+        model_nbytes = message.model.nbytes if isinstance(message, (FitTask, RelayTask)) else 0
+        fetched = (EventKind.MODEL_DOWNLOAD, taken, taken + download, model_nbytes)
+        if isinstance(message, UploadDataTask):
+            steps = [(EventKind.DATA_UPLOAD, taken, finished, o.nbytes)]
+        elif isinstance(message, ForwardTask):
+            steps = [(EventKind.UPDATE_UPLOAD, taken, finished, o.nbytes)]
+        elif isinstance(message, RelayTask):
+            steps = [fetched]
+        else:
+            steps = [fetched, (EventKind.TRAIN, taken + download, taken + download + train, 0)]
+            upload_start = min(max(taken + download + train, taken), finished)
+            steps.append((EventKind.UPDATE_UPLOAD, upload_start, finished, o.nbytes))
         for kind_, start, end, nbytes in steps:
             self.events.record(
                 Event(

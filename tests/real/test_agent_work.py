@@ -1,4 +1,4 @@
-"""The agent's local side of a task: --data forms, task fingerprints, generated bodies."""
+"""The agent's local side of a task: --data forms and generated bodies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedsim.real.agent.config import parse_data_spec
-from fedsim.real.agent.work import TaskError, data_bytes, load_shard, padding, task_digest
+from fedsim.real.agent.work import TaskError, data_bytes, load_shard, padding
 
 
 def shard(spec, *, device_id=1, model_name="digits_cnn", input_size=8):
@@ -58,18 +58,6 @@ def test_an_npz_without_y_is_a_task_error(tmp_path):
     # Execute / Assert
     with pytest.raises(TaskError, match="no array y"):
         shard(parse_data_spec(str(path)))
-
-
-def test_a_task_digest_names_the_work_not_the_wording():
-    # Prepare
-    task = {"id": "r1-d1", "kind": "fit", "samples": 10, "config": {"a": 1, "b": 2}}
-    reordered = {"config": {"b": 2, "a": 1}, "samples": 10, "kind": "fit", "id": "r1-d1"}
-    annotated = {**task, "assigned_at": 12.5}  # not part of the work
-    other = {**task, "samples": 11}
-
-    # Execute / Assert
-    assert task_digest(task) == task_digest(reordered) == task_digest(annotated)
-    assert task_digest(task) != task_digest(other)
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedsim.real.board import PostedTask, TaskBoard
+from fedsim.real.protocol import FitTask, TaskModel, Timings, UploadDataTask
 from fedsim.store.safetensors_io import encode
 from tests.real.conftest import ADMIN, API, blob, leftovers, weights
 
@@ -18,10 +19,15 @@ pytestmark = pytest.mark.asyncio
 
 
 def post(server, device: int, *, id: str = "r1-d0", kind: str = "fit", reference=True):
+    if kind == "fit":
+        model = TaskModel(name="m", version=1, nbytes=1000)
+        message = FitTask(id=id, model=model, samples=480, epochs=1, batch_size=16)
+    else:
+        message = UploadDataTask(id=id, samples=480, nbytes=1000)
     task = PostedTask(
         id=id,
         device=device,
-        payload={"id": id, "kind": kind, "samples": 480, "nbytes": 1000},
+        message=message,
         posted_at=time.time(),
         reference=weights() if reference and kind == "fit" else None,
     )
@@ -91,7 +97,7 @@ async def test_update_is_filed_as_an_outcome_with_decoded_arrays(server):
     assert outcome.task_id == "r1-d0" and outcome.device == id
     assert outcome.num_examples == 480
     assert outcome.metrics == {"loss": 0.2}
-    assert outcome.timings == {"download_s": 0.1, "train_s": 2.0}
+    assert outcome.timings == Timings(download_s=0.1, train_s=2.0)
     assert outcome.nbytes == len(data)
     np.testing.assert_array_equal(outcome.parameters["w"], weights(0.5)["w"])
     np.testing.assert_array_equal(outcome.parameters["b"], weights(0.5)["b"])
@@ -249,5 +255,6 @@ async def test_posting_after_the_server_loop_closed_does_not_raise():
     loop = asyncio.new_event_loop()
     board.bind(loop)
     loop.close()
-    board.post(PostedTask(id="t", device=0, payload={}, posted_at=0.0))
+    message = UploadDataTask(id="t", nbytes=1)
+    board.post(PostedTask(id="t", device=0, message=message, posted_at=0.0))
     assert [t.id for t in board.pending(0)] == ["t"]

@@ -98,7 +98,7 @@ class _GroupRound:
         fed, t = self.fed, self.fed.transport
         wait_s = fed.config.group_deadline_s
         group_deadline = None if wait_s is None else t.now() + wait_s
-        relay = RelayIns(model=fed.model)
+        relay = RelayIns(model=fed.model, parameters=fed.parameters)
         t.submit([Task(id=i, device=self.agg[g], ins=relay) for i, g in self.relays.items()])
         while self.relays or self.fits or self.forwards:
             limit = _earliest(deadline, group_deadline if self.open else None)

@@ -2,9 +2,14 @@
 
 Two loops share one event loop, heartbeats and tasks; training runs in a one-thread executor,
 so the heartbeats keep their rhythm through a long training and the server sees a busy device,
-not a dead one. Every request outlives a server restart (``client`` retries), and a 401 after
-one, when the server has forgotten the device's token, makes the agent register again under
-the same id and carry on where it was.
+not a dead one. Tasks: ``fit`` (train, send the update; a task marked ``drop`` is trained and
+then discarded, as a device that drops out), ``upload_data``, and the two steps of a group
+aggregator in hierarchical rounds: ``relay`` (fetch a version and serve it to the group's
+members, see :mod:`~fedsim.real.agent.relay`) and ``forward`` (send the group's update).
+
+Every request outlives a server restart (``client`` retries), and a 401 after one, when the
+server has forgotten the device's token, makes the agent register again under the same id and
+carry on where it was.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,15 +34,24 @@ from fedsim.real.agent.client import ApiClient, ApiError, Backoff, Body, Unautho
 from fedsim.real.agent.config import AgentConfig
 from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url, gpu_memory_reader
 from fedsim.real.agent.probe import measure
+from fedsim.real.agent.relay import HeldModels
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
-from fedsim.real.agent.work import (
-    TaskError,
-    TrainerFactory,
-    Trainers,
-    data_bytes,
-    fit_ins,
-    padding,
+from fedsim.real.agent.work import TaskError, TrainerFactory, Trainers, data_bytes, fit_ins, padding
+from fedsim.real.protocol import (
+    FitTask,
+    ForwardTask,
+    Paths,
+    ProtocolError,
+    RelayResult,
+    RelayTask,
+    TaskBase,
+    TaskFailure,
+    TaskModel,
+    Timings,
+    UpdateMeta,
+    UploadDataTask,
+    parse_task,
     task_digest,
 )
 from fedsim.store.safetensors_io import decode, encode
@@ -49,6 +62,9 @@ T = TypeVar("T")
 
 POLL_MARGIN = 15.0  # how long past a long poll's ``wait`` its reply may take before it is lost
 MAX_REASON_CHARS = 2000  # an error report stays far below the server's JSON body limit
+# How long a member tries to fetch its group's model from the aggregator's agent. Unlike the
+# server, a peer that is gone may stay gone (an outage): the task fails rather than waiting on.
+PEER_DOWNLOAD_TIMEOUT_S = 60.0
 OCTETS = "application/octet-stream"
 
 
@@ -77,6 +93,9 @@ class Agent:
         self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
         self.metrics = AgentMetrics(gpu_memory=gpu_memory_reader(config.torch_device))
         self._metrics_url: str | None = None  # registered as endpoints.agent
+        self._held = HeldModels()  # versions relayed to this device's group
+        self._http: MetricsServer | None = None
+        self._http_base: str | None = None  # where peers reach self._http, once it listens
         self._client: ApiClient | None = None
         self._load: LoadMeter | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -105,10 +124,10 @@ class Agent:
         self._load = LoadMeter()
         # One worker: tasks run one at a time, and torch's thread pool is the parallelism.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-train")
-        metrics_server = MetricsServer(self.metrics) if self.config.metrics_port else None
+        self._http, self._http_base = MetricsServer(self.metrics, held=self._held), None
         try:
-            if metrics_server is not None:
-                await self._serve_metrics(metrics_server)
+            if self.config.metrics_port:
+                await self._serve_metrics()
             connector = aiohttp.TCPConnector(ssl=self._ssl())
             async with aiohttp.ClientSession(connector=connector) as session:
                 self._session = session
@@ -120,8 +139,8 @@ class Agent:
             # A training still running cannot be interrupted; its result is simply dropped,
             # and the server hands the task out again to the next run.
             self._executor.shutdown(wait=False, cancel_futures=True)
-            if metrics_server is not None:
-                await metrics_server.stop()
+            if self._http_base is not None:
+                await self._http.stop()
             self._running = False
             self._stopped.set()
 
@@ -151,7 +170,7 @@ class Agent:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def _heartbeat_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "heartbeat")
+        url = self._api.url(Paths.HEARTBEAT, id=self._device_id)
         while True:
             try:
                 await self._as_device(
@@ -187,7 +206,7 @@ class Agent:
             await asyncio.sleep(self.config.probe_interval)
 
     async def _task_loop(self) -> None:
-        url = self._api.api("devices", self._device_id, "tasks")
+        url = self._api.url(Paths.TASKS, id=self._device_id)
         wait = self.config.poll_wait
         while True:
             try:
@@ -201,7 +220,7 @@ class Agent:
                     )
                 )
                 task = None if reply.status == 204 or not reply.body else reply.json()
-                if task is not None and not (isinstance(task, dict) and "id" in task):
+                if task is not None and not isinstance(_get(task, "id"), str):
                     raise ValueError(f"not a task: {reply.body[:200]!r}")
             except ApiError as e:
                 if e.status == 410:
@@ -218,21 +237,26 @@ class Agent:
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _run_task(self, task: Mapping[str, Any]) -> None:
-        task_id, kind = str(task["id"]), task.get("kind")
+    async def _run_task(self, raw: Mapping[str, Any]) -> None:
+        """Run the task ``raw`` (its JSON, with a string ``id``) and report its result."""
+        task_id, kind = raw["id"], str(raw.get("kind"))
         log.info("task %s: %s", task_id, kind)
         self._meter.busy = True
         self.metrics.busy.set(1)
         try:
-            if kind == "fit":
-                await self._fit(task_id, task)
-            elif kind == "upload_data":
-                await self._upload_data(task_id, task)
+            task = self._read(raw)
+            outcome = "succeeded"
+            if isinstance(task, FitTask):
+                outcome = await self._fit(task)
+            elif isinstance(task, UploadDataTask):
+                await self._upload_data(task)
+            elif isinstance(task, RelayTask):
+                await self._relay(task)
+            elif isinstance(task, ForwardTask):
+                await self._forward(task)
             else:
-                raise TaskError(
-                    f"this agent does not run {kind!r} tasks; it runs 'fit' and 'upload_data'"
-                )
-            self.metrics.task_done(kind, "succeeded")
+                raise TaskError(f"this agent does not run {kind!r} tasks")
+            self.metrics.task_done(kind, outcome)
         except AgentError:
             raise
         except Exception as e:  # any failure of the work is the task's, reported to the server
@@ -245,7 +269,16 @@ class Agent:
             self._meter.busy = False
             self.metrics.busy.set(0)
 
-    async def _fit(self, task_id: str, task: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _read(raw: Mapping[str, Any]) -> TaskBase:
+        try:
+            return parse_task(raw)
+        except ProtocolError as e:
+            raise TaskError(str(e)) from None
+
+    async def _fit(self, task: FitTask) -> str:
+        """Train and send the update; returns the outcome, "dropped" for a task marked drop."""
+        task_id = task.id
         digest = task_digest(task)
         if self._state.is_finished(task_id, digest):
             stored = self._state.stored_result(digest)
@@ -256,41 +289,23 @@ class Agent:
                 )
             log.info("task %s: trained before; sending the kept result again", task_id)
             await self._put(task_id, "update", stored.body, len(stored.body), stored.headers)
-            return
+            return "succeeded"
 
-        ins = fit_ins(task, None)  # checks the task before anything is downloaded
-        model = task.get("model") or {}
-        num_examples = str(ins.samples * ins.epochs)
-        if not model.get("url"):
+        ins = fit_ins(task, None)
+        model = task.model
+        num_examples = ins.samples * ins.epochs
+        if not model.url:
             # Timing-only: the model is too large to train here for real, or has no weights;
             # what the server measures is the upload of an update of the model's size.
-            headers = {
-                "X-Fedsim-Timing-Only": "1",
-                "X-Fedsim-Num-Examples": num_examples,
-                "X-Fedsim-Metrics": "{}",
-                "X-Fedsim-Timings": json.dumps(
-                    {"download_s": 0.0, "train_s": 0.0, "upload_s": 0.0}
-                ),
-            }
+            if task.drop:
+                return _dropped(task_id)
+            headers = UpdateMeta(num_examples=num_examples, timing_only=True).headers()
             nbytes = ins.update_nbytes
             await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
-            return
+            return "succeeded"
 
         trainer = self._trainers.get(ins.config, default_model=ins.model.name)
-        started = perf_counter()
-        url = self._api.resolve(str(model["url"]))
-        blob = await self._as_device(lambda token: self._api.download(url, token=token))
-        download_s = perf_counter() - started
-        self._meter.transfer("bandwidth_down", len(blob), download_s)
-        self.metrics.bytes_received.labels("model").inc(len(blob))
-        expected = model.get("sha256")
-        if expected:
-            actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
-            if actual != str(expected).lower():
-                raise TaskError(
-                    f"the model blob's sha256 is {actual} but the task says {expected}; "
-                    "not training on it"
-                )
+        blob, download_s = await self._download_model(model, "not training on it")
 
         device_id = self._device_id
 
@@ -305,36 +320,97 @@ class Agent:
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
         self._meter.trained(ins.samples * ins.epochs, train_s)
         self.metrics.train_seconds.observe(train_s)
-        headers = {
-            "X-Fedsim-Num-Examples": num_examples,
-            "X-Fedsim-Metrics": json.dumps(metrics),
+        if task.drop:
+            return _dropped(task_id)
+        headers = UpdateMeta(
+            num_examples=num_examples,
+            metrics={str(k): float(v) for k, v in metrics.items()},
             # The agent cannot time its own upload before sending it; the server times it.
-            "X-Fedsim-Timings": json.dumps(
-                {"download_s": download_s, "train_s": train_s, "upload_s": 0.0}
-            ),
-        }
+            timings=Timings(download_s=download_s, train_s=train_s),
+        ).headers()
         # Kept before it is sent: a restart from here on re-sends it instead of training again.
         await loop.run_in_executor(
             self._executor,
             lambda: self._state.store_result(task_id, digest, headers=headers, body=body),
         )
         await self._put(task_id, "update", body, len(body), headers)
+        return "succeeded"
 
-    async def _upload_data(self, task_id: str, task: Mapping[str, Any]) -> None:
+    async def _download_model(self, model: TaskModel, refusal: str) -> tuple[bytes, float]:
+        """A task's model blob, checked against its sha256, and the seconds it took.
+
+        From the server with the device token, or, when the task carries a relay ``token``,
+        from the group aggregator's agent at ``url`` with that token.
+        """
+        url = self._api.resolve(model.url)
+        started = perf_counter()
+        if model.token:
+            fetch = self._api.download(
+                url, token=None, headers={"Authorization": f"Bearer {model.token}"}
+            )
+            try:
+                blob = await asyncio.wait_for(fetch, PEER_DOWNLOAD_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise TaskError(
+                    f"could not fetch the model from the group's aggregator at {url} "
+                    f"within {PEER_DOWNLOAD_TIMEOUT_S:g} s"
+                ) from None
+        else:
+            blob = await self._as_device(lambda token: self._api.download(url, token=token))
+        download_s = perf_counter() - started
+        self._meter.transfer("bandwidth_down", len(blob), download_s)
+        self.metrics.bytes_received.labels("model").inc(len(blob))
+        expected = model.sha256
+        if expected:
+            actual = await asyncio.to_thread(lambda: hashlib.sha256(blob).hexdigest())
+            if actual != expected:
+                raise TaskError(
+                    f"the model blob's sha256 is {actual} but the task says {expected}; {refusal}"
+                )
+        return blob, download_s
+
+    async def _relay(self, task: RelayTask) -> None:
+        """Fetch the task's model version and hold it for the group; say where it is served."""
+        model, url, download_s = task.model, None, 0.0
+        if model.url:  # a timing-only model has no bytes to hold
+            blob, download_s = await self._download_model(model, "not relaying it")
+            path = self._held.hold(model.name, model.version, blob, task.token)
+            url = await self._peer_base() + path
+        result = RelayResult(url=url, timings=Timings(download_s=download_s))
+        where = self._api.url(Paths.TASK_RELAY, task_id=task.id)
         try:
-            nbytes = int(task.get("nbytes") or 0)
-        except (TypeError, ValueError):
-            raise TaskError(f"the task's nbytes {task.get('nbytes')!r} is not a count") from None
-        if nbytes < 0:
-            raise TaskError(f"the task's nbytes is negative ({nbytes})")
-        spec = self.config.data_spec
-        await self._put(task_id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
+            await self._as_device(
+                lambda token: self._api.request(
+                    "PUT", where, token=token, json_body=result.model_dump(mode="json")
+                )
+            )
+        except ApiError as e:
+            if e.status in (404, 410):
+                log.warning("task %s: the server no longer wants its result (%s)", task.id, e)
+                return
+            raise TaskError(f"the server refused the relay result: {e}") from e
+        log.info("task %s: holding the model for the group at %s", task.id, url)
+
+    async def _forward(self, task: ForwardTask) -> None:
+        """Send the group's combined update: ``nbytes`` of padding that stands for it.
+
+        The coordinator combines the group's updates itself (with its strategy), so what
+        travels here is timed, not used.
+        """
+        headers = UpdateMeta(num_examples=task.num_examples, timing_only=True).headers()
+        nbytes = task.nbytes
+        await self._put(task.id, "update", lambda: padding(nbytes), nbytes, headers)
+
+    async def _upload_data(self, task: UploadDataTask) -> None:
+        spec, nbytes = self.config.data_spec, task.nbytes
+        await self._put(task.id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
 
     async def _put(
         self, task_id: str, what: str, body: Body, nbytes: int, headers: Mapping[str, str]
     ) -> None:
-        """PUT ``nbytes`` of ``body`` to ``/tasks/{task_id}/{what}``."""
-        url = self._api.api("tasks", task_id, what)
+        """PUT ``nbytes`` of ``body`` to the task's ``what`` (update or data)."""
+        template = Paths.TASK_UPDATE if what == "update" else Paths.TASK_DATA
+        url = self._api.url(template, task_id=task_id)
         # An explicit length keeps a streamed body from going out chunked, so the server
         # can refuse a wrong size up front.
         sent_headers = {"Content-Type": OCTETS, "Content-Length": str(nbytes), **headers}
@@ -355,8 +431,8 @@ class Agent:
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
 
     async def _report_error(self, task_id: str, reason: str) -> None:
-        url = self._api.api("tasks", task_id, "error")
-        body = {"reason": reason[:MAX_REASON_CHARS]}
+        url = self._api.url(Paths.TASK_ERROR, task_id=task_id)
+        body = TaskFailure(reason=reason[:MAX_REASON_CHARS] or "unknown").model_dump()
         try:
             await self._as_device(
                 lambda token: self._api.request("POST", url, token=token, json_body=body)
@@ -389,7 +465,7 @@ class Agent:
         for i, token in enumerate(tokens):
             try:
                 reply = await self._api.request(
-                    "POST", self._api.api("devices"), token=token, json_body=body
+                    "POST", self._api.url(Paths.DEVICES), token=token, json_body=body
                 )
                 break
             except ApiError as e:
@@ -455,15 +531,31 @@ class Agent:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _serve_metrics(self, server: MetricsServer) -> None:
+    async def _serve_metrics(self) -> None:
         """Serve ``/metrics`` on ``--metrics-port``; its URL goes into the registration."""
-        host, port = self.config.metrics_host, self.config.metrics_port
-        try:
-            bound = await server.start(host=host, port=port)
-        except OSError as e:
-            raise AgentError(f"cannot serve metrics on {host}:{port}: {e}") from e
-        self._metrics_url = await asyncio.to_thread(advertised_url, host, bound, self.config.server)
+        await self._listen(self.config.metrics_port, "metrics")
+        self._metrics_url = self._http_base + "/metrics"
         log.info("serving metrics at %s", self._metrics_url)
+
+    async def _peer_base(self) -> str:
+        """Where the group's members reach this agent's HTTP server: the metrics server's
+        address, or, without ``--metrics-port``, a free port on ``--metrics-host``."""
+        if self._http_base is None:
+            try:
+                await self._listen(0, "the group's model")
+            except AgentError as e:  # the relay fails; the agent itself can go on
+                raise TaskError(str(e)) from None
+        return self._http_base
+
+    async def _listen(self, port: int, what: str) -> None:
+        host = self.config.metrics_host
+        try:
+            bound = await self._http.start(host=host, port=port)
+        except OSError as e:
+            raise AgentError(f"cannot serve {what} on {host}:{port}: {e}") from e
+        self._http_base = await asyncio.to_thread(
+            advertised_url, host, bound, self.config.server, ""
+        )
 
     @property
     def _api(self) -> ApiClient:
@@ -481,6 +573,17 @@ class Agent:
         if self.config.cafile is not None:
             return ssl.create_default_context(cafile=self.config.cafile)
         return True
+
+
+def _get(value: Any, key: str) -> Any:
+    """``value[key]`` if ``value`` is a JSON object that has it, else None."""
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _dropped(task_id: str) -> str:
+    # A device that drops out goes silent: no update, no error; the round's deadline passes.
+    log.info("task %s: trained and dropped, as the task says (a dropout)", task_id)
+    return "dropped"
 
 
 def _refusal(e: ApiError, device_id: int | None) -> str:

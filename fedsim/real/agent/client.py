@@ -16,13 +16,14 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from fedsim.real.protocol import API, path
+
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # a reply (or a chunk of a download) slower than this counts as lost
 CHUNK_BYTES = 1 << 20
@@ -73,18 +74,18 @@ class ApiClient:
     """Requests to one fedsim server over ``session``, with retries and bearer tokens."""
 
     def __init__(self, *, session: aiohttp.ClientSession, server: str, backoff: Backoff) -> None:
-        root = server.rstrip("/").removesuffix(API_PREFIX)
+        root = server.rstrip("/").removesuffix(API)
         self.root = root
         self._origin = _origin(root)
         self._session = session
         self._backoff = backoff
 
-    def api(self, *segments: object) -> str:
-        """The URL of ``/api/v1/<segments>``, each segment quoted whole (a task id may hold /)."""
-        return "/".join([self.root + API_PREFIX, *(quote(str(s), safe="") for s in segments)])
+    def url(self, template: str, **params: object) -> str:
+        """The URL of the protocol's path ``template`` (``Paths.*``) with ``params`` filled in."""
+        return self.root + path(template, **params)
 
     def resolve(self, url: str) -> str:
-        """A URL the server handed out (``/api/v1/models/...``), made absolute."""
+        """A URL the server handed out (a path such as ``Paths.BLOB``'s), made absolute."""
         return urljoin(self.root + "/", url)
 
     async def request(
@@ -127,11 +128,14 @@ class ApiClient:
             await self._pause(attempt, f"{method} {url}", problem)
             attempt += 1
 
-    async def download(self, url: str, *, token: str | None) -> bytes:
+    async def download(
+        self, url: str, *, token: str | None, headers: Mapping[str, str] | None = None
+    ) -> bytes:
         """The bytes at ``url``, resuming with ``Range`` where a broken transfer stopped.
 
         ``If-Range`` carries the ETag of the first answer, so a blob that changed in the
-        meantime comes back whole instead of being spliced onto the old one.
+        meantime comes back whole instead of being spliced onto the old one. ``headers`` go
+        with every request (a peer's own credentials, say).
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
@@ -140,7 +144,7 @@ class ApiClient:
         etag: str | None = None
         attempt = 0
         while True:
-            extra = {}
+            extra = dict(headers or {})
             if received:
                 extra["Range"] = f"bytes={len(received)}-"
                 if etag:

@@ -22,13 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fedsim.real.agent.relay import PATH as HELD_PATH
+from fedsim.real.agent.relay import HeldModels
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 TASK_KINDS = ("fit", "upload_data", "relay", "forward")  # docs/protocol.md's; others: "other"
-OUTCOMES = ("succeeded", "failed")
-RUN_KINDS = ("fit", "upload_data")  # the kinds this agent runs, counted from zero
-SENT_KINDS = ("update", "data")  # what those kinds send back
+OUTCOMES = ("succeeded", "failed", "dropped")  # dropped: trained, then discarded (a fault)
+SENT_KINDS = ("update", "data")  # what those kinds send back (a forward sends an update)
 WILDCARDS = ("", "0.0.0.0", "::")
 # From a few batches on a GPU to an epoch of YOLOv4 on a Raspberry Pi.
 TRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -147,11 +149,11 @@ class AgentMetrics:
         )
         self.tasks = Counter(
             "fedsim_agent_tasks",
-            "Tasks run, by kind and outcome (succeeded, failed).",
+            "Tasks run, by kind and outcome (succeeded, failed, dropped).",
             ["kind", "outcome"],
             registry=self.registry,
         )
-        for kind in RUN_KINDS:
+        for kind in TASK_KINDS:  # the kinds this agent runs, counted from zero
             for outcome in OUTCOMES:
                 self.tasks.labels(kind, outcome)
         self.train_seconds = Histogram(
@@ -195,12 +197,18 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """``GET /metrics`` over HTTP on the running event loop; :meth:`start`, then :meth:`stop`."""
+    """The agent's HTTP server on the running event loop; :meth:`start`, then :meth:`stop`.
 
-    def __init__(self, metrics: AgentMetrics) -> None:
+    ``GET /metrics``, and with ``held`` the model versions the agent relays to its group
+    (see :mod:`fedsim.real.agent.relay`).
+    """
+
+    def __init__(self, metrics: AgentMetrics, *, held: HeldModels | None = None) -> None:
         self._metrics = metrics
         app = web.Application()
         app.router.add_get("/metrics", self._serve)
+        if held is not None:
+            app.router.add_get(HELD_PATH, held.serve)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self, *, host: str, port: int) -> int:
@@ -224,15 +232,15 @@ class MetricsServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def advertised_url(host: str, port: int, server: str) -> str:
-    """The metrics URL to give the server: ``host``'s, or for a wildcard bind (``0.0.0.0``,
-    ``::``) the address this host reaches ``server`` from, which the server's side can reach
-    back. May block on DNS."""
+def advertised_url(host: str, port: int, server: str, path: str = "/metrics") -> str:
+    """The URL of ``path`` to give the server: ``host``'s, or for a wildcard bind
+    (``0.0.0.0``, ``::``) the address this host reaches ``server`` from, which the server's
+    side can reach back. May block on DNS."""
     if host in WILDCARDS:
         host = _address_towards(server)
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host}:{port}{path}"
 
 
 def gpu_memory_reader(torch_device: str) -> Callable[[], float] | None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-API = "/api/v1"
+from fedsim.real.protocol import Paths
+
 CHUNK = 256 * 1024
 
 
@@ -48,14 +49,14 @@ async def measure(
     rtts = []
     for _ in range(pings):
         start = time.perf_counter()
-        async with session.get(f"{server}{API}/health") as r:
+        async with session.get(f"{server}{Paths.HEALTH}") as r:
             await r.read()
         rtts.append(time.perf_counter() - start)
     rtt = statistics.median(rtts)
 
     start = time.perf_counter()
     async with session.get(
-        f"{server}{API}/probe", params={"bytes": str(nbytes)}, headers=headers
+        f"{server}{Paths.PROBE}", params={"bytes": str(nbytes)}, headers=headers
     ) as r:
         r.raise_for_status()
         got = 0
@@ -65,7 +66,7 @@ async def measure(
 
     start = time.perf_counter()
     async with session.put(
-        f"{server}{API}/probe",
+        f"{server}{Paths.PROBE}",
         data=_zeros(nbytes),
         headers={**headers, "Content-Length": str(nbytes)},
     ) as r:

@@ -7,9 +7,7 @@ can take long, and the event loop must keep the heartbeats going meanwhile.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -18,24 +16,11 @@ import numpy as np
 from fedsim.core.runtime import FitIns, ModelRef, NDArrays
 from fedsim.real.agent.client import CHUNK_BYTES
 from fedsim.real.agent.config import DataSpec
-
-# The fields that say what work a task is; a task handed out again carries the same ones.
-_WORK_FIELDS = (
-    "id",
-    "kind",
-    "model",
-    "samples",
-    "epochs",
-    "batch_size",
-    "flops",
-    "update_nbytes",
-    "nbytes",
-    "config",
-)
+from fedsim.real.protocol import FitTask
 
 
 class TaskError(ValueError):
-    """A task this agent cannot run as given (a missing field, no data for it, ...)."""
+    """A task this agent cannot run as given (a malformed task, no data for it, ...)."""
 
 
 class Trainer(Protocol):
@@ -49,40 +34,18 @@ TrainerFactory = Callable[..., Trainer]
 (keywords), as ``TorchTrainer`` does."""
 
 
-def task_digest(task: Mapping[str, Any]) -> str:
-    """A fingerprint of the work ``task`` asks for.
-
-    Task ids such as ``r3-d4`` repeat from one job to the next, so a finished task is known by
-    its id and this digest together: the same id asking for other work is another task.
-    """
-    work = {key: task.get(key) for key in _WORK_FIELDS}
-    canonical = json.dumps(work, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def fit_ins(task: Mapping[str, Any], parameters: NDArrays | None) -> FitIns:
+def fit_ins(task: FitTask, parameters: NDArrays | None) -> FitIns:
     """The ``FitIns`` a fit task describes, with ``parameters`` as the global model."""
-    model = task.get("model") or {}
-    config = dict(task.get("config") or {})
-    try:
-        return FitIns(
-            model=ModelRef(
-                name=str(model.get("name") or config.get("model", "")),
-                version=int(model.get("version") or 0),
-                nbytes=int(model.get("nbytes") or 0),
-            ),
-            samples=int(task["samples"]),
-            epochs=int(task["epochs"]),
-            batch_size=int(task["batch_size"]),
-            flops=float(task.get("flops") or 0.0),
-            update_nbytes=int(task.get("update_nbytes") or 0),
-            parameters=parameters,
-            config=config,
-        )
-    except KeyError as e:
-        raise TaskError(f"the task has no {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
-        raise TaskError(f"the task has a malformed field: {e}") from None
+    return FitIns(
+        model=ModelRef(name=task.model.name, version=task.model.version, nbytes=task.model.nbytes),
+        samples=task.samples,
+        epochs=task.epochs,
+        batch_size=task.batch_size,
+        flops=task.flops,
+        update_nbytes=task.update_nbytes,
+        parameters=parameters,
+        config=dict(task.config),
+    )
 
 
 class Trainers:

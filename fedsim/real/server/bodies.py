@@ -1,4 +1,4 @@
-"""Request bodies read within limits and timeouts; typed headers and query parameters.
+"""Request bodies read within limits and timeouts; typed query parameters.
 
 Bodies are never trusted to be small or prompt: a declared ``Content-Length`` over the limit is
 refused before a byte is read, a body that turns out longer while streaming (chunked encoding)
@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import ClientPayloadError, web
 
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.validate import validate
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout
@@ -160,46 +159,7 @@ async def spool(
     return path
 
 
-# -- headers and query parameters ----------------------------------------------------------
-
-
-def header_int(request: web.Request, name: str, *, required: bool, minimum: int = 0) -> int | None:
-    """An integer header: 400 when it is not an integer, 422 when missing or below minimum."""
-    raw = request.headers.get(name)
-    if raw is None:
-        if required:
-            raise ApiError(422, f"header {name} is required", field=name)
-        return None
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        raise ApiError(400, f"header {name} must be an integer, got {raw!r}", field=name) from None
-    if value < minimum:
-        raise ApiError(422, f"header {name} must be >= {minimum}, got {value}", field=name)
-    return value
-
-
-def header_json(request: web.Request, name: str, schema: Mapping[str, Any]) -> Any:
-    """A JSON header checked against ``schema``: 400 when not JSON, 422 when it does not fit."""
-    raw = request.headers.get(name)
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"header {name} is not JSON: {e}", field=name) from None
-    validate(value, schema, name)
-    return value
-
-
-def header_flag(request: web.Request, name: str) -> bool:
-    """A boolean header: ``1``/``true`` or ``0``/``false`` (absent is false); 400 otherwise."""
-    raw = request.headers.get(name, "0").strip().lower()
-    if raw in ("1", "true"):
-        return True
-    if raw in ("0", "false"):
-        return False
-    raise ApiError(400, f"header {name} must be 1 or 0, got {raw!r}", field=name)
+# -- query parameters ----------------------------------------------------------
 
 
 def query_int(

@@ -1,8 +1,9 @@
 """Every 4xx/5xx answer as JSON: ``{"error": {"status", "message", "field"}}``.
 
 Handlers raise :class:`ApiError`; the registry's and the repository's own errors are mapped
-here to their status codes, so the handlers do not repeat that mapping, and aiohttp's own
-HTTP errors (404 for an unknown path, 405) are rewritten into the same shape.
+here to their status codes, so the handlers do not repeat that mapping, as are the protocol's
+(a header that does not parse is ``400``, one out of bounds ``422``), and aiohttp's own HTTP
+errors (404 for an unknown path, 405) are rewritten into the same shape.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fedsim.core.repository import (
     UnknownModel,
     UnknownVersion,
 )
+from fedsim.real.protocol import ProtocolError
 
 log = logging.getLogger("fedsim.server")
 
@@ -87,6 +89,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as e:
         return error_response(e.status, e.message, e.field, e.headers)
+    except ProtocolError as e:
+        return error_response(400 if e.malformed else 422, e.message, e.field)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -22,11 +22,11 @@ from prometheus_client.registry import Collector
 
 from fedsim.core.registry import DeviceRegistry, DeviceState
 from fedsim.core.repository import ModelRepository, UnknownModel
+from fedsim.real.protocol import Paths
 from fedsim.real.server.errors import Handler
 from fedsim.real.server.jobs_api import Jobs
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-HEARTBEAT_ROUTE = "/api/v1/devices/{id}/heartbeat"  # the template routes.py registers
 JOB_STATES = ("running", "succeeded", "failed", "cancelled")  # docs/protocol.md's job states
 
 # A round on a testbed takes from a second (loopback, a small net) to hours (YOLOv4 on a Pi).
@@ -304,5 +304,5 @@ class ServerMetrics:
             # The template, not the path: one series per route, whatever the ids.
             route = resource.canonical if resource is not None else "unmatched"
             self.http_requests.labels(route, request.method, str(status)).inc()
-            if route == HEARTBEAT_ROUTE and status == 200:
+            if route == Paths.HEARTBEAT and status == 200:
                 self.heartbeats.inc()

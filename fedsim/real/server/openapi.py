@@ -207,7 +207,16 @@ def _components() -> Obj:
             "flops": {"type": "number"},
             "update_nbytes": {"type": "integer"},
             "nbytes": {"type": "integer"},
+            "num_examples": {"type": "integer", "description": "forward: the group's examples"},
             "config": {"type": "object"},
+            "drop": {
+                "type": "boolean",
+                "description": "fit: train, then send nothing (an injected dropout)",
+            },
+            "token": {
+                "type": "string",
+                "description": "relay: what the group's members present to fetch the model",
+            },
         },
     }
     result = {
@@ -347,6 +356,7 @@ def _components() -> Obj:
             "CreateDeployment": s.CREATE_DEPLOYMENT,
             "DeploymentState": s.DEPLOYMENT_STATE,
             "TaskError": s.TASK_ERROR,
+            "RelayResult": s.RELAY_RESULT,
             "StartJob": s.START_JOB,
         },
     }
@@ -623,6 +633,18 @@ def _paths() -> Obj:
                 blob_body=True,
                 params=[TASK],
                 errors=(400, 404, 408, 409, 410, 413),
+            )
+        },
+        f"{api}/tasks/{{task_id}}/relay": {
+            "put": _op(
+                "Say where a relay task's model is held for the group (the task's device)",
+                ok=201,
+                returns=_ref("TaskResult"),
+                body=_ref("RelayResult"),
+                params=[TASK],
+                errors=(404, 409, 410),
+                description="Idempotent: the same body again is answered 200 with the stored "
+                "result.",
             )
         },
         f"{api}/tasks/{{task_id}}/error": {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
+from fedsim.real.protocol import PATH_PATTERNS, Paths
 from fedsim.real.server.auth import ADMIN, ANY_DEVICE, ENROLL, PUBLIC, Authenticator, own
 from fedsim.real.server.handlers.dashboard import DashboardHandlers
 from fedsim.real.server.handlers.deployments import DeploymentHandlers
@@ -16,10 +19,14 @@ from fedsim.real.server.handlers.monitoring import MonitoringHandlers
 from fedsim.real.server.handlers.probe import ProbeHandlers
 from fedsim.real.server.handlers.tasks import TaskHandlers
 
-API = "/api/v1"
-ID = r"{id:\d+}"
-MODEL = r"{name:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
-VERSION = r"{version:\d+|latest}"
+
+def route_path(template: str) -> str:
+    """The protocol's path ``template`` as aiohttp routes it: each parameter with its pattern."""
+    return re.sub(
+        r"\{(\w+)\}",
+        lambda m: f"{{{m[1]}:{PATH_PATTERNS[m[1]]}}}" if m[1] in PATH_PATTERNS else m[0],
+        template,
+    )
 
 
 def setup_routes(
@@ -37,53 +44,47 @@ def setup_routes(
     monitoring: MonitoringHandlers,
     dashboard: DashboardHandlers,
 ) -> None:
-    version = f"{API}/models/{MODEL}/versions/{VERSION}"
     table = [
-        ("GET", f"{API}/health", server.health, PUBLIC),
-        # The same at the root, where container health checks and load balancers look.
-        ("GET", "/health", server.health, PUBLIC),
-        ("GET", f"{API}/openapi.json", server.openapi, PUBLIC),
+        ("GET", Paths.HEALTH, server.health, PUBLIC),
+        ("GET", Paths.ROOT_HEALTH, server.health, PUBLIC),
+        ("GET", Paths.OPENAPI, server.openapi, PUBLIC),
         # Unauthenticated like node_exporter's, so Prometheus needs no admin secret.
-        ("GET", "/metrics", server.metrics, PUBLIC),
-        ("POST", f"{API}/devices", devices.register, ENROLL),
-        ("GET", f"{API}/devices", devices.list, ADMIN),
-        ("GET", f"{API}/devices/{ID}", devices.get, own("id")),
-        ("DELETE", f"{API}/devices/{ID}", devices.remove, ADMIN),
-        ("PUT", f"{API}/devices/{ID}/heartbeat", devices.heartbeat, own("id")),
-        ("GET", f"{API}/devices/{ID}/tasks", tasks.poll, own("id")),
-        ("GET", f"{API}/groups", devices.groups, ADMIN),
-        ("GET", f"{API}/monitoring", monitoring.series, ADMIN),
+        ("GET", Paths.METRICS, server.metrics, PUBLIC),
+        ("POST", Paths.DEVICES, devices.register, ENROLL),
+        ("GET", Paths.DEVICES, devices.list, ADMIN),
+        ("GET", Paths.DEVICE, devices.get, own("id")),
+        ("DELETE", Paths.DEVICE, devices.remove, ADMIN),
+        ("PUT", Paths.HEARTBEAT, devices.heartbeat, own("id")),
+        ("GET", Paths.TASKS, tasks.poll, own("id")),
+        ("GET", Paths.GROUPS, devices.groups, ADMIN),
+        ("GET", Paths.MONITORING, monitoring.series, ADMIN),
         # The Data Visualizer's page and assets: public, they hold no data (see dashboard.py).
-        ("GET", "/dashboard", dashboard.redirect, PUBLIC),
-        ("GET", "/dashboard/", dashboard.index, PUBLIC),
-        ("GET", "/dashboard/{path:.+}", dashboard.asset, PUBLIC),
+        ("GET", Paths.DASHBOARD, dashboard.redirect, PUBLIC),
+        ("GET", Paths.DASHBOARD_INDEX, dashboard.index, PUBLIC),
+        ("GET", Paths.DASHBOARD_FILE, dashboard.asset, PUBLIC),
         # Prometheus's http_sd_configs, with the admin token as authorization credentials.
-        ("GET", f"{API}/sd/targets", discovery.targets, ADMIN),
-        ("GET", f"{API}/probe", probe.download, ANY_DEVICE),
-        ("PUT", f"{API}/probe", probe.upload, ANY_DEVICE),
-        ("POST", f"{API}/models", models.create, ADMIN),
-        ("GET", f"{API}/models", models.list, ANY_DEVICE),
-        ("GET", f"{API}/models/{MODEL}", models.get, ANY_DEVICE),
-        ("POST", f"{API}/models/{MODEL}/versions", models.add_version, ADMIN),
-        ("GET", f"{API}/models/{MODEL}/versions", models.list_versions, ANY_DEVICE),
-        ("GET", version, models.get_version, ANY_DEVICE),
-        ("GET", f"{version}/blob", models.blob, ANY_DEVICE),
-        ("POST", f"{API}/deployments", deployments.create, ADMIN),
-        ("GET", f"{API}/deployments", deployments.list, ADMIN),
-        ("GET", f"{API}/deployments/{ID}", deployments.get, ANY_DEVICE),
-        (
-            "PUT",
-            rf"{API}/deployments/{ID}/devices/{{device:\d+}}",
-            deployments.set_device_state,
-            own("device"),
-        ),
-        ("PUT", f"{API}/tasks/{{task_id}}/update", tasks.update, ANY_DEVICE),
-        ("PUT", f"{API}/tasks/{{task_id}}/data", tasks.data, ANY_DEVICE),
-        ("POST", f"{API}/tasks/{{task_id}}/error", tasks.error, ANY_DEVICE),
-        ("POST", f"{API}/jobs", jobs.start, ADMIN),
-        ("GET", f"{API}/jobs", jobs.list, ADMIN),
-        ("GET", f"{API}/jobs/{{job_id}}", jobs.get, ADMIN),
-        ("DELETE", f"{API}/jobs/{{job_id}}", jobs.cancel, ADMIN),
+        ("GET", Paths.SD_TARGETS, discovery.targets, ADMIN),
+        ("GET", Paths.PROBE, probe.download, ANY_DEVICE),
+        ("PUT", Paths.PROBE, probe.upload, ANY_DEVICE),
+        ("POST", Paths.MODELS, models.create, ADMIN),
+        ("GET", Paths.MODELS, models.list, ANY_DEVICE),
+        ("GET", Paths.MODEL, models.get, ANY_DEVICE),
+        ("POST", Paths.VERSIONS, models.add_version, ADMIN),
+        ("GET", Paths.VERSIONS, models.list_versions, ANY_DEVICE),
+        ("GET", Paths.VERSION, models.get_version, ANY_DEVICE),
+        ("GET", Paths.BLOB, models.blob, ANY_DEVICE),
+        ("POST", Paths.DEPLOYMENTS, deployments.create, ADMIN),
+        ("GET", Paths.DEPLOYMENTS, deployments.list, ADMIN),
+        ("GET", Paths.DEPLOYMENT, deployments.get, ANY_DEVICE),
+        ("PUT", Paths.DEPLOYMENT_DEVICE, deployments.set_device_state, own("device")),
+        ("PUT", Paths.TASK_UPDATE, tasks.update, ANY_DEVICE),
+        ("PUT", Paths.TASK_DATA, tasks.data, ANY_DEVICE),
+        ("PUT", Paths.TASK_RELAY, tasks.relay, ANY_DEVICE),
+        ("POST", Paths.TASK_ERROR, tasks.error, ANY_DEVICE),
+        ("POST", Paths.JOBS, jobs.start, ADMIN),
+        ("GET", Paths.JOBS, jobs.list, ADMIN),
+        ("GET", Paths.JOB, jobs.get, ADMIN),
+        ("DELETE", Paths.JOB, jobs.cancel, ADMIN),
     ]
     for method, path, handler, access in table:
-        app.router.add_route(method, path, auth.guarded(access, handler))
+        app.router.add_route(method, route_path(path), auth.guarded(access, handler))

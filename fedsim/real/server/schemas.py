@@ -102,6 +102,30 @@ TASK_ERROR: Schema = {
     "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 10_000}},
 }
 
+RELAY_RESULT: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url"],
+    "properties": {
+        "url": {
+            "type": "string",
+            "maxLength": 2048,
+            "pattern": "^https?://",
+            "nullable": True,
+            "description": "where the device serves the model it holds (null: a timing-only "
+            "model, nothing to hold)",
+        },
+        "timings": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "seconds the agent's steps took by its clock",
+            "properties": {
+                k: {"type": "number", "minimum": 0} for k in ("download_s", "train_s", "upload_s")
+            },
+        },
+    },
+}
+
 START_JOB: Schema = {
     "type": "object",
     "additionalProperties": False,

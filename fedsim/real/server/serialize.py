@@ -7,9 +7,8 @@ from typing import Any
 
 from fedsim.core.registry import DeviceRecord
 from fedsim.core.repository import Deployment, ModelInfo, ModelStats, VersionInfo
+from fedsim.real.protocol import Paths, path
 from fedsim.real.server.agents import AgentDetails
-
-API = "/api/v1"
 
 
 def device_json(record: DeviceRecord, details: AgentDetails) -> dict[str, Any]:
@@ -42,7 +41,7 @@ def stats_json(stats: ModelStats) -> dict[str, Any]:
 def version_json(info: VersionInfo) -> dict[str, Any]:
     return {
         **asdict(info),
-        "url": f"{API}/models/{info.model}/versions/{info.version}/blob",
+        "url": path(Paths.BLOB, name=info.model, version=info.version),
     }
 
 

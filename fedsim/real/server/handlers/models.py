@@ -15,19 +15,14 @@ from typing import BinaryIO
 from aiohttp import web
 
 from fedsim.core.repository import ModelRepository, UnknownVersion, VersionInfo
-from fedsim.real.server.bodies import (
-    BodyReader,
-    ThreadFile,
-    check_declared_length,
-    header_json,
-    query_int,
-)
+from fedsim.real.protocol import NUMBERS, Headers, json_header
+from fedsim.real.server.bodies import BodyReader, ThreadFile, check_declared_length, query_int
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import CREATE_MODEL, NUMBERS
+from fedsim.real.server.schemas import CREATE_MODEL
 from fedsim.real.server.serialize import model_json, stats_json, version_json
 
 SEND_CHUNK_BYTES = 256 * 1024  # read from disk and written to the socket per step
@@ -81,7 +76,7 @@ class ModelHandlers:
         name = request.match_info["name"]
         parent = query_int(request, "parent", minimum=1)
         round = query_int(request, "round")
-        metrics = header_json(request, "X-Fedsim-Metrics", NUMBERS)
+        metrics = json_header(request.headers, Headers.METRICS, NUMBERS)
         check_declared_length(request, self._config.max_blob_bytes)
         await self._offload(self._repository.get_model, name)  # 404 before any byte is read
         if parent is not None:

@@ -1,45 +1,46 @@
 """The agents' work queue and their results, over the coordinator's :class:`TaskBoard`.
 
 An agent long-polls for its next task; what it sends back (trained parameters, the byte count
-of its training data, or an error) becomes an :class:`Outcome` on the board. Results are
-idempotent per task: the same result sent again after a lost response is answered ``200``
-with the stored result; a different one for a finished task is ``409``.
+of its training data, where it serves a relayed model, or an error) becomes an
+:class:`Outcome` on the board. Results are idempotent per task: the same result sent again
+after a lost response is answered ``200`` with the stored result; a different one for a
+finished task is ``409``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from fedsim.core.registry import DeviceRegistry, DeviceState
 from fedsim.core.repository import InvalidModelFile
 from fedsim.core.runtime import NDArrays
 from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
-from fedsim.real.server.auth import PRINCIPAL
-from fedsim.real.server.bodies import (
-    BodyReader,
-    header_flag,
-    header_int,
-    header_json,
-    query_seconds,
-    spool,
+from fedsim.real.protocol import (
+    Headers,
+    RelayResult,
+    RelayTask,
+    TaskReceipt,
+    UpdateMeta,
+    UploadDataTask,
+    invalid,
+    task_json,
 )
+from fedsim.real.server.auth import PRINCIPAL
+from fedsim.real.server.bodies import BodyReader, query_seconds, spool
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import NUMBERS, TASK_ERROR
+from fedsim.real.server.schemas import RELAY_RESULT, TASK_ERROR
 from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
-
-NUM_EXAMPLES = "X-Fedsim-Num-Examples"
-METRICS = "X-Fedsim-Metrics"
-TIMINGS = "X-Fedsim-Timings"
-TIMING_ONLY = "X-Fedsim-Timing-Only"
-UPLOAD_DATA = "upload_data"
 
 
 class TaskHandlers:
@@ -72,19 +73,21 @@ class TaskHandlers:
         task = await self._take(device, min(wait, self._config.long_poll_max_s))
         if task is None:
             return web.Response(status=204)
-        return web.json_response(task.payload)
+        return web.json_response(task_json(task.message))
 
     async def update(self, request: web.Request) -> web.Response:
         task = self._task(request)
-        if _kind(task) == UPLOAD_DATA:
+        if isinstance(task.message, UploadDataTask):
             raise ApiError(409, f"task {task.id} uploads data: send it to /tasks/{task.id}/data")
-        timing_only = header_flag(request, TIMING_ONLY)
-        num_examples = header_int(request, NUM_EXAMPLES, required=True)
-        metrics = header_json(request, METRICS, NUMBERS) or {}
-        timings = header_json(request, TIMINGS, NUMBERS) or {}
+        if isinstance(task.message, RelayTask):
+            raise ApiError(409, f"task {task.id} relays a model: send to /tasks/{task.id}/relay")
+        meta = UpdateMeta.from_headers(request.headers)
+        timing_only = meta.timing_only
         if timing_only and task.reference is not None:
             raise ApiError(
-                422, f"task {task.id} needs trained parameters, not timings", field=TIMING_ONLY
+                422,
+                f"task {task.id} needs trained parameters, not timings",
+                field=Headers.TIMING_ONLY,
             )
         reader = self._reader(request)
         parameters = None
@@ -107,18 +110,18 @@ class TaskHandlers:
             task_id=task.id,
             device=task.device,
             received_at=received_at,
-            num_examples=num_examples,
+            num_examples=meta.num_examples,
             nbytes=reader.nbytes,
             parameters=parameters,
-            metrics=metrics,
-            timings=timings,
+            metrics=dict(meta.metrics),
+            timings=meta.timings,
             sha256=reader.sha256,
         )
         return self._file(task, outcome, status=201)
 
     async def data(self, request: web.Request) -> web.Response:
         task = self._task(request)
-        if _kind(task) != UPLOAD_DATA:
+        if not isinstance(task.message, UploadDataTask):
             raise ApiError(409, f"task {task.id} is not an upload_data task")
         reader = self._reader(request)
         try:
@@ -131,6 +134,27 @@ class TaskHandlers:
             received_at=self._board.clock(),
             nbytes=reader.nbytes,
             sha256=reader.sha256,
+        )
+        return self._file(task, outcome, status=201)
+
+    async def relay(self, request: web.Request) -> web.Response:
+        task = self._task(request)
+        if not isinstance(task.message, RelayTask):
+            raise ApiError(409, f"task {task.id} is not a relay task")
+        body = await json_body(request, RELAY_RESULT, self._config)
+        try:
+            result = RelayResult.model_validate(body)
+        except ValidationError as e:
+            raise invalid(e) from None
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=self._board.clock(),
+            timings=result.timings,
+            url=result.url,
+            # What a repeat of this result is compared by.
+            sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         )
         return self._file(task, outcome, status=201)
 
@@ -184,7 +208,7 @@ class TaskHandlers:
         if not self._board.finish(outcome):
             return self._settled(task, outcome.sha256, outcome.error)
         result = "failed" if outcome.error is not None else "succeeded"
-        self._metrics.tasks.labels(_kind(task), result).inc()
+        self._metrics.tasks.labels(task.message.kind, result).inc()
         return web.json_response(_result_json(task, outcome), status=status)
 
     @staticmethod
@@ -211,18 +235,14 @@ def _decode(path: Path, task: PostedTask) -> NDArrays:
         raise ApiError(422, f"the update for task {task.id} is unusable: {e}") from None
 
 
-def _kind(task: PostedTask) -> str:
-    return str(task.payload.get("kind", "unknown"))
-
-
 def _result_json(task: PostedTask, outcome: Outcome) -> dict[str, Any]:
-    return {
-        "task": task.id,
-        "device": task.device,
-        "state": TaskState.DONE.value,
-        "received_at": outcome.received_at,
-        "nbytes": outcome.nbytes,
-        "sha256": outcome.sha256,
-        "num_examples": outcome.num_examples,
-        "error": outcome.error,
-    }
+    receipt = TaskReceipt(
+        task=task.id,
+        device=task.device,
+        received_at=outcome.received_at,
+        nbytes=outcome.nbytes,
+        sha256=outcome.sha256,
+        num_examples=outcome.num_examples,
+        error=outcome.error,
+    )
+    return receipt.model_dump(mode="json")

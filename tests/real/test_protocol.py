@@ -1,0 +1,137 @@
+"""The wire protocol's messages: tasks parsed strictly, fingerprints, paths, update headers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedsim.real.protocol import (
+    FitTask,
+    Headers,
+    Paths,
+    ProtocolError,
+    TaskModel,
+    Timings,
+    UpdateMeta,
+    UploadDataTask,
+    parse_task,
+    path,
+    task_digest,
+    task_json,
+)
+
+
+def fit_json(**fields) -> dict:
+    return {
+        "id": "r1-d1",
+        "kind": "fit",
+        "model": {"name": "digits_cnn", "version": 4, "nbytes": 100},
+        "samples": 10,
+        "epochs": 1,
+        "batch_size": 5,
+        "config": {"a": 1, "b": 2},
+        **fields,
+    }
+
+
+def test_a_task_survives_its_trip_through_json():
+    # Prepare
+    url = path(Paths.BLOB, name="m", version=7)
+    model = TaskModel(name="m", version=3, nbytes=12, sha256="ab" * 32, url=url)
+    tasks = [
+        FitTask(id="j:r1-d2", model=model, samples=4, epochs=2, batch_size=2, config={"lr": 0.1}),
+        UploadDataTask(id="r0-d2", samples=4, nbytes=1 << 40),
+    ]
+
+    # Execute
+    back = [parse_task(json.loads(json.dumps(task_json(t)))) for t in tasks]
+
+    # Assert
+    assert back == tasks
+    assert task_json(tasks[0])["model"]["url"] == "/api/v1/models/m/versions/7/blob"
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"id": "t", "kind": "dance"}, "kind", "'dance'"),
+        ({"id": "t"}, "kind", "None"),
+        (fit_json(model=None), "model", "model"),
+        ({k: v for k, v in fit_json().items() if k != "samples"}, "samples", "required"),
+        (fit_json(samples=-1), "samples", "greater than or equal to 0"),
+        (fit_json(samples="10"), "samples", "integer"),
+        (fit_json(epochs=True), "epochs", "integer"),
+        (fit_json(flops=float("inf")), "flops", "finite"),
+        (fit_json(model={"name": "m", "version": 1, "nbytes": 1, "sha": 1}), "model.sha", "not"),
+        (fit_json(drop=True), "drop", "not a known field"),
+        ({"id": "", "kind": "upload_data", "nbytes": 1}, "id", "at least 1"),
+        ([1, 2], None, "JSON object"),
+    ],
+)
+def test_a_malformed_task_is_an_error_naming_the_field(data, field, words):
+    # Execute
+    with pytest.raises(ProtocolError) as caught:
+        parse_task(data)
+
+    # Assert
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_a_task_digest_names_the_work_not_the_wording():
+    # Prepare
+    task = parse_task(fit_json())
+    reordered = parse_task(dict(reversed(fit_json(config={"b": 2, "a": 1}).items())))
+    other = parse_task(fit_json(samples=11))
+
+    # Execute / Assert
+    assert task_digest(task) == task_digest(reordered)
+    assert task_digest(task) != task_digest(other)
+
+
+def test_paths_quote_each_parameter_whole():
+    assert path(Paths.HEARTBEAT, id=3) == "/api/v1/devices/3/heartbeat"
+    assert path(Paths.TASK_UPDATE, task_id="a1:r1/d2") == "/api/v1/tasks/a1%3Ar1%2Fd2/update"
+
+
+def test_update_headers_round_trip():
+    # Prepare
+    meta = UpdateMeta(
+        num_examples=480, metrics={"loss": 0.25}, timings=Timings(download_s=0.5, train_s=2.0)
+    )
+    padding = UpdateMeta(num_examples=0, timing_only=True)
+
+    # Execute
+    headers = meta.headers()
+    back = UpdateMeta.from_headers(headers)
+
+    # Assert
+    assert back == meta and Headers.TIMING_ONLY not in headers
+    assert UpdateMeta.from_headers(padding.headers()).timing_only
+
+
+@pytest.mark.parametrize(
+    ("headers", "field", "malformed"),
+    [
+        ({}, Headers.NUM_EXAMPLES, False),
+        ({Headers.NUM_EXAMPLES: "many"}, Headers.NUM_EXAMPLES, True),
+        ({Headers.NUM_EXAMPLES: str(2**63)}, Headers.NUM_EXAMPLES, False),
+        ({Headers.METRICS: "{"}, Headers.METRICS, True),
+        ({Headers.METRICS: '{"loss": NaN}'}, Headers.METRICS, True),
+        ({Headers.METRICS: '{"loss": "0.2"}'}, f"{Headers.METRICS}.loss", False),
+        ({Headers.TIMINGS: '{"train_s": -1}'}, f"{Headers.TIMINGS}.train_s", False),
+        ({Headers.TIMINGS: '{"idle_s": 1}'}, f"{Headers.TIMINGS}.idle_s", False),
+        ({Headers.TIMING_ONLY: "yes"}, Headers.TIMING_ONLY, True),
+    ],
+)
+def test_bad_update_headers_name_the_header(headers, field, malformed):
+    # Prepare
+    given = {Headers.NUM_EXAMPLES: "1", **headers} if headers else {}
+
+    # Execute
+    with pytest.raises(ProtocolError) as caught:
+        UpdateMeta.from_headers(given)
+
+    # Assert
+    assert (caught.value.field, caught.value.malformed) == (field, malformed)
