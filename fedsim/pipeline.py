@@ -71,4 +71,9 @@ class Jobs:
         spec = build_spec(compose_job(config), conf_dir())
         if spec.kind != kind:
             raise ConfigError(f"kind: the config's experiment.kind is {spec.kind!r}, not {kind!r}")
+        if spec.faults.outages:
+            raise ConfigError(
+                "faults.outages: a running server cannot stop its devices' agents; "
+                "run the experiment with mode=real on one host to inject outages"
+            )
         return _Job(spec)

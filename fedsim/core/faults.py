@@ -15,6 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+# Marks the dropout stream among the children of a run's seed (any constant would do).
+_DROPOUT_STREAM = 0xD809
+
 
 @dataclass(frozen=True, kw_only=True)
 class Outage:
@@ -56,7 +61,8 @@ class FaultPlan:
     """What goes wrong in a run.
 
     ``dropout`` is the probability that a device given a training task drops out before it
-    returns its update (drawn per task from the run's seeded generator).
+    returns its update: one draw per training task, in the order tasks are submitted, from
+    :meth:`dropout_draws`.
     """
 
     dropout: float = 0.0
@@ -71,3 +77,15 @@ class FaultPlan:
         """Whether ``device`` is unreachable at ``start`` or at any time up to ``end``."""
         stop = start if end is None else end
         return any(o.device == device and o.overlaps(start, stop) for o in self.outages)
+
+    @staticmethod
+    def dropout_draws(seed: np.random.SeedSequence | int) -> np.random.Generator:
+        """The generator a transport seeded with ``seed`` draws its dropouts from.
+
+        A stream of its own, derived from the seed without consuming it: the draws do not
+        depend on how many other random numbers a runtime takes (the simulator's jitter), so
+        every runtime drops the same tasks under the same seed.
+        """
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        own = np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, _DROPOUT_STREAM))
+        return np.random.default_rng(own)

@@ -90,7 +90,7 @@ class HttpTransport(Transport):
                 "faults.link_changes: the real runtime does not shape its links; "
                 "link changes run in the simulator"
             )
-        self.rng = np.random.default_rng(seed)
+        self.rng = FaultPlan.dropout_draws(seed)
         # Task ids on the board carry the channel, so that jobs sharing a server never collide.
         self.channel = channel
         self.board = board

@@ -53,7 +53,10 @@ def console_federated(summary: dict[str, Any]) -> str:
             f"  (best {percent(summary.get('best_accuracy'))})",
         ),
         ("time to target", time_to_target_text(summary)),
-        ("simulated time", seconds(summary.get("simulated_time_s"))),
+        (
+            "simulated time" if summary.get("mode", "sim") == "sim" else "measured time",
+            seconds(summary.get("simulated_time_s")),
+        ),
         (
             "rounds",
             f"{summary.get('rounds_aggregated', '?')} aggregated, "

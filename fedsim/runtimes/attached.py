@@ -9,13 +9,14 @@ sharing a server never collide.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository
 from fedsim.core.topology import Topology
 from fedsim.real.resources import RegistryResources
@@ -27,12 +28,19 @@ from fedsim.spec import ExperimentSpec
 
 @dataclass(kw_only=True)
 class ServerSession:
-    """Transports over a server's task board; resources from its device registry."""
+    """Transports over a server's task board; resources from its device registry.
+
+    Each transport drops fit tasks as the fault plan's ``dropout`` says, drawn from its seed
+    exactly as the simulator draws them; ``on_transport`` hears of each new transport (the
+    real runtime starts its outages on the first one's clock).
+    """
 
     stores: ServerStores
     topology: Topology
     needs: Needs
+    faults: FaultPlan = field(default_factory=FaultPlan)
     channel: str = ""
+    on_transport: Callable[[HttpTransport], None] | None = None
     _count: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -40,12 +48,17 @@ class ServerSession:
         return self.stores.repository
 
     def transport(self, topology: Topology, seed: np.random.SeedSequence) -> HttpTransport:
-        return HttpTransport(
+        transport = HttpTransport(
             board=self.stores.board,
             repository=self.stores.repository,
             server=topology.server,
             channel=f"{self.channel}{next(self._count)}:",
+            faults=self.faults,
+            seed=seed,
         )
+        if self.on_transport is not None:
+            self.on_transport(transport)
+        return transport
 
     def resources(self, transport: HttpTransport) -> RegistryResources:  # type: ignore[override]
         profiles = {d: self.topology.devices[d].hardware for d in self.needs.clients}
@@ -58,7 +71,10 @@ class ServerSession:
 
 @dataclass(frozen=True)
 class AttachedRuntime:
-    """Runs over ``stores`` of a server that is up; ``channel`` prefixes its task ids."""
+    """Runs over ``stores`` of a server that is up; ``channel`` prefixes its task ids.
+
+    It has no agent processes to stop, so a fault plan with outages is refused (``ValueError``).
+    """
 
     stores: ServerStores
     channel: str = ""
@@ -66,6 +82,15 @@ class AttachedRuntime:
 
     @contextmanager
     def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[ServerSession]:
+        if spec.faults.outages:
+            raise ValueError(
+                "faults.outages: a running server cannot stop its devices' agents; "
+                "run the experiment with mode=real on one host to inject outages"
+            )
         yield ServerSession(
-            stores=self.stores, topology=spec.topology, needs=needs, channel=self.channel
+            stores=self.stores,
+            topology=spec.topology,
+            needs=needs,
+            faults=spec.faults,
+            channel=self.channel,
         )

@@ -2,18 +2,22 @@
 
 The server runs in a thread of this process; each agent is a process with its own data, as it
 would be on a device. The session then works as the ``attached`` one does over the server's
-stores; everything is stopped when the run ends.
+stores. The fault plan's outages stop and restart agent processes on the clock of the session's
+first transport (:class:`~fedsim.real.faults.OutageDriver`); dropouts are the transport's.
+Everything is stopped when the run ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.real.faults import OutageDriver
 from fedsim.real.jobs import JobRunner
 from fedsim.real.launch import LocalCluster
+from fedsim.real.transport import HttpTransport
 from fedsim.runtimes import Needs
 from fedsim.runtimes.attached import ServerSession
 from fedsim.spec import ExperimentSpec
@@ -28,14 +32,31 @@ class LocalRuntime:
 
     @contextmanager
     def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[ServerSession]:
-        with LocalCluster(
-            run_dir=run_dir,
-            topology=spec.topology,
-            clients=list(needs.clients),
-            shards=needs.shards,
-            mode=spec.mode,
-            data=needs.agent_data,
-            runner=self.runner,
-        ) as cluster:
+        with (
+            LocalCluster(
+                run_dir=run_dir,
+                topology=spec.topology,
+                clients=list(needs.clients),
+                shards=needs.shards,
+                mode=spec.mode,
+                data=needs.agent_data,
+                runner=self.runner,
+            ) as cluster,
+            ExitStack() as outages,
+        ):
             assert cluster.stores is not None
-            yield ServerSession(stores=cluster.stores, topology=spec.topology, needs=needs)
+
+            started: list[OutageDriver] = []
+
+            def start_outages(transport: HttpTransport) -> None:
+                if spec.faults.outages and not started:
+                    driver = OutageDriver(cluster, spec.faults.outages, transport.now)
+                    started.append(outages.enter_context(driver))
+
+            yield ServerSession(
+                stores=cluster.stores,
+                topology=spec.topology,
+                needs=needs,
+                faults=spec.faults,
+                on_transport=start_outages,
+            )

@@ -59,6 +59,7 @@ class SimTransport(Transport):
             latency={k: p.latency for k, p in links.items()},
         )
         self.rng = np.random.default_rng(seed)
+        self._drops = FaultPlan.dropout_draws(seed)
         self.trainer = trainer
         self.faults = faults or FaultPlan()
         self._links = links
@@ -133,7 +134,7 @@ class SimTransport(Transport):
         started = self.env.now
         ins, dev = task.ins, task.device
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
-        drops = drops and self.rng.random() < self.faults.dropout
+        drops = drops and self._drops.random() < self.faults.dropout
         update = None
         for i, step in enumerate(self._steps(task)):
             begin = self.env.now

@@ -88,3 +88,79 @@ def test_imagenet_yolo_in_real_mode_measures_both_scenarios(tmp_path: Path):
     assert "workload.scale" in report and "6.02" in report
     events = (tmp_path / "events.csv").read_text()
     assert "data_upload" in events and "update_upload" in events
+
+
+def same_model_in_sim_and_real(tmp_path: Path, *overrides: str) -> dict[str, dict]:
+    """Run ``overrides`` in both modes; the summaries, after checking the models are equal."""
+    summaries = {}
+    models = {}
+    for mode in ("sim", "real"):
+        d = tmp_path / mode
+        proc = fedsim("+experiment=fl_digits", f"mode={mode}", *overrides, f"hydra.run.dir={d}")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        models[mode] = latest_model(d)
+        summaries[mode] = json.loads((d / "summary.json").read_text())
+    for k in models["sim"]:
+        np.testing.assert_allclose(models["real"][k], models["sim"][k], rtol=1e-5, atol=1e-6)
+    return summaries
+
+
+def test_hierarchical_rounds_run_in_real_mode_as_in_the_simulator(tmp_path: Path, monkeypatch):
+    # Prepare: groups 1 (devices 3, 4, 5) and 2 (devices 7, 8); the agents on the CPU, as the
+    # simulation trains (see the test above).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    # Execute
+    s = same_model_in_sim_and_real(
+        tmp_path,
+        "fl.hierarchical=true",
+        "experiment.clients=[3,4,5,7,8]",
+        "fl.rounds=2",
+        "seed=5",
+    )
+
+    # Assert: the same global model; in real mode the aggregators' relay downloads and their
+    # forwarded updates are events of the run, on the aggregators (3 and 7).
+    assert s["real"]["rounds_aggregated"] == 2
+    events = (tmp_path / "real" / "events.csv").read_text().splitlines()
+    header = events[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in events[1:]]
+    relays = [r for r in rows if "relay" in r["task"]]
+    forwards = [r for r in rows if "forward" in r["task"]]
+    assert {r["device"] for r in relays} == {"3", "7"} == {r["device"] for r in forwards}
+    assert {r["kind"] for r in relays} == {"model_download"}
+    assert {r["kind"] for r in forwards} == {"update_upload"}
+
+
+def test_dropouts_in_real_mode_drop_the_devices_the_simulator_drops(tmp_path: Path, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    # Execute: the same seed draws the same dropouts in both runtimes.
+    s = same_model_in_sim_and_real(
+        tmp_path, "faults.dropout=0.5", "fl.deadline_s=6", "fl.rounds=2", "seed=3"
+    )
+
+    # Assert: as many updates lost and rounds aggregated in both modes (a round whose three
+    # clients all dropped out fails in both).
+    assert s["sim"]["updates_lost"] == s["real"]["updates_lost"] > 0
+    assert s["sim"]["rounds_aggregated"] == s["real"]["rounds_aggregated"] >= 1
+
+
+def test_an_outage_in_real_mode_stops_the_agent_and_it_comes_back(tmp_path: Path):
+    # Execute: device 4 is down for the first five seconds; rounds wait at most 4 s.
+    proc = fedsim(
+        "+experiment=fl_digits",
+        "mode=real",
+        "fl.rounds=4",
+        "fl.deadline_s=4",
+        "+faults.outages=[{device: 4, start_s: 0, end_s: 5}]",
+        f"hydra.run.dir={tmp_path}",
+    )
+
+    # Assert: device 4 missed the first round and trained again in the last one.
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = (tmp_path / "runs.csv").read_text().splitlines()
+    header = runs[0].split(",")
+    rounds = [dict(zip(header, line.split(","), strict=True)) for line in runs[1:]]
+    assert rounds[0]["failed"] == "1" and rounds[-1]["completed"] == "3"

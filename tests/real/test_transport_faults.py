@@ -4,12 +4,14 @@ task board's handling of dropped tasks and of a device that went away."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from topologies import star
 
 from fedsim.core.faults import FaultPlan, LinkChange
 from fedsim.core.runtime import FitIns, ModelRef, Task, UploadDataIns
+from fedsim.core.topology import Topology, map_profiles
 from fedsim.real.board import PostedTask, TaskBoard, TaskState
 from fedsim.real.protocol import UploadDataTask
 from fedsim.real.transport import HttpTransport
@@ -37,11 +39,22 @@ def tasks() -> list[list[Task]]:
     return [first, second, third]
 
 
+def jittery(topology: Topology) -> Topology:
+    """``topology`` with compute and latency jitter: the simulator draws random numbers for
+    them too, which must not shift its dropout draws."""
+    return map_profiles(
+        topology,
+        hardware=lambda h: replace(h, jitter=0.3),
+        link=lambda p: replace(p, latency_jitter=0.01),
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 7, 2024])
-def test_http_transport_drops_the_tasks_the_simulator_drops(seed: int):
+@pytest.mark.parametrize("make", [star, lambda n: jittery(star(n))], ids=["calm", "jitter"])
+def test_http_transport_drops_the_tasks_the_simulator_drops(seed: int, make):
     # Prepare
     plan = FaultPlan(dropout=0.4)
-    sim = SimTransport(star(4), seed=seed, faults=plan)
+    sim = SimTransport(make(4), seed=seed, faults=plan)
     board = TaskBoard()
     http = HttpTransport(board=board, repository=None, server=0, faults=plan, seed=seed)
 
