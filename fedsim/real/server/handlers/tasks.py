@@ -20,19 +20,20 @@ from fedsim.core.runtime import NDArrays
 from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
 from fedsim.real.protocol import (
     Headers,
+    TaskFailure,
     TaskReceipt,
     UpdateMeta,
     UploadDataTask,
     task_json,
 )
 from fedsim.real.server.auth import PRINCIPAL
-from fedsim.real.server.bodies import BodyReader, query_seconds, spool
+from fedsim.real.server.bodies import BodyReader, spool
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import TASK_ERROR
+from fedsim.real.server.schemas import PollQuery
 from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
 
 
@@ -60,7 +61,7 @@ class TaskHandlers:
 
     async def poll(self, request: web.Request) -> web.Response:
         device = path_int(request, "id")
-        wait = query_seconds(request, "wait", default=0.0)
+        wait = query(request, PollQuery).wait
         if (await self._offload(self._registry.get, device)).state is DeviceState.REMOVED:
             raise ApiError(410, f"device {device} was removed")
         task = await self._take(device, min(wait, self._config.long_poll_max_s))
@@ -130,12 +131,12 @@ class TaskHandlers:
 
     async def error(self, request: web.Request) -> web.Response:
         task = self._task(request)
-        body = await json_body(request, TASK_ERROR, self._config)
+        body = await json_body(request, TaskFailure, self._config)
         outcome = Outcome(
             task_id=task.id,
             device=task.device,
             received_at=self._board.clock(),
-            error=body["reason"],
+            error=body.reason,
         )
         return self._file(task, outcome, status=200)
 
