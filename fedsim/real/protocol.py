@@ -140,7 +140,8 @@ def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str | None:
 def invalid(error: ValidationError, prefix: str = "") -> ProtocolError:
     """The first problem pydantic found, as a :class:`ProtocolError` naming its field."""
     first = error.errors(include_url=False)[0]
-    where = field_path(tuple(first["loc"]), prefix)
+    index = first.get("ctx", {}).get("index")  # a validator of a list names the item
+    where = field_path((*first["loc"], *([] if index is None else [index])), prefix)
     if first["type"] in ("model_type", "dict_type") and where in (None, prefix or None):
         message = f"{where or 'the body'} must be a JSON object"
     elif first["type"] == "extra_forbidden":
@@ -361,7 +362,7 @@ def json_header(headers: Mapping[str, str], name: str, shape: TypeAdapter[T]) ->
     if raw is None:
         return None
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
+        value = json_loads(raw)
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"header {name} is not JSON: {e}", field=name, malformed=True) from None
     try:
@@ -380,6 +381,10 @@ def flag_header(headers: Mapping[str, str], name: str) -> bool:
     raise ProtocolError(f"header {name} must be 1 or 0, got {raw!r}", field=name, malformed=True)
 
 
+def json_loads(text: str | bytes) -> Any:
+    """``text`` parsed as JSON, which has no NaN or Infinity (Python's json accepts them)."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
 def _no_constants(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; JSON does not, and no metric may be either.
     raise ValueError(f"{name} is not JSON")

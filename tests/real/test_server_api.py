@@ -69,10 +69,32 @@ async def test_openapi_document_matches_the_router(tmp_path, config):
     validate(document)
 
 
+async def test_openapi_document_declares_what_the_server_enforces():
+    # Execute
+    document = build_openapi()
+    paths, schemas = document["paths"], document["components"]["schemas"]
+
+    # Assert: bounds, the job kinds the manager runs, statuses and header formats.
+    device_id = schemas["DeviceRegistration"]["properties"]["id"]["anyOf"][0]
+    assert device_id == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+    assert schemas["JobStart"]["properties"]["kind"]["const"] == "federated"
+    assert schemas["DeviceRegistration"]["additionalProperties"] is False
+    assert {"404", "410", "422"} <= paths[f"{API}/devices/{{id}}/tasks"]["get"]["responses"].keys()
+    assert "416" in paths[f"{API}/models/{{name}}/versions/{{version}}/blob"]["get"]["responses"]
+    update = paths[f"{API}/tasks/{{task_id}}/update"]["put"]
+    headers = {p["name"]: p for p in update["parameters"] if p["in"] == "header"}
+    assert headers["X-Fedsim-Num-Examples"]["required"] is True
+    assert headers["X-Fedsim-Metrics"]["content"]["application/json"]["schema"]["type"] == "object"
+    for path, item in paths.items():
+        for method, operation in item.items():
+            guarded = operation.get("security") != []
+            assert ("401" in operation["responses"]) == guarded, (method, path)
+
+
 async def test_openapi_is_served_without_a_token(server):
     r = await server.client.get(f"{API}/openapi.json")
     assert r.status == 200
-    assert (await r.json())["openapi"].startswith("3.0")
+    assert (await r.json())["openapi"].startswith("3.1")
 
 
 class FakeJobs(Jobs):

@@ -144,7 +144,10 @@ def init_app(
         ),
         jobs=JobHandlers(jobs=jobs, offload=offload, config=config),
         discovery=DiscoveryHandlers(registry=registry, agents=agents, offload=offload),
-        probe=ProbeHandlers(max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024)),
+        probe=ProbeHandlers(
+            max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024),
+            timeout_s=config.body_read_timeout_s,
+        ),
         monitoring=monitoring,
         dashboard=DashboardHandlers(),
     )

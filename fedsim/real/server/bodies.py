@@ -1,4 +1,4 @@
-"""Request bodies read within limits and timeouts; typed query parameters.
+"""Request bodies read within limits and timeouts.
 
 Bodies are never trusted to be small or prompt: a declared ``Content-Length`` over the limit is
 refused before a byte is read, a body that turns out longer while streaming (chunked encoding)
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import math
 import os
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from typing import Any
 
 from aiohttp import ClientPayloadError, web
 
+from fedsim.real.protocol import json_loads
 from fedsim.real.server.errors import ApiError
 
 if sys.version_info >= (3, 11):
@@ -99,14 +98,9 @@ async def read_json(request: web.Request, *, limit: int, timeout_s: float) -> An
     if not data.strip():
         raise ApiError(400, "the body must be a JSON document")
     try:
-        return json.loads(data, parse_constant=_no_constants)
+        return json_loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise ApiError(400, f"malformed JSON: {e}") from None
-
-
-def _no_constants(name: str) -> Any:
-    # Python's json accepts NaN and Infinity; JSON does not, and no metric may be either.
-    raise ValueError(f"{name} is not JSON")
 
 
 class ThreadFile:
@@ -157,41 +151,6 @@ async def spool(
         path.unlink(missing_ok=True)
         raise
     return path
-
-
-# -- query parameters ----------------------------------------------------------
-
-
-def query_int(
-    request: web.Request, name: str, *, minimum: int = 0, maximum: int = 2**63 - 1
-) -> int | None:
-    """An integer query parameter in ``[minimum, maximum]``, or None when absent; 422 else."""
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ApiError(422, f"{name} must be an integer, got {raw!r}", field=name) from None
-    if not minimum <= value <= maximum:
-        raise ApiError(422, f"{name} must be in [{minimum}, {maximum}], got {value}", field=name)
-    return value
-
-
-def query_seconds(request: web.Request, name: str, *, default: float) -> float:
-    """A non-negative, finite number of seconds from the query; 422 when it is not one."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(
-            422, f"{name} must be a number of seconds, got {raw!r}", field=name
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ApiError(422, f"{name} must be >= 0 and finite, got {raw!r}", field=name)
-    return value
 
 
 def _too_large(limit: int) -> ApiError:

@@ -1,137 +1,368 @@
-"""Schemas of the JSON request bodies and of the JSON-valued headers.
+"""The REST API's JSON bodies and query strings, declared once as pydantic models.
 
-Written in the JSON-Schema subset of OpenAPI 3.0: ``validate.validate`` checks bodies with them
-and ``openapi.py`` publishes them, so what is documented is what is enforced. Top-level bodies
-refuse unknown fields, so a misspelt field is an error rather than a silent default.
+The same declarations check what arrives (:func:`parse_body`, :func:`parse_query`: ``422``
+naming the field) and make the OpenAPI document (``openapi.py``), so the document and the checks
+cannot drift apart. Request bodies refuse unknown fields and coerce nothing, so a misspelt field
+or a number sent as a string is an error rather than a silent default. Responses are built
+through their models too (``serialize.py``), so what is served is what is documented. The
+messages of a task (the task, an update's headers, a failure, the receipt) belong to the wire
+protocol and live in :mod:`fedsim.real.protocol`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
-Schema = dict[str, Any]
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
-INT64_MAX = 2**63 - 1  # SQLite's integer range: a larger id would fail in the store
-DEVICE_ID: Schema = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
-GROUP_ID: Schema = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
-SHORT_TEXT: Schema = {"type": "string", "maxLength": 256}
-NUMBERS: Schema = {"type": "object", "additionalProperties": {"type": "number"}}
-"""Names to finite numbers: resources, metrics, timings (JSON has no NaN or Infinity)."""
+from fedsim.real.protocol import (
+    INT64_MAX,
+    Count,
+    ModelName,
+    Numbers,
+    WireModel,
+    invalid,
+)
 
-MODEL_NAME: Schema = {
-    "type": "string",
-    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-    "description": "1-128 letters, digits, '.', '_', '-'; it appears in URLs",
-}
+M = TypeVar("M", bound=BaseModel)
 
-REGISTER_DEVICE: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "id": {**DEVICE_ID, "description": "omit to have the server assign one"},
-        "description": {"type": "string", "maxLength": 1024},
-        "group": GROUP_ID,
-        "group_description": {
-            "type": "string",
-            "maxLength": 1024,
-            "description": "what the device's group is, e.g. its site; shown by GET /groups",
-        },
-        "id_in_group": {"type": "integer", "minimum": 0, "maximum": INT64_MAX, "nullable": True},
-        "profile": SHORT_TEXT,
-        "labels": {
-            "type": "object",
-            "maxProperties": 64,
-            "additionalProperties": SHORT_TEXT,
-        },
-        "hardware": {
-            "type": "object",
-            "properties": {
-                "cpu_count": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-                "memory_bytes": {"type": "number", "minimum": 0},
-                "gpu": {**SHORT_TEXT, "nullable": True},
-            },
-        },
-        "endpoints": {
-            "type": "object",
-            "description": "URLs where the device serves metrics (agent, node_exporter)",
-            "additionalProperties": {"type": "string", "maxLength": 2048, "pattern": "^https?://"},
-        },
-    },
-}
+Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+ShortText = Annotated[str, Field(max_length=256)]
+Text = Annotated[str, Field(max_length=1024)]
+HttpUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
+DeviceStateName = Literal["registered", "online", "busy", "offline", "removed"]
+JobKind = Literal["federated"]  # what fedsim.real.jobs.JobManager runs (its KINDS)
 
-HEARTBEAT: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {"resources": NUMBERS},
-}
 
-CREATE_MODEL: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "architecture"],
-    "properties": {
-        "name": MODEL_NAME,
-        "architecture": {"type": "string", "minLength": 1, "maxLength": 256},
-        "metadata": {"type": "object"},
-    },
-}
+def _unique(items: list[int]) -> list[int]:
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        if item in seen:
+            # "index" in the context makes the error name the item (see protocol.invalid).
+            raise PydanticCustomError("unique", "repeats {value}", {"index": i, "value": item})
+        seen.add(item)
+    return items
 
-CREATE_DEPLOYMENT: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["model", "version"],
-    "properties": {
-        "model": MODEL_NAME,
-        "version": {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
-        "devices": {"type": "array", "items": DEVICE_ID, "uniqueItems": True},
-        "groups": {"type": "array", "items": GROUP_ID, "uniqueItems": True},
-    },
-}
 
-DEPLOYMENT_STATE: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["state"],
-    "properties": {"state": {"type": "string", "enum": ["downloading", "deployed", "failed"]}},
-}
+UniqueIds = Annotated[
+    list[Id],
+    AfterValidator(_unique),
+    Field(max_length=100_000, json_schema_extra={"uniqueItems": True}),
+]
 
-TASK_ERROR: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["reason"],
-    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 10_000}},
-}
 
-RELAY_RESULT: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["url"],
-    "properties": {
-        "url": {
-            "type": "string",
-            "maxLength": 2048,
-            "pattern": "^https?://",
-            "nullable": True,
-            "description": "where the device serves the model it holds (null: a timing-only "
-            "model, nothing to hold)",
-        },
-        "timings": {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "seconds the agent's steps took by its clock",
-            "properties": {
-                k: {"type": "number", "minimum": 0} for k in ("download_s", "train_s", "upload_s")
-            },
-        },
-    },
-}
+class Response(BaseModel):
+    """A response body: every field declared, none left out by accident."""
 
-START_JOB: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["kind", "config"],
-    "properties": {
-        "kind": {"type": "string", "enum": ["federated", "comparison"]},
-        "config": {"type": "object"},
-    },
-}
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+class Hardware(WireModel):
+    """What the device runs on, as its agent describes it; other keys are kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cpu_count: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    memory_bytes: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    gpu: ShortText | None = None
+
+
+class DeviceRegistration(WireModel):
+    """``POST /devices``: register a device, or register a live one again."""
+
+    id: Id | None = Field(default=None, description="omit to have the server assign one")
+    description: Text = ""
+    group: Id = 0
+    group_description: Text = Field(
+        default="", description="what the device's group is, e.g. its site; shown by GET /groups"
+    )
+    id_in_group: Id | None = None
+    profile: ShortText = ""
+    labels: Annotated[dict[ShortText, ShortText], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    hardware: Hardware | None = None
+    endpoints: Annotated[dict[ShortText, HttpUrl], Field(max_length=16)] = Field(
+        default_factory=dict,
+        description="URLs where the device serves metrics (agent, node_exporter)",
+    )
+
+
+class Heartbeat(WireModel):
+    """``PUT /devices/{id}/heartbeat``: the device is alive, and its load now."""
+
+    resources: Numbers | None = None
+
+
+class ModelCreation(WireModel):
+    """``POST /models``."""
+
+    name: ModelName
+    architecture: Annotated[str, Field(min_length=1, max_length=256)]
+    metadata: dict[str, Any] | None = None
+
+
+class DeploymentCreation(WireModel):
+    """``POST /deployments``: a version, to the listed devices and those of the listed groups."""
+
+    model: ModelName
+    version: Annotated[int, Field(ge=1, le=INT64_MAX)]
+    devices: UniqueIds = Field(default_factory=list)
+    groups: UniqueIds = Field(default_factory=list)
+
+
+class DeploymentProgress(WireModel):
+    """``PUT /deployments/{id}/devices/{device}``: how far the device got."""
+
+    state: Literal["downloading", "deployed", "failed"]
+
+
+class JobStart(WireModel):
+    """``POST /jobs``: an experiment's config, as ``python -m fedsim`` takes it."""
+
+    kind: JobKind
+    config: dict[str, Any]
+
+
+# -- query strings ---------------------------------------------------------------------------
+
+
+class Query(BaseModel):
+    """Query parameters: text on the wire, so numbers are parsed from it; unknown ones refused
+    (a misspelt filter must not silently widen a listing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceFilter(Query):
+    group: Id | None = Field(default=None, description="only this group")
+    state: DeviceStateName | None = Field(default=None, description="only this state")
+
+
+class PollQuery(Query):
+    wait: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=0.0,
+        description="seconds to wait for a task (cut to the server's long_poll_max_s)",
+    )
+
+
+class MonitoringQuery(Query):
+    window: Annotated[int, Field(ge=10, le=86_400)] = Field(
+        default=900, description="seconds back from now"
+    )
+    group: Id | None = Field(default=None, description="only this group")
+    device: Id | None = Field(default=None, description="only this device")
+
+
+class ProbeQuery(Query):
+    bytes: Count = Field(
+        default=1 << 20, description="how many bytes to send (at most the server's probe limit)"
+    )
+
+
+class VersionQuery(Query):
+    parent: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = Field(
+        default=None, description="the version it derives from"
+    )
+    round: Id | None = Field(default=None, description="the round that produced it")
+
+
+class DeploymentFilter(Query):
+    model: ModelName | None = Field(default=None, description="only this model's")
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class ErrorDetail(Response):
+    status: int
+    message: str
+    field: str | None = None
+
+
+class Error(Response):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+class DeviceRecord(Response):
+    id: Id
+    description: str
+    group: Id
+    group_description: str
+    id_in_group: Id | None
+    profile: str
+    labels: dict[str, str]
+    state: DeviceStateName
+    registered_at: float
+    last_seen: float | None
+    resources: dict[str, float]
+    removed_at: float | None
+    hardware: dict[str, Any]
+    endpoints: dict[str, str]
+
+
+class Registered(Response):
+    device: DeviceRecord
+    token: str = Field(description="the device token: this device's bearer token from now on")
+
+
+class DeviceList(Response):
+    devices: list[DeviceRecord]
+
+
+class Group(Response):
+    id: Id
+    description: str
+    devices: Count
+    online: Count = Field(description="devices online or busy")
+
+
+class GroupList(Response):
+    groups: list[Group]
+
+
+class ModelInfo(Response):
+    name: str
+    architecture: str
+    metadata: dict[str, Any]
+    created_at: float
+
+
+class RoundMetrics(Response):
+    round: Count
+    version: Count
+    metrics: dict[str, float]
+
+
+class ModelStats(Response):
+    model: str
+    versions: Count
+    deployments: Count
+    total_size: Count
+    latest_version: Count | None
+    latest_size: Count | None
+    rounds: list[RoundMetrics]
+
+
+class ModelDetail(ModelInfo):
+    stats: ModelStats
+
+
+class ModelList(Response):
+    models: list[ModelInfo]
+
+
+class VersionInfo(Response):
+    model: str
+    version: Count
+    sha256: str
+    size: Count
+    parent: Count | None
+    round: Count | None
+    metrics: dict[str, float]
+    created_at: float
+    url: str = Field(description="where to download the bytes")
+
+
+class VersionList(Response):
+    versions: list[VersionInfo]
+
+
+class Deployment(Response):
+    id: Id
+    model: str
+    version: Count
+    devices: dict[str, Literal["pending", "downloading", "deployed", "failed"]] = Field(
+        description="device id -> its progress"
+    )
+    created_at: float
+
+
+class DeploymentList(Response):
+    deployments: list[Deployment]
+
+
+class Job(BaseModel):
+    """A job as the job manager reports it (docs/protocol.md); a manager may add fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str | None = None
+    state: Literal["running", "succeeded", "failed", "cancelled"]
+    model: str | None = None
+    round: Count | None = None
+    rounds_planned: Count | None = None
+    rounds: list[dict[str, Any]] | None = None
+    error: str | None = None
+    created_at: float | None = None
+    finished_at: float | None = None
+    results: str | None = None
+
+
+class JobList(Response):
+    jobs: list[Job]
+
+
+class Series(Response):
+    t: list[float]
+    cpu_busy: list[float | None]
+    memory_available: list[float | None]
+    bandwidth: list[float | None]
+    busy: list[float | None]
+
+
+class Monitoring(Response):
+    source: Literal["prometheus", "heartbeats"]
+    window_s: int
+    step_s: float
+    warning: str | None = None
+    devices: dict[str, Series] = Field(description="device id -> series, aligned with t")
+
+
+class TargetGroup(Response):
+    """A Prometheus http_sd target group: one per device and declared endpoint."""
+
+    targets: list[str] = Field(description="host:port")
+    labels: dict[str, str] = Field(
+        description="fedsim_device, fedsim_group, fedsim_role (agent, node_exporter), "
+        "__scheme__, __metrics_path__"
+    )
+
+
+class Health(Response):
+    status: Literal["ok"]
+    version: str
+    devices: Count
+    uptime_s: float
+
+
+class ProbeUpload(Response):
+    bytes: Count
+    seconds: float
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    """``data`` (parsed JSON) as ``model``; :class:`ProtocolError` (422) naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise invalid(e) from None
+
+
+def parse_query(model: type[M], query: Mapping[str, str]) -> M:
+    """A query string as ``model``; :class:`ProtocolError` (422) naming the parameter."""
+    try:
+        return model.model_validate(dict(query))
+    except ValidationError as e:
+        raise invalid(e) from None

@@ -9,11 +9,10 @@ from fedsim.core.repository import ModelRepository, UnknownModel, UnknownVersion
 from fedsim.real.server.auth import PRINCIPAL
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import CREATE_DEPLOYMENT, DEPLOYMENT_STATE, MODEL_NAME
+from fedsim.real.server.schemas import DeploymentCreation, DeploymentFilter, DeploymentProgress
 from fedsim.real.server.serialize import deployment_json
-from fedsim.real.server.validate import validate
 
 
 class DeploymentHandlers:
@@ -33,18 +32,16 @@ class DeploymentHandlers:
         self._config = config
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await json_body(request, CREATE_DEPLOYMENT, self._config)
+        body = await json_body(request, DeploymentCreation, self._config)
         try:
-            await self._offload(self._repository.get_version, body["model"], body["version"])
+            await self._offload(self._repository.get_version, body.model, body.version)
         except UnknownModel as e:
             raise ApiError(422, str(e), field="model") from None
         except UnknownVersion as e:
             raise ApiError(422, str(e), field="version") from None
-        devices = await self._offload(
-            self._members, body.get("devices", []), body.get("groups", [])
-        )
+        devices = await self._offload(self._members, body.devices, body.groups)
         deployment = await self._offload(
-            self._repository.create_deployment, body["model"], body["version"], devices
+            self._repository.create_deployment, body.model, body.version, devices
         )
         return web.json_response(deployment_json(deployment), status=201)
 
@@ -68,9 +65,7 @@ class DeploymentHandlers:
         return members
 
     async def list(self, request: web.Request) -> web.Response:
-        model = request.query.get("model")
-        if model is not None:
-            validate(model, MODEL_NAME, "model")
+        model = query(request, DeploymentFilter).model
         deployments = await self._offload(self._repository.list_deployments, model)
         return web.json_response({"deployments": [deployment_json(d) for d in deployments]})
 
@@ -82,11 +77,11 @@ class DeploymentHandlers:
         return web.json_response(deployment_json(deployment))
 
     async def set_device_state(self, request: web.Request) -> web.Response:
-        body = await json_body(request, DEPLOYMENT_STATE, self._config)
+        body = await json_body(request, DeploymentProgress, self._config)
         deployment = await self._offload(
             self._repository.set_deployment_state,
             path_int(request, "id"),
             path_int(request, "device"),
-            body["state"],
+            body.state,
         )
         return web.json_response(deployment_json(deployment))

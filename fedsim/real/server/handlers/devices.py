@@ -15,15 +15,15 @@ from fedsim.core.registry import (
     DeviceState,
     UnknownDevice,
 )
+from fedsim.real.protocol import INT64_MAX
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import PRINCIPAL, Role
-from fedsim.real.server.bodies import query_int
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.history import HeartbeatHistory
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import HEARTBEAT, REGISTER_DEVICE
+from fedsim.real.server.schemas import DeviceFilter, DeviceRegistration, Heartbeat
 from fedsim.real.server.serialize import device_json
 
 
@@ -50,8 +50,9 @@ class DeviceHandlers:
 
     async def register(self, request: web.Request) -> web.Response:
         who = request[PRINCIPAL]
-        body = await json_body(request, REGISTER_DEVICE, self._config)
-        id = body.get("id")
+        body = await json_body(request, DeviceRegistration, self._config)
+        id = body.id
+        hardware = None if body.hardware is None else body.hardware.model_dump(exclude_unset=True)
         async with self._registering:
             existing = await self._offload(self._find, id)
             if existing is not None and existing.state is DeviceState.REMOVED:
@@ -67,32 +68,33 @@ class DeviceHandlers:
                 record = await self._offload(
                     self._registry.register,
                     id=id,
-                    description=body.get("description", ""),
-                    group=body.get("group", 0),
-                    id_in_group=body.get("id_in_group"),
-                    profile=body.get("profile", ""),
-                    labels=body.get("labels"),
+                    description=body.description,
+                    group=body.group,
+                    id_in_group=body.id_in_group,
+                    profile=body.profile,
+                    labels=dict(body.labels),
                 )
             except DeviceRemoved as e:
                 raise ApiError(409, str(e), field="id") from None
+            except OverflowError:
+                # The registry assigns the largest id + 1, and the largest is the last one.
+                raise ApiError(
+                    409, f"no device id is left after {INT64_MAX}; give an id", field="id"
+                ) from None
             except ValueError as e:
                 raise ApiError(422, str(e)) from None
             token = await self._offload(
                 self._agents.enroll,
                 record.id,
-                hardware=body.get("hardware"),
-                endpoints=body.get("endpoints"),
-                group_description=body.get("group_description", ""),
+                hardware=hardware,
+                endpoints=dict(body.endpoints),
+                group_description=body.group_description,
             )
         return web.json_response({"device": self._json(record), "token": token}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
-        group = query_int(request, "group")
-        state = request.query.get("state")
-        if state is not None and state not in {s.value for s in DeviceState}:
-            states = ", ".join(s.value for s in DeviceState)
-            raise ApiError(422, f"state must be one of {states}, got {state!r}", field="state")
-        records = await self._offload(self._registry.list, group=group, state=state)
+        wanted = query(request, DeviceFilter)
+        records = await self._offload(self._registry.list, group=wanted.group, state=wanted.state)
         return web.json_response({"devices": [self._json(r) for r in records]})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -101,8 +103,8 @@ class DeviceHandlers:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         id = path_int(request, "id")
-        body = await json_body(request, HEARTBEAT, self._config)
-        record = await self._offload(self._registry.heartbeat, id, body.get("resources"))
+        body = await json_body(request, Heartbeat, self._config)
+        record = await self._offload(self._registry.heartbeat, id, body.resources)
         if self._history is not None:
             self._history.record(id, time.time(), record.resources)
         return web.json_response(self._json(record))

@@ -9,7 +9,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body
 from fedsim.real.server.jobs_api import JobConflict, Jobs
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import START_JOB
+from fedsim.real.server.schemas import JobStart
 
 
 class JobHandlers:
@@ -22,9 +22,9 @@ class JobHandlers:
 
     async def start(self, request: web.Request) -> web.Response:
         jobs = self._manager()
-        body = await json_body(request, START_JOB, self._config)
+        body = await json_body(request, JobStart, self._config)
         try:
-            job = await self._offload(jobs.start, body["kind"], body["config"])
+            job = await self._offload(jobs.start, body.kind, body.config)
         except ValueError as e:
             raise ApiError(422, str(e), field="config") from None
         except JobConflict as e:

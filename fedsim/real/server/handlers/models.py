@@ -16,14 +16,14 @@ from aiohttp import web
 
 from fedsim.core.repository import ModelRepository, UnknownVersion, VersionInfo
 from fedsim.real.protocol import NUMBERS, Headers, json_header
-from fedsim.real.server.bodies import BodyReader, ThreadFile, check_declared_length, query_int
+from fedsim.real.server.bodies import BodyReader, ThreadFile, check_declared_length
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.handlers.common import json_body
+from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import CREATE_MODEL
-from fedsim.real.server.serialize import model_json, stats_json, version_json
+from fedsim.real.server.schemas import ModelCreation, VersionQuery
+from fedsim.real.server.serialize import model_detail_json, model_json, version_json
 
 SEND_CHUNK_BYTES = 256 * 1024  # read from disk and written to the socket per step
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -46,13 +46,10 @@ class ModelHandlers:
         self._config = config
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await json_body(request, CREATE_MODEL, self._config)
+        body = await json_body(request, ModelCreation, self._config)
         try:
             info = await self._offload(
-                self._repository.register_model,
-                body["name"],
-                body["architecture"],
-                body.get("metadata"),
+                self._repository.register_model, body.name, body.architecture, body.metadata
             )
         except ValueError as e:  # metadata that JSON cannot hold back, for one
             raise ApiError(422, str(e)) from None
@@ -66,7 +63,7 @@ class ModelHandlers:
         name = request.match_info["name"]
         info = await self._offload(self._repository.get_model, name)
         stats = await self._offload(self._repository.stats, name)
-        return web.json_response({**model_json(info), "stats": stats_json(stats)})
+        return web.json_response(model_detail_json(info, stats))
 
     async def list_versions(self, request: web.Request) -> web.Response:
         versions = await self._offload(self._repository.list_versions, request.match_info["name"])
@@ -74,8 +71,8 @@ class ModelHandlers:
 
     async def add_version(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        parent = query_int(request, "parent", minimum=1)
-        round = query_int(request, "round")
+        wanted = query(request, VersionQuery)
+        parent, round = wanted.parent, wanted.round
         metrics = json_header(request.headers, Headers.METRICS, NUMBERS)
         check_declared_length(request, self._config.max_blob_bytes)
         await self._offload(self._repository.get_model, name)  # 404 before any byte is read
@@ -164,7 +161,7 @@ class ModelHandlers:
         name, version = request.match_info["name"], request.match_info["version"]
         if version == "latest":
             return await self._offload(self._repository.latest, name)
-        return await self._offload(self._repository.get_version, name, int(version))
+        return await self._offload(self._repository.get_version, name, path_int(request, "version"))
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -24,13 +24,13 @@ from fedsim.monitor.promql import (
     finite,
     resource_queries,
 )
-from fedsim.real.server.bodies import query_int
+from fedsim.real.server.handlers.common import query
 from fedsim.real.server.history import FIELDS, HeartbeatHistory
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.schemas import MonitoringQuery
 
 log = logging.getLogger(__name__)
 
-MIN_WINDOW_S, MAX_WINDOW_S, DEFAULT_WINDOW_S = 10, 86_400, 900
 POINTS = 240  # samples per series from Prometheus, whatever the window
 
 
@@ -58,10 +58,8 @@ class MonitoringHandlers:
             await self._session.close()
 
     async def series(self, request: web.Request) -> web.Response:
-        window = query_int(request, "window", minimum=MIN_WINDOW_S, maximum=MAX_WINDOW_S)
-        window = DEFAULT_WINDOW_S if window is None else window
-        group = query_int(request, "group")
-        device = query_int(request, "device")
+        wanted = query(request, MonitoringQuery)
+        window, group, device = wanted.window, wanted.group, wanted.device
         records = await self._offload(self._registry.list, group=group)
         ids = [r.id for r in records if device is None or r.id == device]
         end = time.time()

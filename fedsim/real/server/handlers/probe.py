@@ -10,7 +10,10 @@ import time
 
 from aiohttp import web
 
+from fedsim.real.server.bodies import BodyReader
 from fedsim.real.server.errors import ApiError
+from fedsim.real.server.handlers.common import query
+from fedsim.real.server.schemas import ProbeQuery, ProbeUpload
 
 CHUNK = 256 * 1024
 
@@ -18,16 +21,13 @@ CHUNK = 256 * 1024
 class ProbeHandlers:
     """``GET /probe?bytes=N`` sends N bytes; ``PUT /probe`` reads and discards the body."""
 
-    def __init__(self, *, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, *, max_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0) -> None:
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def download(self, request: web.Request) -> web.StreamResponse:
-        raw = request.query.get("bytes", "1048576")
-        try:
-            nbytes = int(raw)
-        except ValueError:
-            raise ApiError(400, f"bytes must be an integer, got {raw!r}", field="bytes") from None
-        if not 0 <= nbytes <= self.max_bytes:
+        nbytes = query(request, ProbeQuery).bytes
+        if nbytes > self.max_bytes:
             raise ApiError(422, f"bytes must be in [0, {self.max_bytes}]", field="bytes")
         response = web.StreamResponse(
             headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
@@ -45,9 +45,8 @@ class ProbeHandlers:
 
     async def upload(self, request: web.Request) -> web.Response:
         start = time.monotonic()
-        received = 0
-        async for chunk in request.content.iter_chunked(CHUNK):
-            received += len(chunk)
-            if received > self.max_bytes:
-                raise ApiError(413, f"a probe upload may carry at most {self.max_bytes} bytes")
-        return web.json_response({"bytes": received, "seconds": time.monotonic() - start})
+        # The same limits as any upload: 413 past max_bytes, 408 when the bytes stall.
+        reader = BodyReader(request, limit=self.max_bytes, timeout_s=self.timeout_s, hash=False)
+        await reader.drain()
+        answer = ProbeUpload(bytes=reader.nbytes, seconds=time.monotonic() - start)
+        return web.json_response(answer.model_dump(mode="json"))

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from fedsim.core.registry import DeviceRegistry, DeviceState
 from fedsim.core.repository import InvalidModelFile
@@ -26,20 +24,20 @@ from fedsim.real.protocol import (
     Headers,
     RelayResult,
     RelayTask,
+    TaskFailure,
     TaskReceipt,
     UpdateMeta,
     UploadDataTask,
-    invalid,
     task_json,
 )
 from fedsim.real.server.auth import PRINCIPAL
-from fedsim.real.server.bodies import BodyReader, query_seconds, spool
+from fedsim.real.server.bodies import BodyReader, spool
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
-from fedsim.real.server.handlers.common import json_body, path_int
+from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import RELAY_RESULT, TASK_ERROR
+from fedsim.real.server.schemas import PollQuery
 from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
 
 
@@ -67,7 +65,7 @@ class TaskHandlers:
 
     async def poll(self, request: web.Request) -> web.Response:
         device = path_int(request, "id")
-        wait = query_seconds(request, "wait", default=0.0)
+        wait = query(request, PollQuery).wait
         if (await self._offload(self._registry.get, device)).state is DeviceState.REMOVED:
             raise ApiError(410, f"device {device} was removed")
         task = await self._take(device, min(wait, self._config.long_poll_max_s))
@@ -141,18 +139,14 @@ class TaskHandlers:
         task = self._task(request)
         if not isinstance(task.message, RelayTask):
             raise ApiError(409, f"task {task.id} is not a relay task")
-        body = await json_body(request, RELAY_RESULT, self._config)
-        try:
-            result = RelayResult.model_validate(body)
-        except ValidationError as e:
-            raise invalid(e) from None
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        result = await json_body(request, RelayResult, self._config)
+        canonical = result.model_dump_json()
         outcome = Outcome(
             task_id=task.id,
             device=task.device,
             received_at=self._board.clock(),
             timings=result.timings,
-            url=result.url,
+            url=None if result.url is None else str(result.url),
             # What a repeat of this result is compared by.
             sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         )
@@ -160,12 +154,12 @@ class TaskHandlers:
 
     async def error(self, request: web.Request) -> web.Response:
         task = self._task(request)
-        body = await json_body(request, TASK_ERROR, self._config)
+        body = await json_body(request, TaskFailure, self._config)
         outcome = Outcome(
             task_id=task.id,
             device=task.device,
             received_at=self._board.clock(),
-            error=body["reason"],
+            error=body.reason,
         )
         return self._file(task, outcome, status=200)
 
