@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from fedsim.core.topology import Topology
 from fedsim.real.resources import RegistryResources
 from fedsim.real.stores import ServerStores
 from fedsim.real.transport import HttpTransport
-from fedsim.runtimes import Needs
+from fedsim.runtimes import Needs, Runtime
 from fedsim.spec import ExperimentSpec
 
 
@@ -47,7 +48,7 @@ class ServerSession:
             channel=f"{self.channel}{next(self._count)}:",
         )
 
-    def resources(self, transport: HttpTransport) -> RegistryResources:  # type: ignore[override]
+    def resources(self, transport: HttpTransport) -> RegistryResources:
         profiles = {d: self.topology.devices[d].hardware for d in self.needs.clients}
         return RegistryResources(
             self.stores.registry,
@@ -69,3 +70,8 @@ class AttachedRuntime:
         yield ServerSession(
             stores=self.stores, topology=spec.topology, needs=needs, channel=self.channel
         )
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = AttachedRuntime

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsim.real.jobs import JobRunner
 from fedsim.real.launch import LocalCluster
-from fedsim.runtimes import Needs
+from fedsim.runtimes import Needs, Runtime
 from fedsim.runtimes.attached import ServerSession
 from fedsim.spec import ExperimentSpec
 
@@ -39,3 +40,8 @@ class LocalRuntime:
         ) as cluster:
             assert cluster.stores is not None
             yield ServerSession(stores=cluster.stores, topology=spec.topology, needs=needs)
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = LocalRuntime
