@@ -86,17 +86,20 @@ def compose_job(config: Mapping[str, Any]) -> DictConfig:
     known = isinstance(name, str) and (conf_dir() / "experiment" / f"{name}.yaml").is_file()
     try:
         base = compose([f"+experiment={name}"] if known else [])
-        return OmegaConf.merge(base, OmegaConf.create(dict(config)))  # type: ignore[return-value]
+        merged = OmegaConf.merge(base, OmegaConf.create(dict(config)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"config: {getattr(e, 'msg', None) or e}") from None
+    # Merging onto a DictConfig gives a DictConfig; OmegaConf's annotation allows a ListConfig.
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def as_container(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data, without Hydra's own node."""
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
-    out.pop("hydra", None)
-    return out
+    # str(): the keys are the schema's field names; OmegaConf annotates them as any key type.
+    return {str(k): v for k, v in out.items() if k != "hydra"}
 
 
 def _typed(where: str, node: Any, schema: type | None = None) -> Any:
@@ -179,7 +182,10 @@ def _strategy(where: str, node: Any) -> dict[str, Any]:
     """A strategy's config (``name`` and parameters), checked by building it once."""
     from fedsim.core.strategies.registry import make_strategy
 
-    c = dict(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(plain, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with a name, got {plain!r}")
+    c = dict(plain)
     if "name" not in c:
         raise ConfigError(f"{where}.name: missing")
     params = {k: v for k, v in c.items() if k != "name"}

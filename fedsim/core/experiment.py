@@ -93,7 +93,7 @@ def compare(
     *,
     repetitions: int,
     seed: int,
-    progress: Callable[[int], None] = lambda rep: None,
+    progress: Callable[[int], object] = lambda rep: None,
     real: RealWork = MODELLED,
 ) -> ComparisonOutcome:
     """``repetitions`` runs of both scenarios; formula (1) over them."""

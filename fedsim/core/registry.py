@@ -35,6 +35,7 @@ threads (an event loop and its executors).
 
 from __future__ import annotations
 
+import builtins
 import math
 import threading
 import time
@@ -242,13 +243,24 @@ class DeviceRegistry:
                 )
             if id_in_group is not None:
                 self._check_id_in_group(new_id, group, id_in_group)
-            fields = dict(description=description, id_in_group=id_in_group, profile=profile)
             if old is None:
                 record = DeviceRecord(
-                    id=new_id, group=group, labels=labels, registered_at=self._clock(), **fields
+                    id=new_id,
+                    group=group,
+                    description=description,
+                    id_in_group=id_in_group,
+                    profile=profile,
+                    labels=labels,
+                    registered_at=self._clock(),
                 )
             else:
-                record = replace(old, labels=labels, **fields)
+                record = replace(
+                    old,
+                    description=description,
+                    id_in_group=id_in_group,
+                    profile=profile,
+                    labels=labels,
+                )
             self._put(record)
             self._next_id = max(self._next_id, new_id + 1)
             return record.copy()
@@ -329,7 +341,8 @@ class DeviceRegistry:
                     counts[r.group] = counts.get(r.group, 0) + 1
             return dict(sorted(counts.items()))
 
-    def sweep(self, now: float | None = None) -> list[DeviceRecord]:
+    # builtins.list: inside the class, ``list`` is the method above.
+    def sweep(self, now: float | None = None) -> builtins.list[DeviceRecord]:
         """Move every device silent for longer than ``patience`` offline; returns those moved."""
         with self._lock:
             now = self._clock() if now is None else now

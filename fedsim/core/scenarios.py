@@ -63,7 +63,8 @@ def cloud_based(
     if failed or len(results) < len(tasks):
         raise ScenarioError(f"data upload failed: {failed or 'results missing'}")
     samples = n * len(results)
-    train = None if real.server_train is None else (lambda: real.server_train(samples))
+    server_train = real.server_train
+    train = None if server_train is None else (lambda: server_train(samples))
     transport.server_work(EventKind.TRAIN, Cost(flops=workload.train_flops(samples)), train)
     return transport.now() - t0
 

@@ -115,7 +115,7 @@ class HttpTransport(Transport):
             drop = drop and bool(self.rng.random() < self.faults.dropout)
             if drop:
                 message = message.model_copy(update={"drop": True})
-            if isinstance(message, RelayTask):
+            if isinstance(message, RelayTask) and isinstance(task.ins, RelayIns):
                 self._relays[message.id] = (task.device, task.ins.model, message.token)
             self.board.post(
                 PostedTask(
@@ -160,7 +160,7 @@ class HttpTransport(Transport):
             model = self._model(ins.model, ins.parameters)
             if ins.source is not None:
                 model = self._from_peer(ins.source, model)
-            message = FitTask(
+            fit = FitTask(
                 id=id,
                 model=model,
                 samples=int(ins.samples),
@@ -170,7 +170,7 @@ class HttpTransport(Transport):
                 update_nbytes=int(ins.update_nbytes),
                 config=_jsonable(ins.config),
             )
-            return message, ins.parameters
+            return fit, ins.parameters
         if isinstance(ins, UploadDataIns):
             return UploadDataTask(id=id, samples=int(ins.samples), nbytes=int(ins.nbytes)), None
         if isinstance(ins, RelayIns):
@@ -178,8 +178,8 @@ class HttpTransport(Transport):
             model = self._model(ins.model, ins.parameters)
             return RelayTask(id=id, model=model, token=secrets.token_urlsafe(24)), None
         if isinstance(ins, ForwardIns):
-            message = ForwardTask(id=id, nbytes=int(ins.nbytes), num_examples=int(ins.num_examples))
-            return message, None
+            forward = ForwardTask(id=id, nbytes=int(ins.nbytes), num_examples=int(ins.num_examples))
+            return forward, None
         raise TypeError(f"task {task.id}: unknown instruction {type(ins).__name__}")
 
     def _from_peer(self, source: int, model: TaskModel) -> TaskModel:

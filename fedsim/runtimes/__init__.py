@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -60,16 +60,22 @@ class Needs:
     store: bool = False  # keep the run's model versions in a repository
 
 
-class Session(Protocol):
+# The kind of transport a session makes; its resource view reads that kind only.
+TransportT = TypeVar("TransportT", bound=Transport)
+
+
+class Session(Protocol[TransportT]):
     """An open runtime: where one run's transports, resource view and model store come from."""
 
-    store: ModelRepository | None
+    @property
+    def store(self) -> ModelRepository | None:
+        """Where the run's model versions are kept; None when the run keeps none."""
 
-    def transport(self, topology: Topology, seed: np.random.SeedSequence) -> Transport:
+    def transport(self, topology: Topology, seed: np.random.SeedSequence) -> TransportT:
         """A fresh transport, its clock at zero, for one scenario run."""
 
-    def resources(self, transport: Transport) -> ResourceView:
-        """The scheduler's view of the devices behind ``transport``."""
+    def resources(self, transport: TransportT) -> ResourceView:
+        """The scheduler's view of the devices behind ``transport``, one this session made."""
 
 
 class Runtime(Protocol):
@@ -79,7 +85,7 @@ class Runtime(Protocol):
 
     def open(
         self, spec: ExperimentSpec, run_dir: Path, needs: Needs
-    ) -> AbstractContextManager[Session]:
+    ) -> AbstractContextManager[Session[Any]]:
         """The session of one run of ``spec``, writing what it keeps under ``run_dir``."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from fedsim.core.topology import Topology
 from fedsim.real.resources import RegistryResources
 from fedsim.real.stores import ServerStores
 from fedsim.real.transport import HttpTransport
-from fedsim.runtimes import Needs
+from fedsim.runtimes import Needs, Runtime
 from fedsim.spec import ExperimentSpec
 
 
@@ -60,7 +61,7 @@ class ServerSession:
             self.on_transport(transport)
         return transport
 
-    def resources(self, transport: HttpTransport) -> RegistryResources:  # type: ignore[override]
+    def resources(self, transport: HttpTransport) -> RegistryResources:
         profiles = {d: self.topology.devices[d].hardware for d in self.needs.clients}
         return RegistryResources(
             self.stores.registry,
@@ -94,3 +95,8 @@ class AttachedRuntime:
             faults=spec.faults,
             channel=self.channel,
         )
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = AttachedRuntime

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsim.real.faults import OutageDriver
 from fedsim.real.jobs import JobRunner
 from fedsim.real.launch import LocalCluster
 from fedsim.real.transport import HttpTransport
-from fedsim.runtimes import Needs
+from fedsim.runtimes import Needs, Runtime
 from fedsim.runtimes.attached import ServerSession
 from fedsim.spec import ExperimentSpec
 
@@ -60,3 +61,8 @@ class LocalRuntime:
                 faults=spec.faults,
                 on_transport=start_outages,
             )
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = LocalRuntime

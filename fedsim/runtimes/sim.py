@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository
 from fedsim.core.topology import Topology
-from fedsim.runtimes import Needs
+from fedsim.runtimes import Needs, Runtime
 from fedsim.sim.resources import SimResources
 from fedsim.sim.runtime import SimTransport
 from fedsim.spec import ExperimentSpec
@@ -27,7 +28,7 @@ class SimSession:
     def transport(self, topology: Topology, seed: np.random.SeedSequence) -> SimTransport:
         return SimTransport(topology, seed=seed, trainer=self.needs.trainer, faults=self.faults)
 
-    def resources(self, transport: SimTransport) -> SimResources:  # type: ignore[override]
+    def resources(self, transport: SimTransport) -> SimResources:
         return SimResources(transport, train_flops_per_sample=self.needs.train_flops_per_sample)
 
 
@@ -48,3 +49,8 @@ class SimRuntime:
         finally:
             if store is not None:
                 store.close()
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = SimRuntime

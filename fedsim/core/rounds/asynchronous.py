@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedsim.core.rounds.base import RoundProtocol
+from fedsim.core.rounds.base import RoundProtocol, accepted_updates
 from fedsim.core.runtime import NDArrays, TaskResult
 
 
@@ -108,7 +108,7 @@ class AsyncRounds(RoundProtocol):
         self.rejected.update(bad)
         if not accepted:
             return
-        u = r.update
+        [u] = accepted_updates(accepted)
         if u.parameters is not None and base is not None and fed.parameters is not None:
             moved = rebase(
                 fed.parameters, base, u.parameters, staleness, fed.config.staleness_exponent

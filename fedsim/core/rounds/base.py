@@ -57,7 +57,7 @@ class ClientWork:
 class Evaluation:
     """Server-side evaluation of a new version: ``fn(parameters)`` costs ``cost`` on the server."""
 
-    fn: Callable[[NDArrays | None], Mapping[str, float]]
+    fn: Callable[[NDArrays], Mapping[str, float]]
     cost: Cost = field(default_factory=Cost)
 
 
@@ -97,16 +97,22 @@ def aggregation_cost(strategy: Strategy, n: int, values: int, model_bytes: int) 
     return Cost(flops=2.0 * passes * values, memory_bytes=(n + 1) * model_bytes)
 
 
-def mean_loss(updates: Sequence[Update | None]) -> float | None:
+def mean_loss(updates: Sequence[Update]) -> float | None:
     """The example-weighted mean of the updates' training losses (None when none reported)."""
-    pairs = [
-        (u.metrics["loss"], u.num_examples)
-        for u in updates
-        if u is not None and "loss" in u.metrics
-    ]
+    pairs = [(u.metrics["loss"], u.num_examples) for u in updates if "loss" in u.metrics]
     if not pairs:
         return None
     return float(sum(x * n for x, n in pairs) / sum(n for _, n in pairs))
+
+
+def accepted_updates(results: Iterable[TaskResult]) -> list[Update]:
+    """The updates of results that :meth:`Federation.validate` accepted, which all carry one."""
+    updates = []
+    for r in results:
+        if r.update is None:
+            raise ValueError(f"task {r.task_id} of device {r.device} has no update to aggregate")
+        updates.append(r.update)
+    return updates
 
 
 # eq=False: a federation is one running thing, compared by identity; repr=False: its state
@@ -232,13 +238,7 @@ class Federation:
         reference = self.parameters if reference is None else reference
         accepted, rejected = [], {}
         for r in results:
-            reason = r.error
-            if reason is None and r.update is None:
-                reason = "no update"
-            if reason is None and r.update.parameters is not None and reference is not None:
-                reason = validate_update(
-                    reference, r.update.parameters, max_norm=self.config.max_update_norm
-                )
+            reason = r.error if r.error is not None else self._refusal(r.update, reference)
             if reason is None:
                 accepted.append(r)
                 self.reliability.accept(r.device)
@@ -248,6 +248,14 @@ class Federation:
                 self.reliability.reject(r.device)
         return accepted, rejected
 
+    def _refusal(self, update: Update | None, reference: NDArrays | None) -> str | None:
+        """Why ``update`` fails the checks against ``reference``; None when it passes."""
+        if update is None:
+            return "no update"
+        if update.parameters is None or reference is None:
+            return None  # a timing-only update, or no model yet: no arrays to compare
+        return validate_update(reference, update.parameters, max_norm=self.config.max_update_norm)
+
     def _observe(self, r: TaskResult) -> None:
         """Remember what selection and balancing use: duration, speed, statistical utility.
 
@@ -255,12 +263,14 @@ class Federation:
         overrides the profiled or reported throughput: it is what the device really delivered.
         """
         self._duration[r.device] = r.finished - r.started
-        if r.update is not None and r.finished > r.started:
-            self._rate[r.device] = r.update.num_examples / (r.finished - r.started)
-        metrics = r.update.metrics if r.update else {}
-        loss = metrics.get("loss_rms", metrics.get("loss"))
+        u = r.update
+        if u is None:
+            return
+        if r.finished > r.started:
+            self._rate[r.device] = u.num_examples / (r.finished - r.started)
+        loss = u.metrics.get("loss_rms", u.metrics.get("loss"))
         if loss is not None:
-            self._utility[r.device] = r.update.num_examples * float(loss)
+            self._utility[r.device] = u.num_examples * float(loss)
 
     def lost(self, expected: Iterable[int], results: Iterable[TaskResult]) -> dict[int, str]:
         """The ``expected`` devices with no result, each counted against its reliability."""
@@ -288,10 +298,14 @@ class Federation:
             return {}
         if not force and (rnd + 1) % self.config.eval_every:
             return {}
-        ev = self.evaluation
+        ev, parameters = self.evaluation, self.parameters
+        if parameters is None:
+            raise ValueError(
+                "server-side evaluation needs the model's parameters, and this run has none "
+                "(its updates carry no arrays: a timing-only workload)"
+            )
         return dict(
-            self.transport.server_work(EventKind.EVALUATE, ev.cost, lambda: ev.fn(self.parameters))
-            or {}
+            self.transport.server_work(EventKind.EVALUATE, ev.cost, lambda: ev.fn(parameters)) or {}
         )
 
     def finish_round(
@@ -306,30 +320,30 @@ class Federation:
     ) -> RoundReport:
         """Aggregate, evaluate and publish when ``min_fit`` updates were accepted; record it."""
         cfg = self.config
-        report = dict(
-            round=rnd,
-            started=started,
-            selected=tuple(selected),
-            completed=tuple(r.device for r in accepted),
-            failures=failures,
-            rejected=rejected,
-            train_loss=mean_loss([r.update for r in accepted]),
-            staleness=staleness,
-        )
-        if len(accepted) < cfg.min_fit:
-            log.warning("round %d failed: %d updates < min_fit %d", rnd, len(accepted), cfg.min_fit)
-            return self.record(RoundReport(**report, finished=self.transport.now()))
-        self.aggregate([r.update for r in accepted])
-        metrics = self.evaluate(rnd, force=rnd == cfg.rounds - 1)
-        if self.publish is not None:
-            self.publish(self.model, self.parameters, rnd, metrics)
+        updates = accepted_updates(accepted)
+        aggregated = len(updates) >= cfg.min_fit
+        metrics: dict[str, float] = {}
+        if aggregated:
+            self.aggregate(updates)
+            metrics = self.evaluate(rnd, force=rnd == cfg.rounds - 1)
+            if self.publish is not None:
+                self.publish(self.model, self.parameters, rnd, metrics)
+        else:
+            log.warning("round %d failed: %d updates < min_fit %d", rnd, len(updates), cfg.min_fit)
         return self.record(
             RoundReport(
-                **report,
+                round=rnd,
+                started=started,
                 finished=self.transport.now(),
-                aggregated=True,
-                version=self.model,
+                selected=tuple(selected),
+                completed=tuple(r.device for r in accepted),
+                failures=failures,
+                rejected=rejected,
+                aggregated=aggregated,
+                version=self.model if aggregated else None,
+                train_loss=mean_loss(updates),
                 metrics=metrics,
+                staleness=staleness,
             )
         )
 

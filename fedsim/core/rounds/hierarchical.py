@@ -12,7 +12,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from fedsim.core.rounds.base import Federation, aggregation_cost, mean_loss
+from fedsim.core.rounds.base import Federation, accepted_updates, aggregation_cost, mean_loss
 from fedsim.core.rounds.sync import Collected, SyncRounds
 from fedsim.core.runtime import ForwardIns, NDArrays, RelayIns, Task, TaskResult, Update
 from fedsim.core.strategies.base import Strategy
@@ -150,7 +150,7 @@ class _GroupRound:
         if not accepted:
             return
         rule = self.rules[g]
-        update = combine(rule, fed.parameters, [r.update for r in accepted])
+        update = combine(rule, fed.parameters, accepted_updates(accepted))
         self.combined[g] = update
         cost = aggregation_cost(rule, len(accepted), fed.work.state_values, fed.model.nbytes)
         tid = f"r{self.rnd}-forward-g{g}"

@@ -55,11 +55,14 @@ def weighted_average(pairs: Iterable[tuple[NDArrays, float]]) -> NDArrays:
     return acc.average()
 
 
-def updates_with_arrays(updates: Sequence[Update], who: str) -> list[Update] | None:
-    """The updates, checked to all carry arrays; None when none does (a timing-only round)."""
+def updates_with_arrays(
+    updates: Sequence[Update], who: str
+) -> list[tuple[Update, NDArrays]] | None:
+    """Each update with its arrays, checked to all carry some; None when none does (a
+    timing-only round)."""
     if not updates:
         raise ValueError(f"{who} needs at least one update")
-    with_arrays = [u for u in updates if u.parameters is not None]
+    with_arrays = [(u, u.parameters) for u in updates if u.parameters is not None]
     if not with_arrays:
         return None
     if len(with_arrays) != len(updates):

@@ -55,9 +55,7 @@ class Clipped(Strategy):
         if current is None:
             raise ValueError("clipping needs the current parameters to measure each update's move")
         clipped = [
-            dataclasses.replace(
-                u, parameters=clip_update(u.parameters, current, max_norm=self.max_norm)
-            )
-            for u in with_arrays
+            dataclasses.replace(u, parameters=clip_update(arrays, current, max_norm=self.max_norm))
+            for u, arrays in with_arrays
         ]
         return self.inner.aggregate_fit(current, clipped)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.core.strategies.fedopt import FedOpt
+from fedsim.core.strategies.fedopt import FedOpt, check_beta
 
 
 class FedAdam(FedOpt):
@@ -21,7 +21,8 @@ class FedAdam(FedOpt):
     def __init__(
         self, *, eta: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
-        super().__init__(eta=eta, beta1=beta1, tau=tau, beta2=beta2)
+        super().__init__(eta=eta, beta1=beta1, tau=tau)
+        self.beta2 = check_beta("beta2", beta2)
 
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         return self.beta2 * v + (1.0 - self.beta2) * delta_sq

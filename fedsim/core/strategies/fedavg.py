@@ -22,12 +22,12 @@ class FedAvg(Strategy):
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         if not updates:
             raise ValueError("FedAvg needs at least one update")
-        with_arrays = [u for u in updates if u.parameters is not None]
+        with_arrays = [(u, u.parameters) for u in updates if u.parameters is not None]
         if not with_arrays:
             return None
         if len(with_arrays) != len(updates):
             raise ValueError("some updates carry parameters and some do not")
         acc = WeightedSum()
-        for u in with_arrays:
-            acc.add(u.parameters, float(u.num_examples))
+        for u, arrays in with_arrays:
+            acc.add(arrays, float(u.num_examples))
         return acc.average()

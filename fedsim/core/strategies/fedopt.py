@@ -24,21 +24,23 @@ from fedsim.core.strategies.aggregate import WeightedSum, updates_with_arrays
 from fedsim.core.strategies.base import Strategy
 
 
+def check_beta(name: str, value: float) -> float:
+    """``value`` as a float, checked to be a decay rate in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
 class FedOpt(Strategy):
     """The shared server step; subclasses say how ``v`` absorbs ``delta^2``."""
 
-    def __init__(self, *, eta: float, beta1: float, tau: float, beta2: float | None = None) -> None:
+    def __init__(self, *, eta: float, beta1: float, tau: float) -> None:
         if eta <= 0:
             raise ValueError(f"eta must be > 0, got {eta}")
-        if not 0.0 <= beta1 < 1.0:
-            raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
+        self.beta1 = check_beta("beta1", beta1)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        if beta2 is not None and not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
-        self.beta2 = None if beta2 is None else float(beta2)  # Adam and Yogi; Adagrad has none
         self.eta = float(eta)
-        self.beta1 = float(beta1)
         self.tau = float(tau)
         # float64 state: v sums squares round after round, which float32 would round away.
         self._m: dict[str, np.ndarray] | None = None
@@ -55,8 +57,8 @@ class FedOpt(Strategy):
         if current is None:
             raise ValueError(f"{self.name} needs the current parameters to form a pseudo-gradient")
         acc = WeightedSum()
-        for u in with_arrays:
-            acc.add(u.parameters, float(u.num_examples))
+        for u, arrays in with_arrays:
+            acc.add(arrays, float(u.num_examples))
         # float64: the pseudo-gradient is a small difference of large numbers.
         mean = acc.average(np.float64)
         if mean.keys() != current.keys():

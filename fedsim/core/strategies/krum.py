@@ -42,7 +42,7 @@ class Krum(Strategy):
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
             return None
-        arrays = [u.parameters for u in with_arrays]
+        arrays = [a for _, a in with_arrays]
         best = int(np.argmin(krum_scores(arrays, f=self.f)))
         return {k: np.asarray(v, dtype=np.float32).copy() for k, v in arrays[best].items()}
 
@@ -68,7 +68,7 @@ class MultiKrum(Strategy):
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
             return None
-        arrays = [u.parameters for u in with_arrays]
+        arrays = [a for _, a in with_arrays]
         scores = krum_scores(arrays, f=self.f)
         n = len(arrays)
         m = n - self.f if self.m is None else self.m

@@ -23,4 +23,4 @@ class Median(Strategy):
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
             return None
-        return coordinate_median([u.parameters for u in with_arrays])
+        return coordinate_median([arrays for _, arrays in with_arrays])

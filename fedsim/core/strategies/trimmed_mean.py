@@ -29,4 +29,4 @@ class TrimmedMean(Strategy):
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
             return None
-        return trimmed_mean([u.parameters for u in with_arrays], beta=self.beta)
+        return trimmed_mean([arrays for _, arrays in with_arrays], beta=self.beta)
