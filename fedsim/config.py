@@ -180,17 +180,14 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
 
 def _strategy(where: str, node: Any) -> dict[str, Any]:
     """A strategy's config (``name`` and parameters), checked by building it once."""
-    from fedsim.core.strategies.registry import make_strategy
+    from fedsim.core.strategies.registry import strategy_from
 
     plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     if not isinstance(plain, Mapping):
         raise ConfigError(f"{where}: must be a mapping with a name, got {plain!r}")
     c = dict(plain)
-    if "name" not in c:
-        raise ConfigError(f"{where}.name: missing")
-    params = {k: v for k, v in c.items() if k != "name"}
     try:
-        make_strategy(c["name"], **params)
+        strategy_from(c)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return c

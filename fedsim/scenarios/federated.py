@@ -28,8 +28,7 @@ from fedsim.core.selection import (
     ResourceAware,
     SelectionPolicy,
 )
-from fedsim.core.strategies.base import Strategy
-from fedsim.core.strategies.registry import make_strategy
+from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import ModelSpec
 from fedsim.runtimes import Needs, Runtime, Shards
@@ -106,8 +105,10 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
         coordinator = Coordinator(
             transport=transport,
-            strategy=_strategy(spec.strategy),
-            group_strategy=None if spec.group_strategy is None else _strategy(spec.group_strategy),
+            strategy=strategy_from(spec.strategy),
+            group_strategy=None
+            if spec.group_strategy is None
+            else strategy_from(spec.group_strategy),
             work=ClientWork(
                 samples=samples,
                 train_flops_per_sample=float(model.train_flops),
@@ -159,10 +160,6 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         failures=failures,
         assumptions=_assumptions(spec, model),
     )
-
-
-def _strategy(c: Any) -> Strategy:
-    return make_strategy(c["name"], **{k: v for k, v in c.items() if k != "name"})
 
 
 def selector(name: str, model_bytes: float) -> SelectionPolicy:

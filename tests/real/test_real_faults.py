@@ -180,11 +180,11 @@ def test_dropped_devices_miss_the_deadline_the_others_aggregate_and_rounds_go_on
     seed = next(
         s
         for s in range(1000)
-        if (draws := np.random.default_rng(s).random(8) < dropout)[:4].any()
+        if (draws := FaultPlan.dropout_draws(s).random(8) < dropout)[:4].any()
         and not draws[:4].all()
         and not draws[4:].any()
     )
-    draws = np.random.default_rng(seed).random(4) < dropout
+    draws = FaultPlan.dropout_draws(seed).random(4) < dropout
     dropped = {d for d, gone in zip(CLIENTS, draws, strict=True) if gone}
     coord = coordinator(
         cluster,

@@ -14,6 +14,7 @@ from fedsim.core.faults import FaultPlan, LinkChange, Outage
 from fedsim.core.runtime import Cost, ModelRef, Update
 from fedsim.core.strategies.fedadam import FedAdam
 from fedsim.core.strategies.fedavg import FedAvg
+from fedsim.core.strategies.krum import Krum
 from fedsim.core.strategies.median import Median
 from fedsim.core.topology import Device, Group, Topology
 from fedsim.sim.runtime import SimTransport
@@ -230,6 +231,22 @@ def test_group_strategy_combines_groups_and_the_strategy_the_cloud():
     assert sorted(float(u.parameters["w"][0]) for u in updates) == [1.0, 2.5]
     assert [u.num_examples for u in updates] == [300, 300]
     np.testing.assert_allclose(coord.parameters["w"], (1.0 + 2.5) / 2, rtol=1e-6)
+
+
+def test_a_group_whose_rule_cannot_combine_sends_nothing_and_the_round_goes_on():
+    # Prepare: Krum needs n >= 2f + 3 updates; each group has 3 members, so with f = 1 no
+    # group can combine.
+    coord, clients = coordinator(
+        two_groups(per_group=3),
+        config=FederatedConfig(rounds=1, hierarchical=True),
+        group_strategy=Krum(f=1),
+    )
+    # Execute
+    [report] = coord.run(clients)
+    # Assert: nothing reached the cloud; every device says why.
+    assert not report.aggregated and report.completed == ()
+    assert set(report.failures) == set(clients)
+    assert all("could not combine" in why for why in report.failures.values())
 
 
 def test_stateful_group_rules_keep_their_own_state():

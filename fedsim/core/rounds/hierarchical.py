@@ -150,7 +150,14 @@ class _GroupRound:
         if not accepted:
             return
         rule = self.rules[g]
-        update = combine(rule, fed.parameters, accepted_updates(accepted))
+        try:
+            update = combine(rule, fed.parameters, accepted_updates(accepted))
+        except ValueError as e:
+            # The group's rule cannot combine what arrived (Krum with too few members, say):
+            # the group sends nothing this round, as a group that missed its deadline.
+            for r in accepted:
+                self.failures[r.device] = f"group {g} could not combine its updates: {e}"
+            return
         self.combined[g] = update
         cost = aggregation_cost(rule, len(accepted), fed.work.state_values, fed.model.nbytes)
         tid = f"r{self.rnd}-forward-g{g}"

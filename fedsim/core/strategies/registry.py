@@ -8,6 +8,7 @@ is an error that lists the accepted ones, never a silent default.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from fedsim.core.strategies.base import Strategy
@@ -63,6 +64,13 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     if clip_norm is None:
         return strategy
     return Clipped(inner=strategy, max_norm=clip_norm)
+
+
+def strategy_from(config: Mapping[str, Any]) -> Strategy:
+    """A new strategy from its config: ``name`` and the strategy's parameters."""
+    if "name" not in config:
+        raise ValueError("name: missing")
+    return make_strategy(config["name"], **{k: v for k, v in config.items() if k != "name"})
 
 
 def _class(name: str) -> type[Strategy]:
