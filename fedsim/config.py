@@ -31,6 +31,7 @@ from fedsim.core.topology import (
     TopologyError,
 )
 from fedsim.core.workload import DatasetSpec, WorkloadSpec
+from fedsim.runtimes import RUNTIMES
 from fedsim.schema import (
     Config,
     FLConf,
@@ -46,7 +47,9 @@ from fedsim.spec import ExperimentSpec
 GB = 1e9
 MB = 1e6
 KINDS = ("comparison", "federated")
-MODES = ("sim", "real")  # what a config may ask for; "attached" is a server's jobs' runtime
+# What a config may ask for: every registered runtime but "attached", which runs a server's
+# jobs over the stores it is handed (mode.server_url sends an experiment there).
+MODES = tuple(name for name in RUNTIMES if name != "attached")
 PARTITIONS = ("dirichlet", "iid")
 
 
