@@ -62,3 +62,37 @@ def star(n_clients=2, *, access=None, uplink=None, server_tflops=10.0, client_tf
             link=access or fast,
         )
     return Topology("star", groups, devices)
+
+
+def grouped(members, *, uplink=None, access=None, client_hardware=None, name="two_groups"):
+    """A server in group 0 and devices in edge groups: ``members`` maps device -> group.
+
+    ``uplink`` joins each edge group to the backbone and ``access`` each device to its group
+    (both effectively free by default); ``client_hardware(device)`` picks a device's profile.
+    """
+    fast = link("fast", 1e6)
+    edge = sorted(set(members.values()))
+    groups = {0: Group(id=0, description="cloud", uplink=fast)}
+    groups.update({g: Group(id=g, description=f"g{g}", uplink=uplink or fast) for g in edge})
+    devices = {
+        0: Device(
+            id=0,
+            description="server",
+            group=0,
+            id_in_group=0,
+            role="server",
+            hardware=hardware("srv", 10.0),
+            link=fast,
+        )
+    }
+    for d, g in members.items():
+        devices[d] = Device(
+            id=d,
+            description=f"d{d}",
+            group=g,
+            id_in_group=d,
+            role="trainer",
+            hardware=client_hardware(d) if client_hardware else hardware("cli", 1.0),
+            link=access or fast,
+        )
+    return Topology(name, groups, devices)

@@ -148,9 +148,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     events = tuple(transport.events)
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
-    summary = _summary(spec, rows.rows, samples, elapsed, repository, rows.dropped, len(events))
-    summary["updates_lost"] = sum(len(r.failures) for r in history)
-    summary["updates_rejected"] = sum(len(r.rejected) for r in history)
+    summary = _summary(spec, rows, history, samples, elapsed, repository, len(events))
     return RunResult(
         kind=FEDERATED,
         summary=summary,
@@ -246,14 +244,14 @@ def _to_target(rows: list[RoundRow], target: float | None) -> tuple[int | None, 
 
 def _summary(
     spec: ExperimentSpec,
-    rows: list[RoundRow],
+    made: _RoundRows,
+    history: list[RoundReport],
     samples: dict[int, int],
     elapsed: float,
     repository: dict[str, Any] | None,
-    dropped: int,
     recorded: int,
 ) -> dict[str, Any]:
-    fl, workload = spec.fl, spec.workload
+    fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
     round_to_target, time_to_target = _to_target(rows, fl.target_accuracy)
     return {
@@ -276,9 +274,11 @@ def _summary(
         "simulated_time_s": elapsed,
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
+        "updates_lost": sum(len(r.failures) for r in history),
+        "updates_rejected": sum(len(r.rejected) for r in history),
         "repository": repository,
         "events_recorded": recorded,
-        "events_not_recorded": dropped,
+        "events_not_recorded": made.dropped,
         "workload": {
             "name": spec.workload_name,
             "model": model_summary(workload.model),

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from topologies import hardware, link
+from topologies import grouped
 
 from fedsim.core.coordinator import ClientWork, Coordinator, FederatedConfig
 from fedsim.core.events import EventKind
@@ -23,7 +23,7 @@ from fedsim.core.faults import FaultPlan, Outage
 from fedsim.core.registry import DeviceState
 from fedsim.core.runtime import ModelRef
 from fedsim.core.strategies.fedavg import FedAvg
-from fedsim.core.topology import Device, Group, Topology
+from fedsim.core.topology import Topology
 from fedsim.ml.data import load_digits_split
 from fedsim.ml.spec import model_spec
 from fedsim.ml.train import TorchTrainer
@@ -39,30 +39,7 @@ MODEL = "digits_cnn"
 
 
 def topology() -> Topology:
-    fast = link("fast", 1e6)
-    groups = {g: Group(id=g, description=f"group {g}", uplink=fast) for g in (0, 1, 2)}
-    devices = {
-        0: Device(
-            id=0,
-            description="server",
-            group=0,
-            id_in_group=0,
-            role="server",
-            hardware=hardware("srv"),
-            link=fast,
-        )
-    }
-    for d, g in GROUPS.items():
-        devices[d] = Device(
-            id=d,
-            description=f"d{d}",
-            group=g,
-            id_in_group=d,
-            role="trainer",
-            hardware=hardware("cli"),
-            link=fast,
-        )
-    return Topology("two_groups", groups, devices)
+    return grouped(GROUPS)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from topologies import hardware, link, star
+from topologies import grouped, hardware, link, star
 
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, FederatedConfig
 from fedsim.core.events import EventKind
@@ -16,7 +16,6 @@ from fedsim.core.strategies.fedadam import FedAdam
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.strategies.krum import Krum
 from fedsim.core.strategies.median import Median
-from fedsim.core.topology import Device, Group, Topology
 from fedsim.sim.runtime import SimTransport
 
 TARGETS = {d: np.full(4, float(d), np.float32) for d in range(1, 21)}
@@ -30,36 +29,13 @@ def pull_trainer(dev, ins):
 
 def two_groups(per_group=2, slow=()):
     """Server in group 0; devices 1..n in groups 1 and 2 behind 10 MB/s uplinks."""
-    fast, wan = link("fast", 1e6), link("wan", 10.0, latency_s=0.001)
-    groups = {
-        0: Group(id=0, description="cloud", uplink=fast),
-        1: Group(id=1, description="g1", uplink=wan),
-        2: Group(id=2, description="g2", uplink=wan),
-    }
-    devices = {
-        0: Device(
-            id=0,
-            description="server",
-            group=0,
-            id_in_group=0,
-            role="server",
-            hardware=hardware("srv", 10.0),
-            link=fast,
-        )
-    }
-    for i in range(1, 2 * per_group + 1):
-        g = 1 if i <= per_group else 2
-        hw = hardware("slow", 0.1) if i in slow else hardware("cli", 1.0)
-        devices[i] = Device(
-            id=i,
-            description=f"d{i}",
-            group=g,
-            id_in_group=i,
-            role="trainer",
-            hardware=hw,
-            link=link("lan", 100.0),
-        )
-    return Topology("two_groups", groups, devices)
+    n = 2 * per_group
+    return grouped(
+        {i: 1 if i <= per_group else 2 for i in range(1, n + 1)},
+        uplink=link("wan", 10.0, latency_s=0.001),
+        access=link("lan", 100.0),
+        client_hardware=lambda i: hardware("slow", 0.1) if i in slow else hardware("cli", 1.0),
+    )
 
 
 def coordinator(topo, *, config, faults=None, trainer=pull_trainer, samples=100, **kw):
