@@ -2,28 +2,63 @@
 
 ``python -m fedsim`` (the composition root in :mod:`fedsim.__main__`), the jobs a server runs
 (:class:`Jobs`, handed to ``fedsim server``) and the tests all run experiments through
-:func:`run` and write them with :func:`fedsim.report.write.write_run`.
+:func:`run` and write them with :func:`fedsim.report.write.write_run`. A run over a measured
+runtime is simulated again (:func:`predict`), so that its result says how far the simulator's
+prediction of it is.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
-from fedsim.core.results import RunResult
+from fedsim.core import fidelity
+from fedsim.core.results import COMPARISON, RunResult
 from fedsim.real.stores import ServerStores
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
 from fedsim.spec import ExperimentSpec
 
+log = logging.getLogger(__name__)
+
 
 def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = None) -> RunResult:
     """Run ``spec`` over ``rt``; what the run keeps (repository, agents' logs) goes in
-    ``run_dir``. The result is not written: see :func:`run_and_write`."""
-    return scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
+    ``run_dir``. A measured run comes with its prediction (:func:`predict`). The result is not
+    written: see :func:`run_and_write`."""
+    result = scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
+    return predict(spec, result) if rt.measured else result
+
+
+def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
+    """``measured`` with the simulator's prediction of it: ``spec`` (same seed, clients, faults,
+    strategy and profiles) run in the simulator, its rows paired with the measured ones
+    (``fidelity``) and their error statistics in the summary (``summary["fidelity"]``).
+
+    The simulation keeps nothing: it runs in a temporary directory, without a progress bar. A
+    comparison measured a scaled job (``workload.scale``); the simulator predicts that job and
+    leaves out the crossover grid, which the measured run has already.
+    """
+    sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
+    if spec.kind == COMPARISON:
+        from fedsim.scenarios.comparison import measured_workload
+
+        sim_spec = replace(sim_spec, workload=measured_workload(spec), scale=None, crossover=None)
+    log.info("simulating the measured run to predict it")
+    with tempfile.TemporaryDirectory(prefix="fedsim-prediction-") as tmp:
+        predicted = scenario(spec.kind)(sim_spec, runtime("sim"), Path(tmp), Hooks(progress=False))
+    if spec.kind == COMPARISON:
+        records = fidelity.pair_repetitions(predicted.rows, measured.rows)  # type: ignore[arg-type]
+    else:
+        records = fidelity.pair_rounds(predicted.rows, measured.rows)  # type: ignore[arg-type]
+    profiles = fidelity.profile_kinds(spec.topology, (spec.topology.server, *spec.clients))
+    block = fidelity.summary(records, profiles)
+    return replace(measured, summary={**measured.summary, "fidelity": block}, fidelity=records)
 
 
 def run_and_write(

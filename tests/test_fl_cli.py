@@ -46,6 +46,9 @@ def test_fl_digits_reaches_90_percent_within_20_rounds(strategy: str, tmp_path: 
     assert len(per_round) == 20
     assert float(per_round[-1]["finished_s"]) == pytest.approx(s["simulated_time_s"])
     assert {p.name for p in (d / "plots").glob("*.png")} >= {"accuracy_time.png"}
+    # A simulated run is the prediction: it has none of a measured run's fidelity outputs.
+    assert "fidelity" not in s and not (d / "fidelity.csv").exists()
+    assert not (d / "plots" / "fidelity.png").exists()
 
 
 def test_rounds_with_30_percent_dropout_end_within_their_deadline(tmp_path: Path):

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedsim.core.critical_path import critical_path
 from fedsim.core.events import Event
+from fedsim.core.fidelity import Fidelity
 
 CLOUD = "cloud_based"  # t_ref: the devices ship their data, the cloud server trains
 CLIENT = "client_based"  # t_new: one federated round on the devices
@@ -117,7 +118,8 @@ class RunResult:
     ``rows`` are the comparison's repetitions x scenarios or the federated rounds; ``events``
     one log per (repetition, scenario). ``crossover`` belongs to the comparison;
     ``label_counts`` (each client's samples per class) and ``failures`` ((round, device,
-    reason) for every lost or rejected update) to federated runs.
+    reason) for every lost or rejected update) to federated runs. ``fidelity`` pairs a measured
+    run's rows with the simulator's prediction of them; empty for a simulated run.
     """
 
     kind: str  # COMPARISON or FEDERATED
@@ -129,6 +131,7 @@ class RunResult:
     crossover_link: str = ""
     label_counts: dict[int, list[int]] = field(default_factory=dict)
     failures: list[tuple[int, int, str]] = field(default_factory=list)
+    fidelity: list[Fidelity] = field(default_factory=list)
 
     def all_events(self) -> list[Event]:
         """Every event of every log, in order."""

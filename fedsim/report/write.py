@@ -1,7 +1,8 @@
 """Write a run's directory, whichever scenario ran: the one writer of run directories.
 
 ``summary.json``, ``runs.csv`` (repetitions or rounds), ``events.csv``, ``crossover.csv`` when
-the comparison swept one, ``plots/*.png``, and ``report.md`` with its ``report.html``. What
+the comparison swept one, ``fidelity.csv`` when a measured run was predicted,
+``plots/*.png``, and ``report.md`` with its ``report.html``. What
 differs by scenario (which table, which plots, which report text) is looked up by the result's
 ``kind``.
 """
@@ -19,6 +20,7 @@ import pandas as pd
 from fedsim.core.results import COMPARISON, FEDERATED, RunResult
 from fedsim.report.federated import rounds_frame, write_federated_plots
 from fedsim.report.federated_markdown import render_federated_report
+from fedsim.report.fidelity import write_fidelity
 from fedsim.report.html import write_report
 from fedsim.report.markdown import render_report
 from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
@@ -103,4 +105,7 @@ def write_run(run_dir: Path, result: RunResult) -> None:
     events_frame(result.events).to_csv(run_dir / "events.csv", index=False)
     rows, text = SCENARIO_REPORTS[result.kind](result, run_dir)
     rows.to_csv(run_dir / "runs.csv", index=False)
+    fidelity = write_fidelity(result, run_dir, run_dir / PLOTS_DIR)
+    if fidelity:
+        text = text.rstrip("\n") + "\n\n" + fidelity + "\n"
     write_report(run_dir / "report.md", text)

@@ -213,6 +213,11 @@ def _scaled(spec: ExperimentSpec) -> _Scaled:
     return _Scaled(small, summary, notes)
 
 
+def measured_workload(spec: ExperimentSpec) -> WorkloadSpec:
+    """The workload a measured runtime runs for ``spec``: the scaled job, or the full one."""
+    return _scaled(spec).workload
+
+
 def _real_work(spec: ExperimentSpec, workload: WorkloadSpec) -> RealWork:
     """Training for real: the server's own training and the model the clients start from."""
     from fedsim.ml.data import synthetic_imagenet
