@@ -109,22 +109,35 @@ class Fidelity:
         return row
 
 
-def _times(predicted: Split, measured: Split) -> dict[str, float]:
-    out = {"predicted_s": predicted.total_s, "measured_s": measured.total_s}
-    for c in COMPONENTS:
-        out[f"predicted_{c}_s"] = getattr(predicted, f"{c}_s")
-        out[f"measured_{c}_s"] = getattr(measured, f"{c}_s")
-    return out
+def _record(
+    predicted: Split,
+    measured: Split,
+    *,
+    round: int | None = None,
+    repetition: int | None = None,
+    scenario: str | None = None,
+) -> Fidelity:
+    return Fidelity(
+        round=round,
+        repetition=repetition,
+        scenario=scenario,
+        predicted_s=predicted.total_s,
+        measured_s=measured.total_s,
+        predicted_transfer_s=predicted.transfer_s,
+        measured_transfer_s=measured.transfer_s,
+        predicted_compute_s=predicted.compute_s,
+        measured_compute_s=measured.compute_s,
+        predicted_aggregation_s=predicted.aggregation_s,
+        measured_aggregation_s=measured.aggregation_s,
+        predicted_waiting_s=predicted.waiting_s,
+        measured_waiting_s=measured.waiting_s,
+    )
 
 
 def pair_rounds(predicted: Sequence[RoundSplit], measured: Sequence[RoundSplit]) -> list[Fidelity]:
     """One record per round present in both, in the measured run's order."""
     by_round = {r.round: r for r in predicted}
-    return [
-        Fidelity(round=m.round, **_times(by_round[m.round], m))
-        for m in measured
-        if m.round in by_round
-    ]
+    return [_record(by_round[m.round], m, round=m.round) for m in measured if m.round in by_round]
 
 
 def pair_repetitions(
@@ -133,7 +146,7 @@ def pair_repetitions(
     """One record per (repetition, scenario) present in both, in the measured run's order."""
     by_key = {(r.repetition, r.scenario): r for r in predicted}
     return [
-        Fidelity(repetition=m.repetition, scenario=m.scenario, **_times(by_key[key], m))
+        _record(by_key[key], m, repetition=m.repetition, scenario=m.scenario)
         for m in measured
         if (key := (m.repetition, m.scenario)) in by_key
     ]

@@ -25,7 +25,6 @@ from fedsim.report.tables import SCENARIO_LABELS
 CSV_NAME = "fidelity.csv"
 PLOT_NAME = "fidelity.png"
 WORST_LISTED = 3  # rounds with the largest error of the round time the section names
-LABELS = {"round": "round time", **{c: c for c in COMPONENTS}}
 ROUND_COLOR = "black"
 TICKS_LABELLED_MAX = 12  # more comparison rows: their labels would collide
 
@@ -37,6 +36,10 @@ def fidelity_frame(records: Sequence[Fidelity]) -> pd.DataFrame:
     errors = [c for c in frame.columns if c.endswith("abs_rel_error")]
     frame[errors] = frame[errors].astype(float)
     return frame
+
+
+def _total_label(records: Sequence[Fidelity]) -> str:
+    return "round time" if records[0].round is not None else "scenario time"
 
 
 def _key(record: Fidelity) -> str:
@@ -54,8 +57,10 @@ def plot_fidelity(records: Sequence[Fidelity], path: Path) -> Path:
     fig = new_figure(figsize=(11.0, 4.6))
     rows_ax, scatter_ax = fig.subplots(1, 2)
 
-    rows_ax.plot(x, frame["measured_s"], "o-", color=ROUND_COLOR, label="measured")
-    rows_ax.plot(x, frame["predicted_s"], "s--", color="tab:orange", label="predicted (sim)")
+    # Rounds follow each other; a comparison's rows are separate runs, not joined by a line.
+    line, dashed = ("-", "--") if rounds else ("", "")
+    rows_ax.plot(x, frame["measured_s"], f"o{line}", color=ROUND_COLOR, label="measured")
+    rows_ax.plot(x, frame["predicted_s"], f"s{dashed}", color="tab:orange", label="predicted (sim)")
     if rounds:
         rows_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         rows_ax.set_xlabel("round")
@@ -71,7 +76,7 @@ def plot_fidelity(records: Sequence[Fidelity], path: Path) -> Path:
     rows_ax.set_title(f"Each {'round' if rounds else 'row'}: predicted and measured")
     rows_ax.legend()
 
-    series = [("", "round time", ROUND_COLOR, "o")] + [
+    series = [("", _total_label(records), ROUND_COLOR, "o")] + [
         (f"_{c}", *PARTS[f"{c}_s"], ".") for c in COMPONENTS
     ]
     shown: list[float] = []
@@ -102,10 +107,11 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f} %"
 
 
-def _statistics_table(block: Mapping[str, Any], frame: pd.DataFrame) -> str:
+def _statistics_table(block: Mapping[str, Any], records: Sequence[Fidelity]) -> str:
     header = ["", "median error", "p90 error", "predicted [s]", "measured [s]", "rows"]
+    frame = fidelity_frame(records)
     rows = []
-    for name, label in LABELS.items():
+    for name, label in {"round": _total_label(records), **{c: c for c in COMPONENTS}}.items():
         infix = "" if name == "round" else f"_{name}"
         stats = block[name]
         counted = f"{stats['n']}"
@@ -145,8 +151,8 @@ def _worst(records: Sequence[Fidelity]) -> str:
         for r in ranked
     ]
     return (
-        "The largest errors of the round time (components as predicted / measured seconds):\n\n"
-        + markdown_table(header, rows, "lrrrrrrr")
+        f"The largest errors of the {_total_label(records)} (components as predicted / "
+        "measured seconds):\n\n" + markdown_table(header, rows, "lrrrrrrr")
     )
 
 
@@ -178,7 +184,7 @@ def fidelity_section(
         f"{block['zero_s'] * 1e6:g} µs counts as zero: predicted and measured both zero is "
         "exact; a measured zero against a non-zero prediction has no relative error and is "
         "left out of the statistics (counted under rows). " + _profiles_note(block["profiles"]),
-        _statistics_table(block, fidelity_frame(records)),
+        _statistics_table(block, records),
         _worst(records),
         "Every row is in `fidelity.csv`.",
     ]

@@ -88,6 +88,10 @@ def test_imagenet_yolo_in_real_mode_measures_both_scenarios(tmp_path: Path):
     assert "workload.scale" in report and "6.02" in report
     events = (tmp_path / "events.csv").read_text()
     assert "data_upload" in events and "update_upload" in events
+    # The simulator predicted the scaled job that ran: one row per repetition x scenario.
+    fidelity = (tmp_path / "fidelity.csv").read_text().splitlines()
+    assert fidelity[0].startswith("repetition,scenario,predicted_s,measured_s")
+    assert len(fidelity) == 1 + 2 and s["fidelity"]["pairs"] == 2
 
 
 def same_model_in_sim_and_real(tmp_path: Path, *overrides: str) -> dict[str, dict]:

@@ -57,7 +57,7 @@ def test_comparison_fidelity_writes_its_rows_plot_and_section(tmp_path: Path):
     assert "round" not in rows[0]
     assert (tmp_path / "plots" / "fidelity.png").read_bytes()[:8] == PNG_SIGNATURE
     assert section.startswith("## Fidelity")
-    assert "| round time | 37.5 % | 47.5 % |" in section  # median and p90 of 0.5, 0.25
+    assert "| scenario time | 37.5 % | 47.5 % |" in section  # median and p90 of 0.5, 0.25
     assert "| compute | 0.0 % | 0.0 % |" in section  # zero against zero: exact
     assert "| repetition 0, cloud_based | 3.000 | 2.000 | 50.0 % |" in section  # worst first
     assert "spec-sheet" in section and "not the devices that ran here" in section
