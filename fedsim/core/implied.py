@@ -226,6 +226,12 @@ def stated_setting(topology: Topology, workload: WorkloadSpec, clients: Sequence
     )
 
 
+def efficiency_cap(topology: Topology, clients: Sequence[int], bound: float) -> float:
+    """The highest shared efficiency (at most ``bound``) that keeps every client's at most 1."""
+    server = topology.devices[topology.server].hardware.efficiency
+    return min(bound, *(server / topology.devices[c].hardware.efficiency for c in clients))
+
+
 def configure(
     topology: Topology, clients: Sequence[int], *, gpus: int, efficiency: float, mbps: float
 ) -> Topology:
@@ -244,6 +250,10 @@ def configure(
     for c in clients:
         d = topology.devices[c]
         scaled = d.hardware.efficiency / hw.efficiency * efficiency
+        if scaled > 1:
+            raise ValueError(
+                f"implied fit: efficiency {efficiency:g} puts device {c} at {scaled:.3g} (> 1)"
+            )
         devices[c] = replace(d, hardware=replace(d.hardware, efficiency=scaled))
     out = Topology(topology.name, topology.groups, devices)
     for name in edge_links(topology, clients):
@@ -300,6 +310,7 @@ class _Search:
         self.targets = targets
         self.bounds = bounds
         self.stated = stated_setting(topology, workload, clients)
+        self.max_efficiency = efficiency_cap(topology, clients, max(bounds.efficiency))
         # Shards the lines are drawn through: the stated one, so holding it is exact, and 4x it.
         self.probes = (self.stated.samples_per_device, 4 * self.stated.samples_per_device)
         self.evaluations = 0
@@ -354,7 +365,7 @@ class _Search:
         hi = np.array(
             [
                 math.log(max(self.bounds.bandwidth_mbps)),
-                max(self.bounds.efficiency),
+                self.max_efficiency,
                 math.log(self.bounds.max_samples),
             ]
         )
@@ -468,6 +479,9 @@ def implied(
     stated = search.stated
     gpu_counts = range(1, stated.server_gpus + 1)
     bandwidths = _with(bounds.bandwidth_mbps, stated.path_bandwidth_mbps)
+    # The grid (and the bounds reported) stop where a client's efficiency would pass 1.
+    cap = search.max_efficiency
+    bounds = replace(bounds, efficiency=tuple(sorted({min(e, cap) for e in bounds.efficiency})))
     efficiencies = _with(bounds.efficiency, stated.efficiency)
 
     def best(held: frozenset[str], gpus: Sequence[int], tries: int) -> Fit:

@@ -16,6 +16,7 @@ from fedsim.core.implied import (
     SAMPLES,
     configure,
     edge_links,
+    efficiency_cap,
     implied,
     stated_setting,
 )
@@ -139,6 +140,25 @@ def test_configure_sets_gpus_efficiency_and_path_bandwidth():
     speeds = {p.name: p.bandwidth * 8 / 1e6 for p in out.link_profiles()}
     assert speeds["gigabit"] == pytest.approx(500.0) and speeds["uplink"] == pytest.approx(500.0)
     assert speeds["cloud"] == pytest.approx(10000.0)
+
+
+def test_no_client_is_pushed_past_full_efficiency():
+    # Prepare: clients stated at twice the server's efficiency.
+    topo = gpu_testbed()
+    eager = replace(topo.devices[2].hardware, efficiency=0.8)
+    topo = Topology(
+        topo.name,
+        topo.groups,
+        {i: replace(d, hardware=eager) if i in CLIENTS else d for i, d in topo.devices.items()},
+    )
+
+    # Execute / Assert: the shared efficiency stops at 0.5, and beyond it configure refuses.
+    assert efficiency_cap(topo, CLIENTS, 1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"device 2 at 1\.2"):
+        configure(topo, CLIENTS, gpus=8, efficiency=0.6, mbps=1000.0)
+    fit = implied(topo, workload(), CLIENTS, make_transport, t_ref_s=6.0, t_new_s=6.7)
+    assert max(fit.bounds.efficiency) == pytest.approx(0.5)
+    assert all(f.setting.efficiency <= 0.5 + 1e-12 for f in (*fit.per_gpus, *fit.holding))
 
 
 def test_holding_bandwidth_and_efficiency_recovers_gpus_and_samples(known):
