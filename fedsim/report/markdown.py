@@ -304,6 +304,212 @@ def _crossover_section(
         f"\n\nThe configuration that was run has {current_samples} samples per device{on_link}; "
         f"its measured Δt is {100 * float(summary['time_saving_rate']):.1f} %."
     )
+    paper = summary.get("paper")
+    if paper is not None:
+        target = 100 * float(paper["time_saving_rate"])
+        text += (
+            f" The crossover plot's dashed line marks where Δt equals the paper's {target:.1f} %."
+            if rates.min() <= target <= rates.max()
+            else f" The grid never reaches the paper's Δt of {target:.1f} %."
+        )
+    return text
+
+
+_IMPLIED_NAMES = {
+    "samples_per_device": "data per device",
+    "path_bandwidth_mbps": "path bandwidth",
+    "server_gpus": "server GPUs",
+    "efficiency": "GPU efficiency",
+}
+
+
+def _implied_value(quantity: str, value: float) -> str:
+    if quantity == "path_bandwidth_mbps":
+        return f"{value:,.0f} Mb/s"
+    if quantity == "efficiency":
+        return f"{value:.2f}"
+    if quantity == "samples_per_device":
+        return f"{value:,.0f} samples"
+    return f"{value:.0f}"
+
+
+def _implied_span(quantity: str, values: Sequence[float]) -> str:
+    low, high = min(values), max(values)
+    if _implied_value(quantity, low) == _implied_value(quantity, high):
+        return _implied_value(quantity, low)
+    unit = {"path_bandwidth_mbps": " Mb/s", "samples_per_device": " samples"}.get(quantity, "")
+    return f"{_implied_value(quantity, low).removesuffix(unit)}–{_implied_value(quantity, high)}"
+
+
+def _implied_times(fit: Mapping[str, Any], unit: str = "") -> list[str]:
+    """t_ref and t_new with their relative errors; -0.0 reads as +0.0."""
+    return [
+        f"{fit[f't_{x}_s']:.2f}{unit} ({round(100 * fit[f'error_{x}'], 1) or 0.0:+.1f} %)"
+        for x in ("ref", "new")
+    ]
+
+
+def _implied_names(quantities: Sequence[str]) -> str:
+    names = [_IMPLIED_NAMES[q] for q in quantities]
+    if len(names) <= 1:
+        return "".join(names) or "none"
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _implied_section(implied: Mapping[str, Any]) -> str:
+    """What Table II implies: the fit of the unstated quantities, labelled as implied values."""
+    stated, bounds = implied["stated"], implied["bounds"]
+    target, tol = implied["target"], 100 * float(implied["tolerance"])
+    default = implied["stated_fit"]
+    links = ", ".join(f"`{name}`" for name in implied["edge_links"])
+    text = (
+        "## What Table II implies\n\n"
+        "The paper does not state four quantities that fedsim has to assume. fedsim's stated "
+        f"defaults are {stated['samples_per_device']:,} samples per device, "
+        f"{stated['path_bandwidth_mbps']:,.0f} Mb/s on the clients' links to the backbone "
+        f"({links}), {stated['server_gpus']} server GPUs training data-parallel and a "
+        f"sustained GPU efficiency of {stated['efficiency']:g}; without jitter they give "
+        f"t_ref {default['t_ref_s']:.2f} s and t_new {default['t_new_s']:.2f} s. Here the "
+        "simulator, without jitter, is fitted to both of the paper's times "
+        f"({target['t_ref_s']:.2f} s and {target['t_new_s']:.2f} s) over those four "
+        "quantities. The values below are **implied by Table II**: they change neither the "
+        "defaults nor the prediction above. A combination reproduces Table II when both times "
+        f"are within {tol:g} % of the paper's.\n\n"
+        "The efficiency is one value for the server's GPUs and the clients' (each client keeps "
+        "its stated ratio to the server): the server's efficiency and its GPU count enter t_ref "
+        "only as a product, so separate efficiencies could not be told apart from the GPU count. "
+        "Two times cannot pin down four quantities: the combinations are members of a family, "
+        "not measurements. Search bounds: "
+        f"{bounds['samples_per_device'][0]}–{bounds['samples_per_device'][1]:,} samples per "
+        f"device, {bounds['path_bandwidth_mbps'][0]:,.0f}–"
+        f"{bounds['path_bandwidth_mbps'][1]:,.0f} Mb/s, {bounds['server_gpus'][0]}–"
+        f"{bounds['server_gpus'][1]} GPUs, efficiency {bounds['efficiency'][0]:g}–"
+        f"{bounds['efficiency'][1]:g}; {implied['evaluations']} simulations of both scenarios."
+    )
+    header = [
+        "kept at stated value",
+        "data per device [samples]",
+        "path bandwidth [Mb/s]",
+        "server GPUs",
+        "GPU efficiency",
+        "t_ref [s] (error)",
+        "t_new [s] (error)",
+        "contradicts",
+    ]
+
+    def row(fit: Mapping[str, Any]) -> list[str]:
+        return [
+            ", ".join(_IMPLIED_NAMES[q] for q in fit["held"]) or "–",
+            f"{fit['samples_per_device']:,}",
+            f"{fit['path_bandwidth_mbps']:,.0f}",
+            str(fit["server_gpus"]),
+            f"{fit['efficiency']:.2f}",
+            *_implied_times(fit),
+            ", ".join(_IMPLIED_NAMES[q] for q in fit["contradicts"]) or "nothing",
+        ]
+
+    within = implied["within"]
+    if within:
+        text += (
+            f"\n\n### Combinations that reproduce both times within {tol:g} %\n\n"
+            + markdown_table(header, [row(f) for f in within], "lrrrrrrl")
+            + "\n\n"
+            + _implied_contradictions(within, stated)
+        )
+    else:
+        text += f"\n\nNo combination within the bounds reproduces both times within {tol:g} %."
+    per_gpus = implied["per_gpus"]
+    text += "\n\n### Best fit for each number of server GPUs\n\n" + markdown_table(
+        ["server GPUs", *header[1:2], header[2], header[4], *header[5:7], "reproduces"],
+        [
+            [
+                str(f["server_gpus"]),
+                f"{f['samples_per_device']:,}",
+                f"{f['path_bandwidth_mbps']:,.0f}",
+                f"{f['efficiency']:.2f}",
+                *_implied_times(f),
+                "yes" if f["within_tolerance"] else "no",
+            ]
+            for f in per_gpus
+        ],
+        "rrrrrrl",
+    )
+    at_bound = [
+        f
+        for f in per_gpus
+        if not f["within_tolerance"]
+        and (
+            f["path_bandwidth_mbps"] >= bounds["path_bandwidth_mbps"][1] * (1 - 1e-9)
+            or f["efficiency"] >= bounds["efficiency"][1]
+        )
+    ]
+    if at_bound:
+        gpus = _implied_span("server_gpus", [f["server_gpus"] for f in at_bound])
+        text += (
+            f"\n\nWith {gpus} GPUs the best fit sits at the highest bandwidth or efficiency "
+            "searched and still misses the paper's times."
+        )
+    return text + "\n\n" + _implied_under_defaults(implied)
+
+
+def _implied_contradictions(within: Sequence[Mapping[str, Any]], stated: Mapping[str, Any]) -> str:
+    """A sentence per stated default that the reproducing combinations contradict."""
+    sentences = []
+    for q, name in _IMPLIED_NAMES.items():
+        against = [f for f in within if q in f["contradicts"]]
+        if not against:
+            continue
+        implied_values = _implied_span(q, [float(f[q]) for f in against])
+        default = _implied_value(q, float(stated[q]))
+        if len(against) == len(within):
+            sentences.append(
+                f"- **{name}**: every combination that reproduces Table II implies "
+                f"{implied_values}, against the stated {default}."
+            )
+        else:
+            sentences.append(
+                f"- **{name}**: {len(within) - len(against)} of the {len(within)} combinations "
+                f"{'keeps' if len(within) - len(against) == 1 else 'keep'} the stated "
+                f"{default}; the others imply {implied_values}."
+            )
+    return "\n".join(sentences)
+
+
+def _implied_under_defaults(implied: Mapping[str, Any]) -> str:
+    """The closest fit on the stated hardware, and what every reproducing combination changes."""
+    hardware = ["server_gpus", "efficiency"]
+    closest = next(f for f in implied["holding"] if f["held"] == hardware)
+    stated = implied["stated"]
+    on = (
+        f"With the stated hardware ({stated['server_gpus']} server GPUs, efficiency "
+        f"{stated['efficiency']:g}), "
+    )
+    if closest["within_tolerance"]:
+        text = (
+            on + f"{closest['samples_per_device']:,} samples per device and "
+            f"{closest['path_bandwidth_mbps']:,.0f} Mb/s reproduce Table II."
+        )
+    else:
+        t_ref, t_new = _implied_times(closest, " s")
+        text = (
+            on + "no data per device and path bandwidth reproduce Table II. The closest, "
+            f"{closest['samples_per_device']:,} samples per device at "
+            f"{closest['path_bandwidth_mbps']:,.0f} Mb/s, gives t_ref {t_ref} and "
+            f"t_new {t_new}."
+        )
+    within = implied["within"]
+    if within:
+        always = [q for q in _IMPLIED_NAMES if all(q in f["contradicts"] for f in within)]
+        sometimes = [
+            q
+            for q in _IMPLIED_NAMES
+            if q not in always and any(q in f["contradicts"] for f in within)
+        ]
+        text += (
+            " What would have to differ from the stated defaults: "
+            f"{_implied_names(always)} in every combination that reproduces it"
+            + (f", and {_implied_names(sometimes)} in some of them." if sometimes else ".")
+        )
     return text
 
 
@@ -339,4 +545,6 @@ def render_report(result: RunResult, plots: Mapping[str, Path]) -> str:
         ),
         plots_section(plots, PLOT_CAPTIONS if "paper" in summary else FEDSIM_ONLY_CAPTIONS),
     ]
+    if "implied" in summary:
+        sections.insert(-1, _implied_section(summary["implied"]))
     return "\n\n".join(sections) + "\n"

@@ -46,6 +46,7 @@ KIND_COLORS = {
     EventKind.EVALUATE.value: "tab:orange",
 }
 UNKNOWN_KIND_COLOR = "0.5"
+PAPER_RATE_COLOR = "tab:orange"  # apart from the diverging blue-red scale and the black line
 RATE_SCALE_LIMIT = 100.0  # percent; see _diverging
 GRID_TICKS_MAX = 7  # beyond this many grid values, tick labels would collide
 
@@ -294,6 +295,29 @@ def _mark_current(ax: Any, samples: float | None, bandwidth_mbps: float | None) 
         )
 
 
+def _mark_paper_rate(
+    ax: Any, bandwidths: np.ndarray, samples: np.ndarray, rate: np.ndarray, percent: float
+) -> None:
+    """A dashed contour where Δt equals the paper's rate, named in the legend.
+
+    When the grid never reaches that rate, the legend says so instead of drawing nothing.
+    """
+    label = f"Δt = {percent:.1f} %: the paper's Table II"
+    if float(rate.min()) <= percent <= float(rate.max()):
+        ax.contour(
+            bandwidths,
+            samples,
+            rate,
+            levels=[percent],
+            colors=PAPER_RATE_COLOR,
+            linestyles="--",
+            linewidths=1.8,
+        )
+        ax.plot([], [], color=PAPER_RATE_COLOR, linestyle="--", linewidth=1.8, label=label)
+    else:
+        ax.plot([], [], linestyle="none", label=f"{label}: not reached on this grid")
+
+
 def plot_crossover(
     crossover: pd.DataFrame,
     path: Path,
@@ -302,11 +326,13 @@ def plot_crossover(
     current_samples: float | None = None,
     current_bandwidth_mbps: float | None = None,
     bytes_per_sample: float | None = None,
+    paper_rate: float | None = None,
 ) -> Path | None:
     """Time-saving rate over link bandwidth x data per device; None (and a warning) if no grid.
 
     The current configuration is a point when its bandwidth is known, else a line at its data
-    per device. With ``bytes_per_sample`` the right axis gives the data per device in MB.
+    per device. With ``bytes_per_sample`` the right axis gives the data per device in MB. With
+    ``paper_rate`` (a fraction) a dashed line marks where Δt equals the paper's.
     """
     if crossover.empty:
         log.warning("no crossover grid in the result: %s not written", path.name)
@@ -333,6 +359,8 @@ def plot_crossover(
             ax.contour(bandwidths, samples, rate, levels=[0.0], colors="black", linewidths=1.5)
             # An inline contour label cuts a gap into a short line; the legend names it instead.
             ax.plot([], [], color="black", linewidth=1.5, label="Δt = 0: break-even")
+        if paper_rate is not None:
+            _mark_paper_rate(ax, bandwidths, samples, rate, 100.0 * paper_rate)
     else:
         # A sweep along one axis only has no area to fill: show its points.
         xs, ys = np.meshgrid(bandwidths, samples)

@@ -70,6 +70,7 @@ def write_plots(
         current_samples=workload.get("samples_per_device"),
         current_bandwidth_mbps=summary.get("crossover_bandwidth_mbps"),
         bytes_per_sample=workload.get("dataset", {}).get("bytes_per_sample"),
+        paper_rate=(summary.get("paper") or {}).get("time_saving_rate"),
     )
     if crossover_path is not None:
         written["crossover"] = crossover_path
