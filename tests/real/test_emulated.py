@@ -291,3 +291,22 @@ def test_without_root_the_mode_refuses_with_one_line(tmp_path: Path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: mode=emulated needs root"), lines[0]
+
+
+def test_a_profile_faster_than_the_host_slows_quotas_and_links_by_one_factor():
+    # Prepare: agent 1 is worth 3 of this host's cores, agent 2 one; the host has 2.
+    speed = {1: 0.3, 2: 0.1}  # TFLOP/s, on a host core of 100 GFLOP/s
+    topology = grouped(
+        {1: 1, 2: 1},
+        access=link("access", 10.0, latency_s=0.002),
+        client_hardware=lambda d: hardware("cli", speed[d]),
+    )
+    # Execute
+    plan = emulate.plan(topology, [1, 2], host_flops=1e11, cores=2)
+    shaped = emulate.shaping(topology.devices[1].link, plan.factor)
+    # Assert: one core at most per agent sets the factor (3), above the cores' bound (4 / 2).
+    assert plan.factor == pytest.approx(3.0)
+    assert plan.quotas == pytest.approx({1: 1.0, 2: 1 / 3})
+    assert shaped.rate_bps == pytest.approx(10e6 * 8 * emulate.FRAME_OVERHEAD / 3)
+    assert shaped.delay_s == pytest.approx(0.006)
+    assert plan.describe()["slowdown_factor"] == pytest.approx(3.0)
