@@ -216,7 +216,8 @@ class FaultsConf:
 @dataclass
 class ModeConf:
     """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
-    loopback, doing the work for real."""
+    loopback, doing the work for real. emulated: as real, each agent in a network namespace
+    behind the topology's shaped links and held to its profile's CPU speed (needs root)."""
 
     name: str = "sim"
     host: str = "127.0.0.1"
@@ -226,6 +227,10 @@ class ModeConf:
     patience_s: float = 10.0
     server_url: str | None = None  # a running fedsim server: run there as a job
     admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
+    # emulated: one core's speed here in GFLOP/s (null: measured at start) and the cores the
+    # agents may share (null: every core this process may use).
+    host_gflops: float | None = None
+    cores: float | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +110,7 @@ class LocalCluster:
         agent_args: Mapping[int, Sequence[str]] | None = None,
         prometheus_url: str | None = None,
         runner: JobRunner | None = None,
+        launcher: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -122,6 +123,8 @@ class LocalCluster:
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
         self.runner = runner  # runs the jobs posted to this cluster's server, if given
+        # The command prefix a device's agent starts under (emulated mode: its namespace).
+        self.launcher = launcher
         self.stores: ServerStores | None = None
         self.jobs: JobManager | None = None
         self.server: ServerThread | None = None
@@ -235,6 +238,8 @@ class LocalCluster:
         elif self.data is not None:
             cmd += ["--data", self.data]
         cmd += self.agent_args.get(dev, ())
+        if self.launcher is not None:
+            cmd = [*self.launcher(dev), *cmd]
         with open(home / "agent.log", "ab") as logfile:
             proc = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -6,6 +6,8 @@ simulator never imports aiohttp and the real runtime never imports SimPy:
 - ``sim``: the SimPy simulation of the topology (:mod:`fedsim.runtimes.sim`);
 - ``real``: a fedsim server and one agent process per client on this host
   (:mod:`fedsim.runtimes.real`);
+- ``emulated``: as ``real``, with the topology's links and device speeds emulated on this
+  host (network namespaces, tc, CPU cgroups; needs root) (:mod:`fedsim.runtimes.emulated`);
 - ``attached``: a server that is already up, whose stores it is handed: the runtime of jobs
   (:mod:`fedsim.runtimes.attached`).
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 RUNTIMES: dict[str, str] = {
     "sim": "fedsim.runtimes.sim:SimRuntime",
     "real": "fedsim.runtimes.real:LocalRuntime",
+    "emulated": "fedsim.runtimes.emulated:EmulatedRuntime",
     "attached": "fedsim.runtimes.attached:AttachedRuntime",
 }
 

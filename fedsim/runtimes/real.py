@@ -9,7 +9,7 @@ Everything is stopped when the run ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,57 @@ from fedsim.real.launch import LocalCluster
 from fedsim.real.transport import HttpTransport
 from fedsim.runtimes import Needs, Runtime
 from fedsim.runtimes.attached import ServerSession
+from fedsim.schema import ModeConf
 from fedsim.spec import ExperimentSpec
+
+
+@contextmanager
+def cluster_session(
+    spec: ExperimentSpec,
+    run_dir: Path,
+    needs: Needs,
+    *,
+    runner: JobRunner | None = None,
+    mode: ModeConf | None = None,
+    launcher: Callable[[int], Sequence[str]] | None = None,
+) -> Iterator[tuple[LocalCluster, ServerSession]]:
+    """A local cluster of ``needs.clients`` and the session over it, outages included.
+
+    ``mode`` replaces the spec's (the emulated runtime's server address); ``launcher`` is the
+    command prefix each agent starts under (see :class:`~fedsim.real.launch.LocalCluster`).
+    """
+    with (
+        LocalCluster(
+            run_dir=run_dir,
+            topology=spec.topology,
+            clients=list(needs.clients),
+            shards=needs.shards,
+            mode=mode or spec.mode,
+            data=needs.agent_data,
+            runner=runner,
+            launcher=launcher,
+        ) as cluster,
+        ExitStack() as outages,
+    ):
+        assert cluster.stores is not None
+
+        started: list[OutageDriver] = []
+
+        def start_outages(transport: HttpTransport) -> None:
+            if spec.faults.outages and not started:
+                driver = OutageDriver(cluster, spec.faults.outages, transport.now)
+                started.append(outages.enter_context(driver))
+
+        yield (
+            cluster,
+            ServerSession(
+                stores=cluster.stores,
+                topology=spec.topology,
+                needs=needs,
+                faults=spec.faults,
+                on_transport=start_outages,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -33,34 +83,8 @@ class LocalRuntime:
 
     @contextmanager
     def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[ServerSession]:
-        with (
-            LocalCluster(
-                run_dir=run_dir,
-                topology=spec.topology,
-                clients=list(needs.clients),
-                shards=needs.shards,
-                mode=spec.mode,
-                data=needs.agent_data,
-                runner=self.runner,
-            ) as cluster,
-            ExitStack() as outages,
-        ):
-            assert cluster.stores is not None
-
-            started: list[OutageDriver] = []
-
-            def start_outages(transport: HttpTransport) -> None:
-                if spec.faults.outages and not started:
-                    driver = OutageDriver(cluster, spec.faults.outages, transport.now)
-                    started.append(outages.enter_context(driver))
-
-            yield ServerSession(
-                stores=cluster.stores,
-                topology=spec.topology,
-                needs=needs,
-                faults=spec.faults,
-                on_transport=start_outages,
-            )
+        with cluster_session(spec, run_dir, needs, runner=self.runner) as (_, session):
+            yield session
 
 
 if TYPE_CHECKING:

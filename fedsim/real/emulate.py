@@ -1,0 +1,617 @@
+"""The topology emulated on this Linux host: network namespaces, shaped links and CPU quotas.
+
+``mode=emulated`` runs every trainer's agent in a network namespace of its own, joined to the
+server by the topology's tree: each group is a namespace holding a bridge (its switch), joined
+to a backbone namespace's bridge by a veth pair (the group's uplink, shared by all the group's
+flows); each device is a namespace whose veth pair joins its group's bridge (or, for a device
+attached to another device, that device's bridge). The server stays in the root namespace, on
+one veth into its own group. Every directed link is shaped where it leaves its sending end: an
+HTB class at the link's rate and, where the kernel has ``sch_netem``, netem's delay and loss.
+Each agent runs in a CPU cgroup whose CFS quota gives it the share of one of this host's cores
+that its profile's speed is of the host's. When a profile would need more than the host has,
+the whole run is slowed by one factor: quotas divided by it, link rates divided by it, delays
+multiplied by it, so that every time in the run is that factor times the time it emulates.
+
+Everything made carries the prefix ``fse`` and a run tag, and a state file per run under
+:data:`STATE_DIR` names its owner; a run removes all it made on exit, and any start removes
+what dead runs left behind. Needs root, iproute2 (``ip``, ``tc``) and the cgroup cpu controller.
+No Hydra here: :mod:`fedsim.runtimes.emulated` hands this module the topology and the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fedsim.core.topology import LinkProfile, Node, Topology
+
+log = logging.getLogger(__name__)
+
+PREFIX = "fse"  # every namespace, root-namespace link and run cgroup of an emulation
+STATE_DIR = Path("/run/fedsim-emulated")  # one JSON file per live emulation: its tag and owner
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "fedsim-emulated"  # the cgroup under which each run makes its own
+PERIOD_US = 100_000  # the CFS period of every quota
+MIN_QUOTA_US = 1_000  # the smallest quota the kernel accepts
+# Links carry TCP segments of 1448 payload bytes (1500-byte MTU, less IP and TCP headers with
+# timestamps, Linux's default) in 1514-byte frames, which is what tc counts: the rate a link is
+# shaped at is its profile's goodput times this.
+FRAME_OVERHEAD = 1514 / 1448
+SUBNETS = [ipaddress.ip_network(f"10.{n}.0.0/16") for n in range(200, 250)]  # private, /16 each
+
+
+class EmulationUnavailable(RuntimeError):
+    """This host cannot emulate: the message is one line saying what is missing."""
+
+
+def cgroup_root() -> tuple[Path, int]:
+    """Where CPU cgroups are made and the cgroup version: v1's cpu hierarchy, else v2."""
+    if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        return CGROUP_V1, 1
+    return CGROUP_V2, 2
+
+
+def check_host() -> None:
+    """Raise :class:`EmulationUnavailable` unless this process may emulate on this host."""
+    if os.geteuid() != 0:
+        raise EmulationUnavailable(
+            "mode=emulated needs root (network namespaces, tc and cgroups); "
+            "run as root, or use mode=real"
+        )
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        raise EmulationUnavailable(f"mode=emulated needs iproute2: {', '.join(missing)} not found")
+    root, version = cgroup_root()
+    if version == 2 and "cpu" not in (root / "cgroup.controllers").read_text().split():
+        raise EmulationUnavailable(
+            "mode=emulated needs the cgroup cpu controller (/sys/fs/cgroup/cpu on v1, "
+            "'cpu' in /sys/fs/cgroup/cgroup.controllers on v2)"
+        )
+
+
+def measure_host_flops(size: int = 384, repeats: int = 7) -> float:
+    """One core's float32 matmul speed in FLOP/s: the best of ``repeats`` products."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an agent trains on one thread
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm up
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * size**3 / best
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: what each agent's quota and each link's shaping is, and the slow-down factor.
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """One directed link as tc shapes it: rate in bit/s, one-way delay and its jitter in s."""
+
+    rate_bps: float
+    delay_s: float
+    jitter_s: float
+    loss: float
+
+
+def shaping(profile: LinkProfile, factor: float) -> Shaping:
+    """``profile`` slowed ``factor`` times, in tc's terms (wire rate, not goodput)."""
+    return Shaping(
+        rate_bps=profile.bandwidth * 8 * FRAME_OVERHEAD / factor,
+        delay_s=profile.latency * factor,
+        jitter_s=profile.latency_jitter * factor,
+        loss=profile.loss,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An emulation's figures: ``quotas`` in cores per agent, after the slow-down ``factor``."""
+
+    topology: Topology
+    agents: tuple[int, ...]
+    host_flops: float  # one of this host's cores, FLOP/s
+    cores: float  # what the agents may use together
+    factor: float  # every time in the run is this many times the time it emulates
+    shares: dict[int, float]  # cores each agent's profile is worth, before the factor
+    quotas: dict[int, float]  # cores each agent gets: share / factor
+
+    def describe(self) -> dict[str, Any]:
+        """The figures a report states (JSON-ready)."""
+        return {
+            "slowdown_factor": self.factor,
+            "host_gflops": self.host_flops / 1e9,
+            "cores": self.cores,
+            "cpu_quota_cores": {str(d): q for d, q in self.quotas.items()},
+            "profile_cores": {str(d): s for d, s in self.shares.items()},
+        }
+
+
+def plan(topology: Topology, agents: Sequence[int], *, host_flops: float, cores: float) -> Plan:
+    """Quotas and the slow-down factor for ``agents`` on a host whose core does ``host_flops``.
+
+    An agent trains on one thread, so it may get at most one core, and the agents together
+    at most ``cores``; the factor is the least that keeps both true (1 when neither binds).
+    """
+    if not host_flops > 0:
+        raise ValueError(f"host speed must be > 0 FLOP/s, got {host_flops!r}")
+    if not cores > 0:
+        raise ValueError(f"cores must be > 0, got {cores!r}")
+    unknown = [d for d in agents if d not in topology.devices]
+    if unknown:
+        raise ValueError(f"agents {unknown} are not devices of topology {topology.name!r}")
+    shares = {d: topology.devices[d].hardware.effective_flops / host_flops for d in agents}
+    factor = max([1.0, *shares.values(), sum(shares.values()) / cores])
+    quotas = {d: s / factor for d, s in shares.items()}
+    return Plan(topology, tuple(agents), host_flops, cores, factor, shares, quotas)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running commands, and the state that lets a later start clean up after a crash.
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (to tell it from a later one with the same id)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(state: dict[str, Any]) -> bool:
+    return _start_time(int(state["pid"])) == state["start"]
+
+
+def _namespaces() -> list[str]:
+    out = _run("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+
+
+def _root_links() -> list[str]:
+    out = _run("ip", "-o", "link", "show", check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return [n for n in names if n.startswith(PREFIX)]
+
+
+def _kill_all(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _remove_cgroup(group: Path) -> None:
+    """Remove ``group`` and its children, ending the processes still in them."""
+    if not group.exists():
+        return
+    for child in sorted((p for p in group.iterdir() if p.is_dir()), reverse=True):
+        _remove_cgroup(child)
+    for _ in range(50):  # the killed take a moment to leave
+        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        if not pids:
+            break
+        _kill_all(pids)
+        time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        group.rmdir()
+
+
+def remove_run(tag: str, state_dir: Path = STATE_DIR) -> None:
+    """Remove everything emulation ``tag`` made: its agents, namespaces, links, cgroups."""
+    names = [ns for ns in _namespaces() if ns.startswith(f"{PREFIX}{tag}-")]
+    for ns in names:  # processes keep a deleted namespace alive
+        pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+        _kill_all([int(p) for p in pids])
+    for ns in names:
+        _run("ip", "netns", "del", ns, check=False)
+    for link in _root_links():
+        if link.startswith(f"{PREFIX}{tag}"):
+            _run("ip", "link", "del", link, check=False)
+    root, _ = cgroup_root()
+    _remove_cgroup(root / CGROUP_PARENT / f"{PREFIX}{tag}")
+    with contextlib.suppress(OSError):
+        (root / CGROUP_PARENT).rmdir()  # only when no other run uses it
+    (state_dir / f"{tag}.json").unlink(missing_ok=True)
+
+
+def _tag_of(name: str) -> str:
+    return name[len(PREFIX) : len(PREFIX) + 6]
+
+
+def clean_leftovers(state_dir: Path = STATE_DIR) -> list[str]:
+    """Remove what emulations whose owner is gone left behind; the tags removed.
+
+    A run is live while the process named in its state file runs; anything with the prefix
+    whose tag no live run claims is a leftover (of a crash, or of a SIGKILL).
+    """
+    live = set()
+    if state_dir.exists():
+        for path in state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if _alive(json.loads(path.read_text())):
+                    live.add(path.stem)
+    root, _ = cgroup_root()
+    tags = {_tag_of(n) for n in _namespaces() + _root_links()}
+    if (root / CGROUP_PARENT).exists():
+        tags |= {_tag_of(p.name) for p in (root / CGROUP_PARENT).iterdir() if p.is_dir()}
+    if state_dir.exists():
+        tags |= {p.stem for p in state_dir.glob("*.json")}
+    dead = sorted(tags - live)
+    for tag in dead:
+        log.warning("emulated mode: removing what an ended run left behind (%s%s)", PREFIX, tag)
+        remove_run(tag, state_dir)
+    return dead
+
+
+def netem_available(ns: str) -> bool:
+    """Whether this kernel has ``sch_netem`` (delay and loss), tried on scratch namespace ``ns``."""
+    try:
+        _run("ip", "netns", "add", ns)
+        ok = _run("ip", "-n", ns, "link", "set", "lo", "up", check=False).returncode == 0
+        ok = (
+            ok
+            and _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+                check=False,
+            ).returncode
+            == 0
+        )
+        return ok
+    finally:
+        _run("ip", "netns", "del", ns, check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulation itself.
+
+
+@dataclass
+class _Node:
+    """A namespace of the emulated tree: the backbone, a group's switch, or a device."""
+
+    ns: str
+    bridge: bool  # holds a bridge (the backbone, a switch, a device others attach to)
+    address: str | None = None  # a device's address
+
+
+@dataclass
+class Emulation:
+    """The emulated network and CPU cgroups of ``plan``, for the duration of a ``with`` block.
+
+    ``server_address`` is where the server must listen (in the root namespace);
+    :meth:`launcher` is the command prefix that starts a device's agent in its namespace and
+    its cgroup; :meth:`apply_quotas` holds every agent to its quota.
+    """
+
+    plan: Plan
+    state_dir: Path = STATE_DIR
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    netem: bool = field(init=False, default=False)
+    server_address: str = field(init=False, default="")
+    nodes: dict[Node, _Node] = field(init=False, default_factory=dict)
+    shaped: dict[str, dict[str, Shaping]] = field(init=False, default_factory=dict)
+    cgroup: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        root, self._cgroup_version = cgroup_root()
+        self.cgroup = root / CGROUP_PARENT / f"{PREFIX}{self.tag}"
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Emulation:
+        check_host()
+        clean_leftovers(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {"tag": self.tag, "pid": os.getpid(), "start": _start_time(os.getpid())}
+        # Written before anything is made: a crash from here on leaves a state file that
+        # names a dead owner, and the next start removes all with this tag.
+        (self.state_dir / f"{self.tag}.json").write_text(json.dumps(state))
+        try:
+            self.netem = netem_available(f"{PREFIX}{self.tag}-probe")
+            self._build_network()
+            self._make_cgroups()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        if not self.netem:
+            log.warning(
+                "emulated mode: this kernel has no sch_netem; links are rate-shaped only, "
+                "their latency and loss are not emulated"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove_run(self.tag, self.state_dir)
+
+    def describe(self) -> dict[str, Any]:
+        """What is emulated, for the run's summary (JSON-ready)."""
+        return {
+            **self.plan.describe(),
+            "latency_and_loss_emulated": self.netem,
+            "server_address": self.server_address,
+            "links": {
+                name: {d: asdict(s) for d, s in directions.items()}
+                for name, directions in self.shaped.items()
+            },
+        }
+
+    # -- network ------------------------------------------------------------------------------
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        routes = _run("ip", "-4", "route", "show", "table", "all", check=False).stdout
+        used = []
+        for line in routes.split("\n"):
+            word = line.split()[0] if line.split() else ""
+            with contextlib.suppress(ValueError):
+                used.append(ipaddress.ip_network(word, strict=False))
+        for net in SUBNETS:
+            if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+                return net
+        raise EmulationUnavailable("mode=emulated: no free private /16 in 10.200-249.0.0")
+
+    def _build_network(self) -> None:
+        topo = self.plan.topology
+        net = self._free_subnet()
+        hosts = net.hosts()
+        self.server_address = str(next(hosts))
+        chains = {dev: _chain(topo, dev) for dev in [topo.server, *self.plan.agents]}
+        server_node: Node = ("device", topo.server)
+        for dev, chain in chains.items():
+            if dev != topo.server and server_node in chain:
+                raise ValueError(
+                    f"mode=emulated: device {dev} is attached to the server; the server "
+                    "runs in the root namespace and cannot be a switch"
+                )
+        # Parents before children: the backbone, then each chain from the top down.
+        order: list[Node] = [("backbone", 0)]
+        for chain in chains.values():
+            for node in reversed(chain):
+                if node not in order:
+                    order.append(node)
+        parents = {c[i]: c[i + 1] for c in chains.values() for i in range(len(c) - 1)}
+        with_children = set(parents.values())
+        for node in order:
+            if node == server_node:
+                continue
+            kind, ident = node
+            ns = f"{PREFIX}{self.tag}-{kind[0]}{ident}"
+            is_device = kind == "device"
+            self.nodes[node] = _Node(
+                ns,
+                bridge=node in with_children or not is_device,
+                address=str(next(hosts)) if is_device else None,
+            )
+            _run("ip", "netns", "add", ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            if self.nodes[node].bridge:
+                _run("ip", "-n", ns, "link", "add", "name", "br0", "type", "bridge")
+                _run("ip", "-n", ns, "link", "set", "br0", "up")
+            if node in parents:
+                self._join(node, parents[node], net.prefixlen)
+        # The server: one veth from the root namespace into its parent's bridge.
+        parent = self.nodes[parents[server_node]]
+        root_end, child_end = f"{PREFIX}{self.tag}s", f"d{topo.server}"
+        _run(
+            "ip",
+            "link",
+            "add",
+            "name",
+            root_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            child_end,
+            "netns",
+            parent.ns,
+        )
+        _run("ip", "addr", "add", f"{self.server_address}/{net.prefixlen}", "dev", root_end)
+        _run("ip", "link", "set", root_end, "up")
+        _run("ip", "-n", parent.ns, "link", "set", child_end, "master", "br0", "up")
+        self._shape_link(server_node, up=(None, root_end), down=(parent.ns, child_end))
+
+    def _join(self, node: Node, parent_node: Node, prefixlen: int) -> None:
+        """The veth pair of ``node``'s link to ``parent_node``, addressed, bridged, shaped."""
+        child, parent = self.nodes[node], self.nodes[parent_node]
+        kind, ident = node
+        up_end, down_end = "uplink", f"{kind[0]}{ident}"
+        _run(
+            "ip",
+            "link",
+            "add",
+            "name",
+            up_end,
+            "netns",
+            child.ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            down_end,
+            "netns",
+            parent.ns,
+        )
+        _run("ip", "-n", parent.ns, "link", "set", down_end, "master", "br0", "up")
+        if child.bridge:
+            _run("ip", "-n", child.ns, "link", "set", up_end, "master", "br0", "up")
+        else:
+            _run("ip", "-n", child.ns, "link", "set", up_end, "up")
+        if child.address is not None:
+            where = "br0" if child.bridge else up_end
+            _run("ip", "-n", child.ns, "addr", "add", f"{child.address}/{prefixlen}", "dev", where)
+        self._shape_link(node, up=(child.ns, up_end), down=(parent.ns, down_end))
+
+    def _shape_link(
+        self, node: Node, *, up: tuple[str | None, str], down: tuple[str | None, str]
+    ) -> None:
+        """Shape both directions of ``node``'s link, each on the interface it leaves by."""
+        profile = self.plan.topology.link_profile(node)
+        shape = shaping(profile, self.plan.factor)
+        self.shaped[f"{node[0]} {node[1]}"] = {"up": shape, "down": shape}
+        for ns, dev in (up, down):
+            self._qdisc(ns, dev, shape)
+
+    def _qdisc(self, ns: str | None, dev: str, s: Shaping) -> None:
+        tc = ["tc"] if ns is None else ["ip", "netns", "exec", ns, "tc"]
+        rate = f"{max(1, round(s.rate_bps))}bit"
+        _run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
+        _run(
+            *tc,
+            "class",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            "1:",
+            "classid",
+            "1:1",
+            "htb",
+            "rate",
+            rate,
+            "ceil",
+            rate,
+        )
+        if self.netem and (s.delay_s > 0 or s.loss > 0):
+            netem = ["netem", "limit", "100000", "delay", f"{round(s.delay_s * 1e6)}us"]
+            if s.jitter_s > 0:
+                netem += [f"{round(s.jitter_s * 1e6)}us", "distribution", "normal"]
+            if s.loss > 0:
+                netem += ["loss", f"{100 * s.loss:.6f}%"]
+            _run(*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *netem)
+
+    def namespace(self, dev: int) -> str:
+        """The network namespace of agent ``dev``."""
+        return self.nodes[("device", dev)].ns
+
+    def address(self, dev: int) -> str:
+        """Agent ``dev``'s address."""
+        address = self.nodes[("device", dev)].address
+        assert address is not None
+        return address
+
+    # -- CPU ----------------------------------------------------------------------------------
+
+    def _make_cgroups(self) -> None:
+        if self._cgroup_version == 2:
+            # v2 hands the cpu controller down one level at a time.
+            parent = self.cgroup.parent
+            parent.mkdir(exist_ok=True)
+            for level in (parent.parent, parent):
+                (level / "cgroup.subtree_control").write_text("+cpu")
+            self.cgroup.mkdir()
+            (self.cgroup / "cgroup.subtree_control").write_text("+cpu")
+        else:
+            self.cgroup.mkdir(parents=True)
+        for dev in self.plan.agents:
+            (self.cgroup / f"d{dev}").mkdir()
+
+    def launcher(self, dev: int) -> list[str]:
+        """The prefix that starts a command as agent ``dev``: in its cgroup, then its
+        namespace (``ip netns exec`` execs the command in place, so the pid stays)."""
+        procs = self.cgroup / f"d{dev}" / "cgroup.procs"
+        enter = 'echo $$ > "$0" && exec "$@"'
+        return ["sh", "-c", enter, str(procs), "ip", "netns", "exec", self.namespace(dev)]
+
+    def apply_quotas(self) -> None:
+        """Hold each agent to its quota (agents start unthrottled: starting up is not part
+        of the device being emulated)."""
+        for dev, cores in self.plan.quotas.items():
+            quota = max(MIN_QUOTA_US, round(cores * PERIOD_US))
+            group = self.cgroup / f"d{dev}"
+            if self._cgroup_version == 2:
+                (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            else:
+                (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def quota(self, dev: int) -> float:
+        """The cores agent ``dev``'s cgroup allows now (inf when unlimited)."""
+        group = self.cgroup / f"d{dev}"
+        if self._cgroup_version == 2:
+            quota, period = (group / "cpu.max").read_text().split()
+            return math.inf if quota == "max" else int(quota) / int(period)
+        quota_us = int((group / "cpu.cfs_quota_us").read_text())
+        period_us = int((group / "cpu.cfs_period_us").read_text())
+        return math.inf if quota_us < 0 else quota_us / period_us
+
+
+def _chain(topology: Topology, dev: int) -> list[Node]:
+    """``dev``'s node and its ancestors up to the backbone."""
+    # A path from a device to a peer under the backbone goes up through every ancestor.
+    node: Node = ("device", dev)
+    chain = [node]
+    while chain[-1] != ("backbone", 0):
+        kind, ident = chain[-1]
+        if kind == "device":
+            d = topology.devices[ident]
+            chain.append(("switch", d.group) if d.attach_to is None else ("device", d.attach_to))
+        else:
+            chain.append(("backbone", 0))
+    return chain
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While open, SIGTERM ends this process as Ctrl-C would: through every ``finally``, so
+    that the emulation is removed. Only the main thread may set handlers; elsewhere a no-op."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

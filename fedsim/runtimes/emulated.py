@@ -1,0 +1,82 @@
+"""The ``emulated`` runtime: the ``real`` one with the topology emulated on this host.
+
+Each agent runs in its own network namespace behind the topology's links, shaped with tc, and
+in a CPU cgroup that holds it to its profile's speed relative to one of this host's cores
+(:mod:`fedsim.real.emulate`); the server listens in the root namespace on the address the
+namespaces reach. The session is then the real runtime's (:func:`~fedsim.runtimes.real.
+cluster_session`): dropouts are the transport's, outages stop and restart agent processes.
+What is emulated, with the slow-down factor, is written to ``emulation.json`` in the run
+directory. Everything made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the
+next start; without root the runtime refuses with one line (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedsim.config import ConfigError
+from fedsim.real import emulate
+from fedsim.real.jobs import JobRunner
+from fedsim.runtimes import Needs, Runtime
+from fedsim.runtimes.attached import ServerSession
+from fedsim.runtimes.real import cluster_session
+from fedsim.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "emulation.json"  # what was emulated and the slow-down factor, per run
+
+
+@dataclass(frozen=True)
+class EmulatedRuntime:
+    """Emulates the topology of each session's spec on this host, then runs as ``real``."""
+
+    runner: JobRunner | None = None  # runs jobs posted to the local server, if given
+    measured = True
+
+    def __post_init__(self) -> None:
+        # Refuse before any data is prepared: a run that cannot emulate says so at once.
+        try:
+            emulate.check_host()
+        except emulate.EmulationUnavailable as e:
+            raise ConfigError(str(e)) from None
+
+    @contextmanager
+    def open(self, spec: ExperimentSpec, run_dir: Path, needs: Needs) -> Iterator[ServerSession]:
+        plan = emulation_plan(spec, needs)
+        log.info("emulated mode: slow-down factor %.3g", plan.factor)
+        with emulate.sigterm_as_exit(), emulate.Emulation(plan) as net:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / SUMMARY_FILE).write_text(json.dumps(net.describe(), indent=2) + "\n")
+            mode = replace(spec.mode, host=net.server_address)
+            with cluster_session(
+                spec, run_dir, needs, runner=self.runner, mode=mode, launcher=net.launcher
+            ) as (_, session):
+                # Agents start unthrottled: their start-up is not the device being emulated.
+                net.apply_quotas()
+                yield session
+
+
+def emulation_plan(spec: ExperimentSpec, needs: Needs) -> emulate.Plan:
+    """The quotas and slow-down factor of ``spec``'s agents on this host."""
+    mode = spec.mode
+    if mode.host_gflops is not None and not mode.host_gflops > 0:
+        raise ConfigError(f"mode.host_gflops: must be > 0, got {mode.host_gflops}")
+    if mode.cores is not None and not mode.cores > 0:
+        raise ConfigError(f"mode.cores: must be > 0, got {mode.cores}")
+    host_flops = (
+        mode.host_gflops * 1e9 if mode.host_gflops is not None else emulate.measure_host_flops()
+    )
+    cores = mode.cores if mode.cores is not None else emulate.usable_cores()
+    return emulate.plan(spec.topology, list(needs.clients), host_flops=host_flops, cores=cores)
+
+
+if TYPE_CHECKING:
+    # Runtime is a Protocol: nothing else makes mypy check that this class implements it.
+    _checked: type[Runtime] = EmulatedRuntime

@@ -1,0 +1,312 @@
+"""``mode=emulated``: links shaped between network namespaces, CPU quotas, and cleanup.
+
+Needs root, iproute2 and the cgroup cpu controller (CI runs as root); the refusal without root
+is checked everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from topologies import grouped, hardware, link
+
+from fedsim.real import emulate
+
+ROOT = Path(__file__).resolve().parents[2]
+PAYLOAD = 2_000_000  # bytes through the 8 Mbit/s link: 2 s each way
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0
+    or not shutil.which("ip")
+    or not shutil.which("tc")
+    or not (
+        (emulate.CGROUP_V1 / "cpu.cfs_quota_us").exists()
+        or (emulate.CGROUP_V2 / "cgroup.controllers").exists()
+    ),
+    reason="emulation needs root, iproute2 (ip, tc) and the cgroup cpu controller; CI is root",
+)
+
+
+def leftovers(tag: str) -> dict[str, list[str]]:
+    """Whatever with emulation ``tag``'s prefix is still on this host."""
+    mark = f"{emulate.PREFIX}{tag}"
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    root, _ = emulate.cgroup_root()
+    cgroups = [str(p) for p in (root / emulate.CGROUP_PARENT).glob(f"{mark}*")]
+    state = [str(p) for p in emulate.STATE_DIR.glob(f"{tag}.json")]
+    return {
+        "namespaces": [line for line in namespaces.splitlines() if mark in line],
+        "links": [line for line in links.splitlines() if mark in line],
+        "qdiscs": [line for line in qdiscs.splitlines() if mark in line],
+        "cgroups": cgroups,
+        "state": state,
+    }
+
+
+def nothing_left(tag: str) -> bool:
+    return not any(leftovers(tag).values())
+
+
+def two_agents(access_mbps: float = 1000.0):
+    """A server and agents 1 and 2 in group 1; the agents' own links at ``access_mbps``."""
+    return grouped(
+        {1: 1, 2: 1},
+        access=link("access", access_mbps / 8),
+        client_hardware=lambda d: hardware("cli", 0.01),
+    )
+
+
+class Bytes(BaseHTTPRequestHandler):
+    """GET sends PAYLOAD bytes; PUT reads the body sent."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(PAYLOAD))
+        self.end_headers()
+        chunk = b"\0" * 65536
+        for start in range(0, PAYLOAD, len(chunk)):
+            self.wfile.write(chunk[: PAYLOAD - start])
+
+    def do_PUT(self) -> None:
+        left = int(self.headers["Content-Length"])
+        while left:
+            left -= len(self.rfile.read(min(left, 65536)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+CLIENT = textwrap.dedent(
+    """
+    import http.client, json, sys, time
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    c.request("GET", "/")
+    r = c.getresponse()
+    start = time.perf_counter()  # the first bytes are here: time the body only
+    body = r.read()
+    down = time.perf_counter() - start
+    assert len(body) == n
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    c.connect()
+    start = time.perf_counter()
+    c.request("PUT", "/", body=b"\\0" * n)
+    c.getresponse().read()
+    up = time.perf_counter() - start
+    print(json.dumps({"down_s": down, "up_s": up}))
+    """
+)
+
+
+@needs_root
+def test_an_emulated_link_carries_a_transfer_in_the_time_its_rate_allows():
+    # Prepare: agents' own links at 8 Mbit/s goodput (1,000,000 B/s), the rest effectively free.
+    plan = emulate.plan(two_agents(access_mbps=8.0), [1, 2], host_flops=1e12, cores=2)
+    with emulate.Emulation(plan) as net:
+        httpd = ThreadingHTTPServer((net.server_address, 0), Bytes)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            # Execute: agent 1 downloads then uploads PAYLOAD bytes from its namespace.
+            proc = subprocess.run(
+                [
+                    *net.launcher(1),
+                    sys.executable,
+                    "-c",
+                    CLIENT,
+                    net.server_address,
+                    str(httpd.server_address[1]),
+                    str(PAYLOAD),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    # Assert: 2,000,000 B at 1,000,000 B/s takes 2 s each way.
+    assert proc.returncode == 0, proc.stderr
+    took = json.loads(proc.stdout)
+    print(f"8 Mbit/s link, {PAYLOAD} B: {took}")  # the measured figures, for the record
+    assert took["down_s"] == pytest.approx(2.0, rel=0.10)
+    assert took["up_s"] == pytest.approx(2.0, rel=0.10)
+
+
+@needs_root
+def test_setup_then_teardown_leaves_nothing_behind():
+    # Prepare
+    plan = emulate.plan(two_agents(), [1, 2], host_flops=1e11, cores=2)
+    # Execute
+    with emulate.Emulation(plan) as net:
+        net.apply_quotas()
+        during = leftovers(net.tag)
+        quota = net.quota(1)
+    # Assert: it was all there (qdiscs of namespaces are listed by their namespace's tc)...
+    assert during["namespaces"] and during["links"] and during["cgroups"] and during["state"]
+    assert quota == pytest.approx(0.1)  # 10 GFLOP/s on a 100 GFLOP/s core
+    # ...and none of it is left.
+    assert nothing_left(net.tag), leftovers(net.tag)
+
+
+SET_UP_AND_HANG = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from topologies import grouped
+    from fedsim.real import emulate
+    plan = emulate.plan(grouped({1: 1}), [1], host_flops=1e12, cores=1)
+    net = emulate.Emulation(plan).__enter__()
+    net.apply_quotas()
+    agent = subprocess.Popen([*net.launcher(1), "sleep", "600"])
+    print(net.tag, agent.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@needs_root
+def test_the_next_start_removes_what_a_killed_run_left():
+    # Prepare: a process sets up an emulation, starts an "agent" in it, and is SIGKILLed.
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SET_UP_AND_HANG, str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    tag, agent_pid = owner.stdout.readline().split()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=10)
+    assert not nothing_left(tag)
+    # Execute: the next start.
+    plan = emulate.plan(two_agents(), [1, 2], host_flops=1e12, cores=2)
+    with emulate.Emulation(plan):
+        # Assert: the killed run's namespaces, links, cgroups, state and agent are gone.
+        assert nothing_left(tag), leftovers(tag)
+        assert not Path(f"/proc/{agent_pid}").exists() or _zombie(int(agent_pid))
+
+
+def _zombie(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@needs_root
+def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
+    # Prepare: the CPU trainer at its profile's full peak, so its quota is not the least
+    # the kernel allows (a GTX 1080 is 22 times an i7 at efficiency 0.25).
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "+experiment=fl_digits",
+        "mode=emulated",
+        "fl.rounds=2",
+        "hardware.client_i7_cpu.efficiency=1.0",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    root, version = emulate.cgroup_root()
+    # Execute: run it, and look for an agent held by a quota while it runs.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held: list[tuple[str, str, float]] = []
+    while proc.poll() is None and not held:
+        held = _held_agents(root, version)
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=300)
+    # Assert
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert held, "no agent process was seen under a CPU quota"
+    assert any("fedsim agent" in cmdline for _, cmdline, _ in held)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "emulated"
+    assert summary["rounds_aggregated"] == 2
+    emulation = json.loads((tmp_path / "emulation.json").read_text())
+    assert emulation["slowdown_factor"] >= 1.0
+    assert set(emulation["cpu_quota_cores"]) == {"3", "4", "8"}
+    quotas = {round(q, 3) for _, _, q in held}
+    assert quotas <= {round(q, 3) for q in emulation["cpu_quota_cores"].values()}
+    tag = held[0][0]
+    assert nothing_left(tag), leftovers(tag)
+
+
+def _held_agents(root: Path, version: int) -> list[tuple[str, str, float]]:
+    """(emulation tag, command line, cores) of each process in a cgroup with a quota set."""
+    held = []
+    for group in (root / emulate.CGROUP_PARENT).glob(f"{emulate.PREFIX}*/d*"):
+        try:
+            if version == 2:
+                quota, period = (group / "cpu.max").read_text().split()
+                cores = -1.0 if quota == "max" else int(quota) / int(period)
+            else:
+                quota_us = int((group / "cpu.cfs_quota_us").read_text())
+                cores = quota_us / int((group / "cpu.cfs_period_us").read_text())
+            pids = (group / "cgroup.procs").read_text().split()
+        except (OSError, ValueError):
+            continue  # made or removed while we looked
+        for pid in pids if cores > 0 else []:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            held.append((group.parent.name[len(emulate.PREFIX) :], cmdline, cores))
+    return held
+
+
+def test_without_root_the_mode_refuses_with_one_line(tmp_path: Path):
+    # Prepare: the CLI with the effective user id made not root.
+    script = (
+        "import os, sys; os.geteuid = lambda: 1000; sys.argv[0] = 'fedsim'; "
+        "from fedsim.__main__ import main; main()"
+    )
+    # Execute
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "+experiment=fl_digits",
+            "mode=emulated",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Assert
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: mode=emulated needs root"), lines[0]
+
+
+def test_a_profile_faster_than_the_host_slows_quotas_and_links_by_one_factor():
+    # Prepare: agent 1 is worth 3 of this host's cores, agent 2 one; the host has 2.
+    speed = {1: 0.3, 2: 0.1}  # TFLOP/s, on a host core of 100 GFLOP/s
+    topology = grouped(
+        {1: 1, 2: 1},
+        access=link("access", 10.0, latency_s=0.002),
+        client_hardware=lambda d: hardware("cli", speed[d]),
+    )
+    # Execute
+    plan = emulate.plan(topology, [1, 2], host_flops=1e11, cores=2)
+    shaped = emulate.shaping(topology.devices[1].link, plan.factor)
+    # Assert: one core at most per agent sets the factor (3), above the cores' bound (4 / 2).
+    assert plan.factor == pytest.approx(3.0)
+    assert plan.quotas == pytest.approx({1: 1.0, 2: 1 / 3})
+    assert shaped.rate_bps == pytest.approx(10e6 * 8 * emulate.FRAME_OVERHEAD / 3)
+    assert shaped.delay_s == pytest.approx(0.006)
+    assert plan.describe()["slowdown_factor"] == pytest.approx(3.0)
