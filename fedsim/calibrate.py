@@ -3,8 +3,8 @@
 What it measures, for one model of the zoo:
 
 - training time per step, timed with PyTorch at three or more batch sizes (warm-up steps, then
-  repeats, the median per size) and fitted as per-batch overhead + per-sample cost
-  (``fedsim.core.calibration``), with the fit's residual;
+  repeats, the median per size, or with ``--statistic min`` the fastest) and fitted as
+  per-batch overhead + per-sample cost (``fedsim.core.calibration``), with the fit's residual;
 - safetensors serialization and load throughput of the model's state (``fedsim.store``'s
   ``encode`` and ``decode``, as the server and the agents ship models);
 - the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
@@ -46,6 +46,9 @@ DEFAULT_MODEL = "digits_cnn"
 DEFAULT_BATCH_SIZES = (8, 16, 32, 64)
 AGGREGATE_UPDATES = 8  # a round's worth of updates for the aggregation timing
 GB = 1e9
+# A relative residual above this says the timings were disturbed (a step model fits a quiet
+# host's medians within a few per cent).
+NOISY_FIT = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,12 +75,18 @@ def calibrate(
     repeats: int,
     warmup: int,
     threads: int | None,
+    statistic: str = "median",
     io_repeats: int = 50,
 ) -> Calibration:
     """Measure this host for ``model`` (see the module docstring)."""
     import torch
 
-    from fedsim.ml.calibrate import default_shape, model_state, time_training_steps, torch_threads
+    from fedsim.ml.calibrate import (
+        default_shape,
+        model_state,
+        time_training_steps,
+        torch_threads,
+    )
 
     input_size, num_classes = default_shape(model)
     timings = time_training_steps(
@@ -89,7 +98,7 @@ def calibrate(
         num_classes=num_classes,
         threads=threads,
     )
-    fit = fit_step_model(*timings.medians())
+    fit = fit_step_model(*timings.per_size(statistic))
     state = model_state(model, num_classes)
     with torch_threads(threads):
         blob = encode(state)
@@ -196,6 +205,14 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             f"{cal.aggregate_bytes_per_s / 1e6:.0f} MB/s of memory traffic",
             f"profile: {out}",
         ]
+        + (
+            [
+                f"warning: the fit misses the step times by {fit.relative_residual:.0%} RMS; "
+                "other processes on this host? rerun when it is quiet, with more --repeats"
+            ]
+            if fit.relative_residual > NOISY_FIT
+            else []
+        )
     )
 
 
@@ -289,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="untimed steps per batch size first (default: %(default)s)",
     )
     p.add_argument(
+        "--statistic",
+        choices=("median", "min"),
+        default="median",
+        help=(
+            "what of each size's steps the fit takes: the median, or the fastest step, which "
+            "resists other processes taking the core (default: %(default)s)"
+        ),
+    )
+    p.add_argument(
         "--threads",
         type=_positive_int(1),
         default=None,
@@ -327,7 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--out {out}: {e}")
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     cal = calibrate(
-        args.model, args.batch_sizes, repeats=args.repeats, warmup=args.warmup, threads=args.threads
+        args.model,
+        args.batch_sizes,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
+        statistic=args.statistic,
     )
     if cal.fit.model.per_sample_s == 0:
         parser.error(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,6 +26,11 @@ from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES
 # The trainer's own loss: a timed step is the step it takes.
 from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, _per_sample_loss
 
+STATISTICS: dict[str, Callable[[list[float]], float]] = {
+    "median": statistics.median,
+    "min": min,
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class StepTimings:
@@ -37,10 +42,18 @@ class StepTimings:
     threads: int
     seconds: dict[int, list[float]]
 
-    def medians(self) -> tuple[list[int], list[float]]:
-        """Each batch size and the median of its steps: robust to the odd slow step."""
+    def per_size(self, statistic: str = "median") -> tuple[list[int], list[float]]:
+        """Each batch size and one figure for its steps.
+
+        ``median`` is robust to the odd slow step; ``min`` also to a host whose other
+        processes take the core away for stretches (then every figure but the fastest is
+        inflated, the median included), at the price of describing the host at its quietest.
+        """
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+        pick = STATISTICS[statistic]
         sizes = sorted(self.seconds)
-        return sizes, [statistics.median(self.seconds[b]) for b in sizes]
+        return sizes, [pick(self.seconds[b]) for b in sizes]
 
 
 def default_shape(model: str) -> tuple[int, int]:
