@@ -71,6 +71,7 @@ SUBCOMMANDS = {
     "prometheus-config": "fedsim.monitor.cli",
     "grafana-dashboards": "fedsim.report.grafana_cli",
     "k8s-manifests": "fedsim.deploy.cli",
+    "calibrate": "fedsim.calibrate",
 }
 
 

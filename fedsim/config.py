@@ -20,9 +20,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedsim.core.calibration import StepModel
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan, LinkChange, Outage
 from fedsim.core.topology import (
+    MEASURED,
+    PROFILE_KINDS,
     Device,
     Group,
     HardwareProfile,
@@ -264,36 +267,137 @@ def _load_profile(kind: str, name: str, schema: type, conf_dir: Path | None) -> 
     path = None if conf_dir is None else conf_dir / kind / f"{name}.yaml"
     if path is None or not path.is_file():
         return None
+    return _read_profile(kind, name, schema, path)
+
+
+def _read_profile(kind: str, name: str, schema: type, path: Path) -> Any:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{kind}.{name} ({path}): {e.msg}") from None
 
 
+def load_hardware_profile(path: Path) -> HardwareProfile:
+    """The profile in the YAML file ``path``, named after the file, checked as a config's are."""
+    return hardware_profile(path.stem, _read_profile("hardware", path.stem, HardwareConf, path))
+
+
+MEASURED_THROUGHPUTS = ("serialize_bytes_per_s", "load_bytes_per_s", "aggregate_bytes_per_s")
+
+
 def hardware_profile(name: str, c: Any) -> HardwareProfile:
+    """A spec-sheet or measured profile from ``c`` (a ``HardwareConf``), every value checked.
+
+    A measured profile needs no spec-sheet figure it does not use: without ``efficiency`` (and
+    a peak), work that has no step model (evaluation, other models, aggregation's arithmetic)
+    runs at the fastest training rate its steps measured, ``flops_per_sample / per_sample_s``;
+    without ``memory_bandwidth_gbps``, memory traffic moves at ``aggregate_bytes_per_s``.
+    """
     where = f"hardware.{name}"
+    if c.kind not in PROFILE_KINDS:
+        kinds = ", ".join(PROFILE_KINDS)
+        raise ConfigError(f"{where}.kind: must be one of {kinds}, got {c.kind!r}")
+    measured = c.kind == MEASURED
+    steps = {model: _step_model(f"{where}.steps.{model}", s) for model, s in c.steps.items()}
+    throughputs = {
+        f: _positive(f"{where}.{f}", getattr(c, f))
+        for f in MEASURED_THROUGHPUTS
+        if getattr(c, f) is not None
+    }
+    if measured:
+        if not steps:
+            raise ConfigError(
+                f"{where}.steps: a measured profile needs at least one step model "
+                "(fedsim calibrate writes them)"
+            )
+        if not c.source.strip():
+            raise ConfigError(
+                f"{where}.source: a measured profile must say where its figures come from"
+            )
+    else:
+        extra = (["steps"] if steps else []) + list(throughputs)
+        if extra:
+            raise ConfigError(
+                f"{where}.{extra[0]}: measured figures belong to a profile with kind: measured"
+            )
+
+    spec_compute = (c.efficiency, c.cpu_peak_gflops, c.accelerator)
+    if measured and all(v is None for v in spec_compute):
+        units, peak, efficiency = 1, _measured_rate(where, c), 1.0
+    else:
+        units, peak = _peak(where, c)
+        efficiency = _required(f"{where}.efficiency", c.efficiency)
+        efficiency = _fraction(f"{where}.efficiency", efficiency)
+    if c.memory_bandwidth_gbps is not None:
+        memory_bandwidth = _positive(f"{where}.memory_bandwidth_gbps", c.memory_bandwidth_gbps) * GB
+    elif measured and "aggregate_bytes_per_s" in throughputs:
+        memory_bandwidth = throughputs["aggregate_bytes_per_s"]
+    else:
+        alternative = " (or aggregate_bytes_per_s)" if measured else ""
+        raise ConfigError(f"{where}.memory_bandwidth_gbps: required{alternative}")
+    return HardwareProfile(
+        name=name,
+        description=c.description,
+        kind=c.kind,
+        source=c.source or "data sheets and the assumptions stated in the profile",
+        peak_flops=peak,
+        units=int(units),
+        efficiency=efficiency,
+        scaling_efficiency=_fraction(f"{where}.scaling_efficiency", c.scaling_efficiency),
+        memory_bytes=_positive(f"{where}.memory_gb", c.memory_gb) * GB,
+        memory_bandwidth=memory_bandwidth,
+        disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps) * MB,
+        jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
+        steps={model: step for model, (step, _) in steps.items()},
+        **throughputs,
+    )
+
+
+def _peak(where: str, c: Any) -> tuple[int, float]:
+    """Units and total peak FLOP/s of what trains, from the spec-sheet figures."""
     if c.train_on == "accelerator":
         acc = c.accelerator
         if acc is None:
             raise ConfigError(f"{where}.accelerator: train_on is 'accelerator' but none is given")
-        units = _positive(f"{where}.accelerator.count", acc.count)
-        peak = _positive(f"{where}.accelerator.peak_tflops", acc.peak_tflops) * 1e12 * units
-    elif c.train_on == "cpu":
-        units, peak = 1, _positive(f"{where}.cpu_peak_gflops", c.cpu_peak_gflops) * 1e9
-    else:
-        raise ConfigError(f"{where}.train_on: must be 'accelerator' or 'cpu', got {c.train_on!r}")
-    return HardwareProfile(
-        name=name,
-        description=c.description,
-        peak_flops=peak,
-        units=int(units),
-        efficiency=_fraction(f"{where}.efficiency", c.efficiency),
-        scaling_efficiency=_fraction(f"{where}.scaling_efficiency", c.scaling_efficiency),
-        memory_bytes=_positive(f"{where}.memory_gb", c.memory_gb) * GB,
-        memory_bandwidth=_positive(f"{where}.memory_bandwidth_gbps", c.memory_bandwidth_gbps) * GB,
-        disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps) * MB,
-        jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
-    )
+        units = int(_positive(f"{where}.accelerator.count", acc.count))
+        return units, _positive(f"{where}.accelerator.peak_tflops", acc.peak_tflops) * 1e12 * units
+    if c.train_on == "cpu":
+        peak = _required(f"{where}.cpu_peak_gflops", c.cpu_peak_gflops)
+        return 1, _positive(f"{where}.cpu_peak_gflops", peak) * 1e9
+    raise ConfigError(f"{where}.train_on: must be 'accelerator' or 'cpu', got {c.train_on!r}")
+
+
+def _step_model(where: str, c: Any) -> tuple[StepModel, float | None]:
+    """A checked step model and the training FLOPs per sample it was measured with, if given."""
+    for f in ("overhead_s", "per_sample_s", "residual_s"):
+        _positive(f"{where}.{f}", getattr(c, f), allow_zero=True)
+    if c.flops_per_sample is not None:
+        _positive(f"{where}.flops_per_sample", c.flops_per_sample)
+    bad = [b for b in c.batch_sizes if b < 1]
+    if bad:
+        raise ConfigError(f"{where}.batch_sizes: must be >= 1, got {bad}")
+    return StepModel(overhead_s=c.overhead_s, per_sample_s=c.per_sample_s), c.flops_per_sample
+
+
+def _measured_rate(where: str, c: Any) -> float:
+    """The fastest FLOP/s the profile's steps measured (flops_per_sample / per_sample_s)."""
+    rates = [
+        s.flops_per_sample / s.per_sample_s
+        for s in c.steps.values()
+        if s.flops_per_sample is not None and s.per_sample_s > 0
+    ]
+    if not rates:
+        raise ConfigError(
+            f"{where}.efficiency: required unless a step gives flops_per_sample (and a "
+            "per_sample_s > 0), to time work that has no step model"
+        )
+    return max(rates)
+
+
+def _required(where: str, value: float | None) -> float:
+    if value is None:
+        raise ConfigError(f"{where}: required")
+    return value
 
 
 def link_profile(name: str, c: Any) -> LinkProfile:

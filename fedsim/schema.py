@@ -26,20 +26,45 @@ class AcceleratorConf:
 
 
 @dataclass
+class StepConf:
+    """A measured step model: one training step of n samples takes overhead_s + per_sample_s n."""
+
+    overhead_s: float = MISSING
+    per_sample_s: float = MISSING
+    residual_s: float = 0.0  # root mean square of the fit's residual
+    flops_per_sample: float | None = None  # training FLOPs per sample of the calibrated model
+    batch_sizes: list[int] = field(default_factory=list)  # the sizes the fit was measured at
+
+
+@dataclass
 class HardwareConf:
+    """A device's hardware: spec-sheet figures (``kind: spec``) or measured ones (``measured``).
+
+    A spec profile needs ``efficiency``, ``memory_bandwidth_gbps`` and the peak of what trains
+    (``cpu_peak_gflops`` or ``accelerator``). A measured profile needs ``steps`` and ``source``;
+    the spec-sheet figures are optional there (see ``fedsim.config.hardware_profile``).
+    """
+
+    kind: str = "spec"
+    source: str = ""
     description: str = ""
     cpu_model: str = ""
     cpu_cores: int = 1
     cpu_ghz: float = 1.0
-    cpu_peak_gflops: float = MISSING
+    cpu_peak_gflops: float | None = None
     memory_gb: float = MISSING
-    memory_bandwidth_gbps: float = MISSING
+    memory_bandwidth_gbps: float | None = None
     disk_write_mbps: float = 500.0
     accelerator: AcceleratorConf | None = None
     train_on: str = "accelerator"
-    efficiency: float = MISSING
+    efficiency: float | None = None
     scaling_efficiency: float = 1.0
     jitter: float = 0.0
+    # Measured figures (kind: measured): step models by model name, throughputs in bytes/s.
+    steps: dict[str, StepConf] = field(default_factory=dict)
+    serialize_bytes_per_s: float | None = None
+    load_bytes_per_s: float | None = None
+    aggregate_bytes_per_s: float | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ TYPED_PATHS = (
     "fedsim/runtimes",
     "fedsim/scenarios",
     "fedsim/remote.py",
+    "fedsim/calibrate.py",
     # The wire protocol, and what speaks it on either side.
     "fedsim/real/protocol.py",
     "fedsim/real/transport.py",

@@ -32,11 +32,20 @@ class ModelRef:
 
 @dataclass(frozen=True, kw_only=True)
 class Cost:
-    """Work done on one device: arithmetic, memory traffic, bytes written to disk."""
+    """Work done on one device: arithmetic, memory traffic, bytes written to disk.
+
+    Training also says what it trains: ``model`` (its name), ``samples`` per epoch in batches
+    of ``batch_size``, for ``epochs`` epochs. A device with a measured step model for that model
+    is timed by it; every other device by the FLOPs. Other work leaves them unset.
+    """
 
     flops: float = 0.0
     memory_bytes: float = 0.0
     disk_bytes: float = 0.0
+    model: str = ""
+    samples: int = 0
+    batch_size: int = 0
+    epochs: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +67,16 @@ class FitIns:
     config: Mapping[str, Any] = field(default_factory=dict)
     source: int | None = None
     sink: int | None = None
+
+    def cost(self) -> Cost:
+        """The training this instruction asks for, as the compute model times it."""
+        return Cost(
+            flops=self.flops,
+            model=self.model.name,
+            samples=self.samples,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,7 +65,14 @@ def cloud_based(
     samples = n * len(results)
     server_train = real.server_train
     train = None if server_train is None else (lambda: server_train(samples))
-    transport.server_work(EventKind.TRAIN, Cost(flops=workload.train_flops(samples)), train)
+    cost = Cost(
+        flops=workload.train_flops(samples),
+        model=workload.model.name,
+        samples=samples,
+        batch_size=workload.batch_size,
+        epochs=workload.epochs,
+    )
+    transport.server_work(EventKind.TRAIN, cost, train)
     return transport.now() - t0
 
 

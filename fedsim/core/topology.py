@@ -12,12 +12,19 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from fedsim.core.calibration import StepModel
+
 SERVER = "server"
 TRAINER = "trainer"
 DEVICE = "device"
 ROLES = (SERVER, TRAINER, DEVICE)
 
 MSS_BYTES = 1460  # TCP payload per segment on Ethernet (1500-byte MTU)
+
+# Where a hardware profile's figures come from: a data sheet, or timings on the device itself.
+SPEC = "spec"
+MEASURED = "measured"
+PROFILE_KINDS = (SPEC, MEASURED)
 
 
 class TopologyError(ValueError):
@@ -31,10 +38,19 @@ class HardwareProfile:
     ``peak_flops`` is the total fp32 peak of what trains (all GPUs, or the CPU). Training reaches
     ``efficiency`` of it; with several accelerators data-parallel training loses a further
     ``1 - scaling_efficiency``. ``jitter`` is the coefficient of variation of a compute step.
+
+    ``kind`` says where the figures come from, and ``source`` names it: a ``spec`` profile is
+    read off data sheets; a ``measured`` one was timed on the device (``fedsim calibrate``).
+    A measured profile carries ``steps``, a fitted step model per model name, which times
+    training of that model in place of FLOPs / effective FLOP/s, and may carry the measured
+    safetensors serialization and load throughput and the aggregation throughput (memory
+    traffic per second as ``aggregation_cost`` counts it), all in bytes/s.
     """
 
     name: str
     description: str = ""
+    kind: str = SPEC
+    source: str = ""
     peak_flops: float
     units: int = 1
     efficiency: float
@@ -43,6 +59,20 @@ class HardwareProfile:
     memory_bandwidth: float
     disk_bandwidth: float
     jitter: float = 0.0
+    # Not hashed: a dict cannot be, and the other fields already tell profiles apart.
+    steps: Mapping[str, StepModel] = field(default_factory=dict, hash=False)
+    serialize_bytes_per_s: float | None = None
+    load_bytes_per_s: float | None = None
+    aggregate_bytes_per_s: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"hardware {self.name}"
+        if self.kind not in PROFILE_KINDS:
+            raise TopologyError(f"{where}: kind must be one of {', '.join(PROFILE_KINDS)}")
+        if self.kind == MEASURED and not self.steps:
+            raise TopologyError(f"{where}: a measured profile needs at least one step model")
+        if self.kind == SPEC and self.steps:
+            raise TopologyError(f"{where}: only a measured profile carries step models")
 
     @property
     def effective_flops(self) -> float:

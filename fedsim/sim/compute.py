@@ -2,7 +2,9 @@
 
 A step costs max(arithmetic, memory traffic) - the roofline's two ceilings - plus disk writes:
 seconds = max(FLOPs / (peak x efficiency), bytes / memory bandwidth) + disk bytes / disk
-bandwidth, scaled by a seeded jitter factor.
+bandwidth, scaled by a seeded jitter factor. Training a model for which the device's measured
+profile has a step model takes, per epoch, batches x overhead + samples x per-sample cost in
+place of the FLOPs term (``fedsim.core.calibration``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from fedsim.core.topology import HardwareProfile
 
 def compute_seconds(cost: Cost, hw: HardwareProfile) -> float:
     """The modelled time of ``cost`` on ``hw``, without jitter."""
-    arithmetic = cost.flops / hw.effective_flops
+    step = hw.steps.get(cost.model) if cost.model else None
+    if step is not None and cost.samples > 0:
+        arithmetic = cost.epochs * step.epoch_seconds(cost.samples, cost.batch_size)
+    else:
+        arithmetic = cost.flops / hw.effective_flops
     memory = cost.memory_bytes / hw.memory_bandwidth
     return max(arithmetic, memory) + cost.disk_bytes / hw.disk_bandwidth
 

@@ -118,7 +118,7 @@ class SimTransport(Transport):
             sink = self.server if ins.sink is None else ins.sink
             return [
                 self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid),
-                self._compute(dev, Cost(flops=ins.flops), EventKind.TRAIN, tid),
+                self._compute(dev, ins.cost(), EventKind.TRAIN, tid),
                 self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid),
             ]
         if isinstance(ins, RelayIns):

@@ -1,9 +1,12 @@
 """The SimPy runtime: compute model, scenario timings derived by hand, determinism."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from topologies import hardware, link, star
 
+from fedsim.core.calibration import StepModel
 from fedsim.core.events import EventKind
 from fedsim.core.experiment import compare
 from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
@@ -123,3 +126,21 @@ def test_same_seed_same_numbers_different_seed_different_numbers():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_a_measured_step_model_times_training_of_its_model_only():
+    # Prepare: 2 ms per step and 0.1 ms per sample for model "m"; 1 TFLOP/s otherwise.
+    spec = hardware(tflops=1.0)
+    measured = replace(
+        spec,
+        kind="measured",
+        source="test",
+        steps={"m": StepModel(overhead_s=0.002, per_sample_s=1e-4)},
+    )
+    train = Cost(flops=1e12, model="m", samples=50, batch_size=16, epochs=2)
+
+    # Execute / Assert: 2 epochs x (4 batches x 2 ms + 50 samples x 0.1 ms) = 26 ms.
+    assert compute_seconds(train, measured) == pytest.approx(2 * (4 * 0.002 + 50 * 1e-4))
+    # Another model, and any device without a step model, take the FLOPs as before.
+    assert compute_seconds(replace(train, model="other"), measured) == pytest.approx(1.0)
+    assert compute_seconds(train, spec) == pytest.approx(1.0)

@@ -1,0 +1,164 @@
+"""``fedsim calibrate``: it measures this host, and the simulator times a device by the result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from fedsim.calibrate import main
+from fedsim.config import build_topology, load_hardware_profile
+from fedsim.core.events import EventKind
+from fedsim.core.runtime import FitIns, ModelRef, Task
+from fedsim.core.topology import MEASURED, HardwareProfile
+from fedsim.schema import Config
+from fedsim.sim.runtime import SimTransport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC_SERVER = {
+    "description": "server",
+    "cpu_peak_gflops": 100.0,
+    "memory_gb": 8,
+    "memory_bandwidth_gbps": 10,
+    "train_on": "cpu",
+    "efficiency": 1.0,
+}
+
+
+def topology_with(hardware: str, conf_dir: Path):
+    """A server and one trainer whose hardware is ``hardware``, resolved through the config."""
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Config),
+        {
+            "hardware": {"spec_server": SPEC_SERVER},
+            "network": {"lan": {"bandwidth_mbps": 1e6, "latency_ms": 0}},
+            "topology": {
+                "name": "pair",
+                "groups": [{"id": 0, "description": "g", "uplink": "lan"}],
+                "devices": [
+                    {"id": 0, "description": "s", "group": 0, "id_in_group": 0,
+                     "role": "server", "hardware": "spec_server", "link": {"network": "lan"}},
+                    {"id": 1, "description": "t", "group": 0, "id_in_group": 1,
+                     "role": "trainer", "hardware": hardware, "link": {"network": "lan"}},
+                ],
+            },
+        },
+    )  # fmt: skip
+    return build_topology(cfg, conf_dir)
+
+
+def train_seconds(topology, *, model: str, samples: int, batch_size: int, epochs: int, flops=0.0):
+    """The simulated duration of one FitIns's training on device 1."""
+    transport = SimTransport(topology, seed=0)
+    ins = FitIns(
+        model=ModelRef(name=model, version=0, nbytes=1000),
+        samples=samples,
+        epochs=epochs,
+        batch_size=batch_size,
+        flops=flops,
+        update_nbytes=1000,
+    )
+    transport.run([Task(id="t", device=1, ins=ins)])
+    (train,) = [e for e in transport.events if e.kind == EventKind.TRAIN]
+    return train.duration
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> tuple[Path, HardwareProfile, str]:
+    """``fedsim calibrate`` run once on digits_cnn, small: its profile and its summary."""
+    conf = tmp_path_factory.mktemp("conf")
+    out = conf / "hardware" / "this_host.yaml"
+    args = ["--batch-sizes", "4,16,64", "--repeats", "5", "--warmup", "2", "--threads", "1"]
+    args += ["--statistic", "min"]  # the host running the tests may be busy
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "calibrate", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return conf, load_hardware_profile(out), proc.stdout
+
+
+def test_calibrate_writes_a_measured_profile_that_the_config_loads(calibrated):
+    # Prepare / Execute: the fixture ran the command.
+    _, profile, stdout = calibrated
+
+    # Assert
+    assert profile.kind == MEASURED and profile.name == "this_host"
+    assert profile.source.startswith("fedsim calibrate on ") and "torch " in profile.source
+    step = profile.steps["digits_cnn"]
+    assert step.per_sample_s > 0 and step.overhead_s >= 0
+    # Work without a step model runs at the rate the fit measured at large batches.
+    digits_cnn_train_flops = 2_006_784  # fedsim/ml/specs/model_specs.json, 8x8 input
+    assert profile.effective_flops == pytest.approx(digits_cnn_train_flops / step.per_sample_s)
+    assert profile.serialize_bytes_per_s > 0 and profile.load_bytes_per_s > 0
+    assert profile.memory_bandwidth == profile.aggregate_bytes_per_s > 0
+    assert "residual" in stdout and "this_host.yaml" in stdout.splitlines()[-1]
+
+
+def test_a_device_with_the_calibrated_profile_trains_by_its_step_model(calibrated):
+    # Prepare: a topology naming the profile, found in conf/hardware/ as any profile is.
+    conf, profile, _ = calibrated
+    topology = topology_with("this_host", conf)
+    step = profile.steps["digits_cnn"]
+
+    # Execute: 100 samples in batches of 32 (4 steps) for 2 epochs.
+    seconds = train_seconds(topology, model="digits_cnn", samples=100, batch_size=32, epochs=2)
+
+    # Assert
+    assert topology.devices[1].hardware.kind == MEASURED
+    assert seconds == pytest.approx(2 * (4 * step.overhead_s + 100 * step.per_sample_s))
+
+
+def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):
+    # Prepare: 10 ms per step and 1 ms per sample for digits_cnn, 1 GFLOP/s for anything else.
+    (tmp_path / "hardware").mkdir()
+    (tmp_path / "hardware" / "hand_set.yaml").write_text(
+        "kind: measured\n"
+        "source: set by hand for a test\n"
+        "memory_gb: 1\n"
+        "steps:\n"
+        "  digits_cnn: {overhead_s: 0.01, per_sample_s: 0.001, flops_per_sample: 1.0e6}\n"
+        "aggregate_bytes_per_s: 1.0e9\n"
+    )
+    topology = topology_with("hand_set", tmp_path)
+
+    # Execute
+    work = {"samples": 100, "batch_size": 32, "epochs": 3}
+    cnn = train_seconds(topology, model="digits_cnn", **work)
+    mlp = train_seconds(topology, model="digits_mlp", flops=5e9, **work)
+
+    # Assert: 3 epochs x (4 batches x 10 ms + 100 samples x 1 ms) = 0.42 s; a model without a
+    # step model takes its FLOPs at 1e6 / 0.001 = 1 GFLOP/s: 5 s.
+    assert cnn == pytest.approx(3 * (4 * 0.01 + 100 * 0.001))
+    assert mlp == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-sizes", "8,16"], "need >= 3 distinct batch sizes"),
+        (["--batch-sizes", "8,x,16"], "not a comma-separated list of integers"),
+        (["--repeats", "0"], "must be >= 1, got 0"),
+        (["--statistic", "mean"], "invalid choice: 'mean'"),
+        (["--out", "profile.json"], "a profile is a .yaml file"),
+        (["--name", "a", "--out", "b.yaml"], "a profile is named after its file; use a.yaml"),
+        (["--name", "no/slash"], "use letters, digits"),
+    ],
+)
+def test_bad_arguments_exit_2_in_one_line(args, message, capsys):
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+
+    # Assert
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("fedsim calibrate: error: ") and message in err
+    assert err.count("\n") == 1

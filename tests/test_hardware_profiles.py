@@ -1,0 +1,127 @@
+"""Hardware profiles from config: spec-sheet ones as before, measured ones, and what is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from fedsim.config import GB, ConfigError, conf_dir, hardware_profile, load_hardware_profile
+from fedsim.core.calibration import StepModel
+from fedsim.core.topology import MEASURED, SPEC
+from fedsim.schema import HardwareConf
+
+MEASURED_CONF: dict[str, Any] = {
+    "kind": "measured",
+    "source": "fedsim calibrate on host, 2026-01-01, torch 2.x, 1 thread",
+    "memory_gb": 16,
+    "steps": {
+        "digits_cnn": {"overhead_s": 7e-4, "per_sample_s": 2e-5, "flops_per_sample": 2e6},
+        "digits_mlp": {"overhead_s": 3e-4, "per_sample_s": 1e-6, "flops_per_sample": 2e4},
+    },
+    "serialize_bytes_per_s": 4e9,
+    "load_bytes_per_s": 3e9,
+    "aggregate_bytes_per_s": 6e9,
+}
+
+
+def profile(values: dict[str, Any], name: str = "p"):
+    return hardware_profile(name, OmegaConf.merge(OmegaConf.structured(HardwareConf), values))
+
+
+@pytest.mark.parametrize("path", sorted((conf_dir() / "hardware").glob("*.yaml")), ids=str)
+def test_every_shipped_profile_loads_and_says_what_kind_it_is(path):
+    # Execute
+    hw = load_hardware_profile(path)
+
+    # Assert: the spec-sheet profiles load as before; a calibrated one carries its step models.
+    assert hw.source and hw.effective_flops > 0 and hw.memory_bandwidth > 0
+    if hw.kind == SPEC:
+        assert not hw.steps
+    else:
+        assert hw.kind == MEASURED and hw.steps and hw.source.startswith("fedsim calibrate")
+
+
+def test_a_measured_profile_needs_no_spec_sheet_figures():
+    # Execute
+    hw = profile(MEASURED_CONF)
+
+    # Assert: step models as written; other work at the fastest measured rate (2e6 / 2e-5 =
+    # 1e11 FLOP/s beats 2e4 / 1e-6 = 2e10); memory traffic at the aggregation throughput.
+    assert hw.kind == MEASURED and hw.source.startswith("fedsim calibrate on host")
+    assert hw.steps["digits_cnn"] == StepModel(overhead_s=7e-4, per_sample_s=2e-5)
+    assert hw.effective_flops == pytest.approx(1e11)
+    assert hw.memory_bandwidth == 6e9 and hw.memory_bytes == 16 * GB
+    assert (hw.serialize_bytes_per_s, hw.load_bytes_per_s) == (4e9, 3e9)
+
+
+def test_spec_sheet_figures_beside_measured_ones_time_the_other_work():
+    # Execute
+    hw = profile(
+        {
+            **MEASURED_CONF,
+            "train_on": "cpu",
+            "cpu_peak_gflops": 100,
+            "efficiency": 0.5,
+            "memory_bandwidth_gbps": 20,
+        }
+    )
+
+    # Assert
+    assert hw.effective_flops == pytest.approx(50e9)
+    assert hw.memory_bandwidth == 20 * GB
+
+
+def without(key: str) -> dict[str, Any]:
+    return {k: v for k, v in MEASURED_CONF.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({**MEASURED_CONF, "kind": "guessed"}, "hardware.p.kind: must be one of spec, measured"),
+        (without("steps"), "hardware.p.steps: a measured profile needs at least one step model"),
+        (without("source"), "hardware.p.source: a measured profile must say where"),
+        (
+            {**MEASURED_CONF, "steps": {"digits_cnn": {"overhead_s": -1e-3, "per_sample_s": 1e-5}}},
+            "hardware.p.steps.digits_cnn.overhead_s: must be >= 0, got -0.001",
+        ),
+        (
+            {**MEASURED_CONF, "steps": {"digits_cnn": {"overhead_s": 1e-3, "per_sample_s": 1e-5}}},
+            "hardware.p.efficiency: required unless a step gives flops_per_sample",
+        ),
+        (
+            {**MEASURED_CONF, "load_bytes_per_s": 0},
+            "hardware.p.load_bytes_per_s: must be > 0, got 0",
+        ),
+        (without("aggregate_bytes_per_s"), "memory_bandwidth_gbps: required (or aggregate"),
+        (
+            {**MEASURED_CONF, "train_on": "cpu", "cpu_peak_gflops": 100},
+            "hardware.p.efficiency: required",
+        ),
+        (
+            {"memory_gb": 1, "train_on": "cpu", "cpu_peak_gflops": 10, "memory_bandwidth_gbps": 1},
+            "hardware.p.efficiency: required",
+        ),
+        (
+            {"memory_gb": 1, "train_on": "cpu", "efficiency": 0.5, "memory_bandwidth_gbps": 1},
+            "hardware.p.cpu_peak_gflops: required",
+        ),
+        (
+            {
+                "memory_gb": 1,
+                "train_on": "cpu",
+                "cpu_peak_gflops": 10,
+                "efficiency": 0.5,
+                "memory_bandwidth_gbps": 1,
+                "steps": MEASURED_CONF["steps"],
+            },
+            "hardware.p.steps: measured figures belong to a profile with kind: measured",
+        ),
+    ],
+)
+def test_a_profile_that_cannot_work_is_refused_naming_the_field(values, message):
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        profile(values)
