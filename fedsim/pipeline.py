@@ -9,6 +9,7 @@ prediction of it is.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
 from fedsim.core import fidelity
-from fedsim.core.results import COMPARISON, RunResult
+from fedsim.core.results import COMPARISON, TIME_FIELDS, RunResult
 from fedsim.real.stores import ServerStores
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
@@ -32,7 +33,35 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = 
     ``run_dir``. A measured run comes with its prediction (:func:`predict`). The result is not
     written: see :func:`run_and_write`."""
     result = scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
+    result = _with_emulation(result, Path(run_dir))
     return predict(spec, result) if rt.measured else result
+
+
+def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
+    """``result`` with what an emulated runtime recorded of itself (``emulation.json``): the
+    slow-down factor it ran at, in the summary and the report's assumptions."""
+    from fedsim.runtimes.emulated import SUMMARY_FILE
+
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return result
+    described = json.loads(path.read_text(encoding="utf-8"))
+    factor = float(described.get("slowdown_factor", 1.0))
+    note = (
+        f"mode=emulated ran every device {factor:.3g} times slower than its profile, links "
+        "included (this host cannot run the fastest profile at full speed); measured times "
+        "are of the slowed run, and the fidelity section compares them with the prediction "
+        "scaled by the same factor."
+        if factor > 1
+        else "mode=emulated ran every device at its profile's speed on this host."
+    )
+    if not described.get("latency_and_loss_emulated", True):
+        note += " This kernel has no netem: link latency and loss were not emulated, rates were."
+    return replace(
+        result,
+        summary={**result.summary, "emulation": described},
+        assumptions=[*result.assumptions, note],
+    )
 
 
 def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
@@ -52,6 +81,14 @@ def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
     log.info("simulating the measured run to predict it")
     with tempfile.TemporaryDirectory(prefix="fedsim-prediction-") as tmp:
         predicted = scenario(spec.kind)(sim_spec, runtime("sim"), Path(tmp), Hooks(progress=False))
+    factor = float(measured.summary.get("emulation", {}).get("slowdown_factor", 1.0))
+    if factor != 1.0:
+        # The emulation ran everything `factor` times slower: so is the prediction compared.
+        slowed: Any = [
+            replace(r, **{k: getattr(r, k) * factor for k in TIME_FIELDS if k != "bytes_moved"})
+            for r in predicted.rows
+        ]
+        predicted = replace(predicted, rows=slowed)
     if spec.kind == COMPARISON:
         records = fidelity.pair_repetitions(predicted.rows, measured.rows)  # type: ignore[arg-type]
     else:

@@ -235,6 +235,11 @@ def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
     assert summary["rounds_aggregated"] == 2
     emulation = json.loads((tmp_path / "emulation.json").read_text())
     assert emulation["slowdown_factor"] >= 1.0
+    # The run states its slow-down factor and compares its rounds with the prediction slowed
+    # by it.
+    assert summary["emulation"]["slowdown_factor"] == emulation["slowdown_factor"]
+    assert summary["fidelity"]["pairs"] == 2
+    assert "mode=emulated ran every device" in (tmp_path / "report.md").read_text()
     assert set(emulation["cpu_quota_cores"]) == {"3", "4", "8"}
     quotas = {round(q, 3) for _, _, q in held}
     assert quotas <= {round(q, 3) for q in emulation["cpu_quota_cores"].values()}

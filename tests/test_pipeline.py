@@ -1,0 +1,65 @@
+"""The pipeline's own steps: a measured run's prediction, scaled by an emulation's slow-down."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fedsim.config import build_spec, compose, conf_dir
+from fedsim.core.results import TIME_FIELDS
+from fedsim.pipeline import predict, run
+from fedsim.runtimes import runtime
+from fedsim.scenarios import Hooks
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory):
+    spec = build_spec(
+        compose(["+experiment=fl_digits", "fl.training=modelled", "fl.rounds=3"]), conf_dir()
+    )
+    result = run(spec, runtime("sim"), tmp_path_factory.mktemp("sim"), Hooks(progress=False))
+    return spec, result
+
+
+def slowed(result, factor: float):
+    """``result`` as an emulation running ``factor`` times slower would have measured it."""
+    rows = [
+        replace(r, **{k: getattr(r, k) * factor for k in TIME_FIELDS if k != "bytes_moved"})
+        for r in result.rows
+    ]
+    summary = {**result.summary, "emulation": {"slowdown_factor": factor}}
+    return replace(result, rows=rows, summary=summary)
+
+
+def test_a_sim_run_carries_no_prediction(simulated):
+    _, result = simulated
+    assert result.fidelity == [] and "fidelity" not in result.summary
+
+
+def test_the_prediction_of_an_emulated_run_is_slowed_by_its_factor(simulated):
+    # Prepare: the simulation's own rows, measured 4 times slower by an emulation.
+    spec, result = simulated
+    measured = slowed(result, 4.0)
+
+    # Execute
+    predicted = predict(spec, measured)
+
+    # Assert: the prediction, slowed by the same factor, matches every round.
+    assert len(predicted.fidelity) == 3
+    assert predicted.summary["fidelity"]["pairs"] == 3
+    for record in predicted.fidelity:
+        assert record.predicted_s == pytest.approx(record.measured_s, rel=1e-9)
+
+
+def test_without_the_factor_the_same_rows_are_four_times_off(simulated):
+    spec, result = simulated
+    measured = slowed(result, 4.0)
+    measured = replace(
+        measured, summary={k: v for k, v in measured.summary.items() if k != "emulation"}
+    )
+
+    predicted = predict(spec, measured)
+
+    for record in predicted.fidelity:
+        assert record.predicted_s == pytest.approx(record.measured_s / 4.0, rel=1e-9)
