@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedsim.core.topology import Topology
+from fedsim.core.topology import MEASURED, Topology
 
 COMPONENTS = ("transfer", "compute", "aggregation", "waiting")
 # The measured clock (time.perf_counter, microsecond-scale network stamps) cannot resolve less.
@@ -196,10 +196,9 @@ def statistics(records: Sequence[Fidelity]) -> dict[str, ErrorStats]:
 
 def profile_kinds(topology: Topology, devices: Iterable[int]) -> str:
     """Which kind of hardware profile ``devices`` have: ``spec-sheet``, ``measured``, or both
-    joined by " and ". A profile without a ``kind`` is a spec-sheet one."""
+    joined by " and "."""
     kinds = {
-        str(getattr(topology.devices[d].hardware, "kind", SPEC_SHEET) or SPEC_SHEET)
-        for d in devices
+        MEASURED if topology.devices[d].hardware.kind == MEASURED else SPEC_SHEET for d in devices
     }
     return " and ".join(sorted(kinds))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import pytest
 from topologies import star
 
+from fedsim.core.calibration import StepModel
 from fedsim.core.fidelity import (
     Fidelity,
     abs_rel_error,
@@ -18,7 +19,6 @@ from fedsim.core.fidelity import (
     summary,
 )
 from fedsim.core.results import ScenarioRun, TimeSplit
-from fedsim.core.topology import HardwareProfile
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,15 +164,15 @@ def _time_keys() -> list[str]:
     return keys
 
 
-@dataclass(frozen=True, kw_only=True)
-class MeasuredProfile(HardwareProfile):
-    kind: str = "measured"
-
-
-def test_profiles_without_a_kind_are_spec_sheet_and_mixed_kinds_are_both_named():
+def test_spec_sheet_and_measured_profiles_are_named_and_mixed_kinds_both():
     # Prepare: client 2 gets a measured profile.
     topology = star(2)
-    measured = MeasuredProfile(**{**vars(topology.devices[2].hardware)})
+    measured = replace(
+        topology.devices[2].hardware,
+        kind="measured",
+        source="fedsim calibrate (test)",
+        steps={"m": StepModel(overhead_s=1e-3, per_sample_s=2e-5)},
+    )
     devices = {**topology.devices, 2: replace(topology.devices[2], hardware=measured)}
     mixed = type(topology)(topology.name, topology.groups, devices)
 
