@@ -31,7 +31,13 @@ def _preflight(argv: list[str]) -> None:
             sys.exit(f"error: unknown experiment {value!r} (available: {known})")
     if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
         return  # sweeps and Hydra's own flags are Hydra's to check
-    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    # Hydra's own settings are Hydra's to check; a search path is kept, since the configs
+    # composed may live there (an exported topology, say).
+    overrides = [
+        a
+        for a in argv
+        if not a.lstrip("+~").startswith("hydra") or a.startswith("hydra.searchpath=")
+    ]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             compose(config_name="config", overrides=overrides)
@@ -72,6 +78,7 @@ SUBCOMMANDS = {
     "grafana-dashboards": "fedsim.report.grafana_cli",
     "k8s-manifests": "fedsim.deploy.cli",
     "calibrate": "fedsim.calibrate",
+    "export-topology": "fedsim.export_topology",
 }
 
 

@@ -28,6 +28,7 @@ TYPED_PATHS = (
     "fedsim/scenarios",
     "fedsim/remote.py",
     "fedsim/calibrate.py",
+    "fedsim/export_topology.py",
     # The wire protocol, and what speaks it on either side.
     "fedsim/real/protocol.py",
     "fedsim/real/transport.py",

@@ -25,6 +25,12 @@ Decisions, so that a REST layer can map them to status codes without guessing:
   counting from its registration.
 - Heartbeat resources are merged key by key, so each key holds the last value reported for it
   (a bandwidth probe may report less often than CPU load does).
+- A device's measured hardware profile (``report_profile``: what its agent timed, the fields of
+  a ``kind: measured`` hardware profile) is kept beside its record: each report replaces the
+  figures, and its step models join those of other models reported earlier (a step model per
+  model, each the latest). An operator asks for a new measurement with ``request_calibration``;
+  the request stays on the record, where the agent sees it, until a report brings a step model
+  of the model asked for (any model, when the request named none).
 - Timestamps come from the injected ``clock``, by default ``time.time``: wall-clock seconds
   survive a restart of the server, which monotonic time would not.
 
@@ -36,6 +42,7 @@ threads (an event loop and its executors).
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import threading
 import time
@@ -43,6 +50,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 
 class DeviceState(str, Enum):
@@ -114,6 +122,15 @@ class RegistrationConflict(RegistryError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CalibrationRequest:
+    """An operator's request that the device measure itself again, for ``model`` (None: the
+    agent's own choice)."""
+
+    model: str | None = None
+    requested_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceRecord:
     """One device as the registry knows it. Times are ``clock`` seconds.
 
@@ -132,6 +149,11 @@ class DeviceRecord:
     last_seen: float | None = None
     resources: dict[str, float] = field(default_factory=dict)
     removed_at: float | None = None
+    # The measured hardware profile the device last reported (JSON; the fields of a
+    # ``kind: measured`` profile), when it was reported, and a request for a new one.
+    measured: dict[str, Any] | None = None
+    measured_at: float | None = None
+    calibration_request: CalibrationRequest | None = None
 
     @property
     def last_alive(self) -> float:
@@ -139,7 +161,10 @@ class DeviceRecord:
         return self.registered_at if self.last_seen is None else self.last_seen
 
     def copy(self) -> DeviceRecord:
-        return replace(self, labels=dict(self.labels), resources=dict(self.resources))
+        measured = None if self.measured is None else json.loads(json.dumps(self.measured))
+        return replace(
+            self, labels=dict(self.labels), resources=dict(self.resources), measured=measured
+        )
 
 
 class RegistryStore(ABC):
@@ -297,6 +322,43 @@ class DeviceRegistry:
             self._put(record)
             return record.copy()
 
+    def report_profile(self, id: int, profile: Mapping[str, Any]) -> DeviceRecord:
+        """Keep the measured hardware profile the device reports (see the module docstring).
+
+        ``profile`` is a JSON object with a ``steps`` object (model -> step model); the REST
+        layer checks the rest of its shape. Raises ``UnknownDevice``, ``DeviceRemoved``, or
+        ``ValueError`` for a profile that is not JSON or has no ``steps``.
+        """
+        document = _check_profile(profile)
+        reported = set(document["steps"])
+        with self._lock:
+            record = self._writable(id)
+            if record.measured is not None:
+                document["steps"] = {**record.measured.get("steps", {}), **document["steps"]}
+            pending = record.calibration_request
+            if pending is not None and (pending.model is None or pending.model in reported):
+                pending = None
+            record = replace(
+                record,
+                measured=document,
+                measured_at=self._clock(),
+                calibration_request=pending,
+            )
+            self._put(record)
+            return record.copy()
+
+    def request_calibration(self, id: int, model: str | None = None) -> DeviceRecord:
+        """Ask the device to measure itself again (for ``model``, or its own choice)."""
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(f"model must be a non-empty string or None, got {model!r}")
+        with self._lock:
+            record = replace(
+                self._writable(id),
+                calibration_request=CalibrationRequest(model=model, requested_at=self._clock()),
+            )
+            self._put(record)
+            return record.copy()
+
     def remove(self, id: int) -> DeviceRecord:
         """Retire the device for good; its record stays readable with state ``removed``."""
         with self._lock:
@@ -407,6 +469,18 @@ def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
         if not isinstance(k, str) or not isinstance(v, str):
             raise ValueError(f"labels must map strings to strings, got {k!r}: {v!r}")
     return labels
+
+
+def _check_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``profile`` as plain JSON data, checked to be JSON with a ``steps`` object."""
+    try:
+        document = json.loads(json.dumps(dict(profile), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a measured profile must be JSON data: {e}") from None
+    steps = document.get("steps")
+    if not isinstance(steps, dict) or not steps:
+        raise ValueError("a measured profile needs a steps object with at least one model")
+    return document
 
 
 def _check_resources(resources: Mapping[str, float] | None) -> dict[str, float]:

@@ -1,4 +1,14 @@
-"""Timing a zoo model's training steps on this host, for ``fedsim calibrate``.
+"""Measuring this host for a zoo model: what ``fedsim calibrate`` and the agent report.
+
+What is measured, for one model of the zoo:
+
+- training time per step, timed with PyTorch at three or more batch sizes (warm-up steps, then
+  repeats, the median per size, or the fastest) and fitted as per-batch overhead + per-sample
+  cost (``fedsim.core.calibration``), with the fit's residual;
+- safetensors serialization and load throughput of the model's state (``fedsim.store``'s
+  ``encode`` and ``decode``, as the server and the agents ship models);
+- the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
+  traffic ``aggregation_cost`` charges (n updates read, one model written) per second.
 
 A timed step is the step ``TorchTrainer`` takes: forward, the trainer's own per-sample loss,
 ``zero_grad``, backward, an SGD step with momentum. Batch sizes are timed round-robin (each
@@ -6,25 +16,40 @@ repeat times every size once) so that a drift in the host's speed while calibrat
 process, frequency scaling) spreads over all sizes instead of bending the fitted line; each size
 first runs warm-up steps, which pay for one-off costs (oneDNN picks and caches its kernels per
 shape, the allocator grows its pools) that a training run pays once, not per step.
+
+:func:`profile_document` is the measured hardware profile (``kind: measured``) as a plain
+document: the fields ``fedsim.schema.HardwareConf`` reads, and what an agent sends the server.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from fedsim.core.runtime import NDArrays
+from fedsim.core.calibration import StepFit, fit_step_model
+from fedsim.core.runtime import NDArrays, Update
+from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.ml.models import build_model
 from fedsim.ml.params import get_parameters
-from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES
+from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES, model_spec
 
 # The trainer's own loss: a timed step is the step it takes.
 from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, _per_sample_loss
+from fedsim.store.safetensors_io import decode, encode
+
+AGGREGATE_UPDATES = 8  # a round's worth of updates for the aggregation timing
+GB = 1e9
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {
     "median": statistics.median,
@@ -140,3 +165,136 @@ def model_state(model: str, num_classes: int, seed: int = 0) -> NDArrays:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_parameters(build_model(model, num_classes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """What ``calibrate`` measured on this host, in base units (seconds, bytes, bytes/s)."""
+
+    model: str
+    input_size: int
+    threads: int
+    fit: StepFit
+    flops_per_sample: int
+    state_bytes: int
+    serialize_bytes_per_s: float
+    load_bytes_per_s: float
+    aggregate_bytes_per_s: float
+    memory_bytes: float
+    source: str
+
+
+def calibrate(
+    model: str,
+    batch_sizes: Sequence[int],
+    *,
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+    statistic: str = "median",
+    io_repeats: int = 50,
+    by: str = "fedsim calibrate",
+) -> Calibration:
+    """Measure this host for ``model`` (see the module docstring); ``by`` names the measuring
+    command in the profile's ``source``."""
+    input_size, num_classes = default_shape(model)
+    timings = time_training_steps(
+        model,
+        batch_sizes,
+        repeats=repeats,
+        warmup=warmup,
+        input_size=input_size,
+        num_classes=num_classes,
+        threads=threads,
+    )
+    fit = fit_step_model(*timings.per_size(statistic))
+    state = model_state(model, num_classes)
+    with torch_threads(threads):
+        blob = encode(state)
+        serialize = len(blob) / _median_seconds(lambda: encode(state), io_repeats)
+        load = len(blob) / _median_seconds(lambda: decode(blob), io_repeats)
+        updates = [
+            Update(
+                num_examples=1, nbytes=len(blob), parameters={k: v.copy() for k, v in state.items()}
+            )
+            for _ in range(AGGREGATE_UPDATES)
+        ]
+        fedavg = FedAvg()
+        state_bytes = sum(a.nbytes for a in state.values())
+        aggregate = (
+            (AGGREGATE_UPDATES + 1)
+            * state_bytes
+            / _median_seconds(lambda: fedavg.aggregate_fit(state, updates), io_repeats)
+        )
+    today = datetime.date.today().isoformat()
+    return Calibration(
+        model=model,
+        input_size=input_size,
+        threads=timings.threads,
+        fit=fit,
+        flops_per_sample=model_spec(
+            model, input_size=input_size, num_classes=num_classes
+        ).train_flops,
+        state_bytes=len(blob),
+        serialize_bytes_per_s=serialize,
+        load_bytes_per_s=load,
+        aggregate_bytes_per_s=aggregate,
+        memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+        source=(
+            f"{by} on {socket.gethostname()}, {today}, torch {torch.__version__}, "
+            f"{threads_text(timings.threads)}"
+        ),
+    )
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The median wall time of ``fn`` over ``repeats`` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def profile_document(cal: Calibration) -> dict[str, Any]:
+    """The hardware profile's fields (``fedsim.schema.HardwareConf``) for ``cal``."""
+    step = cal.fit.model
+    return {
+        "kind": "measured",
+        "source": cal.source,
+        "description": f"{socket.gethostname()}: {cpu_model()}, {threads_text(cal.threads)}",
+        "cpu_model": cpu_model(),
+        "cpu_cores": cal.threads,
+        "train_on": "cpu",
+        "memory_gb": round(cal.memory_bytes / GB, 3),
+        "steps": {
+            cal.model: {
+                "overhead_s": float(f"{step.overhead_s:.4g}"),
+                "per_sample_s": float(f"{step.per_sample_s:.4g}"),
+                "residual_s": float(f"{cal.fit.residual_s:.3g}"),
+                "flops_per_sample": cal.flops_per_sample,
+                "batch_sizes": list(cal.fit.batch_sizes),
+            }
+        },
+        "serialize_bytes_per_s": float(f"{cal.serialize_bytes_per_s:.4g}"),
+        "load_bytes_per_s": float(f"{cal.load_bytes_per_s:.4g}"),
+        "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
+    }
+
+
+def threads_text(n: int) -> str:
+    """``1 thread``, ``4 threads``."""
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -232,6 +232,9 @@ class LocalCluster:
             "5",
             "--threads",
             "1",
+            # A run's agents start training at once; a calibration would take the cores from
+            # its first round. agent_args may turn it on (--calibrate).
+            "--no-calibrate",
         ]
         if data.exists():
             cmd += ["--data", str(data)]

@@ -38,6 +38,8 @@ class Paths:
     DEVICES = f"{API}/devices"
     DEVICE = f"{API}/devices/{{id}}"
     HEARTBEAT = f"{API}/devices/{{id}}/heartbeat"
+    DEVICE_PROFILE = f"{API}/devices/{{id}}/profile"
+    DEVICE_CALIBRATE = f"{API}/devices/{{id}}/calibrate"
     TASKS = f"{API}/devices/{{id}}/tasks"
     GROUPS = f"{API}/groups"
     MONITORING = f"{API}/monitoring"
@@ -322,6 +324,45 @@ class TaskFailure(WireModel):
     """The body of ``POST TASK_ERROR``: why the agent could not run the task."""
 
     reason: Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""Bytes (or FLOPs) per second: finite and > 0."""
+
+
+class StepMeasurement(WireModel):
+    """A fitted step model: one training step of n samples takes ``overhead_s +
+    per_sample_s * n`` seconds; ``residual_s`` is the fit's root-mean-square miss, and
+    ``batch_sizes`` the sizes it was timed at."""
+
+    overhead_s: Seconds
+    per_sample_s: Seconds
+    residual_s: Seconds = 0.0
+    flops_per_sample: Rate | None = None
+    batch_sizes: Annotated[
+        list[Annotated[int, Field(ge=1, le=INT64_MAX)]], Field(min_length=3, max_length=64)
+    ]
+
+
+class MeasuredProfile(WireModel):
+    """The body of ``PUT DEVICE_PROFILE``: the device's hardware as its agent measured it.
+
+    The fields are those of a ``kind: measured`` hardware profile (``conf/hardware/*.yaml``,
+    as ``fedsim calibrate`` writes one): ``steps`` holds a step model per model timed, the
+    throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic.
+    """
+
+    kind: Literal["measured"] = "measured"
+    source: Annotated[str, Field(min_length=1, max_length=1024)]
+    description: Annotated[str, Field(max_length=1024)] = ""
+    cpu_model: Annotated[str, Field(max_length=256)] = ""
+    cpu_cores: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    train_on: Literal["cpu", "accelerator"] = "cpu"
+    memory_gb: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    steps: Annotated[dict[ModelName, StepMeasurement], Field(min_length=1, max_length=64)]
+    serialize_bytes_per_s: Rate | None = None
+    load_bytes_per_s: Rate | None = None
+    aggregate_bytes_per_s: Rate | None = None
 
 
 class TaskReceipt(WireModel):

@@ -41,10 +41,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from fedsim.core.registry import DeviceRecord, DeviceState, RegistryStore
+from fedsim.core.registry import CalibrationRequest, DeviceRecord, DeviceState, RegistryStore
 from fedsim.core.repository import (
     Deployment,
     DeploymentState,
@@ -112,16 +113,39 @@ _REGISTRY_SCHEMA = (
         registered_at REAL NOT NULL,
         last_seen REAL,
         resources TEXT NOT NULL,
-        removed_at REAL)""",
+        removed_at REAL,
+        measured TEXT,
+        measured_at REAL,
+        calibration_request TEXT)""",
 )
+# Upgrades of a registry.db written by an older fedsim, by the schema version they lead from.
+_REGISTRY_MIGRATIONS: Mapping[int, tuple[str, ...]] = {
+    # 1 -> 2: measured hardware profiles and requests for a new measurement.
+    1: (
+        "ALTER TABLE devices ADD COLUMN measured TEXT",
+        "ALTER TABLE devices ADD COLUMN measured_at REAL",
+        "ALTER TABLE devices ADD COLUMN calibration_request TEXT",
+    ),
+}
 
 
 class _Database:
-    """One SQLite connection in WAL mode, shared by threads under a lock."""
+    """One SQLite connection in WAL mode, shared by threads under a lock.
 
-    SCHEMA_VERSION = 1
+    ``schema`` creates the newest layout; ``migrations[v]`` upgrades a database at schema
+    version ``v`` to ``v + 1``, so the newest version is ``1 + len(migrations)``.
+    """
 
-    def __init__(self, path: Path, *, synchronous: str, schema: Iterable[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        schema: Iterable[str],
+        migrations: Mapping[int, Iterable[str]] | None = None,
+    ) -> None:
+        migrations = dict(migrations or {})
+        newest = 1 + len(migrations)
         self._lock = threading.RLock()
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE, so
         # it takes the write lock before it reads what it will change.
@@ -137,12 +161,17 @@ class _Database:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self.write() as db:
             found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > self.SCHEMA_VERSION:
+            if found > newest:
                 raise RuntimeError(f"{path}: schema {found} is newer than this fedsim's")
             if found == 0:
                 for statement in schema:
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
+            else:
+                for version in range(found, newest):
+                    for statement in migrations[version]:
+                        db.execute(statement)
+            if found != newest:
+                db.execute(f"PRAGMA user_version={newest}")
 
     @contextmanager
     def write(self, *, synchronous: str | None = None) -> Iterator[sqlite3.Connection]:
@@ -545,7 +574,10 @@ class SqliteRegistryStore(RegistryStore):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._db = _Database(
-            self.root / "registry.db", synchronous="NORMAL", schema=_REGISTRY_SCHEMA
+            self.root / "registry.db",
+            synchronous="NORMAL",
+            schema=_REGISTRY_SCHEMA,
+            migrations=_REGISTRY_MIGRATIONS,
         )
 
     def close(self) -> None:
@@ -572,13 +604,24 @@ class SqliteRegistryStore(RegistryStore):
                 r.last_seen,
                 json.dumps(r.resources, sort_keys=True),
                 r.removed_at,
+                _json_or_none(r.measured),
+                r.measured_at,
+                None
+                if r.calibration_request is None
+                else json.dumps(asdict(r.calibration_request)),
             )
             for r in records
         ]
         if not rows:
             return
         with self._db.write(synchronous="FULL" if durable else "NORMAL") as db:
-            db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
 
 
 def _device(row: sqlite3.Row) -> DeviceRecord:
@@ -594,6 +637,13 @@ def _device(row: sqlite3.Row) -> DeviceRecord:
         last_seen=row["last_seen"],
         resources=json.loads(row["resources"]),
         removed_at=row["removed_at"],
+        measured=None if row["measured"] is None else json.loads(row["measured"]),
+        measured_at=row["measured_at"],
+        calibration_request=(
+            None
+            if row["calibration_request"] is None
+            else CalibrationRequest(**json.loads(row["calibration_request"]))
+        ),
     )
 
 

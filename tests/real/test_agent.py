@@ -57,6 +57,9 @@ class FakeServer:
         self.relays: list[dict[str, Any]] = []  # {"task", "body"}
         self.errors: list[tuple[str, str]] = []
         self.downloads: list[dict[str, str]] = []  # the headers of each blob request
+        self.profiles: list[dict[str, Any]] = []  # measured profiles reported
+        # What the record in a heartbeat's answer says: a calibration request, or None.
+        self.calibration_request: dict[str, Any] | None = None
         self.done: set[str] = set()
         self.blobs: dict[str, bytes] = {}
         self.faults: dict[str, list[int]] = defaultdict(list)  # route -> statuses to answer
@@ -69,6 +72,7 @@ class FakeServer:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/api/v1/devices", self.register)
         app.router.add_put("/api/v1/devices/{id}/heartbeat", self.heartbeat)
+        app.router.add_put("/api/v1/devices/{id}/profile", self.profile)
         app.router.add_get("/api/v1/devices/{id}/tasks", self.poll)
         app.router.add_get("/api/v1/models/{name}/versions/{version}/blob", self.blob)
         app.router.add_put("/api/v1/tasks/{task}/update", self.update)
@@ -141,6 +145,16 @@ class FakeServer:
         if denied:
             return denied
         self.heartbeats.append((await request.json())["resources"])
+        await self._notify()
+        return web.json_response(
+            {"id": device, "state": "online", "calibration_request": self.calibration_request}
+        )
+
+    async def profile(self, request: web.Request) -> web.Response:
+        device, denied = self._device(request)
+        if denied:
+            return denied
+        self.profiles.append(await request.json())
         await self._notify()
         return web.json_response({"id": device, "state": "online"})
 
@@ -305,6 +319,7 @@ def agent_config(url: str, tmp_path: Path, **overrides: Any) -> AgentConfig:
         "retry_base": 0.01,
         "retry_cap": 0.05,
         "torch_device": "cpu",
+        "calibrate": False,  # the tests of calibration turn it on
         **overrides,
     }
     return AgentConfig(**settings)
@@ -442,6 +457,51 @@ async def test_heartbeats_keep_flowing_while_a_training_runs(
     assert busy_gauge_while_held == 1
     assert trainers.calls == 1
     assert server.updates[0]["status"] == 201
+
+
+# -- calibration ----------------------------------------------------------------------------
+
+
+async def test_after_registering_the_agent_reports_its_measured_profile(fake, tmp_path):
+    # Prepare
+    server, url = fake
+    agent = Agent(config=agent_config(url, tmp_path, calibrate=True, calibrate_model=MODEL))
+
+    # Execute
+    async with running(agent) as run:
+        await server.until(lambda: len(server.profiles) == 1, run)
+        beats_by_then = len(server.heartbeats)
+
+    # Assert: a measured profile of the model, fitted at four batch sizes, with its source;
+    # heartbeats went on while it was measured.
+    [profile] = server.profiles
+    assert profile["kind"] == "measured"
+    assert profile["source"].startswith("fedsim agent on ")
+    step = profile["steps"][MODEL]
+    assert step["batch_sizes"] == [8, 16, 32, 64]
+    assert step["per_sample_s"] > 0 and step["overhead_s"] >= 0 and step["residual_s"] >= 0
+    assert profile["serialize_bytes_per_s"] > 0 and profile["load_bytes_per_s"] > 0
+    assert beats_by_then >= 2
+
+
+async def test_the_agent_measures_again_when_the_server_asks_once_per_request(fake, tmp_path):
+    # Prepare: an agent told not to calibrate by itself.
+    server, url = fake
+    agent = Agent(config=agent_config(url, tmp_path))
+
+    # Execute: the server's answers carry a request for the MLP, for many heartbeats.
+    async with running(agent) as run:
+        await server.until(lambda: len(server.heartbeats) >= 2, run)
+        reported_unasked = list(server.profiles)
+        server.calibration_request = {"model": "digits_mlp", "requested_at": 5.0}
+        await server.until(lambda: len(server.profiles) == 1, run)
+        seen = len(server.heartbeats)
+        await server.until(lambda: len(server.heartbeats) >= seen + 5, run)
+
+    # Assert
+    assert reported_unasked == []
+    [profile] = server.profiles
+    assert list(profile["steps"]) == ["digits_mlp"]
 
 
 # -- fit tasks ----------------------------------------------------------------------------

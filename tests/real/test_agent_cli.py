@@ -32,6 +32,9 @@ OPTIONS = (
     "--metrics-port",
     "--metrics-host",
     "--node-exporter",
+    "--calibrate",
+    "--no-calibrate",
+    "--calibrate-model",
     "--log-level",
 )
 URL = "http://127.0.0.1:8080"
@@ -62,7 +65,8 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
         "--id-in-group", "1", "--profile", "rpi4", "--label", "site=lab", "--label", "rack=3",
         "--data", str(data), "--state-dir", str(tmp_path / "s"), "--heartbeat-interval", "0.5",
         "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
-        "--node-exporter", "http://10.0.0.5:9100/metrics",
+        "--node-exporter", "http://10.0.0.5:9100/metrics", "--no-calibrate",
+        "--calibrate-model", "digits_mlp",
     ]  # fmt: skip
 
     # Execute
@@ -78,6 +82,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert config.heartbeat_interval == 0.5 and config.poll_wait == 10
     assert config.insecure and config.threads == 1 and level == "debug"
     assert config.node_exporter == "http://10.0.0.5:9100/metrics"
+    assert not config.calibrate and config.calibrate_model == "digits_mlp"
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
@@ -88,8 +93,9 @@ def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monke
     # Execute
     config, _ = cli.parse_config(["--server", URL, "--state-dir", str(tmp_path)])
 
-    # Assert
+    # Assert: and by default the agent measures itself for the digits CNN.
     assert config.enrollment_token is None
+    assert config.calibrate and config.calibrate_model == "digits_cnn"
 
 
 def test_synthetic_data_needs_no_file(tmp_path):
@@ -116,6 +122,7 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--insecure", "--cafile", "CAFILE"], "--insecure"),
         (["--server", URL, "--node-exporter", "10.0.0.5:9100"], "--node-exporter"),
         (["--server", URL, "--node-exporter", "http://:9100/metrics"], "--node-exporter"),
+        (["--server", URL, "--calibrate-model", "gpt"], "--calibrate-model"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):

@@ -283,3 +283,107 @@ async def test_restart_keeps_devices_and_their_tokens(make_server):
     assert r.status == 200
     new_id, _ = await second.register()
     assert new_id == id + 1
+
+
+# -- measured profiles ------------------------------------------------------------------------
+
+
+def measured(model: str = "digits_cnn", overhead_s: float = 6e-4) -> dict:
+    """A measured profile as an agent reports it."""
+    return {
+        "kind": "measured",
+        "source": "fedsim agent on host, 2026-01-01, torch 2.x, 1 thread",
+        "cpu_model": "AMD EPYC",
+        "cpu_cores": 1,
+        "memory_gb": 16.0,
+        "steps": {
+            model: {
+                "overhead_s": overhead_s,
+                "per_sample_s": 2e-5,
+                "residual_s": 1e-5,
+                "flops_per_sample": 2006784,
+                "batch_sizes": [8, 16, 32],
+            }
+        },
+        "serialize_bytes_per_s": 4e9,
+        "load_bytes_per_s": 4e9,
+    }
+
+
+async def test_a_reported_profile_is_kept_and_other_models_steps_stay(server):
+    # Prepare
+    id, token = await server.register()
+
+    # Execute: two reports, of two models, the first one's model again with new figures.
+    r = await server.client.put(f"{API}/devices/{id}/profile", json=measured(), headers=token)
+    assert r.status == 200, await r.text()
+    await server.client.put(
+        f"{API}/devices/{id}/profile", json=measured("mlp", overhead_s=1e-3), headers=token
+    )
+    record = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    assert record["measured"]["kind"] == "measured"
+    assert record["measured"]["source"].startswith("fedsim agent on host")
+    assert sorted(record["measured"]["steps"]) == ["digits_cnn", "mlp"]
+    assert record["measured"]["steps"]["mlp"]["overhead_s"] == 1e-3
+    assert record["measured_at"] >= record["registered_at"]
+
+
+async def test_a_profile_is_reported_by_its_own_device_only_and_checked(server):
+    id, token = await server.register()
+    _, other_token = await server.register()
+
+    r = await server.client.put(f"{API}/devices/{id}/profile", json=measured(), headers=other_token)
+    assert r.status == 403
+    bad = measured()
+    bad["steps"]["digits_cnn"]["batch_sizes"] = [8, 16]  # two sizes cannot judge a fit
+    r = await server.client.put(f"{API}/devices/{id}/profile", json=bad, headers=token)
+    assert r.status == 422
+    assert (await error_of(r))["field"] == "steps.digits_cnn.batch_sizes"
+
+
+async def test_a_calibration_request_shows_until_a_report_for_its_model(server):
+    # Prepare
+    id, token = await server.register()
+
+    # Execute: the admin asks for the mlp; the device's heartbeat answer carries the request.
+    r = await server.client.post(
+        f"{API}/devices/{id}/calibrate", json={"model": "mlp"}, headers=ADMIN
+    )
+    assert r.status == 202, await r.text()
+    beat = await (
+        await server.client.put(f"{API}/devices/{id}/heartbeat", json={}, headers=token)
+    ).json()
+    # A report of another model leaves it pending; one of the mlp clears it.
+    await server.client.put(f"{API}/devices/{id}/profile", json=measured(), headers=token)
+    pending = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+    await server.client.put(f"{API}/devices/{id}/profile", json=measured("mlp"), headers=token)
+    done = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    assert beat["calibration_request"]["model"] == "mlp"
+    assert pending["calibration_request"]["model"] == "mlp"
+    assert done["calibration_request"] is None
+
+
+async def test_only_the_admin_asks_for_a_calibration_and_not_of_a_removed_device(server):
+    id, token = await server.register()
+    r = await server.client.post(f"{API}/devices/{id}/calibrate", json={}, headers=token)
+    assert r.status == 403
+    await server.client.delete(f"{API}/devices/{id}", headers=ADMIN)
+    r = await server.client.post(f"{API}/devices/{id}/calibrate", json={}, headers=ADMIN)
+    assert r.status == 410
+
+
+async def test_restart_keeps_the_measured_profile_and_the_request(make_server):
+    first = await make_server()
+    id, token = await first.register()
+    await first.client.put(f"{API}/devices/{id}/profile", json=measured(), headers=token)
+    await first.client.post(f"{API}/devices/{id}/calibrate", json={"model": "mlp"}, headers=ADMIN)
+    await first.client.close()
+
+    second = await make_server()
+    record = await (await second.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+    assert record["measured"]["steps"]["digits_cnn"]["overhead_s"] == 6e-4
+    assert record["calibration_request"]["model"] == "mlp"

@@ -529,6 +529,61 @@ def test_registry_store_persists_devices_across_restarts(tmp_path):
     store.close()
 
 
+def test_registry_store_keeps_measured_profiles_and_calibration_requests(tmp_path):
+    # Prepare
+    clock = FakeClock()
+    store = SqliteRegistryStore(tmp_path)
+    reg = DeviceRegistry(store, patience=60, clock=clock)
+    dev = reg.register(group=1)
+    steps = {"overhead_s": 6e-4, "per_sample_s": 2e-5, "batch_sizes": [8, 16, 32]}
+    reg.report_profile(dev.id, {"kind": "measured", "steps": {"digits_cnn": steps}})
+    reg.request_calibration(dev.id, "mlp")
+    before = reg.get(dev.id)
+    store.close()
+
+    # Execute
+    store = SqliteRegistryStore(tmp_path)
+    again = DeviceRegistry(store, patience=60, clock=clock).get(dev.id)
+    store.close()
+
+    # Assert
+    assert again == before
+    assert again.measured is not None and again.measured["steps"]["digits_cnn"] == steps
+    assert again.calibration_request is not None and again.calibration_request.model == "mlp"
+
+
+def test_a_registry_written_before_measured_profiles_is_upgraded(tmp_path):
+    # Prepare: a registry.db of schema 1, as fedsim wrote it before measured profiles.
+    db = sqlite3.connect(tmp_path / "registry.db")
+    db.execute(
+        "CREATE TABLE devices (id INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+        "group_id INTEGER NOT NULL, id_in_group INTEGER, profile TEXT NOT NULL, "
+        "labels TEXT NOT NULL, state TEXT NOT NULL, registered_at REAL NOT NULL, "
+        "last_seen REAL, resources TEXT NOT NULL, removed_at REAL)"
+    )
+    db.execute(
+        "INSERT INTO devices VALUES (3, 'old', 1, 0, '', '{}', 'online', 1.0, 2.0, '{}', NULL)"
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+    # Execute
+    store = SqliteRegistryStore(tmp_path)
+    reg = DeviceRegistry(store, patience=1e9, clock=FakeClock())
+    old = reg.get(3)
+    reg.report_profile(3, {"steps": {"mlp": {"overhead_s": 1e-3}}})
+    store.close()
+
+    # Assert
+    assert old.description == "old" and old.measured is None and old.calibration_request is None
+    store = SqliteRegistryStore(tmp_path)
+    assert DeviceRegistry(store, patience=1e9).get(3).measured == {
+        "steps": {"mlp": {"overhead_s": 1e-3}}
+    }
+    store.close()
+
+
 # -- crash safety, for real --
 
 WRITER = """

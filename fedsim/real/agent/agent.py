@@ -7,6 +7,12 @@ then discarded, as a device that drops out), ``upload_data``, and the two steps 
 aggregator in hierarchical rounds: ``relay`` (fetch a version and serve it to the group's
 members, see :mod:`~fedsim.real.agent.relay`) and ``forward`` (send the group's update).
 
+The agent measures its device (``measure_profile``: training steps fitted as overhead +
+per-sample cost, serialization and load throughput) after it registers, unless told not to,
+and whenever a heartbeat's answer carries a calibration request from the server; it runs in the
+training executor, between tasks, and the profile goes to ``PUT DEVICE_PROFILE``. The link's
+bandwidth and round-trip time come from the probe, with the heartbeats.
+
 Every request outlives a server restart (``client`` retries), and a 401 after one, when the
 server has forgotten the device's token, makes the agent register again under the same id and
 carry on where it was.
@@ -37,7 +43,15 @@ from fedsim.real.agent.probe import measure
 from fedsim.real.agent.relay import HeldModels
 from fedsim.real.agent.resources import LoadMeter, hardware
 from fedsim.real.agent.state import Identity, StateDir
-from fedsim.real.agent.work import TaskError, TrainerFactory, Trainers, data_bytes, fit_ins, padding
+from fedsim.real.agent.work import (
+    TaskError,
+    TrainerFactory,
+    Trainers,
+    data_bytes,
+    fit_ins,
+    measure_profile,
+    padding,
+)
 from fedsim.real.protocol import (
     FitTask,
     ForwardTask,
@@ -103,6 +117,8 @@ class Agent:
         self._device_id: int | None = None
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
+        self._calibrating: asyncio.Task[None] | None = None
+        self._answered: float | None = None  # the calibration request answered last
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -160,11 +176,15 @@ class Agent:
         ]
         if self.config.probe_interval > 0:
             workers.append(asyncio.create_task(self._probe_loop(), name="fedsim-probe"))
+        if self.config.calibrate:
+            self._start_calibration(self.config.calibrate_model)
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for worker in done:
                 worker.result()
         finally:
+            if self._calibrating is not None:
+                workers.append(self._calibrating)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -173,16 +193,62 @@ class Agent:
         url = self._api.url(Paths.HEARTBEAT, id=self._device_id)
         while True:
             try:
-                await self._as_device(
+                reply = await self._as_device(
                     lambda token: self._api.request(
                         "PUT", url, token=token, json_body={"resources": self._meter.read()}
                     )
                 )
+                self._answer_calibration_request(reply.json())
             except ApiError as e:
                 if e.status == 410:
                     raise AgentError(f"device {self._device_id} was removed from the server") from e
                 log.warning("heartbeat refused: %s", e)
+            except ValueError as e:  # an answer that is not JSON: the heartbeat still counted
+                log.warning("the server's answer to a heartbeat is not JSON: %s", e)
             await asyncio.sleep(self.config.heartbeat_interval)
+
+    def _answer_calibration_request(self, record: Any) -> None:
+        """Measure again when the device's record (a heartbeat's answer) asks for it."""
+        request = _get(record, "calibration_request")
+        requested_at = _get(request, "requested_at")
+        if requested_at is None or requested_at == self._answered:
+            return
+        if self._calibrating is not None and not self._calibrating.done():
+            return  # measuring already; a request still pending afterwards is seen next time
+        self._answered = requested_at
+        model = _get(request, "model") or self.config.calibrate_model
+        log.info("the server asks for a new measurement of %s", model)
+        self._start_calibration(str(model))
+
+    def _start_calibration(self, model: str) -> None:
+        self._calibrating = asyncio.create_task(self._calibrate(model), name="fedsim-calibrate")
+
+    async def _calibrate(self, model: str) -> None:
+        """Measure the device for ``model`` in the training executor and report the profile.
+
+        A failure is logged, never fatal: the agent trains as well without a profile.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            profile = await loop.run_in_executor(self._executor, measure_profile, model)
+            url = self._api.url(Paths.DEVICE_PROFILE, id=self._device_id)
+            await self._as_device(
+                lambda token: self._api.request("PUT", url, token=token, json_body=profile)
+            )
+        except (TaskError, ApiError) as e:
+            log.warning("calibration of %s not reported: %s", model, e)
+            return
+        except Exception:  # the measurement's own failure; the agent goes on without it
+            log.exception("calibration of %s failed", model)
+            return
+        step = profile["steps"][model]
+        log.info(
+            "measured %s: step %.3f ms + %.2f us x n (residual %.1f us), reported",
+            model,
+            step["overhead_s"] * 1e3,
+            step["per_sample_s"] * 1e6,
+            step["residual_s"] * 1e6,
+        )
 
     async def _probe_loop(self) -> None:
         """Measure the link to the server now and then; report it by heartbeat and metrics."""

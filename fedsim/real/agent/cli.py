@@ -188,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=(
+            "after registering, time a few training steps of --calibrate-model, safetensors "
+            "serialization and loading, and report the measured profile to the server (a "
+            "second or two for the digits nets); the server may ask again either way "
+            "(default: on)"
+        ),
+    )
+    p.add_argument(
+        "--calibrate-model",
+        default="digits_cnn",
+        metavar="NAME",
+        help="the model of the zoo to time (default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -226,6 +243,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             probe_interval=args.probe_interval,
             probe_bytes=args.probe_bytes,
             node_exporter=args.node_exporter,
+            calibrate=args.calibrate,
+            calibrate_model=args.calibrate_model,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fedsim.ml.spec import MODELS  # a table of names: loads no torch
+
 MAX_POLL_WAIT = 60  # the protocol caps a long poll's ``wait`` at 60 s
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -80,6 +82,8 @@ class AgentConfig:
     Prometheus metrics on ``metrics_host:metrics_port``; 0 serves none. ``node_exporter`` is
     the URL of the node_exporter beside the agent (its path defaults to ``/metrics``), declared
     at registration so that Prometheus finds it through the server's service discovery.
+    ``calibrate`` makes the agent measure its device for ``calibrate_model`` after it registers
+    and report the profile; a request from the server is answered whatever ``calibrate`` says.
     """
 
     server: str
@@ -107,6 +111,8 @@ class AgentConfig:
     probe_interval: float = 60.0
     probe_bytes: int = 256 * 1024
     node_exporter: str | None = None
+    calibrate: bool = True
+    calibrate_model: str = "digits_cnn"
 
     def __post_init__(self) -> None:
         url = urlsplit(self.server)
@@ -145,6 +151,11 @@ class AgentConfig:
             raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:
             parse_data_spec(self.data)
+        if self.calibrate_model not in MODELS:
+            raise ValueError(
+                f"--calibrate-model {self.calibrate_model!r}: not a model of the zoo "
+                f"({', '.join(sorted(MODELS))})"
+            )
 
     @property
     def data_spec(self) -> DataSpec | None:

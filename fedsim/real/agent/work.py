@@ -143,6 +143,46 @@ def load_shard(
     return X[:, :channels].contiguous(), y
 
 
+# A short calibration (a second or two for the digits nets on one core): the agent measures
+# itself at every start and whenever the server asks, between tasks.
+CALIBRATION_BATCH_SIZES = (8, 16, 32, 64)
+CALIBRATION_REPEATS = 10
+CALIBRATION_WARMUP = 3
+CALIBRATION_IO_REPEATS = 10
+
+
+def measure_profile(model: str) -> dict[str, Any]:
+    """This device's measured hardware profile for ``model`` (the fields of a ``kind:
+    measured`` profile, as ``fedsim calibrate`` writes one), timed with the agent's threads.
+
+    Each batch size's fastest step counts, not the median: with few repeats, and other
+    processes (another agent, the user's work) taking the core now and then, the fastest step
+    is the one that shows what the device does when it trains. Raises :class:`TaskError` for
+    an unknown model or timings that do not grow with the batch size (a busy host).
+    """
+    from fedsim.ml.calibrate import calibrate, profile_document
+    from fedsim.ml.spec import MODELS
+
+    if model not in MODELS:
+        raise TaskError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
+    cal = calibrate(
+        model,
+        CALIBRATION_BATCH_SIZES,
+        repeats=CALIBRATION_REPEATS,
+        warmup=CALIBRATION_WARMUP,
+        threads=None,
+        statistic="min",
+        io_repeats=CALIBRATION_IO_REPEATS,
+        by="fedsim agent",
+    )
+    if cal.fit.model.per_sample_s == 0:
+        raise TaskError(
+            f"{model}'s step times did not grow with the batch size (a busy host?); "
+            "not reporting them"
+        )
+    return profile_document(cal)
+
+
 def resolve_torch_device(name: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
     if name != "auto":

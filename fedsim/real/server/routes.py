@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from fedsim.real.protocol import (
     PATH_PATTERNS,
     Headers,
+    MeasuredProfile,
     Paths,
     RelayResult,
     Task,
@@ -118,6 +119,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PUT", Paths.HEARTBEAT, "devices.heartbeat", own("id"), Doc(
         summary="Report liveness and resources (the device)", returns=s.DeviceRecord,
         body=s.Heartbeat, errors=(410,))),
+    Endpoint("PUT", Paths.DEVICE_PROFILE, "devices.profile", own("id"), Doc(
+        summary="Report the device's measured hardware profile (the device)",
+        returns=s.DeviceRecord, body=MeasuredProfile, errors=(410,),
+        description="Replaces the measured figures; step models of other models reported "
+        "earlier are kept. Clears a calibration request for a model the report times.")),
+    Endpoint("POST", Paths.DEVICE_CALIBRATE, "devices.calibrate", ADMIN, Doc(
+        summary="Ask the device to measure itself again", ok=202, returns=s.DeviceRecord,
+        body=s.CalibrationOrder, errors=(410,),
+        description="The request shows in the device's record (calibration_request); its "
+        "agent sees it in the answer to its next heartbeat and reports a new profile.")),
     Endpoint("GET", Paths.TASKS, "tasks.poll", own("id"), Doc(
         summary="Long-poll for the device's next task", returns=Task, query=s.PollQuery,
         errors=(410,), responses={204: {"description": "No task within the wait"}},

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from fedsim.real.protocol import (
     INT64_MAX,
     Count,
+    MeasuredProfile,
     ModelName,
     Numbers,
     WireModel,
@@ -97,6 +98,15 @@ class Heartbeat(WireModel):
     """``PUT /devices/{id}/heartbeat``: the device is alive, and its load now."""
 
     resources: Numbers | None = None
+
+
+class CalibrationOrder(WireModel):
+    """``POST /devices/{id}/calibrate``: ask the device to measure itself again."""
+
+    model: ModelName | None = Field(
+        default=None,
+        description="the model of the zoo to time (default: the agent's --calibrate-model)",
+    )
 
 
 class ModelCreation(WireModel):
@@ -191,6 +201,11 @@ class Error(Response):
     error: ErrorDetail
 
 
+class CalibrationRequest(Response):
+    model: str | None = Field(description="the model asked for; null: the agent's choice")
+    requested_at: float
+
+
 class DeviceRecord(Response):
     id: Id
     description: str
@@ -206,6 +221,13 @@ class DeviceRecord(Response):
     removed_at: float | None
     hardware: dict[str, Any]
     endpoints: dict[str, str]
+    measured: MeasuredProfile | None = Field(
+        description="the hardware profile the device measured and reported (PUT .../profile)"
+    )
+    measured_at: float | None
+    calibration_request: CalibrationRequest | None = Field(
+        description="a new measurement asked for (POST .../calibrate) and not reported yet"
+    )
 
 
 class Registered(Response):

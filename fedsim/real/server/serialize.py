@@ -36,6 +36,11 @@ def device_json(record: DeviceRecord, details: AgentDetails) -> dict[str, Any]:
         removed_at=record.removed_at,
         hardware=dict(details.hardware),
         endpoints=dict(details.endpoints),
+        measured=record.measured,
+        measured_at=record.measured_at,
+        calibration_request=(
+            None if record.calibration_request is None else asdict(record.calibration_request)
+        ),
     )
     return as_json(record_)
 

@@ -332,6 +332,56 @@
     return h("td", { class: cls, "data-col": col, "data-label": label, title }, content);
   }
 
+  /** The device's measured step time (its agent's calibration), and where it came from. */
+  function measuredCell(d) {
+    const m = d.measured;
+    const pending = d.calibration_request
+      ? `measurement of ${d.calibration_request.model || "its default model"} asked for ` +
+        `${ago(d.calibration_request.requested_at)}`
+      : null;
+    if (!m || !m.steps) {
+      return cell("measured", "Measured step", null, pending ? "asked for" : DASH, pending);
+    }
+    const models = Object.keys(m.steps).sort();
+    const lines = models.map((model) => {
+      const st = m.steps[model];
+      return (
+        `${model}: ${(st.overhead_s * 1e3).toFixed(2)} ms + ` +
+        `${(st.per_sample_s * 1e6).toFixed(1)} \u00b5s per sample`
+      );
+    });
+    const first = m.steps[models[0]];
+    const title = [
+      `source: ${m.source}`,
+      ...models.map(
+        (model) =>
+          `${model}: fit residual ${(m.steps[model].residual_s * 1e6).toFixed(1)} \u00b5s RMS ` +
+          `at batch sizes ${(m.steps[model].batch_sizes || []).join(", ")}`,
+      ),
+      m.serialize_bytes_per_s ? `serialize ${bytes(m.serialize_bytes_per_s)}/s` : null,
+      m.load_bytes_per_s ? `load ${bytes(m.load_bytes_per_s)}/s` : null,
+      `measured ${when(d.measured_at)}`,
+      pending,
+    ].filter(Boolean);
+    return cell(
+      "measured",
+      "Measured step",
+      "num",
+      h(
+        "span",
+        { "data-testid": "measured-step" },
+        `${(first.overhead_s * 1e3).toFixed(2)} ms + ${(first.per_sample_s * 1e6).toFixed(1)} ` +
+          `\u00b5s \u00d7 n`,
+        h(
+          "span",
+          { class: "muted" },
+          ` \u00b7 ${models.length === 1 ? models[0] : plural(models.length, "model")}`,
+        ),
+      ),
+      [...lines, ...title].join("\n"),
+    );
+  }
+
   async function refreshDevices() {
     await loadDirectory();
     const select = $("devices-group");
@@ -384,6 +434,7 @@
           measured.length ? bitRate(Math.min(...measured)) : DASH,
           linkTitle,
         ),
+        measuredCell(d),
       );
     });
     $("devices-rows").replaceChildren(...rows);

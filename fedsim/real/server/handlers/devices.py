@@ -1,4 +1,5 @@
-"""The Device Manager's endpoints: registration, heartbeats, listing, removal, groups."""
+"""The Device Manager's endpoints: registration, heartbeats, measured profiles and requests for
+them, listing, removal, groups."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fedsim.core.registry import (
     DeviceState,
     UnknownDevice,
 )
-from fedsim.real.protocol import INT64_MAX
+from fedsim.real.protocol import INT64_MAX, MeasuredProfile
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import PRINCIPAL, Role
 from fedsim.real.server.config import ServerConfig
@@ -23,7 +24,12 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.history import HeartbeatHistory
 from fedsim.real.server.offload import Offload
-from fedsim.real.server.schemas import DeviceFilter, DeviceRegistration, Heartbeat
+from fedsim.real.server.schemas import (
+    CalibrationOrder,
+    DeviceFilter,
+    DeviceRegistration,
+    Heartbeat,
+)
 from fedsim.real.server.serialize import device_json
 
 
@@ -108,6 +114,19 @@ class DeviceHandlers:
         if self._history is not None:
             self._history.record(id, time.time(), record.resources)
         return web.json_response(self._json(record))
+
+    async def profile(self, request: web.Request) -> web.Response:
+        id = path_int(request, "id")
+        body = await json_body(request, MeasuredProfile, self._config)
+        document = body.model_dump(mode="json", exclude_none=True)
+        record = await self._offload(self._registry.report_profile, id, document)
+        return web.json_response(self._json(record))
+
+    async def calibrate(self, request: web.Request) -> web.Response:
+        id = path_int(request, "id")
+        body = await json_body(request, CalibrationOrder, self._config)
+        record = await self._offload(self._registry.request_calibration, id, body.model)
+        return web.json_response(self._json(record), status=202)
 
     async def remove(self, request: web.Request) -> web.Response:
         record = await self._offload(self._registry.remove, path_int(request, "id"))
