@@ -1,5 +1,5 @@
 """``fedsim export-topology`` from a local calibration, and its one-line errors (the export from
-a live server is tests/real/test_export_topology.py)."""
+a live server is tests/real/test_export_recorded_fleet.py)."""
 
 from __future__ import annotations
 
