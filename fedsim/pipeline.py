@@ -20,6 +20,7 @@ from typing import Any
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
 from fedsim.core import fidelity
 from fedsim.core.results import COMPARISON, TIME_FIELDS, RunResult
+from fedsim.core.topology import map_profiles
 from fedsim.real.stores import ServerStores
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
@@ -73,7 +74,7 @@ def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
     comparison measured a scaled job (``workload.scale``); the simulator predicts that job and
     leaves out the crossover grid, which the measured run has already.
     """
-    sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
+    sim_spec = prediction_spec(spec, measured.summary.get("emulation"))
     if spec.kind == COMPARISON:
         from fedsim.scenarios.comparison import measured_workload
 
@@ -96,6 +97,21 @@ def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
     profiles = fidelity.profile_kinds(spec.topology, (spec.topology.server, *spec.clients))
     block = fidelity.summary(records, profiles)
     return replace(measured, summary={**measured.summary, "fidelity": block}, fidelity=records)
+
+
+def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -> ExperimentSpec:
+    """``spec`` in the simulator, as the measured run ran it: where an emulation could not
+    emulate link latency and loss (``latency_and_loss_emulated`` false in its description), its
+    links had neither, and the prediction of that run leaves them out too."""
+    sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
+    if emulation is not None and not emulation.get("latency_and_loss_emulated", True):
+        # Only what tc could shape stays: the rates.
+        rates_only = map_profiles(
+            spec.topology,
+            link=lambda p: replace(p, latency=0.0, latency_jitter=0.0, loss=0.0),
+        )
+        sim_spec = replace(sim_spec, topology=rates_only)
+    return sim_spec
 
 
 def run_and_write(

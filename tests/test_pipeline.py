@@ -8,7 +8,7 @@ import pytest
 
 from fedsim.config import build_spec, compose, conf_dir
 from fedsim.core.results import TIME_FIELDS
-from fedsim.pipeline import predict, run
+from fedsim.pipeline import predict, prediction_spec, run
 from fedsim.runtimes import runtime
 from fedsim.scenarios import Hooks
 
@@ -63,3 +63,40 @@ def test_without_the_factor_the_same_rows_are_four_times_off(simulated):
 
     for record in predicted.fidelity:
         assert record.predicted_s == pytest.approx(record.measured_s / 4.0, rel=1e-9)
+
+
+def test_an_emulation_without_netem_is_predicted_without_latency_and_loss(simulated):
+    # Prepare: an emulation that shaped rates but could not delay or drop packets.
+    spec, _ = simulated
+    emulation = {"slowdown_factor": 1.0, "latency_and_loss_emulated": False}
+
+    # Execute
+    as_run = prediction_spec(spec, emulation)
+    with_netem = prediction_spec(spec, {**emulation, "latency_and_loss_emulated": True})
+
+    # Assert: the links keep their rates and lose their latency, jitter and loss; with netem
+    # the topology is the spec's own.
+    assert as_run.mode.name == "sim"
+    assert any(p.latency > 0 for p in spec.topology.link_profiles())
+    for before, after in zip(
+        spec.topology.link_profiles(), as_run.topology.link_profiles(), strict=True
+    ):
+        assert after.bandwidth == before.bandwidth
+        assert (after.latency, after.latency_jitter, after.loss) == (0.0, 0.0, 0.0)
+    assert with_netem.topology == spec.topology
+
+
+def test_an_emulated_run_without_netem_is_predicted_at_link_rates_alone(simulated, tmp_path):
+    # Prepare: the rounds of the latency-free simulation, as an emulation without netem measures.
+    spec, _ = simulated
+    emulation = {"slowdown_factor": 1.0, "latency_and_loss_emulated": False}
+    rates_only = prediction_spec(spec, emulation)
+    result = run(rates_only, runtime("sim"), tmp_path, Hooks(progress=False))
+    measured = replace(result, summary={**result.summary, "emulation": emulation})
+
+    # Execute
+    predicted = predict(spec, measured)
+
+    # Assert: every round is predicted exactly, as it would not be with the links' latency.
+    for record in predicted.fidelity:
+        assert record.predicted_s == pytest.approx(record.measured_s, rel=1e-9)

@@ -571,6 +571,16 @@ class Emulation:
                 (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
                 (group / "cpu.cfs_quota_us").write_text(str(quota))
 
+    def lift_quotas(self) -> None:
+        """Let every agent use the CPU unthrottled again: stopping is not part of the emulated
+        device either, and an agent held to a few per cent of a core takes seconds to exit."""
+        for dev in self.plan.agents:
+            group = self.cgroup / f"d{dev}"
+            if self._cgroup_version == 2:
+                (group / "cpu.max").write_text(f"max {PERIOD_US}")
+            else:
+                (group / "cpu.cfs_quota_us").write_text("-1")
+
     def quota(self, dev: int) -> float:
         """The cores agent ``dev``'s cgroup allows now (inf when unlimited)."""
         group = self.cgroup / f"d{dev}"

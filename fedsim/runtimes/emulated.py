@@ -58,9 +58,12 @@ class EmulatedRuntime:
             with cluster_session(
                 spec, run_dir, needs, runner=self.runner, mode=mode, launcher=net.launcher
             ) as (_, session):
-                # Agents start unthrottled: their start-up is not the device being emulated.
+                # Agents start and stop unthrottled: neither is the device being emulated.
                 net.apply_quotas()
-                yield session
+                try:
+                    yield session
+                finally:
+                    net.lift_quotas()
 
 
 def emulation_plan(spec: ExperimentSpec, needs: Needs) -> emulate.Plan:

@@ -7,6 +7,7 @@ is checked everywhere.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -156,9 +157,12 @@ def test_setup_then_teardown_leaves_nothing_behind():
         net.apply_quotas()
         during = leftovers(net.tag)
         quota = net.quota(1)
+        net.lift_quotas()
+        lifted = net.quota(1)
     # Assert: it was all there (qdiscs of namespaces are listed by their namespace's tc)...
     assert during["namespaces"] and during["links"] and during["cgroups"] and during["state"]
     assert quota == pytest.approx(0.1)  # 10 GFLOP/s on a 100 GFLOP/s core
+    assert lifted == math.inf  # agents stop unthrottled
     # ...and none of it is left.
     assert nothing_left(net.tag), leftovers(net.tag)
 
