@@ -30,6 +30,19 @@ def link(name="l", mb_per_s=100.0, latency_s=0.0, loss=0.0):
     return LinkProfile(name=name, bandwidth=mb_per_s * MB, latency=latency_s, loss=loss)
 
 
+def server(hw, link_profile):
+    """Device 0, the server, in group 0 (the cloud)."""
+    return Device(
+        id=0,
+        description="server",
+        group=0,
+        id_in_group=0,
+        role="server",
+        hardware=hw,
+        link=link_profile,
+    )
+
+
 def star(n_clients=2, *, access=None, uplink=None, server_tflops=10.0, client_tflops=1.0):
     """A server in group 0 and ``n_clients`` trainers in group 1.
 
@@ -40,17 +53,7 @@ def star(n_clients=2, *, access=None, uplink=None, server_tflops=10.0, client_tf
         0: Group(id=0, description="cloud", uplink=fast),
         1: Group(id=1, description="edge", uplink=uplink or fast),
     }
-    devices = {
-        0: Device(
-            id=0,
-            description="server",
-            group=0,
-            id_in_group=0,
-            role="server",
-            hardware=hardware("srv", server_tflops),
-            link=fast,
-        )
-    }
+    devices = {0: server(hardware("srv", server_tflops), fast)}
     for i in range(1, n_clients + 1):
         devices[i] = Device(
             id=i,
@@ -74,17 +77,7 @@ def grouped(members, *, uplink=None, access=None, client_hardware=None, name="tw
     edge = sorted(set(members.values()))
     groups = {0: Group(id=0, description="cloud", uplink=fast)}
     groups.update({g: Group(id=g, description=f"g{g}", uplink=uplink or fast) for g in edge})
-    devices = {
-        0: Device(
-            id=0,
-            description="server",
-            group=0,
-            id_in_group=0,
-            role="server",
-            hardware=hardware("srv", 10.0),
-            link=fast,
-        )
-    }
+    devices = {0: server(hardware("srv", 10.0), fast)}
     for d, g in members.items():
         devices[d] = Device(
             id=d,

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from topologies import hardware, link
+from topologies import hardware, link, server
 
 from fedsim.core.experiment import compare_once
 from fedsim.core.implied import (
@@ -50,15 +50,7 @@ def gpu_testbed() -> Topology:
         2: Group(id=2, description="edge 2", uplink=uplink),
     }
     devices = {
-        0: Device(
-            id=0,
-            description="server",
-            group=0,
-            id_in_group=0,
-            role="server",
-            hardware=gpus,
-            link=cloud,
-        ),
+        0: server(gpus, cloud),
         **{
             c: Device(
                 id=c,
