@@ -4,7 +4,7 @@ schemathesis generates requests for every operation from the document (valid one
 invalid ones that must be refused with a 4xx) and checks each answer: no 5xx, a status code
 the document declares, the declared content type and headers, a body that fits the declared
 schema. Bounded for CI: a fixed number of cases per operation, derandomized so a run is
-reproducible, about 2,000 cases in all.
+reproducible, about 2,500 cases in all.
 
 What is shrunk so every case stays quick, and why: long polls are cut to 10 ms by the server's
 ``long_poll_max_s`` (a ``?wait=`` the generator picks would otherwise hold a case for a
@@ -40,7 +40,7 @@ from fedsim.real.server.openapi import build_openapi
 from tests.real.conftest import ADMIN, ADMIN_TOKEN, ENROLL, ENROLLMENT_TOKEN, blob
 from tests.real.test_server_api import FakeJobs
 
-CASES_PER_OPERATION = 40  # x 37 operations, plus the coverage cases: about 2,000 in all
+CASES_PER_OPERATION = 40  # x 39 operations, plus the coverage cases: about 2,500 in all
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
