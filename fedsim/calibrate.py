@@ -45,7 +45,8 @@ def render(cal: Calibration, command: str) -> str:
         f"# Step model: one training step of n samples of {cal.model} ({cal.input_size}x"
         f"{cal.input_size}) takes overhead_s + per_sample_s x n seconds.\n"
         "# Work without a step model runs at flops_per_sample / per_sample_s FLOP/s;\n"
-        "# memory traffic at aggregate_bytes_per_s.\n"
+        "# memory traffic at aggregate_bytes_per_s. cold_start_s: the first training task's\n"
+        "# extra seconds (building the model and optimizer, the first step).\n"
     )
     from fedsim.ml.calibrate import profile_document
 
@@ -70,6 +71,8 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             f"load {cal.load_bytes_per_s / 1e6:.0f} MB/s",
             f"  aggregation (FedAvg of {AGGREGATE_UPDATES}): "
             f"{cal.aggregate_bytes_per_s / 1e6:.0f} MB/s of memory traffic",
+            f"  cold start (model, optimizer, first step): {cal.cold_start_s * 1e3:.1f} ms "
+            "over a steady step",
             f"profile: {out}",
         ]
         + (

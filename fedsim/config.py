@@ -10,6 +10,7 @@ does, for the CLI's preflight and for jobs a server is handed as plain data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         for f in MEASURED_THROUGHPUTS
         if getattr(c, f) is not None
     }
+    cold_start = None if c.cold_start_s is None else _cold_start(f"{where}.cold_start_s", c)
     if measured:
         if not steps:
             raise ConfigError(
@@ -316,6 +318,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
             )
     else:
         extra = (["steps"] if steps else []) + list(throughputs)
+        extra += [] if cold_start is None else ["cold_start_s"]
         if extra:
             raise ConfigError(
                 f"{where}.{extra[0]}: measured figures belong to a profile with kind: measured"
@@ -349,8 +352,17 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps) * MB,
         jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
         steps={model: step for model, (step, _) in steps.items()},
+        cold_start_s=cold_start or 0.0,
         **throughputs,
     )
+
+
+def _cold_start(where: str, c: Any) -> float:
+    """``cold_start_s``: seconds, finite and >= 0."""
+    value = float(c.cold_start_s)
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number of seconds, got {value}")
+    return _positive(where, value, allow_zero=True)
 
 
 def _peak(where: str, c: Any) -> tuple[int, float]:

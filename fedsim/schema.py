@@ -60,11 +60,13 @@ class HardwareConf:
     efficiency: float | None = None
     scaling_efficiency: float = 1.0
     jitter: float = 0.0
-    # Measured figures (kind: measured): step models by model name, throughputs in bytes/s.
+    # Measured figures (kind: measured): step models by model name, throughputs in bytes/s,
+    # and the first training task's extra seconds over a steady one.
     steps: dict[str, StepConf] = field(default_factory=dict)
     serialize_bytes_per_s: float | None = None
     load_bytes_per_s: float | None = None
     aggregate_bytes_per_s: float | None = None
+    cold_start_s: float | None = None
 
 
 @dataclass

@@ -23,6 +23,14 @@ MEASURED_CONF: dict[str, Any] = {
     "serialize_bytes_per_s": 4e9,
     "load_bytes_per_s": 3e9,
     "aggregate_bytes_per_s": 6e9,
+    "cold_start_s": 0.8,
+}
+SPEC_CONF: dict[str, Any] = {
+    "memory_gb": 1,
+    "train_on": "cpu",
+    "cpu_peak_gflops": 10,
+    "efficiency": 0.5,
+    "memory_bandwidth_gbps": 1,
 }
 
 
@@ -54,6 +62,15 @@ def test_a_measured_profile_needs_no_spec_sheet_figures():
     assert hw.effective_flops == pytest.approx(1e11)
     assert hw.memory_bandwidth == 6e9 and hw.memory_bytes == 16 * GB
     assert (hw.serialize_bytes_per_s, hw.load_bytes_per_s) == (4e9, 3e9)
+    assert hw.cold_start_s == 0.8
+
+
+def test_a_profile_without_a_cold_start_has_none():
+    # Execute
+    measured, spec = profile(without("cold_start_s")), profile(SPEC_CONF)
+
+    # Assert
+    assert measured.cold_start_s == 0.0 and spec.cold_start_s == 0.0
 
 
 def test_spec_sheet_figures_beside_measured_ones_time_the_other_work():
@@ -96,6 +113,18 @@ def without(key: str) -> dict[str, Any]:
             "hardware.p.load_bytes_per_s: must be > 0, got 0",
         ),
         (without("aggregate_bytes_per_s"), "memory_bandwidth_gbps: required (or aggregate"),
+        (
+            {**MEASURED_CONF, "cold_start_s": -0.1},
+            "hardware.p.cold_start_s: must be >= 0, got -0.1",
+        ),
+        (
+            {**MEASURED_CONF, "cold_start_s": float("inf")},
+            "hardware.p.cold_start_s: must be a finite number of seconds, got inf",
+        ),
+        (
+            {**SPEC_CONF, "cold_start_s": 1.0},
+            "hardware.p.cold_start_s: measured figures belong to a profile with kind: measured",
+        ),
         (
             {**MEASURED_CONF, "train_on": "cpu", "cpu_peak_gflops": 100},
             "hardware.p.efficiency: required",

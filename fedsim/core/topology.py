@@ -44,7 +44,9 @@ class HardwareProfile:
     A measured profile carries ``steps``, a fitted step model per model name, which times
     training of that model in place of FLOPs / effective FLOP/s, and may carry the measured
     safetensors serialization and load throughput and the aggregation throughput (memory
-    traffic per second as ``aggregation_cost`` counts it), all in bytes/s.
+    traffic per second as ``aggregation_cost`` counts it), all in bytes/s, and ``cold_start_s``,
+    what the device's first training task of a run takes beyond a steady one (building the
+    model and trainer, the framework's first-step warm-up).
     """
 
     name: str
@@ -64,15 +66,20 @@ class HardwareProfile:
     serialize_bytes_per_s: float | None = None
     load_bytes_per_s: float | None = None
     aggregate_bytes_per_s: float | None = None
+    cold_start_s: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"hardware {self.name}"
+        if not (math.isfinite(self.cold_start_s) and self.cold_start_s >= 0):
+            raise TopologyError(f"{where}: cold_start_s must be finite and >= 0")
         if self.kind not in PROFILE_KINDS:
             raise TopologyError(f"{where}: kind must be one of {', '.join(PROFILE_KINDS)}")
         if self.kind == MEASURED and not self.steps:
             raise TopologyError(f"{where}: a measured profile needs at least one step model")
         if self.kind == SPEC and self.steps:
             raise TopologyError(f"{where}: only a measured profile carries step models")
+        if self.kind == SPEC and self.cold_start_s:
+            raise TopologyError(f"{where}: only a measured profile carries a cold start")
 
     @property
     def effective_flops(self) -> float:

@@ -8,7 +8,11 @@ What is measured, for one model of the zoo:
 - safetensors serialization and load throughput of the model's state (``fedsim.store``'s
   ``encode`` and ``decode``, as the server and the agents ship models);
 - the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
-  traffic ``aggregation_cost`` charges (n updates read, one model written) per second.
+  traffic ``aggregation_cost`` charges (n updates read, one model written) per second;
+- the cold start: building the model and its optimizer and taking the first step (the first
+  batch size's), less the fitted time of a steady step of that size. It is what a device's
+  first training task costs beyond a steady one, as far as a short measurement can tell: the
+  trainer's data loading is not in it, and a process that trained before measures it warm.
 
 A timed step is the step ``TorchTrainer`` takes: forward, the trainer's own per-sample loss,
 ``zero_grad``, backward, an SGD step with momentum. Batch sizes are timed round-robin (each
@@ -59,13 +63,18 @@ STATISTICS: dict[str, Callable[[list[float]], float]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class StepTimings:
-    """Seconds of each timed step, by batch size, of ``model`` at ``input_size`` on ``threads``."""
+    """Seconds of each timed step, by batch size, of ``model`` at ``input_size`` on ``threads``.
+
+    ``first_s`` is the cold start's timing: building the model and optimizer, then one step
+    of the first batch size (before any warm-up).
+    """
 
     model: str
     input_size: int
     num_classes: int
     threads: int
     seconds: dict[int, list[float]]
+    first_s: float
 
     def per_size(self, statistic: str = "median") -> tuple[list[int], list[float]]:
         """Each batch size and one figure for its steps.
@@ -121,12 +130,14 @@ def time_training_steps(
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     with torch_threads(threads) as used, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        built = time.perf_counter()
         net = build_model(model, num_classes)
         net.train()
         shape = (getattr(type(net), "in_channels", 3), input_size, input_size)
         optimizer = torch.optim.SGD(
             net.parameters(), lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM
         )
+        build_s = time.perf_counter() - built
         # Random inputs cost what real ones do; labels in range keep the loss well defined.
         batches = {
             b: (torch.rand((b, *shape)), torch.randint(0, num_classes, (b,))) for b in batch_sizes
@@ -148,6 +159,8 @@ def time_training_steps(
             loss_sq_sum.add_(detached.square().sum())
             return time.perf_counter() - start
 
+        # The cold step is extra, not one of the warm-up steps: it is timed whatever warmup is.
+        first_s = build_s + step(batch_sizes[0])
         for b in batch_sizes:
             for _ in range(warmup):
                 step(b)
@@ -156,7 +169,12 @@ def time_training_steps(
             for b in batch_sizes:
                 seconds[b].append(step(b))
     return StepTimings(
-        model=model, input_size=input_size, num_classes=num_classes, threads=used, seconds=seconds
+        model=model,
+        input_size=input_size,
+        num_classes=num_classes,
+        threads=used,
+        seconds=seconds,
+        first_s=first_s,
     )
 
 
@@ -180,6 +198,7 @@ class Calibration:
     serialize_bytes_per_s: float
     load_bytes_per_s: float
     aggregate_bytes_per_s: float
+    cold_start_s: float
     memory_bytes: float
     source: str
 
@@ -208,6 +227,8 @@ def calibrate(
         threads=threads,
     )
     fit = fit_step_model(*timings.per_size(statistic))
+    # A first step faster than the fitted line (noise) is no cold start, not a negative one.
+    cold_start = max(0.0, timings.first_s - fit.model.seconds(batch_sizes[0]))
     state = model_state(model, num_classes)
     with torch_threads(threads):
         blob = encode(state)
@@ -239,6 +260,7 @@ def calibrate(
         serialize_bytes_per_s=serialize,
         load_bytes_per_s=load,
         aggregate_bytes_per_s=aggregate,
+        cold_start_s=cold_start,
         memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
         source=(
             f"{by} on {socket.gethostname()}, {today}, torch {torch.__version__}, "
@@ -281,6 +303,7 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
         "serialize_bytes_per_s": float(f"{cal.serialize_bytes_per_s:.4g}"),
         "load_bytes_per_s": float(f"{cal.load_bytes_per_s:.4g}"),
         "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
+        "cold_start_s": float(f"{cal.cold_start_s:.4g}"),
     }
 
 

@@ -349,7 +349,8 @@ class MeasuredProfile(WireModel):
 
     The fields are those of a ``kind: measured`` hardware profile (``conf/hardware/*.yaml``,
     as ``fedsim calibrate`` writes one): ``steps`` holds a step model per model timed, the
-    throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic.
+    throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
+    and ``cold_start_s`` the first training task's extra seconds over a steady one.
     """
 
     kind: Literal["measured"] = "measured"
@@ -363,6 +364,7 @@ class MeasuredProfile(WireModel):
     serialize_bytes_per_s: Rate | None = None
     load_bytes_per_s: Rate | None = None
     aggregate_bytes_per_s: Rate | None = None
+    cold_start_s: Seconds | None = None
 
 
 class TaskReceipt(WireModel):

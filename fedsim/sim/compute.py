@@ -4,7 +4,8 @@ A step costs max(arithmetic, memory traffic) - the roofline's two ceilings - plu
 seconds = max(FLOPs / (peak x efficiency), bytes / memory bandwidth) + disk bytes / disk
 bandwidth, scaled by a seeded jitter factor. Training a model for which the device's measured
 profile has a step model takes, per epoch, batches x overhead + samples x per-sample cost in
-place of the FLOPs term (``fedsim.core.calibration``).
+place of the FLOPs term (``fedsim.core.calibration``). A measured profile's serialization and
+load throughputs time the update a device serializes and the model it loads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ def compute_seconds(cost: Cost, hw: HardwareProfile) -> float:
         arithmetic = cost.flops / hw.effective_flops
     memory = cost.memory_bytes / hw.memory_bandwidth
     return max(arithmetic, memory) + cost.disk_bytes / hw.disk_bandwidth
+
+
+def load_seconds(nbytes: int, hw: HardwareProfile) -> float:
+    """Loading (deserializing) ``nbytes`` of a model on ``hw``: 0 without a measured rate."""
+    return nbytes / hw.load_bytes_per_s if hw.load_bytes_per_s else 0.0
+
+
+def serialize_seconds(nbytes: int, hw: HardwareProfile) -> float:
+    """Serializing ``nbytes`` of an update on ``hw``: 0 without a measured rate."""
+    return nbytes / hw.serialize_bytes_per_s if hw.serialize_bytes_per_s else 0.0
 
 
 def jitter_factor(rng: np.random.Generator, cv: float) -> float:

@@ -3,6 +3,13 @@
 Each task is a SimPy process on the device it targets: transfers go through the flow-level
 network, compute steps queue for the device's processor and last as long as the compute model
 says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
+
+A measured profile also charges what the device's CPU spends around a transfer: loading the
+model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
+uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
+transfers (the training step; a forwarder's aggregation step before its upload), and, once per
+device and run, its cold start (``cold_start_s``) on its first training step. Spec-sheet
+profiles have none of these figures and pay nothing for them.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.core.topology import Topology
-from fedsim.sim.compute import compute_seconds, jitter_factor
+from fedsim.sim.compute import compute_seconds, jitter_factor, load_seconds, serialize_seconds
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
@@ -67,6 +74,8 @@ class SimTransport(Transport):
             self.env.process(self._link_change(change))
         # One compute job at a time per device: a second one queues (and that shows as waiting).
         self._processor = {dev: simpy.Resource(self.env, capacity=1) for dev in topology.devices}
+        # Devices that have started training in this run: their cold start is paid.
+        self._warm: set[int] = set()
         self._inbox: list[TaskResult] = []
         self._arrived = self.env.event()
 
@@ -116,16 +125,20 @@ class SimTransport(Transport):
         if isinstance(ins, FitIns):
             src = self.server if ins.source is None else ins.source
             sink = self.server if ins.sink is None else ins.sink
+            hw = self.topology.devices[dev].hardware
+            io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
             return [
                 self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid),
-                self._compute(dev, ins.cost(), EventKind.TRAIN, tid),
+                self._compute(dev, ins.cost(), EventKind.TRAIN, tid, extra_s=io),
                 self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid),
             ]
         if isinstance(ins, RelayIns):
             return [self._send(self.server, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid)]
         if isinstance(ins, ForwardIns):
+            hw = self.topology.devices[dev].hardware
+            io = serialize_seconds(ins.nbytes, hw)
             return [
-                self._compute(dev, ins.cost, EventKind.AGGREGATE, tid),
+                self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io),
                 self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid),
             ]
         raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
@@ -190,11 +203,19 @@ class SimTransport(Transport):
         )
 
     def _compute(
-        self, dev: int, cost: Cost, kind: EventKind, task: str
+        self, dev: int, cost: Cost, kind: EventKind, task: str, *, extra_s: float = 0.0
     ) -> Generator[simpy.Event, Any, None]:
+        """A compute step: ``cost`` plus ``extra_s`` seconds of the device's own work
+        (serialization and loading), jittered together, plus the cold start on the device's
+        first training step (a one-off figure, not jittered)."""
         hw = self.topology.devices[dev].hardware
         with self._processor[dev].request() as turn:
             yield turn
             start = self.env.now
-            yield self.env.timeout(compute_seconds(cost, hw) * jitter_factor(self.rng, hw.jitter))
+            cold = 0.0
+            if kind is EventKind.TRAIN and dev not in self._warm:
+                self._warm.add(dev)
+                cold = hw.cold_start_s
+            steady = compute_seconds(cost, hw) + extra_s
+            yield self.env.timeout(steady * jitter_factor(self.rng, hw.jitter) + cold)
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))

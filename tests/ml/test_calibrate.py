@@ -87,7 +87,7 @@ def calibrated(tmp_path_factory) -> tuple[Path, HardwareProfile, str]:
 
 def test_calibrate_writes_a_measured_profile_that_the_config_loads(calibrated):
     # Prepare / Execute: the fixture ran the command.
-    _, profile, stdout = calibrated
+    conf, profile, stdout = calibrated
 
     # Assert
     assert profile.kind == MEASURED and profile.name == "this_host"
@@ -99,6 +99,11 @@ def test_calibrate_writes_a_measured_profile_that_the_config_loads(calibrated):
     assert profile.effective_flops == pytest.approx(digits_cnn_train_flops / step.per_sample_s)
     assert profile.serialize_bytes_per_s > 0 and profile.load_bytes_per_s > 0
     assert profile.memory_bandwidth == profile.aggregate_bytes_per_s > 0
+    # Building the model and taking a first step costs something over a steady step, and
+    # less than the seconds a whole training task takes.
+    written = OmegaConf.load(conf / "hardware" / "this_host.yaml")
+    assert written.cold_start_s == profile.cold_start_s and 0 <= profile.cold_start_s < 10
+    assert "cold start" in stdout
     assert "residual" in stdout and "this_host.yaml" in stdout.splitlines()[-1]
 
 
@@ -111,9 +116,12 @@ def test_a_device_with_the_calibrated_profile_trains_by_its_step_model(calibrate
     # Execute: 100 samples in batches of 32 (4 steps) for 2 epochs.
     seconds = train_seconds(topology, model="digits_cnn", samples=100, batch_size=32, epochs=2)
 
-    # Assert
+    # Assert: the steps, the device's cold start (its first task), and loading the 1000-byte
+    # model and serializing the 1000-byte update at the measured rates.
     assert topology.devices[1].hardware.kind == MEASURED
-    assert seconds == pytest.approx(2 * (4 * step.overhead_s + 100 * step.per_sample_s))
+    steps = 2 * (4 * step.overhead_s + 100 * step.per_sample_s)
+    io = 1000 / profile.load_bytes_per_s + 1000 / profile.serialize_bytes_per_s
+    assert seconds == pytest.approx(steps + profile.cold_start_s + io)
 
 
 def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):

@@ -32,6 +32,7 @@ from fedsim.ml.data import load_digits_split
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
 from fedsim.real.agent.config import AgentConfig
+from fedsim.real.protocol import MeasuredProfile
 from fedsim.store.safetensors_io import decode, encode
 
 pytestmark = pytest.mark.asyncio
@@ -481,6 +482,9 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     assert step["batch_sizes"] == [8, 16, 32, 64]
     assert step["per_sample_s"] > 0 and step["overhead_s"] >= 0 and step["residual_s"] >= 0
     assert profile["serialize_bytes_per_s"] > 0 and profile["load_bytes_per_s"] > 0
+    assert profile["cold_start_s"] >= 0
+    # What the agent sends is what the protocol accepts.
+    assert MeasuredProfile.model_validate(profile).cold_start_s == profile["cold_start_s"]
     assert beats_by_then >= 2
 
 

@@ -144,3 +144,84 @@ def test_a_measured_step_model_times_training_of_its_model_only():
     # Another model, and any device without a step model, take the FLOPs as before.
     assert compute_seconds(replace(train, model="other"), measured) == pytest.approx(1.0)
     assert compute_seconds(train, spec) == pytest.approx(1.0)
+
+
+def measured_clients(topology, **figures):
+    """``topology`` with every trainer on a measured profile: 2 ms + 0.1 ms x n per step of
+    model "m", and ``figures`` (cold start, throughputs) on top."""
+    measured = replace(
+        hardware("measured_cli", 1.0),
+        kind="measured",
+        source="test",
+        steps={"m": StepModel(overhead_s=0.002, per_sample_s=1e-4)},
+        **figures,
+    )
+    devices = {
+        d.id: replace(d, hardware=measured) if d.role == "trainer" else d
+        for d in topology.devices.values()
+    }
+    return replace(topology, devices=devices)
+
+
+def fit(nbytes=1000, update_nbytes=1000):
+    return FitIns(
+        model=ModelRef(name="m", version=0, nbytes=nbytes),
+        samples=50,
+        epochs=2,
+        batch_size=16,
+        flops=1e12,
+        update_nbytes=update_nbytes,
+    )
+
+
+def train_durations(transport, tasks):
+    """The TRAIN step's duration of each of ``tasks``, run one after the other."""
+    for task in tasks:
+        transport.run([task])
+    by_task = {e.task: e.duration for e in transport.events if e.kind == EventKind.TRAIN}
+    return [by_task[t.id] for t in tasks]
+
+
+def test_a_measured_profile_pays_its_cold_start_once_per_device_on_its_first_training_task():
+    # Prepare: two trainers whose first training task of a run takes 0.5 s more.
+    topology = measured_clients(star(2), cold_start_s=0.5)
+    steady = 2 * (4 * 0.002 + 50 * 1e-4)  # 2 epochs x (4 batches x 2 ms + 50 x 0.1 ms)
+    tasks = [Task(id=f"t{i}", device=d, ins=fit()) for i, d in enumerate([1, 1, 2, 2, 1])]
+
+    # Execute: two runs (two transports) of the same tasks.
+    first_run = train_durations(SimTransport(topology, seed=0), tasks)
+    second_run = train_durations(SimTransport(topology, seed=0), tasks)
+
+    # Assert: each device's first task costs the cold start more than its later ones; a new
+    # run starts cold again.
+    expected = [steady + 0.5, steady, steady + 0.5, steady, steady]
+    assert first_run == pytest.approx(expected)
+    assert second_run == pytest.approx(expected)
+
+
+def test_a_measured_profile_pays_loading_the_model_and_serializing_the_update():
+    # Prepare: loads at 1 MB/s and serializes at 2 MB/s; a 3 MB model and a 4 MB update.
+    topology = measured_clients(star(1), load_bytes_per_s=1e6, serialize_bytes_per_s=2e6)
+    task = Task(id="t", device=1, ins=fit(nbytes=3_000_000, update_nbytes=4_000_000))
+    transport = SimTransport(topology, seed=0)
+
+    # Execute
+    (train,) = train_durations(transport, [task])
+
+    # Assert: 3 MB / 1 MB/s + 4 MB / 2 MB/s = 5 s on the device, between the two transfers.
+    steady = compute_seconds(task.ins.cost(), topology.devices[1].hardware)
+    assert train == pytest.approx(steady + 5.0)
+    kinds = [e.kind for e in sorted(transport.events, key=lambda e: e.start)]
+    assert kinds == [EventKind.MODEL_DOWNLOAD, EventKind.TRAIN, EventKind.UPDATE_UPLOAD]
+
+
+def test_a_spec_sheet_profile_pays_no_cold_start_nor_serialization():
+    # Prepare: the trainers of star() are spec-sheet profiles (1 TFLOP/s).
+    topology = star(1)
+    tasks = [Task(id=f"t{i}", device=1, ins=fit(10**9, 10**9)) for i in range(2)]
+
+    # Execute
+    durations = train_durations(SimTransport(topology, seed=0), tasks)
+
+    # Assert: the compute model's 1e12 FLOPs at 1 TFLOP/s, first task and later ones.
+    assert durations == pytest.approx([1.0, 1.0])
