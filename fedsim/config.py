@@ -36,6 +36,7 @@ from fedsim.core.topology import (
 )
 from fedsim.core.workload import DatasetSpec, WorkloadSpec
 from fedsim.runtimes import RUNTIMES
+from fedsim.scenarios import SCENARIOS
 from fedsim.schema import (
     Config,
     FLConf,
@@ -50,7 +51,7 @@ from fedsim.spec import ExperimentSpec
 
 GB = 1e9
 MB = 1e6
-KINDS = ("comparison", "federated")
+KINDS = tuple(SCENARIOS)  # the experiment kinds: one per registered scenario
 # What a config may ask for: every registered runtime but "attached", which runs a server's
 # jobs over the stores it is handed (mode.server_url sends an experiment there).
 MODES = tuple(name for name in RUNTIMES if name != "attached")
@@ -157,6 +158,9 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     if cfg.workload.scale is not None:
         scale = _typed("workload.scale", cfg.workload.scale)
     paper: PaperConf | None = None if cfg.paper is None else _typed("paper", cfg.paper)
+    dataset = cfg.workload.dataset.name
+    if kind == "federated" and fl.training == "real" and dataset != "digits":
+        raise ConfigError(f"workload.dataset.name: real training knows 'digits', not {dataset!r}")
     faults = fault_plan(cfg.faults, topology)
     if faults.link_changes and mode.name != "sim":
         raise ConfigError(

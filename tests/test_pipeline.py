@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from fedsim.config import build_spec, compose, conf_dir
+from fedsim.config import ConfigError, build_spec, compose, conf_dir
 from fedsim.core.results import TIME_FIELDS
 from fedsim.pipeline import predict, prediction_spec, run
 from fedsim.runtimes import runtime
@@ -100,3 +100,12 @@ def test_an_emulated_run_without_netem_is_predicted_at_link_rates_alone(simulate
     # Assert: every round is predicted exactly, as it would not be with the links' latency.
     for record in predicted.fidelity:
         assert record.predicted_s == pytest.approx(record.measured_s, rel=1e-9)
+
+
+def test_real_training_on_a_data_set_it_does_not_know_is_refused_before_running():
+    # Prepare: fl_digits, but the workload names ImageNet.
+    cfg = compose(["+experiment=fl_digits", "workload.dataset.name=imagenet"])
+
+    # Execute / Assert: the spec is refused, naming the field.
+    with pytest.raises(ConfigError, match=r"^workload\.dataset\.name: .*'imagenet'"):
+        build_spec(cfg, conf_dir())

@@ -3,8 +3,9 @@ through pytest-aiohttp's ``aiohttp_client``, and helpers that speak the protocol
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,3 +107,37 @@ async def make_server(aiohttp_client, config) -> MakeServer:
 @pytest_asyncio.fixture
 async def server(make_server) -> Server:
     return await make_server()
+
+
+# -- the device agent's tests (test_agent.py, test_agent_relay.py) ----------------------------
+
+
+@pytest_asyncio.fixture
+async def fake(aiohttp_server) -> AsyncIterator[tuple[Any, str]]:
+    """test_agent's fake fedsim server, served on loopback, and its URL."""
+    from tests.real.test_agent import FakeServer
+
+    server = FakeServer()
+    test_server = await aiohttp_server(server.app())
+    yield server, f"http://{test_server.host}:{test_server.port}"
+
+
+@pytest.fixture(scope="module")
+def shard_file(tmp_path_factory) -> Path:
+    """120 digits as the device's --data file."""
+    from fedsim.ml.data import load_digits_split
+
+    X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
+    path = tmp_path_factory.mktemp("data") / "shard.npz"
+    np.savez(path, X=X[:120], y=y[:120])
+    return path
+
+
+@pytest.fixture(scope="module")
+def global_model() -> bytes:
+    """The model the server deploys: digits_cnn as initialised under another seed than 0."""
+    from fedsim.ml.train import TorchTrainer
+
+    return encode(
+        TorchTrainer(model_name="digits_cnn", num_classes=10, data={}, seed=1).initial_parameters()
+    )

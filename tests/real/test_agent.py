@@ -24,16 +24,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from aiohttp import web
 
 from fedsim.core.runtime import FitIns, ModelRef
-from fedsim.ml.data import load_digits_split
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
 from fedsim.real.agent.config import AgentConfig
 from fedsim.real.protocol import MeasuredProfile
-from fedsim.store.safetensors_io import decode, encode
+from fedsim.store.safetensors_io import decode
 
 pytestmark = pytest.mark.asyncio
 
@@ -284,30 +282,6 @@ def _error(status: int, message: str) -> web.Response:
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def fake(aiohttp_server) -> AsyncIterator[tuple[FakeServer, str]]:
-    server = FakeServer()
-    test_server = await aiohttp_server(server.app())
-    yield server, f"http://{test_server.host}:{test_server.port}"
-
-
-@pytest.fixture(scope="module")
-def shard_file(tmp_path_factory) -> Path:
-    """120 digits as the device's --data file."""
-    X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
-    path = tmp_path_factory.mktemp("data") / "shard.npz"
-    np.savez(path, X=X[:120], y=y[:120])
-    return path
-
-
-@pytest.fixture(scope="module")
-def global_model() -> bytes:
-    """The model the server deploys: digits_cnn as initialised under another seed than 0."""
-    return encode(
-        TorchTrainer(model_name=MODEL, num_classes=10, data={}, seed=1).initial_parameters()
-    )
 
 
 def agent_config(url: str, tmp_path: Path, **overrides: Any) -> AgentConfig:

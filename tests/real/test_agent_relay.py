@@ -4,22 +4,16 @@ and a fit task marked drop."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aiohttp
-import numpy as np
 import pytest
-import pytest_asyncio
 
-from fedsim.ml.data import load_digits_split
-from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
-from fedsim.store.safetensors_io import encode
+
+# The agent tests' helpers serve these tests too (their fixtures are in conftest.py).
 from tests.real.test_agent import (
     BLOB_PATH,
     MODEL,
     CountingTrainers,
-    FakeServer,
     agent_config,
     fit_task,
     running,
@@ -30,32 +24,18 @@ pytestmark = pytest.mark.asyncio
 TOKEN = "relay-token-for-tests"
 
 
-@pytest_asyncio.fixture
-async def fake(aiohttp_server) -> tuple[FakeServer, str]:
-    server = FakeServer()
-    test_server = await aiohttp_server(server.app())
-    return server, f"http://{test_server.host}:{test_server.port}"
-
-
-@pytest.fixture(scope="module")
-def shard_file(tmp_path_factory) -> Path:
-    """48 digits as a device's --data file."""
-    X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
-    path = tmp_path_factory.mktemp("data") / "shard.npz"
-    np.savez(path, X=X[:48], y=y[:48])
-    return path
-
-
-@pytest.fixture(scope="module")
-def global_model() -> bytes:
-    return encode(
-        TorchTrainer(model_name=MODEL, num_classes=10, data={}, seed=1).initial_parameters()
-    )
-
-
 def relay_task(task_id: str, blob: bytes) -> dict:
     model = fit_task(task_id, blob)["model"]
     return {"id": task_id, "kind": "relay", "model": model, "token": TOKEN}
+
+
+async def relayed_fit(server, run, blob: bytes, token: str) -> dict:
+    """Device 1 relays ``blob`` for its group; device 2's fit task to fetch it with ``token``."""
+    await server.give(1, relay_task("r0-relay-g1", blob))
+    await server.until(lambda: len(server.relays) == 1, run)
+    task = fit_task("r0-d2", blob)
+    task["model"] = {**task["model"], "url": server.relays[0]["body"]["url"], "token": token}
+    return task
 
 
 async def test_a_relay_holds_the_model_for_the_group_behind_its_token(fake, tmp_path, global_model):
@@ -98,11 +78,7 @@ async def test_a_member_trains_on_the_model_its_aggregator_relays(
     # Execute
     async with running(aggregator) as run_a, running(member) as run_m:
         await server.until(lambda: member.device_id is not None, run_m)
-        await server.give(1, relay_task("r0-relay-g1", global_model))
-        await server.until(lambda: len(server.relays) == 1, run_a)
-        task = fit_task("r0-d2", global_model)
-        task["model"] = {**task["model"], "url": server.relays[0]["body"]["url"], "token": TOKEN}
-        await server.give(2, task)
+        await server.give(2, await relayed_fit(server, run_a, global_model, TOKEN))
         await server.until(lambda: len(server.updates) == 1, run_m)
 
     # Assert: trained, and the server served the blob once: to the aggregator.
@@ -122,12 +98,8 @@ async def test_a_member_whose_token_is_refused_reports_the_task_failed(
     # Execute
     async with running(aggregator) as run_a, running(member) as run_m:
         await server.until(lambda: member.device_id is not None, run_m)
-        await server.give(1, relay_task("r0-relay-g1", global_model))
-        await server.until(lambda: len(server.relays) == 1, run_a)
-        task = fit_task("r0-d2", global_model)
         wrong = "a-token-of-another-relay"
-        task["model"] = {**task["model"], "url": server.relays[0]["body"]["url"], "token": wrong}
-        await server.give(2, task)
+        await server.give(2, await relayed_fit(server, run_a, global_model, wrong))
         await server.until(lambda: len(server.errors) == 1, run_m)
 
     # Assert
