@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar, Union
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from fedsim.core.limits import INT64_MAX, json_loads
+
 API = "/api/v1"
-INT64_MAX = 2**63 - 1  # SQLite's integer range: a larger id or count would fail in the store
 T = TypeVar("T")
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # it appears in URLs
 
@@ -426,89 +425,3 @@ def flag_header(headers: Mapping[str, str], name: str) -> bool:
     if raw in ("0", "false"):
         return False
     raise ProtocolError(f"header {name} must be 1 or 0, got {raw!r}", field=name, malformed=True)
-
-
-# -- limits on untrusted JSON ---------------------------------------------------------------
-
-MAX_JSON_DEPTH = 32
-"""The deepest nesting of arrays and objects a JSON document (body, header, task) may have."""
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control characters refused in every JSON string (keys included); tab, CR and LF pass."""
-
-
-class JsonLimitError(ValueError):
-    """Parsed JSON that breaks a limit of :func:`json_loads`; the message names where."""
-
-
-def json_loads(text: str | bytes) -> Any:
-    """``text`` parsed as JSON within the protocol's limits, or :class:`ValueError`.
-
-    Python's json accepts more than JSON and more than fedsim can keep: NaN and Infinity (and
-    ``1e999``, which parses to infinity), duplicate keys (the last silently wins), integers of
-    any size, strings with NUL bytes and nesting only bounded by the interpreter's stack. Each
-    is refused here (:class:`JsonLimitError`), so what passes can be stored in SQLite, served
-    back as JSON and walked by code that recurses: nesting at most :data:`MAX_JSON_DEPTH`,
-    integers within [-:data:`INT64_MAX`, :data:`INT64_MAX`], finite numbers, no control
-    characters but tab, CR and LF.
-    """
-    try:
-        value = json.loads(
-            text, parse_constant=_no_constants, object_pairs_hook=_object_without_duplicates
-        )
-    except RecursionError:
-        raise JsonLimitError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_json_limits(value)
-    return value
-
-
-def check_json_limits(value: Any) -> None:
-    """Raise :class:`JsonLimitError` naming the first place ``value`` breaks a JSON limit."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:  # iterative: the walk must not itself be the recursion an attacker wants
-        item, where, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                raise JsonLimitError(
-                    f"{_short(where) or 'the document'} nests deeper than {MAX_JSON_DEPTH}"
-                )
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in pairs:
-                if isinstance(key, str):
-                    _check_text(key, f"{where}.{key}" if where else key)
-                    stack.append((child, f"{where}.{key}" if where else key, depth + 1))
-                else:
-                    stack.append((child, f"{where}[{key}]", depth + 1))
-        elif isinstance(item, str):
-            _check_text(item, where)
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            if not -INT64_MAX <= item <= INT64_MAX:
-                raise JsonLimitError(
-                    f"{_short(where) or 'a number'}: integer out of range ±{INT64_MAX}"
-                )
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise JsonLimitError(f"{_short(where) or 'a number'}: number out of range")
-
-
-def _check_text(text: str, where: str) -> None:
-    if _CONTROL.search(text):
-        raise JsonLimitError(f"{_short(where) or 'a text'}: control characters are not allowed")
-
-
-def _short(where: str, limit: int = 120) -> str:
-    """A field path cut for a message (a deep one would be as long as the attack)."""
-    return where if len(where) <= limit else f"{where[:limit]}..."
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise JsonLimitError(f"key {key[:64]!r} appears twice in an object")
-        obj[key] = value
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
