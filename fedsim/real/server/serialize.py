@@ -3,11 +3,12 @@ models of ``schemas.py``, so a record served is a record as the OpenAPI document
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from pydantic import BaseModel
 
+from fedsim.core.limits import JsonLimitError, check_json_limits
 from fedsim.core.registry import DeviceRecord
 from fedsim.core.repository import Deployment, ModelInfo, ModelStats, VersionInfo
 from fedsim.real.protocol import Paths, path
@@ -45,12 +46,35 @@ def device_json(record: DeviceRecord, details: AgentDetails) -> dict[str, Any]:
     return as_json(record_)
 
 
+WITHHELD = "fedsim:withheld"
+"""The key of the metadata served in place of stored metadata that breaks the JSON limits."""
+
+
 def model_json(info: ModelInfo) -> dict[str, Any]:
-    return as_json(schemas.ModelInfo(**asdict(info)))
+    return as_json(schemas.ModelInfo(**_servable(info)))
 
 
 def model_detail_json(info: ModelInfo, stats: ModelStats) -> dict[str, Any]:
-    return as_json(schemas.ModelDetail(**asdict(info), stats=schemas.ModelStats(**asdict(stats))))
+    return as_json(
+        schemas.ModelDetail(**_servable(info), stats=schemas.ModelStats(**asdict(stats)))
+    )
+
+
+def _servable(info: ModelInfo) -> dict[str, Any]:
+    """``info``'s fields, its metadata withheld if it breaks the limits on JSON.
+
+    Such metadata is refused on the way in (``POST /models``), but a repository written
+    before may hold it: served, it would fail the listing of every model (nesting past what
+    the serializer recurses into) or reach a client that cannot parse it. It is replaced by
+    ``{"fedsim:withheld": reason}``, so the model stays listed and says why.
+    """
+    # Shallow: asdict would copy the metadata by recursing into it, as deep as it nests.
+    values = {f.name: getattr(info, f.name) for f in fields(info)}
+    try:
+        check_json_limits(values["metadata"])
+    except JsonLimitError as e:
+        values["metadata"] = {WITHHELD: f"the stored metadata breaks a limit: {e}"}
+    return values
 
 
 def version_json(info: VersionInfo) -> dict[str, Any]:
