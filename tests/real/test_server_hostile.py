@@ -14,6 +14,7 @@ import pytest
 
 from fedsim.core.limits import INT64_MAX, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
 from fedsim.real.protocol import PATH_PATTERNS
+from fedsim.real.server.app import AGENTS
 from fedsim.real.server.jobs_api import Jobs
 from fedsim.real.server.openapi import build_openapi
 from fedsim.real.server.responses import dumps
@@ -111,6 +112,20 @@ async def test_deep_metadata_stored_before_the_limits_is_withheld_not_a_500(make
     assert models["fine"] == {"task": "digits"}
     assert f"deeper than {MAX_JSON_DEPTH}" in models["d"][WITHHELD]
     assert (await one.json())["metadata"] == models["d"]
+
+
+async def test_deep_hardware_stored_before_the_limits_is_withheld_not_a_500(server):
+    # Prepare: a device whose declaration a server without the limits stored.
+    id, _ = await server.register(hardware={"cpu_count": 4})
+    server.app[AGENTS].enroll(id, hardware={"extra": json.loads(nested(300))})
+
+    # Execute
+    listing = await server.client.get(f"{API}/devices", headers=ADMIN)
+
+    # Assert
+    assert listing.status == 200
+    (device,) = (await listing.json())["devices"]
+    assert f"deeper than {MAX_JSON_DEPTH}" in device["hardware"][WITHHELD]
 
 
 # -- 2: client-chosen device ids -------------------------------------------------------------
