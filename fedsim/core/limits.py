@@ -16,6 +16,16 @@ from typing import Any
 INT64_MAX = 2**63 - 1
 """SQLite's integer range: a larger id or count would fail in the store."""
 
+MAX_ID = 2**53 - 1
+"""The largest id a client may choose or the server assign (a device's, a group's): exact in a
+double, so a JavaScript client (the dashboard) reads it back unchanged, and far from
+:data:`INT64_MAX`, so the next id after it still fits the store."""
+
+MAX_FIGURE = 1e15
+"""The bound of a reported figure (a heartbeat's resources): within [-MAX_FIGURE, MAX_FIGURE]. A
+petabyte of memory, a petabyte per second of bandwidth: past any real reading, short of the
+figures that overflow a sum or a plot."""
+
 MAX_JSON_DEPTH = 32
 """The deepest nesting of arrays and objects a JSON document (body, header, task) may have."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

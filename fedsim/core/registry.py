@@ -52,6 +52,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from fedsim.core.limits import MAX_FIGURE, MAX_ID
+
 
 class DeviceState(str, Enum):
     """Where a device is in its life; the values are what the REST API shows."""
@@ -226,7 +228,9 @@ class DeviceRegistry:
         self._lock = threading.RLock()
         self._records = {r.id: r for r in store.load_all()}
         # Removed records stay in the store, so ids handed out before a restart stay retired.
-        self._next_id = max(self._records, default=-1) + 1
+        # Ids past MAX_ID come only from a store written before that bound; they are skipped.
+        self._next_id = max((i for i in self._records if i <= MAX_ID), default=-1) + 1
+        self._lowest_free = 0  # no id below it is free; where the search for a gap starts
 
     @property
     def patience(self) -> float:
@@ -244,20 +248,24 @@ class DeviceRegistry:
     ) -> DeviceRecord:
         """Register a device, or declare an existing one anew; ``id=None`` assigns a fresh id.
 
+        Ids are within [0, :data:`~fedsim.core.limits.MAX_ID`]. A fresh id follows the highest
+        one; once an id was chosen at the top of the range, it is the lowest id never used, so
+        registering without an id keeps working whatever ids clients chose.
+
         Raises ``DeviceRemoved`` for a retired id, ``RegistrationConflict`` for a change of group
         or an ``id_in_group`` taken in the group, ``ValueError`` for malformed fields.
         """
         labels = _check_labels(labels)
         if not isinstance(description, str) or not isinstance(profile, str):
             raise ValueError("description and profile must be strings")
-        if id is not None and (not _is_int(id) or id < 0):
-            raise ValueError(f"device id must be an integer >= 0, got {id!r}")
+        if id is not None and (not _is_int(id) or not 0 <= id <= MAX_ID):
+            raise ValueError(f"device id must be an integer in [0, {MAX_ID}], got {id!r}")
         if not _is_int(group):
             raise ValueError(f"group must be an integer, got {group!r}")
         if id_in_group is not None and (not _is_int(id_in_group) or id_in_group < 0):
             raise ValueError(f"id_in_group must be an integer >= 0, got {id_in_group!r}")
         with self._lock:
-            new_id = self._next_id if id is None else id
+            new_id = self._fresh_id() if id is None else id
             old = self._records.get(new_id)
             if old is not None and old.state is _S.REMOVED:
                 raise DeviceRemoved(f"device {new_id} was removed; ids are not reused")
@@ -290,12 +298,21 @@ class DeviceRegistry:
             self._next_id = max(self._next_id, new_id + 1)
             return record.copy()
 
+    def _fresh_id(self) -> int:
+        if self._next_id <= MAX_ID:
+            return self._next_id
+        # The top of the range is taken: the lowest id never used. Ids are never freed, so the
+        # search goes on from where the last one ended.
+        while self._lowest_free in self._records:
+            self._lowest_free += 1
+        return self._lowest_free
+
     def heartbeat(self, id: int, resources: Mapping[str, float] | None = None) -> DeviceRecord:
         """Record a sign of life with the device's current resources; returns the new record.
 
         A registered or offline device comes online; an online or busy one stays as it is.
         Raises ``UnknownDevice``, ``DeviceRemoved``, or ``ValueError`` for resources that are
-        not finite numbers.
+        not numbers within ±:data:`~fedsim.core.limits.MAX_FIGURE`.
         """
         values = _check_resources(resources)
         with self._lock:
@@ -488,7 +505,7 @@ def _check_resources(resources: Mapping[str, float] | None) -> dict[str, float]:
     for k, v in (resources or {}).items():
         if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"resources must map names to numbers, got {k!r}: {v!r}")
-        if not math.isfinite(v):
-            raise ValueError(f"resource {k!r} must be finite, got {v}")
+        if not math.isfinite(v) or abs(v) > MAX_FIGURE:
+            raise ValueError(f"resource {k!r} must be within ±{MAX_FIGURE:g}, got {v}")
         values[k] = float(v)
     return values

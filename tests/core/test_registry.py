@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fedsim.core.limits import MAX_FIGURE, MAX_ID
 from fedsim.core.registry import (
     TRANSITIONS,
     DeviceEvent,
@@ -101,6 +102,37 @@ def test_register_with_explicit_id_moves_the_next_fresh_id_past_it(reg):
     fresh = reg.register()
     # Assert
     assert fresh.id == 8
+
+
+def test_an_id_at_the_top_of_the_range_leaves_fresh_ids_to_the_gaps(store, clock):
+    # Prepare: ids 0 and 2 taken, then the largest id a client may choose.
+    reg = DeviceRegistry(store, patience=PATIENCE, clock=clock)
+    reg.register(id=0)
+    reg.register(id=2)
+    reg.register(id=MAX_ID)
+
+    # Execute: fresh ids, before and after a restart over the same store.
+    before = [reg.register().id for _ in range(2)]
+    after = DeviceRegistry(store, patience=PATIENCE, clock=clock).register().id
+
+    # Assert: the lowest ids never used, in order, the restart included.
+    assert before == [1, 3]
+    assert after == 4
+
+
+def test_a_stored_id_past_the_range_does_not_stop_fresh_ids(store, clock):
+    # Prepare: a record a store kept from before ids were bounded.
+    store.save(DeviceRecord(id=2**63 - 1, group=0, registered_at=clock.t))
+    reg = DeviceRegistry(store, patience=PATIENCE, clock=clock)
+
+    # Execute / Assert
+    assert reg.register().id == 0
+
+
+@pytest.mark.parametrize("id", [-1, MAX_ID + 1, 2**63 - 1])
+def test_register_refuses_ids_outside_the_range(reg, id):
+    with pytest.raises(ValueError, match=str(MAX_ID)):
+        reg.register(id=id)
 
 
 def test_reregistering_declares_fields_anew_and_keeps_state(reg, clock):
@@ -202,9 +234,18 @@ def test_heartbeat_brings_an_offline_device_back_online(reg, clock):
 
 
 @pytest.mark.parametrize(
-    "resources", [{"cpu": math.nan}, {"cpu": math.inf}, {"cpu": "high"}, {"cpu": True}, {1: 2.0}]
+    "resources",
+    [
+        {"cpu": math.nan},
+        {"cpu": math.inf},
+        {"cpu": "high"},
+        {"cpu": True},
+        {1: 2.0},
+        {"memory": 1.8e19},
+        {"memory": -MAX_FIGURE * 1.01},
+    ],
 )
-def test_heartbeat_rejects_resources_that_are_not_finite_numbers(reg, resources):
+def test_heartbeat_rejects_resources_that_are_not_bounded_numbers(reg, resources):
     # Prepare
     id = reg.register().id
     # Execute / Assert: refused whole, and the device is not counted as heard from.

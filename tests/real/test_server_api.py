@@ -76,7 +76,7 @@ async def test_openapi_document_declares_what_the_server_enforces():
 
     # Assert: bounds, the job kinds the manager runs, statuses and header formats.
     device_id = schemas["DeviceRegistration"]["properties"]["id"]["anyOf"][0]
-    assert device_id == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+    assert device_id == {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
     assert schemas["JobStart"]["properties"]["kind"]["const"] == "federated"
     assert schemas["DeviceRegistration"]["additionalProperties"] is False
     assert {"404", "410", "422"} <= paths[f"{API}/devices/{{id}}/tasks"]["get"]["responses"].keys()

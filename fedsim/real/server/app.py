@@ -122,7 +122,7 @@ def init_app(
             agents=agents,
         ),
         server=ServerHandlers(
-            registry=registry, metrics=metrics, offload=offload, openapi=build_openapi()
+            registry=registry, metrics=metrics, offload=offload, openapi=build_openapi(config)
         ),
         devices=DeviceHandlers(
             registry=registry, agents=agents, offload=offload, config=config, history=history

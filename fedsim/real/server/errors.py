@@ -28,6 +28,7 @@ from fedsim.core.repository import (
     UnknownVersion,
 )
 from fedsim.real.protocol import ProtocolError
+from fedsim.real.server.responses import json_response
 
 log = logging.getLogger("fedsim.server")
 
@@ -79,7 +80,7 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     body = {"error": {"status": status, "message": message, "field": field}}
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 @web.middleware

@@ -9,20 +9,22 @@ are JSON Schema 2020-12, which is what pydantic writes.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
 import fedsim
+from fedsim.core.limits import INT64_MAX, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
 from fedsim.real.protocol import (
     HEADER_FORMATS,
-    INT64_MAX,
     PATH_PATTERNS,
     Headers,
     Numbers,
     Timings,
 )
 from fedsim.real.server import schemas
+from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.routes import ENDPOINTS, OCTETS, Endpoint
 
 Obj = dict[str, Any]
@@ -180,8 +182,53 @@ def _operation_id(endpoint: Endpoint) -> str:
     return f"{group}_{method}{root}"
 
 
-def build_openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this server's API, from :data:`routes.ENDPOINTS`."""
+def limits(config: ServerConfig | None = None) -> Obj:
+    """The limits on what a request may hold, as ``info["x-fedsim-limits"]`` states them.
+
+    From :mod:`fedsim.core.limits` and ``config`` (the server's sizes and timeouts; without
+    one, ``ServerConfig``'s defaults). The fields' own bounds are in the schemas besides.
+    """
+    values = {
+        f.name: getattr(config, f.name) if config else f.default for f in fields(ServerConfig)
+    }
+    return {
+        "json": {
+            "max_bytes": values["max_json_bytes"],
+            "max_depth": MAX_JSON_DEPTH,
+            "integers": {"minimum": -INT64_MAX, "maximum": INT64_MAX},
+            "numbers": "finite: NaN, Infinity and literals that overflow (1e999) are refused",
+            "duplicate_keys": "refused",
+            "text": "no control characters (U+0000-U+001F, U+007F) but tab, LF and CR, "
+            "in values and keys",
+            "refusal": "400 naming where, for a body; the same for a JSON-valued header",
+        },
+        "blob_max_bytes": values["max_blob_bytes"],
+        "ids": {
+            "minimum": 0,
+            "maximum": MAX_ID,
+            "description": "an id a body or query chooses or names (a device's, a group's): "
+            "exact in a double; the server assigns device ids in the same range",
+        },
+        "path_ids": {
+            "maximum": INT64_MAX,
+            "description": "an integer in a path past the store's range: 404",
+        },
+        "figures": {
+            "minimum": -MAX_FIGURE,
+            "maximum": MAX_FIGURE,
+            "description": "a heartbeat's resources; finite",
+        },
+        "served_numbers": "non-finite figures the server holds (a diverged loss) are "
+        "served as null",
+        "timeouts_s": {
+            name: value for name, value in values.items() if name.endswith("_timeout_s")
+        },
+    }
+
+
+def build_openapi(config: ServerConfig | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this server's API, from :data:`routes.ENDPOINTS`, with the
+    limits of ``config`` (see :func:`limits`)."""
     components = _Components()
     error = components.schema(schemas.Error)
     paths: dict[str, Obj] = {}
@@ -197,6 +244,7 @@ def build_openapi() -> dict[str, Any]:
             "description": "Device Manager and AI Model Repository of the fedsim testbed; "
             "see docs/protocol.md. Errors are JSON: "
             '{"error": {"status", "message", "field"}}.',
+            "x-fedsim-limits": limits(config),
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -17,19 +17,24 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from fedsim.core.limits import MAX_FIGURE, MAX_ID
 from fedsim.real.protocol import (
     INT64_MAX,
     Count,
     MeasuredProfile,
     ModelName,
-    Numbers,
     WireModel,
     invalid,
 )
 
 M = TypeVar("M", bound=BaseModel)
 
-Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+# An id a request names or chooses: within the JSON-safe range (fedsim.core.limits.MAX_ID).
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+# An id a response shows: a store written before ids were bounded may hold larger ones.
+StoredId = Annotated[int, Field(ge=0, le=INT64_MAX)]
+# A reported figure (a heartbeat's resources); a client's figure past the bound is refused.
+Figure = Annotated[float, Field(ge=-MAX_FIGURE, le=MAX_FIGURE, allow_inf_nan=False)]
 ShortText = Annotated[str, Field(max_length=256)]
 Text = Annotated[str, Field(max_length=1024)]
 HttpUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
@@ -97,7 +102,11 @@ class DeviceRegistration(WireModel):
 class Heartbeat(WireModel):
     """``PUT /devices/{id}/heartbeat``: the device is alive, and its load now."""
 
-    resources: Numbers | None = None
+    resources: Annotated[dict[ShortText, Figure], Field(max_length=64)] | None = Field(
+        default=None,
+        description="figures by name (cpu_busy, memory_available, bandwidth_up, ...), merged "
+        "into the device's: each the last value reported for it",
+    )
 
 
 class CalibrationOrder(WireModel):
@@ -207,11 +216,11 @@ class CalibrationRequest(Response):
 
 
 class DeviceRecord(Response):
-    id: Id
+    id: StoredId
     description: str
-    group: Id
+    group: StoredId
     group_description: str
-    id_in_group: Id | None
+    id_in_group: StoredId | None
     profile: str
     labels: dict[str, str]
     state: DeviceStateName
@@ -240,7 +249,7 @@ class DeviceList(Response):
 
 
 class Group(Response):
-    id: Id
+    id: StoredId
     description: str
     devices: Count
     online: Count = Field(description="devices online or busy")
@@ -298,7 +307,7 @@ class VersionList(Response):
 
 
 class Deployment(Response):
-    id: Id
+    id: StoredId
     model: str
     version: Count
     devices: dict[str, Literal["pending", "downloading", "deployed", "failed"]] = Field(

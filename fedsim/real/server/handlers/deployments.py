@@ -11,6 +11,7 @@ from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import DeploymentCreation, DeploymentFilter, DeploymentProgress
 from fedsim.real.server.serialize import deployment_json
 
@@ -43,7 +44,7 @@ class DeploymentHandlers:
         deployment = await self._offload(
             self._repository.create_deployment, body.model, body.version, devices
         )
-        return web.json_response(deployment_json(deployment), status=201)
+        return json_response(deployment_json(deployment), status=201)
 
     def _members(self, devices: list[int], groups: list[int]) -> list[int]:
         """The listed devices and those of the listed groups; 422 for any not deployable."""
@@ -67,14 +68,14 @@ class DeploymentHandlers:
     async def list(self, request: web.Request) -> web.Response:
         model = query(request, DeploymentFilter).model
         deployments = await self._offload(self._repository.list_deployments, model)
-        return web.json_response({"deployments": [deployment_json(d) for d in deployments]})
+        return json_response({"deployments": [deployment_json(d) for d in deployments]})
 
     async def get(self, request: web.Request) -> web.Response:
         who = request[PRINCIPAL]
         deployment = await self._offload(self._repository.get_deployment, path_int(request, "id"))
         if not who.is_admin and who.device not in deployment.devices:
             raise ApiError(403, f"device {who.device} is not part of deployment {deployment.id}")
-        return web.json_response(deployment_json(deployment))
+        return json_response(deployment_json(deployment))
 
     async def set_device_state(self, request: web.Request) -> web.Response:
         body = await json_body(request, DeploymentProgress, self._config)
@@ -84,4 +85,4 @@ class DeploymentHandlers:
             path_int(request, "device"),
             body.state,
         )
-        return web.json_response(deployment_json(deployment))
+        return json_response(deployment_json(deployment))

@@ -16,7 +16,7 @@ from fedsim.core.registry import (
     DeviceState,
     UnknownDevice,
 )
-from fedsim.real.protocol import INT64_MAX, MeasuredProfile
+from fedsim.real.protocol import MeasuredProfile
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import PRINCIPAL, Role
 from fedsim.real.server.config import ServerConfig
@@ -24,6 +24,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.history import HeartbeatHistory
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import (
     CalibrationOrder,
     DeviceFilter,
@@ -82,11 +83,6 @@ class DeviceHandlers:
                 )
             except DeviceRemoved as e:
                 raise ApiError(409, str(e), field="id") from None
-            except OverflowError:
-                # The registry assigns the largest id + 1, and the largest is the last one.
-                raise ApiError(
-                    409, f"no device id is left after {INT64_MAX}; give an id", field="id"
-                ) from None
             except ValueError as e:
                 raise ApiError(422, str(e)) from None
             token = await self._offload(
@@ -96,16 +92,16 @@ class DeviceHandlers:
                 endpoints=dict(body.endpoints),
                 group_description=body.group_description,
             )
-        return web.json_response({"device": self._json(record), "token": token}, status=201)
+        return json_response({"device": self._json(record), "token": token}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         wanted = query(request, DeviceFilter)
         records = await self._offload(self._registry.list, group=wanted.group, state=wanted.state)
-        return web.json_response({"devices": [self._json(r) for r in records]})
+        return json_response({"devices": [self._json(r) for r in records]})
 
     async def get(self, request: web.Request) -> web.Response:
         record = await self._offload(self._registry.get, path_int(request, "id"))
-        return web.json_response(self._json(record))
+        return json_response(self._json(record))
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         id = path_int(request, "id")
@@ -113,26 +109,26 @@ class DeviceHandlers:
         record = await self._offload(self._registry.heartbeat, id, body.resources)
         if self._history is not None:
             self._history.record(id, time.time(), record.resources)
-        return web.json_response(self._json(record))
+        return json_response(self._json(record))
 
     async def profile(self, request: web.Request) -> web.Response:
         id = path_int(request, "id")
         body = await json_body(request, MeasuredProfile, self._config)
         document = body.model_dump(mode="json", exclude_none=True)
         record = await self._offload(self._registry.report_profile, id, document)
-        return web.json_response(self._json(record))
+        return json_response(self._json(record))
 
     async def calibrate(self, request: web.Request) -> web.Response:
         id = path_int(request, "id")
         body = await json_body(request, CalibrationOrder, self._config)
         record = await self._offload(self._registry.request_calibration, id, body.model)
-        return web.json_response(self._json(record), status=202)
+        return json_response(self._json(record), status=202)
 
     async def remove(self, request: web.Request) -> web.Response:
         record = await self._offload(self._registry.remove, path_int(request, "id"))
         if self._history is not None:
             self._history.forget(record.id)
-        return web.json_response(self._json(record))
+        return json_response(self._json(record))
 
     async def groups(self, request: web.Request) -> web.Response:
         records = await self._offload(self._registry.list)
@@ -148,7 +144,7 @@ class DeviceHandlers:
             entry["devices"] += 1
             # Busy devices are heartbeating too: "online" counts every live device.
             entry["online"] += r.state in (DeviceState.ONLINE, DeviceState.BUSY)
-        return web.json_response({"groups": [groups[g] for g in sorted(groups)]})
+        return json_response({"groups": [groups[g] for g in sorted(groups)]})
 
     def _find(self, id: int | None) -> DeviceRecord | None:
         if id is None:

@@ -19,6 +19,7 @@ from aiohttp import web
 from fedsim.core.registry import DeviceRegistry
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class DiscoveryHandlers:
         self._offload = offload
 
     async def targets(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._offload(self._target_groups))
+        return json_response(await self._offload(self._target_groups))
 
     def _target_groups(self) -> list[dict[str, Any]]:
         groups = []

@@ -11,6 +11,7 @@ import fedsim
 from fedsim.core.registry import DeviceRegistry
 from fedsim.real.server.metrics import CONTENT_TYPE, ServerMetrics
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 
 
 class ServerHandlers:
@@ -32,7 +33,7 @@ class ServerHandlers:
 
     async def health(self, request: web.Request) -> web.Response:
         devices = await self._offload(self._registry.list)
-        return web.json_response(
+        return json_response(
             {
                 "status": "ok",
                 "version": fedsim.__version__,
@@ -47,4 +48,4 @@ class ServerHandlers:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(self._openapi)
+        return json_response(self._openapi)

@@ -9,6 +9,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body
 from fedsim.real.server.jobs_api import JobConflict, Jobs
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import JobStart
 
 
@@ -29,17 +30,17 @@ class JobHandlers:
             raise ApiError(422, str(e), field="config") from None
         except JobConflict as e:
             raise ApiError(409, str(e)) from None
-        return web.json_response(job, status=202)
+        return json_response(job, status=202)
 
     async def list(self, request: web.Request) -> web.Response:
-        return web.json_response({"jobs": await self._offload(self._manager().list)})
+        return json_response({"jobs": await self._offload(self._manager().list)})
 
     async def get(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         job = await self._offload(self._manager().get, job_id)
         if job is None:
             raise ApiError(404, f"no job {job_id}")
-        return web.json_response(job)
+        return json_response(job)
 
     async def cancel(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -49,7 +50,7 @@ class JobHandlers:
             raise ApiError(409, str(e)) from None
         if job is None:
             raise ApiError(404, f"no job {job_id}")
-        return web.json_response(job)
+        return json_response(job)
 
     def _manager(self) -> Jobs:
         if self._jobs is None:

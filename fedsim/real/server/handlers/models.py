@@ -22,6 +22,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import ModelCreation, VersionQuery
 from fedsim.real.server.serialize import model_detail_json, model_json, version_json
 
@@ -53,21 +54,21 @@ class ModelHandlers:
             )
         except ValueError as e:  # metadata that JSON cannot hold back, for one
             raise ApiError(422, str(e)) from None
-        return web.json_response(model_json(info), status=201)
+        return json_response(model_json(info), status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         models = await self._offload(self._repository.list_models)
-        return web.json_response({"models": [model_json(m) for m in models]})
+        return json_response({"models": [model_json(m) for m in models]})
 
     async def get(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         info = await self._offload(self._repository.get_model, name)
         stats = await self._offload(self._repository.stats, name)
-        return web.json_response(model_detail_json(info, stats))
+        return json_response(model_detail_json(info, stats))
 
     async def list_versions(self, request: web.Request) -> web.Response:
         versions = await self._offload(self._repository.list_versions, request.match_info["name"])
-        return web.json_response({"versions": [version_json(v) for v in versions]})
+        return json_response({"versions": [version_json(v) for v in versions]})
 
     async def add_version(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -110,10 +111,10 @@ class ModelHandlers:
         finally:
             self._metrics.bytes_received.labels("model").inc(reader.nbytes)
         location = f"{request.path}/{info.version}"
-        return web.json_response(version_json(info), status=201, headers={"Location": location})
+        return json_response(version_json(info), status=201, headers={"Location": location})
 
     async def get_version(self, request: web.Request) -> web.Response:
-        return web.json_response(version_json(await self._version(request)))
+        return json_response(version_json(await self._version(request)))
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
         info = await self._version(request)

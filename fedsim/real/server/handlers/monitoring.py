@@ -27,6 +27,7 @@ from fedsim.monitor.promql import (
 from fedsim.real.server.handlers.common import query
 from fedsim.real.server.history import FIELDS, HeartbeatHistory
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import MonitoringQuery
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,14 @@ class MonitoringHandlers:
                 answer["warning"] = f"Prometheus at {self._prometheus}: {e}"
             else:
                 answer |= {"source": "prometheus", "step_s": step, "devices": devices}
-                return web.json_response(answer)
+                return json_response(answer)
         history = await self._offload(self._history.series, ids, since=start)
         answer |= {
             "source": "heartbeats",
             "step_s": self._history.interval_s,
             "devices": {str(d): history[d] for d in ids if d in history},
         }
-        return web.json_response(answer)
+        return json_response(answer)
 
     async def _from_prometheus(
         self, ids: list[int], start: float, end: float, step: float

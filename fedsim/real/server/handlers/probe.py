@@ -13,6 +13,7 @@ from aiohttp import web
 from fedsim.real.server.bodies import BodyReader
 from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import query
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import ProbeQuery, ProbeUpload
 
 CHUNK = 256 * 1024
@@ -49,4 +50,4 @@ class ProbeHandlers:
         reader = BodyReader(request, limit=self.max_bytes, timeout_s=self.timeout_s, hash=False)
         await reader.drain()
         answer = ProbeUpload(bytes=reader.nbytes, seconds=time.monotonic() - start)
-        return web.json_response(answer.model_dump(mode="json"))
+        return json_response(answer.model_dump(mode="json"))

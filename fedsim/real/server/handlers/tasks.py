@@ -37,6 +37,7 @@ from fedsim.real.server.errors import ApiError
 from fedsim.real.server.handlers.common import json_body, path_int, query
 from fedsim.real.server.metrics import ServerMetrics
 from fedsim.real.server.offload import Offload
+from fedsim.real.server.responses import json_response
 from fedsim.real.server.schemas import PollQuery
 from fedsim.store.safetensors_io import compare_layouts, decode, read_layout
 
@@ -71,7 +72,7 @@ class TaskHandlers:
         task = await self._take(device, min(wait, self._config.long_poll_max_s))
         if task is None:
             return web.Response(status=204)
-        return web.json_response(task_json(task.message))
+        return json_response(task_json(task.message))
 
     async def update(self, request: web.Request) -> web.Response:
         task = self._task(request)
@@ -203,7 +204,7 @@ class TaskHandlers:
             return self._settled(task, outcome.sha256, outcome.error)
         result = "failed" if outcome.error is not None else "succeeded"
         self._metrics.tasks.labels(task.message.kind, result).inc()
-        return web.json_response(_result_json(task, outcome), status=status)
+        return json_response(_result_json(task, outcome), status=status)
 
     @staticmethod
     def _settled(task: PostedTask, sha256: str | None, error: str | None) -> web.Response:
@@ -213,7 +214,7 @@ class TaskHandlers:
         prior = task.outcome
         if prior is None or prior.sha256 != sha256 or prior.error != error:
             raise ApiError(409, f"task {task.id} has a different result already")
-        return web.json_response(_result_json(task, prior), status=200)
+        return json_response(_result_json(task, prior), status=200)
 
 
 def _decode(path: Path, task: PostedTask) -> NDArrays:
