@@ -152,7 +152,12 @@ def init_app(
             stopping=stopping,
         ),
         jobs=JobHandlers(jobs=jobs, offload=offload, config=config),
-        discovery=DiscoveryHandlers(registry=registry, agents=agents, offload=offload),
+        discovery=DiscoveryHandlers(
+            registry=registry,
+            agents=agents,
+            offload=offload,
+            allowed_networks=config.sd_networks,
+        ),
         probe=ProbeHandlers(
             max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024),
             timeout_s=config.body_read_timeout_s,

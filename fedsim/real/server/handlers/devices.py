@@ -95,6 +95,7 @@ class DeviceHandlers:
                 hardware=hardware,
                 endpoints=dict(body.endpoints),
                 group_description=body.group_description,
+                address=request.remote or "",
             )
         return web.json_response({"device": self._json(record), "token": token}, status=201)
 
