@@ -320,9 +320,11 @@ def _positive(where: str, value: float, *, allow_zero: bool = False, scale: floa
     """``value`` in base units (times ``scale``), checked: > 0 (or >= 0) and finite there."""
     if not value >= 0 or (value == 0 and not allow_zero):  # "not >=": NaN fails too
         raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
     scaled = value * scale
-    if not math.isfinite(scaled):
-        raise ConfigError(f"{where}: must be a finite number in range, got {value}")
+    if not math.isfinite(scaled):  # finite, but not once in base units (1e308 Mb/s)
+        raise ConfigError(f"{where}: too large, got {value}")
     return scaled
 
 
