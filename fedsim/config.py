@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedsim.core.calibration import StepModel
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan, LinkChange, Outage
+from fedsim.core.limits import INT64_MAX
 from fedsim.core.topology import (
     MEASURED,
     PROFILE_KINDS,
@@ -126,6 +127,7 @@ def _typed(where: str, node: Any, schema: type | None = None) -> Any:
 def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     """The checked, typed experiment ``cfg`` describes; hardware and network profiles the
     config does not include are read from ``profiles`` (a ``conf/`` directory)."""
+    check_numbers(as_container(cfg))
     kind = cfg.experiment.kind
     if kind not in KINDS:
         raise ConfigError(f"experiment.kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -134,6 +136,10 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         raise ConfigError(f"mode.name: {mode.name!r} is not one of {', '.join(MODES)}")
     if cfg.repetitions < 1:
         raise ConfigError(f"repetitions: must be >= 1, got {cfg.repetitions}")
+    if cfg.seed < 0:
+        # numpy's SeedSequence takes no negative entropy.
+        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    check_mode(mode)
     topology = build_topology(cfg, profiles)
     clients = clients_of(cfg, topology)
     fl: FLConf = _typed("fl", cfg.fl)
@@ -157,10 +163,17 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     scale: ScaleConf | None = None
     if cfg.workload.scale is not None:
         scale = _typed("workload.scale", cfg.workload.scale)
+        for key in ("input_size", "samples_per_device"):
+            _positive(f"workload.scale.{key}", getattr(scale, key))
     paper: PaperConf | None = None if cfg.paper is None else _typed("paper", cfg.paper)
+    if paper is not None:
+        for key in ("t_ref_s", "t_new_s"):  # the paper's measured times
+            _positive(f"paper.{key}", getattr(paper, key))
     dataset = cfg.workload.dataset.name
     if kind == "federated" and fl.training == "real" and dataset != "digits":
         raise ConfigError(f"workload.dataset.name: real training knows 'digits', not {dataset!r}")
+    if kind == "federated" and fl.training == "real":
+        check_shards(partition, fl, len(clients))
     faults = fault_plan(cfg.faults, topology)
     if faults.link_changes and mode.name != "sim":
         raise ConfigError(
@@ -187,6 +200,54 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         faults=faults,
         config=as_container(cfg),
     )
+
+
+def check_numbers(value: Any, where: str = "") -> None:
+    """Refuse any number the engine cannot work with, naming its field: a float that is not
+    finite (``nan``, ``inf``, ``1e999``) or an integer beyond SQLite's and numpy's 64 bits.
+
+    Every numeric field of every section passes through here before its own range is checked,
+    so no field can carry such a value into a run, a strategy's parameters included.
+    """
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{path}: must be a finite number, got {item}")
+        if isinstance(item, int) and not -INT64_MAX - 1 <= item <= INT64_MAX:
+            raise ConfigError(f"{path}: must be a 64-bit integer, got {item}")
+        if isinstance(item, Mapping):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+
+
+def check_mode(mode: ModeConf) -> None:
+    """The ranges of ``mode``'s numbers (the emulated runtime checks its own two)."""
+    if not 0 <= mode.port <= 65535:
+        raise ConfigError(f"mode.port: must be in 0..65535, got {mode.port}")
+    for name in ("startup_timeout_s", "heartbeat_interval_s", "patience_s"):
+        _positive(f"mode.{name}", getattr(mode, name))
+
+
+def check_shards(partition: PartitionConf, fl: FLConf, clients: int) -> None:
+    """Refuse a split of the digits training set that cannot give every client its least
+    share: a batch under a Dirichlet split (the scenario draws until each has one), else one
+    sample."""
+    from fedsim.ml.data import load_digits_split
+
+    # The split's size depends on test_fraction alone; the seed only picks which samples.
+    available = len(load_digits_split(test_fraction=partition.test_fraction)[1])
+    least = fl.batch_size if partition.kind == "dirichlet" else 1
+    if available < clients * least:
+        raise ConfigError(
+            f"experiment.clients: {clients} clients need {clients * least} training samples "
+            f"({least} each{', fl.batch_size' if least > 1 else ''}), the digits training "
+            f"split has {available}; use fewer clients, a smaller fl.batch_size or a smaller "
+            "partition.test_fraction"
+        )
 
 
 def _strategy(where: str, node: Any) -> dict[str, Any]:
@@ -255,10 +316,16 @@ def fault_plan(c: Any, topology: Topology) -> FaultPlan:
 # -- conversion -----------------------------------------------------------------------------
 
 
-def _positive(where: str, value: float, *, allow_zero: bool = False) -> float:
-    if value < 0 or (value == 0 and not allow_zero):
+def _positive(where: str, value: float, *, allow_zero: bool = False, scale: float = 1) -> float:
+    """``value`` in base units (times ``scale``), checked: > 0 (or >= 0) and finite there."""
+    if not value >= 0 or (value == 0 and not allow_zero):  # "not >=": NaN fails too
         raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    scaled = value * scale
+    if not math.isfinite(scaled):  # finite, but not once in base units (1e308 Mb/s)
+        raise ConfigError(f"{where}: too large, got {value}")
+    return scaled
 
 
 def _fraction(where: str, value: float) -> float:
@@ -328,6 +395,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
                 f"{where}.{extra[0]}: measured figures belong to a profile with kind: measured"
             )
 
+    _descriptive(where, c)
     spec_compute = (c.efficiency, c.cpu_peak_gflops, c.accelerator)
     if measured and all(v is None for v in spec_compute):
         units, peak, efficiency = 1, _measured_rate(where, c), 1.0
@@ -336,7 +404,9 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         efficiency = _required(f"{where}.efficiency", c.efficiency)
         efficiency = _fraction(f"{where}.efficiency", efficiency)
     if c.memory_bandwidth_gbps is not None:
-        memory_bandwidth = _positive(f"{where}.memory_bandwidth_gbps", c.memory_bandwidth_gbps) * GB
+        memory_bandwidth = _positive(
+            f"{where}.memory_bandwidth_gbps", c.memory_bandwidth_gbps, scale=GB
+        )
     elif measured and "aggregate_bytes_per_s" in throughputs:
         memory_bandwidth = throughputs["aggregate_bytes_per_s"]
     else:
@@ -351,9 +421,9 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         units=int(units),
         efficiency=efficiency,
         scaling_efficiency=_fraction(f"{where}.scaling_efficiency", c.scaling_efficiency),
-        memory_bytes=_positive(f"{where}.memory_gb", c.memory_gb) * GB,
+        memory_bytes=_positive(f"{where}.memory_gb", c.memory_gb, scale=GB),
         memory_bandwidth=memory_bandwidth,
-        disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps) * MB,
+        disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps, scale=MB),
         jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
         steps={model: step for model, (step, _) in steps.items()},
         cold_start_s=cold_start or 0.0,
@@ -361,12 +431,24 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
     )
 
 
+def _descriptive(where: str, c: Any) -> None:
+    """The figures a profile may carry that its timing does not use (the processor on a
+    GPU-trained device, the accelerator's memory), checked as strictly as the rest: reports
+    and exported fleets show them."""
+    if c.cpu_cores < 1:
+        raise ConfigError(f"{where}.cpu_cores: must be >= 1, got {c.cpu_cores}")
+    _positive(f"{where}.cpu_ghz", c.cpu_ghz)
+    if c.cpu_peak_gflops is not None:
+        _positive(f"{where}.cpu_peak_gflops", c.cpu_peak_gflops)
+    if c.accelerator is not None:
+        acc = c.accelerator
+        _positive(f"{where}.accelerator.memory_gb", acc.memory_gb, allow_zero=True)
+        _positive(f"{where}.accelerator.memory_bandwidth_gbps", acc.memory_bandwidth_gbps)
+
+
 def _cold_start(where: str, c: Any) -> float:
     """``cold_start_s``: seconds, finite and >= 0."""
-    value = float(c.cold_start_s)
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: must be a finite number of seconds, got {value}")
-    return _positive(where, value, allow_zero=True)
+    return _positive(where, float(c.cold_start_s), allow_zero=True)
 
 
 def _peak(where: str, c: Any) -> tuple[int, float]:
@@ -376,10 +458,12 @@ def _peak(where: str, c: Any) -> tuple[int, float]:
         if acc is None:
             raise ConfigError(f"{where}.accelerator: train_on is 'accelerator' but none is given")
         units = int(_positive(f"{where}.accelerator.count", acc.count))
-        return units, _positive(f"{where}.accelerator.peak_tflops", acc.peak_tflops) * 1e12 * units
+        return units, _positive(
+            f"{where}.accelerator.peak_tflops", acc.peak_tflops, scale=1e12 * units
+        )
     if c.train_on == "cpu":
         peak = _required(f"{where}.cpu_peak_gflops", c.cpu_peak_gflops)
-        return 1, _positive(f"{where}.cpu_peak_gflops", peak) * 1e9
+        return 1, _positive(f"{where}.cpu_peak_gflops", peak, scale=1e9)
     raise ConfigError(f"{where}.train_on: must be 'accelerator' or 'cpu', got {c.train_on!r}")
 
 
@@ -422,10 +506,10 @@ def link_profile(name: str, c: Any) -> LinkProfile:
         raise ConfigError(f"{where}.loss: must be in [0, 1), got {c.loss}")
     return LinkProfile(
         name=name,
-        bandwidth=_positive(f"{where}.bandwidth_mbps", c.bandwidth_mbps) * MB / 8,
-        latency=_positive(f"{where}.latency_ms", c.latency_ms, allow_zero=True) / 1e3,
+        bandwidth=_positive(f"{where}.bandwidth_mbps", c.bandwidth_mbps, scale=MB / 8),
+        latency=_positive(f"{where}.latency_ms", c.latency_ms, allow_zero=True, scale=1e-3),
         loss=c.loss,
-        latency_jitter=_positive(f"{where}.jitter_ms", c.jitter_ms, allow_zero=True) / 1e3,
+        latency_jitter=_positive(f"{where}.jitter_ms", c.jitter_ms, allow_zero=True, scale=1e-3),
     )
 
 
@@ -460,6 +544,8 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
         return _generated(t.name, t.generate, hw, net)
     groups: dict[int, Group] = {}
     for i, g in enumerate(t.groups):
+        if g.id < 0:
+            raise ConfigError(f"topology.groups[{i}].id: must be >= 0, got {g.id}")
         if g.id in groups:
             raise ConfigError(f"topology.groups[{i}].id: group {g.id} appears twice")
         groups[g.id] = Group(
@@ -468,6 +554,9 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
     devices: dict[int, Device] = {}
     for i, d in enumerate(t.devices):
         where = f"topology.devices[{i}]"
+        for key in ("id", "id_in_group"):
+            if getattr(d, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(d, key)}")
         if d.id in devices:
             raise ConfigError(f"{where}.id: device {d.id} appears twice")
         if d.group not in groups:
@@ -492,8 +581,9 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
 
 def _generated(name: str, g: Any, hw: _Profiles, net: _Profiles) -> Topology:
     where = "topology.generate"
-    if g.groups < 1 or g.devices_per_group < 1:
-        raise ConfigError(f"{where}: groups and devices_per_group must be >= 1")
+    for key in ("groups", "devices_per_group"):
+        if getattr(g, key) < 1:
+            raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(g, key)}")
     if not g.hardware:
         raise ConfigError(f"{where}.hardware: name at least one profile")
     kinds = [hw(h, f"{where}.hardware") for h in g.hardware]
@@ -534,7 +624,7 @@ def build_dataset(c: Any) -> DatasetSpec:
     return DatasetSpec(
         name=c.name,
         samples=int(_positive("workload.dataset.samples", c.samples)),
-        total_bytes=round(_positive("workload.dataset.total_gb", c.total_gb) * GB),
+        total_bytes=round(_positive("workload.dataset.total_gb", c.total_gb, scale=GB)),
     )
 
 
@@ -547,11 +637,11 @@ def clients_of(cfg: Any, topology: Topology) -> list[int]:
     clients = list(cfg.experiment.clients) or topology.trainers
     if not clients:
         raise ConfigError("experiment.clients: empty, and the topology has no trainers")
-    for c in clients:
+    for i, c in enumerate(clients):
         if c not in topology.devices:
-            raise ConfigError(f"experiment.clients: no device {c} in topology {topology.name}")
+            raise ConfigError(f"experiment.clients[{i}]: no device {c} in topology {topology.name}")
         if c == topology.server:
-            raise ConfigError(f"experiment.clients: device {c} is the server")
+            raise ConfigError(f"experiment.clients[{i}]: device {c} is the server")
     if len(set(clients)) != len(clients):
         raise ConfigError("experiment.clients: a device is listed twice")
     return clients
@@ -561,8 +651,10 @@ def _logspace(where: str, r: Any, *, integer: bool) -> tuple:
     import numpy as np
 
     _positive(f"{where}.start", r.start)
-    if r.stop <= r.start or r.num < 2:
-        raise ConfigError(f"{where}: need stop > start and num >= 2")
+    if not r.stop > r.start:
+        raise ConfigError(f"{where}.stop: must be > start ({r.start}), got {r.stop}")
+    if r.num < 2:
+        raise ConfigError(f"{where}.num: must be >= 2, got {r.num}")
     values = np.geomspace(r.start, r.stop, int(r.num))
     if integer:
         return tuple(sorted({round(v) for v in values}))

@@ -207,6 +207,10 @@ class FLConf(FederatedConfig):
             raise ValueError(f"training: {self.training!r} is not one of {', '.join(TRAININGS)}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError(
+                f"target_accuracy: must be null or in (0, 1], got {self.target_accuracy}"
+            )
         if self.max_events < 0:
             raise ValueError(f"max_events: must be >= 0, got {self.max_events}")
 

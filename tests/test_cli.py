@@ -131,6 +131,11 @@ def test_multirun_sweep_over_link_bandwidth(tmp_path: Path):
         ("experiment.clients=[4,99]", "experiment.clients"),
         ("workload.model=resnet9000", "workload.model"),
         ("network.wan_1g.bandwith_mbps=3", "bandwith_mbps"),
+        # Issue 13's reproductions: each once gave a traceback, or (inf) an Infinity in
+        # summary.json.
+        ("seed=-1", "seed"),
+        ("network.wan_1g.bandwidth_mbps=nan", "network.wan_1g.bandwidth_mbps"),
+        ("network.wan_1g.bandwidth_mbps=inf", "network.wan_1g.bandwidth_mbps"),
     ],
 )
 def test_bad_configuration_exits_with_one_line(override: str, names: str, tmp_path: Path):
@@ -141,6 +146,32 @@ def test_bad_configuration_exits_with_one_line(override: str, names: str, tmp_pa
     assert lines[0].startswith("error: ") and names in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("per_group", "starts"),
+    [
+        # 100 clients, each needing a batch of 16 digits, from 1438 training images.
+        (50, "error: experiment.clients: 100 clients need 1600"),
+        # 80 need 1280: enough in all, but no Dirichlet draw at alpha 0.5 gives each 16.
+        (40, "error: partition.alpha: no Dirichlet split"),
+    ],
+)
+def test_a_split_that_cannot_feed_every_client_exits_with_one_line(
+    per_group: int, starts: str, tmp_path: Path
+):
+    # Prepare
+    fleet = ["topology=edge_fleet", "topology.generate.groups=2"]
+    fleet += [f"topology.generate.devices_per_group={per_group}"]
+
+    # Execute
+    proc = fedsim("+experiment=fl_digits", *fleet, f"hydra.run.dir={tmp_path}")
+
+    # Assert
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(starts)
 
 
 def test_unknown_experiment_exits_with_one_line():

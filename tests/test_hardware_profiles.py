@@ -119,7 +119,7 @@ def without(key: str) -> dict[str, Any]:
         ),
         (
             {**MEASURED_CONF, "cold_start_s": float("inf")},
-            "hardware.p.cold_start_s: must be a finite number of seconds, got inf",
+            "hardware.p.cold_start_s: must be a finite number, got inf",
         ),
         (
             {**SPEC_CONF, "cold_start_s": 1.0},

@@ -176,13 +176,19 @@ def real_data(
 ) -> tuple[Shards, tuple[np.ndarray, np.ndarray], dict[int, list[int]]]:
     """Shards of scikit-learn's digits per client (``build_spec`` checked that the workload
     trains on them), the test split and the label counts."""
+    from fedsim.config import ConfigError
     from fedsim.core.partition import dirichlet_partition, iid_partition, label_distribution
     from fedsim.ml.data import load_digits_split
 
     p, clients = spec.partition, list(spec.clients)
     X, y, X_test, y_test = load_digits_split(test_fraction=p.test_fraction, seed=spec.seed)
     if p.kind == "dirichlet":
-        parts = dirichlet_partition(y, len(clients), p.alpha, rng=rng, min_size=spec.fl.batch_size)
+        try:
+            parts = dirichlet_partition(
+                y, len(clients), p.alpha, rng=rng, min_size=spec.fl.batch_size
+            )
+        except ValueError as e:  # build_spec checked the counts; the draws can still fail
+            raise ConfigError(f"partition.alpha: {e}") from None
     else:
         parts = iid_partition(len(y), len(clients), rng)
     shards = {dev: (X[idx], y[idx]) for dev, idx in zip(clients, parts, strict=True)}

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -33,6 +34,9 @@ def test_config_refuses_what_cannot_work(tmp_path):
         {"prometheus_url": "prometheus:9090"},
         {"history_samples": 0},
         {"history_interval_s": -1},
+        {"header_read_timeout_s": 0},
+        {"sd_allowed_networks": ("10.0.0.0/33",)},
+        {"sd_allowed_networks": ("not-a-network",)},
     ):
         with pytest.raises(ValueError):
             ServerConfig(**{**base, **bad})
@@ -52,6 +56,8 @@ def test_cli_help_explains_every_option(capsys):
         "--max-json-bytes",
         "--max-blob-bytes",
         "--body-read-timeout",
+        "--header-read-timeout",
+        "--sd-allow",
         "--long-poll-max",
         "--shutdown-timeout",
         "--cert",
@@ -123,6 +129,28 @@ def test_the_command_serves_until_sigterm_and_exits_0(tmp_path):
     finally:
         process.kill()
         process.communicate()
+
+
+def test_the_command_logs_requests_without_their_query_strings(tmp_path):
+    # Prepare
+    process, port = serve(tmp_path)
+    secret = "a-token-in-a-query-string"
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/api/v1/health")
+
+        # Execute: a token in a query string (refused), then stop the server.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(f"http://127.0.0.1:{port}/api/v1/devices?token={secret}")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        process.kill()
+        _, log = process.communicate()
+
+    # Assert: the request is in the access log by its path, the token is not.
+    assert refused.value.code == 401
+    assert '"GET /api/v1/devices" 401' in log, log
+    assert secret not in log
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a certificate")

@@ -1,8 +1,9 @@
 """Device tokens and what each agent declared about itself, in ``registry/agents.db``.
 
 The device registry holds a device's state; this book holds what the server needs to talk to
-its agent: the token it authenticates with, and the hardware, metrics endpoints and group
-description it declared when it registered (the registry's record has no place for them).
+its agent: the token it authenticates with, the hardware, metrics endpoints and group
+description it declared when it registered, and the address it registered from (the
+registry's record has no place for them).
 
 A token is a random secret (``secrets.token_urlsafe(32)``, 256 bits). Only its sha256 is stored,
 so a copy of the database does not let anyone act as a device; a plain hash, not a slow one,
@@ -28,7 +29,8 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS agents (
     token_sha256 TEXT NOT NULL UNIQUE,
     hardware TEXT NOT NULL,
     endpoints TEXT NOT NULL,
-    group_description TEXT NOT NULL DEFAULT '')"""
+    group_description TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '')"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +40,9 @@ class AgentDetails:
     hardware: dict[str, Any] = field(default_factory=dict)
     endpoints: dict[str, str] = field(default_factory=dict)
     group_description: str = ""
+    # The peer address the registration came from ("" when unknown): service discovery
+    # lists the agent's endpoints on it (fedsim.real.server.handlers.discovery).
+    address: str = ""
 
 
 class AgentBook:
@@ -55,24 +60,26 @@ class AgentBook:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
-        if "group_description" not in columns:  # a book written before groups had descriptions
-            self._db.execute(
-                "ALTER TABLE agents ADD COLUMN group_description TEXT NOT NULL DEFAULT ''"
-            )
+        # Books written before groups had descriptions, or before addresses were kept.
+        for column in ("group_description", "address"):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE agents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
         rows = self._db.execute(
-            "SELECT device, token_sha256, hardware, endpoints, group_description FROM agents"
+            "SELECT device, token_sha256, hardware, endpoints, group_description, address "
+            "FROM agents"
         )
         # Every request is authenticated, so lookups are served from memory.
         self._by_digest: dict[str, int] = {}
         self._digest_of: dict[int, str] = {}
         self._details: dict[int, AgentDetails] = {}
-        for device, digest, hardware, endpoints, group_description in rows:
+        for device, digest, hardware, endpoints, group_description, address in rows:
             self._by_digest[digest] = device
             self._digest_of[device] = digest
             self._details[device] = AgentDetails(
                 hardware=json.loads(hardware),
                 endpoints=json.loads(endpoints),
                 group_description=group_description,
+                address=address,
             )
 
     def enroll(
@@ -82,26 +89,30 @@ class AgentBook:
         hardware: Mapping[str, Any] | None = None,
         endpoints: Mapping[str, str] | None = None,
         group_description: str = "",
+        address: str = "",
     ) -> str:
-        """Store the agent's declaration and return a new token for ``device``."""
+        """Store the agent's declaration, and the ``address`` it came from, and return a new
+        token for ``device``."""
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         details = AgentDetails(
             hardware=dict(hardware or {}),
             endpoints=dict(endpoints or {}),
             group_description=group_description,
+            address=address,
         )
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO agents "
-                "(device, token_sha256, hardware, endpoints, group_description) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "(device, token_sha256, hardware, endpoints, group_description, address) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     device,
                     digest,
                     json.dumps(details.hardware, sort_keys=True),
                     json.dumps(details.endpoints, sort_keys=True),
                     details.group_description,
+                    details.address,
                 ),
             )
             old = self._digest_of.get(device)

@@ -28,6 +28,7 @@ from aiohttp import web
 from fedsim.core.registry import DeviceRegistry
 from fedsim.core.repository import ModelRepository
 from fedsim.real.board import TaskBoard
+from fedsim.real.server.access import AccessLogger
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import Authenticator
 from fedsim.real.server.config import ServerConfig
@@ -99,6 +100,14 @@ def init_app(
         # Only JSON bodies are read whole; blobs are streamed under their own limit.
         client_max_size=config.max_json_bytes,
         middlewares=[metrics.middleware, error_middleware],
+        # Handler arguments hold wherever the app is served (run_app, an AppRunner, a test).
+        handler_args={
+            # aiohttp arms its keep-alive timer when a connection opens and after each
+            # response, and closes the connection if no whole request head has arrived when it
+            # fires: a client sending its headers a byte at a time is cut off after this long.
+            "keepalive_timeout": config.header_read_timeout_s,
+            "access_log_class": AccessLogger,
+        },
     )
     app[CONFIG] = config
     app[REGISTRY] = registry
@@ -143,7 +152,12 @@ def init_app(
             stopping=stopping,
         ),
         jobs=JobHandlers(jobs=jobs, offload=offload, config=config),
-        discovery=DiscoveryHandlers(registry=registry, agents=agents, offload=offload),
+        discovery=DiscoveryHandlers(
+            registry=registry,
+            agents=agents,
+            offload=offload,
+            allowed_networks=config.sd_networks,
+        ),
         probe=ProbeHandlers(
             max_bytes=min(config.max_blob_bytes, 256 * 1024 * 1024),
             timeout_s=config.body_read_timeout_s,

@@ -79,6 +79,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to wait for the next bytes of a request body before answering 408",
     )
     p.add_argument(
+        "--header-read-timeout",
+        type=float,
+        default=defaults.header_read_timeout_s,
+        help="seconds a connection has to send a whole request line and headers, from its "
+        "opening or its previous response; an idle keep-alive connection is closed after as long",
+    )
+    p.add_argument(
         "--long-poll-max",
         type=float,
         default=defaults.long_poll_max_s,
@@ -107,6 +114,15 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.history_interval_s,
         help="seconds between the heartbeat readings kept per device",
+    )
+    p.add_argument(
+        "--sd-allow",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="a network whose addresses devices may declare as metrics endpoints (repeatable); "
+        "by default service discovery lists only http(s) endpoints on the address a device "
+        "registered from",
     )
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
@@ -163,6 +179,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             max_json_bytes=args.max_json_bytes,
             max_blob_bytes=args.max_blob_bytes,
             body_read_timeout_s=args.body_read_timeout,
+            header_read_timeout_s=args.header_read_timeout,
             long_poll_max_s=args.long_poll_max,
             shutdown_timeout_s=args.shutdown_timeout,
             cert_file=args.cert,
@@ -170,6 +187,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             prometheus_url=args.prometheus_url,
             history_samples=args.history_samples,
             history_interval_s=args.history_interval,
+            sd_allowed_networks=tuple(args.sd_allow),
         )
     except ValueError as e:
         return _error(str(e))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class ServerConfig:
     # The longest wait for the next bytes of a request body; a slow link may take much
     # longer for the whole body, a stalled one never sends more.
     body_read_timeout_s: float = 60.0
+    # The longest a connection may take to deliver a whole request line and headers, counted
+    # from its opening or its previous response; also how long an idle one is kept open.
+    header_read_timeout_s: float = 10.0
     cert_file: Path | None = None
     key_file: Path | None = None
     long_poll_max_s: float = 60.0
@@ -40,6 +44,9 @@ class ServerConfig:
     prometheus_url: str | None = None
     history_samples: int = 1440
     history_interval_s: float = 5.0
+    # Networks whose addresses a device may declare as metrics endpoints beside the address
+    # it registered from; service discovery hands Prometheus no other (CIDR strings).
+    sd_allowed_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -54,7 +61,7 @@ class ServerConfig:
             raise ValueError("admin_token and enrollment_token must differ")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        positive = ("patience_s", "body_read_timeout_s", "long_poll_max_s")
+        positive = ("patience_s", "body_read_timeout_s", "header_read_timeout_s", "long_poll_max_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -73,9 +80,19 @@ class ServerConfig:
             raise ValueError(f"history_samples must be >= 1, got {self.history_samples}")
         if self.history_interval_s < 0:
             raise ValueError(f"history_interval_s must be >= 0, got {self.history_interval_s}")
+        object.__setattr__(self, "sd_allowed_networks", tuple(self.sd_allowed_networks))
+        for cidr in self.sd_allowed_networks:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as e:
+                raise ValueError(f"sd_allowed_networks: {e}") from None
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("TLS needs both cert_file and key_file, or neither")
 
     @property
     def tls(self) -> bool:
         return self.cert_file is not None
+
+    @property
+    def sd_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(cidr) for cidr in self.sd_allowed_networks)

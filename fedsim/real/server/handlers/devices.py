@@ -91,6 +91,7 @@ class DeviceHandlers:
                 hardware=hardware,
                 endpoints=dict(body.endpoints),
                 group_description=body.group_description,
+                address=request.remote or "",
             )
         return json_response({"device": self._json(record), "token": token}, status=201)
 
