@@ -22,7 +22,8 @@ removed. A killed process loses nothing under either setting; only the OS crashi
 Crash safety of an upload: the bytes are streamed into ``blobs/tmp`` while hashed, fsynced, and
 validated; then, inside the database write transaction, renamed to their content address, the
 directory fsynced, and the version row inserted. A crash before the commit leaves at most a
-temp file or a blob no row names (garbage for ``gc``), never a row without its blob.
+temp file or a blob no row names, never a row without its blob: garbage that ``gc`` removes
+(a server runs it whenever it starts) and that ``check_integrity`` does not count as a fault.
 
 Threads: each object holds one connection, opened with ``check_same_thread=False`` and used
 under a lock, so an event loop and its executor threads can share it; SQLite admits one writer
