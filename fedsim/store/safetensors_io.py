@@ -39,6 +39,8 @@ MAX_HEADER_BYTES = 8 * 1024 * 1024
 server parse 100 MB of JSON before a byte of weights is seen."""
 VALUE_CHUNK_BYTES = 1 << 20
 """Tensor data is checked for non-finite values in pieces this big, never held whole."""
+MAX_DIMS = 32
+"""The most dimensions a tensor may have: what numpy 1 holds (numpy 2 holds 64)."""
 
 # Bits per element of every dtype the format defines, so that a file using one numpy lacks is
 # told so rather than called malformed.
@@ -164,18 +166,18 @@ def compare_layouts(
     """Raise ``InvalidModelFile`` naming the first difference between two layouts."""
     missing = sorted(reference.keys() - layout.keys())
     if missing:
-        raise InvalidModelFile(f"missing tensors: {', '.join(map(repr, missing))}")
+        raise InvalidModelFile(f"missing tensors: {_quote_all(missing)}")
     unexpected = sorted(layout.keys() - reference.keys())
     if unexpected:
-        raise InvalidModelFile(f"unexpected tensors: {', '.join(map(repr, unexpected))}")
+        raise InvalidModelFile(f"unexpected tensors: {_quote_all(unexpected)}")
     for name in sorted(layout):
         shape, dtype = layout[name]
         want_shape = tuple(int(d) for d in reference[name][0])
         want_dtype = _code(reference[name][1])
         if shape != want_shape:
-            raise InvalidModelFile(f"tensor {name!r}: shape {shape} != {want_shape}")
+            raise InvalidModelFile(f"tensor {_quote(name)}: shape {shape} != {want_shape}")
         if dtype != want_dtype:
-            raise InvalidModelFile(f"tensor {name!r}: dtype {dtype} != {want_dtype}")
+            raise InvalidModelFile(f"tensor {_quote(name)}: dtype {dtype} != {want_dtype}")
 
 
 def _code(dtype: Any) -> str:
@@ -215,7 +217,7 @@ def _check_finite(f: BinaryIO, header: _Header) -> None:
             want = min(step, end - begin - done)
             got = f.readinto(memoryview(buffer)[:want])
             if got != want:
-                raise _bad(f"tensor {name!r}: the file ends inside its data")
+                raise _bad(f"tensor {_quote(name)}: the file ends inside its data")
             values = np.frombuffer(buffer, dtype=dtype, count=want // dtype.itemsize)
             finite = np.isfinite(values)
             if not finite.all():
@@ -223,7 +225,7 @@ def _check_finite(f: BinaryIO, header: _Header) -> None:
                 index = done // dtype.itemsize + first
                 where = np.unravel_index(index, shape) if shape else ()
                 raise InvalidModelFile(
-                    f"tensor {name!r}: non-finite value {values[first]} at index "
+                    f"tensor {_quote(name)}: non-finite value {values[first]} at index "
                     f"{list(map(int, where))}; weights must be finite numbers"
                 )
             done += want
@@ -281,17 +283,18 @@ def _parse_header(header: bytes, *, data_len: int) -> tuple[Layout, list[tuple[i
         shape, dtype, (begin, end) = _tensor_info(name, info)
         if end > data_len:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] go past the end of the data "
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] go past the end of the data "
                 f"({data_len} bytes)"
             )
         bits = math.prod(shape) * _BITS[dtype]
         if bits % 8 or end - begin != bits // 8:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
-                f"shape {shape} of {dtype} needs {bits / 8:g}"
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
+                f"shape {shape} of {dtype} needs "
+                + (f"{bits // 8}" if bits % 8 == 0 else f"{bits} bits")
             )
         if dtype not in NUMPY_DTYPES:
-            raise InvalidModelFile(f"tensor {name!r}: dtype {dtype} has no numpy equivalent")
+            raise InvalidModelFile(f"tensor {_quote(name)}: dtype {dtype} has no numpy equivalent")
         layout[name] = (shape, dtype)
         spans.append((begin, end, name))
 
@@ -301,7 +304,7 @@ def _parse_header(header: bytes, *, data_len: int) -> tuple[Layout, list[tuple[i
     for begin, end, name in spans:
         if begin != expected:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] overlap or leave a gap "
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] overlap or leave a gap "
                 f"(the previous tensor ends at {expected})"
             )
         expected = end
@@ -312,23 +315,39 @@ def _parse_header(header: bytes, *, data_len: int) -> tuple[Layout, list[tuple[i
 
 def _tensor_info(name: str, info: Any) -> tuple[tuple[int, ...], str, tuple[int, int]]:
     if not isinstance(info, dict):
-        raise _bad(f"tensor {name!r}: expected an object, got {type(info).__name__}")
+        raise _bad(f"tensor {_quote(name)}: expected an object, got {type(info).__name__}")
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
     if missing:
-        raise _bad(f"tensor {name!r}: missing {', '.join(missing)}")
+        raise _bad(f"tensor {_quote(name)}: missing {', '.join(missing)}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _BITS:
-        raise _bad(f"tensor {name!r}: unknown dtype {dtype!r}")
+        raise _bad(f"tensor {_quote(name)}: unknown dtype {_quote(dtype)}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise _bad(f"tensor {name!r}: shape {shape!r} is not a list of integers >= 0")
+        raise _bad(f"tensor {_quote(name)}: shape {_quote(shape)} is not a list of integers >= 0")
+    if len(shape) > MAX_DIMS:
+        raise _bad(f"tensor {_quote(name)}: {len(shape)} dimensions, more than {MAX_DIMS}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(_is_count(o) for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise _bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end], begin <= end")
+        raise _bad(
+            f"tensor {_quote(name)}: data_offsets {_quote(offsets)} is not [begin, end], "
+            "begin <= end"
+        )
     return tuple(shape), dtype, (offsets[0], offsets[1])
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut for a message: a name or value in a header can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _quote_all(names: Sequence[str], shown: int = 8) -> str:
+    quoted = ", ".join(_quote(n) for n in names[:shown])
+    return quoted if len(names) <= shown else f"{quoted} and {len(names) - shown} more"
 
 
 def _is_count(x: Any) -> bool:

@@ -150,6 +150,9 @@ def test_check_and_read_layout_report_the_layout(as_source):
         (raw(f32(offsets=(0,)), b"\0" * 8), "is not [begin, end]"),
         (raw(f32(shape=(-2,)), b"\0" * 8), "shape [-2] is not a list of integers >= 0"),
         (raw(f32(shape=(True,), offsets=(0, 4)), b"\0" * 4), "is not a list of integers"),
+        (raw(f32(shape=(1,) * 33, offsets=(0, 4)), b"\0" * 4), "33 dimensions, more than 32"),
+        # Once an OverflowError (a 500): the size such a shape needs is no float.
+        (raw(f32(shape=(2**62,) * 20), b"\0" * 8), "hold 8 bytes, shape (4611686018427387904,"),
         (raw({"w": {"dtype": "Q8", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "unknown dtype"),
         (raw({**f32("a"), **f32("b", offsets=(4, 12))}, b"\0" * 12), "overlap or leave a gap"),
         (raw({**f32("a"), **f32("b", offsets=(12, 20))}, b"\0" * 20), "overlap or leave a gap"),
@@ -167,6 +170,20 @@ def test_check_refuses_malformed_files_naming_the_fault(as_source, data, message
     # Execute / Assert
     with pytest.raises(InvalidModelFile, match=re.escape(message)):
         check(as_source(data))
+
+
+def test_messages_quote_untrusted_names_and_values_briefly():
+    # Prepare: a megabyte-long name and dtype.
+    long_name = raw(f32(name="n" * 2**20), b"\0" * 4)
+    long_dtype = raw({"w": {"dtype": "F" * 2**20, "shape": [1], "data_offsets": [0, 4]}})
+    # Execute
+    messages = []
+    for data in (long_name, long_dtype):
+        with pytest.raises(InvalidModelFile) as info:
+            check(data)
+        messages.append(str(info.value))
+    # Assert
+    assert all(len(m) < 250 and "..." in m for m in messages), messages
 
 
 def test_structural_faults_are_called_not_a_safetensors_file():
