@@ -6,15 +6,19 @@ the jobs and runtimes that run over a server already up.
 
 Opening them is also where a server recovers from a crash, before it listens: the temp files
 of uploads a killed server was receiving and the blobs it wrote but never recorded are
-removed, and the repository's integrity is checked, all of it logged.
+removed, and the repository's integrity is checked, all of it logged. That is safe only if no
+other server is using the directory, so the stores hold an exclusive lock on it
+(``data_dir/server.lock``) until closed or the process ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from fedsim.core.registry import DeviceRegistry
 from fedsim.core.repository import ModelRepository
@@ -33,30 +37,48 @@ class ServerStores:
     board: TaskBoard
     repository: ModelRepository
     registry: DeviceRegistry
+    _lock: BinaryIO | None = field(default=None, repr=False)  # holds the directory's lock
 
     @classmethod
     def open(cls, data_dir: Path, *, patience_s: float) -> ServerStores:
         """The stores under ``data_dir`` (created if missing; kept across restarts), with
         what a crash left behind collected; for a server that is not listening yet.
 
-        One server per data directory: leftovers are collected without a grace period, which
-        would remove the uploads in progress of another server on the same directory.
+        Raises ``OSError`` if another process holds the stores of ``data_dir``: leftovers are
+        collected without a grace period, which would remove that server's uploads in progress.
         """
         from fedsim.store.sqlite import SqliteRegistryStore, SqliteRepository
 
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        repository = SqliteRepository(data / "repository")
+        lock = _lock(data / "server.lock")
+        opened: list[Callable[[], None]] = [lock.close]  # closers, in opening order
         try:
+            repository = SqliteRepository(data / "repository")
+            opened.append(repository.close)
             _recover(repository)
             registry = DeviceRegistry(SqliteRegistryStore(data / "registry"), patience=patience_s)
         except BaseException:
-            repository.close()
+            for close in reversed(opened):
+                close()
             raise
-        return cls(board=TaskBoard(), repository=repository, registry=registry)
+        return cls(board=TaskBoard(), repository=repository, registry=registry, _lock=lock)
 
     def close(self) -> None:
         self.repository.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+
+
+def _lock(path: Path) -> BinaryIO:
+    """``path`` opened, holding an exclusive lock on it; ``OSError`` if another holds it."""
+    file = path.open("ab")  # not inherited by child processes (PEP 446)
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise OSError(f"{path.parent} is in use by another fedsim server") from None
+    return file
 
 
 def _recover(repository: SqliteRepository) -> None:

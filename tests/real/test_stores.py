@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 
 from fedsim.real.stores import ServerStores
 from fedsim.store.safetensors_io import encode
@@ -72,3 +73,22 @@ def test_a_damaged_repository_is_reported_and_still_served(tmp_path, caplog):
         f"start-up: repository integrity: model 'm' version 1: blob {lost.sha256} is missing"
     ]
     assert latest == 2
+
+
+def test_a_data_directory_is_opened_by_one_server_at_a_time(tmp_path):
+    # Prepare: a server's stores, with an upload of its own in progress.
+    first = ServerStores.open(tmp_path, patience_s=10.0)
+    in_progress = tmp_path / "repository" / "blobs" / "tmp" / "tmpupload.part"
+    in_progress.write_bytes(b"being received")
+    # Execute: a second server on the same directory, then again once the first has stopped.
+    try:
+        with pytest.raises(OSError, match="in use by another fedsim server"):
+            ServerStores.open(tmp_path, patience_s=10.0)
+        survived = in_progress.exists()
+    finally:
+        first.close()
+    second = ServerStores.open(tmp_path, patience_s=10.0)
+    second.close()
+    # Assert: the refused start-up touched nothing; the next one collected the leftover.
+    assert survived
+    assert not in_progress.exists()
