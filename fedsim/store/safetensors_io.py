@@ -5,28 +5,42 @@ each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offset
 the data section after the header), then the data section. ``check`` parses that header itself
 before the safetensors library sees the bytes, so a hostile upload is refused with a message
 that names what is wrong (and a header length of 2**63 never becomes an allocation); then the
-library loads every tensor as a second opinion. Nothing here ever unpickles.
+library reads the header as a second opinion, and every floating-point value is read, a chunk
+at a time, to refuse NaN and infinity. Nothing here ever unpickles.
+
+The header is untrusted JSON, parsed within :mod:`fedsim.core.limits` (nesting, duplicate keys,
+integer range, control characters) and at most :data:`MAX_HEADER_BYTES` long; every fault in
+a file, however deep in its header, is an :class:`InvalidModelFile`.
 
 Only dtypes numpy can hold are accepted, since aggregation in ``fedsim.core`` is numpy.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
+from fedsim.core.limits import JsonLimitError, json_loads
 from fedsim.core.repository import InvalidModelFile
 
-MAX_HEADER_BYTES = 100_000_000  # the bound the safetensors library itself enforces
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+"""The longest header accepted. A tensor's entry takes about 100 bytes, so this holds some
+80,000 tensors and room for ``__metadata__``, where a model of fedsim's zoo needs well under
+1 MiB; the safetensors library's own bound is 100 MB, which would let one upload make the
+server parse 100 MB of JSON before a byte of weights is seen."""
+VALUE_CHUNK_BYTES = 1 << 20
+"""Tensor data is checked for non-finite values in pieces this big, never held whole."""
+MAX_DIMS = 32
+"""The most dimensions a tensor may have: what numpy 1 holds (numpy 2 holds 64)."""
 
 # Bits per element of every dtype the format defines, so that a file using one numpy lacks is
 # told so rather than called malformed.
@@ -101,17 +115,17 @@ def encode(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def decode(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a safetensors file, after ``check``-ing its header.
+    """The arrays of a safetensors file, after validating its header (values are not judged).
 
     The arrays are read-only views of ``data``; copy one to change it.
     """
-    _layout(data)
+    _header(data)
     return _load(data)
 
 
 def read_layout(source: Source) -> Layout:
     """The names, shapes and dtypes a file declares, from its header alone (validated)."""
-    return _layout(source)
+    return _header(source).layout
 
 
 def check(
@@ -121,23 +135,29 @@ def check(
 ) -> Layout:
     """Validate a safetensors file and return its layout; raise ``InvalidModelFile`` if unusable.
 
+    Usable means: a well-formed header (see the module docstring), tensors packed back to back
+    over the whole data section, dtypes numpy holds, and no NaN or infinity in any tensor,
+    since one such value would poison every aggregate the version takes part in.
     ``reference`` maps each expected tensor name to ``(shape, dtype)``, the dtype as a
     safetensors code ("F32") or anything ``numpy.dtype`` accepts; the file must match it
-    exactly. A path is loaded one tensor at a time, so a large file is never held whole.
+    exactly. A path is read :data:`VALUE_CHUNK_BYTES` at a time, so memory stays bounded
+    whatever the size of the file or of its largest tensor.
     """
-    layout = _layout(source)
+    header = _header(source)
     if reference is not None:
-        compare_layouts(layout, reference)
+        compare_layouts(header.layout, reference)
     if isinstance(source, bytes):
         _load(source)
+        _check_finite(io.BytesIO(source), header)
     else:
         try:
-            with safe_open(source, framework="np") as f:
-                for name in f.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
-                    f.get_tensor(name)
+            with safe_open(source, framework="np") as f:  # parses and checks the header
+                f.keys()
         except Exception as e:  # the library's errors have no common public base
             raise InvalidModelFile(f"not a safetensors file: {e}") from e
-    return layout
+        with Path(source).open("rb") as f:
+            _check_finite(f, header)
+    return header.layout
 
 
 def compare_layouts(
@@ -146,18 +166,18 @@ def compare_layouts(
     """Raise ``InvalidModelFile`` naming the first difference between two layouts."""
     missing = sorted(reference.keys() - layout.keys())
     if missing:
-        raise InvalidModelFile(f"missing tensors: {', '.join(map(repr, missing))}")
+        raise InvalidModelFile(f"missing tensors: {_quote_all(missing)}")
     unexpected = sorted(layout.keys() - reference.keys())
     if unexpected:
-        raise InvalidModelFile(f"unexpected tensors: {', '.join(map(repr, unexpected))}")
+        raise InvalidModelFile(f"unexpected tensors: {_quote_all(unexpected)}")
     for name in sorted(layout):
         shape, dtype = layout[name]
         want_shape = tuple(int(d) for d in reference[name][0])
         want_dtype = _code(reference[name][1])
         if shape != want_shape:
-            raise InvalidModelFile(f"tensor {name!r}: shape {shape} != {want_shape}")
+            raise InvalidModelFile(f"tensor {_quote(name)}: shape {shape} != {want_shape}")
         if dtype != want_dtype:
-            raise InvalidModelFile(f"tensor {name!r}: dtype {dtype} != {want_dtype}")
+            raise InvalidModelFile(f"tensor {_quote(name)}: dtype {dtype} != {want_dtype}")
 
 
 def _code(dtype: Any) -> str:
@@ -176,8 +196,43 @@ def _load(data: bytes) -> dict[str, np.ndarray]:
         raise InvalidModelFile(f"not a safetensors file: {e}") from e
 
 
-def _layout(source: Source) -> Layout:
-    """Read and validate the header of bytes or a file; return its layout."""
+class _Header(NamedTuple):
+    layout: Layout
+    data_start: int  # where the data section begins in the file
+    spans: list[tuple[int, int, str]]  # each tensor's [begin, end) in the data section, sorted
+
+
+def _check_finite(f: BinaryIO, header: _Header) -> None:
+    """Raise ``InvalidModelFile`` naming the first tensor of ``f`` holding a NaN or infinity."""
+    buffer = bytearray(VALUE_CHUNK_BYTES)  # reused: every chunk is read into it
+    for begin, end, name in header.spans:
+        shape, code = header.layout[name]
+        dtype = NUMPY_DTYPES[code].newbyteorder("<")
+        if dtype.kind not in "fc":
+            continue  # integers and booleans have no NaN
+        f.seek(header.data_start + begin)
+        step = VALUE_CHUNK_BYTES - VALUE_CHUNK_BYTES % dtype.itemsize
+        done = 0
+        while done < end - begin:
+            want = min(step, end - begin - done)
+            got = f.readinto(memoryview(buffer)[:want])
+            if got != want:
+                raise _bad(f"tensor {_quote(name)}: the file ends inside its data")
+            values = np.frombuffer(buffer, dtype=dtype, count=want // dtype.itemsize)
+            finite = np.isfinite(values)
+            if not finite.all():
+                first = int(np.argmin(finite))
+                index = done // dtype.itemsize + first
+                where = np.unravel_index(index, shape) if shape else ()
+                raise InvalidModelFile(
+                    f"tensor {_quote(name)}: non-finite value {values[first]} at index "
+                    f"{list(map(int, where))}; weights must be finite numbers"
+                )
+            done += want
+
+
+def _header(source: Source) -> _Header:
+    """Read and validate the header of bytes or a file."""
     if isinstance(source, bytes):
         size = len(source)
         header_len = _header_len(source[:8], size)
@@ -188,7 +243,8 @@ def _layout(source: Source) -> Layout:
             size = os.fstat(f.fileno()).st_size
             header_len = _header_len(f.read(8), size)
             header = f.read(header_len)
-    return _parse_header(header, data_len=size - 8 - header_len)
+    layout, spans = _parse_header(header, data_len=size - 8 - header_len)
+    return _Header(layout=layout, data_start=8 + header_len, spans=spans)
 
 
 def _header_len(prefix: bytes, size: int) -> int:
@@ -202,12 +258,16 @@ def _header_len(prefix: bytes, size: int) -> int:
     return n
 
 
-def _parse_header(header: bytes, *, data_len: int) -> Layout:
+def _parse_header(header: bytes, *, data_len: int) -> tuple[Layout, list[tuple[int, int, str]]]:
     try:
-        obj = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        # Duplicate keys are refused too: json keeps the last, and two parsers could then
+        # disagree about a tensor.
+        obj = json_loads(header.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise _bad(f"header is not UTF-8 ({e})") from None
-    except ValueError as e:  # JSONDecodeError, or a duplicate key
+    except JsonLimitError as e:
+        raise _bad(f"header breaks a JSON limit ({e})") from None
+    except ValueError as e:  # JSONDecodeError, NaN
         raise _bad(f"header is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise _bad(f"header is a JSON {type(obj).__name__}, not an object")
@@ -223,67 +283,75 @@ def _parse_header(header: bytes, *, data_len: int) -> Layout:
         shape, dtype, (begin, end) = _tensor_info(name, info)
         if end > data_len:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] go past the end of the data "
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] go past the end of the data "
                 f"({data_len} bytes)"
             )
         bits = math.prod(shape) * _BITS[dtype]
         if bits % 8 or end - begin != bits // 8:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
-                f"shape {shape} of {dtype} needs {bits / 8:g}"
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
+                f"shape {shape} of {dtype} needs "
+                + (f"{bits // 8}" if bits % 8 == 0 else f"{bits} bits")
             )
         if dtype not in NUMPY_DTYPES:
-            raise InvalidModelFile(f"tensor {name!r}: dtype {dtype} has no numpy equivalent")
+            raise InvalidModelFile(f"tensor {_quote(name)}: dtype {dtype} has no numpy equivalent")
         layout[name] = (shape, dtype)
         spans.append((begin, end, name))
 
     # The format packs tensors back to back: a gap could smuggle data, an overlap aliases.
+    spans.sort()
     expected = 0
-    for begin, end, name in sorted(spans):
+    for begin, end, name in spans:
         if begin != expected:
             raise _bad(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] overlap or leave a gap "
+                f"tensor {_quote(name)}: data_offsets [{begin}, {end}] overlap or leave a gap "
                 f"(the previous tensor ends at {expected})"
             )
         expected = end
     if expected != data_len:
         raise _bad(f"{data_len - expected} bytes at the end of the data belong to no tensor")
-    return layout
+    return layout, spans
 
 
 def _tensor_info(name: str, info: Any) -> tuple[tuple[int, ...], str, tuple[int, int]]:
     if not isinstance(info, dict):
-        raise _bad(f"tensor {name!r}: expected an object, got {type(info).__name__}")
+        raise _bad(f"tensor {_quote(name)}: expected an object, got {type(info).__name__}")
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
     if missing:
-        raise _bad(f"tensor {name!r}: missing {', '.join(missing)}")
+        raise _bad(f"tensor {_quote(name)}: missing {', '.join(missing)}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _BITS:
-        raise _bad(f"tensor {name!r}: unknown dtype {dtype!r}")
+        raise _bad(f"tensor {_quote(name)}: unknown dtype {_quote(dtype)}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise _bad(f"tensor {name!r}: shape {shape!r} is not a list of integers >= 0")
+        raise _bad(f"tensor {_quote(name)}: shape {_quote(shape)} is not a list of integers >= 0")
+    if len(shape) > MAX_DIMS:
+        raise _bad(f"tensor {_quote(name)}: {len(shape)} dimensions, more than {MAX_DIMS}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(_is_count(o) for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise _bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end], begin <= end")
+        raise _bad(
+            f"tensor {_quote(name)}: data_offsets {_quote(offsets)} is not [begin, end], "
+            "begin <= end"
+        )
     return tuple(shape), dtype, (offsets[0], offsets[1])
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut for a message: a name or value in a header can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _quote_all(names: Sequence[str], shown: int = 8) -> str:
+    quoted = ", ".join(_quote(n) for n in names[:shown])
+    return quoted if len(names) <= shown else f"{quoted} and {len(names) - shown} more"
 
 
 def _is_count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of duplicate keys; two parsers could then disagree about a tensor.
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
 
 
 def _bad(reason: str) -> InvalidModelFile:

@@ -22,7 +22,8 @@ removed. A killed process loses nothing under either setting; only the OS crashi
 Crash safety of an upload: the bytes are streamed into ``blobs/tmp`` while hashed, fsynced, and
 validated; then, inside the database write transaction, renamed to their content address, the
 directory fsynced, and the version row inserted. A crash before the commit leaves at most a
-temp file or a blob no row names (garbage for ``gc``), never a row without its blob.
+temp file or a blob no row names, never a row without its blob: garbage that ``gc`` removes
+(a server runs it whenever it starts) and that ``check_integrity`` does not count as a fault.
 
 Threads: each object holds one connection, opened with ``check_same_thread=False`` and used
 under a lock, so an event loop and its executor threads can share it; SQLite admits one writer
@@ -477,7 +478,54 @@ class SqliteRepository(ModelRepository):
                     temp_files += 1
         return GcResult(blobs=blobs, temp_files=temp_files, bytes=freed)
 
+    def check_integrity(self, *, hashes: bool = False) -> list[str]:
+        """What is wrong with the repository, one line each; an empty list when it is whole.
+
+        Checks SQLite's own structures and foreign keys, and that the blob of every version
+        exists with its recorded size; with ``hashes``, also that its sha256 is the recorded
+        one, which reads every blob (minutes for a repository of many large versions). Blobs
+        no version names and temp files are not faults but garbage: see :meth:`gc`.
+        """
+        with self._db.read() as db:
+            problems = [
+                f"repository.db: {row[0]}"
+                for row in db.execute("PRAGMA integrity_check")
+                if row[0] != "ok"
+            ]
+            problems += [
+                f"repository.db: a row of {row[0]} names a missing row of {row[2]}"
+                for row in db.execute("PRAGMA foreign_key_check")
+            ]
+            versions = db.execute(
+                "SELECT model, version, sha256, size FROM versions ORDER BY model, version"
+            ).fetchall()
+        verdicts: dict[str, str | None] = {}  # by sha256: versions may share a blob
+        for model, version, sha256, size in versions:
+            if sha256 not in verdicts:
+                verdicts[sha256] = self._blob_fault(sha256, size, hashes=hashes)
+            if verdicts[sha256] is not None:
+                problems.append(f"model {model!r} version {version}: {verdicts[sha256]}")
+        return problems
+
     # -- internals --
+
+    def _blob_fault(self, sha256: str, size: int, *, hashes: bool) -> str | None:
+        """What is wrong with the blob a version names, or None."""
+        path = self._blob_path(sha256)
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            return f"blob {sha256} is missing"
+        if found != size:
+            return f"blob {sha256} holds {found} bytes, not {size}"
+        if hashes:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                return f"blob {sha256} has sha256 {digest.hexdigest()}"
+        return None
 
     def _blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / f"{sha256}.safetensors"

@@ -122,6 +122,32 @@ async def test_mismatched_layout_is_422(server):
     assert leftovers(server) == []
 
 
+async def test_hostile_model_files_are_422_and_the_model_stays_whole(server):
+    # Issue 13, items 5 and 15: a header nested 50,000 deep answered 500; NaN and infinite
+    # weights were stored.
+    await server.model("m", blob(1.0))
+    header = b'{"w": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    deep = len(header).to_bytes(8, "little") + header
+    nan = encode({"w": np.full((4, 3), np.nan, np.float32), "b": np.zeros(3, np.float32)})
+    inf = encode({"w": np.zeros((4, 3), np.float32), "b": np.array([0, 0, -np.inf], np.float32)})
+    refusals = {}
+    for name, data in (("deep", deep), ("nan", nan), ("inf", inf)):
+        r = await server.client.post(f"{API}/models/m/versions", data=data, headers=ADMIN)
+        refusals[name] = (r.status, (await r.json())["error"]["message"])
+    assert refusals == {
+        "deep": (422, "not a safetensors file: header breaks a JSON limit "
+                      "(nested deeper than 32 levels)"),
+        "nan": (422, "tensor 'w': non-finite value nan at index [0, 0]; "
+                     "weights must be finite numbers"),
+        "inf": (422, "tensor 'b': non-finite value -inf at index [2]; "
+                     "weights must be finite numbers"),
+    }  # fmt: skip
+    assert await versions(server) == [1]
+    r = await server.client.get(f"{API}/models/m", headers=ADMIN)
+    assert r.status == 200
+    assert leftovers(server) == []
+
+
 async def test_oversized_blob_is_413_declared_or_streamed(make_server):
     server = await make_server(max_blob_bytes=10_000)
     await server.model("m")

@@ -250,6 +250,22 @@ def test_an_upload_with_another_layout_is_refused_and_nothing_stored(repo, tmp_p
     assert len(blob_files(tmp_path)) == 1 and temp_files(tmp_path) == []
 
 
+def test_an_upload_with_a_non_finite_weight_is_refused_and_nothing_stored(repo, tmp_path):
+    # Prepare: the layout of version 1, one infinity in it.
+    repo.register_model("m", "cnn")
+    first = repo.add_version("m", weights(0))
+    poisoned = {"w": np.zeros((4, 3), np.float32), "b": np.array([0, np.inf, 0], np.float32)}
+    # Execute
+    with pytest.raises(InvalidModelFile) as info:
+        repo.add_version("m", io.BytesIO(encode(poisoned)))
+    # Assert
+    assert str(info.value) == (
+        "tensor 'b': non-finite value inf at index [1]; weights must be finite numbers"
+    )
+    assert repo.list_versions("m") == [first]
+    assert len(blob_files(tmp_path)) == 1 and temp_files(tmp_path) == []
+
+
 def test_a_failing_upload_stream_leaves_nothing_behind(repo, tmp_path):
     # Prepare: a client that disconnects halfway.
     repo.register_model("m", "cnn")
@@ -473,6 +489,40 @@ def test_gc_removes_unreferenced_blobs_and_stale_temp_files(repo, tmp_path):
     ]
     assert temp_files(tmp_path) == []
     assert repo.open_blob("m", 1).read() == weights(0)
+
+
+def test_integrity_check_of_a_whole_repository_is_empty(repo):
+    # Prepare: two models, one blob shared by two versions.
+    repo.register_model("m", "cnn")
+    repo.register_model("n", "cnn")
+    repo.add_version("m", weights(0))
+    repo.add_version("m", weights(1))
+    repo.add_version("n", weights(0))
+    # Execute / Assert
+    assert repo.check_integrity() == []
+    assert repo.check_integrity(hashes=True) == []
+
+
+def test_integrity_check_names_missing_truncated_and_altered_blobs(repo, tmp_path):
+    # Prepare: three versions, then their blobs damaged three ways behind the repository's back.
+    repo.register_model("m", "cnn")
+    gone, short, altered = (repo.add_version("m", weights(k)) for k in (0, 1, 2))
+    path = {v.version: tmp_path / "blobs" / v.sha256[:2] / f"{v.sha256}.safetensors"
+            for v in (gone, short, altered)}  # fmt: skip
+    path[1].unlink()
+    path[2].write_bytes(path[2].read_bytes()[:-1])
+    data = bytearray(path[3].read_bytes())
+    data[-1] ^= 0xFF
+    path[3].write_bytes(bytes(data))
+    # Execute
+    cheap, full = repo.check_integrity(), repo.check_integrity(hashes=True)
+    # Assert: sizes are always compared, contents only when asked.
+    assert cheap == [
+        f"model 'm' version 1: blob {gone.sha256} is missing",
+        f"model 'm' version 2: blob {short.sha256} holds {short.size - 1} bytes, not {short.size}",
+    ]
+    altered_sha = hashlib.sha256(bytes(data)).hexdigest()
+    assert full == [*cheap, f"model 'm' version 3: blob {altered.sha256} has sha256 {altered_sha}"]
 
 
 def test_concurrent_uploads_from_threads_get_contiguous_versions(repo):

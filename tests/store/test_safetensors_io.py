@@ -6,13 +6,16 @@ import json
 import pickle
 import re
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from fedsim.core.limits import MAX_JSON_DEPTH
 from fedsim.core.repository import InvalidModelFile
 from fedsim.store.safetensors_io import (
     MAX_HEADER_BYTES,
+    VALUE_CHUNK_BYTES,
     check,
     decode,
     encode,
@@ -28,6 +31,14 @@ def raw(header: dict | bytes, data: bytes = b"", *, length: int | None = None) -
 
 def f32(name="w", shape=(2,), offsets=(0, 8)) -> dict:
     return {name: {"dtype": "F32", "shape": list(shape), "data_offsets": list(offsets)}}
+
+
+def nested(depth: int) -> list:
+    """Lists ``depth`` deep: ``nested(2) == [[]]``."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 @pytest.fixture(params=["bytes", "path"])
@@ -121,7 +132,16 @@ def test_check_and_read_layout_report_the_layout(as_source):
         (raw(b'{"w": {"dtype": "F32",'), "header is not valid JSON"),
         (raw(b'{"w": "\xff\xfe"}'), "header is not UTF-8"),
         (raw(b"[1, 2]"), "header is a JSON list, not an object"),
-        (raw(b'{"w": 1, "w": 2}'), "duplicate key 'w'"),
+        (raw(b'{"w": 1, "w": 2}'), "key 'w' appears twice"),
+        # A header as deep as the one that once answered 500, and one just past the limit.
+        (raw(b'{"w": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"), "nested deeper than 32"),
+        (
+            raw({"__metadata__": {"a": "b"}, "w": {"x": nested(MAX_JSON_DEPTH - 1)}}),
+            "w.x[0][0][0]",
+        ),
+        (raw(b'{"w": {"dtype": "F32", "shape": [NaN]}}'), "NaN is not JSON"),
+        (raw(f32(offsets=(0, 2**64)), b"\0" * 8), "integer out of range"),
+        (raw(f32(name="w\x00"), b"\0" * 8), "control characters are not allowed"),
         (raw({"w": [1, 2]}), "tensor 'w': expected an object, got list"),
         (raw({"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "tensor 'w': missing data_offsets"),
         (raw(f32(offsets=(0, 8)), b"\0" * 4), "data_offsets [0, 8] go past the end of the data"),
@@ -130,21 +150,40 @@ def test_check_and_read_layout_report_the_layout(as_source):
         (raw(f32(offsets=(0,)), b"\0" * 8), "is not [begin, end]"),
         (raw(f32(shape=(-2,)), b"\0" * 8), "shape [-2] is not a list of integers >= 0"),
         (raw(f32(shape=(True,), offsets=(0, 4)), b"\0" * 4), "is not a list of integers"),
+        (raw(f32(shape=(1,) * 33, offsets=(0, 4)), b"\0" * 4), "33 dimensions, more than 32"),
+        # Once an OverflowError (a 500): the size such a shape needs is no float.
+        (raw(f32(shape=(2**62,) * 20), b"\0" * 8), "hold 8 bytes, shape (4611686018427387904,"),
         (raw({"w": {"dtype": "Q8", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "unknown dtype"),
         (raw({**f32("a"), **f32("b", offsets=(4, 12))}, b"\0" * 12), "overlap or leave a gap"),
         (raw({**f32("a"), **f32("b", offsets=(12, 20))}, b"\0" * 20), "overlap or leave a gap"),
         (raw(f32(), b"\0" * 12), "4 bytes at the end of the data belong to no tensor"),
         (raw({"__metadata__": {"a": 1}, **f32()}, b"\0" * 8), "__metadata__ must map strings"),
+        (raw({"__metadata__": {"a": []}, **f32()}, b"\0" * 8), "__metadata__ must map strings"),
+        (raw({"__metadata__": ["a"], **f32()}, b"\0" * 8), "__metadata__ must map strings"),
         (raw({}), "no tensors in the file"),
         (raw({"__metadata__": {"a": "b"}}), "no tensors in the file"),
         (pickle.dumps({"w": [1.0, 2.0]}), "not a safetensors file"),
     ],
-    ids=lambda x: x if isinstance(x, str) else None,
+    ids=lambda x: x if isinstance(x, str) else "file",  # a file can be 100 kB: not an id
 )
 def test_check_refuses_malformed_files_naming_the_fault(as_source, data, message):
     # Execute / Assert
     with pytest.raises(InvalidModelFile, match=re.escape(message)):
         check(as_source(data))
+
+
+def test_messages_quote_untrusted_names_and_values_briefly():
+    # Prepare: a megabyte-long name and dtype.
+    long_name = raw(f32(name="n" * 2**20), b"\0" * 4)
+    long_dtype = raw({"w": {"dtype": "F" * 2**20, "shape": [1], "data_offsets": [0, 4]}})
+    # Execute
+    messages = []
+    for data in (long_name, long_dtype):
+        with pytest.raises(InvalidModelFile) as info:
+            check(data)
+        messages.append(str(info.value))
+    # Assert
+    assert all(len(m) < 250 and "..." in m for m in messages), messages
 
 
 def test_structural_faults_are_called_not_a_safetensors_file():
@@ -164,6 +203,78 @@ def test_a_dtype_numpy_cannot_hold_is_named():
     # Execute / Assert
     with pytest.raises(InvalidModelFile, match="tensor 'w': dtype BF16 has no numpy equivalent"):
         check(data)
+
+
+def test_a_header_longer_than_the_limit_is_refused_before_it_is_read(tmp_path):
+    # Prepare: a header of spaces (valid JSON padding) one byte past the limit, on disk.
+    path = tmp_path / "long-header.safetensors"
+    head = b"{}" + b" " * (MAX_HEADER_BYTES - 1)
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    # Execute / Assert
+    with pytest.raises(InvalidModelFile, match=f"exceeds the limit of {MAX_HEADER_BYTES} bytes"):
+        check(path)
+
+
+# -- values --
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64])
+def test_check_refuses_non_finite_values_naming_the_tensor_and_index(as_source, dtype, bad):
+    # Prepare: a finite tensor first, then one with a single non-finite value.
+    values = np.zeros((3, 4), dtype)
+    values[2, 1] = bad
+    data = encode({"a.fine": np.ones(5, dtype), "b.poisoned": values})
+    # Execute
+    with pytest.raises(InvalidModelFile) as info:
+        check(as_source(data))
+    # Assert
+    assert re.fullmatch(
+        r"tensor 'b.poisoned': non-finite value \S+ at index \[2, 1\]; "
+        r"weights must be finite numbers",
+        str(info.value),
+    ), str(info.value)
+
+
+def test_a_non_finite_value_past_the_first_chunk_is_found(as_source):
+    # Prepare: one tensor three chunks long, its only NaN near the end.
+    n = 3 * VALUE_CHUNK_BYTES // 4
+    values = np.zeros(n, np.float32)
+    values[n - 3] = np.nan
+    # Execute / Assert
+    with pytest.raises(
+        InvalidModelFile, match=rf"tensor 'w': non-finite value nan at index \[{n - 3}\]"
+    ):
+        check(as_source(encode({"w": values})))
+
+
+def test_integer_and_finite_extreme_values_pass(as_source):
+    # Prepare: integers have no NaN, whatever their bits; the largest finite floats are fine.
+    data = encode(
+        {
+            "i": np.array([-1, 2**31 - 1], np.int32),
+            "u": np.full(4, 255, np.uint8),
+            "big": np.array([np.finfo(np.float32).max, np.finfo(np.float32).min], np.float32),
+            "tiny": np.array([np.finfo(np.float64).smallest_subnormal]),
+        }
+    )
+    # Execute / Assert
+    assert set(check(as_source(data))) == {"i", "u", "big", "tiny"}
+
+
+def test_checking_a_large_file_holds_a_bounded_amount_in_memory(tmp_path):
+    # Prepare: one 64 MiB tensor (a large layer), written to disk as an upload is.
+    path = tmp_path / "large.safetensors"
+    path.write_bytes(encode({"w": np.ones(16 * 1024 * 1024, np.float32)}))
+    # Execute
+    tracemalloc.start()
+    try:
+        check(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Assert: a few chunks at most, never the tensor.
+    assert peak < 4 * VALUE_CHUNK_BYTES
 
 
 def test_decode_validates_before_loading():

@@ -215,5 +215,9 @@ def run_server(config: ServerConfig, *, jobs: Jobs | None = None, **stores: Any)
 def _remove_partial_uploads(directory: Path) -> None:
     """Create ``directory``, or remove the partial uploads a killed server left in it."""
     directory.mkdir(parents=True, exist_ok=True)
+    removed = 0
     for path in directory.glob("*.part"):  # only what bodies.spool names; data_dir is shared
         path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.warning("start-up: removed %d partial task results left in %s", removed, directory)

@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("fedsim-data"),
         help="directory for the device registry, device tokens, model repository and "
-        "uploads in progress; created if missing, kept across restarts",
+        "uploads in progress; created if missing, kept across restarts; what a crash left "
+        "in it is removed at start-up. One server per directory",
     )
     p.add_argument(
         "--admin-token",

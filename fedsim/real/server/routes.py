@@ -24,6 +24,7 @@ from fedsim.real.protocol import (
 )
 from fedsim.real.server import schemas as s
 from fedsim.real.server.auth import ADMIN, ANY_DEVICE, ENROLL, PUBLIC, Access, Authenticator, own
+from fedsim.store.safetensors_io import MAX_HEADER_BYTES
 
 OCTETS = "application/octet-stream"
 
@@ -174,8 +175,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", Paths.VERSIONS, "models.add_version", ADMIN, Doc(
         summary="Upload a version: safetensors bytes, streamed to disk", ok=201,
         returns=s.VersionInfo, blob=True, query=s.VersionQuery, headers=(Headers.METRICS,),
-        description="422: not safetensors, a layout that differs from the model's, or a "
-        "parent that is not a version of the model; nothing is stored.")),
+        description="422: not safetensors (its header: JSON within the protocol's limits, "
+        f"at most {MAX_HEADER_BYTES // 2**20} MiB), a NaN or infinite weight, a layout that "
+        "differs from the model's, or a parent that is not a version of the model; nothing "
+        "is stored.")),
     Endpoint("GET", Paths.VERSIONS, "models.list_versions", ANY_DEVICE, Doc(
         summary="A model's versions", returns=s.VersionList)),
     Endpoint("GET", Paths.VERSION, "models.get_version", ANY_DEVICE, Doc(
