@@ -191,8 +191,8 @@ class ApiClient:
                     room = limit - len(received)
                     if resp.content_length is not None and resp.content_length > room:
                         raise TooLarge(
-                            f"GET {url}: the answer announces {resp.content_length} bytes "
-                            f"where {room} remain of the {limit} expected"
+                            f"GET {url}: the answer announces {resp.content_length} bytes, "
+                            f"more than the {room} bytes expected"
                         )
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                         if len(received) + len(chunk) > limit:
