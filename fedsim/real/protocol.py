@@ -27,6 +27,12 @@ from fedsim.core.limits import INT64_MAX, json_loads
 API = "/api/v1"
 T = TypeVar("T")
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # it appears in URLs
+# A task id is one path segment of the agent's result URLs (``/tasks/{task_id}/update``): no
+# slash, and a first character that is not a dot, so that no id is "." or ".." (an agent told
+# to PUT to ``/tasks/../data`` would reach ``/api/v1/data``). The coordinator's ids fit:
+# ``r3-d4``, ``a7-d2``, ``r0-relay-g1``, ``r2-forward-g3``, behind a job's channel such as
+# ``5f2c9a0e1b3d4c6f:0:``.
+TASK_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"
 
 
 class Paths:
@@ -106,7 +112,7 @@ Numbers = dict[Annotated[str, Field(max_length=256)], FiniteFloat]
 """Names to finite numbers: resources, metrics (JSON has no NaN or Infinity)."""
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ModelName = Annotated[str, Field(pattern=f"^{MODEL_NAME_PATTERN}$")]
-TaskId = Annotated[str, Field(min_length=1, max_length=256)]
+TaskId = Annotated[str, Field(pattern=f"^{TASK_ID_PATTERN}$")]
 RelayToken = Annotated[str, Field(min_length=16, max_length=256)]
 HttpUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
 
@@ -247,6 +253,23 @@ def parse_task(data: Any) -> TaskBase:
         return _BY_KIND[kind].model_validate(data)
     except ValidationError as e:
         raise invalid(e) from None
+
+
+_TASK_ID: TypeAdapter[str] = TypeAdapter(TaskId)
+
+
+def task_id_of(data: Any) -> str | None:
+    """The ``id`` of the task ``data`` (parsed JSON) if it is a well-formed task id, else None.
+
+    A task that does not parse is still answered under its id when it has a usable one (an
+    agent reports the failure to ``TASK_ERROR``); any other id must not go into a URL.
+    """
+    if not isinstance(data, dict):
+        return None
+    try:
+        return _TASK_ID.validate_python(data.get("id"), strict=True)
+    except ValidationError:
+        return None
 
 
 def task_json(task: TaskBase) -> dict[str, Any]:

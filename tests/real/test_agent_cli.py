@@ -11,6 +11,7 @@ from fedsim.real.agent import cli
 OPTIONS = (
     "--probe-interval",
     "--probe-bytes",
+    "--max-transfer-bytes",
     "--server",
     "--token",
     "--device-id",
@@ -66,7 +67,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
         "--data", str(data), "--state-dir", str(tmp_path / "s"), "--heartbeat-interval", "0.5",
         "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
         "--node-exporter", "http://10.0.0.5:9100/metrics", "--no-calibrate",
-        "--calibrate-model", "digits_mlp",
+        "--calibrate-model", "digits_mlp", "--max-transfer-bytes", "1000000",
     ]  # fmt: skip
 
     # Execute
@@ -83,6 +84,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert config.insecure and config.threads == 1 and level == "debug"
     assert config.node_exporter == "http://10.0.0.5:9100/metrics"
     assert not config.calibrate and config.calibrate_model == "digits_mlp"
+    assert config.max_transfer_bytes == 1_000_000
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
@@ -123,6 +125,7 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--node-exporter", "10.0.0.5:9100"], "--node-exporter"),
         (["--server", URL, "--node-exporter", "http://:9100/metrics"], "--node-exporter"),
         (["--server", URL, "--calibrate-model", "gpt"], "--calibrate-model"),
+        (["--server", URL, "--max-transfer-bytes", "0"], "--max-transfer-bytes"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):

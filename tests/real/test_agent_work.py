@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedsim.real.agent.config import parse_data_spec
-from fedsim.real.agent.work import TaskError, data_bytes, load_shard, padding
+from fedsim.real.agent.work import TaskError, Trainers, data_bytes, load_shard, padding
 
 
 def shard(spec, *, device_id=1, model_name="digits_cnn", input_size=8):
@@ -58,6 +58,29 @@ def test_an_npz_without_y_is_a_task_error(tmp_path):
     # Execute / Assert
     with pytest.raises(TaskError, match="no array y"):
         shard(parse_data_spec(str(path)))
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"num_classes": 10**12}, "'num_classes' must be an integer in 1..100000"),
+        ({"num_classes": 0}, "'num_classes'"),
+        ({"num_classes": "ten"}, "'num_classes'"),
+        ({"num_classes": 10, "input_size": 10**6}, "'input_size' must be an integer in 1..4096"),
+    ],
+)
+def test_a_config_asking_for_more_than_a_device_holds_is_a_task_error(config, words):
+    # Prepare: a trainer factory that must not be reached.
+    def factory(**kwargs):
+        raise AssertionError(f"a trainer was built for {kwargs}")
+
+    trainers = Trainers(
+        data=parse_data_spec("synthetic:4"), input_size=None, factory=factory, torch_device="cpu"
+    )
+
+    # Execute / Assert
+    with pytest.raises(TaskError, match=words):
+        trainers.get({"model": "digits_cnn", **config})
 
 
 @pytest.mark.asyncio

@@ -18,6 +18,7 @@ from fedsim.real.protocol import (
     parse_task,
     path,
     task_digest,
+    task_id_of,
     task_json,
 )
 
@@ -66,7 +67,10 @@ def test_a_task_survives_its_trip_through_json():
         (fit_json(model={"name": "m", "version": 1, "nbytes": 1, "sha": 1}), "model.sha", "not"),
         (fit_json(dance=True), "dance", "not a known field"),
         (fit_json(drop="yes"), "drop", "boolean"),
-        ({"id": "", "kind": "upload_data", "nbytes": 1}, "id", "at least 1"),
+        ({"id": "", "kind": "upload_data", "nbytes": 1}, "id", "match pattern"),
+        ({"id": "..", "kind": "upload_data", "nbytes": 1}, "id", "got '..'"),
+        ({"id": "r1/../d2", "kind": "upload_data", "nbytes": 1}, "id", "match pattern"),
+        ({"id": "x" * 257, "kind": "upload_data", "nbytes": 1}, "id", "match pattern"),
         ([1, 2], None, "JSON object"),
     ],
 )
@@ -78,6 +82,26 @@ def test_a_malformed_task_is_an_error_naming_the_field(data, field, words):
     # Assert
     assert caught.value.field == field
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["r3-d4", "a7-d2", "r0-relay-g1", "r2-forward-g3", "5f2c9a0e1b3d4c6f:0:r3-d4", "x" * 256],
+)
+def test_the_ids_the_coordinator_gives_are_task_ids(task_id):
+    # Execute
+    task = parse_task(fit_json(id=task_id))
+
+    # Assert
+    assert task.id == task_id and task_id_of(fit_json(id=task_id)) == task_id
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"id": ".."}, {"id": "."}, {"id": "a/b"}, {"id": 7}, {"id": [[["r1"]]]}, {}, ["r1-d1"], None],
+)
+def test_a_task_without_a_well_formed_id_has_none_to_report_under(data):
+    assert task_id_of(data) is None
 
 
 def test_a_task_digest_names_the_work_not_the_wording():

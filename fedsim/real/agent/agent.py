@@ -16,6 +16,11 @@ bandwidth and round-trip time come from the probe, with the heartbeats.
 Every request outlives a server restart (``client`` retries), and a 401 after one, when the
 server has forgotten the device's token, makes the agent register again under the same id and
 carry on where it was.
+
+Nothing a server sends ends the agent but a removal (410) or a refused registration. A task
+that cannot be read is refused: reported to ``TASK_ERROR`` when it has a usable id, else
+logged, and the agent polls on. A download stops at the size its task announced, and no task
+moves more than ``max_transfer_bytes`` either way.
 """
 
 from __future__ import annotations
@@ -35,8 +40,17 @@ import aiohttp
 import numpy as np
 import torch
 
+from fedsim.core.limits import INT64_MAX
 from fedsim.ml.train import TorchTrainer
-from fedsim.real.agent.client import ApiClient, ApiError, Backoff, Body, Unauthorized
+from fedsim.real.agent.client import (
+    ApiClient,
+    ApiError,
+    Backoff,
+    Body,
+    TooLarge,
+    Unauthorized,
+    same_origin,
+)
 from fedsim.real.agent.config import AgentConfig
 from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url, gpu_memory_reader
 from fedsim.real.agent.probe import measure
@@ -67,6 +81,7 @@ from fedsim.real.protocol import (
     UploadDataTask,
     parse_task,
     task_digest,
+    task_id_of,
 )
 from fedsim.store.safetensors_io import decode, encode
 
@@ -204,7 +219,7 @@ class Agent:
                     raise AgentError(f"device {self._device_id} was removed from the server") from e
                 log.warning("heartbeat refused: %s", e)
             except ValueError as e:  # an answer that is not JSON: the heartbeat still counted
-                log.warning("the server's answer to a heartbeat is not JSON: %s", e)
+                log.warning("the server's answer to a heartbeat is unreadable: %s", _excerpt(e))
             await asyncio.sleep(self.config.heartbeat_interval)
 
     def _answer_calibration_request(self, record: Any) -> None:
@@ -286,27 +301,35 @@ class Agent:
                     )
                 )
                 task = None if reply.status == 204 or not reply.body else reply.json()
-                if task is not None and not isinstance(_get(task, "id"), str):
-                    raise ValueError(f"not a task: {reply.body[:200]!r}")
             except ApiError as e:
                 if e.status == 410:
                     raise AgentError(f"device {self._device_id} was removed from the server") from e
                 log.error("polling for tasks failed: %s", e)
                 await asyncio.sleep(self._backoff.cap)
                 continue
-            except ValueError as e:
-                log.error("the server sent a task this agent cannot read: %s", e)
+            except ValueError as e:  # not JSON, beyond the protocol's limits, or too long
+                log.error("the server sent a task this agent cannot read: %s", _excerpt(e))
                 await asyncio.sleep(self._backoff.cap)
                 continue
-            if task is not None:
-                await self._run_task(task)
+            if task is not None and not await self._run_task(task):
+                # A task refused without an id to report it under stays assigned to this
+                # device, and the next poll would hand it out at once.
+                await asyncio.sleep(self._backoff.cap)
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _run_task(self, raw: Mapping[str, Any]) -> None:
-        """Run the task ``raw`` (its JSON, with a string ``id``) and report its result."""
-        task_id, kind = raw["id"], str(raw.get("kind"))
-        log.info("task %s: %s", task_id, kind)
+    async def _run_task(self, raw: Any) -> bool:
+        """Run the task ``raw`` (parsed JSON) and report its result, or why it failed.
+
+        False when there is nothing to report under: ``raw`` has no well-formed task id (such
+        an id must not go into a URL), so the task is refused with one line of log.
+        """
+        task_id = task_id_of(raw)
+        if task_id is None:
+            log.error("refusing a task without a well-formed id: %s", _excerpt(raw))
+            return False
+        kind = raw.get("kind")
+        log.info("task %s: %s", task_id, _excerpt(kind))
         self._meter.busy = True
         self.metrics.busy.set(1)
         try:
@@ -328,15 +351,17 @@ class Agent:
         except Exception as e:  # any failure of the work is the task's, reported to the server
             self.metrics.task_done(kind, "failed")
             expected = isinstance(e, (TaskError, ApiError))
-            log.error("task %s failed: %s", task_id, e, exc_info=not expected)
             reason = str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}"
+            reason = reason[:MAX_REASON_CHARS]  # the server's words may be in it, at any length
+            log.error("task %s failed: %s", task_id, reason, exc_info=not expected)
             await self._report_error(task_id, reason)
         finally:
             self._meter.busy = False
             self.metrics.busy.set(0)
+        return True
 
     @staticmethod
-    def _read(raw: Mapping[str, Any]) -> TaskBase:
+    def _read(raw: Any) -> TaskBase:
         try:
             return parse_task(raw)
         except ProtocolError as e:
@@ -359,14 +384,20 @@ class Agent:
 
         ins = fit_ins(task, None)
         model = task.model
+        # What the update claims is what the task asked for and the trainer runs, no more.
         num_examples = ins.samples * ins.epochs
+        if num_examples > INT64_MAX:
+            raise TaskError(
+                f"samples x epochs ({ins.samples} x {ins.epochs}) is beyond any count the "
+                "protocol carries"
+            )
         if not model.url:
             # Timing-only: the model is too large to train here for real, or has no weights;
             # what the server measures is the upload of an update of the model's size.
             if task.drop:
                 return _dropped(task_id)
+            nbytes = self._transfer(ins.update_nbytes, "the update_nbytes")
             headers = UpdateMeta(num_examples=num_examples, timing_only=True).headers()
-            nbytes = ins.update_nbytes
             await self._put(task_id, "update", lambda: padding(nbytes), nbytes, headers)
             return "succeeded"
 
@@ -406,23 +437,40 @@ class Agent:
         """A task's model blob, checked against its sha256, and the seconds it took.
 
         From the server with the device token, or, when the task carries a relay ``token``,
-        from the group aggregator's agent at ``url`` with that token.
+        from the group aggregator's agent at ``url`` with that token. No more than the task's
+        ``model.nbytes`` is read, and a blob of another size is refused.
         """
+        assert model.url is not None, "a timing-only model has nothing to download"
         url = self._api.resolve(model.url)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise TaskError(f"the model's url {url[:200]!r} is not http(s); {refusal}")
+        if not model.token and not same_origin(url, self._api.root):
+            # Only a relay token makes another host a source; the server's blobs are its own.
+            raise TaskError(f"the model's url {url[:200]!r} is not on the server; {refusal}")
+        limit = self._transfer(model.nbytes, "the model's nbytes")
         started = perf_counter()
-        if model.token:
-            fetch = self._api.download(
-                url, token=None, headers={"Authorization": f"Bearer {model.token}"}
+        try:
+            if model.token:
+                fetch = self._api.download(
+                    url, token=None, limit=limit, headers={"Authorization": f"Bearer {model.token}"}
+                )
+                try:
+                    blob = await asyncio.wait_for(fetch, PEER_DOWNLOAD_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    raise TaskError(
+                        f"could not fetch the model from the group's aggregator at {url} "
+                        f"within {PEER_DOWNLOAD_TIMEOUT_S:g} s"
+                    ) from None
+            else:
+                blob = await self._as_device(
+                    lambda token: self._api.download(url, token=token, limit=limit)
+                )
+        except TooLarge as e:
+            raise TaskError(f"{e} (the task's model.nbytes); {refusal}") from None
+        if len(blob) != model.nbytes:
+            raise TaskError(
+                f"the model blob is {len(blob)} bytes but the task says {model.nbytes}; {refusal}"
             )
-            try:
-                blob = await asyncio.wait_for(fetch, PEER_DOWNLOAD_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise TaskError(
-                    f"could not fetch the model from the group's aggregator at {url} "
-                    f"within {PEER_DOWNLOAD_TIMEOUT_S:g} s"
-                ) from None
-        else:
-            blob = await self._as_device(lambda token: self._api.download(url, token=token))
         download_s = perf_counter() - started
         self._meter.transfer("bandwidth_down", len(blob), download_s)
         self.metrics.bytes_received.labels("model").inc(len(blob))
@@ -464,12 +512,21 @@ class Agent:
         travels here is timed, not used.
         """
         headers = UpdateMeta(num_examples=task.num_examples, timing_only=True).headers()
-        nbytes = task.nbytes
+        nbytes = self._transfer(task.nbytes, "the nbytes")
         await self._put(task.id, "update", lambda: padding(nbytes), nbytes, headers)
 
     async def _upload_data(self, task: UploadDataTask) -> None:
-        spec, nbytes = self.config.data_spec, task.nbytes
+        spec, nbytes = self.config.data_spec, self._transfer(task.nbytes, "the nbytes")
         await self._put(task.id, "data", lambda: data_bytes(spec, nbytes), nbytes, {})
+
+    def _transfer(self, nbytes: int, what: str) -> int:
+        """``nbytes``, a transfer a task asks for, if within ``max_transfer_bytes``."""
+        if nbytes > self.config.max_transfer_bytes:
+            raise TaskError(
+                f"{what} {nbytes} is over this agent's limit of {self.config.max_transfer_bytes} "
+                "bytes a transfer (--max-transfer-bytes)"
+            )
+        return nbytes
 
     async def _put(
         self, task_id: str, what: str, body: Body, nbytes: int, headers: Mapping[str, str]
@@ -503,8 +560,8 @@ class Agent:
             await self._as_device(
                 lambda token: self._api.request("POST", url, token=token, json_body=body)
             )
-        except ApiError as e:
-            log.warning("task %s: could not report its failure: %s", task_id, e)
+        except (ApiError, ValueError) as e:  # refused, or an answer too long to read
+            log.warning("task %s: could not report its failure: %s", task_id, _excerpt(e))
 
     # -- identity -------------------------------------------------------------------------
 
@@ -644,6 +701,13 @@ class Agent:
 def _get(value: Any, key: str) -> Any:
     """``value[key]`` if ``value`` is a JSON object that has it, else None."""
     return value.get(key) if isinstance(value, dict) else None
+
+
+def _excerpt(value: object, limit: int = 200) -> str:
+    """``value`` as text for one line of log, cut at ``limit`` characters: what a server sent
+    may be as long as its answer."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _dropped(task_id: str) -> str:

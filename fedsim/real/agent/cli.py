@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fedsim.cli_args import OneLineParser
 from fedsim.real.agent.config import (
+    DEFAULT_MAX_TRANSFER_BYTES,
     MAX_POLL_WAIT,
     AgentConfig,
     default_state_dir,
@@ -159,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--max-transfer-bytes",
+        type=int,
+        default=DEFAULT_MAX_TRANSFER_BYTES,
+        metavar="N",
+        help=(
+            "the most bytes one task may make this agent download or send (a model, an "
+            "update, training data); a task asking for more fails (default: %(default)s)"
+        ),
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -242,6 +253,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             metrics_port=args.metrics_port,
             probe_interval=args.probe_interval,
             probe_bytes=args.probe_bytes,
+            max_transfer_bytes=args.max_transfer_bytes,
             node_exporter=args.node_exporter,
             calibrate=args.calibrate,
             calibrate_model=args.calibrate_model,

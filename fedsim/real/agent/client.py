@@ -5,12 +5,16 @@ A request is retried for as long as it takes while the server cannot be reached 
 a fleet of agents that lost the server together does not hammer it together when it comes
 back). Every other answer is the caller's: 2xx is returned, 401 raises :class:`Unauthorized`
 (the agent registers again), the rest raise :class:`ApiError` with the server's message.
+
+Nothing the server sends is trusted further than the protocol allows: JSON is parsed within
+the protocol's limits (``json_loads``), an answer is read up to :data:`MAX_REPLY_BYTES`, and a
+download up to the size its task announced; more raises :class:`TooLarge`, which is not
+retried (the same request would fetch the same bytes again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,13 +24,16 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from fedsim.real.protocol import API, path
+from fedsim.real.protocol import API, json_loads, path
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # a reply (or a chunk of a download) slower than this counts as lost
 CHUNK_BYTES = 1 << 20
+# The protocol's answers are records of a few KiB (the server's own JSON bodies are limited to
+# 1 MiB); an answer beyond this is no answer of a fedsim server.
+MAX_REPLY_BYTES = 4 << 20
 
 # What a server that is restarting, overloaded or unreachable looks like from here.
 _TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
@@ -48,6 +55,11 @@ class Unauthorized(ApiError):
     """401: the server does not know the token (it may have lost its state)."""
 
 
+class TooLarge(ValueError):
+    """An answer longer than the agent accepts (:data:`MAX_REPLY_BYTES`, or the size a
+    download was announced at); it is not retried."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Backoff:
     """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
@@ -67,7 +79,8 @@ class Reply:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        """The body as JSON within the protocol's limits; ``ValueError`` naming what is wrong."""
+        return json_loads(self.body)
 
 
 class ApiClient:
@@ -117,7 +130,7 @@ class ApiClient:
                     params=params,
                     timeout=timeout,
                 ) as resp:
-                    payload = await resp.read()
+                    payload = await _read_at_most(resp, MAX_REPLY_BYTES, f"{method} {url}")
                     if not _retryable(resp.status):
                         if attempt:
                             log.info("%s %s: the server answers again", method, url)
@@ -129,13 +142,21 @@ class ApiClient:
             attempt += 1
 
     async def download(
-        self, url: str, *, token: str | None, headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        token: str | None,
+        limit: int,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
-        """The bytes at ``url``, resuming with ``Range`` where a broken transfer stopped.
+        """The bytes at ``url``, at most ``limit`` of them, resuming with ``Range`` where a
+        broken transfer stopped.
 
         ``If-Range`` carries the ETag of the first answer, so a blob that changed in the
         meantime comes back whole instead of being spliced onto the old one. ``headers`` go
-        with every request (a peer's own credentials, say).
+        with every request (a peer's own credentials, say). An answer announcing more than
+        ``limit`` bytes (``Content-Length``), or sending more, raises :class:`TooLarge` as soon
+        as that shows, having kept no more than ``limit`` bytes.
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
@@ -160,13 +181,22 @@ class ApiClient:
                         if resp.status == 416 or _range_start(resp) != len(received):
                             received.clear()  # not the continuation of our bytes: start over
                             raise _Retry(f"HTTP {resp.status} does not resume at our byte")
-                    elif _retryable(resp.status):
-                        raise _Retry(f"HTTP {resp.status} {_message(await resp.read())}")
                     else:
-                        _reply_or_raise(resp.status, await resp.read())
+                        payload = await _read_at_most(resp, MAX_REPLY_BYTES, f"GET {url}")
+                        if _retryable(resp.status):
+                            raise _Retry(f"HTTP {resp.status} {_message(payload)}")
+                        _reply_or_raise(resp.status, payload)
                         raise ApiError(resp.status, "unexpected answer to a blob download")
                     etag = resp.headers.get("ETag", etag)
+                    room = limit - len(received)
+                    if resp.content_length is not None and resp.content_length > room:
+                        raise TooLarge(
+                            f"GET {url}: the answer announces {resp.content_length} bytes, "
+                            f"more than the {room} bytes expected"
+                        )
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                        if len(received) + len(chunk) > limit:
+                            raise TooLarge(f"GET {url}: more than the {limit} bytes expected")
                         received += chunk
                     return bytes(received)
             except _TRANSIENT as e:
@@ -199,6 +229,19 @@ class _Retry(Exception):
     pass
 
 
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body of ``resp`` if it is at most ``limit`` bytes, else :class:`TooLarge`
+    (raised before reading when ``Content-Length`` says so, else as soon as it shows)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TooLarge(f"{what}: an answer of {resp.content_length} bytes (at most {limit})")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+        if len(body) + len(chunk) > limit:
+            raise TooLarge(f"{what}: an answer of more than {limit} bytes")
+        body += chunk
+    return bytes(body)
+
+
 def _retryable(status: int) -> bool:
     return status >= 500 or status == 429
 
@@ -213,7 +256,7 @@ def _reply_or_raise(status: int, payload: bytes) -> Reply:
 def _message(payload: bytes) -> str:
     """The ``error.message`` of the protocol's error JSON, else the start of the body."""
     try:
-        error = json.loads(payload)["error"]
+        error = json_loads(payload)["error"]
         message = str(error["message"])
         return f"{message} ({error['field']})" if error.get("field") else message
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -230,6 +273,11 @@ def _range_start(resp: aiohttp.ClientResponse) -> int | None:
     unit, _, spec = value.partition(" ")
     start = spec.partition("-")[0]
     return int(start) if unit == "bytes" and start.isdigit() else None
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether ``url`` and ``other`` have one scheme, host and port (default ports filled in)."""
+    return _origin(url) == _origin(other)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 from fedsim.ml.spec import MODELS  # a table of names: loads no torch
 
 MAX_POLL_WAIT = 60  # the protocol caps a long poll's ``wait`` at 60 s
+# A task's transfers are as large as the server says; this is where the agent stops believing
+# it. A model is held in memory whole, so this is also the most memory a download takes.
+DEFAULT_MAX_TRANSFER_BYTES = 8 << 30
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -84,6 +87,8 @@ class AgentConfig:
     at registration so that Prometheus finds it through the server's service discovery.
     ``calibrate`` makes the agent measure its device for ``calibrate_model`` after it registers
     and report the profile; a request from the server is answered whatever ``calibrate`` says.
+    ``max_transfer_bytes`` bounds each transfer a task asks for (a model download, an update,
+    training data): a task asking for more fails.
     """
 
     server: str
@@ -110,6 +115,7 @@ class AgentConfig:
     metrics_port: int = 0
     probe_interval: float = 60.0
     probe_bytes: int = 256 * 1024
+    max_transfer_bytes: int = DEFAULT_MAX_TRANSFER_BYTES
     node_exporter: str | None = None
     calibrate: bool = True
     calibrate_model: str = "digits_cnn"
@@ -140,6 +146,8 @@ class AgentConfig:
             raise ValueError(
                 f"--probe-bytes must be in 1..{64 * 1024 * 1024}, got {self.probe_bytes}"
             )
+        if self.max_transfer_bytes < 1:
+            raise ValueError(f"--max-transfer-bytes must be >= 1, got {self.max_transfer_bytes}")
         if self.node_exporter is not None:
             ne = urlsplit(self.node_exporter)
             if ne.scheme not in ("http", "https") or not ne.hostname or ne.query:

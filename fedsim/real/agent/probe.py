@@ -7,7 +7,9 @@ its latency, but never more than half of it: where the round trip is most of a t
 (a payload too small for a fast link, or a loopback where the median ping can exceed one
 transfer) the difference is noise, and dividing by it would report absurd rates. The estimate
 is then at most twice the naive bytes / elapsed time, an honest "at least". Payloads are small by
-default so the probe does not disturb training.
+default so the probe does not disturb training. Nothing the server answers is kept: the
+download stops at the ``nbytes`` asked for, and the other answers are read no further than
+:data:`MAX_ANSWER_BYTES`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 from fedsim.real.protocol import Paths
 
 CHUNK = 256 * 1024
+MAX_ANSWER_BYTES = 64 * 1024  # /health's and an upload's answers are a few dozen bytes
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ async def measure(
     for _ in range(pings):
         start = time.perf_counter()
         async with session.get(f"{server}{Paths.HEALTH}") as r:
-            await r.read()
+            await _discard(r, MAX_ANSWER_BYTES)
         rtts.append(time.perf_counter() - start)
     rtt = statistics.median(rtts)
 
@@ -62,6 +65,8 @@ async def measure(
         got = 0
         async for chunk in r.content.iter_chunked(CHUNK):
             got += len(chunk)
+            if got >= nbytes:  # a server sending more than asked for is not waited for
+                break
     down = got / _transfer_time(time.perf_counter() - start, rtt)
 
     start = time.perf_counter()
@@ -71,7 +76,7 @@ async def measure(
         headers={**headers, "Content-Length": str(nbytes)},
     ) as r:
         r.raise_for_status()
-        await r.read()
+        await _discard(r, MAX_ANSWER_BYTES)
     up = nbytes / _transfer_time(time.perf_counter() - start, rtt)
     return ProbeResult(up_bps=up, down_bps=down, rtt_s=rtt)
 
@@ -80,6 +85,16 @@ def _transfer_time(elapsed: float, rtt: float) -> float:
     """The time the bytes took: ``elapsed`` less the request's round trip, at least half of
     ``elapsed`` (see the module's docstring)."""
     return max(elapsed - rtt, elapsed / 2, 1e-9)
+
+
+async def _discard(response: aiohttp.ClientResponse, limit: int) -> None:
+    """Read ``response``'s body, keeping none of it, up to ``limit`` bytes; the rest is left
+    unread (the connection is closed rather than reused)."""
+    seen = 0
+    async for chunk in response.content.iter_chunked(CHUNK):
+        seen += len(chunk)
+        if seen >= limit:
+            return
 
 
 async def _zeros(nbytes: int) -> AsyncIterator[bytes]:

@@ -18,6 +18,12 @@ from fedsim.real.agent.client import CHUNK_BYTES
 from fedsim.real.agent.config import DataSpec
 from fedsim.real.protocol import FitTask
 
+# What a task's config may ask of the device's memory: far above the zoo's models (10 and 80
+# classes, inputs of 8 to 608 pixels), far below what would exhaust a host's memory on the
+# server's word (a model with 10**12 outputs, synthetic images of 10**6 x 10**6 pixels).
+MAX_NUM_CLASSES = 100_000
+MAX_INPUT_SIZE = 4096
+
 
 class TaskError(ValueError):
     """A task this agent cannot run as given (a malformed task, no data for it, ...)."""
@@ -78,9 +84,11 @@ class Trainers:
             raise TaskError("the task names no model (config 'model')")
         if "num_classes" not in config:
             raise TaskError("the task's config has no 'num_classes'")
-        num_classes = int(config["num_classes"])
+        num_classes = _config_int(config, "num_classes", MAX_NUM_CLASSES)
         seed = int(config.get("seed", 0))
-        input_size = self._input_size or _opt_int(config.get("input_size"))
+        input_size = self._input_size
+        if input_size is None and config.get("input_size") is not None:
+            input_size = _config_int(config, "input_size", MAX_INPUT_SIZE)
         key = (model_name, num_classes, seed, input_size)
         trainer = self._trainers.get(key)
         if trainer is None:
@@ -231,5 +239,13 @@ def _in_channels(model_name: str) -> int:
     return int(getattr(getattr(importlib.import_module(module_name), class_name), "in_channels", 3))
 
 
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _config_int(config: Mapping[str, Any], key: str, high: int) -> int:
+    """The task config's ``key`` as an integer in 1..``high``; :class:`TaskError` otherwise."""
+    value = config[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if not 1 <= number <= high:
+        raise TaskError(f"the task's config {key!r} must be an integer in 1..{high}, got {value!r}")
+    return number
