@@ -62,9 +62,10 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         if fl.attack.kind == "label_flip":
             # The attackers train on poisoned shards, wherever the shards are handed to
             # (this process's trainer, or the agents a real runtime starts).
-            for dev in byzantine:
-                X, y = shards[dev]
-                shards[dev] = (X, flip_labels(y, model.num_classes))
+            flipped = {
+                d: (shards[d][0], flip_labels(shards[d][1], model.num_classes)) for d in byzantine
+            }
+            shards = {**shards, **flipped}
         samples = {dev: len(shard[1]) for dev, shard in shards.items()}
         trainer = TorchTrainer(
             model_name=model.name, num_classes=model.num_classes, data=shards, seed=spec.seed
