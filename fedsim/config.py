@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedsim.core.attacks import attackers
 from fedsim.core.calibration import StepModel
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan, LinkChange, Outage
@@ -145,6 +146,8 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     fl: FLConf = _typed("fl", cfg.fl)
     if kind == "federated" and fl.min_fit > len(clients):
         raise ConfigError(f"fl.min_fit: {fl.min_fit} > the {len(clients)} clients")
+    if kind == "federated" and fl.attack.kind is not None:
+        _check_attack(fl, clients)
     strategy = _strategy("strategy", cfg.strategy)
     group_strategy = None
     if cfg.group_strategy is not None:
@@ -247,6 +250,19 @@ def check_shards(partition: PartitionConf, fl: FLConf, clients: int) -> None:
             f"({least} each{', fl.batch_size' if least > 1 else ''}), the digits training "
             f"split has {available}; use fewer clients, a smaller fl.batch_size or a smaller "
             "partition.test_fraction"
+        )
+
+
+def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
+    """``fl.attack`` must choose at least one client and have something to poison."""
+    try:
+        attackers(clients, fl.attack)
+    except ValueError as e:
+        raise ConfigError(f"fl.{e}") from None
+    if fl.attack.kind == "label_flip" and fl.training != "real":
+        raise ConfigError(
+            f"fl.attack.kind: label_flip poisons training data, and fl.training="
+            f"{fl.training} trains on none"
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from fedsim.core.attacks import AttackConfig
 from fedsim.core.coordinator import FederatedConfig
 
 
@@ -200,6 +201,7 @@ class FLConf(FederatedConfig):
     selection: str = "all"  # all | random | resource | oort
     target_accuracy: float | None = None
     max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
+    attack: AttackConfig = field(default_factory=AttackConfig)  # Byzantine clients, if any
 
     def __post_init__(self) -> None:
         super().__post_init__()

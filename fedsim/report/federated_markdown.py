@@ -155,6 +155,32 @@ def _results_section(summary: Mapping[str, Any]) -> str:
     return "## Results\n\n" + markdown_table(["quantity", "value"], rows, "lr")
 
 
+ATTACK_TEXT = {
+    "sign_flip": "send their move from the model reversed and scaled by {scale:g}",
+    "scale": "send their move from the model scaled by {scale:g}",
+    "gaussian": "send the model plus Gaussian noise of standard deviation {scale:g}, untrained",
+    "label_flip": "train on their shards with every label c turned into (classes - 1 - c)",
+    "count_inflation": "send honest updates claiming {scale:g} times the examples asked for",
+}
+
+
+def _attack_section(attack: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """Who attacked, how, and what the coordinator let through."""
+    kind = str(attack.get("kind", "?"))
+    doing = ATTACK_TEXT.get(kind, "attack").format(scale=attack.get("scale", 1.0))
+    who = attack.get("attackers", [])
+    text = (
+        f"{len(who)} of the {attack.get('clients', '?')} clients (devices {ranges(who)}, "
+        f"{attack.get('fraction', 0):.0%}, chosen under seed {attack.get('seed', '?')}) are "
+        f"Byzantine: they **{kind}**, i.e. {doing}. They sent {attack.get('updates_sent', '?')} "
+        f"updates; the coordinator refused {attack.get('updates_rejected', '?')} of them. "
+        f"Under this attack the final accuracy is {percent(summary.get('final_accuracy'))} "
+        f"with {strategy_text(summary.get('strategy', '?'))}. `benchmarks/bench_byzantine.py` "
+        "measures each attack against each rule beside a clean run."
+    )
+    return "## Byzantine clients\n\n" + text
+
+
 def _shown_rounds(rounds: Sequence[RoundRow]) -> tuple[list[RoundRow], str]:
     """The rounds the table shows, and a note on which when it is not all of them.
 
@@ -257,6 +283,7 @@ def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str
         "Federated training: how accurate the model gets, how fast, and where the time goes.",
         _what_was_run(summary),
         _results_section(summary),
+        *([_attack_section(summary["attack"], summary)] if summary.get("attack") else []),
         _rounds_section(result.rows, str(summary.get("fl_mode", "sync"))),
         _failures_section(result.failures, result.rows),
         assumptions_section(result.assumptions),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedsim import __version__
+from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
 from fedsim.core.events import EventLog
 from fedsim.core.results import FEDERATED, RepetitionEvents, RoundRow, RunResult, time_fields
@@ -47,6 +48,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     clients = list(spec.clients)
     seeds = np.random.SeedSequence(spec.seed).spawn(3)
     rng = np.random.default_rng(seeds[0])
+    byzantine = attackers(clients, fl.attack) if fl.attack.kind is not None else ()
 
     trainer = evaluation = params = shards = None
     labels: dict[int, list[int]] = {}
@@ -57,6 +59,13 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
         torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves a core free
         shards, (X_test, y_test), labels = real_data(spec, rng)
+        if fl.attack.kind == "label_flip":
+            # The attackers train on poisoned shards, wherever the shards are handed to
+            # (this process's trainer, or the agents a real runtime starts).
+            flipped = {
+                d: (shards[d][0], flip_labels(shards[d][1], model.num_classes)) for d in byzantine
+            }
+            shards = {**shards, **flipped}
         samples = {dev: len(shard[1]) for dev, shard in shards.items()}
         trainer = TorchTrainer(
             model_name=model.name, num_classes=model.num_classes, data=shards, seed=spec.seed
@@ -81,6 +90,11 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     )
     with bar, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
+        resources = session.resources(transport)
+        attacked = None
+        if byzantine:
+            attacked = ByzantineTransport(inner=transport, attack=fl.attack, attackers=byzantine)
+            transport = attacked
         rows = _RoundRows(transport.events, fl.max_events)
         versions = None
         if params is not None:
@@ -125,7 +139,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
             parameters=params,
             config=fl,
             selector=selector(fl.selection, model.state_bytes),
-            resources=session.resources(transport),
+            resources=resources,
             reliability=Reliability(),
             evaluation=evaluation,
             groups={d: spec.topology.devices[d].group for d in clients},
@@ -149,6 +163,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
     summary = _summary(spec, rows, history, samples, elapsed, repository, len(events))
+    if attacked is not None:
+        summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
     return RunResult(
         kind=FEDERATED,
         summary=summary,
@@ -158,6 +174,24 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         failures=failures,
         assumptions=_assumptions(spec, model),
     )
+
+
+def _attack_summary(
+    spec: ExperimentSpec, byzantine: tuple[int, ...], history: list[RoundReport], sent: int
+) -> dict[str, Any]:
+    """What the attackers did and how far they got: the updates they sent, and of those, how
+    many the coordinator refused."""
+    attack, bad = spec.fl.attack, set(byzantine)
+    return {
+        "kind": attack.kind,
+        "fraction": attack.fraction,
+        "scale": attack.strength,
+        "seed": attack.seed,
+        "attackers": list(byzantine),
+        "clients": len(spec.clients),
+        "updates_sent": sent,
+        "updates_rejected": sum(len(bad & r.rejected.keys()) for r in history),
+    }
 
 
 def selector(name: str, model_bytes: float) -> SelectionPolicy:

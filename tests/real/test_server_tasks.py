@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedsim.real.board import PostedTask, TaskBoard
-from fedsim.real.protocol import FitTask, TaskModel, Timings, UploadDataTask
+from fedsim.real.protocol import FitTask, ForwardTask, TaskModel, Timings, UploadDataTask
 from fedsim.store.safetensors_io import encode
 from tests.real.conftest import ADMIN, API, blob, leftovers, weights
 
@@ -258,3 +258,63 @@ async def test_posting_after_the_server_loop_closed_does_not_raise():
     message = UploadDataTask(id="t", nbytes=1)
     board.post(PostedTask(id="t", device=0, message=message, posted_at=0.0))
     assert [t.id for t in board.pending(0)] == ["t"]
+
+
+async def test_an_update_claiming_more_examples_than_its_task_asked_for_is_422(server):
+    # Prepare: the task asks for 480 samples x 1 epoch; the update is issue 13's, finite 3e38
+    # weights claiming 1e18 examples.
+    id, token = await server.register()
+    post(server, id)
+    url = f"{API}/tasks/r1-d0/update"
+    claim = {"X-Fedsim-Num-Examples": "1000000000000000000"}
+    # Execute
+    r = await server.client.put(url, data=blob(3e38), headers=update_headers(token, **claim))
+    # Assert: refused on its header, nothing filed, and the task still takes a good update.
+    assert r.status == 422
+    error = (await r.json())["error"]
+    assert error["field"] == "X-Fedsim-Num-Examples"
+    assert "1000000000000000000 examples, but task r1-d0 asked for 480" in error["message"]
+    assert server.board.outcomes.empty() and leftovers(server) == []
+    r = await server.client.put(url, data=blob(0.5), headers=update_headers(token))
+    assert r.status == 201
+
+
+@pytest.mark.parametrize("value", [3e38, float("nan"), float("-inf")])
+async def test_an_update_with_values_no_rule_can_aggregate_is_422(server, value):
+    id, token = await server.register()
+    post(server, id)
+    r = await server.client.put(
+        f"{API}/tasks/r1-d0/update", data=blob(value), headers=update_headers(token)
+    )
+    assert r.status == 422
+    assert "unusable: w:" in (await r.json())["error"]["message"]
+    assert server.board.outcomes.empty() and leftovers(server) == []
+
+
+async def test_a_forwarded_update_is_bounded_by_the_group_count_its_task_names(server):
+    # Prepare: a forward task for a group that trained on 960 examples.
+    id, token = await server.register()
+    task = PostedTask(
+        id="r1-forward-g1",
+        device=id,
+        message=ForwardTask(id="r1-forward-g1", nbytes=100, num_examples=960),
+        posted_at=time.time(),
+    )
+    server.board.post(task)
+    url = f"{API}/tasks/r1-forward-g1/update"
+    timing = {"X-Fedsim-Timing-Only": "1"}
+    # Execute
+    over = await server.client.put(
+        url,
+        data=b"\0" * 100,
+        headers=update_headers(token, **timing, **{"X-Fedsim-Num-Examples": "961"}),
+    )
+    exact = await server.client.put(
+        url,
+        data=b"\0" * 100,
+        headers=update_headers(token, **timing, **{"X-Fedsim-Num-Examples": "960"}),
+    )
+    # Assert
+    assert over.status == 422
+    assert (await over.json())["error"]["field"] == "X-Fedsim-Num-Examples"
+    assert exact.status == 201

@@ -328,3 +328,114 @@ def test_link_degradation_slows_transfers_while_it_lasts():
 
 def test_star_fixture_still_builds():
     assert star(2).server == 0 and replace
+
+
+def hostile(coord, device, **changes):
+    """Make ``device``'s updates arrive with ``changes`` (a device sending what it likes)."""
+    wait = coord.transport.wait
+
+    def tampered(**kw):
+        return [
+            replace(r, update=replace(r.update, **changes))
+            if r.device == device and r.update is not None
+            else r
+            for r in wait(**kw)
+        ]
+
+    coord.transport.wait = tampered
+
+
+def test_finite_huge_weights_with_an_inflated_count_are_refused_and_the_run_goes_on():
+    # Prepare: issue 13's reproduction, device 3 sends finite 3e38 weights claiming 1e18
+    # examples; the others' tasks ask for 100 samples x 1 epoch.
+    evaluated = []
+    coord, clients = coordinator(
+        two_groups(),
+        config=FederatedConfig(rounds=2),
+        evaluation=Evaluation(fn=lambda p: evaluated.append(p) or {"loss": float(p["w"][0])}),
+    )
+    hostile(coord, 3, num_examples=10**18, parameters={"w": np.full(4, 3e38, np.float32)})
+    # Execute
+    history = coord.run(clients)
+    # Assert: refused on its count, each round aggregates the other three, and the model
+    # follows their mean target (1 + 2 + 4) / 3.
+    for r in history:
+        assert r.aggregated and sorted(r.completed) == [1, 2, 4]
+        assert r.rejected == {3: "num_examples 1000000000000000000 > the 100 its task asked for"}
+    np.testing.assert_allclose(coord.parameters["w"], 7 / 3 * (1 - 0.5**2), rtol=1e-6)
+    assert all(np.isfinite(p["w"]).all() for p in evaluated)
+
+
+def test_huge_weights_with_an_honest_count_are_refused_on_their_magnitude():
+    # Prepare
+    coord, clients = coordinator(two_groups(), config=FederatedConfig(rounds=1))
+    hostile(coord, 2, parameters={"w": np.full(4, 3e38, np.float32)})
+    # Execute
+    [report] = coord.run(clients)
+    # Assert
+    assert report.aggregated and sorted(report.completed) == [1, 3, 4]
+    assert report.rejected[2].startswith("w: a value of magnitude 3e+38 >")
+
+
+@pytest.mark.parametrize("count", [0, 101])
+def test_an_example_count_outside_one_to_what_was_asked_is_refused(count):
+    # Prepare: the task asks for 50 samples x 2 epochs = 100 examples.
+    cfg = FederatedConfig(rounds=1, local_epochs=2)
+    coord, clients = coordinator(two_groups(), config=cfg, samples=50)
+    hostile(coord, 4, num_examples=count)
+    # Execute
+    [report] = coord.run(clients)
+    # Assert
+    assert set(report.rejected) == {4} and "num_examples" in report.rejected[4]
+    assert report.aggregated and sorted(report.completed) == [1, 2, 3]
+
+
+def test_a_non_finite_training_metric_is_refused_and_the_train_loss_stays_finite():
+    # Prepare
+    coord, clients = coordinator(two_groups(), config=FederatedConfig(rounds=1))
+    hostile(coord, 1, metrics={"loss": float("nan")})
+    # Execute
+    [report] = coord.run(clients)
+    # Assert
+    assert report.rejected == {1: "metric 'loss': non-finite value nan"}
+    assert report.train_loss == pytest.approx((2 + 3 + 4) / 3)
+
+
+def test_a_rule_that_gives_non_finite_values_fails_the_round_and_keeps_the_version():
+    # Prepare: a user's rule that breaks in round 0 only.
+    class Fragile(FedAvg):
+        name = "fragile"
+        calls = 0
+
+        def aggregate_fit(self, current, updates):
+            self.calls += 1
+            new = super().aggregate_fit(current, updates)
+            return {"w": np.full(4, np.nan, np.float32)} if self.calls == 1 else new
+
+    published = []
+    coord, clients = coordinator(
+        two_groups(),
+        config=FederatedConfig(rounds=2),
+        strategy=Fragile(),
+        publish=lambda version, p, rnd, m: published.append(version.version),
+    )
+    # Execute
+    first, second = coord.run(clients)
+    # Assert
+    assert not first.aggregated and "non-finite values in w" in first.failures[-1]
+    assert second.aggregated and coord.model.version == 1 and published == [1]
+    assert np.isfinite(coord.parameters["w"]).all()
+
+
+def test_non_finite_evaluation_metrics_are_left_out_and_the_run_goes_on():
+    # Prepare: the server's evaluation of every version gives a NaN loss.
+    coord, clients = coordinator(
+        two_groups(),
+        config=FederatedConfig(rounds=2),
+        evaluation=Evaluation(fn=lambda p: {"loss": float("nan"), "accuracy": 0.5}),
+    )
+    # Execute
+    history = coord.run(clients)
+    # Assert
+    assert [r.metrics for r in history] == [{"accuracy": 0.5}, {"accuracy": 0.5}]
+    assert all(r.aggregated for r in history)

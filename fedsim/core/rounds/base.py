@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,7 +34,7 @@ from fedsim.core.runtime import (
 from fedsim.core.scheduling import DeviceView, Reliability, ResourceView
 from fedsim.core.selection import AllSelection, SelectionPolicy
 from fedsim.core.strategies.base import Strategy
-from fedsim.core.strategies.validation import validate_update
+from fedsim.core.strategies.validation import check_count, check_metrics, validate_update
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,15 @@ def accepted_updates(results: Iterable[TaskResult]) -> list[Update]:
     return updates
 
 
+def _non_finite(parameters: NDArrays | None) -> str | None:
+    """The name of the first array of ``parameters`` holding a NaN or an infinity, if any."""
+    for name, arr in (parameters or {}).items():
+        a = np.asarray(arr)
+        if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            return name
+    return None
+
+
 # eq=False: a federation is one running thing, compared by identity; repr=False: its state
 # (parameters, history) is too large to print.
 @dataclass(kw_only=True, eq=False, repr=False)
@@ -146,6 +156,9 @@ class Federation:
         self._utility: dict[int, float] = {}
         self._duration: dict[int, float] = {}
         self._rate: dict[int, float] = {}
+        # Each device's latest fit task and the examples it asked for (samples x epochs): an
+        # update may claim no more. One per device, as a device trains one task at a time.
+        self._asked: dict[int, tuple[str, int]] = {}
 
     # -- choosing and instructing clients ---------------------------------------------------
 
@@ -212,7 +225,9 @@ class Federation:
             config=config,
             **route,
         )
-        return Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
+        task = Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
+        self._asked[dev] = (task.id, samples * cfg.local_epochs)
+        return task
 
     # -- collecting and checking results ----------------------------------------------------
 
@@ -238,7 +253,7 @@ class Federation:
         reference = self.parameters if reference is None else reference
         accepted, rejected = [], {}
         for r in results:
-            reason = r.error if r.error is not None else self._refusal(r.update, reference)
+            reason = r.error if r.error is not None else self._refusal(r, reference)
             if reason is None:
                 accepted.append(r)
                 self.reliability.accept(r.device)
@@ -246,12 +261,24 @@ class Federation:
             else:
                 rejected[r.device] = reason
                 self.reliability.reject(r.device)
+                if r.error is None:
+                    # A refused update counts as the device failing the round, and says why.
+                    log.warning("update of device %d refused: %s", r.device, reason)
         return accepted, rejected
 
-    def _refusal(self, update: Update | None, reference: NDArrays | None) -> str | None:
-        """Why ``update`` fails the checks against ``reference``; None when it passes."""
+    def _refusal(self, r: TaskResult, reference: NDArrays | None) -> str | None:
+        """Why ``r``'s update fails the checks against ``reference`` and its task; None when it
+        passes."""
+        update = r.update
         if update is None:
             return "no update"
+        asked = self._asked.get(r.device)
+        if asked is None or asked[0] != r.task_id:
+            return f"task {r.task_id} is not the device's current fit task"
+        del self._asked[r.device]
+        reason = check_count(update.num_examples, asked[1]) or check_metrics(update.metrics)
+        if reason is not None:
+            return reason
         if update.parameters is None or reference is None:
             return None  # a timing-only update, or no model yet: no arrays to compare
         return validate_update(reference, update.parameters, max_norm=self.config.max_update_norm)
@@ -282,15 +309,25 @@ class Federation:
 
     # -- the new version ----------------------------------------------------------------------
 
-    def aggregate(self, updates: Sequence[Update]) -> None:
-        """The strategy's next parameters from ``updates``, published as the next version."""
+    def aggregate(self, updates: Sequence[Update]) -> str | None:
+        """The strategy's next parameters from ``updates``, published as the next version.
+
+        Returns why nothing was published when the strategy's result is not finite: the
+        current version then stays, and the run goes on. The updates' own checks keep every
+        built-in rule finite; this guards a rule of the user's own.
+        """
         t, n = self.transport, len(updates)
         cost = aggregation_cost(self.strategy, n, self.work.state_values, self.model.nbytes)
-        self.parameters = t.server_work(
+        new = t.server_work(
             EventKind.AGGREGATE, cost, lambda: self.strategy.aggregate_fit(self.parameters, updates)
         )
+        bad = _non_finite(new)
+        if bad is not None:
+            return f"strategy {self.strategy.name!r} gave non-finite values in {bad}"
+        self.parameters = new
         self.model = replace(self.model, version=self.model.version + 1)
         t.server_work(EventKind.PUBLISH, Cost(disk_bytes=self.model.nbytes))
+        return None
 
     def evaluate(self, rnd: int, force: bool = False) -> dict[str, float]:
         """Server-side metrics of the version, every ``eval_every`` rounds or when forced."""
@@ -304,9 +341,14 @@ class Federation:
                 "server-side evaluation needs the model's parameters, and this run has none "
                 "(its updates carry no arrays: a timing-only workload)"
             )
-        return dict(
-            self.transport.server_work(EventKind.EVALUATE, ev.cost, lambda: ev.fn(parameters)) or {}
-        )
+        metrics = self.transport.server_work(EventKind.EVALUATE, ev.cost, lambda: ev.fn(parameters))
+        finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(v)}
+        if len(finite) < len(metrics or {}):
+            # A model that diverged (or was poisoned) evaluates to NaN or inf: the round is
+            # kept with its finite metrics, the others are not numbers to record.
+            dropped = sorted(set(metrics or {}) - set(finite))
+            log.warning("round %d: evaluation gave non-finite %s", rnd, ", ".join(dropped))
+        return finite
 
     def finish_round(
         self,
@@ -324,10 +366,15 @@ class Federation:
         aggregated = len(updates) >= cfg.min_fit
         metrics: dict[str, float] = {}
         if aggregated:
-            self.aggregate(updates)
-            metrics = self.evaluate(rnd, force=rnd == cfg.rounds - 1)
-            if self.publish is not None:
-                self.publish(self.model, self.parameters, rnd, metrics)
+            failed = self.aggregate(updates)
+            aggregated = failed is None
+            if failed is not None:
+                log.error("round %d failed: %s; the version stays", rnd, failed)
+                failures = {**failures, -1: failed}
+            else:
+                metrics = self.evaluate(rnd, force=rnd == cfg.rounds - 1)
+                if self.publish is not None:
+                    self.publish(self.model, self.parameters, rnd, metrics)
         else:
             log.warning("round %d failed: %d updates < min_fit %d", rnd, len(updates), cfg.min_fit)
         return self.record(

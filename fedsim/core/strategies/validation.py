@@ -2,12 +2,23 @@
 
 A strategy assumes its updates match the global model name for name, shape for shape and
 dtype for dtype, and hold finite numbers; one NaN would poison a mean for good. The round
-coordinator can check each update against the current parameters with :func:`validate_update`
-and keep those that fail out of aggregation, recorded as :class:`Rejection`.
+coordinator checks each update against the current parameters with :func:`validate_update`,
+its example count against what its task asked for with :func:`check_count` and its metrics
+with :func:`check_metrics`, and keeps those that fail out of aggregation, recorded as
+:class:`Rejection`. The server runs the same array checks on an update as it arrives.
+
+Finite is not enough: a value of 3e38 is finite, but its square, or the model's outputs
+computed from it, are not. Values are therefore bounded by :data:`MAX_ABS_VALUE`, the square
+root of float32's largest number, so that squares (second moments, distances, norms) stay
+finite even in float32. Under that bound, with example counts no larger than asked, every
+built-in rule's aggregate is finite: the weighted means are bounded by the largest value,
+and the rest is computed in float64.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +33,10 @@ class Rejection:
 
     device: int
     reason: str
+
+
+MAX_ABS_VALUE = float(np.sqrt(np.finfo(np.float32).max))
+"""The largest magnitude a value of an update may have (about 1.8e19)."""
 
 
 def _names(names: set[str]) -> str:
@@ -50,10 +65,41 @@ def validate_update(
         if arr.dtype != ref.dtype:
             return f"{name}: dtype {arr.dtype} != {ref.dtype}"
         # Non-numeric dtypes equal to the reference's cannot hold NaN; only test what can.
-        if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
-            return f"{name}: non-finite values"
+        if np.issubdtype(arr.dtype, np.inexact) and arr.size:
+            if not np.isfinite(arr).all():
+                return f"{name}: non-finite values"
+            largest = float(np.abs(arr).max())
+            if largest > MAX_ABS_VALUE:
+                return f"{name}: a value of magnitude {largest:.3g} > {MAX_ABS_VALUE:.3g}"
     if max_norm is not None:
         norm = delta_norm(update, reference)
         if norm > max_norm:
             return f"update norm {norm:.6g} > max_norm {max_norm:.6g}"
+    return None
+
+
+def check_count(num_examples: int, asked: int) -> str | None:
+    """None when an update's example count is between 1 and what its task ``asked`` for.
+
+    The count is the update's weight in an example-weighted mean, and the client reports it:
+    more than it was asked to train on is a claim to outweigh the others, and 0 would be a
+    weight no mean can divide by.
+    """
+    if num_examples < 1:
+        return f"num_examples {num_examples} < 1"
+    if num_examples > asked:
+        return f"num_examples {num_examples} > the {asked} its task asked for"
+    return None
+
+
+def check_metrics(metrics: Mapping[str, float]) -> str | None:
+    """None when every metric an update reports is a finite number, else the first that is not.
+
+    The round's training loss is their example-weighted mean, and one NaN would make it NaN.
+    """
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+            return f"metric {k!r}: not a number ({type(v).__name__})"
+        if not math.isfinite(float(v)):
+            return f"metric {k!r}: non-finite value {v}"
     return None

@@ -19,8 +19,11 @@ from aiohttp import web
 from fedsim.core.registry import DeviceRegistry, DeviceState
 from fedsim.core.repository import InvalidModelFile
 from fedsim.core.runtime import NDArrays
+from fedsim.core.strategies.validation import validate_update
 from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
 from fedsim.real.protocol import (
+    FitTask,
+    ForwardTask,
     Headers,
     RelayResult,
     RelayTask,
@@ -81,6 +84,16 @@ class TaskHandlers:
         if isinstance(task.message, RelayTask):
             raise ApiError(409, f"task {task.id} relays a model: send to /tasks/{task.id}/relay")
         meta = UpdateMeta.from_headers(request.headers)
+        asked = _asked(task)
+        if meta.num_examples > asked:
+            # The count weighs the update in a mean: more than asked is a claim to outweigh
+            # the others. Refused before a byte of the body is read.
+            raise ApiError(
+                422,
+                f"{Headers.NUM_EXAMPLES}: {meta.num_examples} examples, but task {task.id} "
+                f"asked for {asked}",
+                field=Headers.NUM_EXAMPLES,
+            )
         timing_only = meta.timing_only
         if timing_only and task.reference is not None:
             raise ApiError(
@@ -217,17 +230,33 @@ class TaskHandlers:
         return json_response(_result_json(task, prior), status=200)
 
 
+def _asked(task: PostedTask) -> int:
+    """The most examples an update for ``task`` may claim: what the task asked for."""
+    message = task.message
+    if isinstance(message, FitTask):
+        return message.samples * message.epochs
+    if isinstance(message, ForwardTask):
+        return message.num_examples
+    raise ApiError(409, f"task {task.id} ({message.kind}) takes no update")
+
+
 def _decode(path: Path, task: PostedTask) -> NDArrays:
-    """The update's arrays, refused unless its layout is that of the task's parameters."""
+    """The update's arrays, refused unless its layout is that of the task's parameters and
+    its values are finite and in range (the checks the coordinator makes before aggregating)."""
     data = path.read_bytes()
     try:
-        if task.reference is not None:
-            reference = {k: (v.shape, v.dtype) for k, v in task.reference.items()}
-            # Header only first: a wrong layout is refused before any tensor is loaded.
-            compare_layouts(read_layout(data), reference)
-        return decode(data)
+        if task.reference is None:
+            return decode(data)
+        reference = {k: (v.shape, v.dtype) for k, v in task.reference.items()}
+        # Header only first: a wrong layout is refused before any tensor is loaded.
+        compare_layouts(read_layout(data), reference)
+        arrays = decode(data)
     except InvalidModelFile as e:
         raise ApiError(422, f"the update for task {task.id} is unusable: {e}") from None
+    reason = validate_update(task.reference, arrays)
+    if reason is not None:
+        raise ApiError(422, f"the update for task {task.id} is unusable: {reason}")
+    return arrays
 
 
 def _result_json(task: PostedTask, outcome: Outcome) -> dict[str, Any]:
