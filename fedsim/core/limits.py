@@ -26,6 +26,11 @@ MAX_FIGURE = 1e15
 petabyte of memory, a petabyte per second of bandwidth: past any real reading, short of the
 figures that overflow a sum or a plot."""
 
+MAX_ABS_VALUE = 1.8446742e19
+"""The largest magnitude a value of a model update may have: about the square root of
+float32's largest (1.8446742e19, just under it), so no product or square of two values that a
+rule computes, and no weighted sum of them, can overflow to infinity."""
+
 MAX_JSON_DEPTH = 32
 """The deepest nesting of arrays and objects a JSON document (body, header, task) may have."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

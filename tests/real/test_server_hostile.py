@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from fedsim.core.limits import INT64_MAX, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
+from fedsim.core.limits import INT64_MAX, MAX_ABS_VALUE, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
 from fedsim.real.protocol import PATH_PATTERNS
 from fedsim.real.server.app import AGENTS
 from fedsim.real.server.jobs_api import Jobs
@@ -376,8 +376,10 @@ async def test_openapi_document_states_the_limits_of_the_server_it_describes(mak
     assert limits["ids"]["maximum"] == MAX_ID
     assert limits["path_ids"]["maximum"] == INT64_MAX
     assert (limits["figures"]["minimum"], limits["figures"]["maximum"]) == (-MAX_FIGURE, MAX_FIGURE)
+    assert limits["updates"]["max_abs_value"] == MAX_ABS_VALUE
     timeouts = limits["timeouts_s"]
     assert timeouts["body_read_timeout_s"] == 7.0
+    assert timeouts["header_read_timeout_s"] == config.header_read_timeout_s
     assert timeouts["shutdown_timeout_s"] == config.shutdown_timeout_s
     assert build_openapi()["info"]["x-fedsim-limits"]["json"]["max_bytes"] == config.max_json_bytes
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.core.limits import MAX_ABS_VALUE
 from fedsim.core.runtime import NDArrays
 from fedsim.core.strategies.aggregate import delta_norm
 
@@ -33,10 +34,6 @@ class Rejection:
 
     device: int
     reason: str
-
-
-MAX_ABS_VALUE = float(np.sqrt(np.finfo(np.float32).max))
-"""The largest magnitude a value of an update may have (about 1.8e19)."""
 
 
 def _names(names: set[str]) -> str:

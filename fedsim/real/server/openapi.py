@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 import fedsim
-from fedsim.core.limits import INT64_MAX, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
+from fedsim.core.limits import INT64_MAX, MAX_ABS_VALUE, MAX_FIGURE, MAX_ID, MAX_JSON_DEPTH
 from fedsim.real.protocol import (
     HEADER_FORMATS,
     PATH_PATTERNS,
@@ -217,6 +217,12 @@ def limits(config: ServerConfig | None = None) -> Obj:
             "minimum": -MAX_FIGURE,
             "maximum": MAX_FIGURE,
             "description": "a heartbeat's resources; finite",
+        },
+        "updates": {
+            "num_examples": "at most what the update's task asked for (samples x epochs of a "
+            "fit task, num_examples of a forward task); 422 naming the header",
+            "max_abs_value": MAX_ABS_VALUE,
+            "values": "finite and within max_abs_value; 422 naming the array",
         },
         "served_numbers": "non-finite figures the server holds (a diverged loss) are "
         "served as null",
