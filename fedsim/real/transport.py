@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -91,7 +92,13 @@ class HttpTransport(Transport):
                 "link changes run in the simulator"
             )
         self.rng = FaultPlan.dropout_draws(seed)
-        # Task ids on the board carry the channel, so that jobs sharing a server never collide.
+        # Task ids on the board carry the channel, so that jobs sharing a server never collide;
+        # the id must still fit the protocol's task-id pattern (one path segment, no "..").
+        if channel and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", channel):
+            raise ValueError(
+                f"channel: {channel!r} must be letters, digits and . _ : - (a task id's "
+                "characters), starting with a letter or digit"
+            )
         self.channel = channel
         self.board = board
         self.repository = repository

@@ -111,7 +111,7 @@ def changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> bool
 def test_a_hierarchical_round_relays_and_forwards_through_the_aggregators(cluster):
     # Prepare
     coord = coordinator(
-        cluster, "hier/", FederatedConfig(rounds=1, hierarchical=True, deadline_s=60)
+        cluster, "hier:", FederatedConfig(rounds=1, hierarchical=True, deadline_s=60)
     )
     initial = dict(coord.parameters)
     served_before = model_bytes_served(cluster)
@@ -165,7 +165,7 @@ def test_dropped_devices_miss_the_deadline_the_others_aggregate_and_rounds_go_on
     dropped = {d for d, gone in zip(CLIENTS, draws, strict=True) if gone}
     coord = coordinator(
         cluster,
-        "drop/",
+        "drop:",
         FederatedConfig(rounds=2, deadline_s=8),
         faults=FaultPlan(dropout=dropout),
         seed=seed,
@@ -187,7 +187,7 @@ def test_dropped_devices_miss_the_deadline_the_others_aggregate_and_rounds_go_on
 def test_an_outage_stops_the_agent_and_it_comes_back_for_a_later_round(cluster):
     # Prepare: device 4 is down for the first 3 s of the transport's clock, as round 0 starts.
     victim, start, end = 4, 0.0, 3.0
-    coord = coordinator(cluster, "outage/", FederatedConfig(rounds=3, deadline_s=10))
+    coord = coordinator(cluster, "outage:", FederatedConfig(rounds=3, deadline_s=10))
     transport = coord.transport
     process = cluster.agents[victim]
     seen: dict[str, bool] = {}

@@ -93,6 +93,12 @@ def test_link_changes_are_refused_in_real_mode():
         HttpTransport(board=TaskBoard(), repository=None, server=0, faults=plan)
 
 
+@pytest.mark.parametrize("channel", ["job/", "../", ":x", "a b"])
+def test_a_channel_that_would_break_the_task_id_pattern_is_refused(channel):
+    with pytest.raises(ValueError, match="channel"):
+        HttpTransport(board=TaskBoard(), repository=None, server=0, channel=channel)
+
+
 def test_a_dropped_task_is_handed_out_once_and_the_next_one_follows():
     # Prepare
     board = TaskBoard()
