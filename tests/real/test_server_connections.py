@@ -95,3 +95,25 @@ async def test_a_token_in_a_query_string_never_reaches_the_access_log(server, ca
     assert len(lines) == 3 and all(f"GET {API}/devices" in line for line in lines), lines
     assert secret not in caplog.text
     assert "admin-secret-for-tests" not in caplog.text
+
+
+async def test_an_unparsable_request_is_one_log_line_without_its_bytes(server, caplog):
+    # Prepare: a head aiohttp cannot parse (a NUL byte in a header), carrying a token.
+    secret = "header-secret-token-456"
+    caplog.set_level(logging.DEBUG)
+    host, port = server.client.server.host, server.client.server.port
+    head = f"GET {API}/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\x00\r\n\r\n"
+
+    # Execute
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head.encode())
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5.0)
+    writer.close()
+
+    # Assert: refused with 400, logged as one warning with the reason, not the request's bytes.
+    assert b" 400 " in status_line, status_line
+    records = [r for r in caplog.records if r.name == "fedsim.server.http"]
+    assert records and all(r.levelno == logging.WARNING and not r.exc_info for r in records)
+    assert "400" in records[0].getMessage()
+    assert secret not in caplog.text

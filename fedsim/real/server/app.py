@@ -28,7 +28,7 @@ from aiohttp import web
 from fedsim.core.registry import DeviceRegistry
 from fedsim.core.repository import ModelRepository
 from fedsim.real.board import TaskBoard
-from fedsim.real.server.access import AccessLogger
+from fedsim.real.server.access import AccessLogger, server_log
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import Authenticator
 from fedsim.real.server.config import ServerConfig
@@ -107,6 +107,7 @@ def init_app(
             # fires: a client sending its headers a byte at a time is cut off after this long.
             "keepalive_timeout": config.header_read_timeout_s,
             "access_log_class": AccessLogger,
+            "logger": server_log,
         },
     )
     app[CONFIG] = config
