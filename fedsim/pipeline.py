@@ -35,7 +35,51 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = 
     written: see :func:`run_and_write`."""
     result = scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
     result = _with_emulation(result, Path(run_dir))
+    result = with_attack_baselines(spec, result)
     return predict(spec, result) if rt.measured else result
+
+
+FEDAVG: Mapping[str, Any] = {"name": "fedavg"}
+
+
+def with_attack_baselines(spec: ExperimentSpec, result: RunResult) -> RunResult:
+    """``result`` of a run under attack (``fl.attack``) with what the attack cost: the final
+    accuracy of the same run simulated without it, and, where the run's rule is not FedAvg,
+    of FedAvg with and without it (``summary["attack"]["baselines"]``: rule -> {"attacked",
+    "clean", "drop_points"}). Each is the same spec and seed in the simulator; nothing of them
+    is kept. Runs without an attack, without real training or with ``baselines`` off are
+    returned as they are."""
+    attack = spec.fl.attack
+    summary = result.summary
+    if (
+        attack.kind is None
+        or not attack.baselines
+        or spec.fl.training != "real"
+        or "attack" not in summary
+    ):
+        return result
+    rule = str(spec.strategy.get("name", "?"))
+    clean_fl = replace(spec.fl, attack=replace(attack, kind=None))
+    runs: dict[str, dict[str, Any]] = {rule: {"attacked": summary.get("final_accuracy")}}
+    plans = [(rule, "clean", replace(spec, fl=clean_fl))]
+    if rule != FEDAVG["name"]:
+        runs[FEDAVG["name"]] = {}
+        plans += [
+            (FEDAVG["name"], "attacked", replace(spec, strategy=FEDAVG)),
+            (FEDAVG["name"], "clean", replace(spec, strategy=FEDAVG, fl=clean_fl)),
+        ]
+    for name, which, twin in plans:
+        log.info("simulating the run with %s, %s, for the attack's baselines", name, which)
+        twin = replace(twin, mode=replace(twin.mode, name="sim"))
+        with tempfile.TemporaryDirectory(prefix="fedsim-baseline-") as tmp:
+            done = scenario(twin.kind)(twin, runtime("sim"), Path(tmp), Hooks(progress=False))
+        runs[name][which] = done.summary.get("final_accuracy")
+    for figures in runs.values():
+        attacked, clean = figures.get("attacked"), figures.get("clean")
+        figures["drop_points"] = (
+            None if attacked is None or clean is None else 100.0 * (clean - attacked)
+        )
+    return replace(result, summary={**summary, "attack": {**summary["attack"], "baselines": runs}})
 
 
 def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:

@@ -57,13 +57,16 @@ class AttackConfig:
 
     Not frozen and with OmegaConf-friendly field types, as it is a structured config too
     (``fl.attack.kind=sign_flip`` on the command line). ``scale`` is the attack's strength (see
-    the module docstring); None: the kind's ``DEFAULT_SCALE``.
+    the module docstring); None: the kind's ``DEFAULT_SCALE``. ``baselines``: simulate the
+    same run without the attack, and with FedAvg beside the chosen rule, so that the report
+    shows what the attack costs this rule and FedAvg (up to three more simulated runs).
     """
 
     kind: str | None = None
     fraction: float = 0.2
     scale: float | None = None
     seed: int = 0
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in ATTACKS:

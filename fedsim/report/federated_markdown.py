@@ -178,6 +178,23 @@ def _attack_section(attack: Mapping[str, Any], summary: Mapping[str, Any]) -> st
         f"with {strategy_text(summary.get('strategy', '?'))}. `benchmarks/bench_byzantine.py` "
         "measures each attack against each rule beside a clean run."
     )
+    baselines = attack.get("baselines")
+    if baselines:
+        rows = [
+            [
+                str(rule),
+                percent(figures.get("attacked")),
+                percent(figures.get("clean")),
+                "-" if figures.get("drop_points") is None else f"{figures['drop_points']:+.1f}",
+            ]
+            for rule, figures in baselines.items()
+        ]
+        text += (
+            "\n\nWhat the attack costs (final accuracy; the clean runs, and FedAvg under the "
+            "attack where the run's rule is another, are the same spec and seed in the "
+            "simulator):\n\n"
+            + markdown_table(["rule", "under attack", "clean", "drop (points)"], rows, "lrrr")
+        )
     return "## Byzantine clients\n\n" + text
 
 

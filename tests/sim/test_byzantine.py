@@ -27,6 +27,7 @@ SETUP = (
     "partition.kind=iid",
     "fl.local_epochs=5",
     "fl.rounds=5",
+    "fl.attack.baselines=false",  # each test runs what it compares; the last one checks them
 )
 POINTS = 0.05
 
@@ -70,6 +71,25 @@ def test_fedavg_drops_more_than_5_points_and_the_report_says_why(tmp_path, clean
     assert "## Byzantine clients" in report
     assert f"4 of the 20 clients (devices {attackers[0]}" in report
     assert f"they **{attack}**" in report
+
+
+def test_the_report_shows_what_the_attack_costs_the_rule_and_fedavg(tmp_path, clean):
+    # Execute: the median under sign_flip, with its baselines simulated.
+    result = federated(
+        tmp_path, "strategy=median", "fl.attack.kind=sign_flip", "fl.attack.baselines=true"
+    )
+    report = render_federated_report(result, {})
+
+    # Assert: the median's clean twin and FedAvg's pair are in the summary and the report.
+    baselines = result.summary["attack"]["baselines"]
+    assert set(baselines) == {"median", "fedavg"}
+    median, fedavg = baselines["median"], baselines["fedavg"]
+    assert median["attacked"] == result.summary["final_accuracy"]
+    assert fedavg["clean"] == pytest.approx(clean)  # the same spec and seed as the fixture's
+    assert fedavg["drop_points"] > 100 * POINTS > median["drop_points"]
+    assert fedavg["drop_points"] == pytest.approx(100 * (fedavg["clean"] - fedavg["attacked"]))
+    assert "What the attack costs" in report
+    assert f"| fedavg | {100 * fedavg['attacked']:.1f} %" in report
 
 
 @pytest.mark.parametrize(
