@@ -693,6 +693,7 @@ def build_availability(cfg: Any, topology: Topology) -> Availability | None:
     a = cfg.topology.fleet.availability
     where = "topology.fleet.availability"
     modelled = (a.mean_online_s, a.mean_offline_s)
+    _positive(f"{where}.period_s", a.period_s)  # checked when unused too: a typo shows
     if a.file is None and all(v is None for v in modelled):
         return None
     seed = _fleet_seed(cfg)
@@ -708,7 +709,7 @@ def build_availability(cfg: Any, topology: Topology) -> Availability | None:
         return assign_timelines(timelines, topology.trainers, seed=seed, assign=assign)
     if any(v is None for v in modelled):
         raise ConfigError(f"{where}: give a file, or both mean_online_s and mean_offline_s")
-    for key in ("mean_online_s", "mean_offline_s", "period_s"):
+    for key in ("mean_online_s", "mean_offline_s"):
         _positive(f"{where}.{key}", getattr(a, key))
     return alternating(
         topology.trainers,

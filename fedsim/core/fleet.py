@@ -256,6 +256,14 @@ def assign_timelines(
     return Availability({dev: timelines[int(r)] for dev, r in zip(order, rows, strict=True)})
 
 
+def _joined(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Edges of the intervals ``[starts[i], ends[i])``, in order, those that touch joined (an
+    offline time too short for floating point to tell apart is no time offline)."""
+    apart = np.concatenate(([True], starts[1:] > ends[:-1]))
+    last = np.concatenate((apart[1:], [True]))
+    return np.column_stack((starts[apart], ends[last])).ravel()
+
+
 def alternating(
     devices: Sequence[int],
     *,
@@ -278,17 +286,20 @@ def alternating(
             raise FleetError(f"{name} must be finite and > 0, got {value}")
     rng = streams(seed)[_AVAILABILITY]
     p_online = mean_online_s / (mean_online_s + mean_offline_s)
+    # Enough periods in one draw to cover period_s nearly always; more are drawn if not.
+    pairs = int(2 * period_s / (mean_online_s + mean_offline_s)) + 8
     timelines = {}
     for dev in sorted(devices):
-        online = bool(rng.random() < p_online)
-        t, edges = 0.0, []
-        while t < period_s:
-            length = float(rng.exponential(mean_online_s if online else mean_offline_s))
-            end = min(t + length, period_s)
-            if online and edges and edges[-1] >= t:
-                edges[-1] = end  # an offline time too short to tell apart: still online
-            elif online and end > t:
-                edges += [t, end]
-            t, online = end, not online
-        timelines[dev] = Timeline(edges, period=period_s)
+        first_online = bool(rng.random() < p_online)
+        lengths = np.empty(0)
+        while lengths.sum() < period_s:
+            on = rng.exponential(mean_online_s, pairs)
+            off = rng.exponential(mean_offline_s, pairs)
+            both = np.column_stack((on, off) if first_online else (off, on)).ravel()
+            lengths = np.concatenate((lengths, both))
+        ends = np.minimum(np.cumsum(lengths), period_s)
+        starts = np.concatenate(([0.0], ends[:-1]))
+        starts, ends = starts[0 if first_online else 1 :: 2], ends[0 if first_online else 1 :: 2]
+        keep = ends > starts
+        timelines[dev] = Timeline(_joined(starts[keep], ends[keep]), period=period_s)
     return Availability(timelines)
