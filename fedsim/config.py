@@ -25,6 +25,15 @@ from fedsim.core.attacks import attackers
 from fedsim.core.calibration import StepModel
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan, LinkChange, Outage
+from fedsim.core.fleet import (
+    ASSIGNMENTS,
+    Availability,
+    FleetError,
+    Spreads,
+    alternating,
+    assign_timelines,
+    heterogeneous,
+)
 from fedsim.core.limits import INT64_MAX
 from fedsim.core.topology import (
     MEASURED,
@@ -36,6 +45,7 @@ from fedsim.core.topology import (
     Topology,
     TopologyError,
 )
+from fedsim.core.traces import TraceError, load_availability, load_device_table
 from fedsim.core.workload import DatasetSpec, WorkloadSpec
 from fedsim.runtimes import RUNTIMES
 from fedsim.scenarios import SCENARIOS
@@ -177,7 +187,13 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         raise ConfigError(f"workload.dataset.name: real training knows 'digits', not {dataset!r}")
     if kind == "federated" and fl.training == "real":
         check_shards(partition, fl, len(clients))
-    faults = fault_plan(cfg.faults, topology)
+    availability = build_availability(cfg, topology)
+    if availability is not None and mode.name != "sim":
+        raise ConfigError(
+            "topology.fleet.availability: devices go offline on schedule in the simulator "
+            f"only; mode={mode.name} runs agents that stay online"
+        )
+    faults = fault_plan(cfg.faults, topology, availability)
     if faults.link_changes and mode.name != "sim":
         raise ConfigError(
             "faults.link_changes: links are changed in the simulator only; "
@@ -299,8 +315,9 @@ def build_workload(c: Any) -> WorkloadSpec:
     )
 
 
-def fault_plan(c: Any, topology: Topology) -> FaultPlan:
-    """``faults``, checked against the topology's devices and link profiles."""
+def fault_plan(c: Any, topology: Topology, availability: Availability | None = None) -> FaultPlan:
+    """``faults``, checked against the topology's devices and link profiles, with the fleet's
+    ``availability`` if it has one."""
     inf = float("inf")
     outages = []
     for i, o in enumerate(c.outages):
@@ -324,7 +341,9 @@ def fault_plan(c: Any, topology: Topology) -> FaultPlan:
         except ValueError as e:
             raise ConfigError(f"faults.link_changes[{i}]: {e}") from None
     try:
-        return FaultPlan(dropout=c.dropout, outages=outages, link_changes=changes)
+        return FaultPlan(
+            dropout=c.dropout, outages=outages, link_changes=changes, availability=availability
+        )
     except ValueError as e:
         raise ConfigError(f"faults.{e}") from None
 
@@ -557,7 +576,17 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
     net = _Profiles("network", cfg.network, NetworkConf, link_profile, conf_dir)
     t = cfg.topology
     if t.generate is not None:
-        return _generated(t.name, t.generate, hw, net)
+        topology = _generated(t.name, t.generate, hw, net)
+    else:
+        topology = _listed(t, hw, net)
+    f = t.fleet
+    if f.devices.file is not None or any(getattr(f.spread, k) for k in SPREADS):
+        topology = _fleet(f, topology, _fleet_seed(cfg), hw)
+    return topology
+
+
+def _listed(t: Any, hw: _Profiles, net: _Profiles) -> Topology:
+    """The topology of ``t.groups`` and ``t.devices``, device by device."""
     groups: dict[int, Group] = {}
     for i, g in enumerate(t.groups):
         if g.id < 0:
@@ -593,6 +622,102 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
         return Topology(t.name, groups, devices)
     except TopologyError as e:
         raise ConfigError(str(e)) from None
+
+
+SPREADS = ("speed", "bandwidth", "latency")
+
+
+def _fleet_seed(cfg: Any) -> int:
+    fleet = cfg.topology.fleet
+    seed = cfg.seed if fleet.seed is None else fleet.seed
+    if seed < 0:
+        raise ConfigError(f"topology.fleet.seed: must be >= 0, got {seed}")
+    return int(seed)
+
+
+def fleet_file(where: str, name: str) -> Path:
+    """A fleet's file: ``name`` as given (absolute, or from the working directory), else
+    relative to ``conf/`` (where ``conf/traces/`` holds the examples)."""
+    path = Path(name).expanduser()
+    for candidate in (path, conf_dir() / path):
+        if candidate.is_file():
+            return candidate
+    tried = str(path) if path.is_absolute() else f"{path}, {conf_dir() / path}"
+    raise ConfigError(f"{where}: no such file ({tried})")
+
+
+def _assign(where: str, how: str) -> str:
+    if how not in ASSIGNMENTS:
+        raise ConfigError(f"{where}: must be one of {', '.join(ASSIGNMENTS)}, got {how!r}")
+    return how
+
+
+def _fleet(f: Any, topology: Topology, seed: int, hw: _Profiles) -> Topology:
+    """``topology`` with every trainer given its own figures as the fleet section says."""
+    where = "topology.fleet"
+    table = []
+    assign = "order"
+    if f.devices.file is not None:
+        path = fleet_file(f"{where}.devices.file", f.devices.file)
+        assign = _assign(f"{where}.devices.assign", f.devices.assign)
+        reference = f.devices.reference_ms_per_sample
+        if reference is not None:
+            _positive(f"{where}.devices.reference_ms_per_sample", reference)
+        try:
+            table = load_device_table(path, reference_ms_per_sample=reference)
+        except TraceError as e:
+            raise ConfigError(f"{where}.devices.file: {e}") from None
+    names = sorted({row.hardware for row in table if row.hardware is not None})
+    profiles = {n: hw(n, f"{where}.devices.file ({n})") for n in names}
+    for key in SPREADS:
+        _positive(f"{where}.spread.{key}", getattr(f.spread, key), allow_zero=True)
+    spreads = Spreads(speed=f.spread.speed, bandwidth=f.spread.bandwidth, latency=f.spread.latency)
+    if not topology.trainers:
+        raise ConfigError(f"{where}: the topology has no trainers to vary")
+    try:
+        return heterogeneous(
+            topology,
+            topology.trainers,
+            seed=seed,
+            table=table,
+            assign=assign,
+            spreads=spreads,
+            hardware=profiles,
+        )
+    except (FleetError, TopologyError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def build_availability(cfg: Any, topology: Topology) -> Availability | None:
+    """When each trainer is online, from ``topology.fleet.availability`` (None: always)."""
+    a = cfg.topology.fleet.availability
+    where = "topology.fleet.availability"
+    modelled = (a.mean_online_s, a.mean_offline_s)
+    _positive(f"{where}.period_s", a.period_s)  # checked when unused too: a typo shows
+    if a.file is None and all(v is None for v in modelled):
+        return None
+    seed = _fleet_seed(cfg)
+    if a.file is not None:
+        if any(v is not None for v in modelled):
+            raise ConfigError(f"{where}: give a file or mean_online_s and mean_offline_s, not both")
+        path = fleet_file(f"{where}.file", a.file)
+        try:
+            timelines = load_availability(path)
+        except TraceError as e:
+            raise ConfigError(f"{where}.file: {e}") from None
+        assign = _assign(f"{where}.assign", a.assign)
+        return assign_timelines(timelines, topology.trainers, seed=seed, assign=assign)
+    if any(v is None for v in modelled):
+        raise ConfigError(f"{where}: give a file, or both mean_online_s and mean_offline_s")
+    for key in ("mean_online_s", "mean_offline_s"):
+        _positive(f"{where}.{key}", getattr(a, key))
+    return alternating(
+        topology.trainers,
+        seed=seed,
+        mean_online_s=a.mean_online_s,
+        mean_offline_s=a.mean_offline_s,
+        period_s=a.period_s,
+    )
 
 
 def _generated(name: str, g: Any, hw: _Profiles, net: _Profiles) -> Topology:

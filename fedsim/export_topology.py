@@ -10,7 +10,10 @@ hardware on links of ``--bandwidth-mbps`` and ``--latency-ms``.
 It writes, under ``--out DIR``, a config directory Hydra adds to its search path::
 
     topology/NAME.yaml         the recorded devices and groups, one by one
-    topology/NAME_fleet.yaml   the same kinds of device as a generated fleet, to scale
+    topology/NAME_fleet.yaml   a generated fleet, to scale, each trainer one of the recorded
+                               devices drawn at random (hardware, link speed and latency)
+    traces/NAME_devices.csv    the recorded devices as a device table (docs/fleets.md), which
+                               NAME_fleet draws from as any other fleet draws from a table
     hardware/NAME_*.yaml       the measured profiles (kind: measured, with their source)
     network/NAME_*.yaml        the links, from the probe
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import itertools
 import json
@@ -327,7 +331,14 @@ def write(fleet: Fleet, name: str, out: Path, command: str) -> list[Path]:
         topology,
     )
 
-    # The recorded kinds of device as a generated fleet: the median link and uplink.
+    # The recorded devices as a device table: a generated fleet draws its trainers from it.
+    table = Path("traces", f"{name}_devices.csv")
+    rows = [
+        [d.id, hardware_of[d.id], d.link.bandwidth_mbps * 1e3, d.link.latency_ms]
+        for d in fleet.devices
+    ]
+    # The generated fleet: trainers start from the median link and the recorded kinds of
+    # hardware, then each takes a recorded device's hardware and link (the table's rows).
     fleet_link, fleet_uplink = f"{name}_link", f"{name}_uplink"
     links = [d.link for d in fleet.devices]
     files[Path("network", f"{fleet_link}.yaml")] = (
@@ -364,11 +375,13 @@ def write(fleet: Fleet, name: str, out: Path, command: str) -> list[Path]:
             "server_link": core,
             "cloud_uplink": core,
         },
+        # Absolute: the table lives beside this file, wherever --config-dir is run from.
+        "fleet": {"devices": {"file": str((out / table).resolve()), "assign": "sample"}},
     }
     files[Path("topology", f"{name}_fleet.yaml")] = (
-        "# The recorded kinds of device as a generated fleet; scale it with\n"
+        "# The recorded devices as a generated fleet; scale it with\n"
         "# topology.generate.groups=G topology.generate.devices_per_group=N\n"
-        "# (trainers cycle through the recorded profiles).\n"
+        "# (each trainer is a recorded device drawn at random, by the run's seed).\n"
         + replay.replace(f"topology={name}", f"topology={name}_fleet"),
         generated,
     )
@@ -379,6 +392,12 @@ def write(fleet: Fleet, name: str, out: Path, command: str) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + comment + _yaml(document))
         written.append(path)
+    (out / table).parent.mkdir(parents=True, exist_ok=True)
+    with (out / table).open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["client_id", "hardware", "communication", "latency_ms"])
+        writer.writerows(rows)
+    written.append(out / table)
     return written
 
 

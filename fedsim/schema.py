@@ -122,12 +122,60 @@ class GenerateConf:
 
 
 @dataclass
+class DeviceTableConf:
+    """Each trainer's figures from a device table or trace file (formats: docs/fleets.md)."""
+
+    file: str | None = None  # .csv or .json; a relative path: from here, else under conf/
+    assign: str = "order"  # order: i-th trainer, i-th row (wrapping round); sample: at random
+    # The computation (ms per sample) at which a device runs at its profile's speed
+    # (null: the table's median).
+    reference_ms_per_sample: float | None = None
+
+
+@dataclass
+class SpreadConf:
+    """Coefficients of variation of log-normal factors (mean 1) on each trainer's figures."""
+
+    speed: float = 0.0
+    bandwidth: float = 0.0
+    latency: float = 0.0
+
+
+@dataclass
+class AvailabilityConf:
+    """When trainers are online: a trace ``file`` (FedScale's format, docs/fleets.md), or
+    online and offline periods of exponential length with the given means, repeating every
+    ``period_s``; neither: online throughout."""
+
+    file: str | None = None
+    assign: str = "order"  # as in DeviceTableConf
+    mean_online_s: float | None = None
+    mean_offline_s: float | None = None
+    period_s: float = 86400.0
+
+
+@dataclass
+class FleetConf:
+    """A heterogeneous fleet: every trainer's own speed, link and hours online.
+
+    Every part is off until set (no file, no spread, online throughout), so that each can be
+    set from the command line: ``topology.fleet.spread.bandwidth=0.8``.
+    """
+
+    seed: int | None = None  # null: the experiment's seed
+    devices: DeviceTableConf = field(default_factory=DeviceTableConf)
+    spread: SpreadConf = field(default_factory=SpreadConf)
+    availability: AvailabilityConf = field(default_factory=AvailabilityConf)
+
+
+@dataclass
 class TopologyConf:
     name: str = MISSING
     description: str = ""
     groups: list[GroupConf] = field(default_factory=list)
     devices: list[DeviceConf] = field(default_factory=list)
     generate: GenerateConf | None = None
+    fleet: FleetConf = field(default_factory=FleetConf)  # varies the trainers defined above
 
 
 @dataclass

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import build_topology, compose, conf_dir, load_hardware_profile
-from fedsim.export_topology import main
+from fedsim.core.traces import load_device_table
+from fedsim.export_topology import Fleet, Link, Recorded, _profile_file, main, write
 
 MEASURED_VM = conf_dir() / "hardware" / "measured_vm.yaml"
 
@@ -68,3 +69,46 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):
     assert exit_.value.code == 2
     assert err.startswith("fedsim export-topology: error: ") and err.count("\n") == 1
     assert complaint in err
+
+
+def test_the_exported_fleet_draws_its_trainers_from_the_recorded_devices(tmp_path):
+    # Prepare: three recorded devices with links of their own, as from a live server.
+    profile = _profile_file(MEASURED_VM)
+    links = {1: (20.0, 50.0), 2: (100.0, 5.0), 3: (4.0, 120.0)}
+    fleet = Fleet(
+        devices=[
+            Recorded(
+                id=i,
+                description=f"device {i}",
+                group=1,
+                id_in_group=i - 1,
+                hardware=profile,
+                link=Link(bandwidth_mbps=mbps, latency_ms=ms, description="probed"),
+            )
+            for i, (mbps, ms) in links.items()
+        ],
+        groups={1: "recorded"},
+        origin="a test",
+    )
+    out = tmp_path / "conf"
+
+    # Execute: the recorded fleet scaled to 300 trainers.
+    write(fleet, "lab", out, "test")
+    scaled = replayed(
+        out,
+        "topology=lab_fleet",
+        "topology.generate.groups=3",
+        "topology.generate.devices_per_group=100",
+    )
+
+    # Assert: each trainer is one of the recorded devices (its profile and its link), drawn
+    # at random by the seed, and all three appear; the table loads as any device table does.
+    recorded = {(f"lab_dev{i}", mbps * 1e6 / 8, ms / 1e3) for i, (mbps, ms) in links.items()}
+    seen = [
+        (d.hardware.name, round(d.link.bandwidth, 3), round(d.link.latency, 9))
+        for d in (scaled.devices[t] for t in scaled.trainers)
+    ]
+    assert len(seen) == 300
+    assert set(seen) == {(h, round(b, 3), round(lat, 9)) for h, b, lat in recorded}
+    assert seen != sorted(seen)
+    assert len(load_device_table(out / "traces" / "lab_devices.csv")) == 3

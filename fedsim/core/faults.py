@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.core.fleet import Availability
+
 # Marks the dropout stream among the children of a run's seed (any constant would do).
 _DROPOUT_STREAM = 0xD809
 
@@ -62,12 +64,15 @@ class FaultPlan:
 
     ``dropout`` is the probability that a device given a training task drops out before it
     returns its update: one draw per training task, in the order tasks are submitted, from
-    :meth:`dropout_draws`.
+    :meth:`dropout_draws`. ``availability`` is the fleet's hours online (a trace, or drawn):
+    a device outside them is offline as in an outage, never selected, and a task it has when
+    it goes offline never returns.
     """
 
     dropout: float = 0.0
     outages: Sequence[Outage] = ()
     link_changes: Sequence[LinkChange] = ()
+    availability: Availability | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
@@ -76,6 +81,8 @@ class FaultPlan:
     def offline(self, device: int, start: float, end: float | None = None) -> bool:
         """Whether ``device`` is unreachable at ``start`` or at any time up to ``end``."""
         stop = start if end is None else end
+        if self.availability is not None and self.availability.offline(device, start, end):
+            return True
         return any(o.device == device and o.overlaps(start, stop) for o in self.outages)
 
     @staticmethod

@@ -87,7 +87,8 @@ class HardwareProfile:
         return self.peak_flops * self.efficiency * scaling
 
 
-@dataclass(frozen=True, kw_only=True)
+# slots: a heterogeneous fleet holds one link per device, so each costs as little as it can.
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LinkProfile:
     """A kind of link: goodput in bytes/s, one-way latency in s, packet loss, latency jitter."""
 
@@ -98,10 +99,10 @@ class LinkProfile:
     latency_jitter: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.bandwidth > 0:
-            raise TopologyError(f"network {self.name}: bandwidth must be > 0")
-        if self.latency < 0 or self.latency_jitter < 0:
-            raise TopologyError(f"network {self.name}: latency must be >= 0")
+        if not (self.bandwidth > 0 and math.isfinite(self.bandwidth)):
+            raise TopologyError(f"network {self.name}: bandwidth must be finite and > 0")
+        if not (0 <= self.latency < math.inf and 0 <= self.latency_jitter < math.inf):
+            raise TopologyError(f"network {self.name}: latency must be finite and >= 0")
         if not 0 <= self.loss < 1:
             raise TopologyError(f"network {self.name}: loss must be in [0, 1)")
 
@@ -115,9 +116,15 @@ class Group:
     uplink: LinkProfile
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Device:
-    """A device of Fig. 3(a). ``attach_to`` is a device id, or None for the group's switch."""
+    """A device of Fig. 3(a). ``attach_to`` is a device id, or None for the group's switch.
+
+    ``speed`` scales everything the device computes against its hardware profile: 2 trains
+    twice as fast as the profile says, 0.5 half as fast. A fleet drawn from distributions or
+    traces (:mod:`fedsim.core.fleet`) gives each device its own, and its own ``link``, while
+    devices of a kind share one profile.
+    """
 
     id: int
     description: str
@@ -127,6 +134,11 @@ class Device:
     hardware: HardwareProfile
     link: LinkProfile
     attach_to: int | None = None
+    speed: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.speed) and self.speed > 0):
+            raise TopologyError(f"device {self.id}: speed must be finite and > 0")
 
 
 # Nodes of the network tree: ("device", id), ("switch", group id) and the backbone.

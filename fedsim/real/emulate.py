@@ -168,7 +168,10 @@ def plan(topology: Topology, agents: Sequence[int], *, host_flops: float, cores:
     unknown = [d for d in agents if d not in topology.devices]
     if unknown:
         raise ValueError(f"agents {unknown} are not devices of topology {topology.name!r}")
-    shares = {d: topology.devices[d].hardware.effective_flops / host_flops for d in agents}
+    shares = {
+        d: topology.devices[d].hardware.effective_flops * topology.devices[d].speed / host_flops
+        for d in agents
+    }
     factor = max([1.0, *shares.values(), sum(shares.values()) / cores])
     quotas = {d: s / factor for d, s in shares.items()}
     return Plan(topology, tuple(agents), host_flops, cores, factor, shares, quotas)

@@ -9,7 +9,8 @@ from fedsim.sim.runtime import SimTransport
 
 
 class SimResources(ResourceView):
-    """Throughput from the hardware profile, bandwidth from the path's current bottleneck.
+    """Throughput from the hardware profile at the device's own speed, bandwidth from the
+    path's current bottleneck.
 
     A device is offline during an outage of the fault plan and busy while it computes.
     """
@@ -32,7 +33,7 @@ class SimResources(ResourceView):
                 online=not t.offline(d),
                 cpu_busy=1.0 if t.busy(d) else 0.0,
                 memory_available=dev.hardware.memory_bytes,
-                throughput=dev.hardware.effective_flops / self.train_flops_per_sample,
+                throughput=dev.hardware.effective_flops * dev.speed / self.train_flops_per_sample,
                 bandwidth=bandwidth,
             )
         return views

@@ -207,8 +207,10 @@ class SimTransport(Transport):
     ) -> Generator[simpy.Event, Any, None]:
         """A compute step: ``cost`` plus ``extra_s`` seconds of the device's own work
         (serialization and loading), jittered together, plus the cold start on the device's
-        first training step (a one-off figure, not jittered)."""
-        hw = self.topology.devices[dev].hardware
+        first training step (a one-off figure, not jittered); all of it at the device's own
+        speed relative to its profile."""
+        device = self.topology.devices[dev]
+        hw = device.hardware
         with self._processor[dev].request() as turn:
             yield turn
             start = self.env.now
@@ -217,5 +219,6 @@ class SimTransport(Transport):
                 self._warm.add(dev)
                 cold = hw.cold_start_s
             steady = compute_seconds(cost, hw) + extra_s
-            yield self.env.timeout(steady * jitter_factor(self.rng, hw.jitter) + cold)
+            seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
+            yield self.env.timeout(seconds / device.speed)
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 from topologies import hardware, link, star
@@ -108,10 +109,7 @@ def test_without_jitter_clears_every_profile():
     noisy = Topology(
         t.name,
         t.groups,
-        {
-            k: d.__class__(**{**d.__dict__, "hardware": hardware(jitter=0.3)})
-            for k, d in t.devices.items()
-        },
+        {k: replace(d, hardware=hardware(jitter=0.3)) for k, d in t.devices.items()},
     )
     calm = without_jitter(noisy)
     assert all(d.hardware.jitter == 0 for d in calm.devices.values())

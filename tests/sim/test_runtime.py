@@ -81,9 +81,7 @@ def test_client_based_time_is_deploy_train_upload_aggregate_publish():
 def test_deadline_leaves_stragglers_out():
     # Prepare: client 2 is 10x slower; a round deadline cuts it off.
     topo = star(2)
-    slow = topo.devices[2].__class__(
-        **{**topo.devices[2].__dict__, "hardware": hardware(tflops=0.1)}
-    )
+    slow = replace(topo.devices[2], hardware=hardware(tflops=0.1))
     topo = topo.__class__(topo.name, topo.groups, {**topo.devices, 2: slow})
     tr = SimTransport(topo, seed=0)
     ref = ModelRef(name="m", version=0, nbytes=1000)
@@ -111,9 +109,7 @@ def test_same_seed_same_numbers_different_seed_different_numbers():
         topo.name,
         topo.groups,
         {
-            k: d.__class__(**{**d.__dict__, "hardware": hardware(tflops=1.0, jitter=0.1)})
-            if k
-            else d
+            k: replace(d, hardware=hardware(tflops=1.0, jitter=0.1)) if k else d
             for k, d in topo.devices.items()
         },
     )
