@@ -242,6 +242,9 @@ class FlowNetwork(FlowNetworkBase):
         self._users: dict[Hashable, dict[_Bundle, None]] = {link: {} for link in self._capacity}
         self._classes: dict[tuple, _Class] = {}
         self._routes: dict[frozenset, _Route] = {}
+        self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
+        self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
+        self._alone: dict[Hashable, float] = {}  # each shared link's level with nothing stopped
         self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
@@ -273,8 +276,10 @@ class FlowNetwork(FlowNetworkBase):
         self._update(dirty, now)
 
     def _reshare(self, link: Hashable) -> None:
-        # A bundle alone on the link changes its private cap, so it is placed again; the fill
-        # that follows gives shared links their new levels.
+        # A bundle alone on the link changes its private cap, so it is placed again; a shared
+        # link's routes get new levels.
+        if link in self._link_routes:
+            self._changed.add(link)
         self._update(dict.fromkeys(self._users[link]), self.env.now)
 
     def _wake(self, generation: int) -> None:
@@ -372,6 +377,7 @@ class FlowNetwork(FlowNetworkBase):
             cls.weight += bundle.n - bundle.counted
             bundle.counted = bundle.n
             cls.route.tree.set_weight(cls.cap, cls.weight)
+            self._changed.update(cls.route.shared)
         bundle.entry = next(self._ids)
         heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
         self._touched[cls] = None
@@ -380,8 +386,11 @@ class FlowNetwork(FlowNetworkBase):
         route = self._routes.get(key[0])
         if route is None:
             route = self._routes[key[0]] = _Route(key[0], now)
+            for link in route.shared:
+                self._link_routes.setdefault(link, {})[route] = None
         cls = self._classes[key] = _Class(key, route, now)
         route.tree.insert(cls.cap, 0, cls)
+        self._changed.update(route.shared)
         route.classes += 1
         route.bound += cls.bound
         return cls
@@ -398,65 +407,86 @@ class FlowNetwork(FlowNetworkBase):
         bundle.entry = -1
         if cls.bundles:
             route.tree.set_weight(cls.cap, cls.weight)
+            self._changed.update(route.shared)
             self._touched[cls] = None
             return
         del self._classes[cls.key]
         self._touched.pop(cls, None)
         cls.entry = -1
         route.tree.remove(cls.cap)
+        self._changed.update(route.shared)
         route.classes -= 1
         route.bound -= cls.bound
         if not route.classes:
             del self._routes[route.shared]
+            for link in route.shared:
+                routes = self._link_routes[link]
+                del routes[route]
+                if not routes:
+                    del self._link_routes[link]
+                    self._changed.discard(link)
+                    self._alone.pop(link, None)
 
     def _fill(self, now: float) -> None:
-        """Progressive filling over routes: find the level of every route.
+        """Progressive filling over the routes that share links with a changed one.
 
         All levels rise together; a link fills when its routes' sum of w x min(cap, level)
-        reaches its capacity, and its routes stop at that level. Each round solves the level of
-        every link whose routes changed, then stops the routes of the lowest, so a fill costs
-        O(R x L x log N) for R routes over L shared links.
+        reaches its capacity, and its routes stop at that level. Links wait in a heap by their
+        level; stopping a route can only raise the level of its other links, so theirs stays in
+        the heap as a lower bound and is solved again only if it comes to the top. Routes that
+        share no link with a changed one keep their levels; a link whose routes did not change
+        starts from its level of the last fill, and of links that carry the same routes only
+        the narrowest counts.
         """
-        users: dict[Hashable, list[_Route]] = {}
-        left: dict[Hashable, float] = {}
-        open_routes: dict[_Route, None] = {}
-        for route in self._routes.values():
-            if route.shared:
-                open_routes[route] = None
-                for link in route.shared:
-                    users.setdefault(link, []).append(route)
-                    left[link] = self._capacity[link]
-            else:
-                self._set_level(route, math.inf, now)
-        solved: dict[Hashable, float] = {}
-        stale: set[Hashable] = set(users)
-        level = 0.0
-        while open_routes:
-            for link in stale:
-                if users[link]:
-                    solved[link] = self._solve(users[link], left[link], level)
-                else:
-                    solved.pop(link, None)
-            stale = set()
-            level = min(solved.values(), default=math.inf)
+        changed = self._changed
+        links: dict[Hashable, None] = {}
+        todo = list(changed)
+        while todo:  # the changed links' component: links joined by the routes they carry
+            link = todo.pop()
+            if link not in links:
+                links[link] = None
+                for route in self._link_routes[link]:
+                    todo.extend(route.shared)
+        narrowest: dict[frozenset[_Route], Hashable] = {}
+        for link in links:
+            routes = frozenset(self._link_routes[link])
+            other = narrowest.setdefault(routes, link)
+            if self._capacity[link] < self._capacity[other]:
+                narrowest[routes] = link
+        users = {link: list(self._link_routes[link]) for link in narrowest.values()}
+        left = {link: self._capacity[link] for link in users}
+        for link in users:
+            if link in changed or link not in self._alone:
+                self._alone[link] = self._solve(users[link], left[link], 0.0)
+        changed.clear()
+        stale: set[Hashable] = set()
+        ids = itertools.count()
+        heap = [(self._alone[link], next(ids), link) for link in users]
+        heapq.heapify(heap)
+        while heap:
+            level, _, link = heapq.heappop(heap)
+            if not users[link]:
+                continue
+            if link in stale:
+                stale.discard(link)
+                level = self._solve(users[link], left[link], level)
+                heapq.heappush(heap, (level, next(ids), link))
+                continue
             if level == math.inf:
-                break
-            for link, link_level in list(solved.items()):
-                if link_level > level * _TIE:
-                    continue
-                for route in users[link]:
-                    del open_routes[route]
-                    below, above, _ = route.tree.query(level)
-                    load = below + level * above
-                    for other in route.shared:
+                break  # every other link's level is at least this bound: nothing else fills
+            for route in users[link]:
+                below, above, _ = route.tree.query(level)
+                load = below + level * above
+                for other in route.shared:
+                    if other != link and other in users:
                         left[other] -= load
-                        if other != link:
-                            users[other].remove(route)
+                        users[other].remove(route)
                         stale.add(other)
-                    self._set_level(route, level, now)
-                users[link] = []
-        for route in open_routes:
-            self._set_level(route, math.inf, now)
+                self._set_level(route, level, now)
+            users[link] = []
+        for routes in users.values():
+            for route in routes:
+                self._set_level(route, math.inf, now)
 
     @staticmethod
     def _solve(routes: list[_Route], left: float, start: float) -> float:
