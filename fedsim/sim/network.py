@@ -18,8 +18,12 @@ also when every device has its own access-link capacity:
 - each bundle has an offset into its class's clock, each flow a virtual finish in a heap per
   bundle.
 
-The cost per event grows with the number of routes and shared links (a star has one route
-each way, a tree of G groups about 2G), not with the number of devices.
+A fill redoes only the routes joined through shared links to one that changed: one route in a
+star, the G routes of one direction in a tree of G groups. So an event costs O((G + k) log N):
+it grows with the number of groups, not of devices. k is small in rounds like those of
+benchmarks/bench_network.py, but one level change can pass many caps at once (a link whose
+capacity changes, caps packed just around a level that swings), so the O(log N) is amortized
+over such workloads, not a worst-case bound.
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ from fedsim.sim.captree import CapTree
 # A flow is done once what is left is below this share of its size: rounding must not split
 # flows that end together into two events, nor leave a sliver to be sent later.
 REL_EPS = 1e-9
-# Constraints this close are hit at the same level of progressive filling.
-_TIE = 1 + 1e-12
 
 
 @dataclass(frozen=True)

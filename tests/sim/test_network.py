@@ -261,10 +261,20 @@ def _tree_scenario(seed: int) -> tuple[dict, dict, list[tuple[float, tuple, floa
     return capacity, latency, flows
 
 
-def _simulate(network_type: type, scenario: tuple, check_rates: bool) -> list[float]:
+def _simulate(
+    network_type: type,
+    scenario: tuple,
+    check_rates: bool,
+    changes: tuple[tuple[float, tuple, float], ...] = (),
+) -> list[float]:
+    """End times of the scenario's flows; ``changes`` are (time, link, new capacity)."""
     capacity, latency, flows = scenario
     env = simpy.Environment()
     net = network_type(env, capacity=capacity, latency=latency)
+    for when, link, new in changes:
+        env.timeout(when).callbacks.append(
+            lambda _, link=link, new=new: net.set_capacity(link, new)
+        )
     events: list[simpy.Event | None] = [None] * len(flows)
     spec: dict[simpy.Event, tuple] = {}
 
@@ -280,7 +290,8 @@ def _simulate(network_type: type, scenario: tuple, check_rates: bool) -> list[fl
         if check_rates:
             rates = net.rates()
             paths, caps = zip(*(spec[e] for e in rates), strict=True) if rates else ((), ())
-            expected = max_min_rates(list(paths), capacity, list(caps))
+            now = {link: net.capacity(link) for link in capacity}
+            expected = max_min_rates(list(paths), now, list(caps))
             assert list(rates.values()) == pytest.approx(expected, rel=1e-9)
     return _ends(events)
 
@@ -402,6 +413,28 @@ def test_own_access_capacities_match_the_reference(seed: int, groups: int) -> No
     # Execute: rates are checked against max_min_rates after every simulation step.
     fast = _simulate(FlowNetwork, scenario, check_rates=True)
     naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("groups", [0, 3], ids=["star", "tree-3-groups"])
+@pytest.mark.parametrize("seed", range(10))
+def test_own_access_capacities_follow_capacity_changes(seed: int, groups: int) -> None:
+    # Prepare: links chosen at random halve or triple while flows run, which moves levels
+    # across many caps at once.
+    scenario = _fleet_scenario(seed, groups)
+    rng = np.random.default_rng(seed)
+    links = sorted(scenario[0], key=str)
+    changes = []
+    for _ in range(6):
+        link = links[int(rng.integers(len(links)))]
+        when = float(rng.integers(1, 12)) * 0.25 + 0.1
+        changes.append((when, link, scenario[0][link] * float(rng.choice([0.5, 3.0]))))
+
+    # Execute
+    fast = _simulate(FlowNetwork, scenario, check_rates=True, changes=tuple(changes))
+    naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False, changes=tuple(changes))
 
     # Assert
     assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
