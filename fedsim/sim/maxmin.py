@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
-from fedsim.sim.network import _TIE, FlowNetworkBase
+from fedsim.sim.network import FlowNetworkBase
 
 if TYPE_CHECKING:
     from fedsim.sim.network import _Flow
+
+# Constraints this close are hit at the same level of progressive filling.
+_TIE = 1 + 1e-12
 
 
 def max_min_rates(

@@ -1,15 +1,29 @@
 """Flow-level network model: transfers share directed links max-min fairly (SimGrid's model).
 
 A transfer waits its path's latency, then its bytes flow at a rate that is recomputed whenever a
-flow starts or ends. An update costs O(K log K + K x L) for K classes over L shared links, and
-O(log N) for the N flows:
+flow starts or ends. Flows are grouped so that an update costs O(log N) amortized for N flows,
+also when every device has its own access-link capacity:
 
 - flows with the same path and per-flow cap form a *bundle* (they always get the same rate);
 - a link used by one bundle only is *private*: it caps that bundle at capacity / flows;
-- bundles with the same shared links and the same cap form a *class*, and progressive filling
-  runs over classes weighted by their flow counts;
-- each class has a virtual clock (bytes one of its flows has received), each bundle an offset
-  into it, each flow a virtual finish in a heap per bundle; a rate change only changes a slope.
+- bundles with the same shared links and the same cap form a *class*; classes with the same
+  shared links form a *route*, which keeps its classes in a CapTree ordered by cap;
+- max-min sharing gives each route a *level* L (infinite when none of its shared links fills),
+  and each class the rate min(cap, L): progressive filling runs over routes, not classes, and
+  a link's level is found by Newton steps on the route sums that CapTree.query returns;
+- classes at the level (cap >= L) count on their route's virtual clock, so a level change is
+  one slope change; classes under it run at their own cap on a clock of their own, in one heap
+  of finish times. Only classes whose cap lies between a route's old and new level switch
+  between the two, so an event costs O((1 + k) log N) for k such classes;
+- each bundle has an offset into its class's clock, each flow a virtual finish in a heap per
+  bundle.
+
+A fill redoes only the routes joined through shared links to one that changed: one route in a
+star, the G routes of one direction in a tree of G groups. So an event costs O((G + k) log N):
+it grows with the number of groups, not of devices. k is small in rounds like those of
+benchmarks/bench_network.py, but one level change can pass many caps at once (a link whose
+capacity changes, caps packed just around a level that swings), so the O(log N) is amortized
+over such workloads, not a worst-case bound.
 """
 
 from __future__ import annotations
@@ -19,15 +33,14 @@ import itertools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 
 import simpy
+
+from fedsim.sim.captree import CapTree
 
 # A flow is done once what is left is below this share of its size: rounding must not split
 # flows that end together into two events, nor leave a sliver to be sent later.
 REL_EPS = 1e-9
-# Constraints this close are hit at the same level of progressive filling.
-_TIE = 1 + 1e-12
 
 
 @dataclass(frozen=True)
@@ -134,24 +147,68 @@ class FlowNetworkBase:
         raise NotImplementedError
 
 
-class _Class:
-    """Bundles with the same shared links and cap; ``key`` is (frozenset of links, cap)."""
+class _Route:
+    """Classes with the same shared links; ``level`` caps the rate of every one of them."""
 
-    __slots__ = ("bundles", "cap", "frozen", "heap", "key", "rate", "shared", "t0", "v0", "weight")
+    __slots__ = ("bound", "classes", "heap", "level", "shared", "t0", "tree", "v0")
 
-    def __init__(self, key: tuple[frozenset, float], now: float):
-        self.key = key
-        self.shared, self.cap = key
-        self.frozen = False  # scratch for _fill
-        self.heap: list[tuple[float, int, _Bundle]] = []  # (bundle's next finish, entry id)
-        self.bundles = 0
-        self.weight = 0  # flows in the class
-        self.rate = 0.0
+    def __init__(self, shared: frozenset, now: float):
+        self.shared = shared
+        self.tree: CapTree[_Class] = CapTree()
+        self.classes = 0
+        self.bound = 0  # classes at the level, on this route's clock
+        self.level = math.inf
+        self.heap: list[tuple[float, int, _Class]] = []  # bound classes by next finish (vclock)
         self.v0 = 0.0
         self.t0 = now
 
     def vclock(self, now: float) -> float:
-        return self.v0 + self.rate * (now - self.t0)
+        # At an infinite level no class is bound, so the clock is never read for a rate.
+        return self.v0 if self.level == math.inf else self.v0 + self.level * (now - self.t0)
+
+
+class _Class:
+    """Bundles with the same shared links and cap; ``key`` is (frozenset of links, cap).
+
+    A bound class (cap >= its route's level) reads its clock as the route's plus ``offset``;
+    a capped one as ``x0 + cap x (now - t0)``.
+    """
+
+    __slots__ = (
+        "bound",
+        "bundles",
+        "cap",
+        "entry",
+        "heap",
+        "key",
+        "offset",
+        "route",
+        "t0",
+        "weight",
+        "x0",
+    )
+
+    def __init__(self, key: tuple[frozenset, float], route: _Route, now: float):
+        self.key = key
+        self.cap = key[1]
+        self.route = route
+        self.heap: list[tuple[float, int, _Bundle]] = []  # (bundle's next finish, entry id)
+        self.bundles = 0
+        self.weight = 0  # flows in the class
+        self.entry = -1  # id of the live entry in the route's or the network's heap
+        self.bound = self.cap >= route.level
+        self.offset = -route.vclock(now)  # the class clock starts at 0
+        self.x0 = 0.0
+        self.t0 = now
+
+    def clock(self, now: float) -> float:
+        if self.bound:
+            return self.route.vclock(now) + self.offset
+        return self.x0 + self.cap * (now - self.t0)
+
+    @property
+    def rate(self) -> float:
+        return self.route.level if self.bound else self.cap
 
 
 class _Bundle:
@@ -186,6 +243,12 @@ class FlowNetwork(FlowNetworkBase):
         # decides the order of same-instant completions, so it must not depend on object ids.
         self._users: dict[Hashable, dict[_Bundle, None]] = {link: {} for link in self._capacity}
         self._classes: dict[tuple, _Class] = {}
+        self._routes: dict[frozenset, _Route] = {}
+        self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
+        self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
+        self._alone: dict[Hashable, float] = {}  # each shared link's level with nothing stopped
+        self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
+        self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
         self._generation = 0  # timeouts of older generations are stale
         self.active_flows = 0
@@ -215,8 +278,10 @@ class FlowNetwork(FlowNetworkBase):
         self._update(dirty, now)
 
     def _reshare(self, link: Hashable) -> None:
-        # Classes keep their clocks up to now before rates change; a bundle alone on the link
-        # changes its private cap, so it is placed again.
+        # A bundle alone on the link changes its private cap, so it is placed again; a shared
+        # link's routes get new levels.
+        if link in self._link_routes:
+            self._changed.add(link)
         self._update(dict.fromkeys(self._users[link]), self.env.now)
 
     def _wake(self, generation: int) -> None:
@@ -225,24 +290,18 @@ class FlowNetwork(FlowNetworkBase):
         now = self.env.now
         finished: list[_Flow] = []
         dirty: dict[_Bundle, None] = {}
-        for cls in self._classes.values():
-            clock = cls.vclock(now)
-            heap = cls.heap
+        heaps = [self._timed] + [route.heap for route in self._routes.values()]
+        for heap in heaps:
             while heap:
-                _, entry, bundle = heap[0]
-                if entry != bundle.entry:
+                _, entry, cls = heap[0]
+                if entry != cls.entry:
                     heapq.heappop(heap)
                     continue
-                bundle_clock = clock + bundle.offset
-                flows = bundle.flows
-                before = len(finished)
-                while flows and self._due(flows[0][2], flows[0][0] - bundle_clock, cls.rate, now):
-                    finished.append(heapq.heappop(flows)[2])
-                if len(finished) == before:
-                    break  # the heap is ordered by what is left, so nothing else is due
+                if not self._drain(cls, now, finished, dirty):
+                    break  # heaps are ordered by finish, so nothing else in this one is due
                 heapq.heappop(heap)
-                bundle.n -= len(finished) - before
-                dirty[bundle] = None
+                cls.entry = -1
+                self._touched[cls] = None
         for bundle in list(dirty):
             if bundle.n == 0:
                 del self._bundles[(bundle.path, bundle.cap)]
@@ -256,14 +315,42 @@ class FlowNetwork(FlowNetworkBase):
         for flow in finished:
             self._complete(flow)
 
+    def _drain(
+        self, cls: _Class, now: float, finished: list[_Flow], dirty: dict[_Bundle, None]
+    ) -> bool:
+        """Take the class's due flows out; say whether there were any."""
+        clock, rate = cls.clock(now), cls.rate
+        heap = cls.heap
+        before = len(finished)
+        while heap:
+            _, entry, bundle = heap[0]
+            if entry != bundle.entry:
+                heapq.heappop(heap)
+                continue
+            bundle_clock = clock + bundle.offset
+            flows = bundle.flows
+            popped = len(finished)
+            while flows and self._due(flows[0][2], flows[0][0] - bundle_clock, rate, now):
+                finished.append(heapq.heappop(flows)[2])
+            if len(finished) == popped:
+                break
+            heapq.heappop(heap)
+            bundle.entry = -1
+            bundle.n -= len(finished) - popped
+            dirty[bundle] = None
+        return len(finished) > before
+
     def _update(self, dirty: dict[_Bundle, None], now: float) -> None:
         for bundle in dirty:
             self._place(bundle, now)
         self._fill(now)
+        for cls in self._touched:
+            self._rekey(cls)
+        self._touched.clear()
         self._schedule(now)
 
     def _bundle_clock(self, bundle: _Bundle, now: float) -> float:
-        return 0.0 if bundle.cls is None else bundle.cls.vclock(now) + bundle.offset
+        return 0.0 if bundle.cls is None else bundle.cls.clock(now) + bundle.offset
 
     def _place(self, bundle: _Bundle, now: float) -> None:
         """Put the bundle in the class its links and count call for; re-key its heap entry."""
@@ -284,94 +371,220 @@ class FlowNetwork(FlowNetworkBase):
             self._detach(bundle)
             cls = self._classes.get(key)
             if cls is None:
-                cls = self._classes[key] = _Class(key, now)
+                cls = self._new_class(key, now)
             bundle.cls = cls
             cls.bundles += 1
-            bundle.offset = clock - cls.vclock(now)
-        cls.weight += bundle.n - bundle.counted
-        bundle.counted = bundle.n
+            bundle.offset = clock - cls.clock(now)
+        if bundle.n != bundle.counted:
+            cls.weight += bundle.n - bundle.counted
+            bundle.counted = bundle.n
+            cls.route.tree.set_weight(cls.cap, cls.weight)
+            self._changed.update(cls.route.shared)
         bundle.entry = next(self._ids)
         heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
+        self._touched[cls] = None
+
+    def _new_class(self, key: tuple[frozenset, float], now: float) -> _Class:
+        route = self._routes.get(key[0])
+        if route is None:
+            route = self._routes[key[0]] = _Route(key[0], now)
+            for link in route.shared:
+                self._link_routes.setdefault(link, {})[route] = None
+        cls = self._classes[key] = _Class(key, route, now)
+        route.tree.insert(cls.cap, 0, cls)
+        self._changed.update(route.shared)
+        route.classes += 1
+        route.bound += cls.bound
+        return cls
 
     def _detach(self, bundle: _Bundle) -> None:
         cls = bundle.cls
         if cls is None:
             return
+        route = cls.route
         cls.weight -= bundle.counted
         cls.bundles -= 1
-        if cls.bundles == 0:
-            del self._classes[cls.key]
         bundle.cls = None
         bundle.counted = 0
         bundle.entry = -1
+        if cls.bundles:
+            route.tree.set_weight(cls.cap, cls.weight)
+            self._changed.update(route.shared)
+            self._touched[cls] = None
+            return
+        del self._classes[cls.key]
+        self._touched.pop(cls, None)
+        cls.entry = -1
+        route.tree.remove(cls.cap)
+        self._changed.update(route.shared)
+        route.classes -= 1
+        route.bound -= cls.bound
+        if not route.classes:
+            del self._routes[route.shared]
+            for link in route.shared:
+                routes = self._link_routes[link]
+                del routes[route]
+                if not routes:
+                    del self._link_routes[link]
+                    self._changed.discard(link)
+                    self._alone.pop(link, None)
 
     def _fill(self, now: float) -> None:
-        """Progressive filling over classes: raise all rates together, freeze at constraints.
+        """Progressive filling over the routes that share links with a changed one.
 
-        Caps are visited in increasing order and each class freezes once, so the cost is
-        O(K log K + K x L) for K classes over L shared links, not O(K^2).
+        All levels rise together; a link fills when its routes' sum of w x min(cap, level)
+        reaches its capacity, and its routes stop at that level. Links wait in a heap by their
+        level; stopping a route can only raise the level of its other links, so theirs stays in
+        the heap as a lower bound and is solved again only if it comes to the top. Routes that
+        share no link with a changed one keep their levels; a link whose routes did not change
+        starts from its level of the last fill, and of links that carry the same routes only
+        the narrowest counts.
         """
-        by_cap = sorted(self._classes.values(), key=attrgetter("cap"))
-        links: dict[Hashable, list] = {}  # link -> [capacity left, flows not frozen, classes]
-        for cls in by_cap:
-            cls.frozen = False
-            for link in cls.shared:
-                state = links.setdefault(link, [self._capacity[link], 0, []])
-                state[1] += cls.weight
-                state[2].append(cls)
-
-        def freeze(cls: _Class, rate: float) -> None:
-            cls.frozen = True
-            self._set_rate(cls, rate, now)
-            for link in cls.shared:
-                links[link][1] -= cls.weight
-
-        level = 0.0
-        next_cap = 0
-        while True:
-            while next_cap < len(by_cap) and by_cap[next_cap].frozen:
-                next_cap += 1
-            if next_cap == len(by_cap):
-                return
-            step = by_cap[next_cap].cap - level
-            for left, weight, _ in links.values():
-                if weight:
-                    step = min(step, left / weight)
-            level += step
-            full = []
-            for state in links.values():
-                if state[1]:
-                    if state[0] / state[1] <= step * _TIE:
-                        full.append(state[2])
-                    state[0] -= step * state[1]
-            while next_cap < len(by_cap) and by_cap[next_cap].cap <= level * _TIE:
-                if not by_cap[next_cap].frozen:
-                    freeze(by_cap[next_cap], by_cap[next_cap].cap)
-                next_cap += 1
-            for users in full:
-                for cls in users:
-                    if not cls.frozen:
-                        freeze(cls, level)
+        changed = self._changed
+        links: dict[Hashable, None] = {}
+        todo = list(changed)
+        while todo:  # the changed links' component: links joined by the routes they carry
+            link = todo.pop()
+            if link not in links:
+                links[link] = None
+                for route in self._link_routes[link]:
+                    todo.extend(route.shared)
+        narrowest: dict[frozenset[_Route], Hashable] = {}
+        for link in links:
+            routes = frozenset(self._link_routes[link])
+            other = narrowest.setdefault(routes, link)
+            if self._capacity[link] < self._capacity[other]:
+                narrowest[routes] = link
+        users = {link: list(self._link_routes[link]) for link in narrowest.values()}
+        left = {link: self._capacity[link] for link in users}
+        for link in users:
+            if link in changed or link not in self._alone:
+                self._alone[link] = self._solve(users[link], left[link], 0.0)
+        changed.clear()
+        stale: set[Hashable] = set()
+        ids = itertools.count()
+        heap = [(self._alone[link], next(ids), link) for link in users]
+        heapq.heapify(heap)
+        while heap:
+            level, _, link = heapq.heappop(heap)
+            if not users[link]:
+                continue
+            if link in stale:
+                stale.discard(link)
+                level = self._solve(users[link], left[link], level)
+                heapq.heappush(heap, (level, next(ids), link))
+                continue
+            if level == math.inf:
+                break  # every other link's level is at least this bound: nothing else fills
+            for route in users[link]:
+                below, above, _ = route.tree.query(level)
+                load = below + level * above
+                for other in route.shared:
+                    if other != link and other in users:
+                        left[other] -= load
+                        users[other].remove(route)
+                        stale.add(other)
+                self._set_level(route, level, now)
+            users[link] = []
+        for routes in users.values():
+            for route in routes:
+                self._set_level(route, math.inf, now)
 
     @staticmethod
-    def _set_rate(cls: _Class, rate: float, now: float) -> None:
-        if rate != cls.rate:
-            cls.v0 = cls.vclock(now)
-            cls.t0 = now
-            cls.rate = rate
+    def _solve(routes: list[_Route], left: float, start: float) -> float:
+        """The level >= start at which ``routes`` fill ``left`` bytes/s (inf if they never do).
+
+        Their sum of w x min(cap, level) is concave and piecewise linear in the level, so a
+        Newton step from below never overshoots and a step from above lands below; each step
+        from below passes at least one cap. The routes' last levels are the first guess.
+        """
+        level = start
+        guess = min(route.level for route in routes)
+        if start < guess < math.inf:
+            load, slope, _ = FlowNetwork._load(routes, guess)
+            if load <= left:
+                level = guess
+            elif slope:
+                level = max(start, guess + (left - load) / slope)
+        while True:
+            load, slope, after = FlowNetwork._load(routes, level)
+            if not slope:  # every flow is at its cap: the link fills now or never
+                return level if load >= left else math.inf
+            step = level + (left - load) / slope
+            if step <= after:
+                return max(step, level)
+            level = step
+
+    @staticmethod
+    def _load(routes: list[_Route], level: float) -> tuple[float, int, float]:
+        load, slope, after = 0.0, 0, math.inf
+        for route in routes:
+            below, above, cap = route.tree.query(level)
+            load += below + level * above
+            slope += above
+            after = min(after, cap)
+        return load, slope, after
+
+    def _set_level(self, route: _Route, level: float, now: float) -> None:
+        """Give the route a new level; classes whose cap it passes change clocks."""
+        old = route.level
+        if level == old:
+            return
+        route.v0 = route.vclock(now)
+        route.t0 = now
+        route.level = level
+        for cls in route.tree.between(min(old, level), max(old, level)):
+            if (cls.cap >= level) == cls.bound:
+                continue
+            clock = cls.clock(now)
+            cls.bound = not cls.bound
+            if cls.bound:
+                cls.offset = clock - route.vclock(now)
+                route.bound += 1
+            else:
+                cls.x0, cls.t0 = clock, now
+                route.bound -= 1
+            cls.entry = -1
+            self._touched[cls] = None
+
+    def _rekey(self, cls: _Class) -> None:
+        """Push the class's next finish into its route's heap (bound) or the timed heap."""
+        heap = cls.heap
+        while heap and heap[0][1] != heap[0][2].entry:
+            heapq.heappop(heap)
+        if len(heap) > 2 * cls.bundles + 32:  # drop stale entries before they pile up
+            cls.heap = heap = [e for e in heap if e[1] == e[2].entry]
+            heapq.heapify(heap)
+        if not heap:
+            return
+        cls.entry = next(self._ids)
+        if cls.bound:
+            heapq.heappush(cls.route.heap, (heap[0][0] - cls.offset, cls.entry, cls))
+        else:
+            finish = cls.t0 + (heap[0][0] - cls.x0) / cls.cap
+            heapq.heappush(self._timed, (finish, cls.entry, cls))
 
     def _schedule(self, now: float) -> None:
         self._generation += 1
         soonest = math.inf
-        for cls in self._classes.values():
-            heap = cls.heap
-            while heap[0][1] != heap[0][2].entry:
-                heapq.heappop(heap)
-            if len(heap) > 2 * cls.bundles + 32:  # drop stale entries before they pile up
-                cls.heap = heap = [e for e in heap if e[1] == e[2].entry]
-                heapq.heapify(heap)
-            soonest = min(soonest, (heap[0][0] - cls.vclock(now)) / cls.rate)
+        timed = self._timed = self._live(self._timed, len(self._classes))
+        if timed:
+            soonest = timed[0][0] - now
+        for route in self._routes.values():
+            heap = route.heap = self._live(route.heap, route.bound)
+            if heap:
+                soonest = min(soonest, (heap[0][0] - route.vclock(now)) / route.level)
         if soonest < math.inf:
             generation = self._generation
             timeout = self.env.timeout(max(soonest, 0.0))
             timeout.callbacks.append(lambda _: self._wake(generation))
+
+    @staticmethod
+    def _live(heap: list[tuple[float, int, _Class]], live: int) -> list[tuple[float, int, _Class]]:
+        """The heap with its stale top entries gone, rebuilt once stale ones pile up."""
+        if len(heap) > 2 * live + 32:
+            heap = [e for e in heap if e[1] == e[2].entry]
+            heapq.heapify(heap)
+        while heap and heap[0][1] != heap[0][2].entry:
+            heapq.heappop(heap)
+        return heap

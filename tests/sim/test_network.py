@@ -261,10 +261,20 @@ def _tree_scenario(seed: int) -> tuple[dict, dict, list[tuple[float, tuple, floa
     return capacity, latency, flows
 
 
-def _simulate(network_type: type, seed: int, check_rates: bool) -> list[float]:
-    capacity, latency, flows = _tree_scenario(seed)
+def _simulate(
+    network_type: type,
+    scenario: tuple,
+    check_rates: bool,
+    changes: tuple[tuple[float, tuple, float], ...] = (),
+) -> list[float]:
+    """End times of the scenario's flows; ``changes`` are (time, link, new capacity)."""
+    capacity, latency, flows = scenario
     env = simpy.Environment()
     net = network_type(env, capacity=capacity, latency=latency)
+    for when, link, new in changes:
+        env.timeout(when).callbacks.append(
+            lambda _, link=link, new=new: net.set_capacity(link, new)
+        )
     events: list[simpy.Event | None] = [None] * len(flows)
     spec: dict[simpy.Event, tuple] = {}
 
@@ -280,7 +290,8 @@ def _simulate(network_type: type, seed: int, check_rates: bool) -> list[float]:
         if check_rates:
             rates = net.rates()
             paths, caps = zip(*(spec[e] for e in rates), strict=True) if rates else ((), ())
-            expected = max_min_rates(list(paths), capacity, list(caps))
+            now = {link: net.capacity(link) for link in capacity}
+            expected = max_min_rates(list(paths), now, list(caps))
             assert list(rates.values()) == pytest.approx(expected, rel=1e-9)
     return _ends(events)
 
@@ -288,8 +299,8 @@ def _simulate(network_type: type, seed: int, check_rates: bool) -> list[float]:
 @pytest.mark.parametrize("seed", range(30))
 def test_rates_and_end_times_match_the_reference_on_random_trees(seed: int) -> None:
     # Execute: rates are checked against max_min_rates after every simulation step.
-    fast = _simulate(FlowNetwork, seed, check_rates=True)
-    naive = _simulate(NaiveFlowNetwork, seed, check_rates=False)
+    fast = _simulate(FlowNetwork, _tree_scenario(seed), check_rates=True)
+    naive = _simulate(NaiveFlowNetwork, _tree_scenario(seed), check_rates=False)
 
     # Assert
     assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
@@ -348,3 +359,82 @@ def test_capacity_change_on_a_shared_link(network_type):
         net.set_capacity("s", 0)
     with pytest.raises(ValueError):
         net.set_capacity("nope", 1.0)
+
+
+def _fleet_scenario(
+    seed: int, groups: int
+) -> tuple[dict, dict, list[tuple[float, tuple, float, float]]]:
+    """Devices with their own access-link capacities, downloading from and uploading to a server.
+
+    ``groups=0`` is a star (device -> switch -> server link); otherwise a tree (device -> group
+    uplink -> backbone -> server link). Every link has its own random capacity.
+    """
+    rng = np.random.default_rng(seed)
+
+    def both(a: object, b: object, median: float) -> None:
+        capacity[(a, b)] = float(median * rng.lognormal(0.0, 0.7)) * MB
+        capacity[(b, a)] = float(median * rng.lognormal(0.0, 0.7)) * MB / 2
+        latency[(a, b)] = float(rng.choice([0.0, 0.005]))
+
+    capacity: dict[tuple, float] = {}
+    latency: dict[tuple, float] = {}
+    both("srv", "core", 40)
+    trunks: list[list[tuple]] = []
+    if groups:
+        both("core", "bb", 40)
+        for group in range(groups):
+            both("bb", ("g", group), 15)
+            trunks.append([("srv", "core"), ("core", "bb"), ("bb", ("g", group))])
+    else:
+        trunks.append([("srv", "core")])
+    downs = []
+    for trunk in trunks:
+        for _ in range(int(rng.integers(1, 12))):
+            device = len(downs)
+            both(trunk[-1][1], device, 5)
+            downs.append((*trunk, (trunk[-1][1], device)))
+    flows = []
+    for _ in range(int(rng.integers(5, 60))):
+        down = downs[int(rng.integers(len(downs)))]
+        path = down if rng.random() < 0.6 else tuple((b, a) for a, b in reversed(down))
+        start = float(rng.integers(0, 10)) * 0.25
+        nbytes = float(rng.choice([0, 1 * MB, 2 * MB, rng.uniform(0.1, 4) * MB]))
+        cap = float(rng.choice([math.inf, math.inf, math.inf, rng.uniform(0.5, 3) * MB]))
+        flows.append((start, path, nbytes, cap))
+    return capacity, latency, flows
+
+
+@pytest.mark.parametrize("groups", [0, 1, 3], ids=["star", "tree-1-group", "tree-3-groups"])
+@pytest.mark.parametrize("seed", range(20))
+def test_own_access_capacities_match_the_reference(seed: int, groups: int) -> None:
+    # Prepare: every device has its own link speeds, so nearly every flow has its own cap.
+    scenario = _fleet_scenario(seed, groups)
+
+    # Execute: rates are checked against max_min_rates after every simulation step.
+    fast = _simulate(FlowNetwork, scenario, check_rates=True)
+    naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("groups", [0, 3], ids=["star", "tree-3-groups"])
+@pytest.mark.parametrize("seed", range(10))
+def test_own_access_capacities_follow_capacity_changes(seed: int, groups: int) -> None:
+    # Prepare: links chosen at random halve or triple while flows run, which moves levels
+    # across many caps at once.
+    scenario = _fleet_scenario(seed, groups)
+    rng = np.random.default_rng(seed)
+    links = sorted(scenario[0], key=str)
+    changes = []
+    for _ in range(6):
+        link = links[int(rng.integers(len(links)))]
+        when = float(rng.integers(1, 12)) * 0.25 + 0.1
+        changes.append((when, link, scenario[0][link] * float(rng.choice([0.5, 3.0]))))
+
+    # Execute
+    fast = _simulate(FlowNetwork, scenario, check_rates=True, changes=tuple(changes))
+    naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False, changes=tuple(changes))
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
