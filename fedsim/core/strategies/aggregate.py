@@ -1,8 +1,9 @@
 """Aggregation arithmetic as plain numpy functions over named arrays.
 
 The streaming rules (weighted means, distances to a reference) run at memory speed: they walk
-the arrays in blocks that stay in the CPU's cache and keep their float64 arithmetic on those
-blocks, so no full-size temporary is made and each update is read from memory once.
+the arrays in blocks that stay in the CPU's cache and do their arithmetic, and any change of
+precision, on those blocks, so no full-size temporary is made and each update is read from
+memory once.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ def weighted_average(
     are. The updates are summed in groups of up to :data:`STACK_ROWS`, and the groups' sums in
     float64, so thousands of updates add up without drift. ``dtype=np.float64`` (for callers that
     keep computing with the mean) sums the groups in float64 too: exact to float64 rounding.
-    A float32 mean sums each group in float32, which runs at twice the speed: its error is at
-    most ``(min(n, STACK_ROWS) + 3) * 2**-24`` times the weighted mean of the ``|values|``, a
-    few units in the last place where the updates agree in sign, as trained copies of one model
-    mostly do.
+    A float32 mean sums each group in float32, which runs at twice the speed: for float32
+    updates its error is at most ``(min(n, STACK_ROWS) + 3) * 2**-24`` times the weighted mean
+    of the ``|values|``, a few units in the last place where the updates agree in sign, as
+    trained copies of one model mostly do (wider updates are rounded to float32 first).
     """
     arrays: list[NDArrays] = []
     weights: list[float] = []
