@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from fedsim.core.runtime import Update
+from fedsim.core.strategies import aggregate, validation
 from fedsim.core.strategies.registry import STRATEGIES, make_strategy
 from fedsim.core.strategies.validation import (
     MAX_ABS_VALUE,
     Rejection,
     check_count,
     check_metrics,
+    largest_magnitude,
     validate_update,
 )
 
@@ -64,6 +66,52 @@ def test_a_move_above_max_norm_is_refused():
     got = validate_update(reference(), update, max_norm=1.5)
     # Assert
     assert got == "update norm 1.73205 > max_norm 1.5"
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        # A value too large in the first block, NaN in the last: non-finite wins, as it would
+        # over the whole array at once.
+        ([3e38, 0, 0, 0, 0, 0, 0, 0, 0, np.nan], "w: non-finite values"),
+        ([0, 0, 0, 0, 0, 0, 0, 0, 0, -np.inf], "w: non-finite values"),
+        # The largest magnitude is negative and in the second block.
+        (
+            [1, 2, 3, 4, -3.2e38, 5, 0, 0, 0, 2e38],
+            f"w: a value of magnitude 3.2e+38 > {MAX_ABS_VALUE:.3g}",
+        ),
+        ([1, 2, 3, 4, -5, 6, 7, 8, 9, -10], None),
+    ],
+)
+def test_every_block_of_an_array_is_checked(monkeypatch, values, reason):
+    # Prepare: blocks of 4 values, so 10 values make 3 blocks, the last one short.
+    monkeypatch.setattr(validation, "SCAN_BLOCK", 4)
+    ref = {"w": np.zeros((2, 5), np.float32)}
+    update = {"w": np.array(values, np.float32).reshape(2, 5)}
+    # Execute
+    got = validate_update(ref, update)
+    # Assert
+    assert got == reason
+
+
+def test_largest_magnitude_of_real_complex_and_empty_arrays():
+    assert largest_magnitude(np.array([-7.5, 2.0], np.float16)) == 7.5
+    assert largest_magnitude(np.array([3 + 4j, 1j], np.complex64)) == 5.0
+    assert largest_magnitude(np.array([1.0, complex(np.nan, 0)])) is None
+    assert largest_magnitude(np.zeros(0, np.float32)) == 0.0
+
+
+def test_the_norm_of_a_move_spans_every_block(monkeypatch):
+    # Prepare: blocks of 3 values over arrays of 7 and 2 values, float32 against float64.
+    monkeypatch.setattr(aggregate, "SCAN_BLOCK", 3)
+    rng = np.random.default_rng(0)
+    ref = {"w": rng.normal(size=7), "b": rng.normal(size=2)}
+    update = {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in ref.items()}
+    expected = np.sqrt(sum(np.sum((update[k].astype(np.float64) - ref[k]) ** 2) for k in ref))
+    # Execute
+    norm = aggregate.delta_norm(update, ref)
+    # Assert
+    assert norm == pytest.approx(expected, rel=1e-12)
 
 
 def test_several_missing_names_are_listed_in_order():

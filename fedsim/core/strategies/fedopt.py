@@ -8,8 +8,8 @@ moment ``v`` (Algorithm 2 of the paper; no bias correction, as there):
     v = <variant-specific update of v with delta^2>
     w = current + eta * m / (sqrt(v) + tau)
 
-The weighted mean of the full parameters streams through a running sum, so these strategies
-stream as FedAvg does. ``m`` and ``v`` live in the strategy from round to round.
+The weighted mean of the full parameters is FedAvg's, taken in one pass over each update, so
+these strategies stream as FedAvg does. ``m`` and ``v`` live in the strategy from round to round.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.core.runtime import NDArrays, Update
-from fedsim.core.strategies.aggregate import WeightedSum, updates_with_arrays
+from fedsim.core.strategies.aggregate import updates_with_arrays, weighted_average
 from fedsim.core.strategies.base import Strategy
 
 
@@ -56,11 +56,10 @@ class FedOpt(Strategy):
             return None
         if current is None:
             raise ValueError(f"{self.name} needs the current parameters to form a pseudo-gradient")
-        acc = WeightedSum()
-        for u, arrays in with_arrays:
-            acc.add(arrays, float(u.num_examples))
         # float64: the pseudo-gradient is a small difference of large numbers.
-        mean = acc.average(np.float64)
+        mean = weighted_average(
+            ((arrays, float(u.num_examples)) for u, arrays in with_arrays), np.float64
+        )
         if mean.keys() != current.keys():
             raise ValueError("update names differ from the current parameters'")
         for k, w in current.items():
