@@ -95,7 +95,9 @@ def fedsim_side(part: str, env: dict[str, str]) -> dict[str, Any]:
 
 def flower_side(part: str, python: str, env: dict[str, str]) -> dict[str, Any]:
     """Flower's run of ``part``: this script with ``--flower-part`` under ``python``."""
-    clients, rounds = (NOOP_CLIENTS, NOOP_ROUNDS) if part == "noop" else (100, DIGITS_ROUNDS)
+    clients, rounds = (
+        (NOOP_CLIENTS, NOOP_ROUNDS) if part == "noop" else (DIGITS_CLIENTS, DIGITS_ROUNDS)
+    )
     with tempfile.TemporaryDirectory(prefix=f"bench-flower-{part}-") as out:
         result = Path(out) / "result.json"
         command = [
