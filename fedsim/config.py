@@ -182,11 +182,9 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     if paper is not None:
         for key in ("t_ref_s", "t_new_s"):  # the paper's measured times
             _positive(f"paper.{key}", getattr(paper, key))
-    dataset = cfg.workload.dataset.name
-    if kind == "federated" and fl.training == "real" and dataset != "digits":
-        raise ConfigError(f"workload.dataset.name: real training knows 'digits', not {dataset!r}")
+    workload = build_workload(cfg.workload)
     if kind == "federated" and fl.training == "real":
-        check_shards(partition, fl, len(clients))
+        check_shards(workload, partition, fl, len(clients))
     availability = build_availability(cfg, topology)
     if availability is not None and mode.name != "sim":
         raise ConfigError(
@@ -207,7 +205,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         topology=topology,
         clients=tuple(clients),
         workload_name=cfg.workload.name,
-        workload=build_workload(cfg.workload),
+        workload=workload,
         scale=scale,
         repetitions=int(cfg.repetitions),
         crossover=crossover_grid(cfg.crossover) if cfg.crossover is not None else None,
@@ -251,21 +249,36 @@ def check_mode(mode: ModeConf) -> None:
         _positive(f"mode.{name}", getattr(mode, name))
 
 
-def check_shards(partition: PartitionConf, fl: FLConf, clients: int) -> None:
-    """Refuse a split of the digits training set that cannot give every client its least
-    share: a batch under a Dirichlet split (the scenario draws until each has one), else one
-    sample."""
-    from fedsim.ml.data import load_digits_split
+def check_shards(
+    workload: WorkloadSpec, partition: PartitionConf, fl: FLConf, clients: int
+) -> None:
+    """Refuse a data set real training cannot read, or whose training split cannot give every
+    client its least share: a batch under a Dirichlet split (the scenario draws until each has
+    one), else one sample."""
+    from fedsim.ml.data import DATASETS, training_size
 
-    # The split's size depends on test_fraction alone; the seed only picks which samples.
-    available = len(load_digits_split(test_fraction=partition.test_fraction)[1])
+    dataset = workload.dataset
+    if dataset.name not in DATASETS:
+        raise ConfigError(
+            f"workload.dataset.name: real training knows {', '.join(map(repr, DATASETS))}, "
+            f"not {dataset.name!r}"
+        )
+    if dataset.name == "image_folder" and dataset.path is None:
+        raise ConfigError("workload.dataset.path: an image_folder data set needs its root folder")
+    try:
+        # The split's size depends on test_fraction alone; the seed only picks which samples.
+        available = training_size(
+            dataset, num_classes=workload.model.num_classes, test_fraction=partition.test_fraction
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"workload.dataset: {e}") from None
     least = fl.batch_size if partition.kind == "dirichlet" else 1
     if available < clients * least:
         raise ConfigError(
             f"experiment.clients: {clients} clients need {clients * least} training samples "
-            f"({least} each{', fl.batch_size' if least > 1 else ''}), the digits training "
-            f"split has {available}; use fewer clients, a smaller fl.batch_size or a smaller "
-            "partition.test_fraction"
+            f"({least} each{', fl.batch_size' if least > 1 else ''}), the {dataset.name} "
+            f"training split has {available}; use fewer clients, a smaller fl.batch_size, a "
+            "smaller partition.test_fraction or a larger data set"
         )
 
 
@@ -766,6 +779,7 @@ def build_dataset(c: Any) -> DatasetSpec:
         name=c.name,
         samples=int(_positive("workload.dataset.samples", c.samples)),
         total_bytes=round(_positive("workload.dataset.total_gb", c.total_gb, scale=GB)),
+        path=c.path,
     )
 
 

@@ -180,9 +180,10 @@ class TopologyConf:
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING
-    samples: int = MISSING
+    name: str = MISSING  # real training: digits | synthetic | image_folder
+    samples: int = MISSING  # synthetic: how many it draws
     total_gb: float = MISSING
+    path: str | None = None  # image_folder: the root holding one folder per class
 
 
 @dataclass

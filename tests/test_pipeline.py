@@ -109,3 +109,82 @@ def test_real_training_on_a_data_set_it_does_not_know_is_refused_before_running(
     # Execute / Assert: the spec is refused, naming the field.
     with pytest.raises(ConfigError, match=r"^workload\.dataset\.name: .*'imagenet'"):
         build_spec(cfg, conf_dir())
+
+
+def test_real_training_on_the_synthetic_set_runs_through_the_pipeline(tmp_path):
+    # Prepare: fl_synthetic shrunk to 2 groups x 5 devices, 2,000 samples and 2 short rounds.
+    cfg = compose(
+        [
+            "+experiment=fl_synthetic",
+            "topology.generate.groups=2",
+            "topology.generate.devices_per_group=5",
+            "workload.dataset.samples=2000",
+            "fl.rounds=2",
+            "fl.local_epochs=1",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path, Hooks(progress=False))
+
+    # Assert: every client trained on its share of the 1,600 training images, and the server
+    # evaluated each round on the 400 held out.
+    assert [row.completed for row in result.rows] == [10, 10]
+    assert all(row.accuracy is not None for row in result.rows)
+    assert sorted(sum(counts) for counts in result.label_counts.values()) == [160] * 10
+    assert "synthetic images" in " ".join(result.assumptions)
+
+
+def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
+    # Prepare: two classes of ten 6x6 PNGs each, dark and light.
+    from PIL import Image
+
+    for name, level in (("dark", 30), ("light", 220)):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (6, 6), level + i).save(tmp_path / "images" / name / f"{i}.png")
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "workload=image_folder_cnn",
+            f"workload.dataset.path={tmp_path / 'images'}",
+            "partition.kind=iid",
+            "fl.rounds=1",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
+
+    # Assert: the 16 training images are shared among the testbed's 3 trainers.
+    assert sum(sum(counts) for counts in result.label_counts.values()) == 16
+    assert result.rows[0].accuracy is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["workload=image_folder_cnn"], r"^workload\.dataset\.path: .*root folder"),
+        (
+            ["workload=image_folder_cnn", "workload.dataset.path=/nonexistent/images"],
+            r"^workload\.dataset: image folder /nonexistent/images does not exist",
+        ),
+        (
+            ["workload=synthetic_cnn", "workload.dataset.samples=40"],
+            r"^experiment\.clients: 3 clients need 48 .*the synthetic training split has 30",
+        ),
+        (
+            ["workload=synthetic_cnn", "workload.dataset.samples=20"],
+            r"^workload\.dataset: a test_fraction of 0\.2 holds out no sample of the 20",
+        ),
+    ],
+)
+def test_a_data_set_real_training_cannot_use_is_refused_before_running(overrides, message):
+    # Prepare
+    cfg = compose(["+experiment=fl_digits", *overrides])
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=message):
+        build_spec(cfg, conf_dir())

@@ -36,11 +36,13 @@ class ModelSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
-    """A training set as far as timing needs it: how many samples and how many bytes."""
+    """A training set as far as timing needs it (how many samples and how many bytes), and
+    where real training finds it: ``path``, for a data set read from disk (an image folder)."""
 
     name: str
     samples: int
     total_bytes: int
+    path: str | None = None
 
     @property
     def bytes_per_sample(self) -> float:

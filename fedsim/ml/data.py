@@ -1,13 +1,17 @@
-"""Data for training for real: the bundled digits set, image folders on disk, synthetic ImageNet.
+"""Data for training for real: the bundled digits set, image folders on disk, synthetic sets.
 
 - ``load_digits_split``: scikit-learn's 8x8 handwritten digits (1797 images, shipped with
   scikit-learn, so no download), split per class with a seeded numpy generator so the split is
   the same on every platform and scikit-learn version.
+- ``synthetic_classification``: as many images as asked for, each its class's seeded prototype
+  plus Gaussian noise: learnable, of any size, for federations larger than the digits allow.
 - ``ImageFolderDataset``: an ImageNet-style tree ``root/<class name>/**/*.{jpg,jpeg,png,npy}``
   for users who hold a real data set; images are decoded with Pillow (imported only when an
   image file is read) and resized to a square.
 - ``synthetic_imagenet``: random tensors of ImageNet's shape, for timing where the pixels do
   not matter.
+- ``load_split`` and ``training_size``: the data set a workload names (``DATASETS``), split
+  into training and test sets the same stratified, seeded way whichever it is.
 
 Images come out as float32 ``(channels, height, width)`` in [0, 1]; labels as int64 class
 indices.
@@ -23,9 +27,17 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from fedsim.core.workload import DatasetSpec
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".npy")
 DIGITS_MAX = 16.0  # the digits set counts ink per 4x4 block of a 32x32 bitmap: 0..16
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights Pillow's "L" conversion uses
+DATASETS = ("digits", "synthetic", "image_folder")  # what ``workload.dataset.name`` may name
+# Prototype pixels lie in [0.2, 0.8] and each sample adds this much noise (standard deviation)
+# per pixel. At 8x8 and 10 classes (seed 0) the nearest class mean labels 94 % of held-out
+# samples and a DigitsCNN trained centrally for 3 epochs 90 %: learnable, with room left for
+# an accuracy curve to show a federation's losses.
+SYNTHETIC_NOISE = 0.4
 
 
 def load_digits_split(
@@ -43,7 +55,127 @@ def load_digits_split(
 
     digits = load_digits()
     X = (digits.images / DIGITS_MAX).astype(np.float32)[:, None, :, :]
-    y = digits.target.astype(np.int64)
+    return _stratified_split(X, digits.target.astype(np.int64), test_fraction, seed)
+
+
+def synthetic_classification(
+    n: int,
+    *,
+    num_classes: int,
+    size: int = 8,
+    channels: int = 1,
+    seed: int = 0,
+    noise: float = SYNTHETIC_NOISE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images ``(n, channels, size, size)`` in [0, 1] and their labels, seeded.
+
+    Each class has a prototype image, its pixels drawn uniformly from [0.2, 0.8]; a sample is
+    its class's prototype plus independent Gaussian noise of standard deviation ``noise`` per
+    pixel, clipped to [0, 1]. Labels cycle through the classes (``i % num_classes``), so every
+    class holds ``n // num_classes`` or one more samples. The same arguments give the same
+    arrays; a sample depends on ``n`` only through its index, so a larger set extends a
+    smaller one.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if size < 1 or channels < 1:
+        raise ValueError(f"size and channels must be >= 1, got {size} and {channels}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    shape = (channels, size, size)
+    prototypes_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )
+    prototypes = prototypes_rng.uniform(0.2, 0.8, size=(num_classes, *shape)).astype(np.float32)
+    y = np.arange(n, dtype=np.int64) % num_classes
+    X = noise_rng.standard_normal(size=(n, *shape), dtype=np.float32)
+    X *= noise
+    X += prototypes[y]
+    np.clip(X, 0.0, 1.0, out=X)
+    return X, y
+
+
+def load_split(
+    dataset: DatasetSpec,
+    *,
+    input_size: int,
+    channels: int,
+    num_classes: int,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(X_train, y_train, X_test, y_test)`` of the data set ``dataset.name`` names.
+
+    ``digits``: scikit-learn's digits (8x8 grey, whatever ``input_size`` says). ``synthetic``:
+    ``dataset.samples`` images of ``synthetic_classification``, ``input_size`` square with
+    ``channels`` channels, drawn under ``seed``. ``image_folder``: every image under
+    ``dataset.path``, resized to ``input_size`` with ``channels`` channels. Each is split per
+    class as ``load_digits_split`` does.
+    """
+    if dataset.name == "digits":
+        return load_digits_split(test_fraction=test_fraction, seed=seed)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if dataset.name == "synthetic":
+        X, y = synthetic_classification(
+            dataset.samples,
+            num_classes=num_classes,
+            size=input_size,
+            channels=channels,
+            seed=seed,
+        )
+    elif dataset.name == "image_folder":
+        X, y = _image_folder(dataset, size=input_size, channels=channels).to_arrays()
+    else:
+        raise ValueError(f"unknown data set {dataset.name!r}; known: {', '.join(DATASETS)}")
+    return _stratified_split(X, y, test_fraction, seed)
+
+
+def training_size(dataset: DatasetSpec, *, num_classes: int, test_fraction: float) -> int:
+    """How many samples ``load_split`` puts in the training set, without reading any pixel.
+
+    Raises ``ValueError`` for a data set it cannot split (an unknown name, an image folder
+    with more classes than ``num_classes``, a split that holds out no test sample).
+    """
+    if dataset.name == "digits":
+        from sklearn.datasets import load_digits
+
+        labels = load_digits().target
+    elif dataset.name == "synthetic":
+        labels = np.arange(dataset.samples) % num_classes
+    elif dataset.name == "image_folder":
+        folder = _image_folder(dataset, size=1)
+        if len(folder.classes) > num_classes:
+            raise ValueError(
+                f"{dataset.path} has {len(folder.classes)} class folders, more than the "
+                f"model's {num_classes} classes"
+            )
+        labels = np.array([label for _, label in folder.samples])
+    else:
+        raise ValueError(f"unknown data set {dataset.name!r}; known: {', '.join(DATASETS)}")
+    _, counts = np.unique(labels, return_counts=True)
+    held_out = sum(round(test_fraction * n) for n in counts)
+    if held_out == 0:
+        raise ValueError(
+            f"a test_fraction of {test_fraction:g} holds out no sample of the "
+            f"{len(labels)} ({', '.join(map(str, counts))} per class) for evaluation"
+        )
+    return int(len(labels) - held_out)
+
+
+def _image_folder(dataset: DatasetSpec, *, size: int, channels: int = 3) -> ImageFolderDataset:
+    if dataset.path is None:
+        raise ValueError("an image_folder data set needs a path (workload.dataset.path)")
+    return ImageFolderDataset(dataset.path, size=size, channels=channels)
+
+
+def _stratified_split(
+    X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each class gives ``round(test_fraction * its size)`` samples, chosen by a generator
+    seeded with ``seed``, to the test set; both sets keep the data set's order."""
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):

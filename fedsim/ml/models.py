@@ -64,9 +64,20 @@ class DigitsMLP(nn.Module):
 
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A fresh instance of the model registered as ``name`` in ``fedsim.ml.spec.MODELS``."""
+    return _model_class(name)(num_classes=num_classes)
+
+
+def in_channels(name: str) -> int:
+    """The input channels the model registered as ``name`` takes (1 for the digits nets, else
+    3: RGB), without building it."""
+    return int(getattr(_model_class(name), "in_channels", 3))
+
+
+def _model_class(name: str) -> type[nn.Module]:
     from fedsim.ml.spec import MODELS
 
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     module_name, class_name = MODELS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(num_classes=num_classes)
+    model_class: type[nn.Module] = getattr(importlib.import_module(module_name), class_name)
+    return model_class

@@ -31,7 +31,7 @@ from fedsim.core.selection import (
 )
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
-from fedsim.core.workload import ModelSpec
+from fedsim.core.workload import DatasetSpec, ModelSpec
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
 from fedsim.scenarios.comparison import model_summary
@@ -208,14 +208,22 @@ def selector(name: str, model_bytes: float) -> SelectionPolicy:
 def real_data(
     spec: ExperimentSpec, rng: np.random.Generator
 ) -> tuple[Shards, tuple[np.ndarray, np.ndarray], dict[int, list[int]]]:
-    """Shards of scikit-learn's digits per client (``build_spec`` checked that the workload
-    trains on them), the test split and the label counts."""
+    """Shards per client of the data set the workload names (``build_spec`` checked that real
+    training reads it and that it has enough samples), the test split and the label counts."""
     from fedsim.config import ConfigError
     from fedsim.core.partition import dirichlet_partition, iid_partition, label_distribution
-    from fedsim.ml.data import load_digits_split
+    from fedsim.ml.data import load_split
+    from fedsim.ml.models import in_channels
 
-    p, clients = spec.partition, list(spec.clients)
-    X, y, X_test, y_test = load_digits_split(test_fraction=p.test_fraction, seed=spec.seed)
+    p, clients, model = spec.partition, list(spec.clients), spec.workload.model
+    X, y, X_test, y_test = load_split(
+        spec.workload.dataset,
+        input_size=model.input_size,
+        channels=in_channels(model.name),
+        num_classes=model.num_classes,
+        test_fraction=p.test_fraction,
+        seed=spec.seed,
+    )
     if p.kind == "dirichlet":
         try:
             parts = dirichlet_partition(
@@ -347,7 +355,7 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
     if fl.training == "real":
         p = spec.partition
         out.append(
-            f"Data: scikit-learn's digits, split {p.kind}"
+            f"Data: {_data_description(spec.workload.dataset)}, split {p.kind}"
             + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
             + f"; {p.test_fraction:.0%} held out for the server's evaluation."
         )
@@ -357,6 +365,17 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
             f"{fl.min_fit} to aggregate."
         )
     return out
+
+
+def _data_description(dataset: DatasetSpec) -> str:
+    if dataset.name == "synthetic":
+        return (
+            f"{dataset.samples:,} synthetic images (each class a random prototype plus Gaussian "
+            "noise)"
+        )
+    if dataset.name == "image_folder":
+        return f"the images under {dataset.path}"
+    return "scikit-learn's digits"
 
 
 def _client_lines(topology: Topology, clients: list[int]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Data loading: the digits split, image folders on disk, synthetic ImageNet tensors."""
+"""Data loading: the digits split, image folders on disk, the synthetic sets, and the split of
+the data set a workload names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from fedsim.ml.data import ImageFolderDataset, load_digits_split, synthetic_imagenet
+from fedsim.core.partition import dirichlet_partition, iid_partition
+from fedsim.core.workload import DatasetSpec
+from fedsim.ml.data import (
+    ImageFolderDataset,
+    load_digits_split,
+    load_split,
+    synthetic_classification,
+    synthetic_imagenet,
+    training_size,
+)
+
+SYNTHETIC = DatasetSpec(name="synthetic", samples=60_000, total_bytes=60_000 * 64)
 
 
 def write_png(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> None:
@@ -118,3 +130,114 @@ def test_synthetic_imagenet_shape_range_and_seed() -> None:
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert labels.min() >= 0 and labels.max() < 1000
     torch.testing.assert_close(images, again)
+
+
+def test_synthetic_classification_shapes_range_and_balanced_labels() -> None:
+    # Execute
+    X, y = synthetic_classification(1003, num_classes=10, size=6, channels=3, seed=1)
+
+    # Assert
+    assert (X.shape, X.dtype) == ((1003, 3, 6, 6), np.float32)
+    assert (y.shape, y.dtype) == ((1003,), np.int64)
+    assert X.min() >= 0.0 and X.max() <= 1.0
+    np.testing.assert_array_equal(np.bincount(y), [101, 101, 101] + [100] * 7)
+
+
+def test_synthetic_classification_is_determined_by_its_seed() -> None:
+    # Execute
+    X, y = synthetic_classification(500, num_classes=10, seed=3)
+    X_again, y_again = synthetic_classification(500, num_classes=10, seed=3)
+    X_more, _ = synthetic_classification(800, num_classes=10, seed=3)
+    X_other, _ = synthetic_classification(500, num_classes=10, seed=4)
+
+    # Assert: the same seed gives the same set, a larger set extends it, another seed differs.
+    np.testing.assert_array_equal(X, X_again)
+    np.testing.assert_array_equal(y, y_again)
+    np.testing.assert_array_equal(X, X_more[:500])
+    assert not np.array_equal(X, X_other)
+
+
+def test_synthetic_classes_are_learnable_but_not_trivially() -> None:
+    # Prepare
+    X, y, X_test, y_test = load_split(
+        DatasetSpec(name="synthetic", samples=5000, total_bytes=5000 * 64),
+        input_size=8,
+        channels=1,
+        num_classes=10,
+        seed=0,
+    )
+
+    # Execute: label each held-out sample with the class whose training mean is nearest.
+    means = np.stack([X[y == c].mean(axis=0) for c in range(10)])
+    distances = ((X_test[:, None] - means[None]) ** 2).reshape(len(X_test), 10, -1).sum(axis=2)
+    accuracy = (distances.argmin(axis=1) == y_test).mean()
+
+    # Assert: far above chance (10 %), yet the noise leaves errors to learn around.
+    assert 0.8 < accuracy < 0.99
+
+
+def test_synthetic_split_partitions_to_1000_clients_each_holding_samples() -> None:
+    # Prepare
+    X, y, X_test, y_test = load_split(
+        SYNTHETIC, input_size=8, channels=1, num_classes=10, test_fraction=0.2, seed=0
+    )
+
+    # Execute
+    iid = iid_partition(len(y), 1000, np.random.default_rng(0))
+    skewed = dirichlet_partition(y, 1000, 0.5, rng=np.random.default_rng(0), min_size=1)
+
+    # Assert
+    assert (len(y), len(y_test)) == (48_000, 12_000)
+    assert X.shape == (48_000, 1, 8, 8) and X_test.shape == (12_000, 1, 8, 8)
+    assert len(y) == training_size(SYNTHETIC, num_classes=10, test_fraction=0.2)
+    assert len(iid) == len(skewed) == 1000
+    assert min(len(part) for part in iid) == 48
+    assert min(len(part) for part in skewed) >= 1
+    assert sum(len(part) for part in skewed) == len(y)
+
+
+def write_class_folders(root: Path, per_class: int = 5) -> None:
+    """Three classes of small PNGs (6x5 RGB), each image a different flat grey level."""
+    for c, name in enumerate(["circle", "square", "triangle"]):
+        for i in range(per_class):
+            write_png(root / name / f"{i}.png", 40 * c + 5 * i, size=(6, 5))
+
+
+def test_image_folder_split_is_grey_resized_stratified_and_seeded(tmp_path: Path) -> None:
+    # Prepare
+    write_class_folders(tmp_path)
+    dataset = DatasetSpec(name="image_folder", samples=15, total_bytes=15 * 64, path=str(tmp_path))
+
+    # Execute
+    X, y, X_test, y_test = load_split(
+        dataset, input_size=8, channels=1, num_classes=10, test_fraction=0.4, seed=0
+    )
+    again = load_split(dataset, input_size=8, channels=1, num_classes=10, test_fraction=0.4)
+    other = load_split(dataset, input_size=8, channels=1, num_classes=10, test_fraction=0.4, seed=1)
+
+    # Assert: two of each class's five images are held out, the same two under the same seed.
+    assert X.shape == (9, 1, 8, 8) and X_test.shape == (6, 1, 8, 8)
+    np.testing.assert_array_equal(np.bincount(y_test), [2, 2, 2])
+    np.testing.assert_array_equal(np.bincount(y), [3, 3, 3])
+    assert len(y) == training_size(dataset, num_classes=10, test_fraction=0.4)
+    np.testing.assert_array_equal(X_test, again[2])
+    assert not np.array_equal(X_test, other[2])
+
+
+def test_image_folder_with_more_classes_than_the_model_or_no_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    write_class_folders(tmp_path, per_class=1)
+    folder = DatasetSpec(name="image_folder", samples=3, total_bytes=3 * 64, path=str(tmp_path))
+    no_path = DatasetSpec(name="image_folder", samples=3, total_bytes=3 * 64)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="3 class folders, more than the model's 2 classes"):
+        training_size(folder, num_classes=2, test_fraction=0.2)
+    with pytest.raises(ValueError, match="needs a path"):
+        load_split(no_path, input_size=8, channels=1, num_classes=10)
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        training_size(
+            DatasetSpec(name="mnist", samples=1, total_bytes=1), num_classes=10, test_fraction=0.2
+        )

@@ -1,0 +1,340 @@
+"""Benchmark: fedsim against Flower's simulation engine, whole processes timed side by side.
+
+Three parts, each side a fresh subprocess timed from start to exit (interpreter start, imports,
+data, the run, fedsim's report files), as a user would wait for it:
+
+1. **no-op**: 1,000 clients x 3 rounds whose clients train nothing. fedsim: ``fl_digits`` with
+   ``fl.training=modelled`` (time accounted for, no tensors) on the edge fleet resized to 10 x
+   100 devices. Flower: ``run_simulation`` with a ``ClientApp`` that sends back what it got, a
+   one-value array (the least a message can carry, so the ratio is the least fedsim can claim),
+   under FedAvg. Figure: client-rounds per second.
+2. **digits**: the digits CNN trained for real by 100 clients x 5 rounds on an IID split of
+   scikit-learn's digits, evaluated on the held-out split after every round. fedsim:
+   ``fl_digits`` on the edge fleet resized to 1 x 100, ``partition.kind=iid``. Flower: a
+   ``ClientApp`` that trains with fedsim's own ``TorchTrainer`` on the same shards (the same
+   seeded split, the same device ids and thus the same shuffles), FedAvg weighted by samples,
+   and the same ``Evaluator`` as its ``evaluate_fn``. Figures: wall time and final accuracy.
+3. **synthetic** (fedsim only): ``fl_synthetic``, 1,000 clients training the digits CNN for real
+   on the synthetic set. Figures: wall time and final accuracy.
+
+Flower is the optional ``bench`` extra (``pip install -e '.[bench]'``); ``--flower-python``
+runs its side in another interpreter (a virtual environment that holds Flower). Without
+Flower the script prints one line and exits 2. The last line is one JSON object with the
+figures and the ratios.
+
+    python benchmarks/bench_vs_flower.py [--flower-python PATH] [--skip-synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NOOP_CLIENTS, NOOP_ROUNDS = 1000, 3
+DIGITS_CLIENTS, DIGITS_ROUNDS = 100, 5
+# fl_digits' own training settings, which both sides use in part 2.
+BATCH_SIZE, LEARNING_RATE, SEED, TEST_FRACTION = 16, 0.05, 0, 0.2
+
+
+def fleet(clients: int, groups: int) -> list[str]:
+    """Overrides that resize the edge fleet to ``clients`` trainers in ``groups`` groups."""
+    return [
+        "topology=edge_fleet",
+        f"topology.generate.groups={groups}",
+        f"topology.generate.devices_per_group={clients // groups}",
+    ]
+
+
+FEDSIM_RUNS = {
+    "noop": [
+        "+experiment=fl_digits",
+        "fl.training=modelled",
+        *fleet(NOOP_CLIENTS, 10),
+        f"fl.rounds={NOOP_ROUNDS}",
+    ],
+    "digits": [
+        "+experiment=fl_digits",
+        *fleet(DIGITS_CLIENTS, 1),
+        "partition.kind=iid",
+        f"fl.rounds={DIGITS_ROUNDS}",
+        f"fl.batch_size={BATCH_SIZE}",
+        f"fl.learning_rate={LEARNING_RATE}",
+        f"seed={SEED}",
+        f"partition.test_fraction={TEST_FRACTION}",
+    ],
+    "synthetic": ["+experiment=fl_synthetic"],
+}
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """Run ``command`` to completion; its wall seconds. A failure stops the benchmark."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[:4])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def fedsim_side(part: str, env: dict[str, str]) -> dict[str, Any]:
+    """fedsim's run of ``part`` through ``python -m fedsim``: wall seconds and final accuracy."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-fedsim-{part}-") as run_dir:
+        command = [sys.executable, "-m", "fedsim", *FEDSIM_RUNS[part], f"hydra.run.dir={run_dir}"]
+        wall = timed(command, env)
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    return {"wall_s": wall, "accuracy": summary["final_accuracy"]}
+
+
+def flower_side(part: str, python: str, env: dict[str, str]) -> dict[str, Any]:
+    """Flower's run of ``part``: this script with ``--flower-part`` under ``python``."""
+    clients, rounds = (
+        (NOOP_CLIENTS, NOOP_ROUNDS) if part == "noop" else (DIGITS_CLIENTS, DIGITS_ROUNDS)
+    )
+    with tempfile.TemporaryDirectory(prefix=f"bench-flower-{part}-") as out:
+        result = Path(out) / "result.json"
+        command = [
+            python,
+            str(Path(__file__).resolve()),
+            "--flower-part",
+            part,
+            "--clients",
+            str(clients),
+            "--rounds",
+            str(rounds),
+            "--result",
+            str(result),
+        ]
+        wall = timed(command, env)
+        accuracy = json.loads(result.read_text())["accuracy"]
+    return {"wall_s": wall, "accuracy": accuracy}
+
+
+# ---- Flower's side, run in its own process (imports flwr) ----
+
+
+def run_flower(part: str, clients: int, rounds: int, result: Path) -> None:
+    """Flower's ``run_simulation`` of ``part``; writes ``{"accuracy": ...}`` to ``result``."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    state: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        """The shards, trainer and evaluator, made once per process (each Ray actor's own)."""
+        if not state:
+            import torch
+
+            from fedsim.core.partition import iid_partition
+            from fedsim.ml.data import load_digits_split
+            from fedsim.ml.train import Evaluator, TorchTrainer
+
+            torch.set_num_threads(1)  # as fedsim's scenario does for these tiny models
+            X, y, X_test, y_test = load_digits_split(test_fraction=TEST_FRACTION, seed=SEED)
+            # fedsim's federated scenario draws the split from the first of three seeds.
+            rng = np.random.default_rng(np.random.SeedSequence(SEED).spawn(3)[0])
+            parts = iid_partition(len(y), clients, rng)
+            # fedsim's edge fleet numbers its trainers 1..N; the trainer seeds by device id.
+            shards = {i + 1: (X[p], y[p]) for i, p in enumerate(parts)}
+            state["trainer"] = TorchTrainer(
+                model_name="digits_cnn", num_classes=10, data=shards, seed=SEED
+            )
+            state["evaluator"] = Evaluator(
+                model_name="digits_cnn", num_classes=10, X=X_test, y=y_test
+            )
+            state["names"] = list(state["trainer"].initial_parameters())
+            state["sizes"] = {d: len(shard[1]) for d, shard in shards.items()}
+        return state
+
+    def to_named(record: ArrayRecord, names: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(names, record.to_numpy_ndarrays(), strict=True))
+
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = msg.content["arrays"]
+        if part == "noop":
+            reply = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})})
+            return Message(content=reply, reply_to=msg)
+        from fedsim.core.runtime import FitIns, ModelRef
+
+        s = setup()
+        device = int(context.node_config["partition-id"]) + 1
+        # The model version fedsim's trainer seeds its shuffles with: round 1 trains version 0.
+        version = int(msg.content["config"]["server-round"]) - 1
+        samples = s["sizes"][device]
+        params, _ = s["trainer"](
+            device,
+            FitIns(
+                model=ModelRef(name="digits_cnn", version=version, nbytes=0),
+                samples=samples,
+                epochs=1,
+                batch_size=BATCH_SIZE,
+                flops=0.0,
+                update_nbytes=0,
+                parameters=to_named(arrays, s["names"]),
+                config={"learning_rate": LEARNING_RATE},
+            ),
+        )
+        reply = RecordDict(
+            {
+                "arrays": ArrayRecord(list(params.values())),
+                "metrics": MetricRecord({"num-examples": samples}),
+            }
+        )
+        return Message(content=reply, reply_to=msg)
+
+    server = ServerApp()
+    accuracy: list[float | None] = [None]
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients,
+            min_available_nodes=clients,
+        )
+        if part == "noop":
+            initial = ArrayRecord([np.zeros(1, dtype=np.float32)])
+            strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
+            return
+        s = setup()
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            metrics = s["evaluator"](to_named(arrays, s["names"]))
+            accuracy[0] = metrics["accuracy"]
+            return MetricRecord(metrics)
+
+        initial = ArrayRecord(list(s["trainer"].initial_parameters().values()))
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=evaluate)
+
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    result.write_text(json.dumps({"accuracy": accuracy[0]}))
+
+
+# ---- the comparison ----
+
+
+def has_flower(python: str) -> bool:
+    probe = [python, "-c", "import flwr.simulation"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--flower-python",
+        default=sys.executable,
+        help="the interpreter that runs Flower's side (default: this one)",
+    )
+    parser.add_argument("--skip-synthetic", action="store_true", help="leave out part 3")
+    # Flower's side of one part, as the comparison starts it.
+    parser.add_argument("--flower-part", choices=("noop", "digits"), help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.flower_part is not None:
+        run_flower(args.flower_part, args.clients, args.rounds, args.result)
+        return
+
+    if not has_flower(args.flower_python):
+        print(
+            f"Flower is not installed for {args.flower_python}: pip install -e '.[bench]', "
+            "or pass --flower-python"
+        )
+        sys.exit(2)
+    # Both sides import this tree's fedsim, whichever interpreter runs them.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    fedsim_noop = fedsim_side("noop", env)
+    flower_noop = flower_side("noop", args.flower_python, env)
+    fedsim_digits = fedsim_side("digits", env)
+    flower_digits = flower_side("digits", args.flower_python, env)
+    synthetic = None if args.skip_synthetic else fedsim_side("synthetic", env)
+
+    client_rounds = NOOP_CLIENTS * NOOP_ROUNDS
+    noop_ratio = flower_noop["wall_s"] / fedsim_noop["wall_s"]
+    time_fraction = fedsim_digits["wall_s"] / flower_digits["wall_s"]
+    accuracy_gap = 100 * abs(fedsim_digits["accuracy"] - flower_digits["accuracy"])
+
+    print(f"{'part':<44} {'fedsim s':>9} {'Flower s':>9} {'fedsim acc':>10} {'Flower acc':>10}")
+    print(
+        f"{f'no-op, {NOOP_CLIENTS:,} clients x {NOOP_ROUNDS} rounds':<44} "
+        f"{fedsim_noop['wall_s']:>9.2f} {flower_noop['wall_s']:>9.2f} {'-':>10} {'-':>10}"
+    )
+    print(
+        f"{f'digits CNN, {DIGITS_CLIENTS} clients x {DIGITS_ROUNDS} rounds, iid':<44} "
+        f"{fedsim_digits['wall_s']:>9.2f} {flower_digits['wall_s']:>9.2f} "
+        f"{fedsim_digits['accuracy']:>10.3f} {flower_digits['accuracy']:>10.3f}"
+    )
+    if synthetic is not None:
+        print(
+            f"{'fl_synthetic, 1,000 clients x 5 rounds, real':<44} "
+            f"{synthetic['wall_s']:>9.2f} {'-':>9} {synthetic['accuracy']:>10.3f} {'-':>10}"
+        )
+    print(
+        f"no-op: fedsim {client_rounds / fedsim_noop['wall_s']:,.0f} client-rounds/s, Flower "
+        f"{client_rounds / flower_noop['wall_s']:,.0f}: {noop_ratio:.1f}x (goal >= 100x)"
+    )
+    print(
+        f"digits: fedsim takes {time_fraction:.3f} of Flower's time (goal <= 0.25), accuracy "
+        f"{accuracy_gap:.1f} points apart (goal <= 2)"
+    )
+    print(
+        json.dumps(
+            {
+                "noop": {
+                    "clients": NOOP_CLIENTS,
+                    "rounds": NOOP_ROUNDS,
+                    "fedsim_wall_s": round(fedsim_noop["wall_s"], 3),
+                    "flower_wall_s": round(flower_noop["wall_s"], 3),
+                    "fedsim_client_rounds_per_s": round(client_rounds / fedsim_noop["wall_s"], 1),
+                    "flower_client_rounds_per_s": round(client_rounds / flower_noop["wall_s"], 1),
+                    "ratio": round(noop_ratio, 2),
+                },
+                "digits": {
+                    "clients": DIGITS_CLIENTS,
+                    "rounds": DIGITS_ROUNDS,
+                    "fedsim_wall_s": round(fedsim_digits["wall_s"], 3),
+                    "flower_wall_s": round(flower_digits["wall_s"], 3),
+                    "fedsim_accuracy": fedsim_digits["accuracy"],
+                    "flower_accuracy": flower_digits["accuracy"],
+                    "time_fraction": round(time_fraction, 4),
+                    "accuracy_gap_points": round(accuracy_gap, 2),
+                },
+                "synthetic": None
+                if synthetic is None
+                else {
+                    "clients": 1000,
+                    "wall_s": round(synthetic["wall_s"], 3),
+                    "accuracy": synthetic["accuracy"],
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
