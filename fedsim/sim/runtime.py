@@ -117,7 +117,7 @@ class SimTransport(Transport):
         )
         stop = back if deadline is None else min(back, deadline)
         if not now < stop < float("inf"):
-            return False  # nothing to wait for: no deadline, and no device ever comes back
+            return False  # the deadline has passed, or none is set and no device comes back
         # Tasks still running (late ones of earlier rounds) go on meanwhile.
         self.env.run(until=self.env.timeout(stop - now))
         return back <= stop
