@@ -179,6 +179,9 @@ class ByzantineTransport(Transport):
     ) -> T | None:
         return self.inner.server_work(kind, cost, fn)
 
+    def wait_online(self, devices: Sequence[int], deadline: float | None = None) -> bool:
+        return self.inner.wait_online(devices, deadline)
+
     def _tampered(self, r: TaskResult) -> TaskResult:
         sent = self._sent.get(r.device)
         if sent is None or sent[0] != r.task_id or r.update is None:

@@ -12,6 +12,7 @@ or disconnected device behaves, and the server learns of it only through its rou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +85,18 @@ class FaultPlan:
         if self.availability is not None and self.availability.offline(device, start, end):
             return True
         return any(o.device == device and o.overlaps(start, stop) for o in self.outages)
+
+    def next_online(self, device: int, t: float) -> float:
+        """The first time from ``t`` on at which ``device`` is reachable (``inf``: never again):
+        within its availability and outside its outages."""
+        while math.isfinite(t):
+            if self.availability is not None:
+                t = self.availability.next_online(device, t)
+            ends = [o.end for o in self.outages if o.device == device and o.start <= t < o.end]
+            if not ends:
+                return t
+            t = max(ends)  # inf for an outage that never ends
+        return t
 
     @staticmethod
     def dropout_draws(seed: np.random.SeedSequence | int) -> np.random.Generator:

@@ -214,6 +214,26 @@ class Timeline:
             return math.inf
         return base + self.period + float(self.edges[1])
 
+    def next_online(self, t: float) -> float:
+        """The first time from ``t`` on at which the device is online (``inf``: never again)."""
+        if self.online(t):
+            return t
+        if self.period is None:
+            i = int(np.searchsorted(self.edges, t, side="right"))
+            return float(self.edges[i]) if i < len(self.edges) else math.inf
+        if not len(self.edges):
+            return math.inf
+        # The offset read as :meth:`online` reads it, so that edges[i] is an online edge.
+        offset = t % self.period
+        i = int(np.searchsorted(self.edges, offset, side="right"))
+        ahead = self.edges[i] if i < len(self.edges) else self.period + self.edges[0]
+        on = t + (float(ahead) - offset)
+        # The sum rounds, and online() reads it modulo the period, which may then fall an ulp
+        # short of the edge: step up to the first float it reads as online.
+        while not self.online(on):
+            on = math.nextafter(on, math.inf)
+        return on
+
     def fraction_online(self) -> float:
         """The share of the period (or of the span up to the last interval's end) online."""
         if not len(self.edges):
@@ -231,6 +251,11 @@ class Availability:
     def online(self, device: int, t: float) -> bool:
         tl = self.timelines.get(device)
         return tl is None or tl.online(t)
+
+    def next_online(self, device: int, t: float) -> float:
+        """The first time from ``t`` on at which ``device`` is online (``inf``: never again)."""
+        tl = self.timelines.get(device)
+        return t if tl is None else tl.next_online(t)
 
     def offline(self, device: int, start: float, end: float | None = None) -> bool:
         """Whether ``device`` is offline at ``start`` or at any time before ``end``."""

@@ -184,6 +184,15 @@ class Transport(abc.ABC):
     ) -> T | None:
         """Do work on the server: returns ``fn()``, after the time the work takes."""
 
+    def wait_online(self, devices: Sequence[int], deadline: float | None = None) -> bool:
+        """Let the clock run until one of ``devices`` that is offline now comes back online,
+        or until ``deadline``; returns whether one came back.
+
+        Rounds call it when they find no device online. A runtime that cannot tell when an
+        offline device returns does not wait and returns False: this default.
+        """
+        return False
+
     def run(self, tasks: Sequence[Task], *, deadline: float | None = None) -> list[TaskResult]:
         """Submit ``tasks`` and wait for all of them (or the deadline)."""
         self.submit(tasks)

@@ -109,6 +109,19 @@ class SimTransport(Transport):
         self.env.run(until=done)
         return value
 
+    def wait_online(self, devices: Sequence[int], deadline: float | None = None) -> bool:
+        now = self.env.now
+        back = min(
+            (self.faults.next_online(d, now) for d in devices if self.faults.offline(d, now)),
+            default=float("inf"),
+        )
+        stop = back if deadline is None else min(back, deadline)
+        if not now < stop < float("inf"):
+            return False  # the deadline has passed, or none is set and no device comes back
+        # Tasks still running (late ones of earlier rounds) go on meanwhile.
+        self.env.run(until=self.env.timeout(stop - now))
+        return back <= stop
+
     # -- processes -------------------------------------------------------------------------
 
     def offline(self, device: int) -> bool:

@@ -38,7 +38,8 @@ class AsyncRounds(RoundProtocol):
     """FedBuff: clients train continuously; every ``buffer_size`` updates make a version.
 
     Each aggregation is recorded as one round; ``rounds`` aggregations end the run, as does
-    running out of clients to start.
+    running out of clients to start. With none training and no candidate online, the run
+    waits for one to come back before it gives up.
     """
 
     def run(self, candidates: Sequence[int]) -> None:
@@ -54,7 +55,7 @@ class AsyncRounds(RoundProtocol):
         self.started = t.now()
         self.submitted = 0
         self.refill()
-        while len(fed.history) < cfg.rounds and self.in_flight:
+        while len(fed.history) < cfg.rounds and (self.in_flight or self.resume()):
             due = min(v[2] for v in self.in_flight.values())
             got = t.wait(count=1, deadline=None if math.isinf(due) else due)
             self.expire(t.now(), {r.task_id for r in got})
@@ -82,6 +83,16 @@ class AsyncRounds(RoundProtocol):
             due = math.inf if cfg.deadline_s is None else now + cfg.deadline_s
             self.in_flight[task.id] = (d, fed.model.version, due)
             fed.transport.submit([task])
+
+    def resume(self) -> bool:
+        """With no client training: while no candidate is online, wait for one to come back and
+        start clients. Whether any started."""
+        fed = self.fed
+        while not any(v.online for v in fed.views(self.candidates).values()):
+            if not fed.transport.wait_online(self.candidates):
+                return False
+            self.refill()
+        return bool(self.in_flight)
 
     def expire(self, now: float, arrived: set[str]) -> None:
         """Give up on the tasks past their deadline that did not just arrive."""

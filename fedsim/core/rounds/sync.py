@@ -1,7 +1,8 @@
 """Synchronous rounds (FedAvg's): select, train, wait, aggregate what arrived.
 
 A round waits for its clients until all of them answered or its deadline passed; it aggregates
-when at least ``min_fit`` validated updates arrived, and fails, without raising, below that.
+when at least ``min_fit`` validated updates arrived, and fails, without raising, below that. A
+round that finds no candidate online first waits for one to come back, within its deadline.
 """
 
 from __future__ import annotations
@@ -27,8 +28,15 @@ class SyncRounds(RoundProtocol):
         """One round over ``candidates``; returns its report, also added to the history."""
         fed, cfg = self.fed, self.fed.config
         started = fed.transport.now()
+        deadline = None if cfg.deadline_s is None else started + cfg.deadline_s
         views = fed.views(candidates)
         selected = sorted(fed.select(views, cfg.per_round(len(views)), rnd + 1))
+        # No candidate online: the round waits, within its deadline, for one to come back.
+        while not selected and not any(v.online for v in views.values()):
+            if not fed.transport.wait_online(candidates, deadline):
+                break
+            views = fed.views(candidates)
+            selected = sorted(fed.select(views, cfg.per_round(len(views)), rnd + 1))
         if not selected:
             report = RoundReport(
                 round=rnd,
@@ -40,7 +48,6 @@ class SyncRounds(RoundProtocol):
             )
             return fed.record(report)
         shares = fed.shares(selected, views)
-        deadline = None if cfg.deadline_s is None else started + cfg.deadline_s
         accepted, failures, rejected = self.collect(rnd, selected, shares, deadline)
         return fed.finish_round(rnd, started, selected, accepted, failures, rejected)
 
