@@ -8,7 +8,8 @@ in the same process.
 
 The devices' hardware is this host's measured profile (``fedsim calibrate`` at the start, into
 a temporary directory, or ``--profile PATH``) slowed to a share ``q`` of one core: every time
-of the step model divided by ``q``, every throughput multiplied by it. ``mode.host_gflops`` is
+of the step model and every other time of its processor (cold start, per-request cost) divided
+by ``q``, every throughput multiplied by it. ``mode.host_gflops`` is
 the host profile's own speed, so the emulation's quota of such a device is exactly ``q``
 cores. The server is the host profile itself (it runs unthrottled, in this process).
 
@@ -197,7 +198,8 @@ def _sign(x: float, y: float) -> int:
 
 
 def scaled_profile(host: dict[str, Any], share: float) -> dict[str, Any]:
-    """The measured profile ``host`` as a device with ``share`` of its core: step times
+    """The measured profile ``host`` as a device with ``share`` of its core: step times and
+    the other seconds of its processor (cold start, a request's cost, a round's overhead)
     divided by ``share``, throughputs multiplied by it."""
     if not 0 < share <= 1:
         raise ValueError(f"share: must be in (0, 1], got {share}")
@@ -209,6 +211,9 @@ def scaled_profile(host: dict[str, Any], share: float) -> dict[str, Any]:
     for key in ("serialize_bytes_per_s", "load_bytes_per_s", "aggregate_bytes_per_s"):
         if out.get(key) is not None:
             out[key] = out[key] * share
+    for key in ("cold_start_s", "request_cpu_s", "round_overhead_s"):
+        if out.get(key) is not None:
+            out[key] = out[key] / share
     out["description"] = f"{out.get('description', 'this host')}, held to {share:g} core"
     out["source"] = f"{out.get('source', 'fedsim calibrate')}; times / {share:g} (benchmark)"
     return out

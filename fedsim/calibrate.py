@@ -2,7 +2,9 @@
 
 What it measures for one model of the zoo (training steps fitted as per-batch overhead +
 per-sample cost with the fit's residual, safetensors serialization and load throughput, FedAvg
-aggregation throughput) is ``fedsim.ml.calibrate``'s; the agent reports the same to its server.
+aggregation throughput, cold start, the server's round overhead) is ``fedsim.ml.calibrate``'s,
+and the processor cost of one HTTP request ``fedsim.real.request_cost``'s; the agent reports
+the same to its server.
 
 The profile (``kind: measured``) loads through the config as it is; a topology uses it by naming
 it as a device's ``hardware``. Exit codes: 0 when written, 2 for a bad argument or a file that
@@ -12,6 +14,7 @@ cannot be written, in one line on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import socket
 import sys
@@ -46,7 +49,9 @@ def render(cal: Calibration, command: str) -> str:
         f"{cal.input_size}) takes overhead_s + per_sample_s x n seconds.\n"
         "# Work without a step model runs at flops_per_sample / per_sample_s FLOP/s;\n"
         "# memory traffic at aggregate_bytes_per_s. cold_start_s: the first training task's\n"
-        "# extra seconds (building the model and optimizer, the first step).\n"
+        "# extra seconds (building the model and optimizer, the first step). request_cpu_s:\n"
+        "# processor seconds of one HTTP request the device makes, beyond its bytes.\n"
+        "# round_overhead_s: a server's seconds to deploy a round's model version.\n"
     )
     from fedsim.ml.calibrate import profile_document
 
@@ -73,6 +78,8 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             f"{cal.aggregate_bytes_per_s / 1e6:.0f} MB/s of memory traffic",
             f"  cold start (model, optimizer, first step): {cal.cold_start_s * 1e3:.1f} ms "
             "over a steady step",
+            f"  one HTTP request: {(cal.request_cpu_s or 0.0) * 1e3:.3f} ms of processor; "
+            f"deploying a version (server, each round): {cal.round_overhead_s * 1e3:.2f} ms",
             f"profile: {out}",
         ]
         + (
@@ -209,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--out {out}: {e}")
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     from fedsim.ml.calibrate import calibrate  # torch loads here, after the arguments
+    from fedsim.real.request_cost import measure_request_cpu_s
 
     cal = calibrate(
         args.model,
@@ -218,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         statistic=args.statistic,
     )
+    cal = dataclasses.replace(cal, request_cpu_s=measure_request_cpu_s())
     if cal.fit.model.per_sample_s == 0:
         parser.error(
             "step times did not grow with the batch size (a busy host?); "

@@ -37,6 +37,7 @@ from fedsim.core.fleet import (
 from fedsim.core.limits import INT64_MAX
 from fedsim.core.topology import (
     MEASURED,
+    MEASURED_SECONDS,
     PROFILE_KINDS,
     Device,
     Group,
@@ -424,7 +425,11 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         for f in MEASURED_THROUGHPUTS
         if getattr(c, f) is not None
     }
-    cold_start = None if c.cold_start_s is None else _cold_start(f"{where}.cold_start_s", c)
+    seconds = {
+        key: _positive(f"{where}.{key}", float(getattr(c, key)), allow_zero=True)
+        for key in MEASURED_SECONDS
+        if getattr(c, key) is not None
+    }
     if measured:
         if not steps:
             raise ConfigError(
@@ -437,7 +442,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
             )
     else:
         extra = (["steps"] if steps else []) + list(throughputs)
-        extra += [] if cold_start is None else ["cold_start_s"]
+        extra += list(seconds)
         if extra:
             raise ConfigError(
                 f"{where}.{extra[0]}: measured figures belong to a profile with kind: measured"
@@ -474,7 +479,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps, scale=MB),
         jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
         steps={model: step for model, (step, _) in steps.items()},
-        cold_start_s=cold_start or 0.0,
+        **seconds,
         **throughputs,
     )
 
@@ -492,11 +497,6 @@ def _descriptive(where: str, c: Any) -> None:
         acc = c.accelerator
         _positive(f"{where}.accelerator.memory_gb", acc.memory_gb, allow_zero=True)
         _positive(f"{where}.accelerator.memory_bandwidth_gbps", acc.memory_bandwidth_gbps)
-
-
-def _cold_start(where: str, c: Any) -> float:
-    """``cold_start_s``: seconds, finite and >= 0."""
-    return _positive(where, float(c.cold_start_s), allow_zero=True)
 
 
 def _peak(where: str, c: Any) -> tuple[int, float]:

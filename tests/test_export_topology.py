@@ -40,6 +40,9 @@ def test_a_calibration_exports_a_fleet_of_its_hardware(tmp_path, capsys):
         hw = topology.devices[t].hardware
         assert hw.kind == "measured" and hw.source == expected.source
         assert hw.steps == expected.steps
+        # The per-request cost and round overhead travel with the profile.
+        assert hw.request_cpu_s == expected.request_cpu_s > 0
+        assert hw.round_overhead_s == expected.round_overhead_s > 0
         assert topology.devices[t].link.bandwidth == pytest.approx(20e6 / 8)
         assert topology.devices[t].link.latency == pytest.approx(0.05)
     assert topology.devices[topology.server].hardware.name == "cloud_vm_8c"

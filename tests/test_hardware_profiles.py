@@ -24,6 +24,8 @@ MEASURED_CONF: dict[str, Any] = {
     "load_bytes_per_s": 3e9,
     "aggregate_bytes_per_s": 6e9,
     "cold_start_s": 0.8,
+    "request_cpu_s": 2e-4,
+    "round_overhead_s": 3e-3,
 }
 SPEC_CONF: dict[str, Any] = {
     "memory_gb": 1,
@@ -63,14 +65,16 @@ def test_a_measured_profile_needs_no_spec_sheet_figures():
     assert hw.memory_bandwidth == 6e9 and hw.memory_bytes == 16 * GB
     assert (hw.serialize_bytes_per_s, hw.load_bytes_per_s) == (4e9, 3e9)
     assert hw.cold_start_s == 0.8
+    assert (hw.request_cpu_s, hw.round_overhead_s) == (2e-4, 3e-3)
 
 
-def test_a_profile_without_a_cold_start_has_none():
+@pytest.mark.parametrize("key", ["cold_start_s", "request_cpu_s", "round_overhead_s"])
+def test_a_profile_without_a_measured_time_has_none(key):
     # Execute
-    measured, spec = profile(without("cold_start_s")), profile(SPEC_CONF)
+    measured, spec = profile(without(key)), profile(SPEC_CONF)
 
     # Assert
-    assert measured.cold_start_s == 0.0 and spec.cold_start_s == 0.0
+    assert getattr(measured, key) == 0.0 and getattr(spec, key) == 0.0
 
 
 def test_spec_sheet_figures_beside_measured_ones_time_the_other_work():
@@ -124,6 +128,26 @@ def without(key: str) -> dict[str, Any]:
         (
             {**SPEC_CONF, "cold_start_s": 1.0},
             "hardware.p.cold_start_s: measured figures belong to a profile with kind: measured",
+        ),
+        (
+            {**MEASURED_CONF, "request_cpu_s": -1e-3},
+            "hardware.p.request_cpu_s: must be >= 0, got -0.001",
+        ),
+        (
+            {**MEASURED_CONF, "request_cpu_s": float("nan")},
+            "hardware.p.request_cpu_s: must be >= 0, got nan",
+        ),
+        (
+            {**MEASURED_CONF, "round_overhead_s": float("inf")},
+            "hardware.p.round_overhead_s: must be a finite number, got inf",
+        ),
+        (
+            {**SPEC_CONF, "request_cpu_s": 1e-3},
+            "hardware.p.request_cpu_s: measured figures belong to a profile with kind: measured",
+        ),
+        (
+            {**SPEC_CONF, "round_overhead_s": 1e-3},
+            "hardware.p.round_overhead_s: measured figures belong to a profile with kind: measured",
         ),
         (
             {**MEASURED_CONF, "train_on": "cpu", "cpu_peak_gflops": 100},

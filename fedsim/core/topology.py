@@ -31,6 +31,10 @@ class TopologyError(ValueError):
     """A topology that cannot be built; the message names the offending field."""
 
 
+# The seconds figures only a measured profile carries (0 when not measured).
+MEASURED_SECONDS = ("cold_start_s", "request_cpu_s", "round_overhead_s")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HardwareProfile:
     """Compute capability of a device, in base units (FLOP/s, bytes, bytes/s).
@@ -46,7 +50,12 @@ class HardwareProfile:
     safetensors serialization and load throughput and the aggregation throughput (memory
     traffic per second as ``aggregation_cost`` counts it), all in bytes/s, and ``cold_start_s``,
     what the device's first training task of a run takes beyond a steady one (building the
-    model and trainer, the framework's first-step warm-up).
+    model and trainer, the framework's first-step warm-up). ``request_cpu_s`` is the seconds of
+    the device's own processor one HTTP request it makes costs beyond its bytes (the client's
+    work on the request and its answer), paid on every transfer it makes; ``round_overhead_s``
+    is the seconds of work a server does outside aggregation and evaluation to start a round:
+    deploying the round's model version (serializing, hashing and storing it) and posting the
+    round's tasks.
     """
 
     name: str
@@ -67,19 +76,26 @@ class HardwareProfile:
     load_bytes_per_s: float | None = None
     aggregate_bytes_per_s: float | None = None
     cold_start_s: float = 0.0
+    request_cpu_s: float = 0.0
+    round_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"hardware {self.name}"
-        if not (math.isfinite(self.cold_start_s) and self.cold_start_s >= 0):
-            raise TopologyError(f"{where}: cold_start_s must be finite and >= 0")
+        for key in MEASURED_SECONDS:
+            seconds = getattr(self, key)
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise TopologyError(f"{where}: {key} must be finite and >= 0")
         if self.kind not in PROFILE_KINDS:
             raise TopologyError(f"{where}: kind must be one of {', '.join(PROFILE_KINDS)}")
         if self.kind == MEASURED and not self.steps:
             raise TopologyError(f"{where}: a measured profile needs at least one step model")
         if self.kind == SPEC and self.steps:
             raise TopologyError(f"{where}: only a measured profile carries step models")
-        if self.kind == SPEC and self.cold_start_s:
-            raise TopologyError(f"{where}: only a measured profile carries a cold start")
+        if self.kind == SPEC and any(getattr(self, key) for key in MEASURED_SECONDS):
+            raise TopologyError(
+                f"{where}: only a measured profile carries a cold start, a request cost or a "
+                "round overhead"
+            )
 
     @property
     def effective_flops(self) -> float:

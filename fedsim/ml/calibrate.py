@@ -12,7 +12,13 @@ What is measured, for one model of the zoo:
 - the cold start: building the model and its optimizer and taking the first step (the first
   batch size's), less the fitted time of a steady step of that size. It is what a device's
   first training task costs beyond a steady one, as far as a short measurement can tell: the
-  trainer's data loading is not in it, and a process that trained before measures it warm.
+  trainer's data loading is not in it, and a process that trained before measures it warm;
+- the server's round overhead: deploying one new version of the model as the real transport
+  does each round (serializing it, hashing it, storing it in a model repository on disk).
+
+The processor cost of one HTTP request (``request_cpu_s``) needs an HTTP client and server:
+``fedsim.real.request_cost`` measures it, and the callers (``fedsim calibrate``, the agent) add
+it to the :class:`Calibration`.
 
 A timed step is the step ``TorchTrainer`` takes: forward, the trainer's own per-sample loss,
 ``zero_grad``, backward, an SGD step with momentum. Batch sizes are timed round-robin (each
@@ -28,10 +34,12 @@ document: the fields ``fedsim.schema.HardwareConf`` reads, and what an agent sen
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +59,7 @@ from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES, model_spec
 # The trainer's own loss: a timed step is the step it takes.
 from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, _per_sample_loss
 from fedsim.store.safetensors_io import decode, encode
+from fedsim.store.sqlite import SqliteRepository
 
 AGGREGATE_UPDATES = 8  # a round's worth of updates for the aggregation timing
 GB = 1e9
@@ -199,8 +208,10 @@ class Calibration:
     load_bytes_per_s: float
     aggregate_bytes_per_s: float
     cold_start_s: float
+    round_overhead_s: float
     memory_bytes: float
     source: str
+    request_cpu_s: float | None = None  # added by a caller that can time HTTP
 
 
 def calibrate(
@@ -247,6 +258,7 @@ def calibrate(
             * state_bytes
             / _median_seconds(lambda: fedavg.aggregate_fit(state, updates), io_repeats)
         )
+        round_overhead = deploy_seconds(state, min(io_repeats, DEPLOY_REPEATS))
     today = datetime.date.today().isoformat()
     return Calibration(
         model=model,
@@ -261,12 +273,41 @@ def calibrate(
         load_bytes_per_s=load,
         aggregate_bytes_per_s=aggregate,
         cold_start_s=cold_start,
+        round_overhead_s=round_overhead,
         memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
         source=(
             f"{by} on {socket.gethostname()}, {today}, torch {torch.__version__}, "
             f"{threads_text(timings.threads)}"
         ),
     )
+
+
+DEPLOY_REPEATS = 10  # each writes a version to disk; a few tell the median
+
+
+def deploy_seconds(state: NDArrays, repeats: int) -> float:
+    """The median seconds of deploying a new version of ``state`` as the real transport does
+    before a round's tasks go out: safetensors-encode it, hash it (sha256), look for it among
+    the model's versions and add it to a model repository (SQLite and blob files, in a
+    temporary directory). Each repeat changes one value so that every version is new."""
+    if repeats < 1:
+        raise ValueError(f"repeats: must be >= 1, got {repeats}")
+    changed = {k: v.copy() for k, v in state.items()}
+    first = next(iter(changed.values()), None)
+    counter = iter(range(1, 1 << 62))
+    with tempfile.TemporaryDirectory(prefix="fedsim-calibrate-") as tmp:
+        repository = SqliteRepository(Path(tmp))
+        repository.register_model("calibration", "calibration", {"source": "fedsim calibrate"})
+
+        def deploy() -> None:
+            if first is not None and first.size:
+                first.flat[0] = next(counter)
+            blob = encode(changed)
+            sha = hashlib.sha256(blob).hexdigest()
+            if all(v.sha256 != sha for v in repository.list_versions("calibration")):
+                repository.add_version("calibration", blob)
+
+        return _median_seconds(deploy, repeats)
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -304,6 +345,12 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
         "load_bytes_per_s": float(f"{cal.load_bytes_per_s:.4g}"),
         "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
         "cold_start_s": float(f"{cal.cold_start_s:.4g}"),
+        "round_overhead_s": float(f"{cal.round_overhead_s:.4g}"),
+        **(
+            {}
+            if cal.request_cpu_s is None
+            else {"request_cpu_s": float(f"{cal.request_cpu_s:.4g}")}
+        ),
     }
 
 

@@ -374,7 +374,10 @@ class MeasuredProfile(WireModel):
     The fields are those of a ``kind: measured`` hardware profile (``conf/hardware/*.yaml``,
     as ``fedsim calibrate`` writes one): ``steps`` holds a step model per model timed, the
     throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
-    and ``cold_start_s`` the first training task's extra seconds over a steady one.
+    ``cold_start_s`` the first training task's extra seconds over a steady one,
+    ``request_cpu_s`` the processor seconds one HTTP request of the agent costs beyond its
+    bytes, and ``round_overhead_s`` the seconds a server on this hardware works to start a
+    round (deploying a model version, posting tasks).
     """
 
     kind: Literal["measured"] = "measured"
@@ -389,6 +392,8 @@ class MeasuredProfile(WireModel):
     load_bytes_per_s: Rate | None = None
     aggregate_bytes_per_s: Rate | None = None
     cold_start_s: Seconds | None = None
+    request_cpu_s: Seconds | None = None
+    round_overhead_s: Seconds | None = None
 
 
 class TaskReceipt(WireModel):

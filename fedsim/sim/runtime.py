@@ -8,7 +8,11 @@ A measured profile also charges what the device's CPU spends around a transfer: 
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
 uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
 transfers (the training step; a forwarder's aggregation step before its upload), and, once per
-device and run, its cold start (``cold_start_s``) on its first training step. Spec-sheet
+device and run, its cold start (``cold_start_s``) on its first training step. Every transfer
+a device makes (its downloads and uploads: the agent makes each request) costs it
+``request_cpu_s`` of its processor before the bytes move, and a server whose profile has a
+``round_overhead_s`` spends it deploying each new model version before the tasks that carry it
+start (once a round in synchronous rounds). All of these run at the device's speed. Spec-sheet
 profiles have none of these figures and pay nothing for them.
 """
 
@@ -76,6 +80,8 @@ class SimTransport(Transport):
         self._processor = {dev: simpy.Resource(self.env, capacity=1) for dev in topology.devices}
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
+        # Model versions the server has deployed: each new one costs its round overhead.
+        self._deployed: set[tuple[str, int]] = set()
         self._inbox: list[TaskResult] = []
         self._arrived = self.env.event()
 
@@ -86,7 +92,23 @@ class SimTransport(Transport):
         for task in tasks:
             if task.device not in self.topology.devices:
                 raise ValueError(f"task {task.id}: no device {task.device}")
-            self.env.process(self._task(task))
+        after = self._deploy_seconds(tasks)
+        for task in tasks:
+            self.env.process(self._task(task, after=after))
+
+    def _deploy_seconds(self, tasks: Sequence[Task]) -> float:
+        """The server's round overhead when ``tasks`` carry a model version it has not
+        deployed yet (as the real transport deploys each version once, before posting)."""
+        versions = {
+            (t.ins.model.name, t.ins.model.version)
+            for t in tasks
+            if isinstance(t.ins, (FitIns, RelayIns))
+        }
+        if versions <= self._deployed:
+            return 0.0
+        self._deployed |= versions
+        server = self.topology.devices[self.server]
+        return server.hardware.round_overhead_s / server.speed
 
     def wait(self, *, count: int, deadline: float | None = None) -> list[TaskResult]:
         while len(self._inbox) < count:
@@ -134,29 +156,32 @@ class SimTransport(Transport):
     def _steps(self, task: Task) -> list[Generator[simpy.Event, Any, None]]:
         ins, dev, tid = task.ins, task.device, task.id
         if isinstance(ins, UploadDataIns):
-            return [self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid)]
+            return [self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev)]
         if isinstance(ins, FitIns):
             src = self.server if ins.source is None else ins.source
             sink = self.server if ins.sink is None else ins.sink
             hw = self.topology.devices[dev].hardware
             io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
             return [
-                self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid),
+                self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid, by=dev),
                 self._compute(dev, ins.cost(), EventKind.TRAIN, tid, extra_s=io),
-                self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid),
+                self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev),
             ]
         if isinstance(ins, RelayIns):
-            return [self._send(self.server, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid)]
+            model = ins.model.nbytes
+            return [self._send(self.server, dev, model, EventKind.MODEL_DOWNLOAD, tid, by=dev)]
         if isinstance(ins, ForwardIns):
             hw = self.topology.devices[dev].hardware
             io = serialize_seconds(ins.nbytes, hw)
             return [
                 self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io),
-                self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid),
+                self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev),
             ]
         raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
 
-    def _task(self, task: Task) -> Generator[simpy.Event, Any, None]:
+    def _task(self, task: Task, *, after: float = 0.0) -> Generator[simpy.Event, Any, None]:
+        if after:
+            yield self.env.timeout(after)  # the server deploying the task's model version
         started = self.env.now
         ins, dev = task.ins, task.device
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
@@ -198,9 +223,14 @@ class SimTransport(Transport):
                 self.network.set_capacity(k, self._links[k].bandwidth)
 
     def _send(
-        self, src: int, dst: int, nbytes: int, kind: EventKind, task: str
+        self, src: int, dst: int, nbytes: int, kind: EventKind, task: str, *, by: int
     ) -> Generator[simpy.Event, Any, None]:
+        """``nbytes`` from ``src`` to ``dst``, a request device ``by`` makes: its processor's
+        per-request cost first, then the bytes over the path."""
         start = self.env.now
+        requester = self.topology.devices[by]
+        if requester.hardware.request_cpu_s:
+            yield self.env.timeout(requester.hardware.request_cpu_s / requester.speed)
         path = self.topology.path(src, dst)
         extra = sum(
             abs(self.rng.normal(0.0, self.topology.link_profile(n).latency_jitter))

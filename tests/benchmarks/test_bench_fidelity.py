@@ -71,6 +71,8 @@ def test_a_slowed_profile_gets_the_share_of_the_core_it_is_given():
             "digits_cnn": {"overhead_s": 1e-3, "per_sample_s": 2e-5, "flops_per_sample": 2e6}
         },
         "aggregate_bytes_per_s": 4e9,
+        "cold_start_s": 0.5,
+        "request_cpu_s": 1e-3,
     }
 
     # Execute
@@ -81,6 +83,8 @@ def test_a_slowed_profile_gets_the_share_of_the_core_it_is_given():
     step = slowed["steps"]["digits_cnn"]
     assert (step["overhead_s"], step["per_sample_s"]) == pytest.approx((4e-3, 8e-5))
     assert slowed["aggregate_bytes_per_s"] == pytest.approx(1e9)
+    assert (slowed["cold_start_s"], slowed["request_cpu_s"]) == pytest.approx((2.0, 4e-3))
+    assert "round_overhead_s" not in slowed  # what the host did not measure stays unmeasured
     assert host["steps"]["digits_cnn"]["overhead_s"] == 1e-3
     assert bench.host_gflops(slowed) / bench.host_gflops(host) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="share"):

@@ -457,8 +457,13 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     assert step["per_sample_s"] > 0 and step["overhead_s"] >= 0 and step["residual_s"] >= 0
     assert profile["serialize_bytes_per_s"] > 0 and profile["load_bytes_per_s"] > 0
     assert profile["cold_start_s"] >= 0
+    # One HTTP request costs the client some processor time, far less than a second.
+    assert 0 < profile["request_cpu_s"] < 1 and 0 < profile["round_overhead_s"] < 10
     # What the agent sends is what the protocol accepts.
-    assert MeasuredProfile.model_validate(profile).cold_start_s == profile["cold_start_s"]
+    accepted = MeasuredProfile.model_validate(profile)
+    assert accepted.cold_start_s == profile["cold_start_s"]
+    assert accepted.request_cpu_s == profile["request_cpu_s"]
+    assert accepted.round_overhead_s == profile["round_overhead_s"]
     assert beats_by_then >= 2
 
 

@@ -87,6 +87,8 @@ def test_export_then_replay_gives_the_recorded_fleet(tmp_path, capsys):
         assert hw.steps["digits_cnn"].per_sample_s == step["per_sample_s"]
         assert hw.serialize_bytes_per_s == record.measured["serialize_bytes_per_s"]
         assert hw.load_bytes_per_s == record.measured["load_bytes_per_s"]
+        assert hw.request_cpu_s == record.measured["request_cpu_s"] > 0
+        assert hw.round_overhead_s == record.measured["round_overhead_s"] > 0
         # The link: the probe's slower direction, and half its round trip each way.
         res = record.resources
         slower = min(res["bandwidth_up"], res["bandwidth_down"])

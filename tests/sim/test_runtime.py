@@ -221,3 +221,63 @@ def test_a_spec_sheet_profile_pays_no_cold_start_nor_serialization():
 
     # Assert: the compute model's 1e12 FLOPs at 1 TFLOP/s, first task and later ones.
     assert durations == pytest.approx([1.0, 1.0])
+
+
+def transfer_durations(transport):
+    """Each transfer event's duration, by kind."""
+    return {e.kind: e.duration for e in transport.events if e.kind.is_transfer}
+
+
+def test_each_transfer_a_device_makes_costs_it_its_request_cpu_at_its_speed():
+    # Prepare: one trainer behind a 1 MB/s link, at half its profile's speed; its profile costs
+    # 10 ms of processor per request, or none. A 1 MB model down, a 1 MB update up.
+    slow_link = star(1, access=link("a", 1.0))
+    task = Task(id="t", device=1, ins=fit(nbytes=1_000_000, update_nbytes=1_000_000))
+    runs = {}
+    for cost in (0.0, 0.01):
+        topology = measured_clients(slow_link, request_cpu_s=cost)
+        devices = {**topology.devices, 1: replace(topology.devices[1], speed=0.5)}
+        transport = SimTransport(replace(topology, devices=devices), seed=0)
+
+        # Execute
+        (result,) = transport.run([task])
+        runs[cost] = (transfer_durations(transport), result.finished - result.started)
+
+    # Assert: each of the two transfers takes 10 ms / 0.5 = 20 ms more, the task 40 ms more.
+    (free, free_task), (costly, costly_task) = runs[0.0], runs[0.01]
+    assert free[EventKind.MODEL_DOWNLOAD] == pytest.approx(1.0)
+    for kind in (EventKind.MODEL_DOWNLOAD, EventKind.UPDATE_UPLOAD):
+        assert costly[kind] == pytest.approx(free[kind] + 0.02)
+    assert costly_task == pytest.approx(free_task + 0.04)
+
+
+def test_the_server_pays_its_round_overhead_once_per_model_version_it_deploys():
+    # Prepare: a server whose profile takes 0.2 s to deploy a version, at twice its speed.
+    topology = star(2)
+    server = topology.devices[0]
+    measured = replace(
+        server.hardware,
+        kind="measured",
+        source="test",
+        steps={"m": StepModel(overhead_s=0.0, per_sample_s=1e-6)},
+        round_overhead_s=0.2,
+    )
+    devices = {**topology.devices, 0: replace(server, hardware=measured, speed=2.0)}
+    transport = SimTransport(replace(topology, devices=devices), seed=0)
+
+    def version(v, tag):
+        ins = replace(fit(), model=ModelRef(name="m", version=v, nbytes=1000))
+        return [Task(id=f"{tag}{d}", device=d, ins=ins) for d in (1, 2)]
+
+    # Execute: a round of version 0, another task batch of version 0, then version 1.
+    starts = []
+    for tasks in (version(0, "a"), version(0, "b"), version(1, "c")):
+        begun = transport.now()
+        results = transport.run(tasks)
+        starts.append(sorted(r.started - begun for r in results))
+
+    # Assert: a new version delays its tasks by 0.2 s / 2 (both tasks alike); the same
+    # version again costs nothing.
+    assert starts[0] == pytest.approx([0.1, 0.1])
+    assert starts[1] == pytest.approx([0.0, 0.0])
+    assert starts[2] == pytest.approx([0.1, 0.1])

@@ -7,6 +7,7 @@ can take long, and the event loop must keep the heartbeats going meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -157,6 +158,7 @@ CALIBRATION_BATCH_SIZES = (8, 16, 32, 64)
 CALIBRATION_REPEATS = 10
 CALIBRATION_WARMUP = 3
 CALIBRATION_IO_REPEATS = 10
+CALIBRATION_REQUESTS = 20
 
 
 def measure_profile(model: str) -> dict[str, Any]:
@@ -170,6 +172,7 @@ def measure_profile(model: str) -> dict[str, Any]:
     """
     from fedsim.ml.calibrate import calibrate, profile_document
     from fedsim.ml.spec import MODELS
+    from fedsim.real.request_cost import measure_request_cpu_s
 
     if model not in MODELS:
         raise TaskError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
@@ -188,7 +191,8 @@ def measure_profile(model: str) -> dict[str, Any]:
             f"{model}'s step times did not grow with the batch size (a busy host?); "
             "not reporting them"
         )
-    return profile_document(cal)
+    requests = measure_request_cpu_s(CALIBRATION_REQUESTS)
+    return profile_document(dataclasses.replace(cal, request_cpu_s=requests))
 
 
 def resolve_torch_device(name: str) -> str:

@@ -1,0 +1,104 @@
+"""What one HTTP request costs the agent's processor, beyond the bytes it carries.
+
+An agent makes a request for every transfer (it downloads the model, uploads the update), and
+each costs its client some processor time whatever the body: building the request, parsing the
+answer, the event loop's turns. On a fast core that is a millisecond or two; on a device held
+to a tenth of a core it is ten times that, and it is what a transfer of a small model mostly
+takes. :func:`measure_request_cpu_s` times it here: the agent's own client
+(:class:`~fedsim.real.agent.client.ApiClient`) sends small PUTs and GETs over loopback to an
+aiohttp server in another thread, and the processor time of the client's thread
+(``time.thread_time``) is counted, the server's not (the server runs elsewhere in a real
+deployment). The figure goes into a measured hardware profile as ``request_cpu_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+from aiohttp import web
+
+from fedsim.real.agent.client import ApiClient, Backoff
+
+# A body small enough that the bytes cost nothing next to the request itself.
+BODY_BYTES = 1024
+ROUTE = "/blob"
+
+
+@contextmanager
+def _loopback_server(body: bytes) -> Iterator[str]:
+    """An aiohttp server on 127.0.0.1 in its own thread and event loop, answering GET with
+    ``body`` and PUT with a short JSON receipt; yields its root URL."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    root: list[str] = []
+
+    async def put(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"status": "stored"})
+
+    async def get(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_put(ROUTE, put)
+    app.router.add_get(ROUTE, get)
+    runner = web.AppRunner(app, access_log=None)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
+        root.append(f"http://127.0.0.1:{port}")
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="fedsim-request-cost", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the loopback server for timing requests did not start in 30 s")
+    try:
+        yield root[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+
+async def _time_requests(root: str, body: bytes, repeats: int) -> list[float]:
+    """The client thread's processor seconds of each of ``repeats`` PUT + GET pairs, halved:
+    one request's worth each."""
+    seconds = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector()) as session:
+        api = ApiClient(session=session, server=root, backoff=Backoff())
+        url = root + ROUTE
+        headers = {"Content-Type": "application/octet-stream"}
+        # One untimed pair: the connection is opened once, as an agent's session keeps it.
+        await api.request("PUT", url, token=None, body=body, headers=headers)
+        await api.download(url, token=None, limit=len(body))
+        for _ in range(repeats):
+            start = time.thread_time()
+            await api.request("PUT", url, token=None, body=body, headers=headers)
+            await api.download(url, token=None, limit=len(body))
+            seconds.append((time.thread_time() - start) / 2)
+    return seconds
+
+
+def measure_request_cpu_s(repeats: int = 50) -> float:
+    """The median processor seconds one request of the agent's HTTP client costs this host's
+    core (see the module docstring). Runs its own event loop: call it from no running loop
+    (an agent calls it in its executor)."""
+    if repeats < 1:
+        raise ValueError(f"repeats: must be >= 1, got {repeats}")
+    body = bytes(BODY_BYTES)
+    with _loopback_server(body) as root:
+        seconds = asyncio.run(_time_requests(root, body, repeats))
+    return statistics.median(seconds)
