@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from fedsim.config import ConfigError, build_spec, compose, conf_dir
@@ -188,3 +189,36 @@ def test_a_data_set_real_training_cannot_use_is_refused_before_running(overrides
     # Execute / Assert
     with pytest.raises(ConfigError, match=message):
         build_spec(cfg, conf_dir())
+
+
+def test_a_federated_run_streams_its_events_to_the_run_directory(tmp_path):
+    # Prepare: a modelled round of 20 trainers, and one that may write only 10 events.
+    base = [
+        "+experiment=fl_scale",
+        "topology.generate.groups=2",
+        "topology.generate.devices_per_group=10",
+        "topology.fleet.spread.bandwidth=0.8",
+        "fl.rounds=2",
+        "fl.fraction_per_round=1.0",
+    ]
+    spec = build_spec(compose(base))
+    capped = build_spec(compose([*base, "fl.max_events=10"]))
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path / "all", Hooks(progress=False))
+    few = run(capped, runtime("sim"), tmp_path / "capped", Hooks(progress=False))
+    # Assert: every event is in the run's events.csv, none in memory, and the rows are the
+    # same whether the file takes them all or 10.
+    events = pd.read_csv(result.events_file)
+    assert result.events_file == tmp_path / "all" / "events.csv"
+    assert result.events == [] and result.all_events() == []
+    # 20 trainers x (download, train, upload) + aggregate and publish, in each of 2 rounds.
+    assert len(events) == result.summary["events_recorded"] == 2 * (20 * 3 + 2)
+    assert result.summary["events_not_recorded"] == 0
+    kinds = {"model_download", "train", "update_upload", "aggregate", "publish"}
+    assert set(events["kind"]) == kinds
+    assert (events["end_s"].diff().dropna() >= 0).all()  # written as they happened
+    assert len(pd.read_csv(few.events_file)) == few.summary["events_recorded"] == 10
+    assert few.summary["events_not_recorded"] == 2 * (20 * 3 + 2) - 10
+    assert few.rows == result.rows
+    first = events[events["end_s"] <= result.rows[0].finished_s + 1e-9]
+    assert result.rows[0].bytes_moved == first["bytes"].sum()

@@ -7,12 +7,16 @@ row carry the same :class:`TimeSplit` of their time along the critical path.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsim.core.critical_path import critical_path
-from fedsim.core.events import Event
+from fedsim.core.events import Event, EventColumns
 from fedsim.core.fidelity import Fidelity
 
 CLOUD = "cloud_based"  # t_ref: the devices ship their data, the cloud server trains
@@ -35,9 +39,16 @@ class TimeSplit:
     bytes_moved: int
 
 
-def time_fields(events: Sequence[Event], start: float, end: float) -> dict[str, Any]:
+def time_fields(events: Sequence[Event] | EventColumns, start: float, end: float) -> dict[str, Any]:
     """The :class:`TimeSplit` fields of ``[start, end]`` over the ``events`` inside it."""
-    inside = [e for e in events if e.start >= start - 1e-9 and e.end <= end + 1e-9]
+    cols = events if isinstance(events, EventColumns) else EventColumns(events)
+    inside = EventColumns()
+    if len(cols):
+        keep = (np.frombuffer(cols.start) >= start - 1e-9) & (np.frombuffer(cols.end) <= end + 1e-9)
+        for name in EventColumns.__slots__:
+            column = getattr(cols, name)
+            kept = np.frombuffer(column, dtype=column.typecode)[keep]
+            setattr(inside, name, array(column.typecode, kept.tobytes()))
     parts = critical_path(inside, start, end)
     return {
         "total_s": end - start,
@@ -45,7 +56,7 @@ def time_fields(events: Sequence[Event], start: float, end: float) -> dict[str, 
         "compute_s": parts.compute,
         "aggregation_s": parts.aggregation,
         "waiting_s": parts.waiting,
-        "bytes_moved": sum(e.nbytes for e in inside),
+        "bytes_moved": int(np.frombuffer(inside.nbytes, dtype=np.int64).sum()),
     }
 
 
@@ -120,6 +131,8 @@ class RunResult:
     ``label_counts`` (each client's samples per class) and ``failures`` ((round, device,
     reason) for every lost or rejected update) to federated runs. ``fidelity`` pairs a measured
     run's rows with the simulator's prediction of them; empty for a simulated run.
+    ``events_file`` is the CSV (``events.csv``'s columns) a run wrote its events to as they
+    happened, instead of holding them in ``events``, which is then empty.
     """
 
     kind: str  # COMPARISON or FEDERATED
@@ -132,7 +145,8 @@ class RunResult:
     label_counts: dict[int, list[int]] = field(default_factory=dict)
     failures: list[tuple[int, int, str]] = field(default_factory=list)
     fidelity: list[Fidelity] = field(default_factory=list)
+    events_file: Path | None = None
 
     def all_events(self) -> list[Event]:
-        """Every event of every log, in order."""
+        """Every event of every log, in order (none when they went to ``events_file``)."""
         return [e for log in self.events for e in log.events]

@@ -230,7 +230,8 @@ class Topology:
                 raise TopologyError(f"no device {end}")
         up = self._ancestors(("device", src))
         down = self._ancestors(("device", dst))
-        meet = next(n for n in up if n in set(down))
+        on_down = set(down)
+        meet = next(n for n in up if n in on_down)
         hops = [(n, "up") for n in up[: up.index(meet)]]
         hops += [(n, "down") for n in reversed(down[: down.index(meet)])]
         return hops

@@ -9,14 +9,18 @@ differs by scenario (which table, which plots, which report text) is looked up b
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedsim.core.events import Event
 from fedsim.core.results import COMPARISON, FEDERATED, RunResult
 from fedsim.report.federated import rounds_frame, write_federated_plots
 from fedsim.report.federated_markdown import render_federated_report
@@ -24,9 +28,55 @@ from fedsim.report.fidelity import write_fidelity
 from fedsim.report.html import write_report
 from fedsim.report.markdown import render_report
 from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
-from fedsim.report.tables import crossover_frame, events_frame, runs_frame
+from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, runs_frame
 
 PLOTS_DIR = "plots"
+EVENTS_FILE = "events.csv"
+
+
+class EventsWriter:
+    """Writes each event to ``path`` as it is recorded (the columns of ``events.csv``), the
+    first ``limit`` of them; later ones are counted in ``dropped``. An :class:`EventLog`'s
+    sink, so that a run's log is on disk, not in memory."""
+
+    def __init__(self, path: Path, *, scenario: str, repetition: int = 0, limit: int) -> None:
+        self.path, self.limit = Path(path), limit
+        self._prefix = (repetition, scenario)
+        self._file = self.path.open("w", newline="", encoding="utf-8", buffering=1 << 20)
+        self._rows = csv.writer(self._file)
+        self._rows.writerow(EVENT_COLUMNS)
+        self.written = 0
+        self.dropped = 0
+
+    def __call__(self, e: Event) -> None:
+        if self.written >= self.limit:
+            self.dropped += 1
+            return
+        rep, scenario = self._prefix
+        self._rows.writerow(
+            (rep, scenario, e.device, e.kind.value, e.start, e.end, e.duration, e.nbytes, e.task)
+        )
+        self.written += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventsWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _events_table(result: RunResult) -> pd.DataFrame:
+    """The run's events as ``events_frame`` gives them, read back from the file the run wrote
+    them to as they happened (without the task names, which no plot reads)."""
+    if result.events_file is None:
+        return events_frame(result.events)
+    columns = [c for c in EVENT_COLUMNS if c != "task"]
+    return pd.read_csv(result.events_file, usecols=columns, dtype={"kind": "category"})
 
 
 def json_safe(value: Any) -> Any:
@@ -89,7 +139,7 @@ def _comparison(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
 
 def _federated(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
     rounds = rounds_frame(result.rows)  # type: ignore[arg-type]
-    plots = write_federated_plots(result, rounds, events_frame(result.events), run_dir / PLOTS_DIR)
+    plots = write_federated_plots(result, rounds, _events_table(result), run_dir / PLOTS_DIR)
     return rounds, render_federated_report(result, plots)
 
 
@@ -103,7 +153,11 @@ def write_run(run_dir: Path, result: RunResult) -> None:
     (run_dir / "summary.json").write_text(
         json.dumps(json_safe(result.summary), indent=2) + "\n", encoding="utf-8"
     )
-    events_frame(result.events).to_csv(run_dir / "events.csv", index=False)
+    events = run_dir / EVENTS_FILE
+    if result.events_file is None:
+        events_frame(result.events).to_csv(events, index=False)
+    elif not events.exists() or not events.samefile(result.events_file):
+        shutil.copyfile(result.events_file, events)
     rows, text = SCENARIO_REPORTS[result.kind](result, run_dir)
     rows.to_csv(run_dir / "runs.csv", index=False)
     fidelity = write_fidelity(result, run_dir, run_dir / PLOTS_DIR)

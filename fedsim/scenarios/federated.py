@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ import numpy as np
 from fedsim import __version__
 from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
-from fedsim.core.events import EventLog
-from fedsim.core.results import FEDERATED, RepetitionEvents, RoundRow, RunResult, time_fields
+from fedsim.core.events import Event, EventColumns
+from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
 from fedsim.core.selection import (
@@ -32,6 +33,7 @@ from fedsim.core.selection import (
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
+from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
 from fedsim.scenarios.comparison import model_summary
@@ -88,14 +90,19 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     bar = tqdm(
         total=fl.rounds, desc="rounds", unit="round", file=sys.stderr, disable=not hooks.progress
     )
-    with bar, rt.open(spec, run_dir, needs) as session:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Events go to disk as they are recorded; the current round's stay in columns only until
+    # its row is made.
+    written = EventsWriter(run_dir / EVENTS_FILE, scenario=FEDERATED, limit=fl.max_events)
+    with bar, written, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
+        rows = _RoundRows()
+        transport.events.sink = rows.tee(written)
         resources = session.resources(transport)
         attacked = None
         if byzantine:
             attacked = ByzantineTransport(inner=transport, attack=fl.attack, attackers=byzantine)
             transport = attacked
-        rows = _RoundRows(transport.events, fl.max_events)
         versions = None
         if params is not None:
             from fedsim.store.recorder import RepositoryRecorder
@@ -159,17 +166,17 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
                 "total_bytes": stats.total_size,
             }
 
-    events = tuple(transport.events)
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
-    summary = _summary(spec, rows, history, samples, elapsed, repository, len(events))
+    summary = _summary(spec, rows, history, samples, elapsed, repository, written)
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
     return RunResult(
         kind=FEDERATED,
         summary=summary,
         rows=rows.rows,
-        events=[RepetitionEvents(repetition=0, scenario=FEDERATED, events=events)],
+        events=[],
+        events_file=written.path,
         label_counts=labels,
         failures=failures,
         assumptions=_assumptions(spec, model),
@@ -242,18 +249,26 @@ def real_data(
 class _RoundRows:
     """Turns each round's report and events into a row as the round ends.
 
-    Rows are made while the events are at hand, so that a long run need keep only the first
-    ``max_events`` events for the events table (memory stays bounded at any scale).
+    It holds the events of the round under way only, as columns of numbers: rows are made
+    while they are at hand, and the events themselves go to disk as they are recorded.
     """
 
-    def __init__(self, log: EventLog, max_events: int) -> None:
-        self.log, self.max_events = log, max_events
+    def __init__(self) -> None:
         self.rows: list[RoundRow] = []
-        self._mark = 0
-        self.dropped = 0
+        self._fresh = EventColumns()
+
+    def tee(self, sink: Callable[[Event], None]) -> Callable[[Event], None]:
+        """An event log's sink that hands each event to ``sink`` and keeps it for the row."""
+        keep = self._fresh.add
+
+        def both(event: Event) -> None:
+            sink(event)
+            keep(event)
+
+        return both
 
     def __call__(self, r: RoundReport) -> None:
-        fresh = self.log.events[self._mark :]
+        fresh = self._fresh
         self.rows.append(
             RoundRow(
                 round=r.round,
@@ -272,10 +287,7 @@ class _RoundRows:
                 staleness=r.staleness,
             )
         )
-        if len(self.log.events) > self.max_events:
-            self.dropped += len(self.log.events) - self.max_events
-            del self.log.events[self.max_events :]
-        self._mark = len(self.log.events)
+        fresh.clear()
 
 
 def _to_target(rows: list[RoundRow], target: float | None) -> tuple[int | None, float | None]:
@@ -294,7 +306,7 @@ def _summary(
     samples: dict[int, int],
     elapsed: float,
     repository: dict[str, Any] | None,
-    recorded: int,
+    events: EventsWriter,
 ) -> dict[str, Any]:
     fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
@@ -311,6 +323,7 @@ def _summary(
         "training": fl.training,
         "clients": list(spec.clients),
         "topology": spec.topology.name,
+        "server": spec.topology.server,
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
         "target_accuracy": fl.target_accuracy,
@@ -322,8 +335,8 @@ def _summary(
         "updates_lost": sum(len(r.failures) for r in history),
         "updates_rejected": sum(len(r.rejected) for r in history),
         "repository": repository,
-        "events_recorded": recorded,
-        "events_not_recorded": made.dropped,
+        "events_recorded": events.written,
+        "events_not_recorded": events.dropped,
         "workload": {
             "name": spec.workload_name,
             "model": model_summary(workload.model),

@@ -18,7 +18,9 @@ profiles have none of these figures and pay nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+import math
+from collections.abc import Callable, Generator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,6 +45,8 @@ from fedsim.sim.compute import compute_seconds, jitter_factor, load_seconds, ser
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
+# The metrics of a modelled update: one shared empty mapping, not a dict per device.
+_NONE: Mapping[str, float] = MappingProxyType({})
 # Trains a FitIns for real on a device (the simulator's virtual time is modelled regardless).
 LocalTrainer = Callable[[int, FitIns], tuple[NDArrays, dict[str, float]]]
 
@@ -77,13 +81,19 @@ class SimTransport(Transport):
         for change in self.faults.link_changes:
             self.env.process(self._link_change(change))
         # One compute job at a time per device: a second one queues (and that shows as waiting).
-        self._processor = {dev: simpy.Resource(self.env, capacity=1) for dev in topology.devices}
+        # A device's processor exists while it computes or has work queued, so that a fleet
+        # holds one only for the devices computing at the moment.
+        self._processor: dict[int, simpy.Resource] = {}
+        # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
+        self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
         # Model versions the server has deployed: each new one costs its round overhead.
         self._deployed: set[tuple[str, int]] = set()
         self._inbox: list[TaskResult] = []
+        # Succeeds once the inbox holds the results a wait asks for (_wanted); no wait, no event.
         self._arrived = self.env.event()
+        self._wanted = math.inf
 
     def now(self) -> float:
         return self.env.now
@@ -111,15 +121,22 @@ class SimTransport(Transport):
         return server.hardware.round_overhead_s / server.speed
 
     def wait(self, *, count: int, deadline: float | None = None) -> list[TaskResult]:
-        while len(self._inbox) < count:
-            if deadline is not None and self.env.now >= deadline:
-                break
-            if self.env.peek() == float("inf"):
-                break  # nothing left that could deliver a result
-            stops = [self._arrived]
+        # One run to the count or the deadline: the simulation is stopped once, not at every
+        # result, and the deadline is one timer, not one per result.
+        passed = deadline is not None and self.env.now >= deadline
+        if len(self._inbox) < count and not passed and self.env.peek() != math.inf:
+            self._wanted = count
+            stop = self._arrived
             if deadline is not None:
-                stops.append(self.env.timeout(deadline - self.env.now))
-            self.env.run(until=self.env.any_of(stops))
+                stop = self.env.any_of([stop, self.env.timeout(deadline - self.env.now)])
+            try:
+                self.env.run(until=stop)
+            except RuntimeError:
+                if self.env.peek() != math.inf:
+                    raise
+                # Nothing left that could deliver a result; the event stays unused.
+                self._arrived = self.env.event()
+            self._wanted = math.inf
         out, self._inbox = self._inbox[:count], self._inbox[count:]
         return out
 
@@ -151,7 +168,8 @@ class SimTransport(Transport):
         return self.faults.offline(device, self.env.now)
 
     def busy(self, device: int) -> bool:
-        return self._processor[device].count > 0
+        processor = self._processor.get(device)
+        return processor is not None and processor.count > 0
 
     def _steps(self, task: Task) -> list[Generator[simpy.Event, Any, None]]:
         ins, dev, tid = task.ins, task.device, task.id
@@ -196,7 +214,7 @@ class SimTransport(Transport):
             if isinstance(ins, FitIns) and i == 1:
                 if drops:
                     return
-                params, metrics = self.trainer(dev, ins) if self.trainer else (None, {})
+                params, metrics = self.trainer(dev, ins) if self.trainer else (None, _NONE)
                 update = Update(
                     num_examples=ins.samples * ins.epochs,
                     nbytes=ins.update_nbytes,
@@ -209,8 +227,9 @@ class SimTransport(Transport):
             task_id=task.id, device=dev, started=started, finished=self.env.now, update=update
         )
         self._inbox.append(result)
-        self._arrived.succeed()
-        self._arrived = self.env.event()
+        if len(self._inbox) >= self._wanted:
+            self._arrived.succeed()
+            self._arrived = self.env.event()
 
     def _link_change(self, change: LinkChange) -> Generator[simpy.Event, Any, None]:
         owners = [k for k, p in self._links.items() if p.name == change.network]
@@ -232,13 +251,11 @@ class SimTransport(Transport):
         if requester.hardware.request_cpu_s:
             yield self.env.timeout(requester.hardware.request_cpu_s / requester.speed)
         path = self.topology.path(src, dst)
-        extra = sum(
-            abs(self.rng.normal(0.0, self.topology.link_profile(n).latency_jitter))
-            for n, _ in path
-            if self.topology.link_profile(n).latency_jitter > 0
-        )
-        if extra:
-            yield self.env.timeout(extra)
+        if self._jitter:
+            jitters = [self.topology.link_profile(n).latency_jitter for n, _ in path]
+            extra = sum(abs(self.rng.normal(0.0, j)) for j in jitters if j > 0)
+            if extra:
+                yield self.env.timeout(extra)
         yield self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
         device = src if dst == self.server else dst
         self.events.record(
@@ -254,7 +271,10 @@ class SimTransport(Transport):
         speed relative to its profile."""
         device = self.topology.devices[dev]
         hw = device.hardware
-        with self._processor[dev].request() as turn:
+        processor = self._processor.get(dev)
+        if processor is None:
+            processor = self._processor[dev] = simpy.Resource(self.env, capacity=1)
+        with processor.request() as turn:
             yield turn
             start = self.env.now
             cold = 0.0
@@ -264,4 +284,6 @@ class SimTransport(Transport):
             steady = compute_seconds(cost, hw) + extra_s
             seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
             yield self.env.timeout(seconds / device.speed)
+        if not processor.count and not processor.queue:
+            del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,8 @@ class Federation:
         # Each device's latest fit task and the examples it asked for (samples x epochs): an
         # update may claim no more. One per device, as a device trains one task at a time.
         self._asked: dict[int, tuple[str, int]] = {}
+        # The settings the fit tasks of one round carry: (round, rule, settings).
+        self._fit_config: tuple[int, Strategy, Mapping[str, Any]] | None = None
 
     # -- choosing and instructing clients ---------------------------------------------------
 
@@ -212,8 +215,15 @@ class Federation:
         ``source`` and ``sink`` devices when they are not the server.
         """
         cfg = self.config
-        config = {**self.work.config, "learning_rate": cfg.learning_rate, "round": rnd}
-        config.update((rule or self.strategy).configure_fit(rnd))
+        rule = rule or self.strategy
+        # One settings mapping per round and rule, shared by its tasks: a dict per task would
+        # be the largest thing a round of a million clients holds per device.
+        cached = self._fit_config
+        if cached is None or cached[0] != rnd or cached[1] is not rule:
+            fresh = {**self.work.config, "learning_rate": cfg.learning_rate, "round": rnd}
+            fresh.update(rule.configure_fit(rnd))
+            cached = self._fit_config = (rnd, rule, MappingProxyType(fresh))
+        config = cached[2]
         ins = FitIns(
             model=self.model,
             samples=samples,
@@ -235,7 +245,9 @@ class Federation:
         """Results of ``pending`` tasks until all are in or the deadline passed."""
         waiting, results = dict(pending), []
         while waiting:
-            got = self.transport.wait(count=1, deadline=deadline)
+            # All that is missing at once: a wait per result would cost the transport a
+            # deadline (a simulated timer, a poll) per result.
+            got = self.transport.wait(count=len(waiting), deadline=deadline)
             if not got:
                 break
             for r in got:

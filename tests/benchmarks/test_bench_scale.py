@@ -1,0 +1,38 @@
+"""The scale benchmark runs end to end at small sizes and reports what it promises.
+
+Its figures are the machine's, not asserted here; what is checked is that they are there and
+consistent with each other.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_small_sizes_report_time_memory_and_the_exponent():
+    # Execute
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_scale.py", "--devices", "100", "200"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    # Assert: the last line is one JSON object about the largest size, with every size's row.
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 200
+    assert report["wall_s"] > 0 and report["peak_rss_mb"] > report["interpreter_rss_mb"] > 0
+    assert isinstance(report["exponent"], float)
+    sizes = {row["devices"]: row for row in report["sizes"]}
+    assert set(sizes) == {100, 200}
+    for n, row in sizes.items():
+        # Every device trained, and every event (3 a device, aggregate, publish) went to disk.
+        assert row["completed"] == n
+        assert row["events"] == 3 * n + 2
+        assert row["wall_s"] >= row["build_s"] + row["run_s"] + row["write_s"] - 1e-6
