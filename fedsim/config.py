@@ -34,7 +34,7 @@ from fedsim.core.fleet import (
     assign_timelines,
     heterogeneous,
 )
-from fedsim.core.limits import INT64_MAX
+from fedsim.core.limits import INT64_MAX, walk
 from fedsim.core.topology import (
     MEASURED,
     MEASURED_SECONDS,
@@ -227,19 +227,13 @@ def check_numbers(value: Any, where: str = "") -> None:
     Every numeric field of every section passes through here before its own range is checked,
     so no field can carry such a value into a run, a strategy's parameters included.
     """
-    stack: list[tuple[str, Any]] = [(where, value)]
-    while stack:
-        path, item = stack.pop()
+    for path, item, _ in walk(value, where):
         if isinstance(item, bool):
             continue
         if isinstance(item, float) and not math.isfinite(item):
             raise ConfigError(f"{path}: must be a finite number, got {item}")
         if isinstance(item, int) and not -INT64_MAX - 1 <= item <= INT64_MAX:
             raise ConfigError(f"{path}: must be a 64-bit integer, got {item}")
-        if isinstance(item, Mapping):
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
 
 
 def check_mode(mode: ModeConf) -> None:

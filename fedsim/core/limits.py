@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 INT64_MAX = 2**63 - 1
@@ -62,23 +63,32 @@ def json_loads(text: str | bytes) -> Any:
     return value
 
 
+def walk(value: Any, where: str = "") -> Iterator[tuple[str, Any, int]]:
+    """Every node of a parsed JSON-like ``value`` (dicts, lists, scalars) with its field path
+    (``a.b[2]``) and depth, parents before children. Iterative: a walk over untrusted data must
+    not itself be the recursion an attacker wants."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        yield path, item, depth
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+
+
 def check_json_limits(value: Any) -> None:
     """Raise :class:`JsonLimitError` naming the first place ``value`` breaks a JSON limit."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:  # iterative: the walk must not itself be the recursion an attacker wants
-        item, where, depth = stack.pop()
+    for where, item, depth in walk(value):
         if isinstance(item, (dict, list)):
             if depth >= MAX_JSON_DEPTH:
                 raise JsonLimitError(
                     f"{_short(where) or 'the document'} nests deeper than {MAX_JSON_DEPTH}"
                 )
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in pairs:
-                if isinstance(key, str):
-                    _check_text(key, f"{where}.{key}" if where else key)
-                    stack.append((child, f"{where}.{key}" if where else key, depth + 1))
-                else:
-                    stack.append((child, f"{where}[{key}]", depth + 1))
+            if isinstance(item, dict):
+                for key in item:
+                    if isinstance(key, str):
+                        _check_text(key, f"{where}.{key}" if where else key)
         elif isinstance(item, str):
             _check_text(item, where)
         elif isinstance(item, bool) or item is None:
