@@ -43,16 +43,12 @@ that cannot be exported (a device with no measured profile or no probe yet), in 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import itertools
-import json
 import re
 import statistics
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +60,7 @@ from fedsim.cli_args import OneLineParser
 from fedsim.config import ConfigError, conf_dir, load_hardware_profile
 from fedsim.core.topology import MEASURED
 from fedsim.real.protocol import Paths
+from fedsim.remote import ServerCallError, server_call
 
 PROG = "fedsim export-topology"
 MBIT = 1e6 / 8  # bytes/s in one Mbit/s
@@ -222,17 +219,10 @@ def _ids_in_group(devices: Sequence[Mapping[str, Any]]) -> dict[int, int]:
 
 
 def _get(url: str, token: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode(errors="replace")
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            detail = json.loads(detail)["error"]["message"]
-        raise ExportError(f"GET {url}: {e.code} {detail}") from None
-    except urllib.error.URLError as e:
-        raise ExportError(f"cannot reach {url}: {e.reason}") from None
+        return server_call("GET", url, token)
+    except ServerCallError as e:
+        raise ExportError(str(e)) from None
 
 
 # -- writing it ----------------------------------------------------------------------------

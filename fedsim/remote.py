@@ -42,7 +42,14 @@ def _token(mode: Any) -> str:
     return token
 
 
-def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[str, Any]:
+class ServerCallError(Exception):
+    """A request to a running fedsim server that failed; the message says which and why."""
+
+
+def server_call(method: str, url: str, token: str, body: dict | None = None) -> dict[str, Any]:
+    """``method url`` to a running server with the admin ``token`` (and ``body`` as JSON); the
+    JSON answer. :class:`ServerCallError` carries the server's own error message, or why the
+    server could not be reached."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         url,
@@ -57,9 +64,16 @@ def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[s
         detail = e.read().decode(errors="replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = json.loads(detail)["error"]["message"]
-        raise ConfigError(f"mode.server_url: {method} {url}: {e.code} {detail}") from None
+        raise ServerCallError(f"{method} {url}: {e.code} {detail}") from None
     except urllib.error.URLError as e:
-        raise ConfigError(f"mode.server_url: cannot reach {url}: {e.reason}") from None
+        raise ServerCallError(f"cannot reach {url}: {e.reason}") from None
+
+
+def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[str, Any]:
+    try:
+        return server_call(method, url, token, body)
+    except ServerCallError as e:
+        raise ConfigError(f"mode.server_url: {e}") from None
 
 
 def run_remote(spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0) -> dict[str, Any]:
