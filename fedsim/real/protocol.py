@@ -32,7 +32,10 @@ MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # it appears in URLs
 # to PUT to ``/tasks/../data`` would reach ``/api/v1/data``). The coordinator's ids fit:
 # ``r3-d4``, ``a7-d2``, ``r0-relay-g1``, ``r2-forward-g3``, behind a job's channel such as
 # ``5f2c9a0e1b3d4c6f:0:``.
-TASK_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"
+_TASK_ID_FIRST, _TASK_ID_REST = r"[A-Za-z0-9]", r"[A-Za-z0-9._:-]"
+TASK_ID_PATTERN = f"{_TASK_ID_FIRST}{_TASK_ID_REST}{{0,255}}"
+TASK_ID_PREFIX_PATTERN = f"{_TASK_ID_FIRST}{_TASK_ID_REST}*"
+"""What may stand before a coordinator's own ids (a job's channel): the same characters."""
 
 
 class Paths:

@@ -50,6 +50,7 @@ from fedsim.core.runtime import (
 )
 from fedsim.real.board import Outcome, PostedTask, TaskBoard
 from fedsim.real.protocol import (
+    TASK_ID_PREFIX_PATTERN,
     FitTask,
     ForwardTask,
     Paths,
@@ -94,7 +95,7 @@ class HttpTransport(Transport):
         self.rng = FaultPlan.dropout_draws(seed)
         # Task ids on the board carry the channel, so that jobs sharing a server never collide;
         # the id must still fit the protocol's task-id pattern (one path segment, no "..").
-        if channel and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", channel):
+        if channel and not re.fullmatch(TASK_ID_PREFIX_PATTERN, channel):
             raise ValueError(
                 f"channel: {channel!r} must be letters, digits and . _ : - (a task id's "
                 "characters), starting with a letter or digit"
