@@ -150,7 +150,19 @@ class FlowNetworkBase:
 class _Route:
     """Classes with the same shared links; ``level`` caps the rate of every one of them."""
 
-    __slots__ = ("bound", "classes", "heap", "level", "shared", "t0", "tree", "v0")
+    __slots__ = (
+        "bound",
+        "classes",
+        "full",
+        "full_at",
+        "heap",
+        "level",
+        "roof",
+        "shared",
+        "t0",
+        "tree",
+        "v0",
+    )
 
     def __init__(self, shared: frozenset, now: float):
         self.shared = shared
@@ -158,6 +170,9 @@ class _Route:
         self.classes = 0
         self.bound = 0  # classes at the level, on this route's clock
         self.level = math.inf
+        self.roof = math.inf  # the level its links of one route let it reach, in a fill
+        self.full = 0.0  # its load at that roof
+        self.full_at = math.nan  # the roof that load is for; nan once its flows change
         self.heap: list[tuple[float, int, _Class]] = []  # bound classes by next finish (vclock)
         self.v0 = 0.0
         self.t0 = now
@@ -165,6 +180,18 @@ class _Route:
     def vclock(self, now: float) -> float:
         # At an infinite level no class is bound, so the clock is never read for a rate.
         return self.v0 if self.level == math.inf else self.v0 + self.level * (now - self.t0)
+
+
+class _Component:
+    """Shared links joined by the routes they carry, as a fill takes them: the narrowest link
+    of each set of routes, split into links of one route and links of several."""
+
+    __slots__ = ("multi", "routes", "single")
+
+    def __init__(self) -> None:
+        self.single: list[tuple[Hashable, _Route]] = []
+        self.multi: list[tuple[Hashable, list[_Route]]] = []
+        self.routes: dict[_Route, None] = {}
 
 
 class _Class:
@@ -246,7 +273,9 @@ class FlowNetwork(FlowNetworkBase):
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
         self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
-        self._alone: dict[Hashable, float] = {}  # each shared link's level with nothing stopped
+        self._components: dict[Hashable, _Component] = {}  # each shared link's, once asked
+        self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
+        self._last: dict[Hashable, float] = {}  # each link of several routes: its last level
         self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
@@ -282,6 +311,7 @@ class FlowNetwork(FlowNetworkBase):
         # link's routes get new levels.
         if link in self._link_routes:
             self._changed.add(link)
+            self._components.clear()  # which of the link's twins is the narrowest may change
         self._update(dict.fromkeys(self._users[link]), self.env.now)
 
     def _wake(self, generation: int) -> None:
@@ -379,7 +409,7 @@ class FlowNetwork(FlowNetworkBase):
             cls.weight += bundle.n - bundle.counted
             bundle.counted = bundle.n
             cls.route.tree.set_weight(cls.cap, cls.weight)
-            self._changed.update(cls.route.shared)
+            self._reload(cls.route)
         bundle.entry = next(self._ids)
         heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
         self._touched[cls] = None
@@ -390,9 +420,10 @@ class FlowNetwork(FlowNetworkBase):
             route = self._routes[key[0]] = _Route(key[0], now)
             for link in route.shared:
                 self._link_routes.setdefault(link, {})[route] = None
+            self._components.clear()
         cls = self._classes[key] = _Class(key, route, now)
         route.tree.insert(cls.cap, 0, cls)
-        self._changed.update(route.shared)
+        self._reload(route)
         route.classes += 1
         route.bound += cls.bound
         return cls
@@ -409,98 +440,162 @@ class FlowNetwork(FlowNetworkBase):
         bundle.entry = -1
         if cls.bundles:
             route.tree.set_weight(cls.cap, cls.weight)
-            self._changed.update(route.shared)
+            self._reload(route)
             self._touched[cls] = None
             return
         del self._classes[cls.key]
         self._touched.pop(cls, None)
         cls.entry = -1
         route.tree.remove(cls.cap)
-        self._changed.update(route.shared)
+        self._reload(route)
         route.classes -= 1
         route.bound -= cls.bound
         if not route.classes:
             del self._routes[route.shared]
+            self._components.clear()
             for link in route.shared:
                 routes = self._link_routes[link]
                 del routes[route]
                 if not routes:
                     del self._link_routes[link]
                     self._changed.discard(link)
-                    self._alone.pop(link, None)
+                    self._roofs.pop(link, None)
+                    self._last.pop(link, None)
 
-    def _fill(self, now: float) -> None:
-        """Progressive filling over the routes that share links with a changed one.
+    def _reload(self, route: _Route) -> None:
+        """The route's flows changed: its links' levels must be redone, its load at its roof too."""
+        self._changed.update(route.shared)
+        route.full_at = math.nan
 
-        All levels rise together; a link fills when its routes' sum of w x min(cap, level)
-        reaches its capacity, and its routes stop at that level. Links wait in a heap by their
-        level; stopping a route can only raise the level of its other links, so theirs stays in
-        the heap as a lower bound and is solved again only if it comes to the top. Routes that
-        share no link with a changed one keep their levels; a link whose routes did not change
-        starts from its level of the last fill, and of links that carry the same routes only
-        the narrowest counts.
+    def _component(self, link: Hashable) -> _Component:
+        """The links joined to ``link`` by the routes they carry, sorted for a fill.
+
+        It is kept until a route comes or goes or a shared link's capacity changes.
         """
-        changed = self._changed
+        component = self._components.get(link)
+        if component is not None:
+            return component
         links: dict[Hashable, None] = {}
-        todo = list(changed)
-        while todo:  # the changed links' component: links joined by the routes they carry
+        todo = [link]
+        while todo:
             link = todo.pop()
             if link not in links:
                 links[link] = None
                 for route in self._link_routes[link]:
                     todo.extend(route.shared)
+        # Of links that carry the same routes only the narrowest counts.
         narrowest: dict[frozenset[_Route], Hashable] = {}
         for link in links:
             routes = frozenset(self._link_routes[link])
             other = narrowest.setdefault(routes, link)
             if self._capacity[link] < self._capacity[other]:
                 narrowest[routes] = link
-        users = {link: list(self._link_routes[link]) for link in narrowest.values()}
-        left = {link: self._capacity[link] for link in users}
-        for link in users:
-            if link in changed or link not in self._alone:
-                self._alone[link] = self._solve(users[link], left[link], 0.0)
+        counted = set(narrowest.values())
+        component = _Component()
+        for link in links:
+            self._components[link] = component
+            if link not in counted:  # not solved while it does not count, so not kept
+                self._roofs.pop(link, None)
+                continue
+            routes = list(self._link_routes[link])  # in a fixed order: float sums follow it
+            if len(routes) == 1:
+                component.single.append((link, routes[0]))
+            else:
+                component.multi.append((link, routes))
+            for route in routes:
+                component.routes[route] = None
+        return component
+
+    def _fill(self, now: float) -> None:
+        """Progressive filling over the routes that share links with a changed one.
+
+        All levels rise together; a link fills when its routes' sum of w x min(cap, level)
+        reaches its capacity, and its routes stop at that level. A link that carries one route
+        fills at a level of its own whatever the other routes do: that level is the route's
+        *roof*, solved only when the route or the link changed. The links that carry several
+        routes count each route's load as w x min(cap, level, roof), still concave and
+        piecewise linear in the level, and wait in a heap by their level; stopping a route can
+        only raise the level of its other links, so theirs stays in the heap as a lower bound
+        and is solved again only if it comes to the top. Routes that share no link with a
+        changed one keep their levels, and of links that carry the same routes only the
+        narrowest counts. In a tree of G groups only the server's link goes through the heap,
+        once per fill, rather than once per group link that fills before it.
+        """
+        changed = self._changed
+        components = {self._component(link): None for link in changed}
+        for component in components:
+            for route in component.routes:
+                route.roof = math.inf
+            for link, route in component.single:
+                roof = self._roofs.get(link)
+                if roof is None or link in changed:
+                    roof = self._roofs[link] = self._solve([route], self._capacity[link], 0.0, None)
+                route.roof = min(route.roof, roof)
         changed.clear()
-        stale: set[Hashable] = set()
+        for component in components:
+            for route in component.routes:
+                roof = route.roof
+                if roof < math.inf and route.full_at != roof:
+                    below, above, _ = route.tree.query(roof)
+                    route.full, route.full_at = below + roof * above, roof
+            self._fill_component(component, now)
+
+    def _fill_component(self, component: _Component, now: float) -> None:
+        """Progressive filling of one component's links of several routes, with roofs known."""
+        users = {link: list(routes) for link, routes in component.multi}
+        routes_in = dict.fromkeys(component.routes)
+        left = {link: self._capacity[link] for link in users}
+        heap = []
         ids = itertools.count()
-        heap = [(self._alone[link], next(ids), link) for link in users]
+        for link, routes in users.items():
+            level = self._solve(routes, left[link], 0.0, self._last.get(link))
+            heap.append((level, next(ids), link))
         heapq.heapify(heap)
+        stale: set[Hashable] = set()
         while heap:
             level, _, link = heapq.heappop(heap)
             if not users[link]:
                 continue
             if link in stale:
                 stale.discard(link)
-                level = self._solve(users[link], left[link], level)
+                level = self._solve(users[link], left[link], level, self._last.get(link))
                 heapq.heappush(heap, (level, next(ids), link))
                 continue
             if level == math.inf:
                 break  # every other link's level is at least this bound: nothing else fills
+            self._last[link] = level
             for route in users[link]:
-                below, above, _ = route.tree.query(level)
-                load = below + level * above
+                # A route under its roof stops here; one at its roof stopped there already, and
+                # the other links counted it at its roof, so they need not be solved again.
+                stops = level < route.roof
+                if stops:
+                    below, above, _ = route.tree.query(level)
+                    load = below + level * above
+                else:
+                    load = route.full
                 for other in route.shared:
                     if other != link and other in users:
                         left[other] -= load
                         users[other].remove(route)
-                        stale.add(other)
-                self._set_level(route, level, now)
+                        if stops:
+                            stale.add(other)
+                self._set_level(route, min(level, route.roof), now)
+                del routes_in[route]
             users[link] = []
-        for routes in users.values():
-            for route in routes:
-                self._set_level(route, math.inf, now)
+        for route in routes_in:  # stopped by no link of several routes: at their roofs
+            self._set_level(route, route.roof, now)
 
     @staticmethod
-    def _solve(routes: list[_Route], left: float, start: float) -> float:
+    def _solve(routes: list[_Route], left: float, start: float, guess: float | None) -> float:
         """The level >= start at which ``routes`` fill ``left`` bytes/s (inf if they never do).
 
-        Their sum of w x min(cap, level) is concave and piecewise linear in the level, so a
-        Newton step from below never overshoots and a step from above lands below; each step
-        from below passes at least one cap. The routes' last levels are the first guess.
+        Their sum of w x min(cap, level, roof) is concave and piecewise linear in the level,
+        so a Newton step from below never overshoots and a step from above lands below; each
+        step from below passes at least one cap or roof. ``guess`` (the link's level at the
+        last fill, if any) is the first guess.
         """
         level = start
-        guess = min(route.level for route in routes)
-        if start < guess < math.inf:
+        if guess is not None and start < guess < math.inf:
             load, slope, _ = FlowNetwork._load(routes, guess)
             if load <= left:
                 level = guess
@@ -508,7 +603,7 @@ class FlowNetwork(FlowNetworkBase):
                 level = max(start, guess + (left - load) / slope)
         while True:
             load, slope, after = FlowNetwork._load(routes, level)
-            if not slope:  # every flow is at its cap: the link fills now or never
+            if not slope:  # every flow is at its cap or roof: the link fills now or never
                 return level if load >= left else math.inf
             step = level + (left - load) / slope
             if step <= after:
@@ -517,12 +612,17 @@ class FlowNetwork(FlowNetworkBase):
 
     @staticmethod
     def _load(routes: list[_Route], level: float) -> tuple[float, int, float]:
+        """The routes' load at ``level``, its slope above it, and where that slope next drops."""
         load, slope, after = 0.0, 0, math.inf
         for route in routes:
+            roof = route.roof
+            if level >= roof:
+                load += route.full
+                continue
             below, above, cap = route.tree.query(level)
             load += below + level * above
             slope += above
-            after = min(after, cap)
+            after = min(after, cap, roof)
         return load, slope, after
 
     def _set_level(self, route: _Route, level: float, now: float) -> None:

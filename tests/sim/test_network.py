@@ -438,3 +438,28 @@ def test_own_access_capacities_follow_capacity_changes(seed: int, groups: int) -
 
     # Assert
     assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
+
+
+def test_a_link_that_becomes_its_routes_narrowest_again_is_solved_again() -> None:
+    # Prepare: group A's route crosses two uplinks in series, a1 and a2; capacity changes make
+    # each in turn the narrower, while a new flow on the route changes its load in between, so
+    # a level kept from a2's last turn would be out of date when its turn comes back.
+    capacity = {"s": 30 * MB, "a1": 20 * MB, "a2": 5 * MB, "b": 12 * MB}
+    capacity.update({("d", i): (3 + i) * MB for i in range(6)})
+    flows = [
+        (0.0, ("s", "a1", "a2", ("d", 0)), 40 * MB, math.inf),
+        (0.0, ("s", "a1", "a2", ("d", 1)), 40 * MB, math.inf),
+        (0.0, ("s", "b", ("d", 2)), 40 * MB, math.inf),
+        (1.5, ("s", "a1", "a2", ("d", 3)), 40 * MB, math.inf),
+        (2.5, ("s", "a1", "a2", ("d", 4)), 40 * MB, 2 * MB),
+        (0.5, ("s", "b", ("d", 5)), 40 * MB, math.inf),
+    ]
+    scenario = (capacity, {}, flows)
+    changes = ((1.0, "a2", 50 * MB), (2.0, "a1", 60 * MB), (3.0, "a1", 6 * MB))
+
+    # Execute: rates are checked against max_min_rates after every simulation step.
+    fast = _simulate(FlowNetwork, scenario, check_rates=True, changes=changes)
+    naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False, changes=changes)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
