@@ -266,9 +266,11 @@ class FlowNetwork(FlowNetworkBase):
     ):
         super().__init__(env, capacity=capacity, latency=latency)
         self._bundles: dict[tuple, _Bundle] = {}
-        # Bundles per link, in a dict rather than a set: the order in which bundles are placed
-        # decides the order of same-instant completions, so it must not depend on object ids.
-        self._users: dict[Hashable, dict[_Bundle, None]] = {link: {} for link in self._capacity}
+        # Bundles per link in use: the bundle itself while it is the only one (most links are a
+        # device's own, so a fleet holds no container per link), else a dict of them. A dict
+        # rather than a set: the order in which bundles are placed decides the order of
+        # same-instant completions, so it must not depend on object ids.
+        self._users: dict[Hashable, _Bundle | dict[_Bundle, None]] = {}
         self._classes: dict[tuple, _Class] = {}
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
@@ -295,10 +297,14 @@ class FlowNetwork(FlowNetworkBase):
         if bundle is None:
             bundle = self._bundles[key] = _Bundle(flow.path, flow.cap)
             for link in flow.path:
-                users = self._users[link]
-                users[bundle] = None
-                if len(users) == 2:  # the former sole user loses a private link
-                    dirty.update(dict.fromkeys(users))
+                users = self._users.get(link)
+                if users is None:
+                    self._users[link] = bundle
+                elif isinstance(users, _Bundle):  # the former sole user loses a private link
+                    self._users[link] = {users: None, bundle: None}
+                    dirty[users] = dirty[bundle] = None
+                else:
+                    users[bundle] = None
         finish = self._bundle_clock(bundle, now) + flow.nbytes
         heapq.heappush(bundle.flows, (finish, next(self._ids), flow))
         bundle.n += 1
@@ -312,7 +318,9 @@ class FlowNetwork(FlowNetworkBase):
         if link in self._link_routes:
             self._changed.add(link)
             self._components.clear()  # which of the link's twins is the narrowest may change
-        self._update(dict.fromkeys(self._users[link]), self.env.now)
+        users = self._users.get(link)
+        bundles = () if users is None else (users,) if isinstance(users, _Bundle) else users
+        self._update(dict.fromkeys(bundles), self.env.now)
 
     def _wake(self, generation: int) -> None:
         if generation != self._generation:
@@ -337,9 +345,14 @@ class FlowNetwork(FlowNetworkBase):
                 del self._bundles[(bundle.path, bundle.cap)]
                 for link in bundle.path:
                     users = self._users[link]
-                    users.pop(bundle, None)
+                    if isinstance(users, _Bundle):  # this bundle, the link's only user
+                        del self._users[link]
+                        continue
+                    del users[bundle]
                     if len(users) == 1:  # the last user gains a private link
-                        dirty.update(dict.fromkeys(users))
+                        (last,) = users
+                        self._users[link] = last
+                        dirty[last] = None
         self.active_flows -= len(finished)
         self._update(dirty, now)
         for flow in finished:
@@ -390,7 +403,7 @@ class FlowNetwork(FlowNetworkBase):
         shared = []
         cap = bundle.cap
         for link in bundle.path:
-            if len(self._users[link]) > 1:
+            if isinstance(self._users[link], dict):
                 shared.append(link)
             else:
                 cap = min(cap, self._capacity[link] / bundle.n)
@@ -421,6 +434,8 @@ class FlowNetwork(FlowNetworkBase):
             for link in route.shared:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
+        else:  # the route's set of links, not one more per class
+            key = (route.shared, key[1])
         cls = self._classes[key] = _Class(key, route, now)
         route.tree.insert(cls.cap, 0, cls)
         self._reload(route)
