@@ -281,7 +281,10 @@ class FlowNetwork(FlowNetworkBase):
         self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
-        self._generation = 0  # timeouts of older generations are stale
+        self._pending: simpy.Event | None = None  # the wake-up due; earlier ones are stale
+        # One bound method for every wake-up rather than a closure each: the stale ones wait
+        # in SimPy's queue until their time, one per rate change, so each should cost little.
+        self._on_timeout = self._wake
         self.active_flows = 0
         """Flows past their latency that have bytes left to send."""
 
@@ -322,8 +325,8 @@ class FlowNetwork(FlowNetworkBase):
         bundles = () if users is None else (users,) if isinstance(users, _Bundle) else users
         self._update(dict.fromkeys(bundles), self.env.now)
 
-    def _wake(self, generation: int) -> None:
-        if generation != self._generation:
+    def _wake(self, timeout: simpy.Event) -> None:
+        if timeout is not self._pending:
             return
         now = self.env.now
         finished: list[_Flow] = []
@@ -680,7 +683,7 @@ class FlowNetwork(FlowNetworkBase):
             heapq.heappush(self._timed, (finish, cls.entry, cls))
 
     def _schedule(self, now: float) -> None:
-        self._generation += 1
+        self._pending = None
         soonest = math.inf
         timed = self._timed = self._live(self._timed, len(self._classes))
         if timed:
@@ -690,9 +693,8 @@ class FlowNetwork(FlowNetworkBase):
             if heap:
                 soonest = min(soonest, (heap[0][0] - route.vclock(now)) / route.level)
         if soonest < math.inf:
-            generation = self._generation
-            timeout = self.env.timeout(max(soonest, 0.0))
-            timeout.callbacks.append(lambda _: self._wake(generation))
+            timeout = self._pending = self.env.timeout(max(soonest, 0.0))
+            timeout.callbacks.append(self._on_timeout)
 
     @staticmethod
     def _live(heap: list[tuple[float, int, _Class]], live: int) -> list[tuple[float, int, _Class]]:

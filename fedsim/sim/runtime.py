@@ -171,31 +171,41 @@ class SimTransport(Transport):
         processor = self._processor.get(device)
         return processor is not None and processor.count > 0
 
-    def _steps(self, task: Task) -> list[Generator[simpy.Event, Any, None]]:
+    def _step(self, task: Task, i: int) -> Generator[simpy.Event, Any, None] | None:
+        """The task's step ``i`` (0, 1, ...), None past its last. Each is made when the one
+        before it is done, so a round holds one step per device, not all of them."""
         ins, dev, tid = task.ins, task.device, task.id
         if isinstance(ins, UploadDataIns):
-            return [self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev)]
-        if isinstance(ins, FitIns):
-            src = self.server if ins.source is None else ins.source
-            sink = self.server if ins.sink is None else ins.sink
-            hw = self.topology.devices[dev].hardware
-            io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
-            return [
-                self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid, by=dev),
-                self._compute(dev, ins.cost(), EventKind.TRAIN, tid, extra_s=io),
-                self._send(dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev),
-            ]
-        if isinstance(ins, RelayIns):
-            model = ins.model.nbytes
-            return [self._send(self.server, dev, model, EventKind.MODEL_DOWNLOAD, tid, by=dev)]
-        if isinstance(ins, ForwardIns):
-            hw = self.topology.devices[dev].hardware
-            io = serialize_seconds(ins.nbytes, hw)
-            return [
-                self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io),
-                self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev),
-            ]
-        raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
+            if i == 0:
+                return self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev)
+        elif isinstance(ins, FitIns):
+            if i == 0:
+                src = self.server if ins.source is None else ins.source
+                return self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid, by=dev)
+            if i == 1:
+                hw = self.topology.devices[dev].hardware
+                io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
+                return self._compute(dev, ins.cost(), EventKind.TRAIN, tid, extra_s=io)
+            if i == 2:
+                sink = self.server if ins.sink is None else ins.sink
+                return self._send(
+                    dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
+                )
+        elif isinstance(ins, RelayIns):
+            if i == 0:
+                model = ins.model.nbytes
+                return self._send(self.server, dev, model, EventKind.MODEL_DOWNLOAD, tid, by=dev)
+        elif isinstance(ins, ForwardIns):
+            if i == 0:
+                io = serialize_seconds(ins.nbytes, self.topology.devices[dev].hardware)
+                return self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io)
+            if i == 1:
+                return self._send(
+                    dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
+                )
+        else:
+            raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
+        return None
 
     def _task(self, task: Task, *, after: float = 0.0) -> Generator[simpy.Event, Any, None]:
         if after:
@@ -205,7 +215,8 @@ class SimTransport(Transport):
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
         update = None
-        for i, step in enumerate(self._steps(task)):
+        i = 0
+        while (step := self._step(task, i)) is not None:
             begin = self.env.now
             yield from step
             # An unreachable or dropped device goes silent: no result ever arrives.
@@ -221,6 +232,7 @@ class SimTransport(Transport):
                     parameters=params,
                     metrics=metrics,
                 )
+            i += 1
         if isinstance(ins, ForwardIns):
             update = Update(num_examples=ins.num_examples, nbytes=ins.nbytes)
         result = TaskResult(
