@@ -11,6 +11,8 @@ Each N runs in a process of its own, so that each peak resident set size (``ru_m
 its own. The baseline, in the same run, is the smallest N: the cost exponent is the slope of
 log(wall) on log(N) from it to the largest, and a process that imports and composes the same
 config but runs no round gives the interpreter's own RSS, which the per-device bytes leave out.
+Each N also reports its CPU time (``cpu_s``, the process's own), which other jobs on a shared
+machine disturb less than its wall time.
 
     python benchmarks/bench_scale.py [--devices 10000 100000 1000000] [--quick]
 
@@ -73,7 +75,7 @@ def one(devices: int) -> dict[str, Any]:
     if devices == 0:  # the interpreter with everything imported and a config composed
         return {"devices": 0, "peak_rss_mb": peak_rss_mb()}
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-scale-") as tmp:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         spec = build_spec(cfg)
         t1 = time.perf_counter()
         rss_build = peak_rss_mb()
@@ -81,12 +83,13 @@ def one(devices: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         rss_run = peak_rss_mb()
         write_run(Path(tmp), result)
-        t3 = time.perf_counter()
+        t3, cpu3 = time.perf_counter(), time.process_time()
         events_mb = (Path(tmp) / "events.csv").stat().st_size / 1e6
     row = result.rows[0]
     return {
         "devices": devices,
         "wall_s": t3 - t0,
+        "cpu_s": cpu3 - cpu0,
         "build_s": t1 - t0,
         "run_s": t2 - t1,
         "write_s": t3 - t2,
@@ -129,7 +132,7 @@ def main() -> None:
     base_mb = child(0)["peak_rss_mb"]
     print(f"interpreter and imports: {base_mb:.1f} MB peak RSS")
     print(
-        f"{'devices':>10} {'wall [s]':>9} {'build':>7} {'run':>7} {'write':>7} "
+        f"{'devices':>10} {'wall [s]':>9} {'cpu [s]':>8} {'build':>7} {'run':>7} {'write':>7} "
         f"{'RSS [MB]':>9} {'B/device':>9} {'us/device':>10} {'round [s]':>10}"
     )
     rows = []
@@ -139,9 +142,10 @@ def main() -> None:
         r["us_per_device"] = r["wall_s"] / n * 1e6
         rows.append(r)
         print(
-            f"{n:>10,} {r['wall_s']:>9.2f} {r['build_s']:>7.2f} {r['run_s']:>7.2f} "
-            f"{r['write_s']:>7.2f} {r['peak_rss_mb']:>9.1f} {r['bytes_per_device']:>9.0f} "
-            f"{r['us_per_device']:>10.1f} {r['simulated_round_s']:>10.2f}",
+            f"{n:>10,} {r['wall_s']:>9.2f} {r['cpu_s']:>8.2f} {r['build_s']:>7.2f} "
+            f"{r['run_s']:>7.2f} {r['write_s']:>7.2f} {r['peak_rss_mb']:>9.1f} "
+            f"{r['bytes_per_device']:>9.0f} {r['us_per_device']:>10.1f} "
+            f"{r['simulated_round_s']:>10.2f}",
             flush=True,
         )
     first, last = rows[0], rows[-1]

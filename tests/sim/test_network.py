@@ -463,3 +463,51 @@ def test_a_link_that_becomes_its_routes_narrowest_again_is_solved_again() -> Non
 
     # Assert
     assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
+
+
+def _regions_scenario(seed: int) -> tuple[dict, dict, list[tuple[float, tuple, float, float]]]:
+    """Devices behind group uplinks, groups behind region uplinks, regions behind the server's.
+
+    Each group's route has a link of its own (its uplink), each region's link carries several
+    routes, and the server's carries them all: shared links at two depths, every one with its
+    own random capacity, so levels are set by group uplinks, region links and the server's.
+    """
+    rng = np.random.default_rng(seed)
+    capacity: dict[tuple, float] = {("srv", "top"): float(rng.uniform(10, 60)) * MB}
+    trunks = []
+    for region in range(2):
+        capacity[("top", ("r", region))] = float(rng.uniform(5, 30)) * MB
+        for group in range(3):
+            uplink = (("r", region), ("g", region, group))
+            capacity[uplink] = float(rng.uniform(2, 15)) * MB
+            trunks.append((("srv", "top"), ("top", ("r", region)), uplink))
+    flows = []
+    for device in range(int(rng.integers(10, 50))):
+        trunk = trunks[int(rng.integers(len(trunks)))]
+        access = (trunk[-1][1], ("d", device))
+        capacity[access] = float(rng.lognormal(0.0, 0.7)) * 3 * MB
+        start = float(rng.integers(0, 10)) * 0.25
+        nbytes = float(rng.choice([1 * MB, 2 * MB, rng.uniform(0.1, 4) * MB]))
+        cap = float(rng.choice([math.inf, math.inf, rng.uniform(0.5, 3) * MB]))
+        flows.append((start, (*trunk, access), nbytes, cap))
+    return capacity, {}, flows
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_shared_links_at_two_depths_match_the_reference(seed: int) -> None:
+    # Prepare: region links and the server's link both carry several routes, so a fill stops
+    # routes at either while others stay at their group uplink's level.
+    scenario = _regions_scenario(seed)
+    links = sorted(scenario[0], key=str)
+    rng = np.random.default_rng(seed)
+    changes = tuple(
+        (0.3 + 0.5 * k, links[int(rng.integers(len(links)))], float(rng.uniform(2, 40)) * MB)
+        for k in range(4)
+    )
+
+    # Execute: rates are checked against max_min_rates after every simulation step.
+    fast = _simulate(FlowNetwork, scenario, check_rates=True, changes=changes)
+    naive = _simulate(NaiveFlowNetwork, scenario, check_rates=False, changes=changes)
+
+    # Assert
+    assert fast == pytest.approx(naive, rel=1e-9, abs=1e-12)
