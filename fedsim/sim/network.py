@@ -19,11 +19,16 @@ also when every device has its own access-link capacity:
   bundle.
 
 A fill redoes only the routes joined through shared links to one that changed: one route in a
-star, the G routes of one direction in a tree of G groups. So an event costs O((G + k) log N):
-it grows with the number of groups, not of devices. k is small in rounds like those of
-benchmarks/bench_network.py, but one level change can pass many caps at once (a link whose
-capacity changes, caps packed just around a level that swings), so the O(log N) is amortized
-over such workloads, not a worst-case bound.
+star, the G routes of one direction in a tree of G groups. A shared link of one route (a group's
+uplink) fills at a level of its own, the route's *roof*, solved only when the route or the link
+changes; links of several routes (the server's) fill with each route's load capped at its roof.
+So an event costs O(log N) for the route that changed, plus, per Newton step on the server's
+link, a stored sum for each route at its roof and an O(log N) query for each one under it, plus
+O(k log N) for the classes a level passes: it grows with the number of groups, not of devices,
+and with G routes under their roofs is O((G + k) log N), as before the roofs. k is small in
+rounds like those of benchmarks/bench_network.py, but one level change can pass many caps at
+once (a link whose capacity changes, caps packed just around a level that swings), so the
+O(log N) is amortized over such workloads, not a worst-case bound.
 """
 
 from __future__ import annotations
