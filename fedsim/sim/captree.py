@@ -45,6 +45,20 @@ def _pull(node: _Node) -> None:
     node.sw, node.swc = sw, swc
 
 
+def _pull_up(path: list[_Node]) -> None:
+    """:func:`_pull` on each node of a root-to-node path, deepest first, in one loop."""
+    for node in reversed(path):
+        sw, swc = node.w, node.w * node.cap
+        left, right = node.left, node.right
+        if left is not None:
+            sw += left.sw
+            swc += left.swc
+        if right is not None:
+            sw += right.sw
+            swc += right.swc
+        node.sw, node.swc = sw, swc
+
+
 def _split(node: _Node | None, cap: float) -> tuple[_Node | None, _Node | None]:
     """(caps < cap, caps >= cap)."""
     if node is None:
@@ -106,8 +120,7 @@ class CapTree(Generic[T]):
             path[-1].left = node
         else:
             path[-1].right = node
-        for above in reversed(path):
-            _pull(above)
+        _pull_up(path)
         self.size += 1
 
     def _path(self, cap: float) -> list[_Node[T]]:
@@ -124,8 +137,7 @@ class CapTree(Generic[T]):
         """Change the weight of the item at ``cap``."""
         path = self._path(cap)
         path[-1].w = weight
-        for node in reversed(path):
-            _pull(node)
+        _pull_up(path)
 
     def remove(self, cap: float) -> None:
         """Drop the item at ``cap``."""
@@ -138,8 +150,7 @@ class CapTree(Generic[T]):
             path[-1].left = joined
         else:
             path[-1].right = joined
-        for above in reversed(path):
-            _pull(above)
+        _pull_up(path)
         self.size -= 1
 
     def query(self, level: float) -> tuple[float, int, float]:

@@ -421,8 +421,9 @@ class FlowNetwork(FlowNetworkBase):
             clock = self._bundle_clock(bundle, now)
             self._detach(bundle)
             cls = self._classes.get(key)
-            if cls is None:
-                cls = self._new_class(key, now)
+            if cls is None:  # made with the bundle's flows: one walk down its tree, not two
+                cls = self._new_class(key, now, bundle.n)
+                bundle.counted = bundle.n
             bundle.cls = cls
             cls.bundles += 1
             bundle.offset = clock - cls.clock(now)
@@ -435,7 +436,7 @@ class FlowNetwork(FlowNetworkBase):
         heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
         self._touched[cls] = None
 
-    def _new_class(self, key: tuple[frozenset, float], now: float) -> _Class:
+    def _new_class(self, key: tuple[frozenset, float], now: float, weight: int) -> _Class:
         route = self._routes.get(key[0])
         if route is None:
             route = self._routes[key[0]] = _Route(key[0], now)
@@ -445,7 +446,8 @@ class FlowNetwork(FlowNetworkBase):
         else:  # the route's set of links, not one more per class
             key = (route.shared, key[1])
         cls = self._classes[key] = _Class(key, route, now)
-        route.tree.insert(cls.cap, 0, cls)
+        cls.weight = weight
+        route.tree.insert(cls.cap, weight, cls)
         self._reload(route)
         route.classes += 1
         route.bound += cls.bound
