@@ -36,3 +36,4 @@ def test_small_sizes_report_time_memory_and_the_exponent():
         assert row["completed"] == n
         assert row["events"] == 3 * n + 2
         assert row["wall_s"] >= row["build_s"] + row["run_s"] + row["write_s"] - 1e-6
+        assert row["cpu_s"] > 0
