@@ -98,7 +98,6 @@ class SimTransport(Transport):
         self._drops = FaultPlan.dropout_draws(seed)
         self.trainer = trainer
         self.faults = faults or FaultPlan()
-        self._links = links
         for change in self.faults.link_changes:
             self.env.process(self._link_change(change))
         # One compute job at a time per device: a second one queues (and that shows as waiting).
@@ -270,14 +269,16 @@ class SimTransport(Transport):
             self._arrived = self.env.event()
 
     def _link_change(self, change: LinkChange) -> Generator[simpy.Event, Any, None]:
-        owners = [k for k, p in self._links.items() if p.name == change.network]
+        # The links' profiles are looked up again here rather than kept from the start: a
+        # fleet has two directed links a device, and changes are rare.
+        owners = {k: p for k, p in self.topology.links().items() if p.name == change.network}
         yield self.env.timeout(change.start)
-        for k in owners:
-            self.network.set_capacity(k, self._links[k].bandwidth * change.factor)
+        for k, profile in owners.items():
+            self.network.set_capacity(k, profile.bandwidth * change.factor)
         if change.end != float("inf"):
             yield self.env.timeout(change.end - change.start)
-            for k in owners:
-                self.network.set_capacity(k, self._links[k].bandwidth)
+            for k, profile in owners.items():
+                self.network.set_capacity(k, profile.bandwidth)
 
     def _send(
         self, src: int, dst: int, nbytes: int, kind: EventKind, task: str, *, by: int
