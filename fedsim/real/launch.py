@@ -122,6 +122,7 @@ class LocalCluster:
         self.prometheus_url = prometheus_url  # the server's --prometheus-url
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
+        self.viewer_token = secrets.token_urlsafe(24)  # the dashboard, read-only
         self.runner = runner  # runs the jobs posted to this cluster's server, if given
         # The command prefix a device's agent starts under (emulated mode: its namespace).
         self.launcher = launcher
@@ -142,6 +143,7 @@ class LocalCluster:
             data_dir=self.run_dir,
             admin_token=self.admin_token,
             enrollment_token=self.enrollment_token,
+            viewer_token=self.viewer_token,
             patience_s=self.mode.patience_s,
             # Every heartbeat into the dashboard's history: local runs are short.
             history_interval_s=0.0,

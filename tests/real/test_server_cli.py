@@ -37,6 +37,9 @@ def test_config_refuses_what_cannot_work(tmp_path):
         {"header_read_timeout_s": 0},
         {"sd_allowed_networks": ("10.0.0.0/33",)},
         {"sd_allowed_networks": ("not-a-network",)},
+        {"viewer_token": ""},
+        {"viewer_token": "a"},  # the admin's: one token, two roles
+        {"viewer_token": "e"},  # the enrollment token: every device could read everything
     ):
         with pytest.raises(ValueError):
             ServerConfig(**{**base, **bad})
@@ -51,6 +54,7 @@ def test_cli_help_explains_every_option(capsys):
         "--port",
         "--data-dir",
         "--admin-token",
+        "--viewer-token",
         "--enrollment-token",
         "--patience",
         "--max-json-bytes",
@@ -69,6 +73,7 @@ def test_cli_help_explains_every_option(capsys):
     ):
         assert option in text
     assert "FEDSIM_ADMIN_TOKEN" in text and "FEDSIM_ENROLLMENT_TOKEN" in text
+    assert "FEDSIM_VIEWER_TOKEN" in text
 
 
 def test_cli_refuses_to_start_without_tokens(monkeypatch, capsys, tmp_path):
@@ -87,8 +92,24 @@ def test_cli_refuses_to_start_without_tokens(monkeypatch, capsys, tmp_path):
 
 def test_cli_never_prints_a_token_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "do-not-print-me")
+    monkeypatch.setenv("FEDSIM_VIEWER_TOKEN", "nor-me")
     main(["--help"])
-    assert "do-not-print-me" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "do-not-print-me" not in out and "nor-me" not in out
+
+
+def test_cli_takes_the_viewer_token_from_the_environment(monkeypatch, capsys, tmp_path):
+    # Prepare: a viewer token equal to the admin's, which the configuration refuses.
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "enrollment-for-cli-test")
+    monkeypatch.setenv("FEDSIM_VIEWER_TOKEN", ADMIN_TOKEN)
+
+    # Execute
+    status = main(["--data-dir", str(tmp_path)])
+
+    # Assert: the variable was read, and the clash named.
+    assert status == 2
+    assert "viewer_token must differ" in capsys.readouterr().err
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> dict:
@@ -96,12 +117,13 @@ def get(url: str, context: ssl.SSLContext | None = None) -> dict:
         return json.loads(r.read())
 
 
-def serve(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
+def serve(tmp_path, *extra: str, **env_vars: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {
         **os.environ,
         "FEDSIM_ADMIN_TOKEN": ADMIN_TOKEN,
         "FEDSIM_ENROLLMENT_TOKEN": "enrollment-for-cli-test",
+        **env_vars,
     }
     cmd = [sys.executable, "-m", "fedsim", "server", "--port", str(port)]
     cmd += ["--data-dir", str(tmp_path / "data"), *extra]
@@ -129,6 +151,36 @@ def test_the_command_serves_until_sigterm_and_exits_0(tmp_path):
     finally:
         process.kill()
         process.communicate()
+
+
+def test_the_command_serves_the_viewer_token_read_only(tmp_path):
+    # Prepare: the viewer token from the environment, as the admin token comes.
+    process, port = serve(tmp_path, FEDSIM_VIEWER_TOKEN="viewer-for-cli-test")
+    base = f"http://127.0.0.1:{port}/api/v1"
+    viewer = {"Authorization": "Bearer viewer-for-cli-test"}
+    try:
+        wait_healthy(f"{base}/health")
+
+        # Execute: a read, then a change.
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{base}/devices", headers=viewer), timeout=5
+        ) as r:
+            listed = json.loads(r.read())
+        change = urllib.request.Request(
+            f"{base}/models",
+            data=b'{"name": "m", "architecture": "mlp"}',
+            headers={**viewer, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(change, timeout=5)
+    finally:
+        process.kill()
+        process.communicate()
+
+    # Assert
+    assert listed == {"devices": []}
+    assert refused.value.code == 403
 
 
 def test_the_command_logs_requests_without_their_query_strings(tmp_path):

@@ -129,6 +129,7 @@ def init_app(
         auth=Authenticator(
             admin_token=config.admin_token,
             enrollment_token=config.enrollment_token,
+            viewer_token=config.viewer_token,
             agents=agents,
         ),
         server=ServerHandlers(

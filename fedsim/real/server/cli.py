@@ -2,7 +2,8 @@
 
 ``main(argv)`` takes the arguments after ``server``; ``fedsim/__main__.py`` dispatches to it.
 Tokens come from the environment by preference (a command line is visible to every user of
-the machine through ``ps``), and the server refuses to start without both.
+the machine through ``ps``), and the server refuses to start without the admin and enrollment
+tokens; the read-only viewer token is optional.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
 ENROLLMENT_ENV = "FEDSIM_ENROLLMENT_TOKEN"
+VIEWER_ENV = "FEDSIM_VIEWER_TOKEN"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"the operator's bearer token, allowed everything; read from ${ADMIN_ENV} "
         "when not given (prefer the variable: a command line is visible to other users)",
+    )
+    p.add_argument(
+        "--viewer-token",
+        default=argparse.SUPPRESS,
+        help="a read-only bearer token: the dashboard and the API's reads (devices, groups, "
+        "monitoring, models, deployments, jobs, service discovery), 403 on every change; "
+        f"read from ${VIEWER_ENV} when not given; none by default",
     )
     p.add_argument(
         "--enrollment-token",
@@ -165,6 +174,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     admin = getattr(args, "admin_token", None) or os.environ.get(ADMIN_ENV)
     enrollment = getattr(args, "enrollment_token", None) or os.environ.get(ENROLLMENT_ENV)
+    viewer = getattr(args, "viewer_token", None) or os.environ.get(VIEWER_ENV) or None
     if not admin:
         return _error(f"no admin token: set {ADMIN_ENV} or pass --admin-token")
     if not enrollment:
@@ -176,6 +186,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             data_dir=args.data_dir,
             admin_token=admin,
             enrollment_token=enrollment,
+            viewer_token=viewer,
             patience_s=args.patience,
             max_json_bytes=args.max_json_bytes,
             max_blob_bytes=args.max_blob_bytes,

@@ -22,6 +22,8 @@ class ServerConfig:
     data_dir: Path
     admin_token: str
     enrollment_token: str
+    # Reads what the admin reads (the dashboard, devices, models, jobs), changes nothing.
+    viewer_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     patience_s: float = 30.0  # a device silent for longer is offline
@@ -59,6 +61,12 @@ class ServerConfig:
         if self.admin_token == self.enrollment_token:
             # Every device holds the enrollment token; it must not open the admin endpoints.
             raise ValueError("admin_token and enrollment_token must differ")
+        if self.viewer_token is not None:
+            if not self.viewer_token:
+                raise ValueError("viewer_token must be non-empty when given")
+            # Each token names one role: a shared one would take the other's rights.
+            if self.viewer_token in (self.admin_token, self.enrollment_token):
+                raise ValueError("viewer_token must differ from admin_token and enrollment_token")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         positive = ("patience_s", "body_read_timeout_s", "header_read_timeout_s", "long_poll_max_s")

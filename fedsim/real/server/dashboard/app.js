@@ -1,8 +1,8 @@
 /* fedsim dashboard: the Data Visualizer of the seed paper's Fig. 3, (a) the device list,
  * (b) device monitoring and (c) model statistics, read from the server's REST API.
  *
- * Plain browser JavaScript, no build step. The admin token the operator enters stays in this
- * tab's sessionStorage and goes to /api/v1 as a bearer token, as any API client's would. The
+ * Plain browser JavaScript, no build step. The token the operator enters (admin, or the
+ * read-only viewer token: the page only reads) stays in this tab's sessionStorage and goes to /api/v1 as a bearer token, as any API client's would. The
  * view on screen is refreshed every POLL_MS while the tab is visible. Text from the server only
  * ever reaches the page through textContent and setAttribute, never as markup.
  */
@@ -213,10 +213,12 @@
       cache: "no-store",
     });
     if (response.status === 401) {
-      throw new AuthError("The server did not accept this token (401). Enter the admin token.");
+      throw new AuthError("The server did not accept this token (401). Enter the admin or viewer token.");
     }
     if (response.status === 403) {
-      throw new AuthError("This token may not read the dashboard (403): it takes the admin token.");
+      throw new AuthError(
+        "This token may not read the dashboard (403): it takes the admin or viewer token.",
+      );
     }
     if (!response.ok) {
       let message = response.statusText;
@@ -1110,7 +1112,7 @@
       $(id).addEventListener("change", refresh);
     }
     $("sign-out").addEventListener("click", () =>
-      signIn("Signed out. Enter the admin token to continue."),
+      signIn("Signed out. Enter the admin or viewer token to continue."),
     );
     const dialog = $("login");
     dialog.addEventListener("cancel", (e) => e.preventDefault()); // nothing works without a token
