@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write a Prometheus configuration with two scrape jobs: the fedsim server's own "
             "/metrics, and the devices' agents and node_exporters, discovered through the "
-            "server's /api/v1/sd/targets (HTTP service discovery) with the admin token, so "
-            "Prometheus follows registrations without a restart. Series from devices carry "
-            "fedsim_device, fedsim_group and fedsim_role labels."
+            "server's /api/v1/sd/targets (HTTP service discovery) with the viewer (or admin) "
+            "token, so Prometheus follows registrations without a restart. Series from devices "
+            "carry fedsim_device, fedsim_group and fedsim_role labels."
         ),
     )
     p.add_argument(
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="PATH",
         help=(
-            "a file holding the server's admin token, as Prometheus will see it (relative "
-            "paths are relative to the configuration file); the token is not copied into "
-            "the configuration"
+            "a file holding the server's viewer token (read-only; the admin token works "
+            "too), as Prometheus will see it (relative paths are relative to the "
+            "configuration file); the token is not copied into the configuration"
         ),
     )
     p.add_argument(

@@ -1,10 +1,10 @@
 """A ``prometheus.yml`` that monitors a fedsim deployment.
 
 Two scrape jobs: the server's own ``/metrics``, and the devices, which Prometheus discovers
-through the server (``GET /api/v1/sd/targets``, ``http_sd_configs``) with the admin token read
-from a file, so that it follows registrations and removals without a restart. The discovered
-targets carry ``fedsim_device``, ``fedsim_group`` and ``fedsim_role`` labels, which every scraped
-series keeps; :mod:`fedsim.monitor.promql` queries by them.
+through the server (``GET /api/v1/sd/targets``, ``http_sd_configs``) with the viewer token (or
+the admin token) read from a file, so that it follows registrations and removals without a
+restart. The discovered targets carry ``fedsim_device``, ``fedsim_group`` and ``fedsim_role``
+labels, which every scraped series keeps; :mod:`fedsim.monitor.promql` queries by them.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def build_config(
     """The configuration as a mapping; ``render`` writes it as YAML.
 
     ``server`` is the server's base URL (``http(s)://host:port``, a trailing ``/api/v1``
-    accepted). ``token_file`` holds the admin token; Prometheus reads it on every refresh, so a
-    rotated token needs no reload (a relative path is relative to the configuration file).
+    accepted). ``token_file`` holds the viewer (or admin) token; Prometheus reads it on every
+    refresh, so a rotated token needs no reload (a relative path is relative to the
+    configuration file).
     ``ca_file`` verifies an https server. ``ValueError`` names a bad argument.
     """
     parts = urlsplit(server)

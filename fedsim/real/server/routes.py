@@ -154,7 +154,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", Paths.GROUPS, "devices.groups", READ, Doc(
         summary="Groups with device counts", returns=s.GroupList)),
     Endpoint("GET", Paths.MONITORING, "monitoring.series", READ, Doc(
-        summary="Each device's CPU, memory, bandwidth and activity over a window",
+        summary="Each device's CPU, memory, bandwidth, activity, GPU, disk and network traffic "
+        "over a window",
         returns=s.Monitoring, query=s.MonitoringQuery,
         description="From Prometheus when the server was started with --prometheus-url "
         "(range queries), else from the server's own heartbeat history; a Prometheus that "
