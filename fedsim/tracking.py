@@ -19,12 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
 from fedsim.config import ConfigError
 from fedsim.schema import MlflowConf, TensorBoardConf, TrackingConf
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 INSTALL_HINT = "pip install 'fedsim-testbed[tracking]'"
 # The files of a run directory each store keeps (besides plots/ and the config).
@@ -153,8 +156,11 @@ def tracked_run(config: Mapping[str, Any], run_dir: Path, wall_time_s: float | N
     if wall_time_s is not None:
         figures["wall_time_s"] = wall_time_s
     experiment = config.get("experiment") or {}
+    # A sweep's job is named by its number (hydra.sweep.subdir): its sweep's directory
+    # tells one sweep's job 0 from another's.
+    name = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
     return TrackedRun(
-        name=run_dir.name,
+        name=name,
         experiment=str(experiment.get("name", "fedsim")),
         run_dir=run_dir.resolve(),
         config=config,
@@ -249,9 +255,7 @@ class MlflowTracker:
 
         with _file_store_allowed(self.uri):
             client = MlflowClient(tracking_uri=self.uri)
-            name = self.experiment or run.experiment
-            found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else client.create_experiment(name)
+            experiment_id = self._experiment(client, self.experiment or run.experiment)
             run_id = client.create_run(
                 experiment_id,
                 run_name=run.name,
@@ -275,6 +279,23 @@ class MlflowTracker:
             for path in _plots(run.run_dir):
                 client.log_artifact(run_id, str(path), artifact_path="plots")
             client.set_terminated(run_id)
+
+    @staticmethod
+    def _experiment(client: MlflowClient, name: str) -> str:
+        """The id of the MLflow experiment ``name``, created if missing."""
+        from mlflow.exceptions import MlflowException
+
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(client.create_experiment(name))
+        except MlflowException:
+            # The jobs of a sweep log at once: another may have created it since.
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
 
 class TensorBoardTracker:
