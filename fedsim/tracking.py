@@ -66,7 +66,7 @@ class Point:
 class TrackedRun:
     """What a tracker logs of one run, read from its written directory."""
 
-    name: str  # the run's name in the store: its directory's name
+    name: str  # in the stores: the run directory's name (a sweep's job: SWEEP/NUMBER)
     experiment: str
     run_dir: Path
     config: Mapping[str, Any]
@@ -92,8 +92,8 @@ def settings(config: Mapping[str, Any]) -> TrackingConf:
 
 def trackers(config: Mapping[str, Any]) -> list[Tracker]:
     """The trackers ``config`` asks for (none by default). Raises :class:`ConfigError` naming
-    the setting and the extra to install when a package it needs is missing, so that a run
-    fails before it starts, not after."""
+    the setting, and the extra to install when a package it needs is missing or why MLflow
+    cannot open the store, so that a run fails before it starts, not after."""
     conf = settings(config)
     wanted: list[tuple[str, str, str]] = []  # (setting, package, module)
     if conf.mlflow.uri is not None:
@@ -109,7 +109,9 @@ def trackers(config: Mapping[str, Any]) -> list[Tracker]:
     if conf.mlflow.uri is not None:
         if not conf.mlflow.uri.strip():
             raise ConfigError("tracking.mlflow.uri: is empty; give a directory or a tracking URI")
-        found.append(MlflowTracker(mlflow_uri(conf.mlflow.uri), conf.mlflow.experiment))
+        mlflow = MlflowTracker(mlflow_uri(conf.mlflow.uri), conf.mlflow.experiment)
+        mlflow.check()
+        found.append(mlflow)
     if conf.tensorboard.dir is not None:
         if not conf.tensorboard.dir.strip():
             raise ConfigError("tracking.tensorboard.dir: is empty; give a directory")
@@ -245,6 +247,19 @@ class MlflowTracker:
 
     def __init__(self, uri: str, experiment: str | None = None) -> None:
         self.uri, self.experiment = uri, experiment
+
+    def check(self) -> None:
+        """Open the store once, so that a URI MLflow cannot use (an unknown scheme, a
+        database without its driver) fails before the run, as a :class:`ConfigError`."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            with _file_store_allowed(self.uri):
+                MlflowClient(tracking_uri=self.uri).search_experiments(max_results=1)
+        except Exception as e:  # MLflow's errors differ by store; each is the URI's problem
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = f"tracking.mlflow.uri: MLflow cannot open {self.uri}: {detail}"
+            raise ConfigError(message) from None
 
     def log(self, run: TrackedRun) -> None:
         import time

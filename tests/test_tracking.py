@@ -177,6 +177,13 @@ def test_a_missing_package_is_one_error_naming_the_extra(monkeypatch, tmp_path):
     assert not list((tmp_path / "run").iterdir())
 
 
+def test_a_store_mlflow_cannot_open_is_refused_before_the_run(tmp_path):
+    # Execute / Assert: a scheme MLflow has no store for.
+    with pytest.raises(ConfigError, match=r"^tracking\.mlflow\.uri: MLflow cannot open nosuch:"):
+        fedsim.run([*DIGITS, "tracking.mlflow.uri=nosuch://x"], out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_tracking_is_off_by_default():
     # Execute / Assert
     assert tracking.trackers({}) == []
