@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ["+experiment=fl_digits", "fl.rounds=2"]
 
 
+HEARD: list[dict] = []  # the rounds the second run's on_round was handed
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Result]:
     """Two runs in this one process: override strings with real training, then a mapping."""
@@ -27,6 +30,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Result]:
         experiment="fl_digits",
         out_dir=tmp_path_factory.mktemp("b") / "run",
         progress=False,
+        on_round=HEARD.append,
     )
     return first, second
 
@@ -39,6 +43,7 @@ def test_two_runs_in_one_process_each_run_their_own_config(two_runs):
     assert (len(first.rounds), len(second.rounds)) == (2, 3)
     assert first.summary["training"] == "real" and second.summary["training"] == "modelled"
     assert second.summary["seed"] == 7
+    assert [row["round"] for row in HEARD] == [0, 1, 2]
     assert first.dir != second.dir
     assert not GlobalHydra.instance().is_initialized()
 
