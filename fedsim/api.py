@@ -78,14 +78,15 @@ def run(
     """Run one experiment and return its :class:`Result`.
 
     ``overrides`` are what ``python -m fedsim`` takes: Hydra override strings
-    (``["+experiment=fl_digits", "fl.rounds=3", "topology=tiny"]``), or a mapping of dotted
-    keys to values (``{"fl.rounds": 3, "strategy": {"name": "median"}}``), set over the
+    (``["+experiment=fl_digits", "fl.rounds=3", "topology=edge_fleet"]``), or a mapping of
+    dotted keys to values (``{"fl.rounds": 3, "strategy": {"name": "median"}}``), set over the
     composed config with their Python types as they are (config groups, such as
-    ``topology=tiny``, are chosen with strings). ``experiment`` names one of ``conf/experiment/``
-    (the same as ``+experiment=NAME``). ``out_dir`` is the run directory to write, new or
-    empty; by default the CLI's, ``results/NAME/TIMESTAMP`` under the working directory
-    (``hydra.run.dir``). ``progress`` shows the progress bar; ``on_round`` gets each round's
-    row as a dict as it ends.
+    ``topology=edge_fleet``, are chosen with strings). ``experiment`` names one of
+    ``conf/experiment/`` (the same as ``+experiment=NAME``). ``out_dir`` is the run directory
+    to write, new or empty; by default the CLI's, ``results/NAME/TIMESTAMP`` under the working
+    directory (``hydra.run.dir``). ``progress`` shows the progress bar; ``on_round`` gets each
+    round's row as a dict as it ends (a run sent to a server, ``mode.server_url``, prints its
+    rounds instead).
 
     Raises :class:`~fedsim.config.ConfigError` naming what is wrong when the overrides do not
     compose or the config cannot run.
