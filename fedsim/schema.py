@@ -319,6 +319,30 @@ class ModeConf:
 
 
 @dataclass
+class MlflowConf:
+    """MLflow tracking: ``uri`` a tracking URI (``file:PATH``, ``sqlite:///PATH``) or a
+    directory, which becomes a local file store; null: off."""
+
+    uri: str | None = None
+    experiment: str | None = None  # MLflow's experiment; null: the run's experiment.name
+
+
+@dataclass
+class TensorBoardConf:
+    """TensorBoard: each run writes its event file under ``dir/RUN``; null: off."""
+
+    dir: str | None = None
+
+
+@dataclass
+class TrackingConf:
+    """Where a run is logged beside its run directory (``fedsim.tracking``); off by default."""
+
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
+    tensorboard: TensorBoardConf = field(default_factory=TensorBoardConf)
+
+
+@dataclass
 class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
     mode: ModeConf = field(default_factory=ModeConf)
@@ -336,3 +360,4 @@ class Config:
     group_strategy: dict[str, Any] | None = None
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)

@@ -24,6 +24,8 @@ TYPED_PATHS = (
     "fedsim/schema.py",
     "fedsim/config.py",
     "fedsim/pipeline.py",
+    "fedsim/api.py",
+    "fedsim/tracking.py",
     "fedsim/runtimes",
     "fedsim/scenarios",
     "fedsim/remote.py",
