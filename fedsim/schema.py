@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from fedsim.core.attacks import AttackConfig
 from fedsim.core.coordinator import FederatedConfig
+from fedsim.core.privacy import PrivacyConfig
 
 
 @dataclass
@@ -336,3 +337,4 @@ class Config:
     group_strategy: dict[str, Any] | None = None
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # client-level DP, if any
