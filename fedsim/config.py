@@ -10,6 +10,7 @@ does, for the CLI's preflight and for jobs a server is handed as plain data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from fedsim.core.fleet import (
     heterogeneous,
 )
 from fedsim.core.limits import INT64_MAX, walk
+from fedsim.core.privacy import PrivacyConfig
 from fedsim.core.topology import (
     MEASURED,
     MEASURED_SECONDS,
@@ -193,6 +195,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
             f"only; mode={mode.name} runs agents that stay online"
         )
     faults = fault_plan(cfg.faults, topology, availability)
+    privacy = build_privacy(cfg, kind, fl, strategy, len(clients))
     if faults.link_changes and mode.name != "sim":
         raise ConfigError(
             "faults.link_changes: links are changed in the simulator only; "
@@ -216,6 +219,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         group_strategy=group_strategy,
         partition=partition,
         faults=faults,
+        privacy=privacy,
         config=as_container(cfg),
     )
 
@@ -275,6 +279,61 @@ def check_shards(
             f"training split has {available}; use fewer clients, a smaller fl.batch_size, a "
             "smaller partition.test_fraction or a larger data set"
         )
+
+
+# Rules whose result is a function of the mean update: under central DP they see the noised
+# mean alone, which is post-processing of a private release. Robust rules compare individual
+# updates, which central DP does not give them.
+DP_RULES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+def build_privacy(
+    cfg: Any, kind: str, fl: FLConf, strategy: Mapping[str, Any], clients: int
+) -> PrivacyConfig:
+    """``privacy``, checked against the run, with the noise multiplier ``target_epsilon``
+    implies filled in (central: ``fl.rounds`` steps at rate clients per round / clients;
+    local: ``fl.rounds`` releases of a client selected every round)."""
+    privacy: PrivacyConfig = _typed("privacy", cfg.privacy)
+    if privacy.kind is None:
+        return privacy
+    if kind != "federated":
+        raise ConfigError("privacy.kind: differential privacy applies to federated experiments")
+    if fl.mode != "sync" or fl.hierarchical:
+        raise ConfigError(
+            "privacy.kind: differential privacy runs with synchronous, flat rounds "
+            "(fl.mode=sync, fl.hierarchical=false); its accounting assumes one release a round"
+        )
+    name = strategy.get("name")
+    if privacy.kind == "central" and name not in DP_RULES:
+        raise ConfigError(
+            f"privacy.kind: central DP gives the strategy one noised mean; {name!r} needs the "
+            f"individual updates (use one of {', '.join(DP_RULES)}, or privacy.kind=local)"
+        )
+    if privacy.target_epsilon is not None and privacy.noise_multiplier is not None:
+        raise ConfigError(
+            "privacy.noise_multiplier: give exactly one of noise_multiplier and target_epsilon "
+            "(set noise_multiplier=null to choose it from target_epsilon)"
+        )
+    if privacy.noise_multiplier is None:
+        from fedsim.ml.accounting import noise_for_epsilon
+
+        assert privacy.target_epsilon is not None
+        z = noise_for_epsilon(
+            target_epsilon=privacy.target_epsilon,
+            sample_rate=privacy_sample_rate(privacy, fl, clients),
+            steps=fl.rounds,
+            delta=privacy.delta,
+        )
+        privacy = dataclasses.replace(privacy, noise_multiplier=z)
+    return privacy
+
+
+def privacy_sample_rate(privacy: PrivacyConfig, fl: FLConf, clients: int) -> float:
+    """The accountant's sampling rate: a round's share of the clients for central DP, 1 for
+    local DP (a client's own release is not hidden by the others' sampling)."""
+    if privacy.kind == "local":
+        return 1.0
+    return fl.per_round(clients) / clients
 
 
 def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:

@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from fedsim.core.attacks import AttackConfig
 from fedsim.core.coordinator import FederatedConfig
+from fedsim.core.privacy import PrivacyConfig
 
 
 @dataclass
@@ -361,3 +362,4 @@ class Config:
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # client-level DP, if any

@@ -64,6 +64,15 @@ def console_federated(summary: dict[str, Any]) -> str:
             f"{summary.get('updates_lost', '?')} updates lost",
         ),
     ]
+    privacy = summary.get("privacy")
+    if privacy:
+        rows.append(
+            (
+                "privacy",
+                f"{privacy.get('kind')} DP, epsilon {privacy.get('epsilon', 0.0):.3g} "
+                f"at delta {privacy.get('delta', 0.0):g}",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     lines = [
         f"{summary.get('experiment', 'federated run')}: {summary.get('rounds', '?')} rounds of "

@@ -198,6 +198,56 @@ def _attack_section(attack: Mapping[str, Any], summary: Mapping[str, Any]) -> st
     return "## Byzantine clients\n\n" + text
 
 
+PRIVACY_TEXT = {
+    "central": (
+        "**Central DP-FedAvg** (McMahan et al., ICLR 2018): the server clipped each client's "
+        "move to an L2 norm of {clip:g}, averaged the moves over the {m} clients a round "
+        "expects and added Gaussian noise of standard deviation {std:.3g} (noise multiplier "
+        "{z:.3g}) to every value; the strategy saw only that noised mean."
+    ),
+    "local": (
+        "**Local DP**: each client clipped its own move to an L2 norm of {clip:g} and added "
+        "Gaussian noise of standard deviation {std:.3g} (noise multiplier {z:.3g}) before "
+        "sending it; the server aggregated noised updates only."
+    ),
+}
+
+
+def _privacy_section(privacy: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """What the DP did and what it spent: epsilon at delta, after the run and round by round."""
+    kind = str(privacy.get("kind"))
+    z, clip, std = (
+        privacy.get("noise_multiplier"),
+        privacy.get("clip_norm"),
+        privacy.get("noise_std"),
+    )
+    m = round(clip * z / std) if kind == "central" and std else 1
+    text = PRIVACY_TEXT.get(kind, "Differential privacy ({kind}).").format(
+        clip=clip, m=m, std=std, z=z, kind=kind
+    )
+    target = privacy.get("target_epsilon")
+    chosen = (
+        f" The noise multiplier was chosen for a budget of epsilon {target:g}." if target else ""
+    )
+    by_round = list(privacy.get("epsilon_by_round", []))
+    whose = "" if kind == "central" else " for the client selected most often"
+    text += (
+        f"{chosen} After {privacy.get('releases')} releases at sampling rate "
+        f"{privacy.get('sample_rate', 1.0):.3g}, the run spent **epsilon "
+        f"{privacy.get('epsilon', 0.0):.3g} at delta {privacy.get('delta', 0.0):g}**{whose} "
+        f"({privacy.get('accountant', 'RDP accountant')}). Final accuracy under it: "
+        f"{percent(summary.get('final_accuracy'))}."
+    )
+    if by_round:
+        step = max(1, len(by_round) // 10)
+        shown = sorted({*range(step - 1, len(by_round), step), len(by_round) - 1})
+        rows = [[str(i + 1), f"{by_round[i]:.3g}"] for i in shown]
+        text += "\n\nEpsilon spent by the end of each round shown:\n\n" + markdown_table(
+            ["round", "epsilon"], rows, "rr"
+        )
+    return "## Differential privacy\n\n" + text
+
+
 def _shown_rounds(rounds: Sequence[RoundRow]) -> tuple[list[RoundRow], str]:
     """The rounds the table shows, and a note on which when it is not all of them.
 
@@ -301,6 +351,7 @@ def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str
         _what_was_run(summary),
         _results_section(summary),
         *([_attack_section(summary["attack"], summary)] if summary.get("attack") else []),
+        *([_privacy_section(summary["privacy"], summary)] if summary.get("privacy") else []),
         _rounds_section(result.rows, str(summary.get("fl_mode", "sync"))),
         _failures_section(result.failures, result.rows),
         assumptions_section(result.assumptions),

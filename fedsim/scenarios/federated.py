@@ -20,6 +20,7 @@ from fedsim import __version__
 from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
 from fedsim.core.events import Event, EventColumns
+from fedsim.core.privacy import local_participations, with_privacy
 from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
@@ -30,6 +31,7 @@ from fedsim.core.selection import (
     ResourceAware,
     SelectionPolicy,
 )
+from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
@@ -126,7 +128,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
         coordinator = Coordinator(
             transport=transport,
-            strategy=strategy_from(spec.strategy),
+            strategy=private_strategy(spec, strategy_from(spec.strategy), seeds[2]),
             group_strategy=None
             if spec.group_strategy is None
             else strategy_from(spec.group_strategy),
@@ -171,6 +173,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     summary = _summary(spec, rows, history, samples, elapsed, repository, written)
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
+    if spec.privacy.kind is not None:
+        summary["privacy"] = privacy_summary(spec, history)
     return RunResult(
         kind=FEDERATED,
         summary=summary,
@@ -198,6 +202,66 @@ def _attack_summary(
         "clients": len(spec.clients),
         "updates_sent": sent,
         "updates_rejected": sum(len(bad & r.rejected.keys()) for r in history),
+    }
+
+
+def private_strategy(
+    spec: ExperimentSpec, strategy: Strategy, seed: np.random.SeedSequence
+) -> Strategy:
+    """``strategy`` with the run's differential privacy (``privacy``), if any; central DP's
+    noise is seeded from the run's seed."""
+    privacy = spec.privacy
+    if privacy.kind is None:
+        return strategy
+    assert privacy.noise_multiplier is not None  # build_spec resolved target_epsilon
+    return with_privacy(
+        strategy,
+        privacy,
+        noise_multiplier=privacy.noise_multiplier,
+        expected_clients=spec.fl.per_round(len(spec.clients)),
+        seed=int(seed.generate_state(1)[0]),
+    )
+
+
+def privacy_summary(spec: ExperimentSpec, history: list[RoundReport]) -> dict[str, Any]:
+    """What the run's DP spent: epsilon at ``delta`` after each round and at the end.
+
+    Central: one release per aggregated round, at sampling rate clients per round / clients.
+    Local: the releases of the client selected most often (an upper bound for every client).
+    """
+    from fedsim.config import privacy_sample_rate
+    from fedsim.ml.accounting import epsilons
+
+    privacy, fl = spec.privacy, spec.fl
+    assert privacy.noise_multiplier is not None
+    if privacy.kind == "central":
+        releases, count = [], 0
+        for r in history:
+            count += int(r.aggregated)
+            releases.append(count)
+    else:
+        releases = local_participations([r.selected for r in history])
+    rate = privacy_sample_rate(privacy, fl, len(spec.clients))
+    by_round = epsilons(
+        noise_multiplier=privacy.noise_multiplier,
+        sample_rate=rate,
+        steps=releases,
+        delta=privacy.delta,
+    )
+    m = fl.per_round(len(spec.clients))
+    std = privacy.noise_multiplier * privacy.clip_norm
+    return {
+        "kind": privacy.kind,
+        "noise_multiplier": privacy.noise_multiplier,
+        "target_epsilon": privacy.target_epsilon,
+        "clip_norm": privacy.clip_norm,
+        "noise_std": std / m if privacy.kind == "central" else std,
+        "delta": privacy.delta,
+        "sample_rate": rate,
+        "releases": releases[-1] if releases else 0,
+        "epsilon": by_round[-1] if by_round else 0.0,
+        "epsilon_by_round": by_round,
+        "accountant": "RDP (Opacus), sampled Gaussian mechanism",
     }
 
 
