@@ -1,16 +1,24 @@
-"""Small models that train for real in the simulator, and building any registered model by name.
+"""Small models that train for real in the simulator, and building any model by name.
+
+A model is named by a built-in name (``fedsim.ml.spec.MODELS``) or by the import path of a
+user's class or factory (``mypkg.models.MyNet``, a config's ``workload.model._target_``).
+Either is called with ``num_classes`` and returns a ``torch.nn.Module``.
 
 The digits models take scikit-learn's 8x8 grey digits, ``(batch, 1, 8, 8)``; ``in_channels``
-tells ``fedsim.ml.spec`` what input to measure them with (models without it take RGB). Both
-accept ``num_classes`` as every model in the registry does.
+(on the class or factory) tells ``fedsim.ml.spec`` and the data loaders what input a model
+takes (models without it take RGB).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+from fedsim.core.plugins import PluginError, factory, is_import_path
 
 
 class DigitsCNN(nn.Module):
@@ -63,21 +71,37 @@ class DigitsMLP(nn.Module):
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
-    """A fresh instance of the model registered as ``name`` in ``fedsim.ml.spec.MODELS``."""
-    return _model_class(name)(num_classes=num_classes)
+    """A fresh instance of model ``name`` (a built-in name or an import path).
+
+    Raises ``KeyError`` for an unknown built-in name and
+    :class:`~fedsim.core.plugins.PluginError` for an import path that cannot be used, or whose
+    callable returns no ``torch.nn.Module``.
+    """
+    made = model_factory(name)(num_classes=num_classes)
+    if not isinstance(made, nn.Module):
+        raise PluginError(
+            f"workload.model: {name} returned a {type(made).__name__}, not a torch.nn.Module"
+        )
+    return made
 
 
 def in_channels(name: str) -> int:
-    """The input channels the model registered as ``name`` takes (1 for the digits nets, else
-    3: RGB), without building it."""
-    return int(getattr(_model_class(name), "in_channels", 3))
+    """The input channels model ``name`` takes (1 for the digits nets, else 3: RGB), from its
+    class or factory's ``in_channels``, without building it."""
+    return int(getattr(model_factory(name), "in_channels", 3))
 
 
-def _model_class(name: str) -> type[nn.Module]:
+def model_factory(name: str) -> Callable[..., Any]:
+    """The class or factory model ``name`` names: a built-in name, or an import path."""
     from fedsim.ml.spec import MODELS
 
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    module_name, class_name = MODELS[name].split(":")
-    model_class: type[nn.Module] = getattr(importlib.import_module(module_name), class_name)
-    return model_class
+    if name in MODELS:
+        module_name, class_name = MODELS[name].split(":")
+        built_in: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
+        return built_in
+    if is_import_path(name):
+        return factory("workload.model", name)
+    raise KeyError(
+        f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or an import "
+        "path (_target_: mypkg.MyNet)"
+    )
