@@ -823,14 +823,20 @@ def model_name(node: Any) -> str:
 
 
 def build_dataset(c: Any) -> DatasetSpec:
-    path, params = None, {}
+    path: str | None = None
+    params: dict[str, Any] = {}
     if c.factory is not None:
         from fedsim.ml.data import FACTORY_ARGUMENTS, factory_arguments
 
         where = "workload.dataset.factory"
-        plain = OmegaConf.to_container(c.factory, resolve=True)
+        plain = (
+            OmegaConf.to_container(c.factory, resolve=True)
+            if OmegaConf.is_config(c.factory)
+            else c.factory
+        )
+        if not isinstance(plain, Mapping):
+            raise ConfigError(f"{where}: must be a _target_ node, got {plain!r}")
         try:
-            assert isinstance(plain, dict)
             path, params = split_target(where, plain)
             make = plugin_factory(where, path)
             offered = dict.fromkeys(FACTORY_ARGUMENTS, 0)

@@ -192,7 +192,7 @@ class DatasetConf:
     path: str | None = None  # image_folder: the root holding one folder per class; npz: the file
     # Your own data set and partition: {_target_: mypkg.data.shards, ...its parameters}, a
     # function returning each client's (X, y) and the test set (docs/plugins.md).
-    factory: dict[str, Any] | None = None
+    factory: Any = None  # Any: OmegaConf cannot merge a mapping onto a null typed dict
 
 
 @dataclass

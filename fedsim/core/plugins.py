@@ -30,7 +30,7 @@ def is_import_path(name: str) -> bool:
     return "." in name
 
 
-def split_target(where: str, node: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def split_target(where: str, node: Mapping[Any, Any]) -> tuple[str, dict[str, Any]]:
     """``(path, params)`` of a ``_target_`` node: the import path and the other keys."""
     path = node.get(TARGET)
     if not isinstance(path, str) or not is_import_path(path):
@@ -87,8 +87,14 @@ def check_call(where: str, path: str, fn: Any, params: Mapping[str, Any]) -> Non
     try:
         signature.bind(**params)
     except TypeError as e:
+        named = [
+            p.name
+            for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         raise PluginError(
-            f"{where}: {path}{signature} cannot take {_kwargs(params)}: {e}"
+            f"{where}: {path} cannot take {_kwargs(params)} ({e}); it takes "
+            f"{', '.join(named) or 'no keyword arguments'}"
         ) from None
 
 
@@ -114,7 +120,7 @@ def factory(where: str, path: str) -> Callable[..., Any]:
     fn = locate(where, path)
     if not callable(fn):
         raise PluginError(f"{where}: {path} is a {type(fn).__name__}, not a class or function")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _kwargs(params: Mapping[str, Any]) -> str:

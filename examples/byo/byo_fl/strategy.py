@@ -51,10 +51,11 @@ class FedAvgM(Strategy):
         if not trained:
             return None  # a timing-only workload: no arrays to combine
         total = float(sum(n for _, n in trained))
-        mean: NDArrays = {
-            name: sum((n / total) * arrays[name].astype(np.float64) for arrays, n in trained)
-            for name in trained[0][0]
-        }
+        mean: NDArrays = {}
+        for arrays, n in trained:
+            for name, values in arrays.items():
+                weighted = (n / total) * values.astype(np.float64)
+                mean[name] = weighted if name not in mean else mean[name] + weighted
         if current is None:  # no global model yet: the mean is the first one
             new = {k: np.asarray(v, dtype=np.float32) for k, v in mean.items()}
             step_norm = 0.0
