@@ -11,14 +11,8 @@ takes (models without it take RGB).
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
-
-from fedsim.core.plugins import PluginError, factory, is_import_path
 
 
 class DigitsCNN(nn.Module):
@@ -77,31 +71,14 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     :class:`~fedsim.core.plugins.PluginError` for an import path that cannot be used, or whose
     callable returns no ``torch.nn.Module``.
     """
-    made = model_factory(name)(num_classes=num_classes)
-    if not isinstance(made, nn.Module):
-        raise PluginError(
-            f"workload.model: {name} returned a {type(made).__name__}, not a torch.nn.Module"
-        )
-    return made
+    from fedsim.ml.spec import new_model
+
+    return new_model(name, num_classes)
 
 
 def in_channels(name: str) -> int:
     """The input channels model ``name`` takes (1 for the digits nets, else 3: RGB), from its
     class or factory's ``in_channels``, without building it."""
+    from fedsim.ml.spec import model_factory
+
     return int(getattr(model_factory(name), "in_channels", 3))
-
-
-def model_factory(name: str) -> Callable[..., Any]:
-    """The class or factory model ``name`` names: a built-in name, or an import path."""
-    from fedsim.ml.spec import MODELS
-
-    if name in MODELS:
-        module_name, class_name = MODELS[name].split(":")
-        built_in: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
-        return built_in
-    if is_import_path(name):
-        return factory("workload.model", name)
-    raise KeyError(
-        f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or an import "
-        "path (_target_: mypkg.MyNet)"
-    )

@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fedsim.core.plugins import is_import_path, locate
+from fedsim.core.plugins import PluginError, factory, is_import_path, locate
 from fedsim.core.workload import ModelSpec
 
 if TYPE_CHECKING:
@@ -96,14 +98,13 @@ def _measure(name: str, input_size: int, num_classes: int, device: torch.device)
     import torch
 
     from fedsim.ml import flops
-    from fedsim.ml.models import build_model, in_channels
 
     with torch.device(device):
-        model = build_model(name, num_classes)
+        model = new_model(name, num_classes)
     # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not shipped weights.
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     # A model states its input channels when it does not take RGB (the digits nets are grey).
-    shape = (1, in_channels(name), input_size, input_size)
+    shape = (1, getattr(model_factory(name), "in_channels", 3), input_size, input_size)
     return ModelSpec(
         name=name,
         input_size=input_size,
@@ -113,6 +114,28 @@ def _measure(name: str, input_size: int, num_classes: int, device: torch.device)
         forward_flops=flops.forward_flops(model, shape),
         train_flops=flops.train_flops(model.train(), shape),
     )
+
+
+def model_factory(name: str) -> Callable[..., Any]:
+    """The class or factory model ``name`` names: a built-in name, or an import path."""
+    if name in MODELS:
+        module_name, class_name = MODELS[name].split(":")
+        built_in: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
+        return built_in
+    _check_known(name)  # past it, an import path
+    return factory("workload.model", name)
+
+
+def new_model(name: str, num_classes: int) -> torch.nn.Module:
+    """A fresh instance of model ``name``, checked to be a ``torch.nn.Module``."""
+    import torch
+
+    made = model_factory(name)(num_classes=num_classes)
+    if not isinstance(made, torch.nn.Module):
+        raise PluginError(
+            f"workload.model: {name} returned a {type(made).__name__}, not a torch.nn.Module"
+        )
+    return made
 
 
 def _source_digest(name: str) -> str:
