@@ -93,10 +93,14 @@ def test_a_config_asking_for_more_than_a_device_holds_is_a_task_error(config, wo
         ("os.system", ()),  # an import path the agent was not told to allow
         ("byo_fl.model.TinyNet", ("byo",)),  # a prefix of the package's name, not the package
         ("byo_fl.model.TinyNet", ("byo_fl.data",)),
+        ("byo_fl.model.torch.nn.Linear", ("byo_fl",)),  # defined in torch, not under byo_fl
+        ("byo_fl.model.TinyNet.__init__", ("byo_fl",)),
     ],
 )
-def test_a_model_outside_the_agents_plugins_is_refused_unimported(model, plugins):
-    # Prepare: a trainer factory that must not be reached.
+def test_a_model_outside_the_agents_plugins_is_refused(model, plugins, monkeypatch):
+    # Prepare: the example package on the path; a trainer factory that must not be reached.
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+
     def factory(**kwargs):
         raise AssertionError(f"a trainer was built for {kwargs}")
 
@@ -109,7 +113,7 @@ def test_a_model_outside_the_agents_plugins_is_refused_unimported(model, plugins
     )
 
     # Execute / Assert
-    with pytest.raises(TaskError, match=r"not one of the zoo's .* nor under this agent's"):
+    with pytest.raises(TaskError, match=r"not one of the zoo's .* nor defined under this agent's"):
         trainers.get({"model": model, "num_classes": 4, "input_size": 8})
 
 

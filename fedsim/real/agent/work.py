@@ -119,18 +119,31 @@ class Trainers:
 
 
 def check_model_allowed(model_name: str, plugins: tuple[str, ...]) -> None:
-    """Refuse a model that is neither the zoo's nor under one of the agent's ``--plugin``
-    paths: a task's model name is the server's word, and an import path runs code here."""
+    """Refuse a model that is neither the zoo's nor the agent's to build: a task's model name
+    is the server's word, and an import path runs code here.
+
+    A name is allowed when it is one of the agent's ``--plugin`` paths, or lies under one and
+    names an object defined under it (so ``mypkg.models.os.system``, reached through a module
+    ``mypkg`` imports, is not), with no part starting with ``_``.
+    """
+    from fedsim.core.plugins import PluginError, locate
     from fedsim.ml.spec import MODELS
 
-    if model_name in MODELS:
+    if model_name in MODELS or model_name in plugins:
         return
-    if any(model_name == p or model_name.startswith(p + ".") for p in plugins):
-        return
+    under = [p for p in plugins if model_name.startswith(p + ".")]
+    if under and not any(part.startswith("_") for part in model_name.split(".")):
+        try:
+            found = locate("the task's model", model_name)
+        except PluginError as e:
+            raise TaskError(str(e)) from None
+        module = str(getattr(found, "__module__", None) or "")
+        if any(module == p or module.startswith(p + ".") for p in under):
+            return
     allowed = f"--plugin {', '.join(plugins)}" if plugins else "no --plugin"
     raise TaskError(
         f"the task's model {model_name[:200]!r} is not one of the zoo's "
-        f"({', '.join(sorted(MODELS))}) nor under this agent's {allowed}"
+        f"({', '.join(sorted(MODELS))}) nor defined under this agent's {allowed}"
     )
 
 
