@@ -22,7 +22,9 @@ log = logging.getLogger("fedsim")
 
 def _preflight(argv: list[str]) -> None:
     """Report a config that cannot compose in one line, before Hydra prints its longer message."""
-    experiments = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+    # A user's --config-dir (-cd) may add experiments of its own (examples/byo/conf).
+    dirs = [conf_dir(), *_config_dirs(argv)]
+    experiments = sorted({p.stem for d in dirs for p in (d / "experiment").glob("*.yaml")})
     for arg in argv:
         key, _, value = arg.partition("=")
         named = key.lstrip("+~") == "experiment" and value and "," not in value
@@ -47,6 +49,17 @@ def _preflight(argv: list[str]) -> None:
         if cause is not None and str(cause).strip():
             detail += " " + str(cause).strip().splitlines()[0]
         sys.exit(f"error: {detail}")
+
+
+def _config_dirs(argv: list[str]) -> list[Path]:
+    """The directories Hydra's ``--config-dir``/``-cd`` options in ``argv`` add."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config-dir="):
+            dirs.append(Path(arg.partition("=")[2]))
+        elif arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+    return dirs
 
 
 @hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")

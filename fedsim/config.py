@@ -36,7 +36,10 @@ from fedsim.core.fleet import (
     heterogeneous,
 )
 from fedsim.core.limits import INT64_MAX, walk
+from fedsim.core.plugins import TARGET, PluginError, check_call, is_import_path, split_target
+from fedsim.core.plugins import factory as plugin_factory
 from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.selection import selection_from
 from fedsim.core.topology import (
     MEASURED,
     MEASURED_SECONDS,
@@ -186,6 +189,11 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         for key in ("t_ref_s", "t_new_s"):  # the paper's measured times
             _positive(f"paper.{key}", getattr(paper, key))
     workload = build_workload(cfg.workload)
+    if isinstance(fl.selection, Mapping):
+        try:  # built once here so that a bad _target_ is a config error, not a failed run
+            selection_from(fl.selection, model_bytes=workload.model.state_bytes)
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
     if kind == "federated" and fl.training == "real":
         check_shards(workload, partition, fl, len(clients))
     availability = build_availability(cfg, topology)
@@ -257,6 +265,8 @@ def check_shards(
     from fedsim.ml.data import DATASETS, training_size
 
     dataset = workload.dataset
+    if dataset.factory is not None:
+        return  # the user's factory makes the shards; their sizes are known once it has run
     if dataset.name not in DATASETS:
         raise ConfigError(
             f"workload.dataset.name: real training knows {', '.join(map(repr, DATASETS))}, "
@@ -264,6 +274,8 @@ def check_shards(
         )
     if dataset.name == "image_folder" and dataset.path is None:
         raise ConfigError("workload.dataset.path: an image_folder data set needs its root folder")
+    if dataset.name == "npz" and dataset.path is None:
+        raise ConfigError("workload.dataset.path: an npz data set needs its .npz file")
     try:
         # The split's size depends on test_fraction alone; the seed only picks which samples.
         available = training_size(
@@ -350,15 +362,27 @@ def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
 
 
 def _strategy(where: str, node: Any) -> dict[str, Any]:
-    """A strategy's config (``name`` and parameters), checked by building it once."""
+    """A strategy's config (``name`` and parameters), checked by building it once.
+
+    A user's strategy (``_target_``) is kept as ``name: its import path``, so that reports name
+    it as they name a built-in and the scenario builds it from the same path.
+    """
     from fedsim.core.strategies.registry import strategy_from
 
     plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     if not isinstance(plain, Mapping):
         raise ConfigError(f"{where}: must be a mapping with a name, got {plain!r}")
-    c = dict(plain)
+    c = {str(k): v for k, v in plain.items()}
+    if TARGET in c:
+        try:
+            path, params = split_target(where, c)
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
+        c = {"name": path, **{k: v for k, v in params.items() if k != "name"}}
     try:
-        strategy_from(c)
+        strategy_from(c, where)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return c
@@ -369,10 +393,20 @@ def build_workload(c: Any) -> WorkloadSpec:
     from fedsim.ml.spec import model_spec
 
     check_workload(c)
+    name = model_name(c.model)
     try:
-        model = model_spec(c.model, input_size=c.input_size, num_classes=c.num_classes)
+        model = model_spec(name, input_size=c.input_size, num_classes=c.num_classes)
     except KeyError as e:
         raise ConfigError(f"workload.model: {e.args[0]}") from None
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # the user's module failed to build or run on a sample input
+        if not is_import_path(name):
+            raise
+        raise ConfigError(
+            f"workload.model: measuring {name} on a {c.input_size}x{c.input_size} input "
+            f"failed: {type(e).__name__}: {e}"
+        ) from None
     return WorkloadSpec(
         model=model,
         dataset=build_dataset(c.dataset),
@@ -827,12 +861,54 @@ def _generated(name: str, g: Any, hw: _Profiles, net: _Profiles) -> Topology:
     return Topology(name, groups, devices)
 
 
+def model_name(node: Any) -> str:
+    """``workload.model`` as one name: a built-in's, or the import path of its ``_target_``
+    (which takes no parameters there: ``num_classes`` comes from the workload)."""
+    if isinstance(node, str):
+        return node
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(plain, Mapping):
+        raise ConfigError(f"workload.model: a model name or a _target_ node, got {plain!r}")
+    try:
+        path, params = split_target("workload.model", plain)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    if params:
+        raise ConfigError(
+            f"workload.model: {path} is called with num_classes only, not "
+            f"{', '.join(sorted(params))}; set those in a factory function of your own"
+        )
+    return path
+
+
 def build_dataset(c: Any) -> DatasetSpec:
+    path: str | None = None
+    params: dict[str, Any] = {}
+    if c.factory is not None:
+        from fedsim.ml.data import FACTORY_ARGUMENTS, factory_arguments
+
+        where = "workload.dataset.factory"
+        plain = (
+            OmegaConf.to_container(c.factory, resolve=True)
+            if OmegaConf.is_config(c.factory)
+            else c.factory
+        )
+        if not isinstance(plain, Mapping):
+            raise ConfigError(f"{where}: must be a _target_ node, got {plain!r}")
+        try:
+            path, params = split_target(where, plain)
+            make = plugin_factory(where, path)
+            offered = dict.fromkeys(FACTORY_ARGUMENTS, 0)
+            check_call(where, path, make, {**factory_arguments(make, offered), **params})
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
     return DatasetSpec(
         name=c.name,
         samples=int(_positive("workload.dataset.samples", c.samples)),
         total_bytes=round(_positive("workload.dataset.total_gb", c.total_gb, scale=GB)),
         path=c.path,
+        factory=path,
+        factory_params=params,
     )
 
 

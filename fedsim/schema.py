@@ -8,6 +8,7 @@ what the experiment does around the rounds, so they are declared once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ from omegaconf import MISSING
 
 from fedsim.core.attacks import AttackConfig
 from fedsim.core.coordinator import FederatedConfig
+from fedsim.core.plugins import split_target
 from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.selection import SELECTIONS
 
 
 @dataclass
@@ -184,10 +187,13 @@ class TopologyConf:
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING  # real training: digits | synthetic | image_folder
+    name: str = MISSING  # real training: digits | synthetic | image_folder | npz, or a label
     samples: int = MISSING  # synthetic: how many it draws
     total_gb: float = MISSING
-    path: str | None = None  # image_folder: the root holding one folder per class
+    path: str | None = None  # image_folder: the root holding one folder per class; npz: the file
+    # Your own data set and partition: {_target_: mypkg.data.shards, ...its parameters}, a
+    # function returning each client's (X, y) and the test set (docs/plugins.md).
+    factory: Any = None  # Any: OmegaConf cannot merge a mapping onto a null typed dict
 
 
 @dataclass
@@ -201,7 +207,7 @@ class ScaleConf:
 @dataclass
 class WorkloadConf:
     name: str = MISSING
-    model: str = MISSING
+    model: Any = MISSING  # a built-in name, or your own: {_target_: mypkg.models.MyNet}
     num_classes: int = MISSING
     input_size: int = MISSING
     batch_size: int = MISSING
@@ -241,7 +247,6 @@ class ExperimentConf:
     clients: list[int] = field(default_factory=list)  # empty: every trainer of the topology
 
 
-SELECTIONS = ("all", "random", "resource", "oort")
 TRAININGS = ("real", "modelled")
 
 
@@ -251,7 +256,8 @@ class FLConf(FederatedConfig):
     defaults and checks) plus what the experiment does around the rounds."""
 
     training: str = "real"  # real: PyTorch trains on each shard; modelled: time only
-    selection: str = "all"  # all | random | resource | oort
+    # all | random | resource | oort, or your own policy: {_target_: mypkg.Policy, ...}
+    selection: Any = "all"
     target_accuracy: float | None = None
     max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
     attack: AttackConfig = field(default_factory=AttackConfig)  # Byzantine clients, if any
@@ -260,8 +266,13 @@ class FLConf(FederatedConfig):
         super().__post_init__()
         if self.training not in TRAININGS:
             raise ValueError(f"training: {self.training!r} is not one of {', '.join(TRAININGS)}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if isinstance(self.selection, Mapping):
+            split_target("selection", self.selection)  # build_spec imports and builds it
+        elif self.selection not in SELECTIONS:
+            raise ValueError(
+                f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)} "
+                "(or a _target_ naming your own policy)"
+            )
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(
                 f"target_accuracy: must be null or in (0, 1], got {self.target_accuracy}"

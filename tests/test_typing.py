@@ -38,6 +38,8 @@ TYPED_PATHS = (
     "fedsim/real/jobs.py",
     "fedsim/real/stores.py",
     "fedsim/real/faults.py",
+    # The worked example of plug-ins: a user's code, typed as fedsim asks of it.
+    "examples/byo/byo_fl",
 )
 
 

@@ -111,6 +111,7 @@ class LocalCluster:
         prometheus_url: str | None = None,
         runner: JobRunner | None = None,
         launcher: Callable[[int], Sequence[str]] | None = None,
+        plugins: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -126,6 +127,9 @@ class LocalCluster:
         self.runner = runner  # runs the jobs posted to this cluster's server, if given
         # The command prefix a device's agent starts under (emulated mode: its namespace).
         self.launcher = launcher
+        # Import paths of the user's models the agents may build (their --plugin options);
+        # the agents inherit this process's environment, PYTHONPATH included.
+        self.plugins = tuple(plugins)
         self.stores: ServerStores | None = None
         self.jobs: JobManager | None = None
         self.server: ServerThread | None = None
@@ -238,6 +242,8 @@ class LocalCluster:
             # its first round. agent_args may turn it on (--calibrate).
             "--no-calibrate",
         ]
+        for plugin in self.plugins:
+            cmd.append(f"--plugin={plugin}")
         if data.exists():
             cmd += ["--data", str(data)]
         elif self.data is not None:

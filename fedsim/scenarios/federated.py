@@ -24,13 +24,7 @@ from fedsim.core.privacy import local_participations, with_privacy
 from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
-from fedsim.core.selection import (
-    AllSelection,
-    OortSelection,
-    RandomSelection,
-    ResourceAware,
-    SelectionPolicy,
-)
+from fedsim.core.selection import selection_from
 from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
@@ -147,7 +141,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
             model=ModelRef(name=model.name, version=0, nbytes=model.state_bytes),
             parameters=params,
             config=fl,
-            selector=selector(fl.selection, model.state_bytes),
+            selector=selection_from(fl.selection, model_bytes=model.state_bytes),
             resources=resources,
             reliability=Reliability(),
             evaluation=evaluation,
@@ -265,17 +259,6 @@ def privacy_summary(spec: ExperimentSpec, history: list[RoundReport]) -> dict[st
     }
 
 
-def selector(name: str, model_bytes: float) -> SelectionPolicy:
-    """The selection policy ``fl.selection`` names."""
-    if name == "random":
-        return RandomSelection()
-    if name == "resource":
-        return ResourceAware(model_bytes=model_bytes)
-    if name == "oort":
-        return OortSelection(model_bytes=model_bytes)
-    return AllSelection()
-
-
 def real_data(
     spec: ExperimentSpec, rng: np.random.Generator
 ) -> tuple[Shards, tuple[np.ndarray, np.ndarray], dict[int, list[int]]]:
@@ -283,10 +266,30 @@ def real_data(
     training reads it and that it has enough samples), the test split and the label counts."""
     from fedsim.config import ConfigError
     from fedsim.core.partition import dirichlet_partition, iid_partition, label_distribution
-    from fedsim.ml.data import load_split
+    from fedsim.core.plugins import PluginError
+    from fedsim.ml.data import factory_shards, load_split
     from fedsim.ml.models import in_channels
 
     p, clients, model = spec.partition, list(spec.clients), spec.workload.model
+    if spec.workload.dataset.factory is not None:
+        # The user's factory partitions its data itself; fedsim's partition settings are unused.
+        try:
+            made, test = factory_shards(
+                spec.workload.dataset,
+                num_clients=len(clients),
+                num_classes=model.num_classes,
+                input_size=model.input_size,
+                channels=in_channels(model.name),
+                seed=spec.seed,
+            )
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
+        shards = dict(zip(clients, made, strict=True))
+        labels = {
+            dev: np.bincount(y, minlength=model.num_classes).tolist()
+            for dev, (_, y) in shards.items()
+        }
+        return shards, test, labels
     X, y, X_test, y_test = load_split(
         spec.workload.dataset,
         input_size=model.input_size,
@@ -383,7 +386,9 @@ def _summary(
         "strategy": dict(spec.strategy),
         "rounds": fl.rounds,
         "fl_mode": fl.mode,
-        "selection": fl.selection,
+        "selection": fl.selection
+        if isinstance(fl.selection, str)
+        else fl.selection.get("_target_", "?"),
         "training": fl.training,
         "clients": list(spec.clients),
         "topology": spec.topology.name,
@@ -409,7 +414,10 @@ def _summary(
             "local_epochs": fl.local_epochs,
             "samples_per_client": samples if len(samples) <= 100 else None,
         },
-        "partition": {"kind": spec.partition.kind, "alpha": spec.partition.alpha},
+        # A user's data set factory splits its data itself: the split is named by its path.
+        "partition": {"kind": spec.partition.kind, "alpha": spec.partition.alpha}
+        if workload.dataset.factory is None
+        else {"kind": workload.dataset.factory, "alpha": None},
         "faults": {
             "dropout": spec.faults.dropout,
             "outages": len(spec.faults.outages),
@@ -431,11 +439,14 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
     out += _client_lines(topology, list(spec.clients))
     if fl.training == "real":
         p = spec.partition
-        out.append(
-            f"Data: {_data_description(spec.workload.dataset)}, split {p.kind}"
-            + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
-            + f"; {p.test_fraction:.0%} held out for the server's evaluation."
-        )
+        if spec.workload.dataset.factory is not None:
+            out.append(f"Data: {_data_description(spec.workload.dataset)}.")
+        else:
+            out.append(
+                f"Data: {_data_description(spec.workload.dataset)}, split {p.kind}"
+                + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
+                + f"; {p.test_fraction:.0%} held out for the server's evaluation."
+            )
     if fl.deadline_s is not None:
         out.append(
             f"A round waits at most {fl.deadline_s:g} s for updates; it needs "
@@ -445,6 +456,10 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
 
 
 def _data_description(dataset: DatasetSpec) -> str:
+    if dataset.factory is not None:
+        return f"{dataset.name}, made and split by {dataset.factory}"
+    if dataset.name == "npz":
+        return f"the arrays X and y in {dataset.path}"
     if dataset.name == "synthetic":
         return (
             f"{dataset.samples:,} synthetic images (each class a random prototype plus Gaussian "

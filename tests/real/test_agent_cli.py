@@ -36,6 +36,7 @@ OPTIONS = (
     "--calibrate",
     "--no-calibrate",
     "--calibrate-model",
+    "--plugin",
     "--log-level",
 )
 URL = "http://127.0.0.1:8080"
@@ -68,6 +69,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
         "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
         "--node-exporter", "http://10.0.0.5:9100/metrics", "--no-calibrate",
         "--calibrate-model", "digits_mlp", "--max-transfer-bytes", "1000000",
+        "--plugin", "byo_fl", "--plugin=lab.models.Net",
     ]  # fmt: skip
 
     # Execute
@@ -85,6 +87,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert config.node_exporter == "http://10.0.0.5:9100/metrics"
     assert not config.calibrate and config.calibrate_model == "digits_mlp"
     assert config.max_transfer_bytes == 1_000_000
+    assert config.plugins == ("byo_fl", "lab.models.Net")
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):

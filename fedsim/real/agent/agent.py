@@ -118,6 +118,7 @@ class Agent:
             input_size=config.input_size,
             factory=trainer_factory or TorchTrainer,
             torch_device=config.torch_device,
+            plugins=config.plugins,
         )
         self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
         self._gpu = gpu_reader(config.torch_device)

@@ -210,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=(
+            "a package, module or import path whose models a task may name by import path "
+            "(workload.model._target_, docs/plugins.md); repeatable. It must be importable "
+            "here (installed, or on PYTHONPATH). Without it the agent builds only the zoo's "
+            "models, so a server cannot make it import other code"
+        ),
+    )
+    p.add_argument(
         "--calibrate-model",
         default="digits_cnn",
         metavar="NAME",
@@ -257,6 +269,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             node_exporter=args.node_exporter,
             calibrate=args.calibrate,
             calibrate_model=args.calibrate_model,
+            plugins=tuple(args.plugin),
         )
     except ValueError as e:
         parser.error(str(e))

@@ -88,7 +88,9 @@ class AgentConfig:
     ``calibrate`` makes the agent measure its device for ``calibrate_model`` after it registers
     and report the profile; a request from the server is answered whatever ``calibrate`` says.
     ``max_transfer_bytes`` bounds each transfer a task asks for (a model download, an update,
-    training data): a task asking for more fails.
+    training data): a task asking for more fails. ``plugins`` are the import paths (packages,
+    modules or the models themselves) under which a task may name a user's model; the agent
+    imports no other code a task names.
     """
 
     server: str
@@ -119,6 +121,7 @@ class AgentConfig:
     node_exporter: str | None = None
     calibrate: bool = True
     calibrate_model: str = "digits_cnn"
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         url = urlsplit(self.server)
@@ -159,6 +162,9 @@ class AgentConfig:
             raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:
             parse_data_spec(self.data)
+        for plugin in self.plugins:
+            if not all(part.isidentifier() for part in plugin.split(".")):
+                raise ValueError(f"--plugin {plugin!r}: expected an import path, e.g. mypkg")
         if self.calibrate_model not in MODELS:
             raise ValueError(
                 f"--calibrate-model {self.calibrate_model!r}: not a model of the zoo "
