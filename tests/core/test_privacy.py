@@ -150,3 +150,21 @@ def test_noise_does_not_depend_on_the_order_of_the_names():
     # Assert
     for k in a:
         np.testing.assert_array_equal(out_a[k], out_b[k])
+
+
+def test_the_simulator_charges_central_dp_its_clipping_and_noise():
+    from fedsim.core.privacy import NOISE_PASSES
+    from fedsim.core.rounds.base import aggregation_cost
+    from fedsim.core.strategies.clipping import CLIP_PASSES
+
+    # Execute
+    plain = aggregation_cost(FedAvg(), 10, 1000, 4000)
+    private = aggregation_cost(central(1.0, 1.0, 10), 10, 1000, 4000)
+    local = aggregation_cost(
+        LocalDP(inner=FedAvg(), clip_norm=1.0, noise_multiplier=1.0), 10, 1000, 4000
+    )
+    # Assert: per update, a clip and an add; once, the noise and FedAvg over the one mean
+    assert plain.flops == 2.0 * 10 * 1000
+    assert private.flops == 2.0 * ((CLIP_PASSES + 1) * 10 + NOISE_PASSES + 1) * 1000
+    assert private.memory_bytes == plain.memory_bytes
+    assert local.flops == plain.flops  # local DP's noise is drawn on the clients

@@ -90,12 +90,10 @@ Publisher = Callable[[ModelRef, NDArrays | None, int, Mapping[str, float]], None
 
 
 def aggregation_cost(strategy: Strategy, n: int, values: int, model_bytes: int) -> Cost:
-    """What combining ``n`` updates of ``values`` numbers with ``strategy`` costs.
-
-    A streaming rule passes over each update once (memory bound); a rule that needs all
-    updates at once compares them, which costs about n^2 passes in the worst case (Krum).
-    """
-    passes = n if strategy.streaming else n * n
+    """What combining ``n`` updates of ``values`` numbers with ``strategy`` costs: two FLOPs a
+    value for each of its passes (:meth:`Strategy.aggregation_passes`), and the updates read
+    and the model written once."""
+    passes = strategy.aggregation_passes(n)
     return Cost(flops=2.0 * passes * values, memory_bytes=(n + 1) * model_bytes)
 
 
