@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,19 @@ def short_number(value: float) -> str:
 def number_of_seconds(value: float) -> str:
     """Seconds to three significant digits below 10 (``0.0984``), else to 0.1 (``1,234.5``)."""
     return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+# A federated run's duration in summary.json: the simulator's clock, or a measured run's wall
+# clock, each under its own key so that neither is taken for the other.
+SIMULATED_TIME_KEY = "simulated_time_s"
+WALL_TIME_KEY = "wall_time_s"
+
+
+def run_time(summary: Mapping[str, Any]) -> tuple[str, float | None]:
+    """A federated run's duration and its clock: ``("simulated", s)`` or ``("wall-clock", s)``."""
+    if WALL_TIME_KEY in summary:
+        return "wall-clock", summary[WALL_TIME_KEY]
+    return "simulated", summary.get(SIMULATED_TIME_KEY)
 
 
 def scenario_order(scenarios: Iterable[str]) -> list[str]:

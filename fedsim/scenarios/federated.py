@@ -33,6 +33,7 @@ from fedsim.core.selection import (
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
+from fedsim.report.tables import SIMULATED_TIME_KEY, WALL_TIME_KEY
 from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
@@ -168,7 +169,9 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
-    summary = _summary(spec, rows, history, samples, elapsed, repository, written)
+    summary = _summary(
+        spec, rows, history, samples, elapsed, repository, written, measured=rt.measured
+    )
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
     return RunResult(
@@ -307,6 +310,8 @@ def _summary(
     elapsed: float,
     repository: dict[str, Any] | None,
     events: EventsWriter,
+    *,
+    measured: bool,
 ) -> dict[str, Any]:
     fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
@@ -329,7 +334,7 @@ def _summary(
         "target_accuracy": fl.target_accuracy,
         "round_to_target": round_to_target,
         "time_to_target_s": time_to_target,
-        "simulated_time_s": elapsed,
+        WALL_TIME_KEY if measured else SIMULATED_TIME_KEY: elapsed,
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
         "updates_lost": sum(len(r.failures) for r in history),
