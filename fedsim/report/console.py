@@ -10,6 +10,7 @@ from fedsim.report.federated_markdown import (
     seconds,
     time_to_target_text,
 )
+from fedsim.report.markdown import scaled_text
 from fedsim.report.tables import run_time, table_ii
 
 _NAMES = {
@@ -25,10 +26,11 @@ def console_table(summary: dict[str, Any]) -> str:
     with_paper = "paper" in table
     width = max(len(n) for n in _NAMES.values())
     columns = f"{'paper':>8} {'fedsim':>8} {'difference':>11}" if with_paper else f"{'fedsim':>8}"
-    lines = [
-        f"Table II, mean over {summary['repetitions']} repetitions",
-        f"{'':<{width}} {columns}",
-    ]
+    lines = [f"Table II, mean over {summary['repetitions']} repetitions"]
+    if summary.get("scaled"):
+        against = ", not comparable with the paper's" if with_paper else ""
+        lines.append(f"fedsim measured {scaled_text(summary)}{against}")
+    lines.append(f"{'':<{width}} {columns}")
     for quantity, row in table.iterrows():
         seconds = row["unit"] == "s"
         if not with_paper:

@@ -347,6 +347,29 @@ def test_console_table_shows_both_scenarios():
     assert "-11.6" in text and "7.1" in text
 
 
+def test_a_scaled_run_states_the_job_it_ran():
+    # Prepare: a real-mode run of the scaled job (issue 15: the report stated the full job, 64
+    # samples in batches of 64, and the console compared the scaled times with the paper's).
+    result = make_result()
+    result.summary["mode"] = "real"
+    result.summary["scaled"] = {
+        "input_size": [608, 128],
+        "samples_per_device": [64, 4],
+        "train_flops_per_sample": [384e9, 17e9],
+    }
+
+    # Execute
+    report = render_report(result, {})
+    text = console_table(result.summary)
+
+    # Assert
+    what = report.split("## What was run")[1].split("\n## ")[0]
+    assert "uploads its 4 local samples" in what and "batch size 4)" in what
+    assert "4 samples per client instead of 64" in what and "128x128 inputs instead of 608" in what
+    assert "not comparable with the paper's" in text.splitlines()[1]
+    assert "4 samples per client instead of 64" in text
+
+
 def table_ii_section(report: str) -> str:
     """The Table II section of a report.md, up to the next section."""
     return next(part for part in report.split("\n## ") if part.startswith("Table II"))
