@@ -174,7 +174,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         if spec.mode.server_url:
             from fedsim.remote import run_remote
 
-            run_remote(spec, run_dir)
+            print(console(run_remote(spec, run_dir)))
         else:
             print(console(run_and_write(spec, runtime(spec.mode.name), run_dir)))
     except ConfigError as e:

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.core.results import CLIENT, CLOUD, CrossoverPoint, RepetitionEvents, ScenarioRun
+from fedsim.core.results import (
+    CLIENT,
+    CLOUD,
+    SIMULATED_TIME_KEY,
+    WALL_TIME_KEY,
+    CrossoverPoint,
+    RepetitionEvents,
+    ScenarioRun,
+)
 
 RUN_COLUMNS = [f.name for f in dataclasses.fields(ScenarioRun)]
 EVENT_COLUMNS = [
@@ -42,12 +50,6 @@ def short_number(value: float) -> str:
 def number_of_seconds(value: float) -> str:
     """Seconds to three significant digits below 10 (``0.0984``), else to 0.1 (``1,234.5``)."""
     return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
-
-
-# A federated run's duration in summary.json: the simulator's clock, or a measured run's wall
-# clock, each under its own key so that neither is taken for the other.
-SIMULATED_TIME_KEY = "simulated_time_s"
-WALL_TIME_KEY = "wall_time_s"
 
 
 def run_time(summary: Mapping[str, Any]) -> tuple[str, float | None]:

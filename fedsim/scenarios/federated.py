@@ -20,7 +20,14 @@ from fedsim import __version__
 from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
 from fedsim.core.events import Event, EventColumns
-from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
+from fedsim.core.results import (
+    FEDERATED,
+    SIMULATED_TIME_KEY,
+    WALL_TIME_KEY,
+    RoundRow,
+    RunResult,
+    time_fields,
+)
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
 from fedsim.core.selection import (
@@ -33,7 +40,6 @@ from fedsim.core.selection import (
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
-from fedsim.report.tables import SIMULATED_TIME_KEY, WALL_TIME_KEY
 from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
