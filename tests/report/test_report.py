@@ -25,7 +25,7 @@ from fedsim.core.results import (
 )
 from fedsim.report.console import console_table
 from fedsim.report.markdown import render_report
-from fedsim.report.plots import plot_crossover
+from fedsim.report.plots import plot_crossover, rate_scale
 from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, table_ii
 from fedsim.report.write import write_run
 
@@ -331,6 +331,21 @@ def test_crossover_swept_along_one_axis_still_plots(tmp_path):
     # Assert
     assert path is not None
     assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_crossover_colour_scale_tells_rates_below_minus_100_apart():
+    # Prepare: client-based up to ten times slower (issue 15: the scale clipped at -100 %, so
+    # most of such a map was one flat red).
+    low, high = -900.0, 60.0
+
+    # Execute
+    norm, levels = rate_scale(low, high)
+
+    # Assert
+    shades = [float(norm(v)) for v in (-900.0, -300.0, -100.0, -20.0, 0.0, 20.0, 60.0)]
+    assert shades == sorted(shades) and len(set(shades)) == len(shades)
+    assert shades[0] >= 0.0 and shades[-1] <= 1.0 and shades[4] == pytest.approx(0.5)
+    assert levels[0] <= low and levels[-1] >= high and 0.0 in levels
 
 
 def test_console_table_shows_both_scenarios():
