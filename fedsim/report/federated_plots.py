@@ -28,6 +28,7 @@ from fedsim.report.plots import (
     PARTS,
     UNKNOWN_KIND_COLOR,
     device_label,
+    drawn_kinds,
     kind_handles,
     new_figure,
     save_figure,
@@ -279,7 +280,7 @@ def plot_federated_timeline(
     failed = _shade_failed(ax, rounds)
     _round_marks(ax, rounds)
     ax.set_xlabel(f"{clock} time since the run started [s]")
-    handles = kind_handles(events["kind"])
+    handles = kind_handles(drawn_kinds(events, float(events["end_s"].max())))
     if failed:
         handles.append(Patch(**FAILED_SHADE, label="round not aggregated"))
     if len(rounds) <= ROUND_LINES_MAX and not rounds.empty:

@@ -48,6 +48,9 @@ KIND_COLORS = {
     EventKind.EVALUATE.value: "tab:orange",
 }
 UNKNOWN_KIND_COLOR = "0.5"
+# A timeline bar narrower than this share of its axis (under two pixels of a chart 1,000 wide)
+# shows as its outline at most, not its colour.
+VISIBLE_FRACTION = 1 / 500
 PAPER_RATE_COLOR = "tab:orange"  # apart from the diverging blue-red scale and the black line
 RATE_LINEAR_PERCENT = 10.0  # the crossover colour scale is linear within ± this; see rate_scale
 GRID_TICKS_MAX = 7  # beyond this many grid values, tick labels would collide
@@ -161,6 +164,16 @@ def kind_handles(kinds: Iterable[str]) -> list[Patch]:
     ]
 
 
+def drawn_kinds(events: pd.DataFrame, span: float) -> list[str]:
+    """The event kinds with a bar that shows on a time axis ``span`` seconds long: at least
+    VISIBLE_FRACTION of it. The legend lists only these (a 1 ms aggregation on a 6 s axis
+    draws nothing, and a legend entry for it would send the reader looking)."""
+    if events.empty:
+        return []
+    longest = events.groupby("kind", observed=True)["duration_s"].max()
+    return [str(k) for k, d in longest.items() if d >= span * VISIBLE_FRACTION]
+
+
 def plot_timeline(
     events: pd.DataFrame, path: Path, *, repetition: int = 0, server: int | None = None
 ) -> Path:
@@ -207,7 +220,7 @@ def plot_timeline(
     axes[-1].set_xlabel("time since the scenario started [s]")
     axes[-1].set_xlim(left=0)
 
-    handles = kind_handles(rep["kind"])
+    handles = kind_handles(drawn_kinds(rep, float(rep["end_s"].max())))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
     fig.suptitle(f"Timeline of repetition {repetition}")
     return save_figure(fig, path)

@@ -25,7 +25,7 @@ from fedsim.core.results import (
 )
 from fedsim.report.console import console_table
 from fedsim.report.markdown import render_report
-from fedsim.report.plots import plot_crossover, rate_scale
+from fedsim.report.plots import drawn_kinds, plot_crossover, rate_scale
 from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, table_ii
 from fedsim.report.write import write_run
 
@@ -346,6 +346,31 @@ def test_crossover_colour_scale_tells_rates_below_minus_100_apart():
     assert shades == sorted(shades) and len(set(shades)) == len(shades)
     assert shades[0] >= 0.0 and shades[-1] <= 1.0 and shades[4] == pytest.approx(0.5)
     assert levels[0] <= low and levels[-1] >= high and 0.0 in levels
+
+
+def test_the_timeline_legend_lists_only_the_kinds_that_show():
+    # Prepare: a 1 ms aggregation after 6 s of training (issue 15: "aggregate" was in the
+    # legend of a timeline on which no aggregation bar could be seen).
+    events = events_frame(
+        [
+            RepetitionEvents(
+                repetition=0,
+                scenario=CLIENT,
+                events=(
+                    Event(device=4, kind=EventKind.TRAIN, start=0.0, end=6.0),
+                    Event(device=0, kind=EventKind.AGGREGATE, start=6.0, end=6.001),
+                    Event(device=4, kind=EventKind.UPDATE_UPLOAD, start=6.0, end=6.5),
+                ),
+            )
+        ]
+    )
+
+    # Execute
+    kinds = drawn_kinds(events, span=6.5)
+
+    # Assert
+    assert kinds == ["train", "update_upload"]
+    assert drawn_kinds(events, span=0.1) == ["aggregate", "train", "update_upload"]
 
 
 def test_console_table_shows_both_scenarios():
