@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedsim import __version__
@@ -167,20 +168,30 @@ def _hydra_main(cfg: DictConfig) -> None:
     from fedsim.pipeline import run_and_write
     from fedsim.report.console import console
     from fedsim.runtimes import runtime
+    from fedsim.scenarios import Hooks
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    # A sweep's jobs run side by side (joblib): their progress bars would share one terminal
+    # line, so each job prints its outcome in one piece when it ends instead.
+    sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
         spec = build_spec(cfg, conf_dir())
         if spec.mode.server_url:
             from fedsim.remote import run_remote
 
-            print(console(run_remote(spec, run_dir)))
+            result = run_remote(spec, run_dir, progress=not sweep)
         else:
-            print(console(run_and_write(spec, runtime(spec.mode.name), run_dir)))
+            rt = runtime(spec.mode.name)
+            result = run_and_write(spec, rt, run_dir, Hooks(progress=not sweep))
     except ConfigError as e:
         log.debug("configuration error", exc_info=True)
         sys.exit(f"error: {e}")
-    print(f"results: {run_dir}")
+    heading = ""
+    if sweep:
+        job = hydra_config.job
+        heading = f"job {job.num} ({job.override_dirname or 'no overrides'}):\n"
+    print(f"{heading}{console(result)}\nresults: {run_dir}", flush=True)
 
 
 def main() -> None:
