@@ -56,7 +56,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         disable=not hooks.progress,
     )
     with bar, rt.open(spec, run_dir, needs) as session:
-        make_transport = session.transport
+        make_transport: TransportFactory = session.transport
         if rt.measured:
             import torch
 
