@@ -156,7 +156,8 @@ def tracked_run(config: Mapping[str, Any], run_dir: Path, wall_time_s: float | N
         and k not in NOT_FIGURES
     }
     if wall_time_s is not None:
-        figures["wall_time_s"] = wall_time_s
+        # Not "wall_time_s": a measured run's summary already names its duration so.
+        figures["process_time_s"] = wall_time_s
     experiment = config.get("experiment") or {}
     # A sweep's job is named by its number (hydra.sweep.subdir): its sweep's directory
     # tells one sweep's job 0 from another's.

@@ -40,6 +40,10 @@ class Event:
         return self.end - self.start
 
 
+# The file in a run's directory that holds its events, a row each (report.write's columns);
+# named here, below both the writer and the server that serves a job's log.
+EVENTS_FILE = "events.csv"
+
 # The kinds in a fixed order: EventColumns stores a kind as its index here.
 KINDS: tuple[EventKind, ...] = tuple(EventKind)
 _KIND_INDEX = {kind: i for i, kind in enumerate(KINDS)}

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedsim.core.results import RoundRow, RunResult
 from fedsim.report.markdown import assumptions_section, markdown_table, plots_section
-from fedsim.report.tables import number_of_seconds
+from fedsim.report.tables import number_of_seconds, run_time
 
 PLOT_CAPTIONS = {
     "accuracy_time": "Test accuracy and training loss over simulated time",
@@ -139,12 +139,13 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
 
 
 def _results_section(summary: Mapping[str, Any]) -> str:
+    clock, elapsed = run_time(summary)
     rows = [
         ["final accuracy", percent(summary.get("final_accuracy"))],
         ["best accuracy", percent(summary.get("best_accuracy"))],
         ["target accuracy", percent(summary.get("target_accuracy"))],
-        ["time to target (simulated)", time_to_target_text(summary)],
-        ["simulated time", seconds(summary.get("simulated_time_s"))],
+        [f"time to target ({clock})", time_to_target_text(summary)],
+        [f"{clock} time", seconds(elapsed)],
         [
             "rounds aggregated / failed",
             f"{summary.get('rounds_aggregated', '?')} / {summary.get('rounds_failed', '?')}",
@@ -339,6 +340,14 @@ def _failures_section(failures: Sequence[tuple[int, int, str]], rounds: Sequence
     return heading + text
 
 
+def _captions(clock: str) -> dict[str, str]:
+    """The plots' captions, naming the clock their time axes run on."""
+    return {
+        name: text.replace("simulated time", f"{clock} time")
+        for name, text in PLOT_CAPTIONS.items()
+    }
+
+
 def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str:
     """The text of a federated run's ``report.md``; ``plots`` maps names to files in ``plots/``."""
     summary = result.summary
@@ -355,6 +364,6 @@ def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str
         _rounds_section(result.rows, str(summary.get("fl_mode", "sync"))),
         _failures_section(result.failures, result.rows),
         assumptions_section(result.assumptions),
-        plots_section(plots, PLOT_CAPTIONS),
+        plots_section(plots, _captions(run_time(summary)[0])),
     ]
     return "\n\n".join(sections) + "\n"

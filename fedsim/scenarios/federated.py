@@ -21,7 +21,14 @@ from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
 from fedsim.core.events import Event, EventColumns
 from fedsim.core.privacy import local_participations, with_privacy
-from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
+from fedsim.core.results import (
+    FEDERATED,
+    SIMULATED_TIME_KEY,
+    WALL_TIME_KEY,
+    RoundRow,
+    RunResult,
+    time_fields,
+)
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
 from fedsim.core.selection import selection_from
@@ -164,7 +171,9 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
-    summary = _summary(spec, rows, history, samples, elapsed, repository, written)
+    summary = _summary(
+        spec, rows, history, samples, elapsed, repository, written, measured=rt.measured
+    )
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
     if spec.privacy.kind is not None:
@@ -374,6 +383,8 @@ def _summary(
     elapsed: float,
     repository: dict[str, Any] | None,
     events: EventsWriter,
+    *,
+    measured: bool,
 ) -> dict[str, Any]:
     fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
@@ -398,7 +409,7 @@ def _summary(
         "target_accuracy": fl.target_accuracy,
         "round_to_target": round_to_target,
         "time_to_target_s": time_to_target,
-        "simulated_time_s": elapsed,
+        WALL_TIME_KEY if measured else SIMULATED_TIME_KEY: elapsed,
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
         "updates_lost": sum(len(r.failures) for r in history),

@@ -335,8 +335,14 @@ def check_models(page: Page, cluster, job: dict) -> None:
         assert cells[4] == f"{row['completed']} of {row['selected']}"
         assert cells[6] == f"{js_fixed(row['total_s'], 2)} s"
     assert all(r["accuracy"] is not None for r in job["rounds"])  # fl_digits evaluates each round
+    # Each chart has two value axes; each axis is titled (issue 15 found them bare).
+    axes = {
+        "job-quality-chart": "round | test accuracy | loss",
+        "job-time-chart": "round | round time | participants",
+    }
     for chart, series in (("job-quality-chart", 3), ("job-time-chart", 2)):
         plot = section.get_by_test_id(chart)
+        expect(plot).to_have_attribute("data-axes", axes[chart])
         expect(plot).to_have_attribute("data-series", str(series))
         expect(plot).to_have_attribute("data-points", str(len(job["rounds"])))
         assert all(n > 0 for n in plot.evaluate(PIXELS_BY_SERIES)), f"{chart}: a line is missing"

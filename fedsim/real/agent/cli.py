@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedsim.cli_args import OneLineParser
+from fedsim.cli_args import OneLineParser, add_log_level
 from fedsim.real.agent.config import (
     DEFAULT_MAX_TRANSFER_BYTES,
     MAX_POLL_WAIT,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 PROG = "fedsim agent"
 TOKEN_ENV = "FEDSIM_ENROLLMENT_TOKEN"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,12 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the model of the zoo to time (default: %(default)s)",
     )
-    p.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default="info",
-        help="how much to log (default: %(default)s)",
-    )
+    add_log_level(p)
     return p
 
 

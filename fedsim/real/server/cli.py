@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim.cli_args import add_log_level
 from fedsim.real.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -136,12 +137,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
-    p.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging threshold",
-    )
+    add_log_level(p)
     return p
 
 
@@ -206,7 +202,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
     for path in (config.cert_file, config.key_file):
         if path is not None and not path.is_file():
             return _error(f"no such file: {path}")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
     try:

@@ -253,6 +253,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="List jobs", returns=s.JobList, errors=(501,))),
     Endpoint("GET", Paths.JOB, "jobs.get", READ, Doc(
         summary="A job", returns=s.Job, errors=(501,))),
+    Endpoint("GET", Paths.JOB_EVENTS, "jobs.events", ADMIN, Doc(
+        summary="A job's event log (events.csv: a row per transfer and compute step)",
+        errors=(501,), responses={200: {"description": "The events, as the job wrote them",
+                                        "content": {"text/csv": {"schema": {"type": "string"}}}}},
+        description="404: no such job, or it has written no events yet.")),
     Endpoint("DELETE", Paths.JOB, "jobs.cancel", ADMIN, Doc(
         summary="Cancel a job", returns=s.Job, errors=(409, 501))),
 )

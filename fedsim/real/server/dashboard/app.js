@@ -284,6 +284,7 @@
     }
     box.dataset.series = String(data.length - 1);
     box.dataset.points = String(data[0].length);
+    box.dataset.axes = chart.plot.axes.map((axis) => axis.label ?? "").join(" | ");
   }
 
   // Legend markers filled with the line's colour, not only outlined.
@@ -1018,10 +1019,11 @@
         loss: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
       },
       axes: [
-        roundAxis(),
-        valueAxis((v) => `${+v.toFixed(2)}`, { scale: "acc", size: 44 }),
+        { ...roundAxis(), label: "round" },
+        valueAxis((v) => `${+v.toFixed(2)}`, { scale: "acc", size: 44, label: "test accuracy" }),
         valueAxis((v) => `${+v.toFixed(3)}`, {
           scale: "loss",
+          label: "loss",
           side: 1,
           grid: { show: false },
           size: 52,
@@ -1058,10 +1060,11 @@
         n: { range: (u, min, max) => [0, Math.max(1, max) + 1] },
       },
       axes: [
-        roundAxis(),
-        valueAxis((v) => `${+v.toFixed(2)} s`, { scale: "s", size: 56 }),
+        { ...roundAxis(), label: "round" },
+        valueAxis((v) => `${+v.toFixed(2)} s`, { scale: "s", size: 56, label: "round time" }),
         valueAxis((v) => (Number.isInteger(v) ? String(v) : ""), {
           scale: "n",
+          label: "participants",
           side: 1,
           grid: { show: false },
           size: 36,
