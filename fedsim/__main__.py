@@ -79,6 +79,7 @@ SUBCOMMANDS = {
     "k8s-manifests": "fedsim.deploy.cli",
     "calibrate": "fedsim.calibrate",
     "export-topology": "fedsim.export_topology",
+    "certs": "fedsim.certs",
 }
 
 

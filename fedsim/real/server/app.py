@@ -191,16 +191,21 @@ def init_app(
     return app
 
 
-def run_server(config: ServerConfig, *, jobs: Jobs | None = None, **stores: Any) -> None:
+def run_server(
+    config: ServerConfig,
+    *,
+    jobs: Jobs | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    **stores: Any,
+) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully (see the module docstring).
 
     ``stores`` (board, registry, repository) are passed to :func:`init_app`, for a caller that
-    shares them, as the job manager does.
+    shares them, as the job manager does. ``ssl_context`` is ``config.ssl_context()`` made
+    already (the CLI makes it first, to report a bad certificate before serving).
     """
-    ssl_context = None
-    if config.tls:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.cert_file, config.key_file)
+    if ssl_context is None:
+        ssl_context = config.ssl_context()
     app = init_app(config, jobs=jobs, **stores)
     scheme = "https" if config.tls else "http"
     web.run_app(
