@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsim.certs import Issued, create, issue, new_ca, write
+from fedsim.config import ConfigError, build_spec, compose, conf_dir
 from fedsim.real.launch import ServerThread
 from fedsim.real.server.app import init_app
 from fedsim.real.server.config import ServerConfig
@@ -197,3 +198,17 @@ def test_a_real_mode_job_runs_over_mutual_tls(tmp_path):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         log = (tmp_path / "agents" / str(dev) / "agent.log").read_text()
         assert "registered as device" in log and "with https://" in log
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        (["mode=real", "mode.tls=on"], "mode.tls: 'on' is not one of off, mutual"),
+        (["mode=sim", "mode.tls=mutual"], "not mode=sim"),
+        (["mode=real", "mode.tls=mutual", "mode.server_url=https://h:1"], "mode.server_url"),
+    ],
+)
+def test_mode_tls_is_checked_with_the_config(overrides, complaint):
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=complaint):
+        build_spec(compose(["+experiment=fl_digits", *overrides]), conf_dir())
