@@ -14,7 +14,8 @@ certificate per device. :func:`create` writes them into one directory:
     a device's ``--cert`` and ``--key``: common name ``NAME``, extended key usage clientAuth.
 
 Keys are ECDSA P-256, written ``0600``, as unencrypted PKCS#8 PEM (the server and agents read
-them unattended). Nothing is overwritten without ``force``.
+them unattended). Nothing is overwritten without ``force``; ``add`` signs certificates for
+more devices with the CA made before.
 """
 
 from __future__ import annotations
@@ -167,12 +168,14 @@ def create(
     devices: Sequence[str] = (),
     days: int = DEFAULT_DAYS,
     force: bool = False,
+    add: bool = False,
 ) -> list[Path]:
     """A CA, a server certificate for ``server_names`` and one client certificate per name in
     ``devices``, written into ``out`` (created if missing); returns the files written.
 
-    ``FileExistsError`` names every file that exists already, before anything is written,
-    unless ``force``; ``ValueError`` names a bad argument.
+    ``add`` signs only the devices' certificates, with the CA that ``out`` holds already (a
+    device joining a fleet). ``FileExistsError`` names every file that exists already, before
+    anything is written, unless ``force``; ``ValueError`` names a bad argument.
     """
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
@@ -190,29 +193,41 @@ def create(
             raise ValueError(f"device name {name!r} would overwrite the {name}'s files")
     if len(set(devices)) != len(devices):
         raise ValueError("a device name is given twice")
-    pairs = [(CA_CERT, CA_KEY), (SERVER_CERT, SERVER_KEY)]
+    pairs = [] if add else [(CA_CERT, CA_KEY), (SERVER_CERT, SERVER_KEY)]
     pairs += [(f"{name}.pem", f"{name}.key") for name in devices]
     paths = [out / name for pair in pairs for name in pair]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise FileExistsError(f"exists already (pass --force to replace): {', '.join(existing)}")
-    out.mkdir(parents=True, exist_ok=True)
-    ca = new_ca(days=days)
-    write(ca, out / CA_CERT, out / CA_KEY, force=force)
-    write(
-        issue(ca, server_names[0], server_names=server_names, days=days),
-        out / SERVER_CERT,
-        out / SERVER_KEY,
-        force=force,
-    )
+    if add:
+        if not devices:
+            raise ValueError("--add: name the devices to add (--devices, --device)")
+        ca = _load_ca(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        ca = new_ca(days=days)
+        write(ca, out / CA_CERT, out / CA_KEY, force=force)
+        server = issue(ca, server_names[0], server_names=server_names, days=days)
+        write(server, out / SERVER_CERT, out / SERVER_KEY, force=force)
     for name in devices:
-        write(
-            issue(ca, name, client=True, days=days),
-            out / f"{name}.pem",
-            out / f"{name}.key",
-            force=force,
-        )
+        device = issue(ca, name, client=True, days=days)
+        write(device, out / f"{name}.pem", out / f"{name}.key", force=force)
     return paths
+
+
+def _load_ca(out: Path) -> Issued:
+    """The CA in ``out`` (``ca.pem``, ``ca.key``); ``ValueError`` saying what is missing."""
+    cert_file, key_file = out / CA_CERT, out / CA_KEY
+    if not cert_file.is_file() or not key_file.is_file():
+        raise ValueError(f"--add: {out} holds no CA ({CA_CERT} and {CA_KEY}); make one first")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except ValueError as e:
+        raise ValueError(f"--add: cannot read the CA in {out}: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise ValueError(f"--add: {key_file} is not the key of {cert_file}")
+    return Issued(key=key, cert=cert)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,18 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
             f"{' and '.join(DEFAULT_SERVER_NAMES)})"
         ),
     )
-    who = p.add_mutually_exclusive_group()
-    who.add_argument(
+    p.add_argument(
         "--devices",
         type=int,
         metavar="N",
         help=f"certificates for N devices named {device_name(0)} .. device-(N-1)",
     )
-    who.add_argument(
+    p.add_argument(
         "--device",
         action="append",
+        default=[],
         metavar="NAME",
-        help="a certificate for the device NAME, its common name (repeatable)",
+        help="a certificate for the client NAME, its common name (repeatable; beside "
+        "--devices: Prometheus's, a browser's)",
     )
     p.add_argument(
         "--days",
@@ -254,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DAYS,
         metavar="D",
         help="days the certificates are valid (default: %(default)s)",
+    )
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="sign only the devices' certificates, with the CA --out holds already",
     )
     p.add_argument("--force", action="store_true", help="replace files that exist already")
     return p
@@ -265,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.devices is not None and args.devices < 0:
         parser.error(f"--devices must be >= 0, got {args.devices}")
-    devices = args.device or [device_name(i) for i in range(args.devices or 0)]
+    devices = [device_name(i) for i in range(args.devices or 0)] + args.device
     try:
         written = create(
             args.out,
@@ -273,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             devices=devices,
             days=args.days,
             force=args.force,
+            add=args.add,
         )
     except (ValueError, OSError) as e:  # FileExistsError is an OSError
         print(f"{PROG}: error: {e}", file=sys.stderr)

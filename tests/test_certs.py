@@ -95,6 +95,30 @@ def test_nothing_is_overwritten_without_force(tmp_path, capsys):
     assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
 
 
+def test_add_signs_more_devices_with_the_ca_made_before(tmp_path):
+    # Prepare
+    assert main(["--out", str(tmp_path), "--devices", "1"]) == 0
+    ca_before = (tmp_path / "ca.pem").read_bytes()
+    server_before = (tmp_path / "server.pem").read_bytes()
+
+    # Execute
+    clash = main(["--out", str(tmp_path), "--add", "--devices", "2", "--device", "prometheus"])
+    written_after_clash = (tmp_path / "prometheus.pem").exists()
+    added = main(
+        ["--out", str(tmp_path), "--add", "--device", "device-1", "--device", "prometheus"]
+    )
+
+    # Assert: device-0 existed, so nothing was written; without it the others are signed
+    assert clash == 2 and not written_after_clash
+    assert added == 0
+    ca = cert(tmp_path / "ca.pem")
+    for name in ("device-1", "prometheus"):
+        cert(tmp_path / f"{name}.pem").verify_directly_issued_by(ca)
+        assert stat.S_IMODE((tmp_path / f"{name}.key").stat().st_mode) == 0o600
+    assert (tmp_path / "ca.pem").read_bytes() == ca_before
+    assert (tmp_path / "server.pem").read_bytes() == server_before
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
@@ -104,7 +128,8 @@ def test_nothing_is_overwritten_without_force(tmp_path, capsys):
         (["--device", "a", "--device", "a"], "twice"),
         (["--days", "0"], "days must be >= 1"),
         (["--devices", "-1"], "--devices must be >= 0"),
-        (["--devices", "2", "--device", "a"], "not allowed with"),
+        (["--devices", "2", "--device", "device-1"], "twice"),
+        (["--add", "--device", "late"], "holds no CA"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, complaint):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import logging
 import socket
 import ssl
 import stat
@@ -32,11 +33,11 @@ ADMIN, ENROLLMENT = "admin-for-mtls", "enrollment-for-mtls"
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    """The CA, server and ``device-1`` of ``fedsim certs``, beside two certificates named
-    ``device-1`` that the server must refuse: ``other-ca`` (signed by another CA) and
-    ``expired`` (signed by the right CA, valid until two days ago)."""
+    """The CA, server, ``device-1`` and ``device-7`` of ``fedsim certs``, beside two
+    certificates named ``device-1`` that the server must refuse: ``other-ca`` (signed by
+    another CA) and ``expired`` (signed by the right CA, valid until two days ago)."""
     pki = tmp_path / "pki"
-    create(pki, devices=["device-1"])
+    create(pki, devices=["device-1", "device-7"])
     key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     ca = Issued(key=key, cert=x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes()))
@@ -150,8 +151,9 @@ def device_ids(pki: Path, port: int) -> list[int]:
         conn.close()
 
 
-def test_an_agent_registers_with_its_certificate_and_not_without(pki, server, tmp_path):
+def test_an_agent_registers_with_its_certificate_and_not_without(pki, server, tmp_path, caplog):
     # Prepare
+    caplog.set_level(logging.INFO, logger="fedsim.server.tls")
     cert = ["--cert", str(pki / "device-1.pem"), "--key", str(pki / "device-1.key")]
 
     # Execute: both start together; the one without a certificate keeps trying
@@ -165,6 +167,13 @@ def test_an_agent_registers_with_its_certificate_and_not_without(pki, server, tm
             time.sleep(0.2)
         time.sleep(2)  # the stranger has had as long, and retries within a second at first
         ids = device_ids(pki, server.port)
+        # device 1's record, read with the certificate of device 7
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", server.port, context=client_context(pki, "device-7"), timeout=10
+        )
+        conn.request("GET", "/api/v1/devices/1", headers={"Authorization": f"Bearer {ADMIN}"})
+        crossed = conn.getresponse().status
+        conn.close()
     finally:
         logs = []
         for proc in procs:
@@ -175,6 +184,11 @@ def test_an_agent_registers_with_its_certificate_and_not_without(pki, server, tm
     assert ids == [1], logs
     assert "a server requiring mutual TLS disconnects clients" in logs[1]
     assert not (tmp_path / "stranger" / "device.json").exists()
+    # The server's log ties the certificate to the device, and notices one used for another
+    messages = [r.getMessage() for r in caplog.records if r.name == "fedsim.server.tls"]
+    assert "device 1 registered with the client certificate of 'device-1'" in messages
+    assert crossed == 200
+    assert any("device 1's path with the client certificate of 'device-7'" in m for m in messages)
 
 
 def test_a_real_mode_job_runs_over_mutual_tls(tmp_path):
