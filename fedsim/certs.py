@@ -286,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.devices is not None and args.devices < 0:
         parser.error(f"--devices must be >= 0, got {args.devices}")
+    if args.add and args.server_name:
+        parser.error("--add signs device certificates only; --server-name makes a new server's")
     devices = [device_name(i) for i in range(args.devices or 0)] + args.device
     try:
         written = create(

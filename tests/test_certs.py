@@ -130,6 +130,7 @@ def test_add_signs_more_devices_with_the_ca_made_before(tmp_path):
         (["--devices", "-1"], "--devices must be >= 0"),
         (["--devices", "2", "--device", "device-1"], "twice"),
         (["--add", "--device", "late"], "holds no CA"),
+        (["--add", "--device", "late", "--server-name", "h"], "device certificates only"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, complaint):
