@@ -55,6 +55,9 @@ SUBCOMMANDS = {
     "export-topology": Subcommand(
         "fedsim.export_topology", "write a recorded fleet as a topology the simulator replays"
     ),
+    "certs": Subcommand(
+        "fedsim.certs", "create a CA and server and device certificates for mutual TLS"
+    ),
 }
 
 # Config groups chosen as a whole on the command line (group=NAME), as the help lists them.

@@ -56,6 +56,7 @@ from fedsim.core.workload import DatasetSpec, WorkloadSpec
 from fedsim.runtimes import RUNTIMES
 from fedsim.scenarios import SCENARIOS
 from fedsim.schema import (
+    TLS_MODES,
     Config,
     FLConf,
     HardwareConf,
@@ -252,6 +253,14 @@ def check_mode(mode: ModeConf) -> None:
     """The ranges of ``mode``'s numbers (the emulated runtime checks its own two)."""
     if not 0 <= mode.port <= 65535:
         raise ConfigError(f"mode.port: must be in 0..65535, got {mode.port}")
+    if mode.tls not in TLS_MODES:
+        raise ConfigError(f"mode.tls: {mode.tls!r} is not one of {', '.join(TLS_MODES)}")
+    if mode.tls != "off" and (mode.name == "sim" or mode.server_url):
+        # Only a cluster this run starts is this run's to secure.
+        where = "mode=sim" if mode.name == "sim" else "mode.server_url (a running server)"
+        raise ConfigError(
+            f"mode.tls: {mode.tls!r} applies to the servers real mode starts, not {where}"
+        )
     for name in ("startup_timeout_s", "heartbeat_interval_s", "patience_s"):
         _positive(f"mode.{name}", getattr(mode, name))
 

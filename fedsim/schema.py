@@ -310,6 +310,9 @@ class FaultsConf:
     link_changes: list[LinkChangeConf] = field(default_factory=list)
 
 
+TLS_MODES = ("off", "mutual")  # ModeConf.tls
+
+
 @dataclass
 class ModeConf:
     """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
@@ -324,6 +327,9 @@ class ModeConf:
     patience_s: float = 10.0
     server_url: str | None = None  # a running fedsim server: run there as a job
     admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
+    # real and emulated: "off", plain HTTP on loopback; "mutual", HTTPS with client
+    # certificates, made for the run under RUN_DIR/certs (fedsim.certs).
+    tls: str = "off"
     # emulated: one core's speed here in GFLOP/s (null: measured at start) and the cores the
     # agents may share (null: every core this process may use).
     host_gflops: float | None = None

@@ -31,6 +31,7 @@ TYPED_PATHS = (
     "fedsim/remote.py",
     "fedsim/calibrate.py",
     "fedsim/export_topology.py",
+    "fedsim/certs.py",
     "fedsim/ml/accounting.py",
     # The wire protocol, and what speaks it on either side.
     "fedsim/real/protocol.py",

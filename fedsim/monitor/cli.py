@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA certificates that verify an https server, as Prometheus will see the path",
     )
     p.add_argument(
+        "--cert-file",
+        metavar="PEM",
+        help="a client certificate Prometheus presents to a server requiring mutual TLS "
+        "(e.g. one made by fedsim certs --device prometheus); with --key-file",
+    )
+    p.add_argument("--key-file", metavar="PEM", help="the private key of --cert-file")
+    p.add_argument(
         "--out",
         default="prometheus.yml",
         metavar="PATH",
@@ -90,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scrape_interval=args.scrape_interval,
             sd_refresh_interval=args.sd_refresh_interval,
             ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
         )
     except ValueError as e:
         parser.error(str(e))

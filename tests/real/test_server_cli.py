@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 from ports import free_port
 
+from fedsim.certs import create
 from fedsim.real.server.cli import main
 from fedsim.real.server.config import ServerConfig
 from tests.real.conftest import ADMIN_TOKEN
@@ -31,6 +32,7 @@ def test_config_refuses_what_cannot_work(tmp_path):
         {"patience_s": 0},
         {"max_blob_bytes": 0},
         {"cert_file": tmp_path / "cert.pem"},  # without a key
+        {"client_ca_file": tmp_path / "ca.pem"},  # client certificates without TLS
         {"prometheus_url": "prometheus:9090"},
         {"history_samples": 0},
         {"history_interval_s": -1},
@@ -66,6 +68,7 @@ def test_cli_help_explains_every_option(capsys):
         "--shutdown-timeout",
         "--cert",
         "--key",
+        "--client-ca",
         "--prometheus-url",
         "--history-samples",
         "--history-interval",
@@ -225,3 +228,52 @@ def test_the_command_serves_https_with_a_certificate(tmp_path):
     finally:
         process.kill()
         process.communicate()
+
+
+def test_the_command_requires_client_certificates_with_client_ca(tmp_path):
+    # Prepare
+    pki = tmp_path / "pki"
+    create(pki, devices=["device-1"])
+    tls = ["--cert", str(pki / "server.pem"), "--key", str(pki / "server.key")]
+
+    # Execute
+    process, port = serve(tmp_path, *tls, "--client-ca", str(pki / "ca.pem"))
+    try:
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        context.load_cert_chain(pki / "device-1.pem", pki / "device-1.key")
+        health = wait_healthy(f"https://127.0.0.1:{port}/api/v1/health", context)
+        bare = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        with pytest.raises(OSError):  # urllib's URLError or the connection's own error
+            get(f"https://127.0.0.1:{port}/api/v1/health", bare)
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=20)
+    finally:
+        process.kill()
+        process.communicate()
+
+    # Assert
+    assert health["status"] == "ok" and status == 0
+
+
+def test_the_command_refuses_bad_tls_files_before_serving(tmp_path, capsys, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "e")
+    pki = tmp_path / "pki"
+    create(pki)
+    base = ["--data-dir", str(tmp_path / "data")]
+    tls = ["--cert", str(pki / "server.pem"), "--key", str(pki / "server.key")]
+
+    # Execute
+    without_cert = main([*base, "--client-ca", str(pki / "ca.pem")])
+    without_cert_err = capsys.readouterr().err
+    missing = main([*base, *tls, "--client-ca", str(tmp_path / "nope.pem")])
+    missing_err = capsys.readouterr().err
+    not_a_ca = main([*base, *tls, "--client-ca", str(pki / "server.key")])
+    not_a_ca_err = capsys.readouterr().err
+
+    # Assert
+    assert (without_cert, missing, not_a_ca) == (2, 2, 2)
+    assert "client_ca_file (mutual TLS) needs cert_file" in without_cert_err
+    assert "no such file" in missing_err and "nope.pem" in missing_err
+    assert not_a_ca_err.startswith("fedsim server: error: TLS:")

@@ -695,11 +695,21 @@ class Agent:
         return self._load
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.config.insecure:
-            return False
-        if self.config.cafile is not None:
-            return ssl.create_default_context(cafile=self.config.cafile)
-        return True
+        """How the agent's requests use TLS: ``True`` verifies against the system's CAs,
+        ``False`` verifies nothing (``--insecure``), a context for ``--ca`` or ``--cert``."""
+        config = self.config
+        if config.cert_file is None and config.cafile is None:
+            return not config.insecure
+        context = ssl.create_default_context(cafile=config.cafile)
+        if config.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config.cert_file is not None:
+            try:
+                context.load_cert_chain(config.cert_file, config.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise AgentError(f"--cert {config.cert_file} / --key {config.key_file}: {e}") from e
+        return context
 
 
 def _get(value: Any, key: str) -> Any:

@@ -125,7 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds a task poll waits at the server, 1..{MAX_POLL_WAIT} (default: %(default)s)",
     )
-    p.add_argument("--cafile", metavar="PEM", help="CA certificates to verify an https server with")
+    p.add_argument(
+        "--ca",
+        "--cafile",
+        dest="cafile",
+        metavar="PEM",
+        help="CA certificates to verify an https server with (fedsim certs' ca.pem)",
+    )
+    p.add_argument(
+        "--cert",
+        metavar="PEM",
+        help="this device's client certificate, for a server that requires mutual TLS "
+        "(fedsim certs' NAME.pem); with --key",
+    )
+    p.add_argument("--key", metavar="PEM", help="the private key of --cert")
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -252,6 +265,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             heartbeat_interval=args.heartbeat_interval,
             poll_wait=args.poll_wait,
             cafile=args.cafile,
+            cert_file=args.cert,
+            key_file=args.key,
             insecure=args.insecure,
             threads=args.threads,
             torch_device=args.torch_device,

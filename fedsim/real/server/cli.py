@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
+    p.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates (PEM, e.g. fedsim certs' ca.pem): mutual TLS, every client must "
+        "present a certificate signed by one of them or the TLS handshake fails; bearer "
+        "tokens are still required. Needs --cert and --key",
+    )
     add_log_level(p)
     return p
 
@@ -192,6 +201,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             shutdown_timeout_s=args.shutdown_timeout,
             cert_file=args.cert,
             key_file=args.key,
+            client_ca_file=args.client_ca,
             prometheus_url=args.prometheus_url,
             history_samples=args.history_samples,
             history_interval_s=args.history_interval,
@@ -199,14 +209,18 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         )
     except ValueError as e:
         return _error(str(e))
-    for path in (config.cert_file, config.key_file):
+    for path in (config.cert_file, config.key_file, config.client_ca_file):
         if path is not None and not path.is_file():
             return _error(f"no such file: {path}")
+    try:
+        ssl_context = config.ssl_context()  # a bad certificate or key: said before serving
+    except (OSError, ssl.SSLError) as e:
+        return _error(f"TLS: {e}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
     try:
-        run_server(config, **_served(config, runner))
+        run_server(config, ssl_context=ssl_context, **_served(config, runner))
     except OSError as e:  # the port is taken, the data directory is not writable, ...
         return _error(str(e))
     return 0
