@@ -111,6 +111,14 @@ class SecAggParams:
         return min(group, max(2, math.ceil(self.threshold * group)))
 
 
+@dataclass(frozen=True, kw_only=True)
+class SecureAggregation:
+    """What a federation needs to aggregate securely: the settings and the cryptography."""
+
+    params: SecAggParams
+    crypto: SecAggCrypto
+
+
 # -- Shamir's secret sharing over GF(FIELD_PRIME) ------------------------------------------------
 
 
