@@ -35,6 +35,7 @@ from fedsim.core.fleet import (
     heterogeneous,
 )
 from fedsim.core.limits import INT64_MAX, walk
+from fedsim.core.secagg import SecAggParams
 from fedsim.core.topology import (
     MEASURED,
     MEASURED_SECONDS,
@@ -59,6 +60,7 @@ from fedsim.schema import (
     PaperConf,
     PartitionConf,
     ScaleConf,
+    SecAggConf,
 )
 from fedsim.spec import ExperimentSpec
 
@@ -198,6 +200,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
             "faults.link_changes: links are changed in the simulator only; "
             f"mode={mode.name} runs over this host's own links"
         )
+    secagg = build_secagg(cfg.secagg, kind, mode, fl, strategy)
     return ExperimentSpec(
         name=cfg.experiment.name,
         kind=kind,
@@ -217,7 +220,39 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         partition=partition,
         faults=faults,
         config=as_container(cfg),
+        secagg=secagg,
     )
+
+
+def build_secagg(
+    node: Any, kind: str, mode: ModeConf, fl: FLConf, strategy: Mapping[str, Any]
+) -> SecAggParams | None:
+    """Secure aggregation's settings when ``secagg.enabled``; refuses what it cannot run with."""
+    c: SecAggConf = _typed("secagg", node)
+    if not c.enabled:
+        return None
+    if kind != "federated":
+        raise ConfigError(f"secagg: secure aggregation needs a federated experiment, not {kind}")
+    if mode.name != "sim":
+        raise ConfigError(
+            f"secagg: mode={mode.name} does not carry secure aggregation's messages yet; "
+            "run it with mode=sim"
+        )
+    if fl.mode != "sync" or fl.hierarchical:
+        raise ConfigError("secagg: secure aggregation runs in synchronous rounds without groups")
+    if strategy.get("name") != "fedavg" or strategy.get("clip_norm") is not None:
+        raise ConfigError(
+            "secagg: the server sees only the sum of the updates, so the strategy must be "
+            "fedavg without clip_norm"
+        )
+    if fl.training != "real":
+        raise ConfigError("secagg: secure aggregation masks real updates: needs fl.training=real")
+    try:
+        return SecAggParams(
+            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+        )
+    except ValueError as e:
+        raise ConfigError(f"secagg: {e}") from None
 
 
 def check_numbers(value: Any, where: str = "") -> None:

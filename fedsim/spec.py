@@ -13,6 +13,7 @@ from typing import Any
 
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan
+from fedsim.core.secagg import SecAggParams
 from fedsim.core.topology import Topology
 from fedsim.core.workload import WorkloadSpec
 from fedsim.schema import FLConf, ModeConf, PaperConf, PartitionConf, ScaleConf
@@ -40,3 +41,4 @@ class ExperimentSpec:
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultPlan = field(default_factory=FaultPlan)
     config: Mapping[str, Any] = field(default_factory=dict)
+    secagg: SecAggParams | None = None  # secure aggregation's settings; None: off

@@ -37,6 +37,8 @@ TYPED_PATHS = (
     "fedsim/real/jobs.py",
     "fedsim/real/stores.py",
     "fedsim/real/faults.py",
+    # Secure aggregation's cryptography (its protocol is under fedsim/core).
+    "fedsim/real/secagg_crypto.py",
 )
 
 

@@ -23,6 +23,7 @@ from fedsim.core.events import Event, EventColumns
 from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
+from fedsim.core.secagg import SecureAggregation
 from fedsim.core.selection import (
     AllSelection,
     OortSelection,
@@ -33,6 +34,7 @@ from fedsim.core.selection import (
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
+from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
@@ -152,6 +154,9 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
             groups={d: spec.topology.devices[d].group for d in clients},
             on_round=on_round,
             seed=seeds[2],
+            secagg=None
+            if spec.secagg is None
+            else SecureAggregation(params=spec.secagg, crypto=X25519Crypto()),
         )
         history = coordinator.run(clients)
         elapsed = transport.now()

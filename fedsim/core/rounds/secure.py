@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 
 from fedsim.core.events import EventKind
 from fedsim.core.rounds.base import Federation
-from fedsim.core.runtime import Cost, NDArrays, SecAggIns, Task, TaskResult, Update
+from fedsim.core.runtime import Cost, FitIns, NDArrays, SecAggIns, Task, TaskResult, Update
 from fedsim.core.secagg import SecAggAborted, SecAggClient, SecAggServer
 
 X25519_OPS = 1.5e5
@@ -145,9 +146,13 @@ def secure_collect(
         forwarded = server.collect_shares(shared)
         # The masks are expanded before training: they do not depend on the update.
         ready = stage("mask", forwarded, lambda d: b"", mask_ops)
-        fit = {d: fed.fit_task(rnd, d, shares[d]) for d in ready}
+        # The fit task's upload is the masked input: ``bits`` per value, not the update's size.
         masked_nbytes = length * params.value_bytes
-        tasks = [replace(t, ins=replace(t.ins, update_nbytes=masked_nbytes)) for t in fit.values()]
+        tasks = []
+        for d in ready:
+            task = fed.fit_task(rnd, d, shares[d])
+            ins = replace(cast(FitIns, task.ins), update_nbytes=masked_nbytes)
+            tasks.append(replace(task, ins=ins))
         fed.transport.submit(tasks)
         results = fed.gather({t.id: t.device for t in tasks}, deadline)
         # The server checks what it can see (example count, metrics), never the arrays.
