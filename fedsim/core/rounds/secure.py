@@ -90,7 +90,9 @@ def secure_collect(
         clients=list(selected),
         length=length,
         scale=scale,
-        seed=int(fed.rng.integers(2**31)),
+        # The graph is public; seeding it by the round leaves the federation's draws as
+        # they are without secure aggregation.
+        seed=rnd,
     )
     clients = {d: SecAggClient(id=d, params=params, crypto=crypto) for d in selected}
     degree = {d: len(server.graph[d]) for d in selected}
