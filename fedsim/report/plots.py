@@ -44,6 +44,9 @@ KIND_COLORS = {
     EventKind.AGGREGATE.value: "tab:purple",
     EventKind.PUBLISH.value: "tab:olive",
     EventKind.EVALUATE.value: "tab:orange",
+    EventKind.SECAGG_DOWNLOAD.value: "tab:gray",
+    EventKind.SECAGG_UPLOAD.value: "tab:pink",
+    EventKind.SECAGG.value: "tab:brown",
 }
 UNKNOWN_KIND_COLOR = "0.5"
 PAPER_RATE_COLOR = "tab:orange"  # apart from the diverging blue-red scale and the black line
