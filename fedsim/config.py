@@ -229,6 +229,13 @@ def build_secagg(
 ) -> SecAggParams | None:
     """Secure aggregation's settings when ``secagg.enabled``; refuses what it cannot run with."""
     c: SecAggConf = _typed("secagg", node)
+    try:
+        # Checked when off too: a setting that cannot work is an error wherever it is.
+        params = SecAggParams(
+            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+        )
+    except ValueError as e:
+        raise ConfigError(f"secagg.{e}") from None
     if not c.enabled:
         return None
     if kind != "federated":
@@ -247,12 +254,7 @@ def build_secagg(
         )
     if fl.training != "real":
         raise ConfigError("secagg: secure aggregation masks real updates: needs fl.training=real")
-    try:
-        return SecAggParams(
-            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
-        )
-    except ValueError as e:
-        raise ConfigError(f"secagg: {e}") from None
+    return params
 
 
 def check_numbers(value: Any, where: str = "") -> None:

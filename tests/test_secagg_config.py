@@ -31,7 +31,7 @@ def test_secagg_is_off_by_default_and_on_with_its_settings():
         (["strategy.clip_norm=1.0"], "without clip_norm"),
         (["fl.mode=async"], "synchronous rounds"),
         (["fl.training=modelled"], "fl.training=real"),
-        (["secagg.bits=8"], "secagg: secagg bits must be in"),
+        (["secagg.bits=8"], "secagg.bits: must be in"),
     ],
 )
 def test_what_secagg_cannot_run_with_is_refused(overrides, message):
@@ -54,5 +54,6 @@ def test_a_secure_federated_run_trains_and_logs_its_protocol(tmp_path):
     for a, b in zip(plain_result.rows, secure_result.rows, strict=True):
         assert b.accuracy == pytest.approx(a.accuracy, abs=0.02)
         assert b.total_s > a.total_s and b.bytes_moved > a.bytes_moved
+    assert secure_result.summary["secagg"]["bits"] == 32 and "secagg" not in plain_result.summary
     events = (tmp_path / "secure" / "events.csv").read_text()
     assert "secagg_upload" in events and "secagg_download" in events

@@ -80,13 +80,13 @@ class SecAggParams:
 
     def __post_init__(self) -> None:
         if not 16 <= self.bits <= 62:
-            raise ValueError(f"secagg bits must be in [16, 62], got {self.bits}")
+            raise ValueError(f"bits: must be in [16, 62], got {self.bits}")
         if not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"secagg clip must be a positive finite number, got {self.clip}")
+            raise ValueError(f"clip: must be a positive finite number, got {self.clip}")
         if not 0 < self.threshold <= 1:
-            raise ValueError(f"secagg threshold must be in (0, 1], got {self.threshold}")
+            raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
         if self.neighbours is not None and self.neighbours < 2:
-            raise ValueError(f"secagg neighbours must be at least 2, got {self.neighbours}")
+            raise ValueError(f"neighbours: must be at least 2, got {self.neighbours}")
 
     @property
     def value_bytes(self) -> int:

@@ -176,6 +176,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     summary = _summary(spec, rows, history, samples, elapsed, repository, written)
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
+    if spec.secagg is not None:
+        summary["secagg"] = asdict(spec.secagg)  # its cost is in the events and time split
     return RunResult(
         kind=FEDERATED,
         summary=summary,
