@@ -239,3 +239,33 @@ def test_params_refuse_bad_settings():
         SecAggParams(threshold=0.0)
     with pytest.raises(ValueError, match="clip"):
         SecAggParams(clip=float("inf"))
+
+
+def test_random_dropouts_give_the_survivors_sum_or_a_clean_abort():
+    # Prepare: 30 rounds of random sizes, graphs and dropouts at both stages
+    rng = np.random.default_rng(11)
+    outcomes = []
+    for _ in range(30):
+        n = int(rng.integers(3, 10))
+        values, weights = updates(n, 40, seed=int(rng.integers(1000)))
+        params = SecAggParams(
+            bits=int(rng.choice([24, 32, 48])),
+            clip=5.0,
+            threshold=float(rng.choice([0.3, 0.5, 0.7])),
+            neighbours=None if rng.random() < 0.5 else 2 * int(rng.integers(1, 3)),
+        )
+        early = frozenset(int(u) for u in np.flatnonzero(rng.random(n) < 0.2))
+        late = frozenset(int(u) for u in np.flatnonzero(rng.random(n) < 0.2)) - early
+        # Execute
+        try:
+            total, _, scale = run_round(
+                values, weights, params, drop_before_masked=early, drop_before_unmask=late
+            )
+        except SecAggAborted:
+            outcomes.append("aborted")
+            continue
+        # Assert: what came out is the sum of the inputs the server received
+        plain = sum(weights[u] * np.clip(values[u], -5, 5) for u in values if u not in early)
+        assert np.allclose(total, plain, atol=n * 0.5 / scale)
+        outcomes.append("summed")
+    assert outcomes.count("summed") >= 15 and "aborted" in outcomes
