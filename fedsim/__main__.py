@@ -61,7 +61,7 @@ SUBCOMMANDS = {
 }
 
 # Config groups chosen as a whole on the command line (group=NAME), as the help lists them.
-CHOSEN_GROUPS = ("mode", "privacy", "strategy", "topology", "workload")
+CHOSEN_GROUPS = ("mode", "privacy", "secagg", "strategy", "topology", "workload")
 # Groups that a topology's devices and links name profile by profile, never as a whole.
 PROFILE_KEYS = {
     "hardware": "topology.devices.N.hardware=NAME",

@@ -39,6 +39,7 @@ from fedsim.core.limits import INT64_MAX, walk
 from fedsim.core.plugins import TARGET, PluginError, check_call, is_import_path, split_target
 from fedsim.core.plugins import factory as plugin_factory
 from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.secagg import SecAggParams
 from fedsim.core.selection import selection_from
 from fedsim.core.topology import (
     MEASURED,
@@ -65,6 +66,7 @@ from fedsim.schema import (
     PaperConf,
     PartitionConf,
     ScaleConf,
+    SecAggConf,
 )
 from fedsim.spec import ExperimentSpec
 
@@ -210,6 +212,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
             "faults.link_changes: links are changed in the simulator only; "
             f"mode={mode.name} runs over this host's own links"
         )
+    secagg = build_secagg(cfg.secagg, kind, mode, fl, strategy)
     return ExperimentSpec(
         name=cfg.experiment.name,
         kind=kind,
@@ -230,7 +233,41 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         faults=faults,
         privacy=privacy,
         config=as_container(cfg),
+        secagg=secagg,
     )
+
+
+def build_secagg(
+    node: Any, kind: str, mode: ModeConf, fl: FLConf, strategy: Mapping[str, Any]
+) -> SecAggParams | None:
+    """Secure aggregation's settings when ``secagg.enabled``; refuses what it cannot run with."""
+    c: SecAggConf = _typed("secagg", node)
+    try:
+        # Checked when off too: a setting that cannot work is an error wherever it is.
+        params = SecAggParams(
+            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+        )
+    except ValueError as e:
+        raise ConfigError(f"secagg.{e}") from None
+    if not c.enabled:
+        return None
+    if kind != "federated":
+        raise ConfigError(f"secagg: secure aggregation needs a federated experiment, not {kind}")
+    if mode.name != "sim":
+        raise ConfigError(
+            f"secagg: mode={mode.name} does not carry secure aggregation's messages yet; "
+            "run it with mode=sim"
+        )
+    if fl.mode != "sync" or fl.hierarchical:
+        raise ConfigError("secagg: secure aggregation runs in synchronous rounds without groups")
+    if strategy.get("name") != "fedavg" or strategy.get("clip_norm") is not None:
+        raise ConfigError(
+            "secagg: the server sees only the sum of the updates, so the strategy must be "
+            "fedavg without clip_norm"
+        )
+    if fl.training != "real":
+        raise ConfigError("secagg: secure aggregation masks real updates: needs fl.training=real")
+    return params
 
 
 def check_numbers(value: Any, where: str = "") -> None:

@@ -361,6 +361,21 @@ class TrackingConf:
 
 
 @dataclass
+class SecAggConf:
+    """Secure aggregation (``secagg=on``; docs/secagg.md): the server sees only the sum of
+    the clients' masked updates. ``bits``: the modulus 2^bits of the masked values (16-62);
+    ``clip``: each value's bound before fixed point; ``threshold``: the fraction of a client's
+    neighbourhood whose shares recover its secrets; ``neighbours``: SecAgg+'s graph degree
+    (null: every pair of clients, SecAgg)."""
+
+    enabled: bool = False
+    bits: int = 32
+    clip: float = 100.0
+    threshold: float = 0.5
+    neighbours: int | None = None
+
+
+@dataclass
 class Config:
     experiment: ExperimentConf = field(default_factory=ExperimentConf)
     mode: ModeConf = field(default_factory=ModeConf)
@@ -380,3 +395,4 @@ class Config:
     faults: FaultsConf = field(default_factory=FaultsConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # client-level DP, if any
+    secagg: SecAggConf = field(default_factory=SecAggConf)

@@ -14,6 +14,7 @@ from typing import Any
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan
 from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.secagg import SecAggParams
 from fedsim.core.topology import Topology
 from fedsim.core.workload import WorkloadSpec
 from fedsim.schema import FLConf, ModeConf, PaperConf, PartitionConf, ScaleConf
@@ -43,3 +44,4 @@ class ExperimentSpec:
     # Client-level DP; a noise multiplier chosen from target_epsilon is filled in by build_spec.
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     config: Mapping[str, Any] = field(default_factory=dict)
+    secagg: SecAggParams | None = None  # secure aggregation's settings; None: off

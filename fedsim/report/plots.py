@@ -46,6 +46,9 @@ KIND_COLORS = {
     EventKind.AGGREGATE.value: "tab:purple",
     EventKind.PUBLISH.value: "tab:olive",
     EventKind.EVALUATE.value: "tab:orange",
+    EventKind.SECAGG_DOWNLOAD.value: "tab:gray",
+    EventKind.SECAGG_UPLOAD.value: "tab:pink",
+    EventKind.SECAGG.value: "tab:brown",
 }
 UNKNOWN_KIND_COLOR = "0.5"
 # A timeline bar narrower than this share of its axis (under two pixels of a chart 1,000 wide)

@@ -31,11 +31,13 @@ from fedsim.core.results import (
 )
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
+from fedsim.core.secagg import SecureAggregation
 from fedsim.core.selection import selection_from
 from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
+from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
@@ -155,6 +157,9 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
             groups={d: spec.topology.devices[d].group for d in clients},
             on_round=on_round,
             seed=seeds[2],
+            secagg=None
+            if spec.secagg is None
+            else SecureAggregation(params=spec.secagg, crypto=X25519Crypto()),
         )
         history = coordinator.run(clients)
         elapsed = transport.now()
@@ -178,6 +183,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
     if spec.privacy.kind is not None:
         summary["privacy"] = privacy_summary(spec, history)
+    if spec.secagg is not None:
+        summary["secagg"] = asdict(spec.secagg)  # its cost is in the events and time split
     return RunResult(
         kind=FEDERATED,
         summary=summary,

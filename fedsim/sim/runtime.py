@@ -34,6 +34,7 @@ from fedsim.core.runtime import (
     ForwardIns,
     NDArrays,
     RelayIns,
+    SecAggIns,
     Task,
     TaskResult,
     Transport,
@@ -195,6 +196,16 @@ class SimTransport(Transport):
                 self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io),
                 self._send(dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev),
             ]
+        if isinstance(ins, SecAggIns):
+            steps = []
+            if ins.down_nbytes:
+                kind = EventKind.SECAGG_DOWNLOAD
+                steps.append(self._send(self.server, dev, ins.down_nbytes, kind, tid, by=dev))
+            steps.append(self._compute(dev, ins.cost, EventKind.SECAGG, tid))
+            if ins.up_nbytes:
+                kind = EventKind.SECAGG_UPLOAD
+                steps.append(self._send(dev, self.server, ins.up_nbytes, kind, tid, by=dev))
+            return steps
         raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
 
     def _task(self, task: Task, *, after: float = 0.0) -> Generator[simpy.Event, Any, None]:
