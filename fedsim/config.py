@@ -213,6 +213,14 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
             f"mode={mode.name} runs over this host's own links"
         )
     secagg = build_secagg(cfg.secagg, kind, mode, fl, strategy)
+    if secagg is not None and privacy.kind is not None:
+        # Central DP clips each update, which secure aggregation hides from the server; local
+        # DP's noised updates could be summed securely, but the round under secure
+        # aggregation does not take wrapped strategies yet.
+        raise ConfigError(
+            f"privacy.kind: {privacy.kind} DP and secure aggregation (secagg=on) do not run "
+            "together yet; choose one"
+        )
     return ExperimentSpec(
         name=cfg.experiment.name,
         kind=kind,

@@ -103,6 +103,7 @@ def test_target_epsilon_chooses_the_noise():
         (("privacy=local", "fl.mode=async"), "synchronous, flat rounds"),
         (("privacy=central", "privacy.target_epsilon=3"), "give exactly one of"),
         (("privacy=local", "privacy.clip_norm=-1"), "privacy.clip_norm: must be finite and > 0"),
+        (("privacy=local", "secagg=on"), "do not run together yet"),
     ],
 )
 def test_bad_privacy_configs_are_refused(overrides, message):
