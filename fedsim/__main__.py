@@ -1,47 +1,163 @@
 """The ``fedsim`` command.
 
 ``python -m fedsim +experiment=NAME [key=value ...]`` runs an experiment through Hydra;
-``fedsim server ...`` and ``fedsim agent ...`` run the real runtime's processes.
+``fedsim server ...``, ``fedsim agent ...`` and the other :data:`SUBCOMMANDS` run the real
+runtime's processes and fedsim's tools. ``--help`` and ``--version`` are fedsim's own; Hydra's
+flags are listed by ``--hydra-help``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fedsim import __version__
 from fedsim.config import ConfigError, build_spec, conf_dir, register_configs
 
 log = logging.getLogger("fedsim")
 
 
+class Subcommand(NamedTuple):
+    """A command of ``fedsim``: the module whose ``main(argv)`` runs it, and one line on it."""
+
+    module: str
+    summary: str
+
+
+SUBCOMMANDS = {
+    "server": Subcommand(
+        "fedsim.real.server.cli", "serve the REST API devices register with and jobs run on"
+    ),
+    "agent": Subcommand("fedsim.real.agent.cli", "run a device agent against a fedsim server"),
+    "prometheus-config": Subcommand(
+        "fedsim.monitor.cli", "write a prometheus.yml that monitors a server's devices"
+    ),
+    "grafana-dashboards": Subcommand(
+        "fedsim.report.grafana_cli", "write fedsim's Grafana dashboards and provisioning"
+    ),
+    "k8s-manifests": Subcommand(
+        "fedsim.deploy.cli", "write Kubernetes manifests for a topology's server and agents"
+    ),
+    "calibrate": Subcommand(
+        "fedsim.calibrate", "measure this host and write a measured hardware profile"
+    ),
+    "export-topology": Subcommand(
+        "fedsim.export_topology", "write a recorded fleet as a topology the simulator replays"
+    ),
+    "certs": Subcommand(
+        "fedsim.certs", "create a CA and server and device certificates for mutual TLS"
+    ),
+}
+
+# Config groups chosen as a whole on the command line (group=NAME), as the help lists them.
+CHOSEN_GROUPS = ("mode", "privacy", "secagg", "strategy", "topology", "workload")
+# Groups that a topology's devices and links name profile by profile, never as a whole.
+PROFILE_KEYS = {
+    "hardware": "topology.devices.N.hardware=NAME",
+    "network": "topology.devices.N.link.network=NAME or topology.groups.N.uplink=NAME",
+}
+# Hydra flags that change where configs come from: the pre-check leaves such a run to Hydra.
+CONFIG_SOURCE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+
+
+def _names(group: str) -> list[str]:
+    """The configs of ``group`` under fedsim's own conf/."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def help_text() -> str:
+    """What ``fedsim --help`` prints: how to run an experiment, the configs, the commands."""
+    width = max(len(name) for name in SUBCOMMANDS) + 2
+    commands = "\n".join(f"  {name:<{width}}{c.summary}" for name, c in SUBCOMMANDS.items())
+    groups = "\n".join(f"  {g}: {', '.join(_names(g))}" for g in CHOSEN_GROUPS)
+    return f"""\
+usage: fedsim +experiment=NAME [key=value ...]   run an experiment
+       fedsim -m +experiment=NAME key=A,B ...   a sweep: one job per combination
+       fedsim COMMAND [--help]                  one of the commands below
+
+Run an experiment (the main job: the seed paper's Table II, simulated):
+  fedsim +experiment=imagenet_yolo
+It prints a summary and, as its last line, "results: DIR": summary.json, runs.csv,
+events.csv, report.md and plots/. mode=real runs it with real server and agent processes.
+
+experiments (+experiment=NAME): {", ".join(_names("experiment"))}
+config groups (group=NAME):
+{groups}
+any value of the config can be overridden: key=value (see it with --cfg job)
+
+commands:
+{commands}
+
+options:
+  -h, --help     this help; fedsim COMMAND --help for a command's own
+  --version      fedsim's version
+  --cfg job      print the composed config instead of running it
+  --hydra-help   Hydra's own flags (--cfg, --info, --multirun, --config-dir, ...)"""
+
+
+def _options(group: str, searchpath: list[str]) -> list[str]:
+    """The configs of ``group`` Hydra finds, fedsim's own and those on ``searchpath``."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(loader.get_group_options(group, config_name="config", overrides=searchpath))
+
+
+def _check_choices(argv: list[str], options: Callable[[str], list[str]]) -> None:
+    """Exit in one line on a group chosen by a name it does not have, or the wrong way."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        group = key.lstrip("+~")
+        if not eq or "(" in value or group.startswith("hydra"):
+            continue  # not an override, or a sweep function (range, choice...) left to Hydra
+        if key == "experiment":
+            sys.exit(f"error: experiment is added, not overridden: use +experiment={value}")
+        known = options(group) if "." not in group and "@" not in group else []
+        if not known:
+            continue
+        if group in PROFILE_KEYS:
+            sys.exit(
+                f"error: {group} profiles are named per device, not chosen as a whole: "
+                f"{PROFILE_KEYS[group]} (available: {', '.join(known)})"
+            )
+        for name in value.split(","):
+            if name and name not in known:
+                sys.exit(f"error: unknown {group} {name!r} (available: {', '.join(known)})")
+
+
 def _preflight(argv: list[str]) -> None:
     """Report a config that cannot compose in one line, before Hydra prints its longer message."""
-    experiments = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        named = key.lstrip("+~") == "experiment" and value and "," not in value
-        if named and value not in experiments:
-            known = ", ".join(experiments)
-            sys.exit(f"error: unknown experiment {value!r} (available: {known})")
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
-        return  # sweeps and Hydra's own flags are Hydra's to check
-    # Hydra's own settings are Hydra's to check; a search path is kept, since the configs
-    # composed may live there (an exported topology, say).
-    overrides = [
-        a
-        for a in argv
-        if not a.lstrip("+~").startswith("hydra") or a.startswith("hydra.searchpath=")
-    ]
+    if CONFIG_SOURCE_FLAGS.intersection(argv):
+        return  # configs from elsewhere: Hydra's to find and check
+    if argv and "=" not in argv[0] and not argv[0].startswith(("-", "+", "~")):
+        sys.exit(
+            f"error: unknown command {argv[0]!r} (commands: {', '.join(SUBCOMMANDS)}); "
+            "run an experiment with +experiment=NAME, see fedsim --help"
+        )
+    # A search path is kept, since the configs composed may live there (an exported topology,
+    # a user's experiment); Hydra's other settings are Hydra's to check.
+    searchpath = [a for a in argv if a.lstrip("+~").startswith("hydra.searchpath=")]
+    sweep = any(a in ("-m", "--multirun") or a.startswith("-") for a in argv)
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")] + searchpath
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            compose(config_name="config", overrides=overrides)
-    except Exception as e:  # any composition failure is reported the same way
+            _check_choices(argv, lambda group: _options(group, searchpath))
+            if not sweep:  # sweeps and Hydra's own flags are Hydra's to check
+                compose(config_name="config", overrides=overrides)
+    except MissingConfigException as e:
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        known = ", ".join(sorted(e.options or []))
+        sys.exit(f"error: unknown {group or 'config'} {name!r} (available: {known})")
+    except Exception as e:  # any other composition failure is reported the same way
         cause = e.__cause__
         detail = str(e).strip().splitlines()[0]
         if cause is not None and str(cause).strip():
@@ -55,46 +171,53 @@ def _hydra_main(cfg: DictConfig) -> None:
     from fedsim.pipeline import run_and_write
     from fedsim.report.console import console
     from fedsim.runtimes import runtime
+    from fedsim.scenarios import Hooks
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    # A sweep's jobs run side by side (joblib): their progress bars would share one terminal
+    # line, so each job prints its outcome in one piece when it ends instead.
+    sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
         spec = build_spec(cfg, conf_dir())
         if spec.mode.server_url:
             from fedsim.remote import run_remote
 
-            run_remote(spec, run_dir)
+            result = run_remote(spec, run_dir, progress=not sweep)
         else:
-            print(console(run_and_write(spec, runtime(spec.mode.name), run_dir)))
+            rt = runtime(spec.mode.name)
+            result = run_and_write(spec, rt, run_dir, Hooks(progress=not sweep))
     except ConfigError as e:
         log.debug("configuration error", exc_info=True)
         sys.exit(f"error: {e}")
-    print(f"results: {run_dir}")
-
-
-SUBCOMMANDS = {
-    "server": "fedsim.real.server.cli",
-    "agent": "fedsim.real.agent.cli",
-    "prometheus-config": "fedsim.monitor.cli",
-    "grafana-dashboards": "fedsim.report.grafana_cli",
-    "k8s-manifests": "fedsim.deploy.cli",
-    "calibrate": "fedsim.calibrate",
-    "export-topology": "fedsim.export_topology",
-}
+    heading = ""
+    if sweep:
+        job = hydra_config.job
+        heading = f"job {job.num} ({job.override_dirname or 'no overrides'}):\n"
+    print(f"{heading}{console(result)}\nresults: {run_dir}", flush=True)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+    args = sys.argv[1:]
+    if args and args[0] in SUBCOMMANDS:
         from importlib import import_module
 
-        command = import_module(SUBCOMMANDS[sys.argv[1]])
-        if sys.argv[1] == "server":
+        command = import_module(SUBCOMMANDS[args[0]].module)
+        if args[0] == "server":
             from fedsim.pipeline import Jobs
 
             # The server runs the experiments posted to it as jobs through the pipeline.
-            sys.exit(command.main(sys.argv[2:], runner=Jobs()))
-        sys.exit(command.main(sys.argv[2:]))
+            sys.exit(command.main(args[1:], runner=Jobs()))
+        sys.exit(command.main(args[1:]))
+    # Hydra answers these two with its own application help and its own version.
+    if "-h" in args or "--help" in args:
+        print(help_text())
+        return
+    if "--version" in args:
+        print(f"fedsim {__version__}")
+        return
     register_configs()
-    _preflight(sys.argv[1:])
+    _preflight(args)
     _hydra_main()
 
 

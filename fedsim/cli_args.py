@@ -12,3 +12,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# The logging thresholds every command accepts, spelled alike; any case is taken.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: str = "info") -> None:
+    """``--log-level`` with :data:`LOG_LEVELS`; the value parsed is the lower-case name."""
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=default,
+        help="how much to log (default: %(default)s)",
+    )

@@ -10,6 +10,7 @@ does, for the CLI's preflight and for jobs a server is handed as plain data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,11 @@ from fedsim.core.fleet import (
     heterogeneous,
 )
 from fedsim.core.limits import INT64_MAX, walk
+from fedsim.core.plugins import TARGET, PluginError, check_call, is_import_path, split_target
+from fedsim.core.plugins import factory as plugin_factory
+from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.secagg import SecAggParams
+from fedsim.core.selection import selection_from
 from fedsim.core.topology import (
     MEASURED,
     MEASURED_SECONDS,
@@ -51,6 +57,7 @@ from fedsim.core.workload import DatasetSpec, WorkloadSpec
 from fedsim.runtimes import RUNTIMES
 from fedsim.scenarios import SCENARIOS
 from fedsim.schema import (
+    TLS_MODES,
     Config,
     FLConf,
     HardwareConf,
@@ -59,6 +66,7 @@ from fedsim.schema import (
     PaperConf,
     PartitionConf,
     ScaleConf,
+    SecAggConf,
 )
 from fedsim.spec import ExperimentSpec
 
@@ -184,6 +192,11 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         for key in ("t_ref_s", "t_new_s"):  # the paper's measured times
             _positive(f"paper.{key}", getattr(paper, key))
     workload = build_workload(cfg.workload)
+    if isinstance(fl.selection, Mapping):
+        try:  # built once here so that a bad _target_ is a config error, not a failed run
+            selection_from(fl.selection, model_bytes=workload.model.state_bytes)
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
     if kind == "federated" and fl.training == "real":
         check_shards(workload, partition, fl, len(clients))
     availability = build_availability(cfg, topology)
@@ -193,10 +206,20 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
             f"only; mode={mode.name} runs agents that stay online"
         )
     faults = fault_plan(cfg.faults, topology, availability)
+    privacy = build_privacy(cfg, kind, fl, strategy, len(clients))
     if faults.link_changes and mode.name != "sim":
         raise ConfigError(
             "faults.link_changes: links are changed in the simulator only; "
             f"mode={mode.name} runs over this host's own links"
+        )
+    secagg = build_secagg(cfg.secagg, kind, mode, fl, strategy)
+    if secagg is not None and privacy.kind is not None:
+        # Central DP clips each update, which secure aggregation hides from the server; local
+        # DP's noised updates could be summed securely, but the round under secure
+        # aggregation does not take wrapped strategies yet.
+        raise ConfigError(
+            f"privacy.kind: {privacy.kind} DP and secure aggregation (secagg=on) do not run "
+            "together yet; choose one"
         )
     return ExperimentSpec(
         name=cfg.experiment.name,
@@ -216,8 +239,43 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         group_strategy=group_strategy,
         partition=partition,
         faults=faults,
+        privacy=privacy,
         config=as_container(cfg),
+        secagg=secagg,
     )
+
+
+def build_secagg(
+    node: Any, kind: str, mode: ModeConf, fl: FLConf, strategy: Mapping[str, Any]
+) -> SecAggParams | None:
+    """Secure aggregation's settings when ``secagg.enabled``; refuses what it cannot run with."""
+    c: SecAggConf = _typed("secagg", node)
+    try:
+        # Checked when off too: a setting that cannot work is an error wherever it is.
+        params = SecAggParams(
+            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+        )
+    except ValueError as e:
+        raise ConfigError(f"secagg.{e}") from None
+    if not c.enabled:
+        return None
+    if kind != "federated":
+        raise ConfigError(f"secagg: secure aggregation needs a federated experiment, not {kind}")
+    if mode.name != "sim":
+        raise ConfigError(
+            f"secagg: mode={mode.name} does not carry secure aggregation's messages yet; "
+            "run it with mode=sim"
+        )
+    if fl.mode != "sync" or fl.hierarchical:
+        raise ConfigError("secagg: secure aggregation runs in synchronous rounds without groups")
+    if strategy.get("name") != "fedavg" or strategy.get("clip_norm") is not None:
+        raise ConfigError(
+            "secagg: the server sees only the sum of the updates, so the strategy must be "
+            "fedavg without clip_norm"
+        )
+    if fl.training != "real":
+        raise ConfigError("secagg: secure aggregation masks real updates: needs fl.training=real")
+    return params
 
 
 def check_numbers(value: Any, where: str = "") -> None:
@@ -240,6 +298,14 @@ def check_mode(mode: ModeConf) -> None:
     """The ranges of ``mode``'s numbers (the emulated runtime checks its own two)."""
     if not 0 <= mode.port <= 65535:
         raise ConfigError(f"mode.port: must be in 0..65535, got {mode.port}")
+    if mode.tls not in TLS_MODES:
+        raise ConfigError(f"mode.tls: {mode.tls!r} is not one of {', '.join(TLS_MODES)}")
+    if mode.tls != "off" and (mode.name == "sim" or mode.server_url):
+        # Only a cluster this run starts is this run's to secure.
+        where = "mode=sim" if mode.name == "sim" else "mode.server_url (a running server)"
+        raise ConfigError(
+            f"mode.tls: {mode.tls!r} applies to the servers real mode starts, not {where}"
+        )
     for name in ("startup_timeout_s", "heartbeat_interval_s", "patience_s"):
         _positive(f"mode.{name}", getattr(mode, name))
 
@@ -253,6 +319,8 @@ def check_shards(
     from fedsim.ml.data import DATASETS, training_size
 
     dataset = workload.dataset
+    if dataset.factory is not None:
+        return  # the user's factory makes the shards; their sizes are known once it has run
     if dataset.name not in DATASETS:
         raise ConfigError(
             f"workload.dataset.name: real training knows {', '.join(map(repr, DATASETS))}, "
@@ -260,6 +328,8 @@ def check_shards(
         )
     if dataset.name == "image_folder" and dataset.path is None:
         raise ConfigError("workload.dataset.path: an image_folder data set needs its root folder")
+    if dataset.name == "npz" and dataset.path is None:
+        raise ConfigError("workload.dataset.path: an npz data set needs its .npz file")
     try:
         # The split's size depends on test_fraction alone; the seed only picks which samples.
         available = training_size(
@@ -277,6 +347,61 @@ def check_shards(
         )
 
 
+# Rules whose result is a function of the mean update: under central DP they see the noised
+# mean alone, which is post-processing of a private release. Robust rules compare individual
+# updates, which central DP does not give them.
+DP_RULES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+def build_privacy(
+    cfg: Any, kind: str, fl: FLConf, strategy: Mapping[str, Any], clients: int
+) -> PrivacyConfig:
+    """``privacy``, checked against the run, with the noise multiplier ``target_epsilon``
+    implies filled in (central: ``fl.rounds`` steps at rate clients per round / clients;
+    local: ``fl.rounds`` releases of a client selected every round)."""
+    privacy: PrivacyConfig = _typed("privacy", cfg.privacy)
+    if privacy.kind is None:
+        return privacy
+    if kind != "federated":
+        raise ConfigError("privacy.kind: differential privacy applies to federated experiments")
+    if fl.mode != "sync" or fl.hierarchical:
+        raise ConfigError(
+            "privacy.kind: differential privacy runs with synchronous, flat rounds "
+            "(fl.mode=sync, fl.hierarchical=false); its accounting assumes one release a round"
+        )
+    name = strategy.get("name")
+    if privacy.kind == "central" and name not in DP_RULES:
+        raise ConfigError(
+            f"privacy.kind: central DP gives the strategy one noised mean; {name!r} needs the "
+            f"individual updates (use one of {', '.join(DP_RULES)}, or privacy.kind=local)"
+        )
+    if privacy.target_epsilon is not None and privacy.noise_multiplier is not None:
+        raise ConfigError(
+            "privacy.noise_multiplier: give exactly one of noise_multiplier and target_epsilon "
+            "(set noise_multiplier=null to choose it from target_epsilon)"
+        )
+    if privacy.noise_multiplier is None:
+        from fedsim.ml.accounting import noise_for_epsilon
+
+        assert privacy.target_epsilon is not None
+        z = noise_for_epsilon(
+            target_epsilon=privacy.target_epsilon,
+            sample_rate=privacy_sample_rate(privacy, fl, clients),
+            steps=fl.rounds,
+            delta=privacy.delta,
+        )
+        privacy = dataclasses.replace(privacy, noise_multiplier=z)
+    return privacy
+
+
+def privacy_sample_rate(privacy: PrivacyConfig, fl: FLConf, clients: int) -> float:
+    """The accountant's sampling rate: a round's share of the clients for central DP, 1 for
+    local DP (a client's own release is not hidden by the others' sampling)."""
+    if privacy.kind == "local":
+        return 1.0
+    return fl.per_round(clients) / clients
+
+
 def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
     """``fl.attack`` must choose at least one client and have something to poison."""
     try:
@@ -291,15 +416,27 @@ def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
 
 
 def _strategy(where: str, node: Any) -> dict[str, Any]:
-    """A strategy's config (``name`` and parameters), checked by building it once."""
+    """A strategy's config (``name`` and parameters), checked by building it once.
+
+    A user's strategy (``_target_``) is kept as ``name: its import path``, so that reports name
+    it as they name a built-in and the scenario builds it from the same path.
+    """
     from fedsim.core.strategies.registry import strategy_from
 
     plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     if not isinstance(plain, Mapping):
         raise ConfigError(f"{where}: must be a mapping with a name, got {plain!r}")
-    c = dict(plain)
+    c = {str(k): v for k, v in plain.items()}
+    if TARGET in c:
+        try:
+            path, params = split_target(where, c)
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
+        c = {"name": path, **{k: v for k, v in params.items() if k != "name"}}
     try:
-        strategy_from(c)
+        strategy_from(c, where)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     return c
@@ -310,10 +447,20 @@ def build_workload(c: Any) -> WorkloadSpec:
     from fedsim.ml.spec import model_spec
 
     check_workload(c)
+    name = model_name(c.model)
     try:
-        model = model_spec(c.model, input_size=c.input_size, num_classes=c.num_classes)
+        model = model_spec(name, input_size=c.input_size, num_classes=c.num_classes)
     except KeyError as e:
         raise ConfigError(f"workload.model: {e.args[0]}") from None
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # the user's module failed to build or run on a sample input
+        if not is_import_path(name):
+            raise
+        raise ConfigError(
+            f"workload.model: measuring {name} on a {c.input_size}x{c.input_size} input "
+            f"failed: {type(e).__name__}: {e}"
+        ) from None
     return WorkloadSpec(
         model=model,
         dataset=build_dataset(c.dataset),
@@ -768,12 +915,54 @@ def _generated(name: str, g: Any, hw: _Profiles, net: _Profiles) -> Topology:
     return Topology(name, groups, devices)
 
 
+def model_name(node: Any) -> str:
+    """``workload.model`` as one name: a built-in's, or the import path of its ``_target_``
+    (which takes no parameters there: ``num_classes`` comes from the workload)."""
+    if isinstance(node, str):
+        return node
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(plain, Mapping):
+        raise ConfigError(f"workload.model: a model name or a _target_ node, got {plain!r}")
+    try:
+        path, params = split_target("workload.model", plain)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    if params:
+        raise ConfigError(
+            f"workload.model: {path} is called with num_classes only, not "
+            f"{', '.join(sorted(params))}; set those in a factory function of your own"
+        )
+    return path
+
+
 def build_dataset(c: Any) -> DatasetSpec:
+    path: str | None = None
+    params: dict[str, Any] = {}
+    if c.factory is not None:
+        from fedsim.ml.data import FACTORY_ARGUMENTS, factory_arguments
+
+        where = "workload.dataset.factory"
+        plain = (
+            OmegaConf.to_container(c.factory, resolve=True)
+            if OmegaConf.is_config(c.factory)
+            else c.factory
+        )
+        if not isinstance(plain, Mapping):
+            raise ConfigError(f"{where}: must be a _target_ node, got {plain!r}")
+        try:
+            path, params = split_target(where, plain)
+            make = plugin_factory(where, path)
+            offered = dict.fromkeys(FACTORY_ARGUMENTS, 0)
+            check_call(where, path, make, {**factory_arguments(make, offered), **params})
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
     return DatasetSpec(
         name=c.name,
         samples=int(_positive("workload.dataset.samples", c.samples)),
         total_bytes=round(_positive("workload.dataset.total_gb", c.total_gb, scale=GB)),
         path=c.path,
+        factory=path,
+        factory_params=params,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,13 +160,24 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
 
 
 def run_and_write(
-    spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = None
+    spec: ExperimentSpec,
+    rt: Runtime,
+    run_dir: Path,
+    hooks: Hooks | None = None,
+    *,
+    track: bool = True,
 ) -> RunResult:
-    """:func:`run`, then the run directory's files."""
+    """:func:`run`, then the run directory's files, then the trackers the config asks for
+    (``tracking``, :mod:`fedsim.tracking`; ``track`` false: none)."""
     from fedsim.report.write import write_run
+    from fedsim.tracking import log_run, trackers
 
+    found = trackers(spec.config) if track else []  # a missing package fails before the run
+    started = time.perf_counter()
     result = run(spec, rt, run_dir, hooks)
+    wall_time_s = time.perf_counter() - started
     write_run(Path(run_dir), result)
+    log_run(found, spec.config, Path(run_dir), wall_time_s=wall_time_s)
     return result
 
 
@@ -190,7 +202,10 @@ class _Job:
         on_round: Callable[[dict[str, Any]], None],
     ) -> None:
         rt = runtime("attached", stores=stores, channel=channel)
-        run_and_write(self.spec, rt, run_dir, Hooks(on_round=on_round, progress=False))
+        # The job's config may carry its poster's tracking settings: paths on another host,
+        # which the server does not write to.
+        hooks = Hooks(on_round=on_round, progress=False)
+        run_and_write(self.spec, rt, run_dir, hooks, track=False)
 
 
 class Jobs:

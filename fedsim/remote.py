@@ -3,9 +3,11 @@
 With ``mode.server_url`` set, ``python -m fedsim`` does not start a server or agents: it asks
 that server (``POST /api/v1/jobs``, admin token from ``mode.admin_token_file`` or
 ``$FEDSIM_ADMIN_TOKEN``) to run the experiment over the devices registered with it (there the
-pipeline runs it with the ``attached`` runtime), follows the job until it ends, and writes the
-job's rounds here through the one run writer. The events and the repository stay on the
-server, under the path the summary gives.
+pipeline runs it with the ``attached`` runtime), follows the job until it ends with a progress
+bar over its rounds, fetches the job's event log, and writes the job's rounds and events here
+through the one run writer (summary, runs.csv, events.csv, report and plots). The model
+repository and the prediction of the run (fidelity) stay on the server, under the path the
+summary gives.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -21,9 +24,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fedsim.config import ConfigError
-from fedsim.core.results import FEDERATED, RoundRow, RunResult
-from fedsim.real.protocol import Paths
+from fedsim.core.events import EVENTS_FILE
+from fedsim.core.results import FEDERATED, WALL_TIME_KEY, RoundRow, RunResult
+from fedsim.real.protocol import Paths, path
 from fedsim.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,19 @@ def server_call(method: str, url: str, token: str, body: dict | None = None) -> 
         raise ServerCallError(f"cannot reach {url}: {e.reason}") from None
 
 
+def server_download(url: str, token: str, dest: Path) -> None:
+    """``GET url`` from a running server with the admin ``token``, streamed into ``dest``;
+    :class:`ServerCallError` as :func:`server_call` raises it."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except urllib.error.HTTPError as e:
+        raise ServerCallError(f"GET {url}: {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise ServerCallError(f"cannot reach {url}: {e.reason}") from None
+
+
 def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[str, Any]:
     try:
         return server_call(method, url, token, body)
@@ -76,8 +95,11 @@ def _call(method: str, url: str, token: str, body: dict | None = None) -> dict[s
         raise ConfigError(f"mode.server_url: {e}") from None
 
 
-def run_remote(spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0) -> dict[str, Any]:
-    """Run ``spec`` as a job on ``spec.mode.server_url``; returns the finished job."""
+def run_remote(
+    spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0, *, progress: bool = True
+) -> RunResult:
+    """Run ``spec`` as a job on ``spec.mode.server_url`` and write it into ``run_dir``; returns
+    the finished job as a run result (``summary["state"]`` says how it ended)."""
     if spec.kind != FEDERATED:
         raise ConfigError("mode.server_url: a running server runs federated jobs only")
     url = str(spec.mode.server_url)
@@ -86,22 +108,44 @@ def run_remote(spec: ExperimentSpec, run_dir: Path, poll_s: float = 1.0) -> dict
     config = {**spec.config, "mode": {"name": "real"}}
     job = _call("POST", base, token, {"kind": spec.kind, "config": config})
     log.info("job %s started on %s", job["id"], url)
-    seen = 0
-    while job["state"] == "running":
-        time.sleep(poll_s)
-        job = _call("GET", f"{base}/{job['id']}", token)
-        if job["round"] > seen:
-            seen = job["round"]
-            print(f"round {seen}/{spec.fl.rounds}", file=sys.stderr)
-    _write(run_dir, spec, job)
-    if job["state"] != "succeeded":
-        raise ConfigError(f"mode.server_url: job {job['id']} {job['state']}: {job['error']}")
-    return job
-
-
-def _write(run_dir: Path, spec: ExperimentSpec, job: dict[str, Any]) -> None:
+    # The same bar as a run on this host shows, its rounds counted as the server reports them.
+    bar = tqdm(
+        total=spec.fl.rounds,
+        desc=f"rounds (job {job['id']})",
+        unit="round",
+        file=sys.stderr,
+        disable=not progress,
+    )
+    with bar:
+        while job["state"] == "running":
+            time.sleep(poll_s)
+            job = _call("GET", f"{base}/{job['id']}", token)
+            bar.update(job["round"] - bar.n)
     from fedsim.report.write import write_run
 
+    events = _events(url.rstrip("/") + path(Paths.JOB_EVENTS, job_id=job["id"]), token, run_dir)
+    result = _result(spec, job, events)
+    write_run(run_dir, result)
+    if job["state"] != "succeeded":
+        raise ConfigError(f"mode.server_url: job {job['id']} {job['state']}: {job['error']}")
+    return result
+
+
+def _events(url: str, token: str, run_dir: Path) -> Path | None:
+    """The job's events.csv, fetched into ``run_dir``; None (and a warning) without it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dest = run_dir / EVENTS_FILE
+    try:
+        server_download(url, token, dest)
+    except ServerCallError as e:
+        log.warning("the job's events are not here (%s); its directory on the server has them", e)
+        dest.unlink(missing_ok=True)
+        return None
+    return dest
+
+
+def _result(spec: ExperimentSpec, job: dict[str, Any], events: Path | None) -> RunResult:
+    """The finished ``job`` as a run result: its rounds, and its events when fetched."""
     rows = [RoundRow(**r) for r in job.get("rounds", [])]
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
     summary = {
@@ -115,19 +159,28 @@ def _write(run_dir: Path, spec: ExperimentSpec, job: dict[str, Any]) -> None:
         "rounds": len(rows),
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
+        "updates_lost": sum(r.failed for r in rows),
+        "updates_rejected": sum(r.rejected for r in rows),
+        "fl_mode": spec.fl.mode,
+        # The server's clock of the job, from its start to the end of its last round.
+        WALL_TIME_KEY: rows[-1].finished_s if rows else None,
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
         "results_on_server": job.get("results"),
+        "topology": spec.topology.name,
+        "server": spec.topology.server,
+        "clients": list(spec.clients),
+        "strategy": dict(spec.strategy),
     }
-    result = RunResult(
+    return RunResult(
         kind=FEDERATED,
         summary=summary,
         rows=rows,
         events=[],
+        events_file=events,
         assumptions=[
             f"The job ran as job {job['id']} on {spec.mode.server_url}, over the devices "
-            f"registered there, and ended {job['state']}. Its events and model repository are "
-            f"on the server under {job.get('results')}."
+            f"registered there, and ended {job['state']}. Its model repository and the "
+            f"simulator's prediction of it are on the server under {job.get('results')}."
         ],
     )
-    write_run(run_dir, result)

@@ -8,6 +8,7 @@ what the experiment does around the rounds, so they are declared once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from omegaconf import MISSING
 
 from fedsim.core.attacks import AttackConfig
 from fedsim.core.coordinator import FederatedConfig
+from fedsim.core.plugins import split_target
+from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.selection import SELECTIONS
 
 
 @dataclass
@@ -183,10 +187,13 @@ class TopologyConf:
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING  # real training: digits | synthetic | image_folder
+    name: str = MISSING  # real training: digits | synthetic | image_folder | npz, or a label
     samples: int = MISSING  # synthetic: how many it draws
     total_gb: float = MISSING
-    path: str | None = None  # image_folder: the root holding one folder per class
+    path: str | None = None  # image_folder: the root holding one folder per class; npz: the file
+    # Your own data set and partition: {_target_: mypkg.data.shards, ...its parameters}, a
+    # function returning each client's (X, y) and the test set (docs/plugins.md).
+    factory: Any = None  # Any: OmegaConf cannot merge a mapping onto a null typed dict
 
 
 @dataclass
@@ -200,7 +207,7 @@ class ScaleConf:
 @dataclass
 class WorkloadConf:
     name: str = MISSING
-    model: str = MISSING
+    model: Any = MISSING  # a built-in name, or your own: {_target_: mypkg.models.MyNet}
     num_classes: int = MISSING
     input_size: int = MISSING
     batch_size: int = MISSING
@@ -240,7 +247,6 @@ class ExperimentConf:
     clients: list[int] = field(default_factory=list)  # empty: every trainer of the topology
 
 
-SELECTIONS = ("all", "random", "resource", "oort")
 TRAININGS = ("real", "modelled")
 
 
@@ -250,7 +256,8 @@ class FLConf(FederatedConfig):
     defaults and checks) plus what the experiment does around the rounds."""
 
     training: str = "real"  # real: PyTorch trains on each shard; modelled: time only
-    selection: str = "all"  # all | random | resource | oort
+    # all | random | resource | oort, or your own policy: {_target_: mypkg.Policy, ...}
+    selection: Any = "all"
     target_accuracy: float | None = None
     max_events: int = 200_000  # events kept for events.csv; later ones are summarised only
     attack: AttackConfig = field(default_factory=AttackConfig)  # Byzantine clients, if any
@@ -259,8 +266,13 @@ class FLConf(FederatedConfig):
         super().__post_init__()
         if self.training not in TRAININGS:
             raise ValueError(f"training: {self.training!r} is not one of {', '.join(TRAININGS)}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if isinstance(self.selection, Mapping):
+            split_target("selection", self.selection)  # build_spec imports and builds it
+        elif self.selection not in SELECTIONS:
+            raise ValueError(
+                f"selection: {self.selection!r} is not one of {', '.join(SELECTIONS)} "
+                "(or a _target_ naming your own policy)"
+            )
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(
                 f"target_accuracy: must be null or in (0, 1], got {self.target_accuracy}"
@@ -298,6 +310,9 @@ class FaultsConf:
     link_changes: list[LinkChangeConf] = field(default_factory=list)
 
 
+TLS_MODES = ("off", "mutual")  # ModeConf.tls
+
+
 @dataclass
 class ModeConf:
     """sim: the SimPy runtime. real: a fedsim server and one agent process per client on
@@ -312,10 +327,52 @@ class ModeConf:
     patience_s: float = 10.0
     server_url: str | None = None  # a running fedsim server: run there as a job
     admin_token_file: str | None = None  # its admin token (else $FEDSIM_ADMIN_TOKEN)
+    # real and emulated: "off", plain HTTP on loopback; "mutual", HTTPS with client
+    # certificates, made for the run under RUN_DIR/certs (fedsim.certs).
+    tls: str = "off"
     # emulated: one core's speed here in GFLOP/s (null: measured at start) and the cores the
     # agents may share (null: every core this process may use).
     host_gflops: float | None = None
     cores: float | None = None
+
+
+@dataclass
+class MlflowConf:
+    """MLflow tracking: ``uri`` a tracking URI (``file:PATH``, ``sqlite:///PATH``) or a
+    directory, which becomes a local file store; null: off."""
+
+    uri: str | None = None
+    experiment: str | None = None  # MLflow's experiment; null: the run's experiment.name
+
+
+@dataclass
+class TensorBoardConf:
+    """TensorBoard: each run writes its event file under ``dir/RUN``; null: off."""
+
+    dir: str | None = None
+
+
+@dataclass
+class TrackingConf:
+    """Where a run is logged beside its run directory (``fedsim.tracking``); off by default."""
+
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
+    tensorboard: TensorBoardConf = field(default_factory=TensorBoardConf)
+
+
+@dataclass
+class SecAggConf:
+    """Secure aggregation (``secagg=on``; docs/secagg.md): the server sees only the sum of
+    the clients' masked updates. ``bits``: the modulus 2^bits of the masked values (16-62);
+    ``clip``: each value's bound before fixed point; ``threshold``: the fraction of a client's
+    neighbourhood whose shares recover its secrets; ``neighbours``: SecAgg+'s graph degree
+    (null: every pair of clients, SecAgg)."""
+
+    enabled: bool = False
+    bits: int = 32
+    clip: float = 100.0
+    threshold: float = 0.5
+    neighbours: int | None = None
 
 
 @dataclass
@@ -336,3 +393,6 @@ class Config:
     group_strategy: dict[str, Any] | None = None
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # client-level DP, if any
+    secagg: SecAggConf = field(default_factory=SecAggConf)

@@ -13,6 +13,8 @@ from typing import Any
 
 from fedsim.core.experiment import CrossoverGrid
 from fedsim.core.faults import FaultPlan
+from fedsim.core.privacy import PrivacyConfig
+from fedsim.core.secagg import SecAggParams
 from fedsim.core.topology import Topology
 from fedsim.core.workload import WorkloadSpec
 from fedsim.schema import FLConf, ModeConf, PaperConf, PartitionConf, ScaleConf
@@ -39,4 +41,7 @@ class ExperimentSpec:
     group_strategy: Mapping[str, Any] | None = None
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultPlan = field(default_factory=FaultPlan)
+    # Client-level DP; a noise multiplier chosen from target_epsilon is filled in by build_spec.
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     config: Mapping[str, Any] = field(default_factory=dict)
+    secagg: SecAggParams | None = None  # secure aggregation's settings; None: off

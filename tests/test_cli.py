@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
@@ -180,3 +181,100 @@ def test_unknown_experiment_exits_with_one_line():
     line = proc.stderr.strip()
     assert line.startswith("error: unknown experiment 'imagenet_yolov9' (available: ")
     assert "imagenet_yolo" in line and "\n" not in line
+
+
+def test_help_lists_the_commands_and_how_to_run_the_main_job():
+    # Prepare
+    from fedsim.__main__ import SUBCOMMANDS
+
+    # Execute
+    proc = fedsim("--help")
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert "fedsim +experiment=imagenet_yolo" in proc.stdout
+    for name, command in SUBCOMMANDS.items():
+        assert f"  {name}" in proc.stdout and command.summary in proc.stdout
+    assert "--hydra-help" in proc.stdout and "is powered by Hydra" not in proc.stdout
+
+
+def test_version_is_fedsims_own():
+    import fedsim as package
+
+    proc = fedsim("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fedsim {package.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["experiment=fl_digits"], "error: experiment is added, not overridden: use +experiment="),
+        (["+experiment=fl_digits", "strategy=fedsgd"], "error: unknown strategy 'fedsgd' ("),
+        (["+experiment=fl_digits", "topology=mesh"], "error: unknown topology 'mesh' ("),
+        (["+experiment=fl_digits", "workload=gpt"], "error: unknown workload 'gpt' ("),
+        (["+experiment=fl_digits", "mode=cloud"], "error: unknown mode 'cloud' ("),
+        (["+experiment=fl_digits", "hardware=rpi5"], "error: hardware profiles are named per "),
+        (["+experiment=fl_digits", "network=5g"], "error: network profiles are named per "),
+        (["-m", "+experiment=fl_digits", "strategy=fedavg,fedsgd"], "error: unknown strategy"),
+        (["agnet"], "error: unknown command 'agnet' (commands: server, agent"),
+    ],
+)
+def test_a_wrong_choice_exits_with_one_line_naming_what_there_is(
+    args: list[str], line: str, tmp_path: Path
+):
+    proc = fedsim(*args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(line)
+    if "unknown strategy" in line:
+        assert "fedavg, fedprox" in proc.stderr
+
+
+def test_a_config_group_on_the_search_path_is_found(tmp_path: Path):
+    # Prepare: a user's own experiment and topology, outside fedsim's conf/.
+    extra = tmp_path / "conf"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "topology").mkdir()
+    experiment = (ROOT / "conf" / "experiment" / "fl_digits.yaml").read_text()
+    mine = experiment.replace("name: fl_digits", "name: mine").replace(
+        "override /topology: keti_testbed", "override /topology: my_testbed"
+    )
+    assert mine != experiment
+    (extra / "experiment" / "mine.yaml").write_text(mine)
+    topology = (ROOT / "conf" / "topology" / "keti_testbed.yaml").read_text()
+    (extra / "topology" / "my_testbed.yaml").write_text(
+        topology.replace("name: keti_testbed", "name: my_testbed")
+    )
+
+    # Execute
+    proc = fedsim(
+        "+experiment=mine",
+        f"hydra.searchpath=[file://{extra}]",
+        "fl.rounds=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((run_dir_of(proc) / "summary.json").read_text())
+    assert s["experiment"] == "mine" and s["topology"] == "my_testbed"
+
+
+def test_server_and_agent_take_the_same_log_levels():
+    # Prepare
+    from fedsim.real.agent.cli import build_parser
+    from fedsim.real.server.cli import parser
+
+    def log_level(p: argparse.ArgumentParser) -> argparse.Action:
+        (action,) = [a for a in p._actions if "--log-level" in a.option_strings]
+        return action
+
+    server, agent = log_level(parser()), log_level(build_parser())
+
+    # Execute
+    spelled = [(a.type("WARNING"), a.type("warning")) for a in (server, agent)]
+
+    # Assert
+    assert server.choices == agent.choices
+    assert spelled == [("warning", "warning")] * 2

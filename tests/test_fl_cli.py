@@ -97,6 +97,13 @@ def test_sweep_over_strategies_writes_one_report(tmp_path: Path):
     assert (tmp_path / "report.md").exists()
     assert (tmp_path / "plots" / "accuracy_time.png").exists()
     assert "strategy=median" in (tmp_path / "report.md").read_text()
+    # Jobs side by side print no bars (issue 15: four of them interleaved into one line), but
+    # each its outcome in one piece.
+    assert "round/s" not in proc.stderr and "rounds:" not in proc.stderr
+    for job, strategy in enumerate(("fedavg", "median")):
+        heading = f"job {job} (+experiment=fl_digits,fl.rounds=3,strategy={strategy}):\n"
+        assert heading in proc.stdout
+        assert proc.stdout.split(heading)[1].splitlines()[0].startswith("fl_digits: 3 rounds")
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,15 @@ class Coordinator(Federation):
         cfg = self.config
         if self.group_strategy is not None and not cfg.hierarchical:
             raise ValueError("group_strategy: only hierarchical rounds aggregate groups")
+        if self.secagg is not None and (cfg.mode == "async" or cfg.hierarchical):
+            raise ValueError("secure aggregation runs in synchronous rounds without groups only")
+        if self.secagg is not None and self.strategy.name != "fedavg":
+            # The server learns only the sum of the updates: a rule that looks at each one
+            # (median, Krum) or keeps state of its own cannot run on it.
+            raise ValueError(
+                f"secure aggregation sums the updates, so it needs strategy fedavg, "
+                f"not {self.strategy.name!r}"
+            )
         if cfg.mode == "async":
             self.protocol = AsyncRounds(self)
         elif cfg.hierarchical:

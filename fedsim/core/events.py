@@ -18,10 +18,15 @@ class EventKind(str, Enum):
     AGGREGATE = "aggregate"  # the server combines updates
     PUBLISH = "publish"  # the server stores the new version
     EVALUATE = "evaluate"  # the server evaluates a new version on held-out data
+    # Secure aggregation's own message rounds (keys, shares, unmasking) and its compute
+    # (key agreement, secret sharing, masks) on a device or, unmasking, on the server.
+    SECAGG_DOWNLOAD = "secagg_download"
+    SECAGG_UPLOAD = "secagg_upload"
+    SECAGG = "secagg"
 
     @property
     def is_transfer(self) -> bool:
-        return self in (EventKind.DATA_UPLOAD, EventKind.MODEL_DOWNLOAD, EventKind.UPDATE_UPLOAD)
+        return self in _TRANSFERS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,6 +44,19 @@ class Event:
     def duration(self) -> float:
         return self.end - self.start
 
+
+# The file in a run's directory that holds its events, a row each (report.write's columns);
+# named here, below both the writer and the server that serves a job's log.
+EVENTS_FILE = "events.csv"
+_TRANSFERS = frozenset(
+    {
+        EventKind.DATA_UPLOAD,
+        EventKind.MODEL_DOWNLOAD,
+        EventKind.UPDATE_UPLOAD,
+        EventKind.SECAGG_DOWNLOAD,
+        EventKind.SECAGG_UPLOAD,
+    }
+)
 
 # The kinds in a fixed order: EventColumns stores a kind as its index here.
 KINDS: tuple[EventKind, ...] = tuple(EventKind)

@@ -95,6 +95,10 @@ class CrossoverPoint:
 
 
 FEDERATED = "federated"
+# A federated run's duration in its summary: the simulator's clock, or a measured run's wall
+# clock, each under its own key so that neither is taken for the other.
+SIMULATED_TIME_KEY = "simulated_time_s"
+WALL_TIME_KEY = "wall_time_s"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -108,7 +108,19 @@ class UploadDataIns:
     nbytes: int
 
 
-Instruction = FitIns | UploadDataIns | RelayIns | ForwardIns
+@dataclass(frozen=True, kw_only=True)
+class SecAggIns:
+    """One message round of secure aggregation on a device (``fedsim.core.secagg``): fetch
+    ``down_nbytes`` from the server, compute (``cost``: key agreements, sharing, masks), send
+    ``up_nbytes`` back; a side of 0 bytes is not a transfer. ``stage`` names the round."""
+
+    stage: str
+    down_nbytes: int
+    cost: Cost
+    up_nbytes: int
+
+
+Instruction = FitIns | UploadDataIns | RelayIns | ForwardIns | SecAggIns
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,17 +4,26 @@ A policy reads :class:`~fedsim.core.scheduling.DeviceView` snapshots and returns
 Every policy returns ids sorted ascending: the ranking decides *which* devices take part, not an
 order among them, and a fixed order keeps runs deterministic under a seed. Randomness comes
 only from the ``rng`` the caller passes, so the coordinator owns the seed.
+
+:func:`selection_from` makes the policy a config's ``fl.selection`` names: a built-in name
+(``SELECTIONS``) or a user's own policy, Hydra's way (``_target_: mypkg.MyPolicy`` and its
+keyword arguments; ``docs/plugins.md``).
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from fedsim.core.plugins import build, locate, split_target
 from fedsim.core.scheduling import DeviceView, estimated_round_time
+
+SELECTIONS = ("all", "random", "resource", "oort")
 
 
 class SelectionPolicy(abc.ABC):
@@ -224,3 +233,39 @@ class OortSelection(SelectionPolicy):
 
     def _tried(self, view: DeviceView) -> bool:
         return view.last_duration is not None or view.id in self._last_round
+
+
+def selection_from(
+    selection: str | Mapping[str, Any], *, model_bytes: float, where: str = "fl.selection"
+) -> SelectionPolicy:
+    """The policy ``selection`` names: a name of ``SELECTIONS``, or a ``_target_`` node whose
+    callable returns a :class:`SelectionPolicy` (given ``model_bytes``, the bytes of the model
+    each way, when it takes a parameter of that name and the node does not set it).
+
+    Raises ``ValueError`` naming ``where``.
+    """
+    if isinstance(selection, Mapping):
+        path, params = split_target(where, selection)
+        if "model_bytes" not in params and "model_bytes" in _parameters(where, path):
+            params["model_bytes"] = model_bytes
+        policy: SelectionPolicy = build(where, path, params, expect=SelectionPolicy)
+        return policy
+    if selection == "random":
+        return RandomSelection()
+    if selection == "resource":
+        return ResourceAware(model_bytes=model_bytes)
+    if selection == "oort":
+        return OortSelection(model_bytes=model_bytes)
+    if selection == "all":
+        return AllSelection()
+    raise ValueError(
+        f"{where}: {selection!r} is not one of {', '.join(SELECTIONS)} "
+        "(or a _target_ naming your own policy)"
+    )
+
+
+def _parameters(where: str, path: str) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(locate(where, path)).parameters
+    except (TypeError, ValueError):
+        return {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 FLOAT32_BYTES = 4
 
@@ -37,12 +39,16 @@ class ModelSpec:
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
     """A training set as far as timing needs it (how many samples and how many bytes), and
-    where real training finds it: ``path``, for a data set read from disk (an image folder)."""
+    where real training finds it: ``path``, for a data set read from disk (an image folder, an
+    ``.npz`` file), or ``factory``, the import path of a user's function that returns each
+    client's shard and the test set, called with ``factory_params`` (``docs/plugins.md``)."""
 
     name: str
     samples: int
     total_bytes: int
     path: str | None = None
+    factory: str | None = None
+    factory_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def bytes_per_sample(self) -> float:

@@ -8,10 +8,14 @@
 - ``ImageFolderDataset``: an ImageNet-style tree ``root/<class name>/**/*.{jpg,jpeg,png,npy}``
   for users who hold a real data set; images are decoded with Pillow (imported only when an
   image file is read) and resized to a square.
+- ``load_npz``: arrays ``X`` and ``y`` from an ``.npz`` file, the form an agent's ``--data``
+  also takes.
 - ``synthetic_imagenet``: random tensors of ImageNet's shape, for timing where the pixels do
   not matter.
 - ``load_split`` and ``training_size``: the data set a workload names (``DATASETS``), split
   into training and test sets the same stratified, seeded way whichever it is.
+- ``factory_shards``: a user's data set and partition (``workload.dataset.factory``), called
+  and its shards checked.
 
 Images come out as float32 ``(channels, height, width)`` in [0, 1]; labels as int64 class
 indices.
@@ -19,20 +23,27 @@ indices.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from fedsim.core.plugins import PluginError, check_call, factory
 from fedsim.core.workload import DatasetSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".npy")
 DIGITS_MAX = 16.0  # the digits set counts ink per 4x4 block of a 32x32 bitmap: 0..16
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights Pillow's "L" conversion uses
-DATASETS = ("digits", "synthetic", "image_folder")  # what ``workload.dataset.name`` may name
+# What ``workload.dataset.name`` may name (a data set with a ``factory`` may name anything).
+DATASETS = ("digits", "synthetic", "image_folder", "npz")
+# What fedsim offers a data set factory, each passed when the factory declares it.
+FACTORY_ARGUMENTS = ("num_clients", "num_classes", "input_size", "channels", "seed")
 # Prototype pixels lie in [0.2, 0.8] and each sample adds this much noise (standard deviation)
 # per pixel. At 8x8 and 10 classes (seed 0) the nearest class mean labels 94 % of held-out
 # samples and a DigitsCNN trained centrally for 3 epochs 90 %: learnable, with room left for
@@ -128,6 +139,8 @@ def load_split(
         )
     elif dataset.name == "image_folder":
         X, y = _image_folder(dataset, size=input_size, channels=channels).to_arrays()
+    elif dataset.name == "npz":
+        X, y = load_npz(_npz_path(dataset))
     else:
         raise ValueError(f"unknown data set {dataset.name!r}; known: {', '.join(DATASETS)}")
     return _stratified_split(X, y, test_fraction, seed)
@@ -153,6 +166,13 @@ def training_size(dataset: DatasetSpec, *, num_classes: int, test_fraction: floa
                 f"model's {num_classes} classes"
             )
         labels = np.array([label for _, label in folder.samples])
+    elif dataset.name == "npz":
+        labels = load_npz(_npz_path(dataset), labels_only=True)[1]
+        if labels.max(initial=0) >= num_classes:
+            raise ValueError(
+                f"{dataset.path} holds class {labels.max()}, beyond the model's {num_classes} "
+                "classes"
+            )
     else:
         raise ValueError(f"unknown data set {dataset.name!r}; known: {', '.join(DATASETS)}")
     _, counts = np.unique(labels, return_counts=True)
@@ -163,6 +183,116 @@ def training_size(dataset: DatasetSpec, *, num_classes: int, test_fraction: floa
             f"{len(labels)} ({', '.join(map(str, counts))} per class) for evaluation"
         )
     return int(len(labels) - held_out)
+
+
+def load_npz(
+    path: str | os.PathLike, *, labels_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` from an ``.npz`` file: ``X`` float (or uint8 pixels, scaled to [0, 1]) of shape
+    ``(n, channels, height, width)``, ``y`` integer class indices ``(n,)``. With
+    ``labels_only``, ``X`` is left unread (an empty array). ``ValueError`` names what is wrong.
+    """
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [k for k in ("X", "y") if k not in arrays.files]
+        if missing:
+            raise ValueError(f"{path} has no array {', '.join(missing)} (needs X and y)")
+        y = arrays["y"]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            raise ValueError(f"{path}: y must hold class indices >= 0, shape (n,)")
+        if labels_only:
+            return np.empty(0, dtype=np.float32), y.astype(np.int64)
+        X = arrays["X"]
+    if X.ndim != 4 or len(X) != len(y):
+        raise ValueError(
+            f"{path}: X must be (n, channels, height, width) with n = len(y) = {len(y)}, "
+            f"got {X.shape}"
+        )
+    pixels = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
+    return pixels, y.astype(np.int64)
+
+
+def factory_shards(
+    dataset: DatasetSpec,
+    *,
+    num_clients: int,
+    num_classes: int,
+    input_size: int,
+    channels: int,
+    seed: int,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """Each client's ``(X, y)`` and the test ``(X, y)`` from the user's ``dataset.factory``.
+
+    The factory is called with ``dataset.factory_params`` and those of ``FACTORY_ARGUMENTS``
+    it declares; it returns ``(shards, (X_test, y_test))`` with one ``(X, y)`` per client.
+    Raises :class:`~fedsim.core.plugins.PluginError` naming the field for a result of another
+    form.
+    """
+    where, path = "workload.dataset.factory", dataset.factory
+    assert path is not None, "a data set without a factory has no factory shards"
+    offered = {
+        "num_clients": num_clients,
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "channels": channels,
+        "seed": seed,
+    }
+    make = factory(where, path)
+    arguments = {**factory_arguments(make, offered), **dataset.factory_params}
+    check_call(where, path, make, arguments)
+    try:
+        made = make(**arguments)
+    except Exception as e:
+        raise PluginError(f"{where}: {path} raised {type(e).__name__}: {e}") from None
+    if not (isinstance(made, Sequence) and len(made) == 2):
+        raise PluginError(
+            f"{where}: {path} must return (shards, (X_test, y_test)), got a {type(made).__name__}"
+        )
+    shards, test = made
+    if not isinstance(shards, Sequence) or len(shards) != num_clients:
+        got = len(shards) if isinstance(shards, Sequence) else type(shards).__name__
+        raise PluginError(
+            f"{where}: {path} must return one (X, y) shard per client ({num_clients}), got {got}"
+        )
+    checked = [
+        _arrays(f"{where}: {path}'s shard {i}", shard, num_classes)
+        for i, shard in enumerate(shards)
+    ]
+    return checked, _arrays(f"{where}: {path}'s test set", test, num_classes)
+
+
+def factory_arguments(make: Any, offered: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of ``offered`` that ``make`` declares (all of them if it takes ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        return dict(offered)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(offered)
+    return {k: v for k, v in offered.items() if k in parameters}
+
+
+def _arrays(what: str, pair: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``pair`` as float32 ``X`` and int64 ``y`` of equal, non-zero length, labels in range."""
+    if not (isinstance(pair, Sequence) and len(pair) == 2):
+        raise PluginError(f"{what} must be a pair (X, y), got a {type(pair).__name__}")
+    try:
+        X = np.asarray(pair[0], dtype=np.float32)
+        y = np.asarray(pair[1])
+    except (TypeError, ValueError) as e:
+        raise PluginError(f"{what}: not numeric arrays ({e})") from None
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise PluginError(f"{what}: y must be integer class indices of shape (n,), got {y.shape}")
+    if len(y) == 0 or len(X) != len(y):
+        raise PluginError(f"{what}: X has {len(X)} samples and y {len(y)}; need as many, >= 1")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise PluginError(f"{what}: labels must be in 0..{num_classes - 1}")
+    return X, y.astype(np.int64)
+
+
+def _npz_path(dataset: DatasetSpec) -> str:
+    if dataset.path is None:
+        raise ValueError("an npz data set needs a path (workload.dataset.path)")
+    return dataset.path
 
 
 def _image_folder(dataset: DatasetSpec, *, size: int, channels: int = 3) -> ImageFolderDataset:

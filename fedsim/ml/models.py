@@ -1,13 +1,15 @@
-"""Small models that train for real in the simulator, and building any registered model by name.
+"""Small models that train for real in the simulator, and building any model by name.
+
+A model is named by a built-in name (``fedsim.ml.spec.MODELS``) or by the import path of a
+user's class or factory (``mypkg.models.MyNet``, a config's ``workload.model._target_``).
+Either is called with ``num_classes`` and returns a ``torch.nn.Module``.
 
 The digits models take scikit-learn's 8x8 grey digits, ``(batch, 1, 8, 8)``; ``in_channels``
-tells ``fedsim.ml.spec`` what input to measure them with (models without it take RGB). Both
-accept ``num_classes`` as every model in the registry does.
+(on the class or factory) tells ``fedsim.ml.spec`` and the data loaders what input a model
+takes (models without it take RGB).
 """
 
 from __future__ import annotations
-
-import importlib
 
 import torch
 from torch import nn
@@ -63,21 +65,20 @@ class DigitsMLP(nn.Module):
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
-    """A fresh instance of the model registered as ``name`` in ``fedsim.ml.spec.MODELS``."""
-    return _model_class(name)(num_classes=num_classes)
+    """A fresh instance of model ``name`` (a built-in name or an import path).
+
+    Raises ``KeyError`` for an unknown built-in name and
+    :class:`~fedsim.core.plugins.PluginError` for an import path that cannot be used, or whose
+    callable returns no ``torch.nn.Module``.
+    """
+    from fedsim.ml.spec import new_model
+
+    return new_model(name, num_classes)
 
 
 def in_channels(name: str) -> int:
-    """The input channels the model registered as ``name`` takes (1 for the digits nets, else
-    3: RGB), without building it."""
-    return int(getattr(_model_class(name), "in_channels", 3))
+    """The input channels model ``name`` takes (1 for the digits nets, else 3: RGB), from its
+    class or factory's ``in_channels``, without building it."""
+    from fedsim.ml.spec import model_factory
 
-
-def _model_class(name: str) -> type[nn.Module]:
-    from fedsim.ml.spec import MODELS
-
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    module_name, class_name = MODELS[name].split(":")
-    model_class: type[nn.Module] = getattr(importlib.import_module(module_name), class_name)
-    return model_class
+    return int(getattr(model_factory(name), "in_channels", 3))

@@ -5,6 +5,9 @@ against a fresh measurement by a test), then in the user cache (``cache_dir``, e
 ``$FEDSIM_CACHE_DIR``, else ``~/.cache/fedsim``); a miss is measured and added to the user
 cache. torch is imported only to measure, so a cache hit costs no torch import.
 
+A user's model (an import path, ``workload.model._target_``) is measured the same way and
+cached under its import path.
+
 ``python -m fedsim.ml.spec --refresh`` measures the packaged entries again and rewrites the file.
 """
 
@@ -12,19 +15,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fedsim.core.plugins import PluginError, factory, is_import_path, locate
 from fedsim.core.workload import ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
-# Name -> "module:class", resolved on demand so that naming a model does not import torch.
+# Name -> "module:class", resolved on demand so that naming a model does not import torch. A
+# name with a dot is instead the import path of a user's model (fedsim.ml.models.model_factory).
 MODELS = {
     "yolov4": "fedsim.ml.yolov4:YOLOv4",
     "digits_cnn": "fedsim.ml.models:DigitsCNN",
@@ -47,20 +55,24 @@ _Key = tuple[str, int, int]
 def model_spec(
     name: str, *, input_size: int, num_classes: int, cache_dir: str | os.PathLike | None = None
 ) -> ModelSpec:
-    """The spec of model ``name`` at ``input_size``, from a cache or measured and cached."""
+    """The spec of model ``name`` (a built-in name or an import path) at ``input_size``, from
+    a cache or measured and cached."""
     _check_known(name)
     key = (name, input_size, num_classes)
     spec = _read_cache(PACKAGED_CACHE).get(key)
     if spec is not None:
         return spec
+    # A user's model is cached under its import path and its module's source, so that an
+    # edit to the model is measured again rather than served stale.
+    cached = name if name in MODELS else f"{name}@{_source_digest(name)}"
     user_cache = user_cache_path(cache_dir)
     specs = _read_cache(user_cache)
-    spec = specs.get(key)
+    spec = specs.get((cached, input_size, num_classes))
     if spec is None:
         spec = measure_model_spec(name, input_size=input_size, num_classes=num_classes)
-        specs[key] = spec
+        specs[(cached, input_size, num_classes)] = dataclasses.replace(spec, name=cached)
         _write_cache(user_cache, specs)
-    return spec
+    return dataclasses.replace(spec, name=name)
 
 
 def measure_model_spec(name: str, *, input_size: int, num_classes: int) -> ModelSpec:
@@ -87,14 +99,12 @@ def _measure(name: str, input_size: int, num_classes: int, device: torch.device)
 
     from fedsim.ml import flops
 
-    module_name, class_name = MODELS[name].split(":")
-    model_class = getattr(importlib.import_module(module_name), class_name)
     with torch.device(device):
-        model = model_class(num_classes=num_classes)
+        model = new_model(name, num_classes)
     # Integer buffers (BatchNorm's num_batches_tracked) are bookkeeping, not shipped weights.
     buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     # A model states its input channels when it does not take RGB (the digits nets are grey).
-    shape = (1, getattr(model_class, "in_channels", 3), input_size, input_size)
+    shape = (1, getattr(model_factory(name), "in_channels", 3), input_size, input_size)
     return ModelSpec(
         name=name,
         input_size=input_size,
@@ -106,9 +116,44 @@ def _measure(name: str, input_size: int, num_classes: int, device: torch.device)
     )
 
 
+def model_factory(name: str) -> Callable[..., Any]:
+    """The class or factory model ``name`` names: a built-in name, or an import path."""
+    if name in MODELS:
+        module_name, class_name = MODELS[name].split(":")
+        built_in: Callable[..., Any] = getattr(importlib.import_module(module_name), class_name)
+        return built_in
+    _check_known(name)  # past it, an import path
+    return factory("workload.model", name)
+
+
+def new_model(name: str, num_classes: int) -> torch.nn.Module:
+    """A fresh instance of model ``name``, checked to be a ``torch.nn.Module``."""
+    import torch
+
+    made = model_factory(name)(num_classes=num_classes)
+    if not isinstance(made, torch.nn.Module):
+        raise PluginError(
+            f"workload.model: {name} returned a {type(made).__name__}, not a torch.nn.Module"
+        )
+    return made
+
+
+def _source_digest(name: str) -> str:
+    """The first 16 hex digits of the sha256 of the source file defining model ``name``."""
+    made_by = locate("workload.model", name)
+    module = sys.modules.get(getattr(made_by, "__module__", "") or "")
+    source = getattr(module, "__file__", None)
+    if source is None or not Path(source).is_file():
+        return "no-source"
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+
+
 def _check_known(name: str) -> None:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    if name not in MODELS and not is_import_path(name):
+        raise KeyError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or an import "
+            "path (_target_: mypkg.MyNet)"
+        )
 
 
 def _read_cache(path: Path) -> dict[_Key, ModelSpec]:

@@ -7,7 +7,8 @@ the shuffling and any other randomness are seeded from the first three and the g
 left as it was, so a simulation gives the same models whatever order its events run in.
 
 ``ins.config`` keys read: ``learning_rate`` (SGD, default 0.05), ``momentum`` (default 0.9) and
-``proximal_mu`` (FedProx; off when absent or 0).
+``proximal_mu`` (FedProx; off when absent or 0), and ``dp_clip_norm`` with
+``dp_noise_multiplier`` (local differential privacy, :mod:`fedsim.core.privacy`).
 
 Threads: the trainer leaves torch's process-wide thread count alone. The digits models are too
 small for intra-op parallelism to matter (one thread trains them about as fast as two), so a
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsim.core.privacy import local_dp_settings, privatize
 from fedsim.core.runtime import FitIns, NDArrays
 from fedsim.ml.models import build_model
 from fedsim.ml.params import get_parameters, set_parameters
@@ -32,6 +34,7 @@ from fedsim.ml.params import get_parameters, set_parameters
 DEFAULT_LEARNING_RATE = 0.05
 DEFAULT_MOMENTUM = 0.9
 EVAL_BATCH_SIZE = 1024
+LOCAL_DP_STREAM = 0x4450  # a second key beside the call's seed, for local DP's noise
 
 Shard = tuple[Any, Any]  # (X, y): numpy arrays or tensors, X float and y integer class indices
 LocalData = Mapping[int, Shard] | Callable[[int], Shard]
@@ -132,7 +135,19 @@ class TorchTrainer:
             "num_examples": float(ins.samples),
             "samples_processed": float(ins.epochs * ins.samples),
         }
-        return get_parameters(model), metrics
+        new = get_parameters(model)
+        local_dp = local_dp_settings(ins.config)
+        if local_dp is not None:
+            # Local DP: the move leaves this device clipped and noised; the noise is seeded
+            # from the call's seed, so a run is reproducible (see fedsim.core.privacy).
+            reference = ins.parameters if ins.parameters is not None else self._initial
+            assert reference is not None
+            clip_norm, noise_multiplier = local_dp
+            rng = np.random.default_rng([call_seed, LOCAL_DP_STREAM])
+            new = privatize(
+                new, reference, clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng
+            )
+        return new, metrics
 
     def _get_model(self) -> nn.Module:
         if self._model is None:

@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write a Prometheus configuration with two scrape jobs: the fedsim server's own "
             "/metrics, and the devices' agents and node_exporters, discovered through the "
-            "server's /api/v1/sd/targets (HTTP service discovery) with the admin token, so "
-            "Prometheus follows registrations without a restart. Series from devices carry "
-            "fedsim_device, fedsim_group and fedsim_role labels."
+            "server's /api/v1/sd/targets (HTTP service discovery) with the viewer (or admin) "
+            "token, so Prometheus follows registrations without a restart. Series from devices "
+            "carry fedsim_device, fedsim_group and fedsim_role labels."
         ),
     )
     p.add_argument(
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="PATH",
         help=(
-            "a file holding the server's admin token, as Prometheus will see it (relative "
-            "paths are relative to the configuration file); the token is not copied into "
-            "the configuration"
+            "a file holding the server's viewer token (read-only; the admin token works "
+            "too), as Prometheus will see it (relative paths are relative to the "
+            "configuration file); the token is not copied into the configuration"
         ),
     )
     p.add_argument(
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA certificates that verify an https server, as Prometheus will see the path",
     )
     p.add_argument(
+        "--cert-file",
+        metavar="PEM",
+        help="a client certificate Prometheus presents to a server requiring mutual TLS "
+        "(e.g. one made by fedsim certs --device prometheus); with --key-file",
+    )
+    p.add_argument("--key-file", metavar="PEM", help="the private key of --cert-file")
+    p.add_argument(
         "--out",
         default="prometheus.yml",
         metavar="PATH",
@@ -90,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scrape_interval=args.scrape_interval,
             sd_refresh_interval=args.sd_refresh_interval,
             ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
         )
     except ValueError as e:
         parser.error(str(e))

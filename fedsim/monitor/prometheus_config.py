@@ -1,10 +1,10 @@
 """A ``prometheus.yml`` that monitors a fedsim deployment.
 
 Two scrape jobs: the server's own ``/metrics``, and the devices, which Prometheus discovers
-through the server (``GET /api/v1/sd/targets``, ``http_sd_configs``) with the admin token read
-from a file, so that it follows registrations and removals without a restart. The discovered
-targets carry ``fedsim_device``, ``fedsim_group`` and ``fedsim_role`` labels, which every scraped
-series keeps; :mod:`fedsim.monitor.promql` queries by them.
+through the server (``GET /api/v1/sd/targets``, ``http_sd_configs``) with the viewer token (or
+the admin token) read from a file, so that it follows registrations and removals without a
+restart. The discovered targets carry ``fedsim_device``, ``fedsim_group`` and ``fedsim_role``
+labels, which every scraped series keeps; :mod:`fedsim.monitor.promql` queries by them.
 """
 
 from __future__ import annotations
@@ -38,13 +38,19 @@ def build_config(
     scrape_interval: str = "5s",
     sd_refresh_interval: str = "30s",
     ca_file: str | PurePath | None = None,
+    cert_file: str | PurePath | None = None,
+    key_file: str | PurePath | None = None,
 ) -> dict[str, Any]:
     """The configuration as a mapping; ``render`` writes it as YAML.
 
     ``server`` is the server's base URL (``http(s)://host:port``, a trailing ``/api/v1``
-    accepted). ``token_file`` holds the admin token; Prometheus reads it on every refresh, so a
-    rotated token needs no reload (a relative path is relative to the configuration file).
-    ``ca_file`` verifies an https server. ``ValueError`` names a bad argument.
+    accepted). ``token_file`` holds the viewer (or admin) token; Prometheus reads it on every
+    refresh, so a rotated token needs no reload (a relative path is relative to the
+    configuration file).
+    ``ca_file`` verifies an https server; ``cert_file`` and ``key_file`` are the client
+    certificate Prometheus presents to a server that requires mutual TLS (``--client-ca``),
+    on its scrapes of the server and its service-discovery requests; the devices' own
+    endpoints are scraped as discovered. ``ValueError`` names a bad argument.
     """
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -59,7 +65,11 @@ def build_config(
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     address = f"{host}:{port}"
     base = f"{parts.scheme}://{address}{prefix}"
-    tls = {"tls_config": {"ca_file": str(ca_file)}} if ca_file is not None else {}
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+    files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    settings = {name: str(value) for name, value in files.items() if value is not None}
+    tls = {"tls_config": settings} if settings else {}
 
     server_job = {
         "job_name": SERVER_JOB,

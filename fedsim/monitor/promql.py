@@ -2,9 +2,11 @@
 
 Prometheus scrapes what each device declared at registration (its agent's ``/metrics`` and its
 node_exporter, found through the server's service discovery, which labels every series with
-``fedsim_device``). :class:`PrometheusResources` asks it for CPU busy, memory available,
-measured bandwidth and ``up`` per device, and fills in everything else (group, throughput) from
-a fallback view, usually the heartbeat one (:class:`~fedsim.real.resources.RegistryResources`).
+``fedsim_device``). :func:`monitoring_queries` are the dashboard's PromQL (the scheduler's,
+and GPU, disk and network traffic). :class:`PrometheusResources` asks it for CPU busy, memory
+available, measured bandwidth and ``up`` per device, and fills in everything else (group,
+throughput) from a fallback view, usually the heartbeat one
+(:class:`~fedsim.real.resources.RegistryResources`).
 A device Prometheus knows nothing about is described by the fallback alone, and so is every
 device while Prometheus cannot be reached.
 
@@ -36,6 +38,24 @@ AGENT_CPU_BUSY = "fedsim_agent_cpu_busy_ratio"
 AGENT_MEMORY_AVAILABLE = "fedsim_agent_memory_available_bytes"
 AGENT_BANDWIDTH = "fedsim_agent_probe_bandwidth_bytes_per_second"
 AGENT_BUSY = "fedsim_agent_busy"
+AGENT_GPU_UTILIZATION = "fedsim_agent_gpu_utilization_ratio"
+# DCGM-exporter's GPU utilisation, in percent (github.com/NVIDIA/dcgm-exporter,
+# default-counters.csv): used for a device whose agent reports none, when Prometheus scrapes
+# a DCGM-exporter whose series carry the device's label.
+DCGM_GPU_UTILIZATION = "DCGM_FI_DEV_GPU_UTIL"
+# node_exporter's counter, else the agent's, for each traffic field (bytes since boot).
+TRAFFIC_COUNTERS = {
+    "disk_read": ("node_disk_read_bytes_total", "fedsim_agent_disk_read_bytes_total"),
+    "disk_write": ("node_disk_written_bytes_total", "fedsim_agent_disk_written_bytes_total"),
+    "net_receive": (
+        "node_network_receive_bytes_total",
+        "fedsim_agent_network_receive_bytes_total",
+    ),
+    "net_transmit": (
+        "node_network_transmit_bytes_total",
+        "fedsim_agent_network_transmit_bytes_total",
+    ),
+}
 
 
 def device_selector(devices: Iterable[int]) -> str:
@@ -62,6 +82,31 @@ def resource_queries(sel: str, rate_window: str) -> dict[str, str]:
         "bandwidth": f"min {by} ({AGENT_BANDWIDTH}{{{sel}}})",
         "busy": f"max {by} ({AGENT_BUSY}{{{sel}}})",
     }
+
+
+def monitoring_queries(sel: str, rate_window: str) -> dict[str, str]:
+    """:func:`resource_queries` and, for the dashboard, ``gpu_util`` (0..1), ``disk_read``,
+    ``disk_write``, ``net_receive`` and ``net_transmit`` (bytes/s over ``rate_window``).
+
+    GPU utilisation is the agent's ``fedsim_agent_gpu_utilization_ratio`` (the GPU it trains
+    on, through NVML), else DCGM-exporter's ``DCGM_FI_DEV_GPU_UTIL`` / 100 (the busiest of
+    the host's GPUs); stock node_exporter has none. Disk traffic is node_exporter's over the
+    disks it reports (by default whole disks, not partitions), network traffic its over every
+    interface but loopback, as the agent counts them; each else the agent's own counters.
+    """
+    by = f"by ({DEVICE_LABEL})"
+    queries = resource_queries(sel, rate_window)
+    queries["gpu_util"] = (
+        f"max {by} ({AGENT_GPU_UTILIZATION}{{{sel}}})"
+        f" or max {by} ({DCGM_GPU_UTILIZATION}{{{sel}}}) / 100"
+    )
+    for field, (node, agent) in TRAFFIC_COUNTERS.items():
+        only = ',device!="lo"' if field.startswith("net_") else ""
+        queries[field] = (
+            f"sum {by} (rate({node}{{{sel}{only}}}[{rate_window}]))"
+            f" or sum {by} (rate({agent}{{{sel}}}[{rate_window}]))"
+        )
+    return queries
 
 
 class PrometheusError(Exception):

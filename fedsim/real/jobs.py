@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedsim.core.events import EVENTS_FILE
 from fedsim.real.server.jobs_api import Jobs, RoundListener
 from fedsim.real.stores import ServerStores
 
@@ -124,6 +125,11 @@ class JobManager(Jobs):
 
     def list(self) -> list[dict[str, Any]]:
         return [j.view() for j in self._jobs.values()]
+
+    def events_file(self, job_id: str) -> Path | None:
+        job = self._jobs.get(job_id)
+        events = None if job is None else job.directory / EVENTS_FILE
+        return events if events is not None and events.is_file() else None
 
     def watch_rounds(self, listener: RoundListener) -> None:
         self._listeners.append(listener)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,8 +37,16 @@ log = logging.getLogger(__name__)
 class ServerThread:
     """An aiohttp application served from a background thread with its own event loop."""
 
-    def __init__(self, app: web.Application, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.app, self.host, self.port = app, host, port
+        self.ssl_context = ssl_context  # serve HTTPS with it
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -46,7 +55,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()
@@ -65,7 +75,7 @@ class ServerThread:
         try:
             self._runner = web.AppRunner(self.app)
             self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port)
+            site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
             self._loop.run_until_complete(site.start())
             self.port = self._runner.addresses[0][1]
         except BaseException as e:  # reported to the starting thread
@@ -96,7 +106,12 @@ def stop_process(proc: subprocess.Popen, *, kill: bool = False, grace_s: float =
 
 
 class LocalCluster:
-    """The server and one agent process per client, for the duration of a ``with`` block."""
+    """The server and one agent process per client, for the duration of a ``with`` block.
+
+    ``mode.tls`` "mutual" serves over mutual TLS: a CA, a server certificate and one client
+    certificate per device are made under ``run_dir/certs`` (:mod:`fedsim.certs`), and each
+    agent presents its own.
+    """
 
     def __init__(
         self,
@@ -111,6 +126,7 @@ class LocalCluster:
         prometheus_url: str | None = None,
         runner: JobRunner | None = None,
         launcher: Callable[[int], Sequence[str]] | None = None,
+        plugins: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
@@ -122,9 +138,13 @@ class LocalCluster:
         self.prometheus_url = prometheus_url  # the server's --prometheus-url
         self.admin_token = secrets.token_urlsafe(24)
         self.enrollment_token = secrets.token_urlsafe(24)
+        self.viewer_token = secrets.token_urlsafe(24)  # the dashboard, read-only
         self.runner = runner  # runs the jobs posted to this cluster's server, if given
         # The command prefix a device's agent starts under (emulated mode: its namespace).
         self.launcher = launcher
+        # Import paths of the user's models the agents may build (their --plugin options);
+        # the agents inherit this process's environment, PYTHONPATH included.
+        self.plugins = tuple(plugins)
         self.stores: ServerStores | None = None
         self.jobs: JobManager | None = None
         self.server: ServerThread | None = None
@@ -136,16 +156,19 @@ class LocalCluster:
         from fedsim.real.server.config import ServerConfig
 
         self.stores = stores = ServerStores.open(self.run_dir, patience_s=self.mode.patience_s)
+        tls = self._make_certs() if self.mode.tls == "mutual" else {}
         config = ServerConfig(
             host=self.mode.host,
             port=self.mode.port,
             data_dir=self.run_dir,
             admin_token=self.admin_token,
             enrollment_token=self.enrollment_token,
+            viewer_token=self.viewer_token,
             patience_s=self.mode.patience_s,
             # Every heartbeat into the dashboard's history: local runs are short.
             history_interval_s=0.0,
             prometheus_url=self.prometheus_url,
+            **tls,
         )
         if self.runner is not None:
             self.jobs = JobManager(data_dir=self.run_dir, stores=stores, runner=self.runner)
@@ -156,7 +179,9 @@ class LocalCluster:
             repository=stores.repository,
             jobs=self.jobs,
         )
-        self.server = ServerThread(app, host=self.mode.host, port=self.mode.port)
+        self.server = ServerThread(
+            app, host=self.mode.host, port=self.mode.port, ssl_context=config.ssl_context()
+        )
         try:
             self.server.start()
             for dev in self.clients:
@@ -175,6 +200,25 @@ class LocalCluster:
             self.server.stop()
         if self.stores is not None:
             self.stores.close()
+
+    @property
+    def certs_dir(self) -> Path:
+        """Where ``mode.tls`` "mutual" keeps the CA and the certificates."""
+        return self.run_dir / "certs"
+
+    def _make_certs(self) -> dict[str, Path]:
+        """The CA and certificates of a mutual-TLS cluster; the server's TLS settings."""
+        from fedsim.certs import CA_CERT, SERVER_CERT, SERVER_KEY, create, device_name
+
+        # The agents dial mode.host; localhost and 127.0.0.1 serve a user's own clients.
+        names = list(dict.fromkeys([self.mode.host, "localhost", "127.0.0.1"]))
+        devices = [device_name(dev) for dev in self.clients]
+        create(self.certs_dir, server_names=names, devices=devices, days=30, force=True)
+        return {
+            "cert_file": self.certs_dir / SERVER_CERT,
+            "key_file": self.certs_dir / SERVER_KEY,
+            "client_ca_file": self.certs_dir / CA_CERT,
+        }
 
     # The stores, by name, for code that drives the cluster's server directly.
     @property
@@ -236,6 +280,15 @@ class LocalCluster:
             # its first round. agent_args may turn it on (--calibrate).
             "--no-calibrate",
         ]
+        for plugin in self.plugins:
+            cmd.append(f"--plugin={plugin}")
+        if self.mode.tls == "mutual":
+            from fedsim.certs import CA_CERT, device_name
+
+            name = device_name(dev)
+            cmd += ["--ca", str(self.certs_dir / CA_CERT)]
+            cmd += ["--cert", str(self.certs_dir / f"{name}.pem")]
+            cmd += ["--key", str(self.certs_dir / f"{name}.key")]
         if data.exists():
             cmd += ["--data", str(data)]
         elif self.data is not None:

@@ -69,6 +69,7 @@ class Paths:
     TASK_ERROR = f"{API}/tasks/{{task_id}}/error"
     JOBS = f"{API}/jobs"
     JOB = f"{API}/jobs/{{job_id}}"
+    JOB_EVENTS = f"{API}/jobs/{{job_id}}/events"
     DASHBOARD = "/dashboard"
     DASHBOARD_INDEX = "/dashboard/"
     DASHBOARD_FILE = "/dashboard/{path}"

@@ -10,7 +10,8 @@ from fedsim.report.federated_markdown import (
     seconds,
     time_to_target_text,
 )
-from fedsim.report.tables import table_ii
+from fedsim.report.markdown import scaled_text
+from fedsim.report.tables import run_time, table_ii
 
 _NAMES = {
     "t_ref": "t_ref  cloud-based   [s]",
@@ -25,10 +26,11 @@ def console_table(summary: dict[str, Any]) -> str:
     with_paper = "paper" in table
     width = max(len(n) for n in _NAMES.values())
     columns = f"{'paper':>8} {'fedsim':>8} {'difference':>11}" if with_paper else f"{'fedsim':>8}"
-    lines = [
-        f"Table II, mean over {summary['repetitions']} repetitions",
-        f"{'':<{width}} {columns}",
-    ]
+    lines = [f"Table II, mean over {summary['repetitions']} repetitions"]
+    if summary.get("scaled"):
+        against = ", not comparable with the paper's" if with_paper else ""
+        lines.append(f"fedsim measured {scaled_text(summary)}{against}")
+    lines.append(f"{'':<{width}} {columns}")
     for quantity, row in table.iterrows():
         seconds = row["unit"] == "s"
         if not with_paper:
@@ -42,10 +44,11 @@ def console_table(summary: dict[str, Any]) -> str:
 
 
 def console_federated(summary: dict[str, Any]) -> str:
-    """A few lines on a federated run: final and best accuracy, time to target, simulated time."""
+    """A few lines on a federated run: final and best accuracy, time to target, run time."""
     strategy = summary.get("strategy")
     name = strategy.get("name", "?") if isinstance(strategy, dict) else str(strategy)
     clients = len(summary.get("clients", []))
+    clock, elapsed = run_time(summary)
     rows = [
         (
             "final accuracy",
@@ -53,10 +56,7 @@ def console_federated(summary: dict[str, Any]) -> str:
             f"  (best {percent(summary.get('best_accuracy'))})",
         ),
         ("time to target", time_to_target_text(summary)),
-        (
-            "simulated time" if summary.get("mode", "sim") == "sim" else "measured time",
-            seconds(summary.get("simulated_time_s")),
-        ),
+        (f"{clock} time", seconds(elapsed)),
         (
             "rounds",
             f"{summary.get('rounds_aggregated', '?')} aggregated, "
@@ -64,6 +64,15 @@ def console_federated(summary: dict[str, Any]) -> str:
             f"{summary.get('updates_lost', '?')} updates lost",
         ),
     ]
+    privacy = summary.get("privacy")
+    if privacy:
+        rows.append(
+            (
+                "privacy",
+                f"{privacy.get('kind')} DP, epsilon {privacy.get('epsilon', 0.0):.3g} "
+                f"at delta {privacy.get('delta', 0.0):g}",
+            )
+        )
     width = max(len(label) for label, _ in rows)
     lines = [
         f"{summary.get('experiment', 'federated run')}: {summary.get('rounds', '?')} rounds of "

@@ -23,6 +23,7 @@ from fedsim.report.federated_plots import (
     plot_label_distribution,
     plot_round_breakdown,
 )
+from fedsim.report.tables import run_time
 
 # The round's identity and clock first, then its time split, then what happened in it.
 ROUND_FIELDS = ["round", "version", "started_s", "finished_s", *TIME_FIELDS] + [
@@ -64,6 +65,7 @@ def write_federated_plots(
 ) -> dict[str, Path]:
     """Write the four plots of a federated run into ``plots_dir``; returns name -> path."""
     summary = result.summary
+    clock = run_time(summary)[0]
     return {
         "accuracy_time": plot_accuracy_time(
             rounds,
@@ -71,6 +73,7 @@ def write_federated_plots(
             target=summary.get("target_accuracy"),
             time_to_target=summary.get("time_to_target_s"),
             round_to_target=summary.get("round_to_target"),
+            clock=clock,
         ),
         "round_breakdown": plot_round_breakdown(rounds, plots_dir / "round_breakdown.png"),
         "timeline": plot_federated_timeline(
@@ -78,6 +81,7 @@ def write_federated_plots(
             rounds,
             plots_dir / "timeline.png",
             server=server_of(summary, result.all_events()),
+            clock=clock,
         ),
         "label_distribution": plot_label_distribution(
             result.label_counts,

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedsim.core.results import RoundRow, RunResult
 from fedsim.report.markdown import assumptions_section, markdown_table, plots_section
-from fedsim.report.tables import number_of_seconds
+from fedsim.report.tables import number_of_seconds, run_time
 
 PLOT_CAPTIONS = {
     "accuracy_time": "Test accuracy and training loss over simulated time",
@@ -139,12 +139,13 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
 
 
 def _results_section(summary: Mapping[str, Any]) -> str:
+    clock, elapsed = run_time(summary)
     rows = [
         ["final accuracy", percent(summary.get("final_accuracy"))],
         ["best accuracy", percent(summary.get("best_accuracy"))],
         ["target accuracy", percent(summary.get("target_accuracy"))],
-        ["time to target (simulated)", time_to_target_text(summary)],
-        ["simulated time", seconds(summary.get("simulated_time_s"))],
+        [f"time to target ({clock})", time_to_target_text(summary)],
+        [f"{clock} time", seconds(elapsed)],
         [
             "rounds aggregated / failed",
             f"{summary.get('rounds_aggregated', '?')} / {summary.get('rounds_failed', '?')}",
@@ -196,6 +197,56 @@ def _attack_section(attack: Mapping[str, Any], summary: Mapping[str, Any]) -> st
             + markdown_table(["rule", "under attack", "clean", "drop (points)"], rows, "lrrr")
         )
     return "## Byzantine clients\n\n" + text
+
+
+PRIVACY_TEXT = {
+    "central": (
+        "**Central DP-FedAvg** (McMahan et al., ICLR 2018): the server clipped each client's "
+        "move to an L2 norm of {clip:g}, averaged the moves over the {m} clients a round "
+        "expects and added Gaussian noise of standard deviation {std:.3g} (noise multiplier "
+        "{z:.3g}) to every value; the strategy saw only that noised mean."
+    ),
+    "local": (
+        "**Local DP**: each client clipped its own move to an L2 norm of {clip:g} and added "
+        "Gaussian noise of standard deviation {std:.3g} (noise multiplier {z:.3g}) before "
+        "sending it; the server aggregated noised updates only."
+    ),
+}
+
+
+def _privacy_section(privacy: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """What the DP did and what it spent: epsilon at delta, after the run and round by round."""
+    kind = str(privacy.get("kind"))
+    z, clip, std = (
+        privacy.get("noise_multiplier"),
+        privacy.get("clip_norm"),
+        privacy.get("noise_std"),
+    )
+    m = round(clip * z / std) if kind == "central" and std else 1
+    text = PRIVACY_TEXT.get(kind, "Differential privacy ({kind}).").format(
+        clip=clip, m=m, std=std, z=z, kind=kind
+    )
+    target = privacy.get("target_epsilon")
+    chosen = (
+        f" The noise multiplier was chosen for a budget of epsilon {target:g}." if target else ""
+    )
+    by_round = list(privacy.get("epsilon_by_round", []))
+    whose = "" if kind == "central" else " for the client selected most often"
+    text += (
+        f"{chosen} After {privacy.get('releases')} releases at sampling rate "
+        f"{privacy.get('sample_rate', 1.0):.3g}, the run spent **epsilon "
+        f"{privacy.get('epsilon', 0.0):.3g} at delta {privacy.get('delta', 0.0):g}**{whose} "
+        f"({privacy.get('accountant', 'RDP accountant')}). Final accuracy under it: "
+        f"{percent(summary.get('final_accuracy'))}."
+    )
+    if by_round:
+        step = max(1, len(by_round) // 10)
+        shown = sorted({*range(step - 1, len(by_round), step), len(by_round) - 1})
+        rows = [[str(i + 1), f"{by_round[i]:.3g}"] for i in shown]
+        text += "\n\nEpsilon spent by the end of each round shown:\n\n" + markdown_table(
+            ["round", "epsilon"], rows, "rr"
+        )
+    return "## Differential privacy\n\n" + text
 
 
 def _shown_rounds(rounds: Sequence[RoundRow]) -> tuple[list[RoundRow], str]:
@@ -289,6 +340,14 @@ def _failures_section(failures: Sequence[tuple[int, int, str]], rounds: Sequence
     return heading + text
 
 
+def _captions(clock: str) -> dict[str, str]:
+    """The plots' captions, naming the clock their time axes run on."""
+    return {
+        name: text.replace("simulated time", f"{clock} time")
+        for name, text in PLOT_CAPTIONS.items()
+    }
+
+
 def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str:
     """The text of a federated run's ``report.md``; ``plots`` maps names to files in ``plots/``."""
     summary = result.summary
@@ -301,9 +360,10 @@ def render_federated_report(result: RunResult, plots: Mapping[str, Path]) -> str
         _what_was_run(summary),
         _results_section(summary),
         *([_attack_section(summary["attack"], summary)] if summary.get("attack") else []),
+        *([_privacy_section(summary["privacy"], summary)] if summary.get("privacy") else []),
         _rounds_section(result.rows, str(summary.get("fl_mode", "sync"))),
         _failures_section(result.failures, result.rows),
         assumptions_section(result.assumptions),
-        plots_section(plots, PLOT_CAPTIONS),
+        plots_section(plots, _captions(run_time(summary)[0])),
     ]
     return "\n\n".join(sections) + "\n"

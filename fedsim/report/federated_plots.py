@@ -28,6 +28,7 @@ from fedsim.report.plots import (
     PARTS,
     UNKNOWN_KIND_COLOR,
     device_label,
+    drawn_kinds,
     kind_handles,
     new_figure,
     save_figure,
@@ -69,11 +70,12 @@ def plot_accuracy_time(
     target: float | None = None,
     time_to_target: float | None = None,
     round_to_target: int | None = None,
+    clock: str = "simulated",
 ) -> Path:
-    """Test accuracy over simulated time (top) and training loss (bottom), failed rounds shaded.
+    """Test accuracy over time (top) and training loss (bottom), failed rounds shaded.
 
     ``rounds`` is :func:`~fedsim.report.federated.rounds_frame`'s table; each evaluation is
-    drawn at the end of its round.
+    drawn at the end of its round; ``clock`` names the time axis (``simulated``, ``wall-clock``).
     """
     if rounds.empty:
         return _empty(path, "no rounds were run")
@@ -141,7 +143,7 @@ def plot_accuracy_time(
     else:
         bottom.text(0.5, 0.5, "no losses recorded", ha="center", transform=bottom.transAxes)
     bottom.set_ylabel("loss")
-    bottom.set_xlabel("simulated time since the run started [s]")
+    bottom.set_xlabel(f"{clock} time since the run started [s]")
     bottom.set_xlim(0, float(rounds["finished_s"].max()) * 1.02)
 
     final = f", final {evaluated['accuracy'].iloc[-1]:.1%}" if not evaluated.empty else ""
@@ -228,11 +230,12 @@ def plot_federated_timeline(
     *,
     server: int | None = None,
     max_events: int = MAX_TIMELINE_EVENTS,
+    clock: str = "simulated",
 ) -> Path:
     """Gantt chart of the run: a row per device, the server first, a bar per event.
 
     A log longer than ``max_events`` is cut after the first rounds that fit, and the title
-    says so.
+    says so; ``clock`` names the time axis.
     """
     if events.empty:
         return _empty(path, "no events were recorded")
@@ -276,8 +279,8 @@ def plot_federated_timeline(
     ax.grid(axis="x", alpha=0.3)
     failed = _shade_failed(ax, rounds)
     _round_marks(ax, rounds)
-    ax.set_xlabel("simulated time since the run started [s]")
-    handles = kind_handles(events["kind"])
+    ax.set_xlabel(f"{clock} time since the run started [s]")
+    handles = kind_handles(drawn_kinds(events, float(events["end_s"].max())))
     if failed:
         handles.append(Patch(**FAILED_SHADE, label="round not aggregated"))
     if len(rounds) <= ROUND_LINES_MAX and not rounds.empty:

@@ -55,10 +55,33 @@ def _bandwidth_ranges(bandwidths: Sequence[float], grid: Sequence[float]) -> str
     return ", ".join(_span(r[0], r[-1]) for r in runs)
 
 
+def scaled_text(summary: Mapping[str, Any]) -> str:
+    """What a measured run's scaled job changed (``summary["scaled"]``), or ``""`` if none."""
+    scaled = summary.get("scaled")
+    if not scaled:
+        return ""
+    (full_size, size), (full_samples, samples) = scaled["input_size"], scaled["samples_per_device"]
+    return (
+        f"a scaled job (workload.scale): {size}x{size} inputs instead of {full_size}x{full_size}, "
+        f"{samples} samples per client instead of {full_samples}"
+    )
+
+
 def _what_was_run(summary: Mapping[str, Any]) -> str:
     workload = summary["workload"]
     clients = ", ".join(str(c) for c in summary["clients"])
     epochs = workload["epochs"]
+    samples, batch, note = workload["samples_per_device"], workload["batch_size"], ""
+    if summary.get("scaled"):
+        # The run trained the scaled job; the summary's workload is the full one, which the
+        # workload section and the crossover (the simulator's) describe.
+        samples = summary["scaled"]["samples_per_device"][1]
+        batch = min(batch, samples)  # a batch cannot hold more samples than there are
+        note = (
+            f" The {summary['mode']} run measured {scaled_text(summary)}, so its times "
+            "compare with each other, not with the paper's; the workload and crossover "
+            "sections describe the full job, as the simulator models it."
+        )
     return (
         "## What was run\n\n"
         f"fedsim {summary['fedsim_version']} ran the experiment `{summary['experiment']}` in "
@@ -66,13 +89,13 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
         f"{summary['server']}; clients: devices {clients}), {summary['repetitions']} "
         f"repetitions with seed {summary['seed']}. Each repetition times two scenarios. "
         "**Cloud-based** (t_ref): every client uploads its "
-        f"{workload['samples_per_device']} local samples of {workload['dataset']['name']} to "
+        f"{samples} local samples of {workload['dataset']['name']} to "
         f"the server, which trains {workload['model']['name']} on all of them. "
         "**Client-based** (t_new): one federated round: the server deploys the model, each "
         f"client trains on its own samples ({epochs} epoch{'s' if epochs != 1 else ''}, batch "
-        f"size {workload['batch_size']}), uploads its update, and the server aggregates. The "
+        f"size {batch}), uploads its update, and the server aggregates. The "
         "time-saving rate is the paper's formula (1), Δt = (1/n) Σ (t_ref − t_new) / t_ref "
-        "over the n repetitions: positive when client-based training is the faster."
+        "over the n repetitions: positive when client-based training is the faster." + note
     )
 
 

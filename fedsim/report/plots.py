@@ -8,7 +8,9 @@ leak across a sweep of runs, and no GUI backend is ever chosen.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import CenteredNorm
+from matplotlib.colors import FuncNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from fedsim.core.events import EventKind
 from fedsim.report.tables import SCENARIO_LABELS, scenario_order, short_number
@@ -44,10 +46,16 @@ KIND_COLORS = {
     EventKind.AGGREGATE.value: "tab:purple",
     EventKind.PUBLISH.value: "tab:olive",
     EventKind.EVALUATE.value: "tab:orange",
+    EventKind.SECAGG_DOWNLOAD.value: "tab:gray",
+    EventKind.SECAGG_UPLOAD.value: "tab:pink",
+    EventKind.SECAGG.value: "tab:brown",
 }
 UNKNOWN_KIND_COLOR = "0.5"
+# A timeline bar narrower than this share of its axis (under two pixels of a chart 1,000 wide)
+# shows as its outline at most, not its colour.
+VISIBLE_FRACTION = 1 / 500
 PAPER_RATE_COLOR = "tab:orange"  # apart from the diverging blue-red scale and the black line
-RATE_SCALE_LIMIT = 100.0  # percent; see _diverging
+RATE_LINEAR_PERCENT = 10.0  # the crossover colour scale is linear within ± this; see rate_scale
 GRID_TICKS_MAX = 7  # beyond this many grid values, tick labels would collide
 
 
@@ -159,6 +167,16 @@ def kind_handles(kinds: Iterable[str]) -> list[Patch]:
     ]
 
 
+def drawn_kinds(events: pd.DataFrame, span: float) -> list[str]:
+    """The event kinds with a bar that shows on a time axis ``span`` seconds long: at least
+    VISIBLE_FRACTION of it. The legend lists only these (a 1 ms aggregation on a 6 s axis
+    draws nothing, and a legend entry for it would send the reader looking)."""
+    if events.empty:
+        return []
+    longest = events.groupby("kind", observed=True)["duration_s"].max()
+    return [str(k) for k, d in longest.items() if d >= span * VISIBLE_FRACTION]
+
+
 def plot_timeline(
     events: pd.DataFrame, path: Path, *, repetition: int = 0, server: int | None = None
 ) -> Path:
@@ -205,7 +223,7 @@ def plot_timeline(
     axes[-1].set_xlabel("time since the scenario started [s]")
     axes[-1].set_xlim(left=0)
 
-    handles = kind_handles(rep["kind"])
+    handles = kind_handles(drawn_kinds(rep, float(rep["end_s"].max())))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
     fig.suptitle(f"Timeline of repetition {repetition}")
     return save_figure(fig, path)
@@ -256,18 +274,53 @@ def _label_region(
     )
 
 
-def _diverging(low: float, high: float) -> tuple[CenteredNorm, np.ndarray, str]:
-    """A norm with white at 0, contour levels at round numbers, and which ends to extend.
+def _round_levels(reach: float) -> list[float]:
+    """1-2-5 steps from RATE_LINEAR_PERCENT up to the first at or beyond ``reach``."""
+    levels: list[float] = []
+    for decade in itertools.count():
+        for m in (1, 2, 5):
+            levels.append(m * RATE_LINEAR_PERCENT * 10.0**decade)
+            if levels[-1] >= reach:
+                return levels
+    raise AssertionError("unreachable: itertools.count() does not end")
 
-    The scale is symmetric and stops at ±100 %: a rate cannot exceed 100 %, while below it is
-    unbounded (client-based ten times slower is -900 %), and letting that stretch the scale
-    would wash out every cell near the crossover, the ones worth reading.
+
+def _symlog(v: Any) -> Any:
+    """A logarithm that passes through 0: about linear within ±RATE_LINEAR_PERCENT."""
+    return np.sign(v) * np.log10(1.0 + np.abs(v) / RATE_LINEAR_PERCENT)
+
+
+def _symlog_inverse(y: Any) -> Any:
+    return np.sign(y) * RATE_LINEAR_PERCENT * (10.0 ** np.abs(y) - 1.0)
+
+
+def rate_scale(low: float, high: float) -> tuple[Normalize, np.ndarray]:
+    """The crossover's colour scale for rates (in %) from ``low`` to ``high``: its norm and
+    contour levels.
+
+    White at 0, about linear within ±RATE_LINEAR_PERCENT and logarithmic beyond, each side out
+    to the grid's furthest rate on it, so that both get the colour map's full depth. A rate
+    cannot exceed 100 % but is unbounded below (client-based ten times slower is -900 %): a
+    linear scale that reaches that far washes out the cells near the crossover, and one that
+    stops at ±100 % paints every slower cell the same red. Levels run 1-2-5 per decade, so
+    each band of the map is a round range.
     """
-    half = min(max(abs(low), abs(high), 1e-9), RATE_SCALE_LIMIT)
-    levels = MaxNLocator(nbins=20, symmetric=True).tick_values(-half, half)
-    under, over = low < levels[0], high > levels[-1]
-    extend = "both" if under and over else "min" if under else "max" if over else "neither"
-    return CenteredNorm(vcenter=0.0, halfrange=levels[-1]), levels, extend
+    below = _round_levels(max(-low, RATE_LINEAR_PERCENT))
+    above = _round_levels(max(high, RATE_LINEAR_PERCENT))
+    inner = np.linspace(-RATE_LINEAR_PERCENT, RATE_LINEAR_PERCENT, 5)
+    levels = np.unique(np.concatenate([-np.array(below), inner, np.array(above)]))
+    # Each side scaled to [-1, 0] and [0, 1] on its own, so that 0 stays in the middle.
+    down, up = float(_symlog(below[-1])), float(_symlog(above[-1]))
+
+    def forward(v: Any) -> Any:
+        y = _symlog(np.asarray(v, dtype=float))
+        return np.where(y < 0, y / down, y / up)
+
+    def inverse(y: Any) -> Any:
+        y = np.asarray(y, dtype=float)
+        return _symlog_inverse(np.where(y < 0, y * down, y * up))
+
+    return FuncNorm((forward, inverse), vmin=-below[-1], vmax=above[-1]), levels
 
 
 def _mark_current(ax: Any, samples: float | None, bandwidth_mbps: float | None) -> None:
@@ -347,14 +400,12 @@ def plot_crossover(
     samples = grid.index.to_numpy(dtype=float)
     rate = np.ma.masked_invalid(100.0 * grid.to_numpy(dtype=float))
     low, high = float(rate.min()), float(rate.max())
-    norm, levels, extend = _diverging(low, high)
+    norm, levels = rate_scale(low, high)
 
     fig = new_figure(figsize=(8.4, 5.8))
     ax = fig.add_subplot()
     if len(bandwidths) >= 2 and len(samples) >= 2:
-        filled = ax.contourf(
-            bandwidths, samples, rate, levels=levels, cmap="RdBu", norm=norm, extend=extend
-        )
+        filled = ax.contourf(bandwidths, samples, rate, levels=levels, cmap="RdBu", norm=norm)
         if low < 0.0 < high:
             ax.contour(bandwidths, samples, rate, levels=[0.0], colors="black", linewidths=1.5)
             # An inline contour label cuts a gap into a short line; the legend names it instead.
@@ -404,9 +455,11 @@ def plot_crossover(
         )
         megabytes.set_ylabel("data per device [MB]")
         _grid_ticks(megabytes.yaxis, samples * bytes_per_sample / 1e6)
-    label = "time-saving rate Δt [%]  (> 0: client-based faster)"
-    if extend != "neither":
-        label += f"\nvalues beyond ±{levels[-1]:g} % take the end colour"
-    fig.colorbar(filled, ax=ax, label=label)
+    label = "time-saving rate Δt [%], > 0: client-based faster\n"
+    label += f"(logarithmic beyond ±{RATE_LINEAR_PERCENT:g} %)"
+    bar = fig.colorbar(filled, ax=ax, label=label)
+    # Ticks at 0 and each decade: the contour levels between them are too many to label.
+    decades = [v for v in levels if v == 0 or math.log10(abs(v)).is_integer()]
+    bar.set_ticks(decades, labels=[f"{v:+g}" if v else "0" for v in decades])
     ax.set_title("Crossover: time-saving rate of client-based over cloud-based training")
     return save_figure(fig, path)

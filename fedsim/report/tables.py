@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedsim.core.results import CLIENT, CLOUD, CrossoverPoint, RepetitionEvents, ScenarioRun
+from fedsim.core.results import (
+    CLIENT,
+    CLOUD,
+    SIMULATED_TIME_KEY,
+    WALL_TIME_KEY,
+    CrossoverPoint,
+    RepetitionEvents,
+    ScenarioRun,
+)
 
 RUN_COLUMNS = [f.name for f in dataclasses.fields(ScenarioRun)]
 EVENT_COLUMNS = [
@@ -42,6 +50,13 @@ def short_number(value: float) -> str:
 def number_of_seconds(value: float) -> str:
     """Seconds to three significant digits below 10 (``0.0984``), else to 0.1 (``1,234.5``)."""
     return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def run_time(summary: Mapping[str, Any]) -> tuple[str, float | None]:
+    """A federated run's duration and its clock: ``("simulated", s)`` or ``("wall-clock", s)``."""
+    if WALL_TIME_KEY in summary:
+        return "wall-clock", summary[WALL_TIME_KEY]
+    return "simulated", summary.get(SIMULATED_TIME_KEY)
 
 
 def scenario_order(scenarios: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.core.events import Event
+from fedsim.core.events import EVENTS_FILE, Event
 from fedsim.core.results import COMPARISON, FEDERATED, RunResult
 from fedsim.report.federated import rounds_frame, write_federated_plots
 from fedsim.report.federated_markdown import render_federated_report
@@ -31,7 +31,6 @@ from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, p
 from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, runs_frame
 
 PLOTS_DIR = "plots"
-EVENTS_FILE = "events.csv"
 
 
 class EventsWriter:

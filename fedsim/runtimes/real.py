@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedsim.core.plugins import is_import_path
 from fedsim.real.faults import OutageDriver
 from fedsim.real.jobs import JobRunner
 from fedsim.real.launch import LocalCluster
@@ -50,6 +51,7 @@ def cluster_session(
             data=needs.agent_data,
             runner=runner,
             launcher=launcher,
+            plugins=agent_plugins(spec),
         ) as cluster,
         ExitStack() as outages,
     ):
@@ -72,6 +74,13 @@ def cluster_session(
                 on_transport=start_outages,
             ),
         )
+
+
+def agent_plugins(spec: ExperimentSpec) -> tuple[str, ...]:
+    """What the agents must be let import: the user's model, when the workload names one by
+    import path (the agents build it for each task; the data comes to them as shards)."""
+    name = spec.workload.model.name
+    return (name,) if is_import_path(name) else ()
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,20 @@ the summary's ``implied`` holds what Table II implies, beside, never instead of,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsim import __version__
-from fedsim.core.experiment import compare, crossover
+from fedsim.core.experiment import TransportFactory, compare, crossover
 from fedsim.core.implied import implied
 from fedsim.core.results import COMPARISON, RunResult
-from fedsim.core.runtime import FitIns, ModelRef
+from fedsim.core.runtime import FitIns, ModelRef, Transport
 from fedsim.core.scenarios import MODELLED, RealWork
 from fedsim.core.topology import Topology
 from fedsim.core.workload import ModelSpec, WorkloadSpec
@@ -53,15 +56,17 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         disable=not hooks.progress,
     )
     with bar, rt.open(spec, run_dir, needs) as session:
+        make_transport: TransportFactory = session.transport
         if rt.measured:
             import torch
 
             torch.set_num_threads(1)  # the agents use the other cores
+            make_transport = _showing_stages(session.transport, bar)
         outcome = compare(
             spec.topology,
             workload,
             clients,
-            session.transport,
+            make_transport,
             repetitions=spec.repetitions,
             seed=spec.seed,
             progress=lambda _: bar.update(1),
@@ -106,6 +111,26 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         assumptions=assumptions(spec.topology, modelled, clients)
         + (scaled.notes if scaled else []),
     )
+
+
+# What a measured repetition is doing, by the transports compare_once asks for: the
+# cloud-based scenario's first, then the client-based one's.
+STAGES = (
+    "cloud-based: clients upload their data, the server trains",
+    "client-based: clients train, upload updates, the server aggregates",
+)
+
+
+def _showing_stages(make: TransportFactory, bar: Any) -> TransportFactory:
+    """``make``, naming on ``bar`` the scenario each new transport runs: a measured
+    repetition of a large model takes minutes, and a bar at 0/1 alone looks stuck."""
+    stages = itertools.cycle(STAGES)
+
+    def make_transport(topology: Topology, seed: np.random.SeedSequence) -> Transport:
+        bar.set_postfix_str(next(stages), refresh=True)
+        return make(topology, seed)
+
+    return make_transport
 
 
 def _summary(

@@ -20,19 +20,24 @@ from fedsim import __version__
 from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
 from fedsim.core.events import Event, EventColumns
-from fedsim.core.results import FEDERATED, RoundRow, RunResult, time_fields
+from fedsim.core.privacy import local_participations, with_privacy
+from fedsim.core.results import (
+    FEDERATED,
+    SIMULATED_TIME_KEY,
+    WALL_TIME_KEY,
+    RoundRow,
+    RunResult,
+    time_fields,
+)
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
-from fedsim.core.selection import (
-    AllSelection,
-    OortSelection,
-    RandomSelection,
-    ResourceAware,
-    SelectionPolicy,
-)
+from fedsim.core.secagg import SecureAggregation
+from fedsim.core.selection import selection_from
+from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.registry import strategy_from
 from fedsim.core.topology import Topology
 from fedsim.core.workload import DatasetSpec, ModelSpec
+from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.report.write import EVENTS_FILE, EventsWriter
 from fedsim.runtimes import Needs, Runtime, Shards
 from fedsim.scenarios import Hooks
@@ -126,7 +131,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
         coordinator = Coordinator(
             transport=transport,
-            strategy=strategy_from(spec.strategy),
+            strategy=private_strategy(spec, strategy_from(spec.strategy), seeds[2]),
             group_strategy=None
             if spec.group_strategy is None
             else strategy_from(spec.group_strategy),
@@ -145,13 +150,16 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
             model=ModelRef(name=model.name, version=0, nbytes=model.state_bytes),
             parameters=params,
             config=fl,
-            selector=selector(fl.selection, model.state_bytes),
+            selector=selection_from(fl.selection, model_bytes=model.state_bytes),
             resources=resources,
             reliability=Reliability(),
             evaluation=evaluation,
             groups={d: spec.topology.devices[d].group for d in clients},
             on_round=on_round,
             seed=seeds[2],
+            secagg=None
+            if spec.secagg is None
+            else SecureAggregation(params=spec.secagg, crypto=X25519Crypto()),
         )
         history = coordinator.run(clients)
         elapsed = transport.now()
@@ -168,9 +176,15 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
 
     failures = [(r.round, d, why) for r in history for d, why in r.failures.items()]
     failures += [(r.round, d, why) for r in history for d, why in r.rejected.items()]
-    summary = _summary(spec, rows, history, samples, elapsed, repository, written)
+    summary = _summary(
+        spec, rows, history, samples, elapsed, repository, written, measured=rt.measured
+    )
     if attacked is not None:
         summary["attack"] = _attack_summary(spec, byzantine, history, attacked.sent)
+    if spec.privacy.kind is not None:
+        summary["privacy"] = privacy_summary(spec, history)
+    if spec.secagg is not None:
+        summary["secagg"] = asdict(spec.secagg)  # its cost is in the events and time split
     return RunResult(
         kind=FEDERATED,
         summary=summary,
@@ -201,15 +215,64 @@ def _attack_summary(
     }
 
 
-def selector(name: str, model_bytes: float) -> SelectionPolicy:
-    """The selection policy ``fl.selection`` names."""
-    if name == "random":
-        return RandomSelection()
-    if name == "resource":
-        return ResourceAware(model_bytes=model_bytes)
-    if name == "oort":
-        return OortSelection(model_bytes=model_bytes)
-    return AllSelection()
+def private_strategy(
+    spec: ExperimentSpec, strategy: Strategy, seed: np.random.SeedSequence
+) -> Strategy:
+    """``strategy`` with the run's differential privacy (``privacy``), if any; central DP's
+    noise is seeded from the run's seed."""
+    privacy = spec.privacy
+    if privacy.kind is None:
+        return strategy
+    assert privacy.noise_multiplier is not None  # build_spec resolved target_epsilon
+    return with_privacy(
+        strategy,
+        privacy,
+        noise_multiplier=privacy.noise_multiplier,
+        expected_clients=spec.fl.per_round(len(spec.clients)),
+        seed=int(seed.generate_state(1)[0]),
+    )
+
+
+def privacy_summary(spec: ExperimentSpec, history: list[RoundReport]) -> dict[str, Any]:
+    """What the run's DP spent: epsilon at ``delta`` after each round and at the end.
+
+    Central: one release per aggregated round, at sampling rate clients per round / clients.
+    Local: the releases of the client selected most often (an upper bound for every client).
+    """
+    from fedsim.config import privacy_sample_rate
+    from fedsim.ml.accounting import epsilons
+
+    privacy, fl = spec.privacy, spec.fl
+    assert privacy.noise_multiplier is not None
+    if privacy.kind == "central":
+        releases, count = [], 0
+        for r in history:
+            count += int(r.aggregated)
+            releases.append(count)
+    else:
+        releases = local_participations([r.selected for r in history])
+    rate = privacy_sample_rate(privacy, fl, len(spec.clients))
+    by_round = epsilons(
+        noise_multiplier=privacy.noise_multiplier,
+        sample_rate=rate,
+        steps=releases,
+        delta=privacy.delta,
+    )
+    m = fl.per_round(len(spec.clients))
+    std = privacy.noise_multiplier * privacy.clip_norm
+    return {
+        "kind": privacy.kind,
+        "noise_multiplier": privacy.noise_multiplier,
+        "target_epsilon": privacy.target_epsilon,
+        "clip_norm": privacy.clip_norm,
+        "noise_std": std / m if privacy.kind == "central" else std,
+        "delta": privacy.delta,
+        "sample_rate": rate,
+        "releases": releases[-1] if releases else 0,
+        "epsilon": by_round[-1] if by_round else 0.0,
+        "epsilon_by_round": by_round,
+        "accountant": "RDP (Opacus), sampled Gaussian mechanism",
+    }
 
 
 def real_data(
@@ -219,10 +282,30 @@ def real_data(
     training reads it and that it has enough samples), the test split and the label counts."""
     from fedsim.config import ConfigError
     from fedsim.core.partition import dirichlet_partition, iid_partition, label_distribution
-    from fedsim.ml.data import load_split
+    from fedsim.core.plugins import PluginError
+    from fedsim.ml.data import factory_shards, load_split
     from fedsim.ml.models import in_channels
 
     p, clients, model = spec.partition, list(spec.clients), spec.workload.model
+    if spec.workload.dataset.factory is not None:
+        # The user's factory partitions its data itself; fedsim's partition settings are unused.
+        try:
+            made, test = factory_shards(
+                spec.workload.dataset,
+                num_clients=len(clients),
+                num_classes=model.num_classes,
+                input_size=model.input_size,
+                channels=in_channels(model.name),
+                seed=spec.seed,
+            )
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
+        shards = dict(zip(clients, made, strict=True))
+        labels = {
+            dev: np.bincount(y, minlength=model.num_classes).tolist()
+            for dev, (_, y) in shards.items()
+        }
+        return shards, test, labels
     X, y, X_test, y_test = load_split(
         spec.workload.dataset,
         input_size=model.input_size,
@@ -307,6 +390,8 @@ def _summary(
     elapsed: float,
     repository: dict[str, Any] | None,
     events: EventsWriter,
+    *,
+    measured: bool,
 ) -> dict[str, Any]:
     fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
@@ -319,7 +404,9 @@ def _summary(
         "strategy": dict(spec.strategy),
         "rounds": fl.rounds,
         "fl_mode": fl.mode,
-        "selection": fl.selection,
+        "selection": fl.selection
+        if isinstance(fl.selection, str)
+        else fl.selection.get("_target_", "?"),
         "training": fl.training,
         "clients": list(spec.clients),
         "topology": spec.topology.name,
@@ -329,7 +416,7 @@ def _summary(
         "target_accuracy": fl.target_accuracy,
         "round_to_target": round_to_target,
         "time_to_target_s": time_to_target,
-        "simulated_time_s": elapsed,
+        WALL_TIME_KEY if measured else SIMULATED_TIME_KEY: elapsed,
         "rounds_aggregated": sum(r.aggregated for r in rows),
         "rounds_failed": sum(not r.aggregated for r in rows),
         "updates_lost": sum(len(r.failures) for r in history),
@@ -345,7 +432,10 @@ def _summary(
             "local_epochs": fl.local_epochs,
             "samples_per_client": samples if len(samples) <= 100 else None,
         },
-        "partition": {"kind": spec.partition.kind, "alpha": spec.partition.alpha},
+        # A user's data set factory splits its data itself: the split is named by its path.
+        "partition": {"kind": spec.partition.kind, "alpha": spec.partition.alpha}
+        if workload.dataset.factory is None
+        else {"kind": workload.dataset.factory, "alpha": None},
         "faults": {
             "dropout": spec.faults.dropout,
             "outages": len(spec.faults.outages),
@@ -367,11 +457,14 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
     out += _client_lines(topology, list(spec.clients))
     if fl.training == "real":
         p = spec.partition
-        out.append(
-            f"Data: {_data_description(spec.workload.dataset)}, split {p.kind}"
-            + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
-            + f"; {p.test_fraction:.0%} held out for the server's evaluation."
-        )
+        if spec.workload.dataset.factory is not None:
+            out.append(f"Data: {_data_description(spec.workload.dataset)}.")
+        else:
+            out.append(
+                f"Data: {_data_description(spec.workload.dataset)}, split {p.kind}"
+                + (f" (alpha {p.alpha:g})" if p.kind == "dirichlet" else "")
+                + f"; {p.test_fraction:.0%} held out for the server's evaluation."
+            )
     if fl.deadline_s is not None:
         out.append(
             f"A round waits at most {fl.deadline_s:g} s for updates; it needs "
@@ -381,6 +474,10 @@ def _assumptions(spec: ExperimentSpec, model: ModelSpec) -> list[str]:
 
 
 def _data_description(dataset: DatasetSpec) -> str:
+    if dataset.factory is not None:
+        return f"{dataset.name}, made and split by {dataset.factory}"
+    if dataset.name == "npz":
+        return f"the arrays X and y in {dataset.path}"
     if dataset.name == "synthetic":
         return (
             f"{dataset.samples:,} synthetic images (each class a random prototype plus Gaussian "

@@ -36,6 +36,7 @@ from fedsim.core.runtime import (
     ForwardIns,
     NDArrays,
     RelayIns,
+    SecAggIns,
     Task,
     TaskResult,
     Transport,
@@ -228,6 +229,18 @@ class SimTransport(Transport):
                 return self._send(
                     dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
                 )
+        elif isinstance(ins, SecAggIns):
+            # Steps: the download (when there is one), the compute, the upload (when any).
+            steps = ["down"] if ins.down_nbytes else []
+            steps += ["compute", "up"] if ins.up_nbytes else ["compute"]
+            if i < len(steps):
+                if steps[i] == "down":
+                    kind = EventKind.SECAGG_DOWNLOAD
+                    return self._send(self.server, dev, ins.down_nbytes, kind, tid, by=dev)
+                if steps[i] == "compute":
+                    return self._compute(dev, ins.cost, EventKind.SECAGG, tid)
+                kind = EventKind.SECAGG_UPLOAD
+                return self._send(dev, self.server, ins.up_nbytes, kind, tid, by=dev)
         else:
             raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
         return None

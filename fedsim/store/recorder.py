@@ -8,17 +8,22 @@ repository's statistics are then what the seed paper's Fig. 3(c) shows for the m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 from fedsim.core.coordinator import RoundReport
-from fedsim.core.repository import DeploymentState, ModelRepository
+from fedsim.core.repository import DeploymentState, DuplicateModel, ModelRepository
 from fedsim.core.runtime import NDArrays
 from fedsim.store.safetensors_io import encode
 
 
 class RepositoryRecorder:
-    """Stores versions and deployments of model ``name`` as rounds end."""
+    """Stores versions and deployments of model ``name`` as rounds end.
+
+    The model may already be registered (an earlier job on the same server, a run directory
+    used again): the run's versions then continue its history, starting from ``initial``.
+    """
 
     def __init__(
         self,
@@ -31,7 +36,10 @@ class RepositoryRecorder:
     ) -> None:
         self.repository = repository
         self.name = name
-        repository.register_model(name, architecture, metadata)
+        with contextlib.suppress(DuplicateModel):
+            # Registering and catching the duplicate, rather than looking first, also holds
+            # when two jobs on one server start at once.
+            repository.register_model(name, architecture, metadata)
         self.version = repository.add_version(name, encode(initial)).version
 
     def record(self, report: RoundReport, parameters: NDArrays | None) -> None:

@@ -293,7 +293,7 @@ def test_agent_args_parse_with_the_agent_command_line(keti, monkeypatch):
     for agent in agents(objects(keti)):
         c = container(agent)
         args = expand(c["args"], c["env"], {"NODE_IP": NODE_IP, "NODE_NAME": NODE_NAME})
-        assert args[0] == "agent" and SUBCOMMANDS["agent"] == "fedsim.real.agent.cli"
+        assert args[0] == "agent" and SUBCOMMANDS["agent"].module == "fedsim.real.agent.cli"
 
         config, _ = parse_config(args[1:])
 
@@ -361,7 +361,7 @@ def test_server_args_parse_with_the_server_command_line(keti):
     objs = objects(keti)
     server = by_kind(objs, "Deployment")["fedsim-server"]
     c = container(server)
-    assert c["args"][0] == "server" and SUBCOMMANDS["server"] == "fedsim.real.server.cli"
+    assert c["args"][0] == "server" and SUBCOMMANDS["server"].module == "fedsim.real.server.cli"
 
     args = parser().parse_args(c["args"][1:])
 
@@ -657,4 +657,4 @@ def test_the_fedsim_command_dispatches_k8s_manifests(tmp_path):
     assert (
         proc.stdout.splitlines()[-1] == f"9 agents; apply with: kubectl apply -k {tmp_path / 'o'}"
     )
-    assert SUBCOMMANDS["k8s-manifests"] == "fedsim.deploy.cli"
+    assert SUBCOMMANDS["k8s-manifests"].module == "fedsim.deploy.cli"

@@ -56,6 +56,28 @@ def test_https_behind_a_path_prefix(token_file):
     assert sd["tls_config"] == {"ca_file": "/etc/fedsim/ca.pem"}
 
 
+def test_a_client_certificate_for_a_server_requiring_mutual_tls(token_file):
+    # Execute
+    config = build_config(
+        server="https://fl.example:8443",
+        token_file=token_file,
+        ca_file="/etc/fedsim/ca.pem",
+        cert_file="/etc/fedsim/prometheus.pem",
+        key_file="/etc/fedsim/prometheus.key",
+    )
+
+    # Assert: presented on the server's scrapes and on service discovery alike
+    tls = {
+        "ca_file": "/etc/fedsim/ca.pem",
+        "cert_file": "/etc/fedsim/prometheus.pem",
+        "key_file": "/etc/fedsim/prometheus.key",
+    }
+    assert job(config, "fedsim-server")["tls_config"] == tls
+    assert job(config, "fedsim-devices")["http_sd_configs"][0]["tls_config"] == tls
+    with pytest.raises(ValueError, match="cert_file and key_file"):
+        build_config(server="https://h:1", token_file=token_file, cert_file="c.pem")
+
+
 @pytest.mark.parametrize("server", ["fl.example:8080", "ftp://fl.example", "http://h:port"])
 def test_a_bad_server_url_is_refused(server):
     with pytest.raises(ValueError, match="server"):

@@ -1,12 +1,13 @@
 """A real Prometheus and node_exporter watching a fedsim server and three agents on loopback.
 
 Prometheus is configured by ``fedsim prometheus-config`` and finds the devices only through the
-server's service discovery. All devices run on this host, so devices 1 and 2 declare the same
-node_exporter (one instance on a free loopback port) as theirs (``--node-exporter``); device 3
-declares none, so its CPU and memory come from its agent's own metrics. Every agent serves
-``/metrics`` (``--metrics-port``) and runs the bandwidth probe every second. The heartbeat
-patience is long, so when an agent stops, only Prometheus (its ``up`` going to 0) can take the
-device offline within the test.
+server's service discovery, which it reads with the read-only viewer token. All devices run on
+this host, so devices 3 and 4 declare the same node_exporter (one instance on a free loopback
+port) as theirs (``--node-exporter``); device 8 declares none, so its CPU, memory, disk and
+network traffic come from its agent's own metrics. Every agent serves ``/metrics``
+(``--metrics-port``) and runs the bandwidth probe every second. The heartbeat patience is long,
+so when an agent stops, only Prometheus (its ``up`` going to 0) can take the device offline
+within the test.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 DEVICES = [3, 4, 8]  # fl_digits's clients on keti_testbed: groups 1, 1 and 2
 WITH_NODE_EXPORTER = [3, 4]
 VICTIM = 4  # stopped at the end: its node_exporter stays up, its agent goes down
+TRAFFIC = ("disk_read", "disk_write", "net_receive", "net_transmit")
 
 pytestmark = [
     pytest.mark.slow,
@@ -136,13 +138,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "--collector.cpu",
                     "--collector.meminfo",
                     "--collector.loadavg",
+                    "--collector.diskstats",
+                    "--collector.netdev",
                 ],
                 tmp_path / "node_exporter.log",
             )
         )
         with cluster:
-            token_file = tmp_path / "admin.token"
-            token_file.write_text(cluster.admin_token)
+            token_file = tmp_path / "viewer.token"
+            token_file.write_text(cluster.viewer_token)  # service discovery only reads
             config = tmp_path / "prometheus.yml"
             argv = ["--server", cluster.server.url, "--token-file", str(token_file)]
             argv += ["--scrape-interval", "1s", "--sd-refresh-interval", "1s"]
@@ -201,7 +205,7 @@ def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
     def series() -> dict:
         request = urllib.request.Request(
             f"{cluster.server.url}/api/v1/monitoring?window=120",
-            headers={"Authorization": f"Bearer {cluster.admin_token}"},
+            headers={"Authorization": f"Bearer {cluster.viewer_token}"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
@@ -212,6 +216,7 @@ def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
             len(s["t"]) > 1
             and any(v is not None for v in s["cpu_busy"])
             and any(v is not None for v in s["bandwidth"])
+            and all(any(v is not None for v in s[field]) for field in TRAFFIC)
             for s in answer["devices"].values()
         )
 
@@ -223,6 +228,30 @@ def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
         assert all(0 <= v <= 1 for v in s["cpu_busy"] if v is not None)
         assert all(0 < v <= total for v in s["memory_available"] if v is not None)
         assert set(s["busy"]) <= {0.0, 1.0, None}
+        for field in TRAFFIC:
+            assert all(v >= 0 for v in s[field] if v is not None), field
+        # No GPU here, and no DCGM-exporter: nothing, rather than an idle GPU.
+        assert set(s["gpu_util"]) == {None}
+    # Devices with a node_exporter get its numbers: what Prometheus answers for node_exporter's
+    # counter at one of the series' instants, over the server's rate window (60 s at this step).
+    node = answer["devices"][str(WITH_NODE_EXPORTER[0])]
+    for field, counter, only in (
+        ("disk_write", "node_disk_written_bytes_total", ""),
+        ("net_receive", "node_network_receive_bytes_total", ',device!="lo"'),
+    ):
+        measured = [(t, v) for t, v in zip(node["t"], node[field], strict=True) if v is not None]
+        t, served = measured[-1]
+        promql = f'sum(rate({counter}{{fedsim_device="{WITH_NODE_EXPORTER[0]}"{only}}}[60s]))'
+        result = get_json(f"{stack.prometheus}/api/v1/query", query=promql, time=str(t))
+        [direct] = result["data"]["result"]
+        assert served == pytest.approx(float(direct["value"][1]), rel=1e-9), field
+    # The device without one gets its agent's: node_exporter has nothing for it.
+    alone = [d for d in DEVICES if d not in WITH_NODE_EXPORTER]
+    for d in alone:
+        promql = f'node_disk_written_bytes_total{{fedsim_device="{d}"}}'
+        assert get_json(f"{stack.prometheus}/api/v1/query", query=promql)["data"]["result"] == []
+    # The host's disks were written while the job ran and Prometheus stored what it scraped.
+    assert any(v for s in answer["devices"].values() for v in s["disk_write"] if v is not None)
 
 
 def test_prometheus_discovers_scrapes_and_feeds_the_scheduler(stack: Stack):

@@ -14,7 +14,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from fedsim.core.scheduling import DeviceView, StaticResourceView
-from fedsim.monitor.promql import PrometheusResources
+from fedsim.monitor.promql import PrometheusResources, monitoring_queries
+from fedsim.real.server.history import FIELDS
 
 # Which canned answer a query gets: the first key that occurs in its text.
 KINDS = {
@@ -239,3 +240,23 @@ def test_fallback_alone_describes_throughput_even_when_prometheus_has_everything
     view = make_view().snapshot([1])[1]
     assert view.throughput == 100.0 and view.group == 7
     assert view.memory_available == 0 and not math.isinf(view.memory_available)
+
+
+def test_the_dashboards_queries_cover_its_fields_node_exporter_first():
+    # Execute
+    queries = monitoring_queries('fedsim_device=~"1|2"', "60s")
+
+    # Assert: every charted field; traffic from node_exporter, else the agent's counters.
+    assert tuple(queries) == FIELDS
+    for field, node, agent in (
+        ("disk_read", "node_disk_read_bytes_total", "fedsim_agent_disk_read_bytes_total"),
+        ("net_transmit", "node_network_transmit_bytes_total",
+         "fedsim_agent_network_transmit_bytes_total"),
+    ):  # fmt: skip
+        first, fallback = queries[field].split(" or ")
+        assert f"rate({node}{{" in first and f"rate({agent}{{" in fallback
+        assert "[60s]" in first and 'fedsim_device=~"1|2"' in fallback
+    assert 'device!="lo"' in queries["net_receive"]
+    first, fallback = queries["gpu_util"].split(" or ")
+    assert "fedsim_agent_gpu_utilization_ratio" in first
+    assert fallback.endswith('(DCGM_FI_DEV_GPU_UTIL{fedsim_device=~"1|2"}) / 100')

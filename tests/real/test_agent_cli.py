@@ -26,7 +26,10 @@ OPTIONS = (
     "--state-dir",
     "--heartbeat-interval",
     "--poll-wait",
+    "--ca",
     "--cafile",
+    "--cert",
+    "--key",
     "--insecure",
     "--threads",
     "--torch-device",
@@ -36,9 +39,11 @@ OPTIONS = (
     "--calibrate",
     "--no-calibrate",
     "--calibrate-model",
+    "--plugin",
     "--log-level",
 )
 URL = "http://127.0.0.1:8080"
+HTTPS = "https://127.0.0.1:8443"
 
 
 def test_help_exits_0_and_explains_every_option(capsys):
@@ -68,6 +73,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
         "--poll-wait", "10", "--insecure", "--threads", "1", "--log-level", "debug",
         "--node-exporter", "http://10.0.0.5:9100/metrics", "--no-calibrate",
         "--calibrate-model", "digits_mlp", "--max-transfer-bytes", "1000000",
+        "--plugin", "byo_fl", "--plugin=lab.models.Net",
     ]  # fmt: skip
 
     # Execute
@@ -85,6 +91,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert config.node_exporter == "http://10.0.0.5:9100/metrics"
     assert not config.calibrate and config.calibrate_model == "digits_mlp"
     assert config.max_transfer_bytes == 1_000_000
+    assert config.plugins == ("byo_fl", "lab.models.Net")
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
@@ -98,6 +105,23 @@ def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monke
     # Assert: and by default the agent measures itself for the digits CNN.
     assert config.enrollment_token is None
     assert config.calibrate and config.calibrate_model == "digits_cnn"
+
+
+def test_the_tls_files_become_the_agent_config(tmp_path):
+    # Prepare
+    for name in ("ca.pem", "device-1.pem", "device-1.key"):
+        (tmp_path / name).write_text("")
+    argv = ["--server", HTTPS, "--token", "t", "--state-dir", str(tmp_path)]
+    argv += ["--ca", str(tmp_path / "ca.pem"), "--cert", str(tmp_path / "device-1.pem")]
+    argv += ["--key", str(tmp_path / "device-1.key")]
+
+    # Execute
+    config, _ = cli.parse_config(argv)
+
+    # Assert
+    assert config.cafile == str(tmp_path / "ca.pem")
+    assert config.cert_file == str(tmp_path / "device-1.pem")
+    assert config.key_file == str(tmp_path / "device-1.key")
 
 
 def test_synthetic_data_needs_no_file(tmp_path):
@@ -122,6 +146,9 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--threads", "0"], "--threads"),
         (["--server", URL, "--log-level", "loud"], "--log-level"),
         (["--server", URL, "--insecure", "--cafile", "CAFILE"], "--insecure"),
+        (["--server", URL, "--ca", "/no/such/ca.pem"], "--ca '/no/such/ca.pem': no such file"),
+        (["--server", HTTPS, "--cert", "CAFILE"], "needs both --cert and --key"),
+        (["--server", URL, "--cert", "CAFILE", "--key", "CAFILE"], "needs an https --server"),
         (["--server", URL, "--node-exporter", "10.0.0.5:9100"], "--node-exporter"),
         (["--server", URL, "--node-exporter", "http://:9100/metrics"], "--node-exporter"),
         (["--server", URL, "--calibrate-model", "gpt"], "--calibrate-model"),

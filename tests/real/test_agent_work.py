@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fedsim.real.agent.config import parse_data_spec
 from fedsim.real.agent.work import TaskError, Trainers, data_bytes, load_shard, padding
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "byo"
 
 
 def shard(spec, *, device_id=1, model_name="digits_cnn", input_size=8):
@@ -81,6 +85,63 @@ def test_a_config_asking_for_more_than_a_device_holds_is_a_task_error(config, wo
     # Execute / Assert
     with pytest.raises(TaskError, match=words):
         trainers.get({"model": "digits_cnn", **config})
+
+
+@pytest.mark.parametrize(
+    ("model", "plugins"),
+    [
+        ("os.system", ()),  # an import path the agent was not told to allow
+        ("byo_fl.model.TinyNet", ("byo",)),  # a prefix of the package's name, not the package
+        ("byo_fl.model.TinyNet", ("byo_fl.data",)),
+        ("byo_fl.model.torch.nn.Linear", ("byo_fl",)),  # defined in torch, not under byo_fl
+        ("byo_fl.model.TinyNet.__init__", ("byo_fl",)),
+    ],
+)
+def test_a_model_outside_the_agents_plugins_is_refused(model, plugins, monkeypatch):
+    # Prepare: the example package on the path; a trainer factory that must not be reached.
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+
+    def factory(**kwargs):
+        raise AssertionError(f"a trainer was built for {kwargs}")
+
+    trainers = Trainers(
+        data=parse_data_spec("synthetic:4"),
+        input_size=None,
+        factory=factory,
+        torch_device="cpu",
+        plugins=plugins,
+    )
+
+    # Execute / Assert
+    with pytest.raises(TaskError, match=r"not one of the zoo's .* nor defined under this agent's"):
+        trainers.get({"model": model, "num_classes": 4, "input_size": 8})
+
+
+@pytest.mark.parametrize("plugins", [("byo_fl",), ("byo_fl.model",), ("byo_fl.model.TinyNet",)])
+def test_a_model_under_the_agents_plugins_is_built_by_its_import_path(plugins, monkeypatch):
+    # Prepare: the example package on the path, as a user's package would be.
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    built = {}
+
+    def factory(**kwargs):
+        built.update(kwargs)
+        return lambda device_id, ins: ({}, {})
+
+    trainers = Trainers(
+        data=parse_data_spec("synthetic:4"),
+        input_size=None,
+        factory=factory,
+        torch_device="cpu",
+        plugins=plugins,
+    )
+
+    # Execute
+    trainers.get({"model": "byo_fl.model.TinyNet", "num_classes": 4, "input_size": 8})
+    X, _ = built["data"](3)
+
+    # Assert: TinyNet takes grey images, so the synthetic shard has one channel.
+    assert built["model_name"] == "byo_fl.model.TinyNet" and built["num_classes"] == 4
+    assert tuple(X.shape) == (4, 1, 8, 8)
 
 
 @pytest.mark.asyncio

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
 from clusters import cluster_for, config, run_over
 
-CGROUP = Path("/sys/fs/cgroup/cpu")
+from fedsim.real.emulate import cgroup_root
+
+# cgroup v1's cpu hierarchy, else v2's unified one (as mode=emulated uses them).
+CGROUP, VERSION = cgroup_root()
+PERIOD_US = 100_000
+
+
+def _can_throttle() -> bool:
+    if os.geteuid() != 0:
+        return False
+    if VERSION == 1:
+        return True
+    controllers = CGROUP / "cgroup.controllers"
+    return controllers.exists() and "cpu" in controllers.read_text().split()
 
 
 def throttle(pid: int, name: str, share: float) -> Path:
     """Put process ``pid`` in a cgroup that may use ``share`` of one CPU."""
     group = CGROUP / name
-    group.mkdir(exist_ok=True)
-    period = int((group / "cpu.cfs_period_us").read_text())
-    (group / "cpu.cfs_quota_us").write_text(str(int(period * share)))
+    if VERSION == 2:
+        # v2 hands the cpu controller down from the parent before a child can use it.
+        (CGROUP / "cgroup.subtree_control").write_text("+cpu")
+        group.mkdir(exist_ok=True)
+        (group / "cpu.max").write_text(f"{int(PERIOD_US * share)} {PERIOD_US}")
+    else:
+        group.mkdir(exist_ok=True)
+        period = int((group / "cpu.cfs_period_us").read_text())
+        (group / "cpu.cfs_quota_us").write_text(str(int(period * share)))
     (group / "cgroup.procs").write_text(str(pid))
     return group
 
@@ -30,8 +50,7 @@ def release(group: Path) -> None:
 
 
 @pytest.mark.skipif(
-    not (CGROUP / "cpu.cfs_quota_us").exists(),
-    reason="needs the cgroup v1 cpu controller, writable as root",
+    not _can_throttle(), reason="needs root and the cgroup cpu controller (v1 or v2)"
 )
 def test_balanced_round_is_markedly_sooner_with_one_agent_throttled(tmp_path: Path):
     durations = {}

@@ -121,30 +121,41 @@ def test_real_mode_against_a_running_server_runs_as_a_job(tmp_path: Path):
     with cluster_for(cfg, tmp_path / "server") as cluster:
         token = tmp_path / "admin.token"
         token.write_text(cluster.admin_token)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fedsim",
-                "+experiment=fl_digits",
-                "mode=real",
-                f"mode.server_url={cluster.server.url}",
-                f"mode.admin_token_file={token}",
-                "fl.rounds=2",
-                f"hydra.run.dir={tmp_path / 'run'}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=os.environ,
-        )
+        # Two jobs, one after the other: issue 15 found the second failing with
+        # DuplicateModel, the model being registered already.
+        procs = [
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "fedsim",
+                    "+experiment=fl_digits",
+                    "mode=real",
+                    f"mode.server_url={cluster.server.url}",
+                    f"mode.admin_token_file={token}",
+                    "fl.rounds=2",
+                    f"hydra.run.dir={tmp_path / run}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=os.environ,
+            )
+            for run in ("run", "again")
+        ]
         # The job's rounds reached the server's own metrics.
         with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=5) as r:
             exposition = r.read().decode()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fedsim_round_duration_seconds_count 2.0" in exposition
-    assert "fedsim_aggregation_seconds_count 2.0" in exposition
-    assert 'fedsim_jobs{state="succeeded"} 1.0' in exposition
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fedsim_round_duration_seconds_count 4.0" in exposition
+    assert "fedsim_aggregation_seconds_count 4.0" in exposition
+    assert 'fedsim_jobs{state="succeeded"} 2.0' in exposition
     s = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     assert s["state"] == "succeeded" and s["rounds"] == 2 and s["mode"] == "real"
     assert Path(s["results_on_server"], "summary.json").exists()
+    # The job's events came back with it (issue 15: events.csv and the plots were missing).
+    events = (tmp_path / "run" / "events.csv").read_text()
+    assert events == Path(s["results_on_server"], "events.csv").read_text()
+    assert "update_upload" in events
+    assert (tmp_path / "run" / "plots" / "timeline.png").exists()

@@ -1,20 +1,26 @@
 """The built-in dashboard (``/dashboard/``) in a real browser, against a server with three agents.
 
-Debian's Chromium, driven by Playwright, signs in with the admin token and checks each view of
-the seed paper's Fig. 3 against what the cluster holds: (a) the device list and its group
-filter, (b) the monitoring charts, (c) a finished job's model, versions and rounds; then an agent
+Debian's Chromium, driven by Playwright, signs in with the read-only viewer token (all the page
+needs: a route it could not read would break a view) and checks each view of the seed paper's
+Fig. 3 against what the cluster holds: (a) the device list and its group filter, (b) the
+monitoring charts, GPU, disk and network traffic among them, (c) a finished job's model,
+versions and rounds; then an agent
 stops and, without a reload, its device turns offline. Screenshots of every view, at 1280x800
 and at phone width, go to ``$FEDSIM_TEST_ARTIFACTS`` (default ``test-artifacts/dashboard/``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
+import urllib.request
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+import torch
 from clusters import cluster_for, config
 
 try:
@@ -28,6 +34,7 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 # Each view polls every 2 s; patience is 3 s: an offline device shows within about 5 s.
 SLOW = 20_000  # ms, for what waits on the cluster (a refresh, a heartbeat, a timeout)
+TRAFFIC = ("disk_read", "disk_write", "net_receive", "net_transmit")
 
 pytestmark = [
     pytest.mark.slow,
@@ -158,7 +165,7 @@ def run_dashboard(page: Page, cluster, shots: Path) -> None:
     expect(page.get_by_test_id("login-message")).to_contain_text("401", timeout=SLOW)
     expect(dialog).to_be_visible()
     page.screenshot(path=shots / "sign-in-refused-1280x800.png")
-    page.get_by_test_id("login-token").fill(cluster.admin_token)
+    page.get_by_test_id("login-token").fill(cluster.viewer_token)
     page.get_by_test_id("login-submit").click()
     expect(dialog).to_be_hidden()
     page.evaluate("window.fedsimTestNoReload = true")  # gone if the page ever reloads
@@ -205,6 +212,7 @@ def run_dashboard(page: Page, cluster, shots: Path) -> None:
     expect(source).to_have_attribute("data-source", "heartbeats")
     expect(source).to_contain_text("heartbeat")
     check_monitoring_charts(page, len(cluster.clients))
+    check_monitored_numbers(cluster)
 
     deadline = time.monotonic() + 180
     while cluster.jobs.get(job["id"])["state"] == "running" and time.monotonic() < deadline:
@@ -250,8 +258,32 @@ def run_dashboard(page: Page, cluster, shots: Path) -> None:
     assert page.evaluate("window.fedsimTestNoReload") is True
 
 
+def check_monitored_numbers(cluster) -> None:
+    """What the charts draw: every agent's heartbeats carry disk and network traffic as real,
+    finite rates; GPU utilisation only where the agent trains on a GPU."""
+    request = urllib.request.Request(
+        f"{cluster.server.url}/api/v1/monitoring?window=300",
+        headers={"Authorization": f"Bearer {cluster.viewer_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        devices = json.load(response)["devices"]
+    assert sorted(devices) == sorted(str(d) for d in cluster.clients)
+    for series in devices.values():
+        for field in TRAFFIC:
+            numbers = [v for v in series[field] if v is not None]
+            assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers), (field, series)
+        assert any(v is not None for v in series["gpu_util"]) == torch.cuda.is_available()
+
+
 def check_monitoring_charts(page: Page, devices: int) -> None:
-    for metric in ("cpu_busy", "memory_available", "bandwidth", "busy"):
+    # GPU utilisation: a line per device on a GPU host, else the panel says there is none.
+    gpu = page.get_by_test_id("chart-gpu_util").locator(".plot")
+    if torch.cuda.is_available():
+        expect(gpu).to_have_attribute("data-series", str(devices))
+    else:
+        expect(gpu).to_have_attribute("data-gpus", "0")
+        expect(gpu).to_have_text("No GPU on these devices.")
+    for metric in ("cpu_busy", "memory_available", "bandwidth", "busy", *TRAFFIC):
         plot = page.get_by_test_id(f"chart-{metric}").locator(".plot")
         expect(plot).to_have_attribute("data-series", str(devices))
         assert int(plot.get_attribute("data-points")) > 0
@@ -303,8 +335,14 @@ def check_models(page: Page, cluster, job: dict) -> None:
         assert cells[4] == f"{row['completed']} of {row['selected']}"
         assert cells[6] == f"{js_fixed(row['total_s'], 2)} s"
     assert all(r["accuracy"] is not None for r in job["rounds"])  # fl_digits evaluates each round
+    # Each chart has two value axes; each axis is titled (issue 15 found them bare).
+    axes = {
+        "job-quality-chart": "round | test accuracy | loss",
+        "job-time-chart": "round | round time | participants",
+    }
     for chart, series in (("job-quality-chart", 3), ("job-time-chart", 2)):
         plot = section.get_by_test_id(chart)
+        expect(plot).to_have_attribute("data-axes", axes[chart])
         expect(plot).to_have_attribute("data-series", str(series))
         expect(plot).to_have_attribute("data-points", str(len(job["rounds"])))
         assert all(n > 0 for n in plot.evaluate(PIXELS_BY_SERIES)), f"{chart}: a line is missing"

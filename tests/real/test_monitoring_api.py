@@ -13,7 +13,8 @@ from fedsim.real.server.history import HeartbeatHistory
 from tests.real.conftest import ADMIN, API
 
 RESOURCES = {"cpu_busy": 0.25, "memory_available": 2e9, "bandwidth_up": 3e6,
-             "bandwidth_down": 5e6, "busy": 1.0}  # fmt: skip
+             "bandwidth_down": 5e6, "busy": 1.0, "gpu_util": 0.5, "disk_read": 1e5,
+             "disk_write": 2e5, "net_receive": 3e5, "net_transmit": 4e5}  # fmt: skip
 
 
 async def beat(server, id, token, **resources) -> None:
@@ -43,6 +44,9 @@ def test_history_keeps_one_reading_per_interval_and_a_bounded_number():
     assert series["cpu_busy"] == pytest.approx([0.111, 0.117, 0.130])
     assert series["bandwidth"] == [3e6] * 3  # the slower direction
     assert series["busy"] == [1.0] * 3
+    assert series["gpu_util"] == [0.5] * 3
+    assert series["disk_read"] == [1e5] * 3 and series["disk_write"] == [2e5] * 3
+    assert series["net_receive"] == [3e5] * 3 and series["net_transmit"] == [4e5] * 3
     assert history.series([4], since=115.0)[4]["t"] == [117.0, 130.0]
 
 
@@ -53,6 +57,7 @@ def test_history_shows_unreported_fields_as_none_and_forgets_removed_devices():
     series = history.series([1], since=0.0)[1]
 
     assert series["memory_available"] == [None] and series["busy"] == [None]
+    assert series["gpu_util"] == [None]  # no GPU: nothing, not an idle one
     assert series["bandwidth"] == [7.0]
     history.forget(1)
     assert history.series([1], since=0.0) == {}
@@ -164,10 +169,12 @@ async def test_with_prometheus_the_series_come_from_range_queries(make_server):
         await prometheus.close()
 
     assert answer["source"] == "prometheus" and answer["step_s"] == 600 / 240
-    assert len(fake.forms) == 4  # cpu, memory, bandwidth, busy
+    # cpu, memory, bandwidth, busy, GPU, disk read and write, network receive and transmit
+    assert len(fake.forms) == 9
     assert all(f'fedsim_device=~"{a}"' in form["query"] for form in fake.forms)
     series = answer["devices"][str(a)]
     assert series["cpu_busy"] == [0.5] * 3 and series["busy"] == [None] * 3  # NaN -> None
+    assert series["gpu_util"] == series["net_transmit"] == [0.5] * 3
     assert len(series["t"]) == 3 and not any(math.isnan(t) for t in series["t"])
 
 

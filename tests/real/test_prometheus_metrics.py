@@ -20,12 +20,8 @@ from fedsim.core.runtime import FitIns
 from fedsim.real.agent import cli
 from fedsim.real.agent.agent import Agent, AgentError
 from fedsim.real.agent.config import AgentConfig
-from fedsim.real.agent.metrics import (
-    AgentMetrics,
-    MetricsServer,
-    advertised_url,
-    gpu_memory_reader,
-)
+from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url
+from fedsim.real.agent.resources import GpuReader, gpu_reader
 from fedsim.real.server.app import METRICS, REGISTRY, REPOSITORY
 from fedsim.real.server.metrics import ServerMetrics
 from tests.real.conftest import ADMIN, API, blob
@@ -64,6 +60,11 @@ AGENT_FAMILIES = {
     "fedsim_agent_memory_available_bytes": "gauge",
     "fedsim_agent_load1": "gauge",
     "fedsim_agent_gpu_memory_used_bytes": "gauge",
+    "fedsim_agent_gpu_utilization_ratio": "gauge",
+    "fedsim_agent_disk_read_bytes_total": "counter",
+    "fedsim_agent_disk_written_bytes_total": "counter",
+    "fedsim_agent_network_receive_bytes_total": "counter",
+    "fedsim_agent_network_transmit_bytes_total": "counter",
     "fedsim_agent_tasks_total": "counter",
     "fedsim_agent_train_seconds": "histogram",
     "fedsim_agent_bytes_received_total": "counter",
@@ -74,6 +75,20 @@ AGENT_FAMILIES = {
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
+
+
+class FakeGpu(GpuReader):
+    """A GPU reader with fixed answers, for a host without a GPU."""
+
+    def __init__(self, *, memory: float, utilization: float | None) -> None:
+        super().__init__(0)
+        self._memory, self._utilization = memory, utilization
+
+    def memory_used(self) -> float:
+        return self._memory
+
+    def utilization(self) -> float | None:
+        return self._utilization
 
 
 @pytest_asyncio.fixture
@@ -324,7 +339,7 @@ async def test_the_repository_and_jobs_are_read_on_scrape(server):
 @pytest.mark.asyncio
 async def test_the_agents_metrics_server_serves_every_family_and_passes_promtool():
     # Prepare
-    metrics = AgentMetrics(gpu_memory=lambda: 1.5e9)
+    metrics = AgentMetrics(gpu=FakeGpu(memory=1.5e9, utilization=0.25))
     metrics.task_done("fit", "succeeded")
     metrics.train_seconds.observe(2.0)
     metrics.set_probe(up_bps=1e7, down_bps=5e7, rtt_s=0.002)
@@ -345,6 +360,9 @@ async def test_the_agents_metrics_server_serves_every_family_and_passes_promtool
     assert 0 <= value(text, "fedsim_agent_cpu_busy_ratio") <= 1
     assert value(text, "fedsim_agent_memory_available_bytes") > 0
     assert value(text, "fedsim_agent_gpu_memory_used_bytes") == 1.5e9
+    assert value(text, "fedsim_agent_gpu_utilization_ratio") == 0.25
+    for counter in ("disk_read", "disk_written", "network_receive", "network_transmit"):
+        assert value(text, f"fedsim_agent_{counter}_bytes_total") >= 0
     assert value(text, "fedsim_agent_probe_bandwidth_bytes_per_second", direction="up") == 1e7
     assert value(text, "fedsim_agent_probe_bandwidth_bytes_per_second", direction="down") == 5e7
     assert value(text, "fedsim_agent_probe_rtt_seconds") == 0.002
@@ -354,11 +372,12 @@ async def test_the_agents_metrics_server_serves_every_family_and_passes_promtool
 @pytest.mark.asyncio
 async def test_without_a_gpu_or_a_probe_their_gauges_have_no_samples():
     # Execute
-    text = AgentMetrics(gpu_memory=gpu_memory_reader("cpu")).exposition().decode()
+    text = AgentMetrics(gpu=gpu_reader("cpu")).exposition().decode()
 
     # Assert: no zeros that would read as an empty GPU or a dead link.
     names = {name for name, _ in samples(text)}
     assert "fedsim_agent_gpu_memory_used_bytes" not in types(text)
+    assert "fedsim_agent_gpu_utilization_ratio" not in types(text)
     assert not {n for n in names if n.startswith("fedsim_agent_probe_")}
     assert value(text, "fedsim_agent_tasks_total", kind="fit", outcome="failed") == 0
     promtool_check(text)
@@ -366,15 +385,17 @@ async def test_without_a_gpu_or_a_probe_their_gauges_have_no_samples():
 
 def test_a_failing_gpu_read_costs_only_its_own_sample():
     # Prepare
-    def broken() -> float:
-        raise RuntimeError("CUDA error: unspecified launch failure")
+    class Broken(FakeGpu):
+        def memory_used(self) -> float:
+            raise RuntimeError("CUDA error: unspecified launch failure")
 
     # Execute
-    text = AgentMetrics(gpu_memory=broken).exposition().decode()
+    text = AgentMetrics(gpu=Broken(memory=0.0, utilization=0.5)).exposition().decode()
 
     # Assert
     assert types(text)["fedsim_agent_gpu_memory_used_bytes"] == "gauge"
     assert value(text, "fedsim_agent_gpu_memory_used_bytes") is None
+    assert value(text, "fedsim_agent_gpu_utilization_ratio") == 0.5
     assert value(text, "fedsim_agent_memory_available_bytes") > 0
 
 

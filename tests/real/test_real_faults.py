@@ -47,7 +47,12 @@ def cluster(tmp_path_factory):
     X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
     parts = np.array_split(np.random.default_rng(0).permutation(len(y))[:480], len(CLIENTS))
     mode = SimpleNamespace(
-        host="127.0.0.1", port=0, startup_timeout_s=120, heartbeat_interval_s=0.5, patience_s=5
+        host="127.0.0.1",
+        port=0,
+        startup_timeout_s=120,
+        heartbeat_interval_s=0.5,
+        patience_s=5,
+        tls="off",
     )
     with LocalCluster(
         run_dir=tmp_path_factory.mktemp("cluster"),

@@ -86,6 +86,9 @@ def test_imagenet_yolo_in_real_mode_measures_both_scenarios(tmp_path: Path):
     assert s["scaled"]["input_size"] == [608, 128]
     report = (tmp_path / "report.md").read_text()
     assert "workload.scale" in report and "6.02" in report
+    # What ran is the scaled job, and the console says its times are not the paper's (issue 15).
+    assert "uploads its 4 local samples" in report and "batch size 4)" in report
+    assert "not comparable with the paper's" in proc.stdout
     events = (tmp_path / "events.csv").read_text()
     assert "data_upload" in events and "update_upload" in events
     # The simulator predicted the scaled job that ran: one row per repetition x scenario.
@@ -126,6 +129,9 @@ def test_hierarchical_rounds_run_in_real_mode_as_in_the_simulator(tmp_path: Path
     # Assert: the same global model; in real mode the aggregators' relay downloads and their
     # forwarded updates are events of the run, on the aggregators (3 and 7).
     assert s["real"]["rounds_aggregated"] == 2
+    # Real mode's clock is the wall clock, and its summary says so (issue 15).
+    assert s["real"]["wall_time_s"] > 0 and "simulated_time_s" not in s["real"]
+    assert s["sim"]["simulated_time_s"] > 0 and "wall_time_s" not in s["sim"]
     events = (tmp_path / "real" / "events.csv").read_text().splitlines()
     header = events[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in events[1:]]

@@ -147,6 +147,33 @@ async def test_jobs_are_routed_to_the_job_manager(make_server):
     assert (await server.client.get(url, headers=device)).status == 403
 
 
+async def test_a_jobs_events_are_served_as_csv(make_server, tmp_path):
+    # Prepare: a job that has written its event log, beside one that has not.
+    events = tmp_path / "events.csv"
+    events.write_text("repetition,scenario,device,kind\n0,federated,3,train\n")
+
+    class WrittenJobs(FakeJobs):
+        def events_file(self, job_id: str):
+            return events if job_id == "j1" else None
+
+    jobs = WrittenJobs()
+    jobs.jobs = {"j1": {"id": "j1"}, "j2": {"id": "j2"}}
+    server = await make_server(jobs=jobs)
+
+    # Execute
+    ok = await server.client.get(f"{API}/jobs/j1/events", headers=ADMIN)
+    unwritten = await server.client.get(f"{API}/jobs/j2/events", headers=ADMIN)
+    unknown = await server.client.get(f"{API}/jobs/j9/events", headers=ADMIN)
+    _, device = await server.register()
+    refused = await server.client.get(f"{API}/jobs/j1/events", headers=device)
+
+    # Assert
+    assert ok.status == 200 and ok.content_type == "text/csv"
+    assert await ok.text() == events.read_text()
+    assert unwritten.status == 404 and "no events" in (await unwritten.json())["error"]["message"]
+    assert unknown.status == 404 and refused.status == 403
+
+
 async def test_jobs_without_a_manager_are_501(server):
     r = await server.client.post(
         f"{API}/jobs", json={"kind": "federated", "config": {}}, headers=ADMIN

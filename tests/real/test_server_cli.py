@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 from ports import free_port
 
+from fedsim.certs import create
 from fedsim.real.server.cli import main
 from fedsim.real.server.config import ServerConfig
 from tests.real.conftest import ADMIN_TOKEN
@@ -31,12 +32,16 @@ def test_config_refuses_what_cannot_work(tmp_path):
         {"patience_s": 0},
         {"max_blob_bytes": 0},
         {"cert_file": tmp_path / "cert.pem"},  # without a key
+        {"client_ca_file": tmp_path / "ca.pem"},  # client certificates without TLS
         {"prometheus_url": "prometheus:9090"},
         {"history_samples": 0},
         {"history_interval_s": -1},
         {"header_read_timeout_s": 0},
         {"sd_allowed_networks": ("10.0.0.0/33",)},
         {"sd_allowed_networks": ("not-a-network",)},
+        {"viewer_token": ""},
+        {"viewer_token": "a"},  # the admin's: one token, two roles
+        {"viewer_token": "e"},  # the enrollment token: every device could read everything
     ):
         with pytest.raises(ValueError):
             ServerConfig(**{**base, **bad})
@@ -51,6 +56,7 @@ def test_cli_help_explains_every_option(capsys):
         "--port",
         "--data-dir",
         "--admin-token",
+        "--viewer-token",
         "--enrollment-token",
         "--patience",
         "--max-json-bytes",
@@ -62,6 +68,7 @@ def test_cli_help_explains_every_option(capsys):
         "--shutdown-timeout",
         "--cert",
         "--key",
+        "--client-ca",
         "--prometheus-url",
         "--history-samples",
         "--history-interval",
@@ -69,6 +76,7 @@ def test_cli_help_explains_every_option(capsys):
     ):
         assert option in text
     assert "FEDSIM_ADMIN_TOKEN" in text and "FEDSIM_ENROLLMENT_TOKEN" in text
+    assert "FEDSIM_VIEWER_TOKEN" in text
 
 
 def test_cli_refuses_to_start_without_tokens(monkeypatch, capsys, tmp_path):
@@ -87,8 +95,24 @@ def test_cli_refuses_to_start_without_tokens(monkeypatch, capsys, tmp_path):
 
 def test_cli_never_prints_a_token_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "do-not-print-me")
+    monkeypatch.setenv("FEDSIM_VIEWER_TOKEN", "nor-me")
     main(["--help"])
-    assert "do-not-print-me" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "do-not-print-me" not in out and "nor-me" not in out
+
+
+def test_cli_takes_the_viewer_token_from_the_environment(monkeypatch, capsys, tmp_path):
+    # Prepare: a viewer token equal to the admin's, which the configuration refuses.
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "enrollment-for-cli-test")
+    monkeypatch.setenv("FEDSIM_VIEWER_TOKEN", ADMIN_TOKEN)
+
+    # Execute
+    status = main(["--data-dir", str(tmp_path)])
+
+    # Assert: the variable was read, and the clash named.
+    assert status == 2
+    assert "viewer_token must differ" in capsys.readouterr().err
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> dict:
@@ -96,12 +120,13 @@ def get(url: str, context: ssl.SSLContext | None = None) -> dict:
         return json.loads(r.read())
 
 
-def serve(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
+def serve(tmp_path, *extra: str, **env_vars: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {
         **os.environ,
         "FEDSIM_ADMIN_TOKEN": ADMIN_TOKEN,
         "FEDSIM_ENROLLMENT_TOKEN": "enrollment-for-cli-test",
+        **env_vars,
     }
     cmd = [sys.executable, "-m", "fedsim", "server", "--port", str(port)]
     cmd += ["--data-dir", str(tmp_path / "data"), *extra]
@@ -129,6 +154,36 @@ def test_the_command_serves_until_sigterm_and_exits_0(tmp_path):
     finally:
         process.kill()
         process.communicate()
+
+
+def test_the_command_serves_the_viewer_token_read_only(tmp_path):
+    # Prepare: the viewer token from the environment, as the admin token comes.
+    process, port = serve(tmp_path, FEDSIM_VIEWER_TOKEN="viewer-for-cli-test")
+    base = f"http://127.0.0.1:{port}/api/v1"
+    viewer = {"Authorization": "Bearer viewer-for-cli-test"}
+    try:
+        wait_healthy(f"{base}/health")
+
+        # Execute: a read, then a change.
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{base}/devices", headers=viewer), timeout=5
+        ) as r:
+            listed = json.loads(r.read())
+        change = urllib.request.Request(
+            f"{base}/models",
+            data=b'{"name": "m", "architecture": "mlp"}',
+            headers={**viewer, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(change, timeout=5)
+    finally:
+        process.kill()
+        process.communicate()
+
+    # Assert
+    assert listed == {"devices": []}
+    assert refused.value.code == 403
 
 
 def test_the_command_logs_requests_without_their_query_strings(tmp_path):
@@ -173,3 +228,52 @@ def test_the_command_serves_https_with_a_certificate(tmp_path):
     finally:
         process.kill()
         process.communicate()
+
+
+def test_the_command_requires_client_certificates_with_client_ca(tmp_path):
+    # Prepare
+    pki = tmp_path / "pki"
+    create(pki, devices=["device-1"])
+    tls = ["--cert", str(pki / "server.pem"), "--key", str(pki / "server.key")]
+
+    # Execute
+    process, port = serve(tmp_path, *tls, "--client-ca", str(pki / "ca.pem"))
+    try:
+        context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        context.load_cert_chain(pki / "device-1.pem", pki / "device-1.key")
+        health = wait_healthy(f"https://127.0.0.1:{port}/api/v1/health", context)
+        bare = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        with pytest.raises(OSError):  # urllib's URLError or the connection's own error
+            get(f"https://127.0.0.1:{port}/api/v1/health", bare)
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=20)
+    finally:
+        process.kill()
+        process.communicate()
+
+    # Assert
+    assert health["status"] == "ok" and status == 0
+
+
+def test_the_command_refuses_bad_tls_files_before_serving(tmp_path, capsys, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "e")
+    pki = tmp_path / "pki"
+    create(pki)
+    base = ["--data-dir", str(tmp_path / "data")]
+    tls = ["--cert", str(pki / "server.pem"), "--key", str(pki / "server.key")]
+
+    # Execute
+    without_cert = main([*base, "--client-ca", str(pki / "ca.pem")])
+    without_cert_err = capsys.readouterr().err
+    missing = main([*base, *tls, "--client-ca", str(tmp_path / "nope.pem")])
+    missing_err = capsys.readouterr().err
+    not_a_ca = main([*base, *tls, "--client-ca", str(pki / "server.key")])
+    not_a_ca_err = capsys.readouterr().err
+
+    # Assert
+    assert (without_cert, missing, not_a_ca) == (2, 2, 2)
+    assert "client_ca_file (mutual TLS) needs cert_file" in without_cert_err
+    assert "no such file" in missing_err and "nope.pem" in missing_err
+    assert not_a_ca_err.startswith("fedsim server: error: TLS:")

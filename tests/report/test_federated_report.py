@@ -388,6 +388,26 @@ def test_console_federated_without_target_or_accuracy():
     assert "7,260.0 s (2.0 h)" in text
 
 
+def test_a_measured_run_calls_its_time_wall_clock(tmp_path):
+    # Prepare: a real-mode summary, whose duration is wall-clock time (issue 15: it was called
+    # "simulated time").
+    result = make_result()
+    summary = {**result.summary, "mode": "real", "wall_time_s": 50.0}
+    del summary["simulated_time_s"]
+    result.summary = summary
+
+    # Execute
+    text = console_federated(summary)
+    write_run(tmp_path, result)
+
+    # Assert
+    assert "wall-clock time  50.0 s" in text and "simulated" not in text
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| wall-clock time | 50.0 s |" in report
+    assert "| time to target (wall-clock) |" in report
+    assert "simulated time" not in report
+
+
 def test_long_runs_sample_the_evaluated_rounds():
     # Prepare: 200 rounds, evaluated every 5th, as with fl.eval_every=5.
     result = make_result()

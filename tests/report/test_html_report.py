@@ -21,6 +21,7 @@ from fedsim.remote import run_remote
 from fedsim.report.federated_markdown import percent
 from fedsim.report.html import write_html_report
 from fedsim.report.sweep import write_sweep_report
+from fedsim.report.tables import events_frame
 from fedsim.report.write import write_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,6 +241,10 @@ def test_remote_run_writes_report_html(tmp_path, monkeypatch):
         "rounds": [dataclasses.asdict(r) for r in make_federated_result().rows[:2]],
     }
     monkeypatch.setattr("fedsim.remote._call", lambda *args, **kwargs: job)
+    monkeypatch.setattr(
+        "fedsim.remote.server_download",
+        lambda url, token, dest: events_frame(make_federated_result().events).to_csv(dest),
+    )
     monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "secret")
     cfg = compose(
         [

@@ -25,7 +25,7 @@ from fedsim.core.results import (
 )
 from fedsim.report.console import console_table
 from fedsim.report.markdown import render_report
-from fedsim.report.plots import plot_crossover
+from fedsim.report.plots import drawn_kinds, plot_crossover, rate_scale
 from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, table_ii
 from fedsim.report.write import write_run
 
@@ -333,6 +333,46 @@ def test_crossover_swept_along_one_axis_still_plots(tmp_path):
     assert path.read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_crossover_colour_scale_tells_rates_below_minus_100_apart():
+    # Prepare: client-based up to ten times slower (issue 15: the scale clipped at -100 %, so
+    # most of such a map was one flat red).
+    low, high = -900.0, 60.0
+
+    # Execute
+    norm, levels = rate_scale(low, high)
+
+    # Assert
+    shades = [float(norm(v)) for v in (-900.0, -300.0, -100.0, -20.0, 0.0, 20.0, 60.0)]
+    assert shades == sorted(shades) and len(set(shades)) == len(shades)
+    assert shades[0] >= 0.0 and shades[-1] <= 1.0 and shades[4] == pytest.approx(0.5)
+    assert levels[0] <= low and levels[-1] >= high and 0.0 in levels
+
+
+def test_the_timeline_legend_lists_only_the_kinds_that_show():
+    # Prepare: a 1 ms aggregation after 6 s of training (issue 15: "aggregate" was in the
+    # legend of a timeline on which no aggregation bar could be seen).
+    events = events_frame(
+        [
+            RepetitionEvents(
+                repetition=0,
+                scenario=CLIENT,
+                events=(
+                    Event(device=4, kind=EventKind.TRAIN, start=0.0, end=6.0),
+                    Event(device=0, kind=EventKind.AGGREGATE, start=6.0, end=6.001),
+                    Event(device=4, kind=EventKind.UPDATE_UPLOAD, start=6.0, end=6.5),
+                ),
+            )
+        ]
+    )
+
+    # Execute
+    kinds = drawn_kinds(events, span=6.5)
+
+    # Assert
+    assert kinds == ["train", "update_upload"]
+    assert drawn_kinds(events, span=0.1) == ["aggregate", "train", "update_upload"]
+
+
 def test_console_table_shows_both_scenarios():
     # Prepare
     summary = make_summary(t_ref=7.0, t_new=6.5)
@@ -345,6 +385,29 @@ def test_console_table_shows_both_scenarios():
     assert "t_new" in text and "client-based" in text and "6.50" in text and "6.72" in text
     assert "+0.98 s" in text
     assert "-11.6" in text and "7.1" in text
+
+
+def test_a_scaled_run_states_the_job_it_ran():
+    # Prepare: a real-mode run of the scaled job (issue 15: the report stated the full job, 64
+    # samples in batches of 64, and the console compared the scaled times with the paper's).
+    result = make_result()
+    result.summary["mode"] = "real"
+    result.summary["scaled"] = {
+        "input_size": [608, 128],
+        "samples_per_device": [64, 4],
+        "train_flops_per_sample": [384e9, 17e9],
+    }
+
+    # Execute
+    report = render_report(result, {})
+    text = console_table(result.summary)
+
+    # Assert
+    what = report.split("## What was run")[1].split("\n## ")[0]
+    assert "uploads its 4 local samples" in what and "batch size 4)" in what
+    assert "4 samples per client instead of 64" in what and "128x128 inputs instead of 608" in what
+    assert "not comparable with the paper's" in text.splitlines()[1]
+    assert "4 samples per client instead of 64" in text
 
 
 def table_ii_section(report: str) -> str:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -288,3 +289,32 @@ def test_hydra_multirun_calls_the_callback_on_its_sweep_dir(tmp_path):
     report = (sweep / "report.md").read_text(encoding="utf-8")
     assert "| 0 | `x=1` |" in report and "| 1 | `x=2` |" in report
     assert (sweep / "plots" / "comparison.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_sweep_comparison_draws_times_on_a_log_axis(tmp_path, monkeypatch):
+    # Prepare: times two decades apart (issue 15: on a linear axis the short t_ref bars were
+    # slivers).
+    from fedsim.report.sweep_plots import plot_sweep_comparison
+
+    drawn = []
+    monkeypatch.setattr(
+        "fedsim.report.sweep_plots.save_figure", lambda fig, path: drawn.append(fig) or path
+    )
+
+    def job(t_ref: float, t_new: float) -> dict:
+        return {
+            "t_ref_s": {"mean": t_ref, "std": 0.1},
+            "t_new_s": {"mean": t_new, "std": 0.1},
+            "time_saving_rate": (t_ref - t_new) / t_ref,
+        }
+
+    # Execute
+    plot_sweep_comparison([("slow", job(30.0, 530.0)), ("fast", job(6.0, 6.7))], tmp_path / "c")
+
+    # Assert: the shortest bar takes a fair share of the axis.
+    times = drawn[0].axes[0]
+    assert times.get_xscale() == "log"
+    left, right = times.get_xlim()
+    assert left < 6.0 and right > 530.0
+    share = (np.log(6.0) - np.log(left)) / (np.log(right) - np.log(left))
+    assert share > 0.1

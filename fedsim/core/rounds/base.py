@@ -33,6 +33,7 @@ from fedsim.core.runtime import (
     Update,
 )
 from fedsim.core.scheduling import DeviceView, Reliability, ResourceView
+from fedsim.core.secagg import SecureAggregation
 from fedsim.core.selection import AllSelection, SelectionPolicy
 from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.validation import check_count, check_metrics, validate_update
@@ -90,12 +91,10 @@ Publisher = Callable[[ModelRef, NDArrays | None, int, Mapping[str, float]], None
 
 
 def aggregation_cost(strategy: Strategy, n: int, values: int, model_bytes: int) -> Cost:
-    """What combining ``n`` updates of ``values`` numbers with ``strategy`` costs.
-
-    A streaming rule passes over each update once (memory bound); a rule that needs all
-    updates at once compares them, which costs about n^2 passes in the worst case (Krum).
-    """
-    passes = n if strategy.streaming else n * n
+    """What combining ``n`` updates of ``values`` numbers with ``strategy`` costs: two FLOPs a
+    value for each of its passes (:meth:`Strategy.aggregation_passes`), and the updates read
+    and the model written once."""
+    passes = strategy.aggregation_passes(n)
     return Cost(flops=2.0 * passes * values, memory_bytes=(n + 1) * model_bytes)
 
 
@@ -146,6 +145,8 @@ class Federation:
     publish: Publisher | None = None
     on_round: Callable[[RoundReport], None] | None = None
     seed: int | np.random.SeedSequence = 0
+    # Set: synchronous rounds sum the updates under secure aggregation (rounds/secure.py).
+    secagg: SecureAggregation | None = None
     history: list[RoundReport] = field(init=False, default_factory=list)
     # Results of tasks from an earlier round or aggregation, kept out of the current one.
     late: list[TaskResult] = field(init=False, default_factory=list)
@@ -371,11 +372,16 @@ class Federation:
         failures: dict[int, str],
         rejected: dict[int, str],
         staleness: float | None = None,
+        updates: Sequence[Update] | None = None,
     ) -> RoundReport:
-        """Aggregate, evaluate and publish when ``min_fit`` updates were accepted; record it."""
+        """Aggregate, evaluate and publish when ``min_fit`` updates were accepted; record it.
+
+        ``updates`` replaces the accepted results' own when they reached the server combined
+        (secure aggregation's one sum); none then means the round cannot aggregate.
+        """
         cfg = self.config
-        updates = accepted_updates(accepted)
-        aggregated = len(updates) >= cfg.min_fit
+        updates = accepted_updates(accepted) if updates is None else updates
+        aggregated = len(accepted) >= cfg.min_fit and bool(updates)
         metrics: dict[str, float] = {}
         if aggregated:
             failed = self.aggregate(updates)
@@ -388,7 +394,8 @@ class Federation:
                 if self.publish is not None:
                     self.publish(self.model, self.parameters, rnd, metrics)
         else:
-            log.warning("round %d failed: %d updates < min_fit %d", rnd, len(updates), cfg.min_fit)
+            reason = failures.get(-1, f"{len(accepted)} updates < min_fit {cfg.min_fit}")
+            log.warning("round %d failed: %s", rnd, reason)
         return self.record(
             RoundReport(
                 round=rnd,

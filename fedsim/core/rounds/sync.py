@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from fedsim.core.rounds.base import RoundProtocol, RoundReport
+from fedsim.core.rounds.secure import secure_collect
 from fedsim.core.runtime import TaskResult
 
 # What collecting a round's updates yields: accepted results, then lost and rejected devices
@@ -48,6 +49,13 @@ class SyncRounds(RoundProtocol):
             )
             return fed.record(report)
         shares = fed.shares(selected, views)
+        if fed.secagg is not None:
+            accepted, failures, rejected, summed = secure_collect(
+                fed, rnd, selected, shares, deadline
+            )
+            return fed.finish_round(
+                rnd, started, selected, accepted, failures, rejected, updates=summed
+            )
         accepted, failures, rejected = self.collect(rnd, selected, shares, deadline)
         return fed.finish_round(rnd, started, selected, accepted, failures, rejected)
 

@@ -26,6 +26,12 @@ class Strategy(abc.ABC):
         """Extra settings sent to every client of round ``rnd``."""
         return {}
 
+    def aggregation_passes(self, n: int) -> float:
+        """How many passes over one model's values combining ``n`` updates makes: what the
+        simulator charges the aggregator. A streaming rule reads each update once; a rule that
+        needs all updates at once compares them, about n^2 passes in the worst case (Krum)."""
+        return float(n if self.streaming else n * n)
+
     @abc.abstractmethod
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         """The new global parameters, or None when the updates carry no arrays (timing only)."""

@@ -33,6 +33,11 @@ def clip_update(arrays: NDArrays, current: NDArrays, *, max_norm: float) -> NDAr
     return out
 
 
+# Passes over an update's values that clipping makes: its norm (a dot product) and, when it is
+# too long, the move scaled back (a subtraction, a scaling and an addition).
+CLIP_PASSES = 3.0
+
+
 class Clipped(Strategy):
     """Wraps ``inner``: every update's move is clipped to ``max_norm`` before ``inner`` runs."""
 
@@ -47,6 +52,9 @@ class Clipped(Strategy):
 
     def configure_fit(self, rnd: int) -> Mapping[str, Any]:
         return self.inner.configure_fit(rnd)
+
+    def aggregation_passes(self, n: int) -> float:
+        return CLIP_PASSES * n + self.inner.aggregation_passes(n)
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)

@@ -1,8 +1,10 @@
 """Strategies by name, so a config can pick one: ``make_strategy("fedadam", eta=0.05)``.
 
-The composition root passes ``cfg.strategy`` without its ``name``; every strategy also takes
-``clip_norm`` (None: off), which wraps it in :class:`Clipped`. A misspelt name or parameter
-is an error that lists the accepted ones, never a silent default.
+A config's ``strategy`` is a built-in ``name`` and its parameters, or a user's own strategy
+named by import path, Hydra's way (``_target_: mypkg.MyStrategy`` and its keyword arguments;
+``docs/plugins.md``). Every strategy also takes ``clip_norm`` (None: off), which wraps it in
+:class:`Clipped`. A misspelt name or parameter is an error that lists the accepted ones, never
+a silent default.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from fedsim.core.plugins import TARGET, build, is_import_path, locate
 from fedsim.core.strategies.base import Strategy
 from fedsim.core.strategies.clipping import Clipped
 from fedsim.core.strategies.fedadagrad import FedAdagrad
@@ -66,11 +69,43 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     return Clipped(inner=strategy, max_norm=clip_norm)
 
 
-def strategy_from(config: Mapping[str, Any]) -> Strategy:
-    """A new strategy from its config: ``name`` and the strategy's parameters."""
+def strategy_from(config: Mapping[str, Any], where: str = "strategy") -> Strategy:
+    """A new strategy from its config: ``name`` (a built-in, or an import path) or
+    ``_target_`` (an import path), and the strategy's parameters.
+
+    Raises ``ValueError`` (a :class:`~fedsim.core.plugins.PluginError` for a user's strategy)
+    whose message names the field.
+    """
+    params = {k: v for k, v in config.items() if k not in ("name", TARGET)}
+    path = config.get(TARGET)
+    if path is None and isinstance(config.get("name"), str) and is_import_path(config["name"]):
+        path = config["name"]
+    if path is not None:
+        return plugin_strategy(where, str(path), params)
     if "name" not in config:
-        raise ValueError("name: missing")
-    return make_strategy(config["name"], **{k: v for k, v in config.items() if k != "name"})
+        raise ValueError(f"{where}.name: missing (or give {TARGET}: an import path)")
+    return make_strategy(config["name"], **params)
+
+
+def plugin_strategy(where: str, path: str, params: Mapping[str, Any]) -> Strategy:
+    """The user's strategy ``path(**params)``, which must be a :class:`Strategy`; ``clip_norm``
+    wraps it in clipping as it does the built-ins (unless the strategy takes it itself)."""
+    own = dict(params)
+    clip_norm = None
+    if "clip_norm" in own and not _takes(where, path, "clip_norm"):
+        clip_norm = own.pop("clip_norm")
+    strategy: Strategy = build(where, path, own, expect=Strategy)
+    if clip_norm is None:
+        return strategy
+    return Clipped(inner=strategy, max_norm=clip_norm)
+
+
+def _takes(where: str, path: str, param: str) -> bool:
+    try:
+        parameters = inspect.signature(locate(where, path)).parameters
+    except (TypeError, ValueError):
+        return False
+    return param in parameters
 
 
 def _class(name: str) -> type[Strategy]:

@@ -52,10 +52,10 @@ from fedsim.real.agent.client import (
     same_origin,
 )
 from fedsim.real.agent.config import AgentConfig
-from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url, gpu_memory_reader
+from fedsim.real.agent.metrics import AgentMetrics, MetricsServer, advertised_url
 from fedsim.real.agent.probe import measure
 from fedsim.real.agent.relay import HeldModels
-from fedsim.real.agent.resources import LoadMeter, hardware
+from fedsim.real.agent.resources import LoadMeter, gpu_reader, hardware
 from fedsim.real.agent.state import Identity, StateDir
 from fedsim.real.agent.work import (
     TaskError,
@@ -118,9 +118,11 @@ class Agent:
             input_size=config.input_size,
             factory=trainer_factory or TorchTrainer,
             torch_device=config.torch_device,
+            plugins=config.plugins,
         )
         self._backoff = Backoff(base=config.retry_base, cap=config.retry_cap)
-        self.metrics = AgentMetrics(gpu_memory=gpu_memory_reader(config.torch_device))
+        self._gpu = gpu_reader(config.torch_device)
+        self.metrics = AgentMetrics(gpu=self._gpu)
         self._metrics_url: str | None = None  # registered as endpoints.agent
         self._held = HeldModels()  # versions relayed to this device's group
         self._http: MetricsServer | None = None
@@ -152,7 +154,7 @@ class Agent:
         self._stopped.clear()
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
-        self._load = LoadMeter()
+        self._load = LoadMeter(gpu=self._gpu)
         # One worker: tasks run one at a time, and torch's thread pool is the parallelism.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-train")
         self._http, self._http_base = MetricsServer(self.metrics, held=self._held), None
@@ -208,9 +210,11 @@ class Agent:
         url = self._api.url(Paths.HEARTBEAT, id=self._device_id)
         while True:
             try:
+                # Off the loop: reading the GPU may run nvidia-smi.
+                resources = await asyncio.to_thread(self._meter.read)
                 reply = await self._as_device(
-                    lambda token: self._api.request(
-                        "PUT", url, token=token, json_body={"resources": self._meter.read()}
+                    lambda token, body={"resources": resources}: self._api.request(
+                        "PUT", url, token=token, json_body=body
                     )
                 )
                 self._answer_calibration_request(reply.json())
@@ -691,11 +695,21 @@ class Agent:
         return self._load
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.config.insecure:
-            return False
-        if self.config.cafile is not None:
-            return ssl.create_default_context(cafile=self.config.cafile)
-        return True
+        """How the agent's requests use TLS: ``True`` verifies against the system's CAs,
+        ``False`` verifies nothing (``--insecure``), a context for ``--ca`` or ``--cert``."""
+        config = self.config
+        if config.cert_file is None and config.cafile is None:
+            return not config.insecure
+        context = ssl.create_default_context(cafile=config.cafile)
+        if config.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config.cert_file is not None:
+            try:
+                context.load_cert_chain(config.cert_file, config.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise AgentError(f"--cert {config.cert_file} / --key {config.key_file}: {e}") from e
+        return context
 
 
 def _get(value: Any, key: str) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedsim.cli_args import OneLineParser
+from fedsim.cli_args import OneLineParser, add_log_level
 from fedsim.real.agent.config import (
     DEFAULT_MAX_TRANSFER_BYTES,
     MAX_POLL_WAIT,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 PROG = "fedsim agent"
 TOKEN_ENV = "FEDSIM_ENROLLMENT_TOKEN"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"seconds a task poll waits at the server, 1..{MAX_POLL_WAIT} (default: %(default)s)",
     )
-    p.add_argument("--cafile", metavar="PEM", help="CA certificates to verify an https server with")
+    p.add_argument(
+        "--ca",
+        "--cafile",
+        dest="cafile",
+        metavar="PEM",
+        help="CA certificates to verify an https server with (fedsim certs' ca.pem)",
+    )
+    p.add_argument(
+        "--cert",
+        metavar="PEM",
+        help="this device's client certificate, for a server that requires mutual TLS "
+        "(fedsim certs' NAME.pem); with --key",
+    )
+    p.add_argument("--key", metavar="PEM", help="the private key of --cert")
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -210,17 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=(
+            "a package, module or import path whose models a task may name by import path "
+            "(workload.model._target_, docs/plugins.md); repeatable. It must be importable "
+            "here (installed, or on PYTHONPATH). Without it the agent builds only the zoo's "
+            "models, so a server cannot make it import other code"
+        ),
+    )
+    p.add_argument(
         "--calibrate-model",
         default="digits_cnn",
         metavar="NAME",
         help="the model of the zoo to time (default: %(default)s)",
     )
-    p.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default="info",
-        help="how much to log (default: %(default)s)",
-    )
+    add_log_level(p)
     return p
 
 
@@ -246,6 +265,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             heartbeat_interval=args.heartbeat_interval,
             poll_wait=args.poll_wait,
             cafile=args.cafile,
+            cert_file=args.cert,
+            key_file=args.key,
             insecure=args.insecure,
             threads=args.threads,
             torch_device=args.torch_device,
@@ -257,6 +278,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             node_exporter=args.node_exporter,
             calibrate=args.calibrate,
             calibrate_model=args.calibrate_model,
+            plugins=tuple(args.plugin),
         )
     except ValueError as e:
         parser.error(str(e))

@@ -137,7 +137,7 @@ class ApiClient:
                         return _reply_or_raise(resp.status, payload)
                     problem = f"HTTP {resp.status} {_message(payload)}"
             except _TRANSIENT as e:
-                problem = _describe(e)
+                problem = _describe(e, url)
             await self._pause(attempt, f"{method} {url}", problem)
             attempt += 1
 
@@ -200,7 +200,7 @@ class ApiClient:
                         received += chunk
                     return bytes(received)
             except _TRANSIENT as e:
-                problem = _describe(e)
+                problem = _describe(e, url)
             except _Retry as e:
                 problem = str(e)
             if len(received) > progress:
@@ -263,8 +263,16 @@ def _message(payload: bytes) -> str:
         return payload[:200].decode("utf-8", "replace").strip()
 
 
-def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+def _describe(e: BaseException, url: str) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, aiohttp.ServerDisconnectedError) and url.startswith("https:"):
+        # What a refused client certificate looks like from here: the server closes the
+        # connection in the handshake without saying why (TLS 1.3 reports it only then).
+        text += (
+            "; a server requiring mutual TLS disconnects clients without a certificate it "
+            "accepts (--cert, --key)"
+        )
+    return text
 
 
 def _range_start(resp: aiohttp.ClientResponse) -> int | None:

@@ -88,7 +88,11 @@ class AgentConfig:
     ``calibrate`` makes the agent measure its device for ``calibrate_model`` after it registers
     and report the profile; a request from the server is answered whatever ``calibrate`` says.
     ``max_transfer_bytes`` bounds each transfer a task asks for (a model download, an update,
-    training data): a task asking for more fails.
+    training data): a task asking for more fails. ``plugins`` are the import paths (packages,
+    modules or the models themselves) under which a task may name a user's model; the agent
+    imports no other code a task names. ``cafile`` verifies an https server;
+    ``cert_file`` and ``key_file`` are this device's client certificate and key, presented to
+    a server that requires mutual TLS.
     """
 
     server: str
@@ -106,6 +110,8 @@ class AgentConfig:
     heartbeat_interval: float = 5.0
     poll_wait: int = 25
     cafile: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     insecure: bool = False
     threads: int | None = None
     torch_device: str = "auto"
@@ -119,6 +125,7 @@ class AgentConfig:
     node_exporter: str | None = None
     calibrate: bool = True
     calibrate_model: str = "digits_cnn"
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         url = urlsplit(self.server)
@@ -135,9 +142,20 @@ class AgentConfig:
         if self.input_size is not None and self.input_size < 1:
             raise ValueError(f"--input-size must be >= 1, got {self.input_size}")
         if self.cafile is not None and self.insecure:
-            raise ValueError("--cafile and --insecure contradict each other; pass one")
-        if self.cafile is not None and not Path(self.cafile).is_file():
-            raise ValueError(f"--cafile {self.cafile!r}: no such file")
+            raise ValueError("--ca and --insecure contradict each other; pass one")
+        for option, value in (
+            ("--ca", self.cafile),
+            ("--cert", self.cert_file),
+            ("--key", self.key_file),
+        ):
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{option} {value!r}: no such file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both --cert and --key")
+        if self.cert_file is not None and url.scheme != "https":
+            raise ValueError(
+                f"--cert: a client certificate needs an https --server, got {url.scheme}"
+            )
         if not (0 < self.retry_base <= self.retry_cap):
             raise ValueError("retry_base must be > 0 and <= retry_cap")
         if self.probe_interval < 0:
@@ -159,6 +177,9 @@ class AgentConfig:
             raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:
             parse_data_spec(self.data)
+        for plugin in self.plugins:
+            if not all(part.isidentifier() for part in plugin.split(".")):
+                raise ValueError(f"--plugin {plugin!r}: expected an import path, e.g. mypkg")
         if self.calibrate_model not in MODELS:
             raise ValueError(
                 f"--calibrate-model {self.calibrate_model!r}: not a model of the zoo "

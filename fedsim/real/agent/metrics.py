@@ -13,17 +13,18 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import psutil
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fedsim.real.agent.relay import PATH as HELD_PATH
 from fedsim.real.agent.relay import HeldModels
+from fedsim.real.agent.resources import GpuReader, io_counters
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,19 @@ SENT_KINDS = ("update", "data")  # what those kinds send back (a forward sends a
 WILDCARDS = ("", "0.0.0.0", "::")
 # From a few batches on a GPU to an epoch of YOLOv4 on a Raspberry Pi.
 TRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+# io_counters()' keys -> the counter each is exported as (``_total`` is added on exposition).
+IO_COUNTERS = {
+    "disk_read": ("fedsim_agent_disk_read_bytes", "Bytes read from the disks."),
+    "disk_write": ("fedsim_agent_disk_written_bytes", "Bytes written to the disks."),
+    "net_receive": (
+        "fedsim_agent_network_receive_bytes",
+        "Bytes received on every network interface but loopback.",
+    ),
+    "net_transmit": (
+        "fedsim_agent_network_transmit_bytes",
+        "Bytes sent on every network interface but loopback.",
+    ),
+}
 
 
 class ResourceCollector(Collector):
@@ -41,18 +55,20 @@ class ResourceCollector(Collector):
 
     ``fedsim_agent_cpu_busy_ratio`` is the busy share of CPU time since the previous scrape
     (since the collector was made, at the first), measured from psutil's CPU times rather than
-    ``cpu_percent``, whose per-thread state the heartbeats use. ``gpu_memory`` reads the memory
-    in use on the GPU the agent trains on; without it there is no GPU gauge.
+    ``cpu_percent``, whose per-thread state the heartbeats use. The disk and network counters
+    are :func:`~fedsim.real.agent.resources.io_counters`' (node_exporter's
+    ``node_disk_*_bytes_total`` and ``node_network_*_bytes_total`` for a device without one).
+    ``gpu`` reads the GPU the agent trains on; without it there are no GPU gauges.
     """
 
-    def __init__(self, *, gpu_memory: Callable[[], float] | None = None) -> None:
-        self._gpu_memory = gpu_memory
+    def __init__(self, *, gpu: GpuReader | None = None) -> None:
+        self._gpu = gpu
         self._lock = threading.Lock()  # scrapes may come from several threads
         self._last = _cpu_busy_and_total()
         self._ratio = 0.0
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families(cpu=None, memory=None, load=None, gpu=None)
+        yield from self._families(cpu=None, memory=None, load=None, io={}, gpu=(None, None))
 
     def collect(self) -> Iterator[Metric]:
         busy, total = _cpu_busy_and_total()
@@ -63,22 +79,33 @@ class ResourceCollector(Collector):
                 self._ratio = min(1.0, max(0.0, (busy - last_busy) / (total - last_total)))
                 self._last = (busy, total)
             ratio = self._ratio
-        gpu = None
-        if self._gpu_memory is not None:
-            try:
-                gpu = self._gpu_memory()
-            except RuntimeError as e:  # a CUDA error costs this sample, not the whole scrape
-                log.warning("could not read the GPU's memory: %s", e)
         yield from self._families(
             cpu=ratio,
             memory=float(psutil.virtual_memory().available),
             load=psutil.getloadavg()[0],
-            gpu=gpu,
+            io=io_counters(),
+            gpu=self._read_gpu(),
         )
 
+    def _read_gpu(self) -> tuple[float | None, float | None]:
+        if self._gpu is None:
+            return None, None
+        memory = None
+        try:
+            memory = self._gpu.memory_used()
+        except RuntimeError as e:  # a CUDA error costs this sample, not the whole scrape
+            log.warning("could not read the GPU's memory: %s", e)
+        return memory, self._gpu.utilization()
+
     def _families(
-        self, *, cpu: float | None, memory: float | None, load: float | None, gpu: float | None
-    ) -> Iterator[GaugeMetricFamily]:
+        self,
+        *,
+        cpu: float | None,
+        memory: float | None,
+        load: float | None,
+        io: dict[str, float],
+        gpu: tuple[float | None, float | None],
+    ) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "fedsim_agent_cpu_busy_ratio", "Busy share of CPU time since the last scrape.", cpu
         )
@@ -86,11 +113,20 @@ class ResourceCollector(Collector):
             "fedsim_agent_memory_available_bytes", "Memory available to new work.", memory
         )
         yield GaugeMetricFamily("fedsim_agent_load1", "One-minute load average.", load)
-        if self._gpu_memory is not None:
+        for key, (name, text) in IO_COUNTERS.items():
+            yield CounterMetricFamily(name, text, io.get(key))
+        if self._gpu is not None:
+            gpu_memory, gpu_utilization = gpu
             yield GaugeMetricFamily(
                 "fedsim_agent_gpu_memory_used_bytes",
                 "GPU memory in use, by every process, on the GPU the agent trains on.",
-                gpu,
+                gpu_memory,
+            )
+            yield GaugeMetricFamily(
+                "fedsim_agent_gpu_utilization_ratio",
+                "Share of the last sample period in which a kernel ran on the agent's GPU "
+                "(NVML's utilization.gpu).",
+                gpu_utilization,
             )
 
 
@@ -136,10 +172,10 @@ class ProbeCollector(Collector):
 class AgentMetrics:
     """The agent's registry, and what the agent updates as it works.
 
-    ``gpu_memory`` (see :func:`gpu_memory_reader`) reads the used memory of the agent's GPU.
+    ``gpu`` (see :func:`~fedsim.real.agent.resources.gpu_reader`) reads the agent's GPU.
     """
 
-    def __init__(self, *, gpu_memory: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, gpu: GpuReader | None = None) -> None:
         self.registry = CollectorRegistry()
         Gauge("fedsim_agent_up", "1 while the agent runs.", registry=self.registry).set(1)
         self.busy = Gauge(
@@ -181,7 +217,7 @@ class AgentMetrics:
             self.bytes_sent.labels(kind)
         self._probe = ProbeCollector()
         self.registry.register(self._probe)
-        self.registry.register(ResourceCollector(gpu_memory=gpu_memory))
+        self.registry.register(ResourceCollector(gpu=gpu))
 
     def task_done(self, kind: object, outcome: str) -> None:
         """Count a task of ``kind`` (as the server sent it) that ended in ``outcome``."""
@@ -241,26 +277,6 @@ def advertised_url(host: str, port: int, server: str, path: str = "/metrics") ->
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal
     return f"http://{host}:{port}{path}"
-
-
-def gpu_memory_reader(torch_device: str) -> Callable[[], float] | None:
-    """A reader of the used memory of the GPU ``torch_device`` names (``auto`` as the trainer
-    resolves it), or None when the agent trains on no GPU. Only that GPU is read: reading
-    another would open a CUDA context, and take its memory, on a GPU the agent does not use."""
-    import torch
-
-    from fedsim.real.agent.work import resolve_torch_device
-
-    device = torch.device(resolve_torch_device(torch_device))
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    index = 0 if device.index is None else device.index
-
-    def used() -> float:
-        free, total = torch.cuda.mem_get_info(index)
-        return float(total - free)
-
-    return used
 
 
 def _address_towards(server: str) -> str:

@@ -8,7 +8,6 @@ can take long, and the event loop must keep the heartbeats going meanwhile.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -69,8 +68,10 @@ class Trainers:
         input_size: int | None,
         factory: TrainerFactory,
         torch_device: str,
+        plugins: tuple[str, ...] = (),
     ) -> None:
         self._data = data
+        self._plugins = plugins
         self._input_size = input_size
         self._factory = factory
         self._torch_device = torch_device
@@ -83,6 +84,7 @@ class Trainers:
         model_name = str(config.get("model") or default_model)
         if not model_name:
             raise TaskError("the task names no model (config 'model')")
+        check_model_allowed(model_name, self._plugins)
         if "num_classes" not in config:
             raise TaskError("the task's config has no 'num_classes'")
         num_classes = _config_int(config, "num_classes", MAX_NUM_CLASSES)
@@ -114,6 +116,35 @@ class Trainers:
             )
             self._trainers[key] = trainer
         return trainer
+
+
+def check_model_allowed(model_name: str, plugins: tuple[str, ...]) -> None:
+    """Refuse a model that is neither the zoo's nor the agent's to build: a task's model name
+    is the server's word, and an import path runs code here.
+
+    A name is allowed when it is one of the agent's ``--plugin`` paths, or lies under one and
+    names an object defined under it (so ``mypkg.models.os.system``, reached through a module
+    ``mypkg`` imports, is not), with no part starting with ``_``.
+    """
+    from fedsim.core.plugins import PluginError, locate
+    from fedsim.ml.spec import MODELS
+
+    if model_name in MODELS or model_name in plugins:
+        return
+    under = [p for p in plugins if model_name.startswith(p + ".")]
+    if under and not any(part.startswith("_") for part in model_name.split(".")):
+        try:
+            found = locate("the task's model", model_name)
+        except PluginError as e:
+            raise TaskError(str(e)) from None
+        module = str(getattr(found, "__module__", None) or "")
+        if any(module == p or module.startswith(p + ".") for p in under):
+            return
+    allowed = f"--plugin {', '.join(plugins)}" if plugins else "no --plugin"
+    raise TaskError(
+        f"the task's model {model_name[:200]!r} is not one of the zoo's "
+        f"({', '.join(sorted(MODELS))}) nor defined under this agent's {allowed}"
+    )
 
 
 def load_shard(
@@ -235,12 +266,13 @@ async def data_bytes(spec: DataSpec | None, nbytes: int) -> AsyncIterator[bytes]
 
 def _in_channels(model_name: str) -> int:
     """The input channels model ``model_name`` takes (1 for the digits nets, else RGB)."""
-    from fedsim.ml.spec import MODELS
+    from fedsim.core.plugins import PluginError
+    from fedsim.ml.models import in_channels
 
-    if model_name not in MODELS:
-        raise TaskError(f"unknown model {model_name!r}; known: {', '.join(sorted(MODELS))}")
-    module_name, class_name = MODELS[model_name].split(":")
-    return int(getattr(getattr(importlib.import_module(module_name), class_name), "in_channels", 3))
+    try:
+        return in_channels(model_name)
+    except (KeyError, PluginError) as e:
+        raise TaskError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
 
 
 def _config_int(config: Mapping[str, Any], key: str, high: int) -> int:

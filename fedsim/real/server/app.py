@@ -31,6 +31,7 @@ from fedsim.real.board import TaskBoard
 from fedsim.real.server.access import AccessLogger, server_log
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import Authenticator
+from fedsim.real.server.client_certs import log_client_certificates
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.errors import error_middleware
 from fedsim.real.server.handlers.dashboard import DashboardHandlers
@@ -99,7 +100,12 @@ def init_app(
     app = web.Application(
         # Only JSON bodies are read whole; blobs are streamed under their own limit.
         client_max_size=config.max_json_bytes,
-        middlewares=[metrics.middleware, error_middleware],
+        middlewares=[
+            metrics.middleware,
+            error_middleware,
+            # Innermost: it reads the answer a handler gave, before errors become JSON.
+            *([log_client_certificates] if config.mutual_tls else []),
+        ],
         # Handler arguments hold wherever the app is served (run_app, an AppRunner, a test).
         handler_args={
             # aiohttp arms its keep-alive timer when a connection opens and after each
@@ -129,6 +135,7 @@ def init_app(
         auth=Authenticator(
             admin_token=config.admin_token,
             enrollment_token=config.enrollment_token,
+            viewer_token=config.viewer_token,
             agents=agents,
         ),
         server=ServerHandlers(
@@ -190,16 +197,21 @@ def init_app(
     return app
 
 
-def run_server(config: ServerConfig, *, jobs: Jobs | None = None, **stores: Any) -> None:
+def run_server(
+    config: ServerConfig,
+    *,
+    jobs: Jobs | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    **stores: Any,
+) -> None:
     """Serve until SIGINT or SIGTERM, then stop gracefully (see the module docstring).
 
     ``stores`` (board, registry, repository) are passed to :func:`init_app`, for a caller that
-    shares them, as the job manager does.
+    shares them, as the job manager does. ``ssl_context`` is ``config.ssl_context()`` made
+    already (the CLI makes it first, to report a bad certificate before serving).
     """
-    ssl_context = None
-    if config.tls:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.cert_file, config.key_file)
+    if ssl_context is None:
+        ssl_context = config.ssl_context()
     app = init_app(config, jobs=jobs, **stores)
     scheme = "https" if config.tls else "http"
     web.run_app(

@@ -1,10 +1,12 @@
 """Who is calling, and whether they may: bearer tokens and each route's access rule.
 
-Three kinds of token (docs/protocol.md): the operator's admin token, the enrollment token every
-device holds to register, and the device token each device gets when it registers. A request
-with no token or a token nobody issued is ``401`` with ``WWW-Authenticate: Bearer``; a valid
-token outside its scope is ``403``. Each route names its rule in ``routes.py``; rules that need
-data (a task's owner, a deployment's devices) are checked by the handler after this one.
+Four kinds of token (docs/protocol.md): the operator's admin token, an optional viewer token
+that reads what the operator reads and changes nothing, the enrollment token every device holds
+to register, and the device token each device gets when it registers. A request with no token
+or a token nobody issued is ``401`` with ``WWW-Authenticate: Bearer``; a valid token outside its
+scope is ``403``. Each route names its rule in ``routes.py``, where the roles it lists go into
+the OpenAPI document; rules that need data (a task's owner, a deployment's devices) are checked
+by the handler after this one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fedsim.real.server.errors import ApiError, Handler
 
 class Role(str, enum.Enum):
     ADMIN = "admin"
+    VIEWER = "viewer"
     ENROLLMENT = "enrollment"
     DEVICE = "device"
 
@@ -35,6 +38,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    @property
+    def reads_all(self) -> bool:
+        """Admin or viewer: may read every device's and deployment's records."""
+        return self.role in (Role.ADMIN, Role.VIEWER)
 
     def may_act_as(self, device: int) -> bool:
         """Admin, or the device itself."""
@@ -69,22 +77,43 @@ def own(param: str) -> Access:
     return Access(roles=frozenset({Role.ADMIN, Role.DEVICE}), own=param)
 
 
+def viewable(access: Access) -> Access:
+    """``access`` and the viewer too: for routes that only read (``routes.py`` refuses it on
+    any other method) and hold no secret."""
+    return Access(roles=access.roles | {Role.VIEWER}, own=access.own)
+
+
+READ = viewable(ADMIN)
+
+
 class Authenticator:
     """Maps a bearer token to a :class:`Principal`."""
 
-    def __init__(self, *, admin_token: str, enrollment_token: str, agents: AgentBook) -> None:
+    def __init__(
+        self,
+        *,
+        admin_token: str,
+        enrollment_token: str,
+        agents: AgentBook,
+        viewer_token: str | None = None,
+    ) -> None:
         self._admin = admin_token.encode()
         self._enrollment = enrollment_token.encode()
+        # Without a viewer token nothing matches: a bearer token is never empty.
+        self._viewer = viewer_token.encode() if viewer_token else b""
         self._agents = agents
 
     def identify(self, request: web.Request) -> Principal:
         token = _bearer(request)
         given = token.encode("utf-8", "surrogatepass")
-        # Both comparisons always run, so timing does not tell which token came close.
+        # Every comparison always runs, so timing does not tell which token came close.
         is_admin = hmac.compare_digest(given, self._admin)
+        is_viewer = hmac.compare_digest(given, self._viewer)
         is_enrollment = hmac.compare_digest(given, self._enrollment)
         if is_admin:
             return Principal(role=Role.ADMIN)
+        if is_viewer and self._viewer:
+            return Principal(role=Role.VIEWER)
         if is_enrollment:
             return Principal(role=Role.ENROLLMENT)
         device = self._agents.device_for(token)

@@ -2,7 +2,8 @@
 
 ``main(argv)`` takes the arguments after ``server``; ``fedsim/__main__.py`` dispatches to it.
 Tokens come from the environment by preference (a command line is visible to every user of
-the machine through ``ps``), and the server refuses to start without both.
+the machine through ``ps``), and the server refuses to start without the admin and enrollment
+tokens; the read-only viewer token is optional.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim.cli_args import add_log_level
 from fedsim.real.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
 ADMIN_ENV = "FEDSIM_ADMIN_TOKEN"
 ENROLLMENT_ENV = "FEDSIM_ENROLLMENT_TOKEN"
+VIEWER_ENV = "FEDSIM_VIEWER_TOKEN"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"the operator's bearer token, allowed everything; read from ${ADMIN_ENV} "
         "when not given (prefer the variable: a command line is visible to other users)",
+    )
+    p.add_argument(
+        "--viewer-token",
+        default=argparse.SUPPRESS,
+        help="a read-only bearer token: the dashboard and the API's reads (devices, groups, "
+        "monitoring, models, deployments, jobs, service discovery), 403 on every change; "
+        f"read from ${VIEWER_ENV} when not given; none by default",
     )
     p.add_argument(
         "--enrollment-token",
@@ -128,11 +139,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging threshold",
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificates (PEM, e.g. fedsim certs' ca.pem): mutual TLS, every client must "
+        "present a certificate signed by one of them or the TLS handshake fails; bearer "
+        "tokens are still required. Needs --cert and --key",
     )
+    add_log_level(p)
     return p
 
 
@@ -165,6 +179,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     admin = getattr(args, "admin_token", None) or os.environ.get(ADMIN_ENV)
     enrollment = getattr(args, "enrollment_token", None) or os.environ.get(ENROLLMENT_ENV)
+    viewer = getattr(args, "viewer_token", None) or os.environ.get(VIEWER_ENV) or None
     if not admin:
         return _error(f"no admin token: set {ADMIN_ENV} or pass --admin-token")
     if not enrollment:
@@ -176,6 +191,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             data_dir=args.data_dir,
             admin_token=admin,
             enrollment_token=enrollment,
+            viewer_token=viewer,
             patience_s=args.patience,
             max_json_bytes=args.max_json_bytes,
             max_blob_bytes=args.max_blob_bytes,
@@ -185,6 +201,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
             shutdown_timeout_s=args.shutdown_timeout,
             cert_file=args.cert,
             key_file=args.key,
+            client_ca_file=args.client_ca,
             prometheus_url=args.prometheus_url,
             history_samples=args.history_samples,
             history_interval_s=args.history_interval,
@@ -192,14 +209,18 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         )
     except ValueError as e:
         return _error(str(e))
-    for path in (config.cert_file, config.key_file):
+    for path in (config.cert_file, config.key_file, config.client_ca_file):
         if path is not None and not path.is_file():
             return _error(f"no such file: {path}")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        ssl_context = config.ssl_context()  # a bad certificate or key: said before serving
+    except (OSError, ssl.SSLError) as e:
+        return _error(f"TLS: {e}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
     try:
-        run_server(config, **_served(config, runner))
+        run_server(config, ssl_context=ssl_context, **_served(config, runner))
     except OSError as e:  # the port is taken, the data directory is not writable, ...
         return _error(str(e))
     return 0

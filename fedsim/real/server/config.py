@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,15 @@ class ServerConfig:
 
     ``data_dir`` holds ``registry/`` (devices, device tokens) and ``repository/`` (models,
     versions, deployments) and ``uploads/`` (task results being received). TLS is on when both
-    ``cert_file`` and ``key_file`` are given.
+    ``cert_file`` and ``key_file`` are given; ``client_ca_file`` makes it mutual: a client
+    must present a certificate signed by that CA, or the handshake fails (tokens still apply).
     """
 
     data_dir: Path
     admin_token: str
     enrollment_token: str
+    # Reads what the admin reads (the dashboard, devices, models, jobs), changes nothing.
+    viewer_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     patience_s: float = 30.0  # a device silent for longer is offline
@@ -35,6 +39,7 @@ class ServerConfig:
     header_read_timeout_s: float = 10.0
     cert_file: Path | None = None
     key_file: Path | None = None
+    client_ca_file: Path | None = None
     long_poll_max_s: float = 60.0
     # How long a stopping server lets requests in flight (uploads) finish before cancelling.
     shutdown_timeout_s: float = 30.0
@@ -50,7 +55,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
-        for name in ("cert_file", "key_file"):
+        for name in ("cert_file", "key_file", "client_ca_file"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -59,6 +64,12 @@ class ServerConfig:
         if self.admin_token == self.enrollment_token:
             # Every device holds the enrollment token; it must not open the admin endpoints.
             raise ValueError("admin_token and enrollment_token must differ")
+        if self.viewer_token is not None:
+            if not self.viewer_token:
+                raise ValueError("viewer_token must be non-empty when given")
+            # Each token names one role: a shared one would take the other's rights.
+            if self.viewer_token in (self.admin_token, self.enrollment_token):
+                raise ValueError("viewer_token must differ from admin_token and enrollment_token")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         positive = ("patience_s", "body_read_timeout_s", "header_read_timeout_s", "long_poll_max_s")
@@ -88,10 +99,30 @@ class ServerConfig:
                 raise ValueError(f"sd_allowed_networks: {e}") from None
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("TLS needs both cert_file and key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            # Client certificates are asked for in the TLS handshake: no TLS, no handshake.
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
 
     @property
     def tls(self) -> bool:
         return self.cert_file is not None
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.client_ca_file is not None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, None without TLS; requires client certificates signed
+        by ``client_ca_file`` when it is given. ``OSError``/``ssl.SSLError`` for an unreadable
+        or mismatched file."""
+        if self.cert_file is None or self.key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.load_verify_locations(cafile=self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     @property
     def sd_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -1,10 +1,11 @@
 """Each device's recent resource readings, kept in memory for the dashboard's charts.
 
-Heartbeats carry a device's CPU, memory, bandwidth and whether it is working; the registry keeps
+Heartbeats carry a device's CPU, memory, bandwidth, GPU, disk and network traffic and whether it
+is working; the registry keeps
 only the latest. This keeps a bounded window of them per device, for the monitoring view when no
 Prometheus is configured: at most one sample per ``interval_s`` (heartbeats may come faster) and
 at most ``samples`` per device, in preallocated arrays, so memory is fixed per device (about
-34 KB at the default 1440 samples) whatever the heartbeat rate. History is not persisted: a
+63 KB at the default 1440 samples) whatever the heartbeat rate. History is not persisted: a
 restarted server starts empty, as a fresh Prometheus would.
 """
 
@@ -17,11 +18,22 @@ from typing import Any
 
 import numpy as np
 
-# The fields the dashboard charts, in column order.
-FIELDS = ("cpu_busy", "memory_available", "bandwidth", "busy")
+# The fields the dashboard charts, in column order; each but bandwidth is a heartbeat's figure
+# of that name (the agent's LoadMeter).
+FIELDS = (
+    "cpu_busy",
+    "memory_available",
+    "bandwidth",
+    "busy",
+    "gpu_util",
+    "disk_read",
+    "disk_write",
+    "net_receive",
+    "net_transmit",
+)
 
 
-def reading(resources: Mapping[str, Any]) -> tuple[float, float, float, float]:
+def reading(resources: Mapping[str, Any]) -> tuple[float, ...]:
     """A heartbeat's resources as the chart's fields; NaN where the device did not say.
     ``bandwidth`` is the slower direction the bandwidth probe measured."""
 
@@ -31,7 +43,7 @@ def reading(resources: Mapping[str, Any]) -> tuple[float, float, float, float]:
 
     directions = [v for v in (number("bandwidth_up"), number("bandwidth_down")) if v == v]
     bandwidth = min(directions) if directions else math.nan
-    return number("cpu_busy"), number("memory_available"), bandwidth, number("busy")
+    return tuple(bandwidth if name == "bandwidth" else number(name) for name in FIELDS)
 
 
 class _Ring:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 RoundListener = Callable[[Mapping[str, Any]], None]
@@ -41,6 +42,11 @@ class Jobs(ABC):
     @abstractmethod
     def list(self) -> list[dict[str, Any]]:
         """Every job, oldest first."""
+
+    def events_file(self, job_id: str) -> Path | None:
+        """The job's event log (``events.csv``), or None: no such job, none written yet, or a
+        manager that keeps no files (this default)."""
+        return None
 
     @abstractmethod
     def watch_rounds(self, listener: RoundListener) -> None:

@@ -24,6 +24,7 @@ from fedsim.real.protocol import (
     Timings,
 )
 from fedsim.real.server import schemas
+from fedsim.real.server.auth import Role
 from fedsim.real.server.config import ServerConfig
 from fedsim.real.server.routes import ENDPOINTS, OCTETS, Endpoint
 
@@ -147,6 +148,11 @@ def _operation(endpoint: Endpoint, components: _Components) -> Obj:
         operation["description"] = doc.description
     if endpoint.access.public:
         operation["security"] = []
+    else:
+        # OpenAPI 3.1 lets a requirement of a non-OAuth scheme list role names.
+        roles = [role.value for role in Role if role in endpoint.access.roles]
+        operation["security"] = [{"bearer": roles}]
+        operation["x-fedsim-roles"] = roles
     if parameters:
         operation["parameters"] = parameters
     if doc.body is not None:
@@ -256,7 +262,16 @@ def build_openapi(config: ServerConfig | None = None) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of the server's tokens. Each operation lists, in its "
+                    "security requirement and in x-fedsim-roles, the roles whose token it "
+                    "takes, any one of them: admin, viewer (reads, never writes), enrollment, "
+                    "device (on a device's own paths only, where a path names one).",
+                }
+            },
             "responses": {
                 f"E{code}": {
                     "description": text,

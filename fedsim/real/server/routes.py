@@ -23,7 +23,18 @@ from fedsim.real.protocol import (
     TaskReceipt,
 )
 from fedsim.real.server import schemas as s
-from fedsim.real.server.auth import ADMIN, ANY_DEVICE, ENROLL, PUBLIC, Access, Authenticator, own
+from fedsim.real.server.auth import (
+    ADMIN,
+    ANY_DEVICE,
+    ENROLL,
+    PUBLIC,
+    READ,
+    Access,
+    Authenticator,
+    Role,
+    own,
+    viewable,
+)
 from fedsim.store.safetensors_io import MAX_HEADER_BYTES
 
 OCTETS = "application/octet-stream"
@@ -60,6 +71,11 @@ class Endpoint:
     handler: str  # "group.method": the method of the handler object passed as ``group``
     access: Access
     doc: Doc
+
+    def __post_init__(self) -> None:
+        # The viewer token changes nothing: a route that may write cannot list it.
+        if Role.VIEWER in self.access.roles and self.method != "GET":
+            raise ValueError(f"{self.method} {self.path}: the viewer role is for GET routes only")
 
 
 def _binary(description: str, **headers: str) -> dict[str, Any]:
@@ -110,11 +126,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ok=201, returns=s.Registered, body=s.DeviceRegistration, errors=(409,),
         description="409: the id was removed (ids are not reused), or the device would move "
         "to another group.")),
-    Endpoint("GET", Paths.DEVICES, "devices.list", ADMIN, Doc(
+    Endpoint("GET", Paths.DEVICES, "devices.list", READ, Doc(
         summary="List devices (removed ones only with state=removed)", returns=s.DeviceList,
         query=s.DeviceFilter)),
-    Endpoint("GET", Paths.DEVICE, "devices.get", own("id"), Doc(
-        summary="A device (admin or the device)", returns=s.DeviceRecord)),
+    Endpoint("GET", Paths.DEVICE, "devices.get", viewable(own("id")), Doc(
+        summary="A device (admin, viewer or the device)", returns=s.DeviceRecord)),
     Endpoint("DELETE", Paths.DEVICE, "devices.remove", ADMIN, Doc(
         summary="Remove a device for good", returns=s.DeviceRecord, errors=(410,))),
     Endpoint("PUT", Paths.HEARTBEAT, "devices.heartbeat", own("id"), Doc(
@@ -130,14 +146,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=s.CalibrationOrder, errors=(410,),
         description="The request shows in the device's record (calibration_request); its "
         "agent sees it in the answer to its next heartbeat and reports a new profile.")),
+    # Not for the viewer: a poll hands the task out.
     Endpoint("GET", Paths.TASKS, "tasks.poll", own("id"), Doc(
         summary="Long-poll for the device's next task", returns=Task, query=s.PollQuery,
         errors=(410,), responses={204: {"description": "No task within the wait"}},
         description="A task handed out and not finished is handed out again to the next poll.")),
-    Endpoint("GET", Paths.GROUPS, "devices.groups", ADMIN, Doc(
+    Endpoint("GET", Paths.GROUPS, "devices.groups", READ, Doc(
         summary="Groups with device counts", returns=s.GroupList)),
-    Endpoint("GET", Paths.MONITORING, "monitoring.series", ADMIN, Doc(
-        summary="Each device's CPU, memory, bandwidth and activity over a window",
+    Endpoint("GET", Paths.MONITORING, "monitoring.series", READ, Doc(
+        summary="Each device's CPU, memory, bandwidth, activity, GPU, disk and network traffic "
+        "over a window",
         returns=s.Monitoring, query=s.MonitoringQuery,
         description="From Prometheus when the server was started with --prometheus-url "
         "(range queries), else from the server's own heartbeat history; a Prometheus that "
@@ -148,17 +166,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         responses={308: {"description": "To /dashboard/",
                          "headers": {"Location": {"schema": {"type": "string"}}}}})),
     Endpoint("GET", Paths.DASHBOARD_INDEX, "dashboard.index", PUBLIC, Doc(
-        summary="The dashboard's page; its data comes from this API with the admin token",
+        summary="The dashboard's page; its data comes from this API with the admin or viewer "
+        "token",
         errors=(404,), responses={200: _PAGE})),
     Endpoint("GET", Paths.DASHBOARD_FILE, "dashboard.asset", PUBLIC, Doc(
         summary="A static file of the dashboard", responses={200: _DASHBOARD_FILE})),
-    # Prometheus's http_sd_configs, with the admin token as authorization credentials.
-    Endpoint("GET", Paths.SD_TARGETS, "discovery.targets", ADMIN, Doc(
+    # Prometheus's http_sd_configs, with the viewer (or admin) token as its credentials.
+    Endpoint("GET", Paths.SD_TARGETS, "discovery.targets", READ, Doc(
         summary="Prometheus HTTP service discovery of the devices' metrics endpoints",
         returns=list[s.TargetGroup],
         description="For http_sd_configs with `authorization: {credentials_file: ...}` "
-        "holding the admin token. Removed devices are left out; offline ones stay, so an "
-        "endpoint that stopped answering shows as down.")),
+        "holding the viewer token (or the admin token). Removed devices are left out; "
+        "offline ones stay, so an endpoint that stopped answering shows as down.")),
+    # The probe is the devices' (a viewer has no link to measure, and it costs the server).
     Endpoint("GET", Paths.PROBE, "probe.download", ANY_DEVICE, Doc(
         summary="Bandwidth probe: download `bytes` zero bytes", query=s.ProbeQuery,
         responses={200: _binary("Zeros")})),
@@ -168,9 +188,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", Paths.MODELS, "models.create", ADMIN, Doc(
         summary="Register a model", ok=201, returns=s.ModelInfo, body=s.ModelCreation,
         errors=(409,))),
-    Endpoint("GET", Paths.MODELS, "models.list", ANY_DEVICE, Doc(
+    Endpoint("GET", Paths.MODELS, "models.list", viewable(ANY_DEVICE), Doc(
         summary="List models", returns=s.ModelList)),
-    Endpoint("GET", Paths.MODEL, "models.get", ANY_DEVICE, Doc(
+    Endpoint("GET", Paths.MODEL, "models.get", viewable(ANY_DEVICE), Doc(
         summary="A model with its statistics", returns=s.ModelDetail)),
     Endpoint("POST", Paths.VERSIONS, "models.add_version", ADMIN, Doc(
         summary="Upload a version: safetensors bytes, streamed to disk", ok=201,
@@ -179,10 +199,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         f"at most {MAX_HEADER_BYTES // 2**20} MiB), a NaN or infinite weight, a layout that "
         "differs from the model's, or a parent that is not a version of the model; nothing "
         "is stored.")),
-    Endpoint("GET", Paths.VERSIONS, "models.list_versions", ANY_DEVICE, Doc(
+    Endpoint("GET", Paths.VERSIONS, "models.list_versions", viewable(ANY_DEVICE), Doc(
         summary="A model's versions", returns=s.VersionList)),
-    Endpoint("GET", Paths.VERSION, "models.get_version", ANY_DEVICE, Doc(
+    Endpoint("GET", Paths.VERSION, "models.get_version", viewable(ANY_DEVICE), Doc(
         summary="A version (a number, or latest)", returns=s.VersionInfo)),
+    # Not for the viewer: the weights are what training made of the devices' data; the
+    # dashboard shows a model's statistics, never its bytes.
     Endpoint("GET", Paths.BLOB, "models.blob", ANY_DEVICE, Doc(
         summary="Download a version's safetensors bytes (streamed, resumable)",
         request_headers={
@@ -196,11 +218,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=s.DeploymentCreation,
         description="422: an unknown model, version or device, a removed device, an empty "
         "group, or no device at all.")),
-    Endpoint("GET", Paths.DEPLOYMENTS, "deployments.list", ADMIN, Doc(
+    Endpoint("GET", Paths.DEPLOYMENTS, "deployments.list", READ, Doc(
         summary="List deployments", returns=s.DeploymentList, query=s.DeploymentFilter,
         errors=(404,))),
-    Endpoint("GET", Paths.DEPLOYMENT, "deployments.get", ANY_DEVICE, Doc(
-        summary="A deployment (admin, or a device in it)", returns=s.Deployment)),
+    Endpoint("GET", Paths.DEPLOYMENT, "deployments.get", viewable(ANY_DEVICE), Doc(
+        summary="A deployment (admin, viewer, or a device in it)", returns=s.Deployment)),
     Endpoint("PUT", Paths.DEPLOYMENT_DEVICE, "deployments.set_device_state", own("device"), Doc(
         summary="Report the device's progress (the device)", returns=s.Deployment,
         body=s.DeploymentProgress, errors=(409,),
@@ -227,10 +249,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Start a job", ok=202, returns=s.Job, body=s.JobStart, errors=(409, 501),
         description="422 naming `config`: a config the job manager refuses; 409: it cannot "
         "start one now; 501: the server runs no job manager.")),
-    Endpoint("GET", Paths.JOBS, "jobs.list", ADMIN, Doc(
+    Endpoint("GET", Paths.JOBS, "jobs.list", READ, Doc(
         summary="List jobs", returns=s.JobList, errors=(501,))),
-    Endpoint("GET", Paths.JOB, "jobs.get", ADMIN, Doc(
+    Endpoint("GET", Paths.JOB, "jobs.get", READ, Doc(
         summary="A job", returns=s.Job, errors=(501,))),
+    Endpoint("GET", Paths.JOB_EVENTS, "jobs.events", ADMIN, Doc(
+        summary="A job's event log (events.csv: a row per transfer and compute step)",
+        errors=(501,), responses={200: {"description": "The events, as the job wrote them",
+                                        "content": {"text/csv": {"schema": {"type": "string"}}}}},
+        description="404: no such job, or it has written no events yet.")),
     Endpoint("DELETE", Paths.JOB, "jobs.cancel", ADMIN, Doc(
         summary="Cancel a job", returns=s.Job, errors=(409, 501))),
 )

@@ -344,10 +344,21 @@ class JobList(Response):
 
 class Series(Response):
     t: list[float]
-    cpu_busy: list[float | None]
-    memory_available: list[float | None]
-    bandwidth: list[float | None]
-    busy: list[float | None]
+    cpu_busy: list[float | None] = Field(description="busy share of CPU time, 0..1")
+    memory_available: list[float | None] = Field(description="bytes")
+    bandwidth: list[float | None] = Field(description="bytes/s, the probe's slower direction")
+    busy: list[float | None] = Field(description="1 while the device runs a task")
+    gpu_util: list[float | None] = Field(
+        description="busy share of the GPU the agent trains on, 0..1; null without a GPU"
+    )
+    disk_read: list[float | None] = Field(description="bytes/s read from the disks")
+    disk_write: list[float | None] = Field(description="bytes/s written to the disks")
+    net_receive: list[float | None] = Field(
+        description="bytes/s received on every interface but loopback"
+    )
+    net_transmit: list[float | None] = Field(
+        description="bytes/s sent on every interface but loopback"
+    )
 
 
 class Monitoring(Response):

@@ -1,8 +1,9 @@
 /* fedsim dashboard: the Data Visualizer of the seed paper's Fig. 3, (a) the device list,
  * (b) device monitoring and (c) model statistics, read from the server's REST API.
  *
- * Plain browser JavaScript, no build step. The admin token the operator enters stays in this
- * tab's sessionStorage and goes to /api/v1 as a bearer token, as any API client's would. The
+ * Plain browser JavaScript, no build step. The token the operator enters (admin, or the
+ * read-only viewer token: the page only reads) stays in this tab's sessionStorage and goes to
+ * /api/v1 as a bearer token, as any API client's would. The
  * view on screen is refreshed every POLL_MS while the tab is visible. Text from the server only
  * ever reaches the page through textContent and setAttribute, never as markup.
  */
@@ -213,10 +214,14 @@
       cache: "no-store",
     });
     if (response.status === 401) {
-      throw new AuthError("The server did not accept this token (401). Enter the admin token.");
+      throw new AuthError(
+        "The server did not accept this token (401). Enter the admin or viewer token.",
+      );
     }
     if (response.status === 403) {
-      throw new AuthError("This token may not read the dashboard (403): it takes the admin token.");
+      throw new AuthError(
+        "This token may not read the dashboard (403): it takes the admin or viewer token.",
+      );
     }
     if (!response.ok) {
       let message = response.statusText;
@@ -279,6 +284,7 @@
     }
     box.dataset.series = String(data.length - 1);
     box.dataset.points = String(data[0].length);
+    box.dataset.axes = chart.plot.axes.map((axis) => axis.label ?? "").join(" | ");
   }
 
   // Legend markers filled with the line's colour, not only outlined.
@@ -471,7 +477,31 @@
       show: (v) => bitRate(v / 8),
       distr: 3,
     },
+    gpu_util: {
+      value: (v) => v * 100,
+      tick: (v) => `${v.toFixed(0)} %`,
+      show: (v) => `${v.toFixed(1)} %`,
+      range: () => [0, 100],
+    },
   };
+  // Traffic: linear from zero, as an idle disk or link reads 0 (a log scale could not show it).
+  const traffic = (scale, show) => ({
+    value: (v) => v * scale,
+    tick: (v) => si(v),
+    show,
+    range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1],
+  });
+  for (const metric of ["disk_read", "disk_write"])
+    METRICS[metric] = traffic(1, (v) => `${bytes(v)}/s`);
+  for (const metric of ["net_receive", "net_transmit"])
+    METRICS[metric] = traffic(8, (v) => bitRate(v / 8));
+
+  /** Whether device ``id`` has a GPU: its agent named one, or a GPU figure came for it. */
+  function hasGpu(id, series) {
+    const d = state.devices.get(Number(id));
+    const named = Boolean(d && d.hardware && d.hardware.gpu);
+    return named || (series.gpu_util || []).some((v) => v != null);
+  }
 
   /** One aligned table for uPlot: the union of the devices' times, a column per device.
    * A silence longer than three sampling steps becomes an explicit null, which uPlot draws as
@@ -515,7 +545,7 @@
     return ticks.length ? ticks : [min];
   }
 
-  function timeChartOptions(metric, ids) {
+  function timeChartOptions(metric, ids, labels) {
     const lanes = metric === "busy";
     const spec = METRICS[metric];
     const series = [
@@ -523,7 +553,7 @@
     ];
     ids.forEach((id, lane) =>
       series.push({
-        label: deviceName(id),
+        label: labels[lane],
         stroke: deviceColor(id),
         width: 1.75,
         points: { show: false },
@@ -603,14 +633,24 @@
         noData(key, box, "No devices to show in this window.");
         continue;
       }
+      let labels = ids.map(deviceName);
+      if (metric === "gpu_util") {
+        const gpus = ids.map((id) => hasGpu(id, m.devices[id]));
+        box.dataset.gpus = String(gpus.filter(Boolean).length);
+        if (!gpus.some(Boolean)) {
+          noData(key, box, "No GPU on these devices.");
+          continue;
+        }
+        labels = labels.map((label, i) => (gpus[i] ? label : `${label} (no GPU)`));
+      }
       const value = metric === "busy" ? (v, lane) => lane + 0.7 * v : METRICS[metric].value;
       const data = aligned(m.devices, ids, metric, value, m.step_s);
-      const signature = ids.map((id) => `${id}:${deviceName(id)}`).join(",");
+      const signature = ids.map((id, i) => `${id}:${labels[i]}`).join(",");
       draw(
         key,
         box,
         signature,
-        timeChartOptions(metric, ids),
+        timeChartOptions(metric, ids, labels),
         data,
         metric === "busy" ? 40 + 34 * ids.length : 210,
       );
@@ -979,10 +1019,11 @@
         loss: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
       },
       axes: [
-        roundAxis(),
-        valueAxis((v) => `${+v.toFixed(2)}`, { scale: "acc", size: 44 }),
+        { ...roundAxis(), label: "round" },
+        valueAxis((v) => `${+v.toFixed(2)}`, { scale: "acc", size: 44, label: "test accuracy" }),
         valueAxis((v) => `${+v.toFixed(3)}`, {
           scale: "loss",
+          label: "loss",
           side: 1,
           grid: { show: false },
           size: 52,
@@ -1019,10 +1060,11 @@
         n: { range: (u, min, max) => [0, Math.max(1, max) + 1] },
       },
       axes: [
-        roundAxis(),
-        valueAxis((v) => `${+v.toFixed(2)} s`, { scale: "s", size: 56 }),
+        { ...roundAxis(), label: "round" },
+        valueAxis((v) => `${+v.toFixed(2)} s`, { scale: "s", size: 56, label: "round time" }),
         valueAxis((v) => (Number.isInteger(v) ? String(v) : ""), {
           scale: "n",
+          label: "participants",
           side: 1,
           grid: { show: false },
           size: 36,
@@ -1110,7 +1152,7 @@
       $(id).addEventListener("change", refresh);
     }
     $("sign-out").addEventListener("click", () =>
-      signIn("Signed out. Enter the admin token to continue."),
+      signIn("Signed out. Enter the admin or viewer token to continue."),
     );
     const dialog = $("login");
     dialog.addEventListener("cancel", (e) => e.preventDefault()); // nothing works without a token

@@ -1,9 +1,10 @@
 """``/dashboard/``: the built-in Data Visualizer's static files, served from the package.
 
 The page and its assets are public, like any login page: they hold no data. Everything they
-show comes from the REST API with the admin token the user enters, so the dashboard has no
-access the API would not give. Responses carry a Content-Security-Policy that allows nothing
-but this server, so the page cannot load or send anything elsewhere.
+show comes from the REST API with the token the user enters (admin, or the read-only viewer
+token, which is all the page needs), so the dashboard has no access the API would not give.
+Responses carry a Content-Security-Policy that allows nothing but this server, so the page
+cannot load or send anything elsewhere.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class DeploymentHandlers:
     async def get(self, request: web.Request) -> web.Response:
         who = request[PRINCIPAL]
         deployment = await self._offload(self._repository.get_deployment, path_int(request, "id"))
-        if not who.is_admin and who.device not in deployment.devices:
+        if not who.reads_all and who.device not in deployment.devices:
             raise ApiError(403, f"device {who.device} is not part of deployment {deployment.id}")
         return json_response(deployment_json(deployment))
 

@@ -52,6 +52,16 @@ class JobHandlers:
             raise ApiError(404, f"no job {job_id}")
         return json_response(job)
 
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        manager = self._manager()
+        if await self._offload(manager.get, job_id) is None:
+            raise ApiError(404, f"no job {job_id}")
+        events = await self._offload(manager.events_file, job_id)
+        if events is None:
+            raise ApiError(404, f"job {job_id} has written no events")
+        return web.FileResponse(events, headers={"Content-Type": "text/csv"})
+
     def _manager(self) -> Jobs:
         if self._jobs is None:
             raise ApiError(501, "this server runs no jobs (it was started without a job manager)")

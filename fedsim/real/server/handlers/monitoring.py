@@ -1,7 +1,9 @@
-"""``GET /monitoring``: each device's CPU, memory, bandwidth and activity over a recent window.
+"""``GET /monitoring``: each device's CPU, memory, bandwidth, activity, GPU utilisation, disk and
+network traffic over a recent window.
 
 The dashboard's monitoring view reads this one endpoint whatever the source: Prometheus
-(``range queries`` of the same PromQL the scheduler's resource view uses) when the server was
+(range queries of the PromQL the scheduler's resource view uses, and of GPU, disk and network
+traffic: :func:`~fedsim.monitor.promql.monitoring_queries`) when the server was
 given its URL, else the server's own bounded heartbeat history. A Prometheus that fails to
 answer is reported in ``warning`` and the heartbeats are served instead, so the view never goes
 blank because monitoring is down.
@@ -9,6 +11,7 @@ blank because monitoring is down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -22,7 +25,7 @@ from fedsim.monitor.promql import (
     by_device,
     device_selector,
     finite,
-    resource_queries,
+    monitoring_queries,
 )
 from fedsim.real.server.handlers.common import query
 from fedsim.real.server.history import FIELDS, HeartbeatHistory
@@ -89,10 +92,14 @@ class MonitoringHandlers:
     ) -> dict[str, dict[str, list]]:
         """Range queries per field, merged per device onto the timestamps any field has."""
         rate_window = f"{max(int(4 * step), 60)}s"  # enough samples for rate() at any step
-        queries = resource_queries(device_selector(ids), rate_window)
+        queries = monitoring_queries(device_selector(ids), rate_window)
         points: dict[int, dict[float, dict[str, float | None]]] = {}
-        for field in FIELDS:
-            for device, values in (await self._range(queries[field], start, end, step)).items():
+        # At once: one refresh of the view asks for every field.
+        answers = await asyncio.gather(
+            *(self._range(queries[field], start, end, step) for field in FIELDS)
+        )
+        for field, answer in zip(FIELDS, answers, strict=True):
+            for device, values in answer.items():
                 for t, value in values:
                     points.setdefault(device, {}).setdefault(t, {})[field] = value
         devices = {}

@@ -1,0 +1,43 @@
+"""The recorder that keeps a federated run's model versions in a repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.core.coordinator import RoundReport
+from fedsim.store.recorder import RepositoryRecorder
+from fedsim.store.sqlite import SqliteRepository
+
+
+def _round(number: int) -> RoundReport:
+    return RoundReport(
+        round=number,
+        started=0.0,
+        finished=1.0,
+        selected=(1, 2),
+        completed=(1, 2),
+        aggregated=True,
+        metrics={"accuracy": 0.5},
+    )
+
+
+def test_a_second_run_on_the_same_repository_continues_the_models_history(tmp_path: Path):
+    # Prepare: a first job registered the model and stored a round's version (issue 15: a
+    # second job on a running server failed with DuplicateModel).
+    initial = {"w": np.zeros(3, dtype=np.float32)}
+    trained = {"w": np.ones(3, dtype=np.float32)}
+    with SqliteRepository(tmp_path) as repository:
+        first = RepositoryRecorder(repository, name="m", architecture="m", initial=initial)
+        first.record(_round(1), trained)
+
+        # Execute
+        second = RepositoryRecorder(repository, name="m", architecture="m", initial=trained)
+        second.record(_round(1), initial)
+
+        # Assert
+        versions = repository.list_versions("m")
+        assert [m.name for m in repository.list_models()] == ["m"]
+    assert len(versions) == 4
+    assert second.version == versions[-1].version and versions[-1].parent == versions[2].version

@@ -1,0 +1,151 @@
+"""Plug-ins in the config: a bad ``_target_`` is a one-line ConfigError naming field and path.
+
+The good ones come from the worked example's package (``examples/byo/byo_fl``), put on the
+path as a user's package would be; ``tests/test_byo_example.py`` runs them end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.config import ConfigError, build_spec, compose, conf_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "byo"
+
+
+@pytest.fixture(autouse=True)
+def byo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example's package ``byo_fl`` on the path."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+
+
+def spec(*overrides: str):
+    return build_spec(compose(["+experiment=fl_digits", *overrides]), conf_dir())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            ["+strategy._target_=nosuch_pkg.Strategy"],
+            "strategy: cannot import nosuch_pkg.Strategy: no module 'nosuch_pkg'",
+        ),
+        (
+            ["+strategy._target_=byo_fl.strategy.FedAvgM", "+strategy.lr=1"],
+            "strategy: byo_fl.strategy.FedAvgM cannot take lr=1 (got an "
+            "unexpected keyword argument 'lr'); it takes server_lr, momentum, record",
+        ),
+        (
+            ["+strategy._target_=fractions.Fraction"],
+            "strategy: fractions.Fraction returned a Fraction, not a Strategy",
+        ),
+        (
+            ["+strategy._target_=byo_fl.strategy.Nope"],
+            "strategy: cannot import byo_fl.strategy.Nope: byo_fl.strategy has no 'Nope'",
+        ),
+        (
+            ["workload.model={_target_:byo_fl.model.Nope}"],
+            "workload.model: cannot import byo_fl.model.Nope",
+        ),
+        (
+            ["workload.model={_target_:collections.OrderedDict}"],
+            "workload.model: collections.OrderedDict returned a OrderedDict, not a torch.nn.Module",
+        ),
+        (
+            ["workload.model={_target_:byo_fl.model.TinyNet,width:3}"],
+            "workload.model: byo_fl.model.TinyNet is called with num_classes only, not width",
+        ),
+        (
+            ["workload.model={_target_:fedsim.ml.models.DigitsMLP}", "workload.input_size=4"],
+            "workload.model: measuring fedsim.ml.models.DigitsMLP on a 4x4 input failed: ",
+        ),
+        (
+            ["+workload.dataset.factory={_target_:byo_fl.data.stripes,colour:red}"],
+            "workload.dataset.factory: byo_fl.data.stripes cannot take num_clients=0, ",
+        ),
+        (
+            ["+workload.dataset.factory={_target_:byo_fl.data.nope}"],
+            "workload.dataset.factory: cannot import byo_fl.data.nope",
+        ),
+        (
+            ["fl.selection={_target_:byo_fl.strategy.FedAvgM}"],
+            "fl.selection: byo_fl.strategy.FedAvgM returned a FedAvgM, not a SelectionPolicy",
+        ),
+        (["fl.selection={_target_:3}"], "fl.selection._target_: must be an import path"),
+        (["fl.selection=fastest"], "fl.selection: 'fastest' is not one of all, random"),
+    ],
+)
+def test_a_bad_plugin_is_a_config_error_naming_field_and_path(overrides, words):
+    # Execute
+    with pytest.raises(ConfigError) as caught:
+        spec(*overrides)
+
+    # Assert
+    message = str(caught.value)
+    assert words in message and "\n" not in message, message
+
+
+def test_the_spec_carries_the_import_paths_the_runtimes_build_from():
+    # Execute
+    s = spec(
+        "+strategy._target_=byo_fl.strategy.FedAvgM",
+        "+strategy.momentum=0.5",
+        "workload.model={_target_:byo_fl.model.TinyNet}",
+        "workload.num_classes=4",
+        "+workload.dataset.factory={_target_:byo_fl.data.stripes,noise:0.5}",
+        "fl.selection={_target_:byo_fl.selection.RoundRobin}",
+    )
+
+    # Assert: a user's strategy is named by its path, as a built-in by its name.
+    assert s.strategy == {"name": "byo_fl.strategy.FedAvgM", "clip_norm": None, "momentum": 0.5}
+    assert s.workload.model.name == "byo_fl.model.TinyNet"
+    assert s.workload.model.parameters == 80 + 33 * 4
+    assert s.workload.dataset.factory == "byo_fl.data.stripes"
+    assert s.workload.dataset.factory_params == {"noise": 0.5}
+    assert s.fl.selection == {"_target_": "byo_fl.selection.RoundRobin"}
+
+
+def test_an_npz_data_set_is_checked_like_the_built_in_ones(tmp_path):
+    # Prepare: 20 grey 8x8 images of 2 classes.
+    path = tmp_path / "mine.npz"
+    np.savez(path, X=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 2)
+
+    # Execute / Assert: 16 training samples do not give 3 clients a batch of 16 each.
+    with pytest.raises(ConfigError, match=r"3 clients need 48 training samples .* has 16"):
+        spec("workload.dataset.name=npz", f"workload.dataset.path={path}")
+    with pytest.raises(ConfigError, match=r"workload.dataset.path: an npz data set needs"):
+        spec("workload.dataset.name=npz")
+
+
+def test_the_command_line_reports_a_bad_target_in_one_line_and_exits_1(tmp_path):
+    # Execute
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "+experiment=fl_digits",
+            "+strategy._target_=nosuch_pkg.MyStrategy",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # Assert
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: strategy: cannot import nosuch_pkg.MyStrategy: no module 'nosuch_pkg' "
+        "(is its package installed or on PYTHONPATH?)"
+    )
+    assert "Traceback" not in proc.stderr
