@@ -17,8 +17,10 @@ What is measured, for one model of the zoo:
   does each round (serializing it, hashing it, storing it in a model repository on disk).
 
 The processor cost of one HTTP request (``request_cpu_s``) needs an HTTP client and server:
-``fedsim.real.request_cost`` measures it, and the callers (``fedsim calibrate``, the agent) add
-it to the :class:`Calibration`.
+``fedsim.real.request_cost`` measures it; what the agent's keeping an update on disk costs
+(``persist_cpu_s``, ``persist_io_s``) is the agent's state directory's to measure
+(``fedsim.real.agent.state.measure_persist``). The callers (``fedsim calibrate``, the agent)
+add both to the :class:`Calibration`.
 
 A timed step is the step ``TorchTrainer`` takes: forward, the trainer's own per-sample loss,
 ``zero_grad``, backward, an SGD step with momentum. Batch sizes are timed round-robin (each
@@ -211,7 +213,10 @@ class Calibration:
     round_overhead_s: float
     memory_bytes: float
     source: str
-    request_cpu_s: float | None = None  # added by a caller that can time HTTP
+    # Added by a caller that can time HTTP and the agent's state directory.
+    request_cpu_s: float | None = None
+    persist_cpu_s: float | None = None
+    persist_io_s: float | None = None
 
 
 def calibrate(
@@ -346,11 +351,15 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
         "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
         "cold_start_s": float(f"{cal.cold_start_s:.4g}"),
         "round_overhead_s": float(f"{cal.round_overhead_s:.4g}"),
-        **(
-            {}
-            if cal.request_cpu_s is None
-            else {"request_cpu_s": float(f"{cal.request_cpu_s:.4g}")}
-        ),
+        **{
+            key: float(f"{value:.4g}")
+            for key, value in (
+                ("request_cpu_s", cal.request_cpu_s),
+                ("persist_cpu_s", cal.persist_cpu_s),
+                ("persist_io_s", cal.persist_io_s),
+            )
+            if value is not None
+        },
     }
 
 

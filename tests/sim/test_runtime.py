@@ -11,6 +11,7 @@ from fedsim.core.events import EventKind
 from fedsim.core.experiment import compare
 from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
 from fedsim.core.scenarios import client_based, cloud_based
+from fedsim.core.topology import CpuQuota, with_cpu_quotas
 from fedsim.core.workload import DatasetSpec, ModelSpec, WorkloadSpec
 from fedsim.sim.compute import compute_seconds, jitter_factor
 from fedsim.sim.runtime import SimTransport
@@ -281,3 +282,62 @@ def test_the_server_pays_its_round_overhead_once_per_model_version_it_deploys():
     assert starts[0] == pytest.approx([0.1, 0.1])
     assert starts[1] == pytest.approx([0.0, 0.0])
     assert starts[2] == pytest.approx([0.1, 0.1])
+
+
+def trained_fit(nbytes=1_000_000, update_nbytes=1_000_000):
+    """A fit task that carries the model's parameters: its update is one the agent keeps."""
+    return replace(fit(nbytes, update_nbytes), parameters={"w": np.zeros(3, dtype=np.float32)})
+
+
+def test_uploading_a_trained_update_costs_keeping_it_on_disk_first():
+    # Prepare: a trainer at half its profile's speed behind a 1 MB/s link; keeping an update
+    # costs its profile 10 ms of processor and 30 ms of waiting for the disk.
+    slow_link = star(1, access=link("a", 1.0))
+    topology = measured_clients(slow_link, persist_cpu_s=0.01, persist_io_s=0.03)
+    devices = {**topology.devices, 1: replace(topology.devices[1], speed=0.5)}
+    topology = replace(topology, devices=devices)
+    durations = {}
+    for name, ins in (("trained", trained_fit()), ("timing only", fit(1_000_000, 1_000_000))):
+        transport = SimTransport(topology, seed=0)
+
+        # Execute
+        transport.run([Task(id="t", device=1, ins=ins)])
+        durations[name] = transfer_durations(transport)
+
+    # Assert: the trained update's upload takes 10 ms / 0.5 + 30 ms longer (the disk's wait
+    # does not scale with the processor's speed); downloads, and a timing-only update that the
+    # agent does not keep, pay nothing for it.
+    kept, plain = durations["trained"], durations["timing only"]
+    assert plain[EventKind.UPDATE_UPLOAD] == pytest.approx(1.0)
+    assert kept[EventKind.UPDATE_UPLOAD] == pytest.approx(1.0 + 0.02 + 0.03)
+    assert kept[EventKind.MODEL_DOWNLOAD] == pytest.approx(plain[EventKind.MODEL_DOWNLOAD])
+
+
+def test_a_device_under_a_cpu_quota_works_in_bursts_of_its_periods_quota():
+    # Prepare: the steady training task takes 26 ms at the profile's (average) speed; the same
+    # device held to a tenth of a core in 100 ms periods does that work (2.6 ms of a whole
+    # core) at once, and ten times the work (26 ms of a core) in three periods. Free links.
+    topology = measured_clients(star(1))
+    held = with_cpu_quotas(topology, {1: CpuQuota(cores=0.1, period_s=0.1)})
+    steady = 2 * (4 * 0.002 + 50 * 1e-4)
+    slow = replace(
+        held.devices[1].hardware, steps={"m": StepModel(overhead_s=0.02, per_sample_s=1e-3)}
+    )
+    slow_held = replace(held, devices={**held.devices, 1: replace(held.devices[1], hardware=slow)})
+    task = Task(id="t", device=1, ins=fit())
+
+    # Execute
+    (free,) = train_durations(SimTransport(topology, seed=0), [task])
+    (burst,) = train_durations(SimTransport(held, seed=0), [task])
+    transport = SimTransport(slow_held, seed=0)
+    transport.run([task])
+    (train,) = [e for e in transport.events if e.kind == EventKind.TRAIN]
+
+    # Assert: the unheld device at its profile's speed; the short burst ten times faster; the
+    # long one (260 ms at the average speed), begun early in the first period after the
+    # download, ends 6 ms into the third: 10 ms of work, throttled to 100 ms, 10 ms,
+    # throttled to 200 ms, 6 ms.
+    assert free == pytest.approx(steady)
+    assert burst == pytest.approx(steady * 0.1)
+    assert train.start < 0.09
+    assert train.end == pytest.approx(0.206)
