@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -149,14 +150,19 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
     links had neither, and the prediction of that run leaves them out too. Where it held its
     agents to CFS quotas (``cpu_quota_cores`` and ``cpu_period_s``), the simulated devices are
     held to the same (``Device.cpu_quota``), the period divided by the slow-down factor, since
-    the prediction is simulated at the profiles' speed and slowed afterwards."""
+    the prediction is simulated at the profiles' speed and slowed afterwards, and share the
+    host's whole ``cores`` as the agents did."""
     sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
     quotas = (emulation or {}).get("cpu_quota_cores") or {}
     period = (emulation or {}).get("cpu_period_s")
     if quotas and period:
         factor = float((emulation or {}).get("slowdown_factor", 1.0))
+        host = (emulation or {}).get("cores")
+        host_cores = None if host is None else max(1, math.floor(float(host)))
         held = {
-            int(dev): CpuQuota(cores=float(cores), period_s=float(period) / factor)
+            int(dev): CpuQuota(
+                cores=float(cores), period_s=float(period) / factor, host_cores=host_cores
+            )
             for dev, cores in quotas.items()
         }
         sim_spec = replace(sim_spec, topology=with_cpu_quotas(sim_spec.topology, held))

@@ -96,6 +96,7 @@ def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulate
         "latency_and_loss_emulated": True,
         "cpu_quota_cores": {"3": 0.1, "8": 0.5},
         "cpu_period_s": 0.1,
+        "cores": 2,
     }
 
     # Execute
@@ -103,10 +104,12 @@ def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulate
     without = prediction_spec(spec, {**emulation, "cpu_quota_cores": {}})
 
     # Assert: the two trainers are held to their quota, in periods of 100 ms / 2 (the
-    # prediction runs at the profiles' speed and is slowed afterwards); no other device is.
+    # prediction runs at the profiles' speed and is slowed afterwards), sharing the host's two
+    # cores; no other device is held.
     devices = as_run.topology.devices
     assert (devices[3].cpu_quota.cores, devices[3].cpu_quota.period_s) == (0.1, 0.05)
     assert (devices[8].cpu_quota.cores, devices[8].cpu_quota.period_s) == (0.5, 0.05)
+    assert devices[3].cpu_quota.host_cores == devices[8].cpu_quota.host_cores == 2
     assert all(d.cpu_quota is None for i, d in devices.items() if i not in (3, 8))
     assert all(d.cpu_quota is None for d in without.topology.devices.values())
 

@@ -120,17 +120,22 @@ class CpuQuota:
     ``cpu.cfs_period_us``, or ``cpu.max``): in every period of ``period_s`` seconds the device
     runs at full speed until it has used ``cores`` x ``period_s`` seconds of processor, then
     waits for the next period. An emulated device is held so; the simulator's prediction of
-    an emulated run charges it (``fedsim.sim.compute.QuotaClock``).
+    an emulated run charges it (``fedsim.sim.compute.QuotaClock``). ``host_cores``, when
+    known, is how many cores the host has for all the devices held so: their bursts at a whole
+    core's speed wait for one of them, as the emulated agents share the emulating host.
     """
 
     cores: float
     period_s: float
+    host_cores: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cores) and self.cores > 0):
             raise TopologyError(f"cpu quota: cores must be finite and > 0, got {self.cores}")
         if not (math.isfinite(self.period_s) and self.period_s > 0):
             raise TopologyError(f"cpu quota: period_s must be finite and > 0, got {self.period_s}")
+        if self.host_cores is not None and self.host_cores < 1:
+            raise TopologyError(f"cpu quota: host_cores must be >= 1, got {self.host_cores}")
 
 
 # slots: a heterogeneous fleet holds one link per device, so each costs as little as it can.

@@ -66,8 +66,10 @@ class QuotaClock:
     when it has none: a round's work of 25 ms under a quota of 10 ms per 100 ms takes
     three periods, not 250 ms. One thread is modelled (the agent trains on one), so a period
     gives at most ``period_s`` of work whatever the quota; the grid starts at time 0, since
-    where the emulation's grid lies is not known, and the bursts of the device run one after
-    the other.
+    where the emulation's grid lies is not known. :meth:`run` times a burst of a device that
+    has a core to itself, after the bursts asked for before it; :meth:`room`,
+    :meth:`next_period` and :meth:`spend` let a caller run the burst step by step, as a device
+    that shares its host's cores with others must (``CpuQuota.host_cores``).
     """
 
     def __init__(self, quota: CpuQuota) -> None:
@@ -100,3 +102,29 @@ class QuotaClock:
                 t, k, work = t + whole * period, k + whole, work - whole * per_period
         self._period, self._used, self._free_at = k, used, t
         return t
+
+    # One step at a time, for a device that also waits for one of its host's cores
+    # (``SimTransport``): how much it may run from ``now``, and what it ran.
+
+    def room(self, now: float) -> float:
+        """Seconds of work the device may run from ``now`` before the period's quota runs out
+        or the period ends (0 when throttled until :meth:`next_period`)."""
+        k = self._index(now)
+        used = self._used if k == self._period else 0.0
+        return max(0.0, min(self.quota_s - used, (k + 1) * self.period_s - now))
+
+    def next_period(self, now: float) -> float:
+        """When the period after the one holding ``now`` begins (its quota full again)."""
+        return (self._index(now) + 1) * self.period_s
+
+    def spend(self, start: float, seconds: float) -> None:
+        """Count ``seconds`` of work run from ``start`` (within :meth:`room`)."""
+        k = self._index(start)
+        if k != self._period:
+            self._period, self._used = k, 0.0
+        self._used += seconds
+        self._free_at = max(self._free_at, start + seconds)
+
+    def _index(self, t: float) -> int:
+        # A time a rounding error short of a boundary is at it: the next period's quota.
+        return math.floor(t / self.period_s + 1e-9)

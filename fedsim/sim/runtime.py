@@ -20,7 +20,9 @@ device's speed. Spec-sheet profiles have none of these figures and pay nothing f
 
 A device with a ``cpu_quota`` runs every piece of its processor's work through its
 :class:`~fedsim.sim.compute.QuotaClock`: at a whole core's speed while the CFS period has
-quota left, waiting for the next period when it has not.
+quota left, waiting for the next period when it has not; where the quota names its host's
+cores, each step of that work also waits for one of them (first come, first served), as the
+agents of an emulation share its host.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from fedsim.sim.compute import (
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
+_EPS = 1e-12  # seconds of work too few to run (a rounding error)
 # The metrics of a modelled update: one shared empty mapping, not a dict per device.
 _NONE: Mapping[str, float] = MappingProxyType({})
 # Trains a FitIns for real on a device (the simulator's virtual time is modelled regardless).
@@ -97,8 +100,10 @@ class SimTransport(Transport):
         # A device's processor exists while it computes or has work queued, so that a fleet
         # holds one only for the devices computing at the moment.
         self._processor: dict[int, simpy.Resource] = {}
-        # The CFS state of each device with a cpu_quota, made when it first works.
+        # The CFS state of each device with a cpu_quota, made when it first works, and the
+        # cores of the host such devices share (by their count), when their quota says.
         self._quota: dict[int, QuotaClock] = {}
+        self._host_cores: dict[int, simpy.Resource] = {}
         # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # Devices that have started training in this run: their cold start is paid.
@@ -336,6 +341,26 @@ class SimTransport(Transport):
         clock = self._quota.get(dev)
         if clock is None:
             clock = self._quota[dev] = QuotaClock(quota)
-        end = clock.run(self.env.now, seconds * quota.cores)
-        if end > self.env.now:
-            yield self.env.timeout(end - self.env.now)
+        work = seconds * quota.cores
+        if quota.host_cores is None:
+            end = clock.run(self.env.now, work)
+            if end > self.env.now:
+                yield self.env.timeout(end - self.env.now)
+            return
+        host = self._host_cores.get(quota.host_cores)
+        if host is None:
+            host = self._host_cores[quota.host_cores] = simpy.Resource(
+                self.env, capacity=quota.host_cores
+            )
+        # Step by step: a core of the host while the period has quota, none while throttled.
+        while work > _EPS:
+            with host.request() as core:
+                yield core
+                room = clock.room(self.env.now)
+                if room > _EPS:
+                    ran = min(room, work)
+                    clock.spend(self.env.now, ran)
+                    yield self.env.timeout(ran)
+                    work -= ran
+                    continue
+            yield self.env.timeout(clock.next_period(self.env.now) - self.env.now)

@@ -86,3 +86,20 @@ def test_a_quota_must_be_positive_and_finite():
         CpuQuota(cores=0.5, period_s=float("inf"))
     with pytest.raises(ValueError, match="work"):
         QuotaClock(TENTH).run(0.0, -1.0)
+
+
+def test_step_by_step_the_clock_says_how_much_may_run_and_when_the_quota_returns():
+    # Prepare
+    clock = QuotaClock(TENTH)
+
+    # Execute: 6 ms run at 20 ms, then the rest of the period's quota asked for at 30 ms.
+    clock.spend(0.02, 0.006)
+    left = clock.room(0.03)
+    clock.spend(0.03, left)
+
+    # Assert: 4 ms were left; then none until the period at 100 ms, which has all 10 ms, and
+    # near its end only what remains of it.
+    assert left == pytest.approx(0.004)
+    assert clock.room(0.05) == 0.0 and clock.next_period(0.05) == pytest.approx(0.1)
+    assert clock.room(0.1) == pytest.approx(0.01)
+    assert clock.room(0.197) == pytest.approx(0.003)

@@ -341,3 +341,33 @@ def test_a_device_under_a_cpu_quota_works_in_bursts_of_its_periods_quota():
     assert burst == pytest.approx(steady * 0.1)
     assert train.start < 0.09
     assert train.end == pytest.approx(0.206)
+
+
+def test_devices_under_quotas_share_the_cores_of_their_host():
+    # Prepare: two trainers, each held to half a core, whose task is 20 ms of training at
+    # that average speed (50 samples x 0.4 ms: 10 ms of a whole core, within a period's 50 ms
+    # of quota); on a host of one core, or with no host named. Free links.
+    topology = measured_clients(star(2))
+    slow = replace(
+        topology.devices[1].hardware, steps={"m": StepModel(overhead_s=0.0, per_sample_s=4e-4)}
+    )
+    topology = replace(
+        topology,
+        devices={d: replace(dev, hardware=slow) if d in (1, 2) else dev
+                 for d, dev in topology.devices.items()},
+    )  # fmt: skip
+    tasks = [Task(id=f"t{d}", device=d, ins=replace(fit(), epochs=1)) for d in (1, 2)]
+    ends = {}
+    for host in (None, 1):
+        quota = CpuQuota(cores=0.5, period_s=0.1, host_cores=host)
+        transport = SimTransport(with_cpu_quotas(topology, {1: quota, 2: quota}), seed=0)
+
+        # Execute
+        transport.run(tasks)
+        trains = [e for e in transport.events if e.kind == EventKind.TRAIN]
+        ends[host] = sorted(e.end - e.start for e in trains)
+
+    # Assert: each alone takes its 10 ms at a whole core's speed; on one core the second
+    # waits for the first's 10 ms.
+    assert ends[None] == pytest.approx([0.01, 0.01])
+    assert ends[1] == pytest.approx([0.01, 0.02])
