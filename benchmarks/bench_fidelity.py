@@ -214,7 +214,13 @@ def scaled_profile(host: dict[str, Any], share: float) -> dict[str, Any]:
     for key in ("serialize_bytes_per_s", "load_bytes_per_s", "aggregate_bytes_per_s"):
         if out.get(key) is not None:
             out[key] = out[key] * share
-    for key in ("cold_start_s", "request_cpu_s", "persist_cpu_s", "round_overhead_s"):
+    for key in (
+        "cold_start_s",
+        "request_cpu_s",
+        "persist_cpu_s",
+        "round_overhead_s",
+        "task_overhead_s",
+    ):
         if out.get(key) is not None:
             out[key] = out[key] / share
     out["description"] = f"{out.get('description', 'this host')}, held to {share:g} core"

@@ -55,6 +55,7 @@ def render(cal: Calibration, command: str) -> str:
         "# persist_cpu_s, persist_io_s: keeping one update on disk before its upload (the\n"
         "# agent's fsyncs): processor seconds, and seconds waiting for the disk beyond them.\n"
         "# round_overhead_s: a server's seconds to deploy a round's model version.\n"
+        "# task_overhead_s: a training task's seconds beyond its steps (the trainer's setup).\n"
     )
     from fedsim.ml.calibrate import profile_document
 
@@ -83,6 +84,7 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             "over a steady step",
             f"  one HTTP request: {(cal.request_cpu_s or 0.0) * 1e3:.3f} ms of processor; "
             f"deploying a version (server, each round): {cal.round_overhead_s * 1e3:.2f} ms",
+            f"  a training task beyond its steps: {cal.task_overhead_s * 1e3:.2f} ms",
             f"  keeping an update on disk: {(cal.persist_cpu_s or 0.0) * 1e3:.2f} ms of "
             f"processor + {(cal.persist_io_s or 0.0) * 1e3:.2f} ms waiting for the disk",
             f"profile: {out}",

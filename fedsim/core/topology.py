@@ -38,6 +38,7 @@ MEASURED_SECONDS = (
     "persist_cpu_s",
     "persist_io_s",
     "round_overhead_s",
+    "task_overhead_s",
 )
 
 
@@ -64,7 +65,9 @@ class HardwareProfile:
     beyond them; ``round_overhead_s``
     is the seconds of work a server does outside aggregation and evaluation to start a round:
     deploying the round's model version (serializing, hashing and storing it) and posting the
-    round's tasks.
+    round's tasks; ``task_overhead_s`` is what each training task costs beyond its steps (the
+    trainer setting the parameters, building its optimizer, drawing the sample order, reading
+    the parameters back).
     """
 
     name: str
@@ -89,6 +92,7 @@ class HardwareProfile:
     persist_cpu_s: float = 0.0
     persist_io_s: float = 0.0
     round_overhead_s: float = 0.0
+    task_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"hardware {self.name}"

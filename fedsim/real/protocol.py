@@ -382,7 +382,7 @@ class MeasuredProfile(WireModel):
     bytes, ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
     waiting for the disk of keeping one update before uploading it, and ``round_overhead_s``
     the seconds a server on this hardware works to start a round (deploying a model version,
-    posting tasks).
+    posting tasks), ``task_overhead_s`` what a training task costs beyond its steps.
     """
 
     kind: Literal["measured"] = "measured"
@@ -401,6 +401,7 @@ class MeasuredProfile(WireModel):
     persist_cpu_s: Seconds | None = None
     persist_io_s: Seconds | None = None
     round_overhead_s: Seconds | None = None
+    task_overhead_s: Seconds | None = None
 
 
 class TaskReceipt(WireModel):

@@ -8,7 +8,8 @@ A measured profile also charges what the device's CPU spends around a transfer: 
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
 uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
 transfers (the training step; a forwarder's aggregation step before its upload), and, once per
-device and run, its cold start (``cold_start_s``) on its first training step. Every transfer
+device and run, its cold start (``cold_start_s``) on its first training step, and in every
+training task what the trainer does beyond the steps (``task_overhead_s``). Every transfer
 a device makes (its downloads and uploads: the agent makes each request) costs it
 ``request_cpu_s`` of its processor before the bytes move; before uploading a trained update
 (one that carries parameters, which the agent keeps on disk before sending it) it also pays
@@ -323,6 +324,8 @@ class SimTransport(Transport):
                 self._warm.add(dev)
                 cold = hw.cold_start_s
             steady = compute_seconds(cost, hw) + extra_s
+            if kind is EventKind.TRAIN:
+                steady += hw.task_overhead_s
             seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
             yield from self._busy(dev, seconds / device.speed)
         if not processor.count and not processor.queue:

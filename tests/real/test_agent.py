@@ -462,6 +462,7 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     # Keeping an update in its state directory costs the processor something, and the wait
     # for the disk is never negative; the scratch state is gone afterwards.
     assert 0 < profile["persist_cpu_s"] < 1 and 0 <= profile["persist_io_s"] < 10
+    assert 0 <= profile["task_overhead_s"] < 1
     assert not list(tmp_path.rglob("fedsim-persist-*"))
     # What the agent sends is what the protocol accepts.
     accepted = MeasuredProfile.model_validate(profile)

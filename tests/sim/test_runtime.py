@@ -212,6 +212,19 @@ def test_a_measured_profile_pays_loading_the_model_and_serializing_the_update():
     assert kinds == [EventKind.MODEL_DOWNLOAD, EventKind.TRAIN, EventKind.UPDATE_UPLOAD]
 
 
+def test_a_measured_profile_pays_its_task_overhead_on_every_training_task():
+    # Prepare: a trainer whose every training task costs 5 ms beyond its steps.
+    topology = measured_clients(star(1), task_overhead_s=0.005)
+    steady = 2 * (4 * 0.002 + 50 * 1e-4)
+    tasks = [Task(id=f"t{i}", device=1, ins=fit()) for i in range(3)]
+
+    # Execute
+    durations = train_durations(SimTransport(topology, seed=0), tasks)
+
+    # Assert: each task, the first and the later ones, takes its steps and the 5 ms.
+    assert durations == pytest.approx([steady + 0.005] * 3)
+
+
 def test_a_spec_sheet_profile_pays_no_cold_start_nor_serialization():
     # Prepare: the trainers of star() are spec-sheet profiles (1 TFLOP/s).
     topology = star(1)
