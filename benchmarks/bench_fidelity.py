@@ -3,13 +3,16 @@
 Each scenario runs ``fl_digits`` with ``mode=emulated`` (agents in network namespaces behind
 tc-shaped links, CPU held by cgroup quotas; needs root) and reads the fidelity block of its
 summary and its ``fidelity.csv``: the prediction is the same spec and seed in the simulator,
-slowed by the emulation's slow-down factor. The baseline of every figure is the measured run
-in the same process.
+slowed by the emulation's slow-down factor and holding each device to the CFS quota the
+emulation gave it. The baseline of every figure is the measured run in the same process; the
+notes and the JSON line carry the host's load and each agent's throttling counters, from the
+run's ``emulation.json``.
 
 The devices' hardware is this host's measured profile (``fedsim calibrate`` at the start, into
 a temporary directory, or ``--profile PATH``) slowed to a share ``q`` of one core: every time
-of the step model and every other time of its processor (cold start, per-request cost) divided
-by ``q``, every throughput multiplied by it. ``mode.host_gflops`` is
+of the step model and every other time of its processor (cold start, per-request cost, a
+task's overhead, keeping an update) divided by ``q``, every throughput multiplied by it, the
+wait for the disk unchanged. ``mode.host_gflops`` is
 the host profile's own speed, so the emulation's quota of such a device is exactly ``q``
 cores. The server is the host profile itself (it runs unthrottled, in this process).
 
