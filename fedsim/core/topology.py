@@ -64,10 +64,10 @@ class HardwareProfile:
     keeps each result, with fsyncs): seconds of the processor, and seconds waiting for the disk
     beyond them; ``round_overhead_s``
     is the seconds of work a server does outside aggregation and evaluation to start a round:
-    deploying the round's model version (serializing, hashing and storing it) and posting the
-    round's tasks; ``task_overhead_s`` is what each training task costs beyond its steps (the
-    trainer setting the parameters, building its optimizer, drawing the sample order, reading
-    the parameters back).
+    deploying the round's model version (serializing and hashing it, finding it among the
+    stored versions) and posting the round's tasks; ``task_overhead_s`` is what each training
+    task costs beyond its steps (the trainer setting the parameters, building its optimizer,
+    drawing the sample order, reading the parameters back).
     """
 
     name: str

@@ -13,8 +13,9 @@ What is measured, for one model of the zoo:
   batch size's), less the fitted time of a steady step of that size. It is what a device's
   first training task costs beyond a steady one, as far as a short measurement can tell: the
   trainer's data loading is not in it, and a process that trained before measures it warm;
-- the server's round overhead: deploying one new version of the model as the real transport
-  does each round (serializing it, hashing it, storing it in a model repository on disk);
+- the server's round overhead: deploying the round's version as the real transport does
+  before the round's tasks go out (serializing it, hashing it, finding it among the versions
+  that the run stored as the previous round ended);
 - the task overhead: what a ``TorchTrainer`` task of one step takes beyond the fitted step
   (setting the parameters, building the optimizer, the sample order, reading the parameters
   back), which every training task pays once.
@@ -331,28 +332,31 @@ def task_seconds(
 
 
 def deploy_seconds(state: NDArrays, repeats: int) -> float:
-    """The median seconds of deploying a new version of ``state`` as the real transport does
-    before a round's tasks go out: safetensors-encode it, hash it (sha256), look for it among
-    the model's versions and add it to a model repository (SQLite and blob files, in a
-    temporary directory). Each repeat changes one value so that every version is new."""
+    """The median seconds of a round's deployment as the real transport does it before the
+    round's tasks go out: safetensors-encode the version, hash it (sha256) and find it among
+    the model's versions in a model repository (SQLite and blob files, in a temporary
+    directory). A run that trains keeps every version (``fedsim.store.recorder``), and stores
+    each one, fsyncs and all, as the round that made it ends, between two rounds: so a round's
+    deployment finds its version there, and so does each repeat, whose version is stored first,
+    untimed."""
     if repeats < 1:
         raise ValueError(f"repeats: must be >= 1, got {repeats}")
     changed = {k: v.copy() for k, v in state.items()}
     first = next(iter(changed.values()), None)
-    counter = iter(range(1, 1 << 62))
+    times = []
     with tempfile.TemporaryDirectory(prefix="fedsim-calibrate-") as tmp:
         repository = SqliteRepository(Path(tmp))
         repository.register_model("calibration", "calibration", {"source": "fedsim calibrate"})
-
-        def deploy() -> None:
+        for i in range(repeats + 1):  # the first one warms up, untimed
             if first is not None and first.size:
-                first.flat[0] = next(counter)
-            blob = encode(changed)
-            sha = hashlib.sha256(blob).hexdigest()
-            if all(v.sha256 != sha for v in repository.list_versions("calibration")):
-                repository.add_version("calibration", blob)
-
-        return _median_seconds(deploy, repeats)
+                first.flat[0] = i + 1  # a new version each time
+            repository.add_version("calibration", encode(changed))
+            start = time.perf_counter()
+            sha = hashlib.sha256(encode(changed)).hexdigest()
+            if not any(v.sha256 == sha for v in repository.list_versions("calibration")):
+                raise RuntimeError("the version just stored is not among the model's versions")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
