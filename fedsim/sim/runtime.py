@@ -287,11 +287,13 @@ class SimTransport(Transport):
         start = self.env.now
         requester = self.topology.devices[by]
         hw = requester.hardware
-        if keep:
+        # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.
+        if keep and hw.persist_cpu_s:
             yield from self._busy(by, hw.persist_cpu_s / requester.speed)
-            if hw.persist_io_s:
-                yield self.env.timeout(hw.persist_io_s)
-        yield from self._busy(by, hw.request_cpu_s / requester.speed)
+        if keep and hw.persist_io_s:
+            yield self.env.timeout(hw.persist_io_s)
+        if hw.request_cpu_s:
+            yield from self._busy(by, hw.request_cpu_s / requester.speed)
         path = self.topology.path(src, dst)
         if self._jitter:
             jitters = [self.topology.link_profile(n).latency_jitter for n, _ in path]
@@ -327,7 +329,10 @@ class SimTransport(Transport):
             if kind is EventKind.TRAIN:
                 steady += hw.task_overhead_s
             seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
-            yield from self._busy(dev, seconds / device.speed)
+            if device.cpu_quota is None:
+                yield self.env.timeout(seconds / device.speed)
+            else:
+                yield from self._busy(dev, seconds / device.speed)
         if not processor.count and not processor.queue:
             del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
