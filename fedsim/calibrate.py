@@ -3,8 +3,9 @@
 What it measures for one model of the zoo (training steps fitted as per-batch overhead +
 per-sample cost with the fit's residual, safetensors serialization and load throughput, FedAvg
 aggregation throughput, cold start, the server's round overhead) is ``fedsim.ml.calibrate``'s,
-and the processor cost of one HTTP request ``fedsim.real.request_cost``'s; the agent reports
-the same to its server.
+the processor cost of one HTTP request ``fedsim.real.request_cost``'s, and the cost of keeping
+an update on disk as the agent does (``fedsim.real.agent.state.measure_persist``, in the
+system's temporary directory); the agent reports the same to its server.
 
 The profile (``kind: measured``) loads through the config as it is; a topology uses it by naming
 it as a device's ``hardware``. Exit codes: 0 when written, 2 for a bad argument or a file that
@@ -51,7 +52,10 @@ def render(cal: Calibration, command: str) -> str:
         "# memory traffic at aggregate_bytes_per_s. cold_start_s: the first training task's\n"
         "# extra seconds (building the model and optimizer, the first step). request_cpu_s:\n"
         "# processor seconds of one HTTP request the device makes, beyond its bytes.\n"
+        "# persist_cpu_s, persist_io_s: keeping one update on disk before its upload (the\n"
+        "# agent's fsyncs): processor seconds, and seconds waiting for the disk beyond them.\n"
         "# round_overhead_s: a server's seconds to deploy a round's model version.\n"
+        "# task_overhead_s: a training task's seconds beyond its steps (the trainer's setup).\n"
     )
     from fedsim.ml.calibrate import profile_document
 
@@ -80,6 +84,9 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             "over a steady step",
             f"  one HTTP request: {(cal.request_cpu_s or 0.0) * 1e3:.3f} ms of processor; "
             f"deploying a version (server, each round): {cal.round_overhead_s * 1e3:.2f} ms",
+            f"  a training task beyond its steps: {cal.task_overhead_s * 1e3:.2f} ms",
+            f"  keeping an update on disk: {(cal.persist_cpu_s or 0.0) * 1e3:.2f} ms of "
+            f"processor + {(cal.persist_io_s or 0.0) * 1e3:.2f} ms waiting for the disk",
             f"profile: {out}",
         ]
         + (
@@ -216,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--out {out}: {e}")
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     from fedsim.ml.calibrate import calibrate  # torch loads here, after the arguments
+    from fedsim.real.agent.state import measure_persist
     from fedsim.real.request_cost import measure_request_cpu_s
 
     cal = calibrate(
@@ -226,7 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         statistic=args.statistic,
     )
-    cal = dataclasses.replace(cal, request_cpu_s=measure_request_cpu_s())
+    persist = measure_persist(cal.state_bytes)
+    cal = dataclasses.replace(
+        cal,
+        request_cpu_s=measure_request_cpu_s(),
+        persist_cpu_s=persist.cpu_s,
+        persist_io_s=persist.io_s,
+    )
     if cal.fit.model.per_sample_s == 0:
         parser.error(
             "step times did not grow with the batch size (a busy host?); "

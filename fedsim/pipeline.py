@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from typing import Any
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
 from fedsim.core import fidelity
 from fedsim.core.results import COMPARISON, TIME_FIELDS, RunResult
-from fedsim.core.topology import map_profiles
+from fedsim.core.topology import CpuQuota, map_profiles, with_cpu_quotas
 from fedsim.real.stores import ServerStores
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
@@ -147,12 +148,29 @@ def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
 def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -> ExperimentSpec:
     """``spec`` in the simulator, as the measured run ran it: where an emulation could not
     emulate link latency and loss (``latency_and_loss_emulated`` false in its description), its
-    links had neither, and the prediction of that run leaves them out too."""
+    links had neither, and the prediction of that run leaves them out too. Where it held its
+    agents to CFS quotas (``cpu_quota_cores`` and ``cpu_period_s``), the simulated devices are
+    held to the same (``Device.cpu_quota``), the period divided by the slow-down factor, since
+    the prediction is simulated at the profiles' speed and slowed afterwards, and share the
+    host's whole ``cores`` as the agents did."""
     sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
+    quotas = (emulation or {}).get("cpu_quota_cores") or {}
+    period = (emulation or {}).get("cpu_period_s")
+    if quotas and period:
+        factor = float((emulation or {}).get("slowdown_factor", 1.0))
+        host = (emulation or {}).get("cores")
+        host_cores = None if host is None else max(1, math.floor(float(host)))
+        held = {
+            int(dev): CpuQuota(
+                cores=float(cores), period_s=float(period) / factor, host_cores=host_cores
+            )
+            for dev, cores in quotas.items()
+        }
+        sim_spec = replace(sim_spec, topology=with_cpu_quotas(sim_spec.topology, held))
     if emulation is not None and not emulation.get("latency_and_loss_emulated", True):
         # Only what tc could shape stays: the rates.
         rates_only = map_profiles(
-            spec.topology,
+            sim_spec.topology,
             link=lambda p: replace(p, latency=0.0, latency_jitter=0.0, loss=0.0),
         )
         sim_spec = replace(sim_spec, topology=rates_only)

@@ -25,7 +25,10 @@ MEASURED_CONF: dict[str, Any] = {
     "aggregate_bytes_per_s": 6e9,
     "cold_start_s": 0.8,
     "request_cpu_s": 2e-4,
+    "persist_cpu_s": 1e-3,
+    "persist_io_s": 2e-2,
     "round_overhead_s": 3e-3,
+    "task_overhead_s": 1.5e-3,
 }
 SPEC_CONF: dict[str, Any] = {
     "memory_gb": 1,
@@ -66,9 +69,21 @@ def test_a_measured_profile_needs_no_spec_sheet_figures():
     assert (hw.serialize_bytes_per_s, hw.load_bytes_per_s) == (4e9, 3e9)
     assert hw.cold_start_s == 0.8
     assert (hw.request_cpu_s, hw.round_overhead_s) == (2e-4, 3e-3)
+    assert (hw.persist_cpu_s, hw.persist_io_s) == (1e-3, 2e-2)
+    assert hw.task_overhead_s == 1.5e-3
 
 
-@pytest.mark.parametrize("key", ["cold_start_s", "request_cpu_s", "round_overhead_s"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "cold_start_s",
+        "request_cpu_s",
+        "persist_cpu_s",
+        "persist_io_s",
+        "round_overhead_s",
+        "task_overhead_s",
+    ],
+)
 def test_a_profile_without_a_measured_time_has_none(key):
     # Execute
     measured, spec = profile(without(key)), profile(SPEC_CONF)

@@ -87,6 +87,33 @@ def test_an_emulation_without_netem_is_predicted_without_latency_and_loss(simula
     assert with_netem.topology == spec.topology
 
 
+def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulated):
+    # Prepare: an emulation 2 times slower than the profiles, holding two trainers to CFS
+    # quotas in 100 ms periods.
+    spec, _ = simulated
+    emulation = {
+        "slowdown_factor": 2.0,
+        "latency_and_loss_emulated": True,
+        "cpu_quota_cores": {"3": 0.1, "8": 0.5},
+        "cpu_period_s": 0.1,
+        "cores": 2,
+    }
+
+    # Execute
+    as_run = prediction_spec(spec, emulation)
+    without = prediction_spec(spec, {**emulation, "cpu_quota_cores": {}})
+
+    # Assert: the two trainers are held to their quota, in periods of 100 ms / 2 (the
+    # prediction runs at the profiles' speed and is slowed afterwards), sharing the host's two
+    # cores; no other device is held.
+    devices = as_run.topology.devices
+    assert (devices[3].cpu_quota.cores, devices[3].cpu_quota.period_s) == (0.1, 0.05)
+    assert (devices[8].cpu_quota.cores, devices[8].cpu_quota.period_s) == (0.5, 0.05)
+    assert devices[3].cpu_quota.host_cores == devices[8].cpu_quota.host_cores == 2
+    assert all(d.cpu_quota is None for i, d in devices.items() if i not in (3, 8))
+    assert all(d.cpu_quota is None for d in without.topology.devices.values())
+
+
 def test_an_emulated_run_without_netem_is_predicted_at_link_rates_alone(simulated, tmp_path):
     # Prepare: the rounds of the latency-free simulation, as an emulation without netem measures.
     spec, _ = simulated

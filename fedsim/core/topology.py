@@ -32,7 +32,14 @@ class TopologyError(ValueError):
 
 
 # The seconds figures only a measured profile carries (0 when not measured).
-MEASURED_SECONDS = ("cold_start_s", "request_cpu_s", "round_overhead_s")
+MEASURED_SECONDS = (
+    "cold_start_s",
+    "request_cpu_s",
+    "persist_cpu_s",
+    "persist_io_s",
+    "round_overhead_s",
+    "task_overhead_s",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +59,15 @@ class HardwareProfile:
     what the device's first training task of a run takes beyond a steady one (building the
     model and trainer, the framework's first-step warm-up). ``request_cpu_s`` is the seconds of
     the device's own processor one HTTP request it makes costs beyond its bytes (the client's
-    work on the request and its answer), paid on every transfer it makes; ``round_overhead_s``
+    work on the request and its answer), paid on every transfer it makes; ``persist_cpu_s`` and
+    ``persist_io_s`` are what keeping one update on disk before uploading it costs (as the agent
+    keeps each result, with fsyncs): seconds of the processor, and seconds waiting for the disk
+    beyond them; ``round_overhead_s``
     is the seconds of work a server does outside aggregation and evaluation to start a round:
-    deploying the round's model version (serializing, hashing and storing it) and posting the
-    round's tasks.
+    deploying the round's model version (serializing and hashing it, finding it among the
+    stored versions) and posting the round's tasks; ``task_overhead_s`` is what each training
+    task costs beyond its steps (the trainer setting the parameters, building its optimizer,
+    drawing the sample order, reading the parameters back).
     """
 
     name: str
@@ -77,7 +89,10 @@ class HardwareProfile:
     aggregate_bytes_per_s: float | None = None
     cold_start_s: float = 0.0
     request_cpu_s: float = 0.0
+    persist_cpu_s: float = 0.0
+    persist_io_s: float = 0.0
     round_overhead_s: float = 0.0
+    task_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"hardware {self.name}"
@@ -93,14 +108,38 @@ class HardwareProfile:
             raise TopologyError(f"{where}: only a measured profile carries step models")
         if self.kind == SPEC and any(getattr(self, key) for key in MEASURED_SECONDS):
             raise TopologyError(
-                f"{where}: only a measured profile carries a cold start, a request cost or a "
-                "round overhead"
+                f"{where}: only a measured profile carries a cold start, a request cost, a "
+                "persistence cost or a round overhead"
             )
 
     @property
     def effective_flops(self) -> float:
         scaling = self.scaling_efficiency if self.units > 1 else 1.0
         return self.peak_flops * self.efficiency * scaling
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CpuQuota:
+    """A CFS bandwidth limit on a device's processor (Linux's ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``, or ``cpu.max``): in every period of ``period_s`` seconds the device
+    runs at full speed until it has used ``cores`` x ``period_s`` seconds of processor, then
+    waits for the next period. An emulated device is held so; the simulator's prediction of
+    an emulated run charges it (``fedsim.sim.compute.QuotaClock``). ``host_cores``, when
+    known, is how many cores the host has for all the devices held so: their bursts at a whole
+    core's speed wait for one of them, as the emulated agents share the emulating host.
+    """
+
+    cores: float
+    period_s: float
+    host_cores: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.cores) and self.cores > 0):
+            raise TopologyError(f"cpu quota: cores must be finite and > 0, got {self.cores}")
+        if not (math.isfinite(self.period_s) and self.period_s > 0):
+            raise TopologyError(f"cpu quota: period_s must be finite and > 0, got {self.period_s}")
+        if self.host_cores is not None and self.host_cores < 1:
+            raise TopologyError(f"cpu quota: host_cores must be >= 1, got {self.host_cores}")
 
 
 # slots: a heterogeneous fleet holds one link per device, so each costs as little as it can.
@@ -140,6 +179,10 @@ class Device:
     twice as fast as the profile says, 0.5 half as fast. A fleet drawn from distributions or
     traces (:mod:`fedsim.core.fleet`) gives each device its own, and its own ``link``, while
     devices of a kind share one profile.
+
+    ``cpu_quota``, when set, holds the device's processor to a CFS quota: its ``speed`` is
+    then its average over long stretches, and a short burst of work runs faster (at the
+    speed of a whole core, ``speed / cpu_quota.cores``) until the period's quota is spent.
     """
 
     id: int
@@ -151,6 +194,7 @@ class Device:
     link: LinkProfile
     attach_to: int | None = None
     speed: float = 1.0
+    cpu_quota: CpuQuota | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.speed) and self.speed > 0):
@@ -265,6 +309,18 @@ def map_profiles(
         for d in topology.devices.values()
     }
     return Topology(topology.name, groups, devices)
+
+
+def with_cpu_quotas(topology: Topology, quotas: Mapping[int, CpuQuota]) -> Topology:
+    """A copy of ``topology`` whose devices in ``quotas`` are held to their CPU quota."""
+    unknown = sorted(set(quotas) - set(topology.devices))
+    if unknown:
+        raise TopologyError(f"cpu quotas for devices {unknown}, which the topology does not have")
+    devices = {
+        d.id: replace(d, cpu_quota=quotas[d.id]) if d.id in quotas else d
+        for d in topology.devices.values()
+    }
+    return Topology(topology.name, dict(topology.groups), devices)
 
 
 def without_jitter(topology: Topology) -> Topology:

@@ -13,15 +13,22 @@ What is measured, for one model of the zoo:
   batch size's), less the fitted time of a steady step of that size. It is what a device's
   first training task costs beyond a steady one, as far as a short measurement can tell: the
   trainer's data loading is not in it, and a process that trained before measures it warm;
-- the server's round overhead: deploying one new version of the model as the real transport
-  does each round (serializing it, hashing it, storing it in a model repository on disk).
+- the server's round overhead: deploying the round's version as the real transport does
+  before the round's tasks go out (serializing it, hashing it, finding it among the versions
+  that the run stored as the previous round ended);
+- the task overhead: what a ``TorchTrainer`` task of one step takes beyond the fitted step
+  (setting the parameters, building the optimizer, the sample order, reading the parameters
+  back), which every training task pays once.
 
 The processor cost of one HTTP request (``request_cpu_s``) needs an HTTP client and server:
-``fedsim.real.request_cost`` measures it, and the callers (``fedsim calibrate``, the agent) add
-it to the :class:`Calibration`.
+``fedsim.real.request_cost`` measures it; what the agent's keeping an update on disk costs
+(``persist_cpu_s``, ``persist_io_s``) is the agent's state directory's to measure
+(``fedsim.real.agent.state.measure_persist``). The callers (``fedsim calibrate``, the agent)
+add both to the :class:`Calibration`.
 
-A timed step is the step ``TorchTrainer`` takes: forward, the trainer's own per-sample loss,
-``zero_grad``, backward, an SGD step with momentum. Batch sizes are timed round-robin (each
+A timed step is the step ``TorchTrainer`` takes: gathering the batch from the shard by a
+shuffled index, forward, the trainer's own per-sample loss, ``zero_grad``, backward, an SGD step
+with momentum. Batch sizes are timed round-robin (each
 repeat times every size once) so that a drift in the host's speed while calibrating (another
 process, frequency scaling) spreads over all sizes instead of bending the fitted line; each size
 first runs warm-up steps, which pay for one-off costs (oneDNN picks and caches its kernels per
@@ -50,18 +57,19 @@ from typing import Any
 import torch
 
 from fedsim.core.calibration import StepFit, fit_step_model
-from fedsim.core.runtime import NDArrays, Update
+from fedsim.core.runtime import FitIns, ModelRef, NDArrays, Update
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.ml.models import build_model
 from fedsim.ml.params import get_parameters
 from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES, model_spec
 
 # The trainer's own loss: a timed step is the step it takes.
-from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, _per_sample_loss
+from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, TorchTrainer, _per_sample_loss
 from fedsim.store.safetensors_io import decode, encode
 from fedsim.store.sqlite import SqliteRepository
 
 AGGREGATE_UPDATES = 8  # a round's worth of updates for the aggregation timing
+SHARD_BATCHES = 8  # the timed steps draw their batches from a shard of this many of the largest
 GB = 1e9
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {
@@ -148,17 +156,23 @@ def time_training_steps(
         )
         build_s = time.perf_counter() - built
         # Random inputs cost what real ones do; labels in range keep the loss well defined.
-        batches = {
-            b: (torch.rand((b, *shape)), torch.randint(0, num_classes, (b,))) for b in batch_sizes
-        }
+        # The trainer gathers each batch from the device's shard by a shuffled index: so does
+        # a timed step, from a shard of a few of the largest batches.
+        shard_size = SHARD_BATCHES * max(batch_sizes)
+        shard_X = torch.rand((shard_size, *shape))
+        shard_y = torch.randint(0, num_classes, (shard_size,))
+        order = torch.randperm(shard_size)
+        offsets = dict.fromkeys(batch_sizes, 0)
 
         # The trainer keeps running sums of the loss and its square; so does a timed step.
         loss_sum = torch.zeros(())
         loss_sq_sum = torch.zeros(())
 
         def step(b: int) -> float:
-            X, y = batches[b]
+            at = offsets[b] = (offsets[b] + b) % (shard_size - b + 1)
             start = time.perf_counter()
+            batch = order[at : at + b]
+            X, y = shard_X[batch], shard_y[batch]
             losses = _per_sample_loss(net, net(X), y)
             optimizer.zero_grad(set_to_none=True)
             losses.mean().backward()
@@ -209,9 +223,13 @@ class Calibration:
     aggregate_bytes_per_s: float
     cold_start_s: float
     round_overhead_s: float
+    task_overhead_s: float
     memory_bytes: float
     source: str
-    request_cpu_s: float | None = None  # added by a caller that can time HTTP
+    # Added by a caller that can time HTTP and the agent's state directory.
+    request_cpu_s: float | None = None
+    persist_cpu_s: float | None = None
+    persist_io_s: float | None = None
 
 
 def calibrate(
@@ -259,6 +277,9 @@ def calibrate(
             / _median_seconds(lambda: fedavg.aggregate_fit(state, updates), io_repeats)
         )
         round_overhead = deploy_seconds(state, min(io_repeats, DEPLOY_REPEATS))
+        one_step = task_seconds(model, num_classes, input_size, batch_sizes[0], io_repeats)
+        # A task faster than the fitted step (noise) has no overhead, not a negative one.
+        task_overhead = max(0.0, one_step - fit.model.seconds(batch_sizes[0]))
     today = datetime.date.today().isoformat()
     return Calibration(
         model=model,
@@ -274,6 +295,7 @@ def calibrate(
         aggregate_bytes_per_s=aggregate,
         cold_start_s=cold_start,
         round_overhead_s=round_overhead,
+        task_overhead_s=task_overhead,
         memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
         source=(
             f"{by} on {socket.gethostname()}, {today}, torch {torch.__version__}, "
@@ -285,34 +307,62 @@ def calibrate(
 DEPLOY_REPEATS = 10  # each writes a version to disk; a few tell the median
 
 
+def task_seconds(
+    model: str, num_classes: int, input_size: int, batch_size: int, repeats: int
+) -> float:
+    """The median seconds of a ``TorchTrainer`` task of one step of ``batch_size`` samples on
+    a synthetic shard, after two untimed ones: the step, and what the trainer does around the
+    steps of every task (setting the parameters, building its optimizer, drawing the sample
+    order, reading the parameters back)."""
+    in_channels = getattr(type(build_model(model, num_classes)), "in_channels", 3)
+    shard = (
+        torch.rand((SHARD_BATCHES * batch_size, in_channels, input_size, input_size)),
+        torch.randint(0, num_classes, (SHARD_BATCHES * batch_size,)),
+    )
+    trainer = TorchTrainer(model_name=model, num_classes=num_classes, data={0: shard}, seed=0)
+    ins = FitIns(
+        model=ModelRef(name=model, version=0, nbytes=0),
+        samples=batch_size,
+        epochs=1,
+        batch_size=batch_size,
+        flops=0.0,
+        update_nbytes=0,
+    )
+    return _median_seconds(lambda: trainer(0, ins), max(2, repeats), warm=2)
+
+
 def deploy_seconds(state: NDArrays, repeats: int) -> float:
-    """The median seconds of deploying a new version of ``state`` as the real transport does
-    before a round's tasks go out: safetensors-encode it, hash it (sha256), look for it among
-    the model's versions and add it to a model repository (SQLite and blob files, in a
-    temporary directory). Each repeat changes one value so that every version is new."""
+    """The median seconds of a round's deployment as the real transport does it before the
+    round's tasks go out: safetensors-encode the version, hash it (sha256) and find it among
+    the model's versions in a model repository (SQLite and blob files, in a temporary
+    directory). A run that trains keeps every version (``fedsim.store.recorder``), and stores
+    each one, fsyncs and all, as the round that made it ends, between two rounds: so a round's
+    deployment finds its version there, and so does each repeat, whose version is stored first,
+    untimed."""
     if repeats < 1:
         raise ValueError(f"repeats: must be >= 1, got {repeats}")
     changed = {k: v.copy() for k, v in state.items()}
     first = next(iter(changed.values()), None)
-    counter = iter(range(1, 1 << 62))
+    times = []
     with tempfile.TemporaryDirectory(prefix="fedsim-calibrate-") as tmp:
         repository = SqliteRepository(Path(tmp))
         repository.register_model("calibration", "calibration", {"source": "fedsim calibrate"})
-
-        def deploy() -> None:
+        for i in range(repeats + 1):  # the first one warms up, untimed
             if first is not None and first.size:
-                first.flat[0] = next(counter)
-            blob = encode(changed)
-            sha = hashlib.sha256(blob).hexdigest()
-            if all(v.sha256 != sha for v in repository.list_versions("calibration")):
-                repository.add_version("calibration", blob)
+                first.flat[0] = i + 1  # a new version each time
+            repository.add_version("calibration", encode(changed))
+            start = time.perf_counter()
+            sha = hashlib.sha256(encode(changed)).hexdigest()
+            if not any(v.sha256 == sha for v in repository.list_versions("calibration")):
+                raise RuntimeError("the version just stored is not among the model's versions")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
-        return _median_seconds(deploy, repeats)
 
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """The median wall time of ``fn`` over ``repeats`` calls, after one untimed call."""
-    fn()
+def _median_seconds(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
+    """The median wall time of ``fn`` over ``repeats`` calls, after ``warm`` untimed calls."""
+    for _ in range(warm):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -346,11 +396,16 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
         "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
         "cold_start_s": float(f"{cal.cold_start_s:.4g}"),
         "round_overhead_s": float(f"{cal.round_overhead_s:.4g}"),
-        **(
-            {}
-            if cal.request_cpu_s is None
-            else {"request_cpu_s": float(f"{cal.request_cpu_s:.4g}")}
-        ),
+        "task_overhead_s": float(f"{cal.task_overhead_s:.4g}"),
+        **{
+            key: float(f"{value:.4g}")
+            for key, value in (
+                ("request_cpu_s", cal.request_cpu_s),
+                ("persist_cpu_s", cal.persist_cpu_s),
+                ("persist_io_s", cal.persist_io_s),
+            )
+            if value is not None
+        },
     }
 
 

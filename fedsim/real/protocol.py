@@ -380,8 +380,10 @@ class MeasuredProfile(WireModel):
     throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
     ``cold_start_s`` the first training task's extra seconds over a steady one,
     ``request_cpu_s`` the processor seconds one HTTP request of the agent costs beyond its
-    bytes, and ``round_overhead_s`` the seconds a server on this hardware works to start a
-    round (deploying a model version, posting tasks).
+    bytes, ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
+    waiting for the disk of keeping one update before uploading it, and ``round_overhead_s``
+    the seconds a server on this hardware works to start a round (deploying a model version,
+    posting tasks), ``task_overhead_s`` what a training task costs beyond its steps.
     """
 
     kind: Literal["measured"] = "measured"
@@ -397,7 +399,10 @@ class MeasuredProfile(WireModel):
     aggregate_bytes_per_s: Rate | None = None
     cold_start_s: Seconds | None = None
     request_cpu_s: Seconds | None = None
+    persist_cpu_s: Seconds | None = None
+    persist_io_s: Seconds | None = None
     round_overhead_s: Seconds | None = None
+    task_overhead_s: Seconds | None = None
 
 
 class TaskReceipt(WireModel):

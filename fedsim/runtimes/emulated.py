@@ -6,14 +6,17 @@ in a CPU cgroup that holds it to its profile's speed relative to one of this hos
 namespaces reach. The session is then the real runtime's (:func:`~fedsim.runtimes.real.
 cluster_session`): dropouts are the transport's, outages stop and restart agent processes.
 What is emulated, with the slow-down factor, is written to ``emulation.json`` in the run
-directory. Everything made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the
-next start; without root the runtime refuses with one line (:class:`ConfigError`).
+directory, with the host's load, and at the end of the session how each agent fared under its
+CPU quota (``cpu``: the kernel's throttling counts and the processor seconds used). Everything
+made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the next start; without
+root the runtime refuses with one line (:class:`ConfigError`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -53,7 +56,12 @@ class EmulatedRuntime:
         log.info("emulated mode: slow-down factor %.3g", plan.factor)
         with emulate.sigterm_as_exit(), emulate.Emulation(plan) as net:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / SUMMARY_FILE).write_text(json.dumps(net.describe(), indent=2) + "\n")
+            summary = run_dir / SUMMARY_FILE
+            # The host's other work takes cores from the agents beyond their quotas: its load
+            # (1-minute average) at the start and the end says how much there was.
+            load = {"start": os.getloadavg()[0]}
+            described = {**net.describe(), "host_load_1min": load}
+            summary.write_text(json.dumps(described, indent=2) + "\n")
             mode = replace(spec.mode, host=net.server_address)
             with cluster_session(
                 spec, run_dir, needs, runner=self.runner, mode=mode, launcher=net.launcher
@@ -63,7 +71,10 @@ class EmulatedRuntime:
                 try:
                     yield session
                 finally:
+                    load["end"] = os.getloadavg()[0]
+                    described = {**described, "host_load_1min": load, "cpu": net.cpu_stats()}
                     net.lift_quotas()
+                    summary.write_text(json.dumps(described, indent=2) + "\n")
 
 
 def emulation_plan(spec: ExperimentSpec, needs: Needs) -> emulate.Plan:

@@ -8,12 +8,22 @@ A measured profile also charges what the device's CPU spends around a transfer: 
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
 uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
 transfers (the training step; a forwarder's aggregation step before its upload), and, once per
-device and run, its cold start (``cold_start_s``) on its first training step. Every transfer
+device and run, its cold start (``cold_start_s``) on its first training step, and in every
+training task what the trainer does beyond the steps (``task_overhead_s``). Every transfer
 a device makes (its downloads and uploads: the agent makes each request) costs it
-``request_cpu_s`` of its processor before the bytes move, and a server whose profile has a
+``request_cpu_s`` of its processor before the bytes move; before uploading a trained update
+(one that carries parameters, which the agent keeps on disk before sending it) it also pays
+``persist_cpu_s`` of its processor and ``persist_io_s`` waiting for its disk, both part of
+the upload as the measured run times it; and a server whose profile has a
 ``round_overhead_s`` spends it deploying each new model version before the tasks that carry it
-start (once a round in synchronous rounds). All of these run at the device's speed. Spec-sheet
-profiles have none of these figures and pay nothing for them.
+start (once a round in synchronous rounds). All of these but the disk's wait run at the
+device's speed. Spec-sheet profiles have none of these figures and pay nothing for them.
+
+A device with a ``cpu_quota`` runs every piece of its processor's work through its
+:class:`~fedsim.sim.compute.QuotaClock`: at a whole core's speed while the CFS period has
+quota left, waiting for the next period when it has not; where the quota names its host's
+cores, each step of that work also waits for one of them (first come, first served), as the
+agents of an emulation share its host.
 """
 
 from __future__ import annotations
@@ -44,10 +54,17 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.core.topology import Topology
-from fedsim.sim.compute import compute_seconds, jitter_factor, load_seconds, serialize_seconds
+from fedsim.sim.compute import (
+    QuotaClock,
+    compute_seconds,
+    jitter_factor,
+    load_seconds,
+    serialize_seconds,
+)
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 
 T = TypeVar("T")
+_EPS = 1e-12  # seconds of work too few to run (a rounding error)
 # The metrics of a modelled update: one shared empty mapping, not a dict per device.
 _NONE: Mapping[str, float] = MappingProxyType({})
 # Trains a FitIns for real on a device (the simulator's virtual time is modelled regardless).
@@ -105,6 +122,10 @@ class SimTransport(Transport):
         # A device's processor exists while it computes or has work queued, so that a fleet
         # holds one only for the devices computing at the moment.
         self._processor: dict[int, simpy.Resource] = {}
+        # The CFS state of each device with a cpu_quota, made when it first works, and the
+        # cores of the host such devices share (by their count), when their quota says.
+        self._quota: dict[int, QuotaClock] = {}
+        self._host_cores: dict[int, simpy.Resource] = {}
         # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # Devices that have started training in this run: their cold start is paid.
@@ -215,7 +236,13 @@ class SimTransport(Transport):
             if i == 2:
                 sink = self.server if ins.sink is None else ins.sink
                 return self._send(
-                    dev, sink, ins.update_nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
+                    dev,
+                    sink,
+                    ins.update_nbytes,
+                    EventKind.UPDATE_UPLOAD,
+                    tid,
+                    by=dev,
+                    keep=ins.parameters is not None,
                 )
         elif isinstance(ins, RelayIns):
             if i == 0:
@@ -294,14 +321,29 @@ class SimTransport(Transport):
                 self.network.set_capacity(k, profile.bandwidth)
 
     def _send(
-        self, src: int, dst: int, nbytes: int, kind: EventKind, task: str, *, by: int
+        self,
+        src: int,
+        dst: int,
+        nbytes: int,
+        kind: EventKind,
+        task: str,
+        *,
+        by: int,
+        keep: bool = False,
     ) -> Generator[simpy.Event, Any, None]:
-        """``nbytes`` from ``src`` to ``dst``, a request device ``by`` makes: its processor's
-        per-request cost first, then the bytes over the path."""
+        """``nbytes`` from ``src`` to ``dst``, a request device ``by`` makes: keeping the body
+        on its disk first when ``keep`` (a trained update), its processor's per-request cost,
+        then the bytes over the path."""
         start = self.env.now
         requester = self.topology.devices[by]
-        if requester.hardware.request_cpu_s:
-            yield self.env.timeout(requester.hardware.request_cpu_s / requester.speed)
+        hw = requester.hardware
+        # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.
+        if keep and hw.persist_cpu_s:
+            yield from self._busy(by, hw.persist_cpu_s / requester.speed)
+        if keep and hw.persist_io_s:
+            yield self.env.timeout(hw.persist_io_s)
+        if hw.request_cpu_s:
+            yield from self._busy(by, hw.request_cpu_s / requester.speed)
         path = self.topology.path(src, dst)
         if self._jitter:
             jitters = [self.topology.link_profile(n).latency_jitter for n, _ in path]
@@ -334,8 +376,49 @@ class SimTransport(Transport):
                 self._warm.add(dev)
                 cold = hw.cold_start_s
             steady = compute_seconds(cost, hw) + extra_s
+            if kind is EventKind.TRAIN:
+                steady += hw.task_overhead_s
             seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
-            yield self.env.timeout(seconds / device.speed)
+            if device.cpu_quota is None:
+                yield self.env.timeout(seconds / device.speed)
+            else:
+                yield from self._busy(dev, seconds / device.speed)
         if not processor.count and not processor.queue:
             del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
+
+    def _busy(self, dev: int, seconds: float) -> Generator[simpy.Event, Any, None]:
+        """``seconds`` of device ``dev``'s processor at its average speed: as long as that,
+        or, under a CFS quota, as long as its :class:`QuotaClock` says (the same work, at a
+        whole core's speed, in the quota's periods)."""
+        quota = self.topology.devices[dev].cpu_quota
+        if quota is None:
+            if seconds:
+                yield self.env.timeout(seconds)
+            return
+        clock = self._quota.get(dev)
+        if clock is None:
+            clock = self._quota[dev] = QuotaClock(quota)
+        work = seconds * quota.cores
+        if quota.host_cores is None:
+            end = clock.run(self.env.now, work)
+            if end > self.env.now:
+                yield self.env.timeout(end - self.env.now)
+            return
+        host = self._host_cores.get(quota.host_cores)
+        if host is None:
+            host = self._host_cores[quota.host_cores] = simpy.Resource(
+                self.env, capacity=quota.host_cores
+            )
+        # Step by step: a core of the host while the period has quota, none while throttled.
+        while work > _EPS:
+            with host.request() as core:
+                yield core
+                room = clock.room(self.env.now)
+                if room > _EPS:
+                    ran = min(room, work)
+                    clock.spend(self.env.now, ran)
+                    yield self.env.timeout(ran)
+                    work -= ran
+                    continue
+            yield self.env.timeout(clock.next_period(self.env.now) - self.env.now)

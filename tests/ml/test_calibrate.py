@@ -104,6 +104,13 @@ def test_calibrate_writes_a_measured_profile_that_the_config_loads(calibrated):
     written = OmegaConf.load(conf / "hardware" / "this_host.yaml")
     assert written.cold_start_s == profile.cold_start_s and 0 <= profile.cold_start_s < 10
     assert "cold start" in stdout
+    # Keeping an update on disk (the agent's fsyncs) was timed: some processor, and a wait
+    # for the disk that may be 0 on a disk that ignores fsync, never negative.
+    assert written.persist_cpu_s == profile.persist_cpu_s > 0
+    assert written.persist_io_s == profile.persist_io_s >= 0
+    assert "keeping an update on disk" in stdout
+    # A training task costs the trainer something beyond its steps, far less than a second.
+    assert written.task_overhead_s == profile.task_overhead_s and 0 <= profile.task_overhead_s < 1
     assert "residual" in stdout and "this_host.yaml" in stdout.splitlines()[-1]
 
 
@@ -116,12 +123,13 @@ def test_a_device_with_the_calibrated_profile_trains_by_its_step_model(calibrate
     # Execute: 100 samples in batches of 32 (4 steps) for 2 epochs.
     seconds = train_seconds(topology, model="digits_cnn", samples=100, batch_size=32, epochs=2)
 
-    # Assert: the steps, the device's cold start (its first task), and loading the 1000-byte
-    # model and serializing the 1000-byte update at the measured rates.
+    # Assert: the steps, the device's cold start (its first task), the trainer's overhead of
+    # a task, and loading the 1000-byte model and serializing the 1000-byte update at the
+    # measured rates.
     assert topology.devices[1].hardware.kind == MEASURED
     steps = 2 * (4 * step.overhead_s + 100 * step.per_sample_s)
     io = 1000 / profile.load_bytes_per_s + 1000 / profile.serialize_bytes_per_s
-    assert seconds == pytest.approx(steps + profile.cold_start_s + io)
+    assert seconds == pytest.approx(steps + profile.cold_start_s + profile.task_overhead_s + io)
 
 
 def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):

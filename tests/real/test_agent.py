@@ -459,10 +459,19 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     assert profile["cold_start_s"] >= 0
     # One HTTP request costs the client some processor time, far less than a second.
     assert 0 < profile["request_cpu_s"] < 1 and 0 < profile["round_overhead_s"] < 10
+    # Keeping an update in its state directory costs the processor something, and the wait
+    # for the disk is never negative; the scratch state is gone afterwards.
+    assert 0 < profile["persist_cpu_s"] < 1 and 0 <= profile["persist_io_s"] < 10
+    assert 0 <= profile["task_overhead_s"] < 1
+    assert not list(tmp_path.rglob("fedsim-persist-*"))
     # What the agent sends is what the protocol accepts.
     accepted = MeasuredProfile.model_validate(profile)
     assert accepted.cold_start_s == profile["cold_start_s"]
     assert accepted.request_cpu_s == profile["request_cpu_s"]
+    assert (accepted.persist_cpu_s, accepted.persist_io_s) == (
+        profile["persist_cpu_s"],
+        profile["persist_io_s"],
+    )
     assert accepted.round_overhead_s == profile["round_overhead_s"]
     assert beats_by_then >= 2
 

@@ -247,6 +247,13 @@ def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
     assert set(emulation["cpu_quota_cores"]) == {"3", "4", "8"}
     quotas = {round(q, 3) for _, _, q in held}
     assert quotas <= {round(q, 3) for q in emulation["cpu_quota_cores"].values()}
+    # How each agent fared under its quota is recorded: the CFS periods it ran in, those it
+    # was throttled in and for how long, and the processor seconds it used.
+    assert emulation["cpu_period_s"] == emulate.PERIOD_US / 1e6
+    assert set(emulation["cpu"]) == {"3", "4", "8"}
+    for stats in emulation["cpu"].values():
+        assert stats["nr_periods"] > 0 and stats["cpu_s"] > 0
+        assert 0 <= stats["nr_throttled"] <= stats["nr_periods"] and stats["throttled_s"] >= 0
     tag = held[0][0]
     assert nothing_left(tag), leftovers(tag)
 

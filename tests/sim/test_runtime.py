@@ -11,6 +11,7 @@ from fedsim.core.events import EventKind
 from fedsim.core.experiment import compare
 from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
 from fedsim.core.scenarios import client_based, cloud_based
+from fedsim.core.topology import CpuQuota, with_cpu_quotas
 from fedsim.core.workload import DatasetSpec, ModelSpec, WorkloadSpec
 from fedsim.sim.compute import compute_seconds, jitter_factor
 from fedsim.sim.runtime import SimTransport
@@ -211,6 +212,19 @@ def test_a_measured_profile_pays_loading_the_model_and_serializing_the_update():
     assert kinds == [EventKind.MODEL_DOWNLOAD, EventKind.TRAIN, EventKind.UPDATE_UPLOAD]
 
 
+def test_a_measured_profile_pays_its_task_overhead_on_every_training_task():
+    # Prepare: a trainer whose every training task costs 5 ms beyond its steps.
+    topology = measured_clients(star(1), task_overhead_s=0.005)
+    steady = 2 * (4 * 0.002 + 50 * 1e-4)
+    tasks = [Task(id=f"t{i}", device=1, ins=fit()) for i in range(3)]
+
+    # Execute
+    durations = train_durations(SimTransport(topology, seed=0), tasks)
+
+    # Assert: each task, the first and the later ones, takes its steps and the 5 ms.
+    assert durations == pytest.approx([steady + 0.005] * 3)
+
+
 def test_a_spec_sheet_profile_pays_no_cold_start_nor_serialization():
     # Prepare: the trainers of star() are spec-sheet profiles (1 TFLOP/s).
     topology = star(1)
@@ -281,3 +295,92 @@ def test_the_server_pays_its_round_overhead_once_per_model_version_it_deploys():
     assert starts[0] == pytest.approx([0.1, 0.1])
     assert starts[1] == pytest.approx([0.0, 0.0])
     assert starts[2] == pytest.approx([0.1, 0.1])
+
+
+def trained_fit(nbytes=1_000_000, update_nbytes=1_000_000):
+    """A fit task that carries the model's parameters: its update is one the agent keeps."""
+    return replace(fit(nbytes, update_nbytes), parameters={"w": np.zeros(3, dtype=np.float32)})
+
+
+def test_uploading_a_trained_update_costs_keeping_it_on_disk_first():
+    # Prepare: a trainer at half its profile's speed behind a 1 MB/s link; keeping an update
+    # costs its profile 10 ms of processor and 30 ms of waiting for the disk.
+    slow_link = star(1, access=link("a", 1.0))
+    topology = measured_clients(slow_link, persist_cpu_s=0.01, persist_io_s=0.03)
+    devices = {**topology.devices, 1: replace(topology.devices[1], speed=0.5)}
+    topology = replace(topology, devices=devices)
+    durations = {}
+    for name, ins in (("trained", trained_fit()), ("timing only", fit(1_000_000, 1_000_000))):
+        transport = SimTransport(topology, seed=0)
+
+        # Execute
+        transport.run([Task(id="t", device=1, ins=ins)])
+        durations[name] = transfer_durations(transport)
+
+    # Assert: the trained update's upload takes 10 ms / 0.5 + 30 ms longer (the disk's wait
+    # does not scale with the processor's speed); downloads, and a timing-only update that the
+    # agent does not keep, pay nothing for it.
+    kept, plain = durations["trained"], durations["timing only"]
+    assert plain[EventKind.UPDATE_UPLOAD] == pytest.approx(1.0)
+    assert kept[EventKind.UPDATE_UPLOAD] == pytest.approx(1.0 + 0.02 + 0.03)
+    assert kept[EventKind.MODEL_DOWNLOAD] == pytest.approx(plain[EventKind.MODEL_DOWNLOAD])
+
+
+def test_a_device_under_a_cpu_quota_works_in_bursts_of_its_periods_quota():
+    # Prepare: the steady training task takes 26 ms at the profile's (average) speed; the same
+    # device held to a tenth of a core in 100 ms periods does that work (2.6 ms of a whole
+    # core) at once, and ten times the work (26 ms of a core) in three periods. Free links.
+    topology = measured_clients(star(1))
+    held = with_cpu_quotas(topology, {1: CpuQuota(cores=0.1, period_s=0.1)})
+    steady = 2 * (4 * 0.002 + 50 * 1e-4)
+    slow = replace(
+        held.devices[1].hardware, steps={"m": StepModel(overhead_s=0.02, per_sample_s=1e-3)}
+    )
+    slow_held = replace(held, devices={**held.devices, 1: replace(held.devices[1], hardware=slow)})
+    task = Task(id="t", device=1, ins=fit())
+
+    # Execute
+    (free,) = train_durations(SimTransport(topology, seed=0), [task])
+    (burst,) = train_durations(SimTransport(held, seed=0), [task])
+    transport = SimTransport(slow_held, seed=0)
+    transport.run([task])
+    (train,) = [e for e in transport.events if e.kind == EventKind.TRAIN]
+
+    # Assert: the unheld device at its profile's speed; the short burst ten times faster; the
+    # long one (260 ms at the average speed), begun early in the first period after the
+    # download, ends 6 ms into the third: 10 ms of work, throttled to 100 ms, 10 ms,
+    # throttled to 200 ms, 6 ms.
+    assert free == pytest.approx(steady)
+    assert burst == pytest.approx(steady * 0.1)
+    assert train.start < 0.09
+    assert train.end == pytest.approx(0.206)
+
+
+def test_devices_under_quotas_share_the_cores_of_their_host():
+    # Prepare: two trainers, each held to half a core, whose task is 20 ms of training at
+    # that average speed (50 samples x 0.4 ms: 10 ms of a whole core, within a period's 50 ms
+    # of quota); on a host of one core, or with no host named. Free links.
+    topology = measured_clients(star(2))
+    slow = replace(
+        topology.devices[1].hardware, steps={"m": StepModel(overhead_s=0.0, per_sample_s=4e-4)}
+    )
+    topology = replace(
+        topology,
+        devices={d: replace(dev, hardware=slow) if d in (1, 2) else dev
+                 for d, dev in topology.devices.items()},
+    )  # fmt: skip
+    tasks = [Task(id=f"t{d}", device=d, ins=replace(fit(), epochs=1)) for d in (1, 2)]
+    ends = {}
+    for host in (None, 1):
+        quota = CpuQuota(cores=0.5, period_s=0.1, host_cores=host)
+        transport = SimTransport(with_cpu_quotas(topology, {1: quota, 2: quota}), seed=0)
+
+        # Execute
+        transport.run(tasks)
+        trains = [e for e in transport.events if e.kind == EventKind.TRAIN]
+        ends[host] = sorted(e.end - e.start for e in trains)
+
+    # Assert: each alone takes its 10 ms at a whole core's speed; on one core the second
+    # waits for the first's 10 ms.
+    assert ends[None] == pytest.approx([0.01, 0.01])
+    assert ends[1] == pytest.approx([0.01, 0.02])

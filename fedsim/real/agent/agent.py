@@ -249,7 +249,9 @@ class Agent:
         """
         loop = asyncio.get_running_loop()
         try:
-            profile = await loop.run_in_executor(self._executor, measure_profile, model)
+            profile = await loop.run_in_executor(
+                self._executor, measure_profile, model, self.config.state_dir
+            )
             url = self._api.url(Paths.DEVICE_PROFILE, id=self._device_id)
             await self._as_device(
                 lambda token: self._api.request("PUT", url, token=token, json_body=profile)

@@ -8,6 +8,7 @@ can take long, and the event loop must keep the heartbeats going meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -190,11 +191,13 @@ CALIBRATION_REPEATS = 10
 CALIBRATION_WARMUP = 3
 CALIBRATION_IO_REPEATS = 10
 CALIBRATION_REQUESTS = 20
+CALIBRATION_PERSISTS = 10
 
 
-def measure_profile(model: str) -> dict[str, Any]:
+def measure_profile(model: str, state_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """This device's measured hardware profile for ``model`` (the fields of a ``kind:
-    measured`` profile, as ``fedsim calibrate`` writes one), timed with the agent's threads.
+    measured`` profile, as ``fedsim calibrate`` writes one), timed with the agent's threads;
+    keeping an update is timed on the disk of ``state_dir`` (the agent's state directory).
 
     Each batch size's fastest step counts, not the median: with few repeats, and other
     processes (another agent, the user's work) taking the core now and then, the fastest step
@@ -203,6 +206,7 @@ def measure_profile(model: str) -> dict[str, Any]:
     """
     from fedsim.ml.calibrate import calibrate, profile_document
     from fedsim.ml.spec import MODELS
+    from fedsim.real.agent.state import measure_persist
     from fedsim.real.request_cost import measure_request_cpu_s
 
     if model not in MODELS:
@@ -223,7 +227,11 @@ def measure_profile(model: str) -> dict[str, Any]:
             "not reporting them"
         )
     requests = measure_request_cpu_s(CALIBRATION_REQUESTS)
-    return profile_document(dataclasses.replace(cal, request_cpu_s=requests))
+    persist = measure_persist(cal.state_bytes, repeats=CALIBRATION_PERSISTS, directory=state_dir)
+    measured = dataclasses.replace(
+        cal, request_cpu_s=requests, persist_cpu_s=persist.cpu_s, persist_io_s=persist.io_s
+    )
+    return profile_document(measured)
 
 
 def resolve_torch_device(name: str) -> str:
