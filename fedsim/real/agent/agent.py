@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import ssl
@@ -249,7 +250,13 @@ class Agent:
         """
         loop = asyncio.get_running_loop()
         try:
-            profile = await loop.run_in_executor(self._executor, measure_profile, model)
+            measure = functools.partial(
+                measure_profile,
+                model,
+                plugins=self.config.plugins,
+                shape=self.config.calibrate_shape,
+            )
+            profile = await loop.run_in_executor(self._executor, measure)
             url = self._api.url(Paths.DEVICE_PROFILE, id=self._device_id)
             await self._as_device(
                 lambda token: self._api.request("PUT", url, token=token, json_body=profile)
