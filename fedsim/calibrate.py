@@ -1,11 +1,14 @@
 """``fedsim calibrate``: measure this host and write it down as a measured hardware profile.
 
-What it measures for one model of the zoo (training steps fitted as per-batch overhead +
-per-sample cost with the fit's residual, safetensors serialization and load throughput, FedAvg
-aggregation throughput, cold start, the server's round overhead) is ``fedsim.ml.calibrate``'s,
-the processor cost of one HTTP request ``fedsim.real.request_cost``'s, and the cost of keeping
-an update on disk as the agent does (``fedsim.real.agent.state.measure_persist``, in the
-system's temporary directory); the agent reports the same to its server.
+What it measures for one model, of the zoo or the user's own named by import path (training
+steps fitted as per-batch overhead + per-sample cost with the fit's residual, safetensors
+serialization and load throughput, FedAvg aggregation throughput, cold start, the server's
+round overhead) is ``fedsim.ml.calibrate``'s, the processor cost of one HTTP request
+``fedsim.real.request_cost``'s, and the cost of keeping an update on disk as the agent does
+(``fedsim.real.agent.state.measure_persist``, in the system's temporary directory); the agent
+reports the same to its server. A user's model is timed at the ``--input-size`` and
+``--num-classes`` its workload trains at, and its step model is keyed by its import path,
+which is the name a workload gives it.
 
 The profile (``kind: measured``) loads through the config as it is; a topology uses it by naming
 it as a device's ``hardware``. Exit codes: 0 when written, 2 for a bad argument or a file that
@@ -28,8 +31,9 @@ from omegaconf import OmegaConf
 from fedsim.cli_args import OneLineParser
 from fedsim.config import ConfigError, conf_dir, load_hardware_profile
 from fedsim.core.calibration import MIN_BATCH_SIZES
+from fedsim.core.plugins import PluginError, factory, is_import_path
 from fedsim.core.topology import HardwareProfile
-from fedsim.ml.spec import MODELS
+from fedsim.ml.spec import MODELS, calibration_shape
 
 if TYPE_CHECKING:
     from fedsim.ml.calibrate import Calibration
@@ -135,6 +139,15 @@ def _positive_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _model(text: str) -> str:
+    if text not in MODELS and not is_import_path(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: not a model of the zoo ({', '.join(sorted(MODELS))}) "
+            "nor an import path (mypkg.models.MyNet)"
+        )
+    return text
+
+
 def default_name() -> str:
     """``measured_HOST``, with what a config key cannot hold replaced by '_'."""
     return "measured_" + re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
@@ -152,9 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
+        type=_model,
         default=DEFAULT_MODEL,
-        choices=sorted(MODELS),
-        help="the model of the zoo to time (default: %(default)s)",
+        metavar="NAME|PATH",
+        help=f"the model to time: one of the zoo's ({', '.join(sorted(MODELS))}), or a user's "
+        "class or factory by import path (mypkg.models.MyNet; importable here) with "
+        "--input-size and --num-classes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=_positive_int(1),
+        default=None,
+        help="the image side to time at (default: the zoo's for a zoo model)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=_positive_int(1),
+        default=None,
+        help="the model's class count (default: the zoo's for a zoo model)",
     )
     p.add_argument(
         "--batch-sizes",
@@ -221,19 +249,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             _name(stem)
         except argparse.ArgumentTypeError as e:
             parser.error(f"--out {out}: {e}")
+    if is_import_path(args.model):
+        if args.input_size is None or args.num_classes is None:
+            parser.error(
+                f"--model {args.model}: a model named by import path needs --input-size and "
+                "--num-classes (those its workload trains at)"
+            )
+        try:
+            factory("--model", args.model)  # imports the user's module: torch may load here
+        except PluginError as e:
+            parser.error(str(e))
+    input_size, num_classes = calibration_shape(args.model, args.input_size, args.num_classes)
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     from fedsim.ml.calibrate import calibrate  # torch loads here, after the arguments
     from fedsim.real.agent.state import measure_persist
     from fedsim.real.request_cost import measure_request_cpu_s
 
-    cal = calibrate(
-        args.model,
-        args.batch_sizes,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        threads=args.threads,
-        statistic=args.statistic,
-    )
+    try:
+        cal = calibrate(
+            args.model,
+            args.batch_sizes,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            threads=args.threads,
+            statistic=args.statistic,
+            input_size=input_size,
+            num_classes=num_classes,
+        )
+    except PluginError as e:  # the user's factory raised, or returned no torch.nn.Module
+        parser.error(f"--model {e}")
     persist = measure_persist(cal.state_bytes)
     cal = dataclasses.replace(
         cal,

@@ -169,8 +169,13 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         _check_attack(fl, clients)
     strategy = _strategy("strategy", cfg.strategy)
     group_strategy = None
-    if cfg.group_strategy is not None:
+    if cfg.group_strategy:  # empty: each group combines as `strategy` does
         group_strategy = _strategy("group_strategy", cfg.group_strategy)
+        if kind == "federated" and not fl.hierarchical:
+            raise ConfigError(
+                "group_strategy: only hierarchical rounds aggregate groups; "
+                "set fl.hierarchical=true"
+            )
     partition: PartitionConf = _typed("partition", cfg.partition)
     if partition.kind not in PARTITIONS:
         raise ConfigError(

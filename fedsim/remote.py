@@ -178,6 +178,9 @@ def _result(spec: ExperimentSpec, job: dict[str, Any], events: Path | None) -> R
         rows=rows,
         events=[],
         events_file=events,
+        # The devices of a running server train on the data they hold (their --data); neither
+        # the server nor this host sees their labels.
+        label_counts_absent="the server's devices train on data it does not see",
         assumptions=[
             f"The job ran as job {job['id']} on {spec.mode.server_url}, over the devices "
             f"registered there, and ended {job['state']}. Its model repository and the "

@@ -394,8 +394,10 @@ class Config:
     paper: PaperConf | None = None
     fl: FLConf = field(default_factory=FLConf)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
-    # Hierarchical rounds: how a group combines its members' updates (default: as `strategy`).
-    group_strategy: dict[str, Any] | None = None
+    # Hierarchical rounds: how a group combines its members' updates; empty: as `strategy`.
+    # An empty mapping rather than None: OmegaConf cannot merge a mapping onto a None dict
+    # node, so `group_strategy={_target_: ...}` and `+group_strategy._target_=...` would fail.
+    group_strategy: dict[str, Any] = field(default_factory=dict)
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)

@@ -6,6 +6,7 @@ path as a user's package would be; ``tests/test_byo_example.py`` runs them end t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,14 @@ def spec(*overrides: str):
             ["fl.selection={_target_:byo_fl.strategy.FedAvgM}"],
             "fl.selection: byo_fl.strategy.FedAvgM returned a FedAvgM, not a SelectionPolicy",
         ),
+        (
+            ["fl.hierarchical=true", "+group_strategy._target_=byo_fl.strategy.Nope"],
+            "group_strategy: cannot import byo_fl.strategy.Nope: byo_fl.strategy has no 'Nope'",
+        ),
+        (
+            ["+group_strategy._target_=byo_fl.strategy.FedAvgM"],
+            "group_strategy: only hierarchical rounds aggregate groups; set fl.hierarchical=true",
+        ),
         (["fl.selection={_target_:3}"], "fl.selection._target_: must be an import path"),
         (["fl.selection=fastest"], "fl.selection: 'fastest' is not one of all, random"),
     ],
@@ -110,6 +119,61 @@ def test_the_spec_carries_the_import_paths_the_runtimes_build_from():
     assert s.workload.dataset.factory == "byo_fl.data.stripes"
     assert s.workload.dataset.factory_params == {"noise": 0.5}
     assert s.fl.selection == {"_target_": "byo_fl.selection.RoundRobin"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+group_strategy._target_=byo_fl.strategy.FedAvgM", "+group_strategy.momentum=0.3"],
+        ["+group_strategy={_target_:byo_fl.strategy.FedAvgM,momentum:0.3}"],
+    ],
+)
+def test_a_users_group_strategy_is_set_from_the_command_line(overrides):
+    # Execute: issue 15's OmegaConf could not merge a mapping onto the schema's None.
+    s = spec("fl.hierarchical=true", *overrides)
+
+    # Assert: the groups combine with the user's rule; the cloud keeps the configured one.
+    assert s.group_strategy == {"name": "byo_fl.strategy.FedAvgM", "momentum": 0.3}
+    assert s.strategy["name"] == "fedavg"
+
+
+def test_without_a_group_strategy_each_group_combines_as_the_strategy():
+    # Execute
+    s = spec("fl.hierarchical=true")
+
+    # Assert
+    assert s.group_strategy is None
+
+
+def test_a_hierarchical_run_aggregates_groups_with_the_users_strategy(tmp_path):
+    # Prepare: byo_fl's FedAvgM writes one line per aggregation it makes.
+    record = tmp_path / "aggregations.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT)])}
+
+    # Execute
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "+experiment=fl_digits",
+            "fl.rounds=1",
+            "fl.hierarchical=true",
+            "+group_strategy._target_=byo_fl.strategy.FedAvgM",
+            f"+group_strategy.record={record}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # Assert: the keti testbed's group of two trainers (3 and 4) went through it.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(r["round"], r["updates"]) for r in lines] == [(1, 2)]
 
 
 def test_an_npz_data_set_is_checked_like_the_built_in_ones(tmp_path):

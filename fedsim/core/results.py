@@ -147,6 +147,9 @@ class RunResult:
     crossover: list[CrossoverPoint] = field(default_factory=list)
     crossover_link: str = ""
     label_counts: dict[int, list[int]] = field(default_factory=dict)
+    # Why ``label_counts`` is empty, as the report says it: a run that modelled its training had
+    # no data; one that trained on data says its own reason when it has no counts.
+    label_counts_absent: str = "training without data has none"
     failures: list[tuple[int, int, str]] = field(default_factory=list)
     fidelity: list[Fidelity] = field(default_factory=list)
     events_file: Path | None = None

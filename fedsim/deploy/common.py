@@ -34,6 +34,7 @@ PROMETHEUS_PORT = 9090
 
 TOKENS_SECRET = "fedsim-tokens"
 ADMIN_TOKEN_KEY = "admin-token"
+VIEWER_TOKEN_KEY = "viewer-token"  # read-only: service discovery and the dashboard
 ENROLLMENT_TOKEN_KEY = "enrollment-token"
 GRAFANA_SECRET = "grafana-admin"
 GRAFANA_PASSWORD_KEY = "grafana-admin-password"

@@ -33,6 +33,7 @@ from fedsim.deploy.common import (
     SERVER_PORT,
     TOKENS_SECRET,
     UID,
+    VIEWER_TOKEN_KEY,
     ManifestOptions,
     container_security,
     edge_toleration,
@@ -54,7 +55,7 @@ AGENT_STATE_DIR = "/var/lib/fedsim/agent"  # inside the agent's container
 HOST_STATE_ROOT = "/var/lib/fedsim"  # on the node: one directory per device under it
 SECRETS_DIR = "secrets"
 SECRET_FILES = {
-    TOKENS_SECRET: (ADMIN_TOKEN_KEY, ENROLLMENT_TOKEN_KEY),
+    TOKENS_SECRET: (ADMIN_TOKEN_KEY, VIEWER_TOKEN_KEY, ENROLLMENT_TOKEN_KEY),
     GRAFANA_SECRET: (GRAFANA_PASSWORD_KEY,),
 }
 KUSTOMIZATION = "kustomization.yaml"
@@ -116,6 +117,7 @@ def server(placement: Placement, options: ManifestOptions) -> list[dict[str, Any
         "args": server_args(),
         "env": [
             secret_env("FEDSIM_ADMIN_TOKEN", TOKENS_SECRET, ADMIN_TOKEN_KEY),
+            secret_env("FEDSIM_VIEWER_TOKEN", TOKENS_SECRET, VIEWER_TOKEN_KEY),
             secret_env("FEDSIM_ENROLLMENT_TOKEN", TOKENS_SECRET, ENROLLMENT_TOKEN_KEY),
         ],
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],

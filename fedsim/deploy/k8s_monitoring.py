@@ -16,7 +16,6 @@ import posixpath
 from typing import Any
 
 from fedsim.deploy.common import (
-    ADMIN_TOKEN_KEY,
     GRAFANA_PASSWORD_KEY,
     GRAFANA_SECRET,
     LABEL_DEVICE,
@@ -24,6 +23,7 @@ from fedsim.deploy.common import (
     PROMETHEUS_NAME,
     PROMETHEUS_PORT,
     TOKENS_SECRET,
+    VIEWER_TOKEN_KEY,
     ManifestOptions,
     container_security,
     http_probe,
@@ -179,14 +179,15 @@ def node_exporter(options: ManifestOptions) -> list[dict[str, Any]]:
 def prometheus_yml(options: ManifestOptions) -> str:
     """``fedsim prometheus-config``'s file for the server's in-cluster address."""
     return render(
-        build_config(server=options.server_url, token_file=f"{TOKEN_DIR}/{ADMIN_TOKEN_KEY}")
+        build_config(server=options.server_url, token_file=f"{TOKEN_DIR}/{VIEWER_TOKEN_KEY}")
     )
 
 
 def prometheus(options: ManifestOptions) -> list[dict[str, Any]]:
     """Prometheus's configuration, its storage, the Deployment and its Service.
 
-    The admin token that service discovery needs is mounted from the Secret as a file, the
+    Service discovery authenticates with the viewer token, which reads and changes nothing,
+    rather than the admin token: it is mounted from the Secret as a file, the
     ``credentials_file`` of the configuration, and never copied into the ConfigMap.
     """
     ns = options.namespace
@@ -218,7 +219,7 @@ def prometheus(options: ManifestOptions) -> list[dict[str, Any]]:
             "name": "token",
             "secret": {
                 "secretName": TOKENS_SECRET,
-                "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
+                "items": [{"key": VIEWER_TOKEN_KEY, "path": VIEWER_TOKEN_KEY}],
             },
         },
         {"name": "data", "persistentVolumeClaim": {"claimName": claim}},

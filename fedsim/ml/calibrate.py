@@ -1,6 +1,6 @@
-"""Measuring this host for a zoo model: what ``fedsim calibrate`` and the agent report.
+"""Measuring this host for a model: what ``fedsim calibrate`` and the agent report.
 
-What is measured, for one model of the zoo:
+What is measured, for one model of the zoo or a user's (an import path, ``docs/plugins.md``):
 
 - training time per step, timed with PyTorch at three or more batch sizes (warm-up steps, then
   repeats, the median per size, or the fastest) and fitted as per-batch overhead + per-sample
@@ -61,7 +61,7 @@ from fedsim.core.runtime import FitIns, ModelRef, NDArrays, Update
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.ml.models import build_model
 from fedsim.ml.params import get_parameters
-from fedsim.ml.spec import MODELS, PACKAGED_ENTRIES, model_spec
+from fedsim.ml.spec import calibration_shape, model_spec
 
 # The trainer's own loss: a timed step is the step it takes.
 from fedsim.ml.train import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, TorchTrainer, _per_sample_loss
@@ -105,13 +105,6 @@ class StepTimings:
         pick = STATISTICS[statistic]
         sizes = sorted(self.seconds)
         return sizes, [pick(self.seconds[b]) for b in sizes]
-
-
-def default_shape(model: str) -> tuple[int, int]:
-    """The input size and class count the model zoo measures ``model`` at (its first entry)."""
-    if model not in MODELS:
-        raise KeyError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
-    return next((size, classes) for name, size, classes in PACKAGED_ENTRIES if name == model)
 
 
 @contextmanager
@@ -242,10 +235,13 @@ def calibrate(
     statistic: str = "median",
     io_repeats: int = 50,
     by: str = "fedsim calibrate",
+    input_size: int | None = None,
+    num_classes: int | None = None,
 ) -> Calibration:
-    """Measure this host for ``model`` (see the module docstring); ``by`` names the measuring
-    command in the profile's ``source``."""
-    input_size, num_classes = default_shape(model)
+    """Measure this host for ``model``, a zoo name or a user's import path (see the module
+    docstring), at ``input_size`` and ``num_classes`` (:func:`calibration_shape`); ``by``
+    names the measuring command in the profile's ``source``."""
+    input_size, num_classes = calibration_shape(model, input_size, num_classes)
     timings = time_training_steps(
         model,
         batch_sizes,

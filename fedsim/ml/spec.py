@@ -138,6 +138,30 @@ def new_model(name: str, num_classes: int) -> torch.nn.Module:
     return made
 
 
+def calibration_shape(
+    model: str, input_size: int | None = None, num_classes: int | None = None
+) -> tuple[int, int]:
+    """The input size and class count to time ``model`` at: those given, else the ones the zoo
+    measures a zoo model at (its first packaged entry).
+
+    A user's model (an import path) has no default, so both are needed; ``ValueError`` says
+    so, and for a size or count below 1; ``KeyError`` for a name that is neither.
+    """
+    _check_known(model)
+    for what, value in (("input size", input_size), ("class count", num_classes)):
+        if value is not None and value < 1:
+            raise ValueError(f"{model}: the {what} must be >= 1, got {value}")
+    if model in MODELS:
+        size, classes = next((s, c) for name, s, c in PACKAGED_ENTRIES if name == model)
+        return input_size or size, num_classes or classes
+    if input_size is None or num_classes is None:
+        raise ValueError(
+            f"{model} is a user's model, not one of the zoo's ({', '.join(sorted(MODELS))}): "
+            "give the input size and class count to time it at"
+        )
+    return input_size, num_classes
+
+
 def _source_digest(name: str) -> str:
     """The first 16 hex digits of the sha256 of the source file defining model ``name``."""
     made_by = locate("workload.model", name)

@@ -87,5 +87,6 @@ def write_federated_plots(
             result.label_counts,
             plots_dir / "label_distribution.png",
             partition=summary.get("partition"),
+            absent=result.label_counts_absent,
         ),
     }

@@ -310,11 +310,13 @@ def plot_label_distribution(
     label_counts: Mapping[int, Sequence[int]],
     path: Path,
     *,
+    absent: str,
     partition: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Stacked bars of training samples per class on each client: how non-IID the split is."""
+    """Stacked bars of training samples per class on each client: how non-IID the split is.
+    Without counts, a notice saying ``absent``: why there are none."""
     if not label_counts:
-        return _empty(path, "no label counts recorded (training without data has none)")
+        return _empty(path, f"no label counts recorded ({absent})")
     clients = sorted(label_counts)
     classes = max(len(label_counts[c]) for c in clients)
     counts = np.zeros((len(clients), classes))

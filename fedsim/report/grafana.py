@@ -1,11 +1,13 @@
 """Grafana dashboards for a fedsim deployment watched by Prometheus, and their provisioning.
 
 Three dashboards mirror the seed's Data Visualizer (its Fig. 3) and the server's built-in
-``/dashboard``: *devices* (the fleet and its state), *monitoring* (CPU, memory, bandwidth and
-training activity per device) and *models* (repository, jobs, rounds). Every panel queries the
-series that ``fedsim prometheus-config`` has Prometheus collect: the server's ``fedsim_*``, the
-agents' ``fedsim_agent_*`` and node_exporter's ``node_*``, labelled by the server's service
-discovery with ``fedsim_device``, ``fedsim_group`` and ``fedsim_role``.
+``/dashboard``: *devices* (the fleet and its state), *monitoring* (CPU, memory, GPU, disk and
+network traffic, bandwidth and training activity per device) and *models* (repository, jobs,
+rounds). Every panel queries the series that ``fedsim prometheus-config`` has Prometheus
+collect: the server's ``fedsim_*``, the agents' ``fedsim_agent_*`` and node_exporter's
+``node_*``, labelled by the server's service discovery with ``fedsim_device``, ``fedsim_group``
+and ``fedsim_role``. The per-device resource panels use the PromQL of the server's own
+dashboard (:func:`fedsim.monitor.promql.monitoring_queries`), so both show the same numbers.
 
 The dashboards are built as data so that :func:`expressions` can hand every PromQL expression
 to a test, which runs each against a real Prometheus.
@@ -19,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from fedsim.monitor.promql import monitoring_queries
+
 DATASOURCE_UID = "fedsim-prometheus"
 DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
 DASHBOARDS_PATH = "/var/lib/grafana/dashboards/fedsim"
@@ -27,15 +31,8 @@ SCHEMA_VERSION = 39  # Grafana 10/11's dashboard model
 
 # The device and group selectors every per-device panel applies (template variables below).
 SEL = 'fedsim_device=~"$device", fedsim_group=~"$group"'
-CPU_BUSY = (
-    "(1 - avg by (fedsim_device) "
-    f'(rate(node_cpu_seconds_total{{mode="idle", {SEL}}}[$__rate_interval])))'
-    f" or max by (fedsim_device) (fedsim_agent_cpu_busy_ratio{{{SEL}}})"
-)
-MEMORY_AVAILABLE = (
-    f"max by (fedsim_device) (node_memory_MemAvailable_bytes{{{SEL}}})"
-    f" or max by (fedsim_device) (fedsim_agent_memory_available_bytes{{{SEL}}})"
-)
+# The server dashboard's queries over the selected devices, each one series per device.
+DEVICE_QUERIES = monitoring_queries(SEL, "$__rate_interval")
 
 
 def _target(expr: str, legend: str = "", *, instant: bool = False, ref: str = "A") -> dict:
@@ -206,20 +203,53 @@ def monitoring_dashboard() -> dict[str, Any]:
     return _dashboard(
         "fedsim-monitoring",
         "fedsim / Monitoring",
-        "Per device: node_exporter's CPU and memory where the device declared one, else the "
-        "agent's own readings; the agent's bandwidth probe and training activity.",
+        "Per device: node_exporter's CPU, memory, disk and network traffic where the device "
+        "declared one, else the agent's own readings; the GPU the agent trains on; the agent's "
+        "bandwidth probe and training activity.",
         [
             _panel(
                 "CPU busy",
                 "timeseries",
-                [_target(CPU_BUSY, "device {{fedsim_device}}")],
+                [_target(DEVICE_QUERIES["cpu_busy"], "device {{fedsim_device}}")],
                 unit="percentunit",
             ),
             _panel(
                 "Memory available",
                 "timeseries",
-                [_target(MEMORY_AVAILABLE, "device {{fedsim_device}}")],
+                [_target(DEVICE_QUERIES["memory_available"], "device {{fedsim_device}}")],
                 unit="bytes",
+            ),
+            _panel(
+                "GPU utilisation",
+                "timeseries",
+                [_target(DEVICE_QUERIES["gpu_util"], "device {{fedsim_device}}")],
+                description="The agent's GPU (NVML), else DCGM-exporter's busiest GPU of the "
+                "host. No series for a device without a GPU.",
+                unit="percentunit",
+                w=8,
+            ),
+            _panel(
+                "Disk traffic",
+                "timeseries",
+                [
+                    _target(DEVICE_QUERIES["disk_read"], "device {{fedsim_device}} read"),
+                    _target(DEVICE_QUERIES["disk_write"], "device {{fedsim_device}} written"),
+                ],
+                description="node_exporter's whole disks, else the agent's counters.",
+                unit="Bps",
+                w=8,
+            ),
+            _panel(
+                "Network traffic",
+                "timeseries",
+                [
+                    _target(DEVICE_QUERIES["net_receive"], "device {{fedsim_device}} received"),
+                    _target(DEVICE_QUERIES["net_transmit"], "device {{fedsim_device}} sent"),
+                ],
+                description="Every interface but loopback: node_exporter's, else the agent's "
+                "counters.",
+                unit="Bps",
+                w=8,
             ),
             _panel(
                 "Probe bandwidth",

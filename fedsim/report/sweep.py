@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 FEDERATED, COMPARISON, OTHER, FAILED = "federated", "comparison", "other", "failed"
 PLOT_CAPTIONS = {
-    "accuracy_time": "Test accuracy over simulated time, one line per federated job",
+    "accuracy_time": "Test accuracy over time since each job started (simulated, or "
+    "wall-clock for a job that ran for real), one line per federated job",
     "comparison": "t_ref and t_new (mean ± std) and the time-saving rate, per comparison job",
 }
 
@@ -281,7 +282,11 @@ def write_sweep_plots(jobs: Sequence[Job], plots_dir: Path) -> dict[str, Path]:
     written = {}
     federated = [j for j in jobs if j.kind == FEDERATED]
     if federated:
-        curves = [(j.label, j.rounds) for j in federated if j.rounds is not None]
+        curves = [
+            (j.label, j.rounds, run_time(j.summary or {})[0])
+            for j in federated
+            if j.rounds is not None
+        ]
         targets = {(j.summary or {}).get("target_accuracy") for j in federated}
         target = targets.pop() if len(targets) == 1 else None
         written["accuracy_time"] = plot_sweep_accuracy(

@@ -37,13 +37,24 @@ def _colors(n: int) -> list[Any]:
 
 
 def plot_sweep_accuracy(
-    curves: Sequence[tuple[str, pd.DataFrame | None]], path: Path, *, target: float | None = None
+    curves: Sequence[tuple[str, pd.DataFrame | None, str]],
+    path: Path,
+    *,
+    target: float | None = None,
 ) -> Path:
-    """One line per job: test accuracy over simulated time, from each job's ``runs.csv``."""
+    """One line per job: test accuracy over time, from each job's ``runs.csv``.
+
+    Each curve is ``(label, rounds, clock)``, its clock ``simulated`` or ``wall-clock``
+    (:func:`fedsim.report.tables.run_time`). The axis names the clock the jobs share; when
+    they differ, each job's label names its own.
+    """
     fig = new_figure(figsize=(9.6, 5.4))
     ax = fig.add_subplot()
     colors = _colors(max(1, len(curves)))
-    for i, (label, rounds) in enumerate(curves):
+    clocks = sorted({clock for _, _, clock in curves})
+    clock = clocks[0] if len(clocks) == 1 else None
+    for i, (job_label, rounds, job_clock) in enumerate(curves):
+        label = job_label if clock is not None else f"{job_label} ({job_clock})"
         evaluated = rounds[rounds["accuracy"].notna()] if rounds is not None else pd.DataFrame()
         if evaluated.empty:
             ax.plot([], [], color=colors[i], label=_wrap(f"{label} (not evaluated)"))
@@ -63,7 +74,8 @@ def plot_sweep_accuracy(
         ax.text(0.5, 0.5, "no job left a readable runs.csv", ha="center", transform=ax.transAxes)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.set_xlim(left=0)
-    ax.set_xlabel("simulated time since the run started [s]")
+    clock_text = f"{clock} time" if clock is not None else "time (each job's clock)"
+    ax.set_xlabel(f"{clock_text} since the run started [s]")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -71,7 +83,7 @@ def plot_sweep_accuracy(
             ax.legend(loc="lower right", fontsize=9)
         else:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set_title(f"Test accuracy over simulated time, {len(curves)} federated jobs")
+    ax.set_title(f"Test accuracy over {clock or 'elapsed'} time, {len(curves)} federated jobs")
     return save_figure(fig, path)
 
 

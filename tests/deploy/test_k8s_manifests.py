@@ -154,7 +154,7 @@ def test_kustomize_build_is_valid_and_wires_the_generated_secrets(keti):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     secrets = by_kind(objs, "Secret")
     tokens = next(s for name, s in secrets.items() if name.startswith("fedsim-tokens-"))
-    for key in ("admin-token", "enrollment-token"):
+    for key in ("admin-token", "viewer-token", "enrollment-token"):
         value = base64.b64decode(tokens["data"][key]).decode()
         assert value == (keti / "secrets" / key).read_text()
     # Every reference to the Secret now names the generated one (with its hash suffix).
@@ -369,10 +369,11 @@ def test_server_args_parse_with_the_server_command_line(keti):
     assert args.port == c["ports"][0]["containerPort"]
     assert str(args.data_dir) == mount_path(server, "data")
     # Tokens come from the Secret through the environment, never the command line.
-    assert not hasattr(args, "admin_token") and not hasattr(args, "enrollment_token")
+    assert not any(hasattr(args, f"{t}_token") for t in ("admin", "viewer", "enrollment"))
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
     assert env == {
         "FEDSIM_ADMIN_TOKEN": {"name": "fedsim-tokens", "key": "admin-token"},
+        "FEDSIM_VIEWER_TOKEN": {"name": "fedsim-tokens", "key": "viewer-token"},
         "FEDSIM_ENROLLMENT_TOKEN": {"name": "fedsim-tokens", "key": "enrollment-token"},
     }
     spec = server["spec"]
@@ -399,6 +400,47 @@ async def test_the_probed_paths_are_served_by_the_real_server(keti, tmp_path, ai
     for path in sorted(paths | {"/metrics"}):  # /metrics: Prometheus's server job
         response = await client.get(path)
         assert response.status == 200, path
+
+
+@pytest.mark.asyncio
+async def test_prometheus_token_is_a_viewer_of_the_server_it_discovers_through(
+    keti, tmp_path, aiohttp_client
+):
+    from fedsim.real.protocol import Paths
+    from fedsim.real.server.app import init_app
+    from fedsim.real.server.cli import ADMIN_ENV, ENROLLMENT_ENV, VIEWER_ENV
+    from fedsim.real.server.config import ServerConfig
+
+    objs = objects(keti)
+    server_env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container(by_kind(objs, "Deployment")["fedsim-server"])["env"]
+    }
+    prometheus = by_kind(objs, "Deployment")["prometheus"]
+    (volume,) = [
+        v for v in prometheus["spec"]["template"]["spec"]["volumes"] if v["name"] == "token"
+    ]
+    (item,) = volume["secret"]["items"]
+    # What the kubelet does: each variable holds its key's file from secrets/; the server's
+    # command line reads these variables.
+    env = {name: (keti / "secrets" / key).read_text() for name, key in server_env.items()}
+    assert set(env) == {ADMIN_ENV, VIEWER_ENV, ENROLLMENT_ENV}
+    config = ServerConfig(
+        data_dir=tmp_path,
+        admin_token=env[ADMIN_ENV],
+        viewer_token=env[VIEWER_ENV],
+        enrollment_token=env[ENROLLMENT_ENV],
+    )
+    client = await aiohttp_client(init_app(config))
+    prometheus_token = (keti / "secrets" / item["key"]).read_text()
+    auth = {"Authorization": f"Bearer {prometheus_token}"}
+
+    discovery = await client.get(Paths.SD_TARGETS, headers=auth)
+    change = await client.post(Paths.JOBS, headers=auth, json={})
+
+    assert discovery.status == 200
+    assert change.status == 403  # read-only: not the admin token
+    assert prometheus_token != config.admin_token
 
 
 # -- monitoring -------------------------------------------------------------------------------
@@ -435,12 +477,16 @@ def test_prometheus_discovers_devices_through_the_server_service(keti):
     ]
     (sd,) = jobs["fedsim-devices"]["http_sd_configs"]
     assert sd["url"] == "http://fedsim-server.fedsim.svc:8080/api/v1/sd/targets"
-    # The admin token file is the Secret's key, mounted where the configuration says.
+    # The viewer token file is the Secret's key, mounted where the configuration says; the
+    # admin token stays out of Prometheus's pod.
     token_file = Path(sd["authorization"]["credentials_file"])
     assert mount_path(prometheus, "token") == str(token_file.parent)
     spec = prometheus["spec"]["template"]["spec"]
     (token,) = [v for v in spec["volumes"] if v["name"] == "token"]
-    assert token["secret"]["items"] == [{"key": "admin-token", "path": token_file.name}]
+    assert token["secret"] == {
+        "secretName": "fedsim-tokens",
+        "items": [{"key": "viewer-token", "path": token_file.name}],
+    }
     config_arg = next(a for a in container(prometheus)["args"] if a.startswith("--config.file="))
     assert config_arg == f"--config.file={mount_path(prometheus, 'config')}/prometheus.yml"
 
@@ -517,14 +563,29 @@ def test_secrets_are_random_private_and_kept_on_regeneration(tmp_path):
         "admin-token",
         "enrollment-token",
         "grafana-admin-password",
+        "viewer-token",
     ]
     for path in tokens:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert re.fullmatch(r"[A-Za-z0-9_-]{43}", path.read_text())
-    assert len({p.read_text() for p in tokens}) == 3
+    assert len({p.read_text() for p in tokens}) == 4
     # No token appears in any manifest.
     text = "".join(p.read_text() for p in out.glob("*.yaml"))
     assert not any(p.read_text() in text for p in tokens)
+
+
+def test_an_output_from_before_the_viewer_token_gains_one_and_keeps_the_others(tmp_path):
+    out = generate(tmp_path / "out", "--topology", "keti_testbed")
+    secrets = out / "secrets"
+    (secrets / "viewer-token").unlink()
+    before = {p.name: p.read_text() for p in secrets.iterdir()}
+
+    generate(out, "--topology", "keti_testbed")
+
+    after = {p.name: p.read_text() for p in secrets.iterdir()}
+    assert set(after) == set(before) | {"viewer-token"}
+    assert {k: after[k] for k in before} == before
+    assert after["viewer-token"] not in before.values()
 
 
 def test_user_supplied_secrets_are_used_as_they_are(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,13 @@ from fedsim.config import build_topology, load_hardware_profile
 from fedsim.core.events import EventKind
 from fedsim.core.runtime import FitIns, ModelRef, Task
 from fedsim.core.topology import MEASURED, HardwareProfile
+from fedsim.ml.spec import model_spec
 from fedsim.schema import Config
 from fedsim.sim.runtime import SimTransport
 
 ROOT = Path(__file__).resolve().parents[2]
+BYO = ROOT / "examples" / "byo"  # a user's package: byo_fl
+BYO_MODEL = "byo_fl.model.TinyNet"
 
 SPEC_SERVER = {
     "description": "server",
@@ -132,6 +136,46 @@ def test_a_device_with_the_calibrated_profile_trains_by_its_step_model(calibrate
     assert seconds == pytest.approx(steps + profile.cold_start_s + profile.task_overhead_s + io)
 
 
+def test_calibrate_times_a_users_model_by_import_path(tmp_path):
+    # Prepare: examples/byo's package on the path, as a user's own package would be.
+    out = tmp_path / "hardware" / "byo_host.yaml"
+    paths = [str(BYO), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    args = ["--model", BYO_MODEL, "--input-size", "8", "--num-classes", "4"]
+    args += ["--batch-sizes", "4,16,64", "--repeats", "5", "--warmup", "2", "--threads", "1"]
+    args += ["--statistic", "min", "--out", str(out)]
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "calibrate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    # Assert: the step model is keyed by the import path, the workload's name for the model,
+    # and counts the FLOPs of TinyNet at the shape asked for; a device with it trains by it.
+    assert proc.returncode == 0, proc.stderr
+    profile = load_hardware_profile(out)
+    assert list(profile.steps) == [BYO_MODEL]
+    step = profile.steps[BYO_MODEL]
+    sys.path.insert(0, str(BYO))
+    try:
+        flops = model_spec(BYO_MODEL, input_size=8, num_classes=4, cache_dir=tmp_path).train_flops
+    finally:
+        sys.path.remove(str(BYO))
+    written = OmegaConf.load(out).steps[BYO_MODEL]
+    assert written.flops_per_sample == flops and step.per_sample_s > 0
+    assert proc.stdout.startswith(f"{BYO_MODEL} on 1 thread")
+    topology = topology_with("byo_host", tmp_path)
+    seconds = train_seconds(topology, model=BYO_MODEL, samples=64, batch_size=16, epochs=1)
+    io = 1000 / profile.load_bytes_per_s + 1000 / profile.serialize_bytes_per_s
+    expected = 4 * step.overhead_s + 64 * step.per_sample_s + profile.cold_start_s + io
+    assert seconds == pytest.approx(expected)
+
+
 def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):
     # Prepare: 10 ms per step and 1 ms per sample for digits_cnn, 1 GFLOP/s for anything else.
     (tmp_path / "hardware").mkdir()
@@ -166,6 +210,13 @@ def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_p
         (["--out", "profile.json"], "a profile is a .yaml file"),
         (["--name", "a", "--out", "b.yaml"], "a profile is named after its file; use a.yaml"),
         (["--name", "no/slash"], "use letters, digits"),
+        (["--model", "resnet"], "'resnet': not a model of the zoo"),
+        (["--model", BYO_MODEL], "needs --input-size and --num-classes"),
+        (
+            ["--model", "no_such_pkg.Net", "--input-size", "8", "--num-classes", "2"],
+            "--model: cannot import no_such_pkg.Net: no module 'no_such_pkg'",
+        ),
+        (["--input-size", "0"], "must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_exit_2_in_one_line(args, message, capsys):

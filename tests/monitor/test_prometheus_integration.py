@@ -44,6 +44,8 @@ DEVICES = [3, 4, 8]  # fl_digits's clients on keti_testbed: groups 1, 1 and 2
 WITH_NODE_EXPORTER = [3, 4]
 VICTIM = 4  # stopped at the end: its node_exporter stays up, its agent goes down
 TRAFFIC = ("disk_read", "disk_write", "net_receive", "net_transmit")
+# Grafana panels with nothing to show on a host without a GPU the agent trains on.
+MAYBE_NO_SERIES = {"fedsim-monitoring: GPU utilisation [A]"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -193,10 +195,13 @@ def test_every_grafana_expression_parses_and_returns_series(stack: Stack):
                 return get_json(f"{stack.prometheus}/api/v1/query", query=promql)
 
             # A query Prometheus cannot parse fails at once with HTTP 400.
-            answer = wait_for(f"{where}: {promql}", query, lambda a: a["data"]["result"])
+            if where in MAYBE_NO_SERIES:
+                answer = query()  # parsed and answered; series only where there is a GPU
+            else:
+                answer = wait_for(f"{where}: {promql}", query, lambda a: a["data"]["result"])
             assert answer["status"] == "success"
             checked += 1
-    assert checked >= 30
+    assert checked >= 35
 
 
 def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):

@@ -40,6 +40,8 @@ MODEL = "digits_cnn"
 BLOB_PATH = f"/api/v1/models/{MODEL}/versions/4/blob"
 SAFETY_TIMEOUT = 30.0  # only a safety net: no test should come near it
 ROOT = Path(__file__).resolve().parents[2]
+BYO = ROOT / "examples" / "byo"  # a user's package: byo_fl
+BYO_MODEL = "byo_fl.model.TinyNet"
 
 
 class FakeServer:
@@ -494,6 +496,53 @@ async def test_the_agent_measures_again_when_the_server_asks_once_per_request(fa
     assert reported_unasked == []
     [profile] = server.profiles
     assert list(profile["steps"]) == ["digits_mlp"]
+
+
+async def test_the_agent_calibrates_a_users_model_under_its_plugin(fake, tmp_path, monkeypatch):
+    # Prepare: examples/byo's package importable, as a user's installed package would be.
+    monkeypatch.syspath_prepend(str(BYO))
+    server, url = fake
+    config = agent_config(
+        url,
+        tmp_path,
+        calibrate=True,
+        calibrate_model=BYO_MODEL,
+        calibrate_input_size=8,
+        calibrate_num_classes=4,
+        plugins=("byo_fl",),
+    )
+    agent = Agent(config=config)
+
+    # Execute
+    async with running(agent) as run:
+        await server.until(lambda: len(server.profiles) == 1, run)
+
+    # Assert: the step model is keyed by the import path, as the workload names the model.
+    [profile] = server.profiles
+    assert list(profile["steps"]) == [BYO_MODEL]
+    assert profile["steps"][BYO_MODEL]["per_sample_s"] > 0
+    MeasuredProfile.model_validate(profile)
+
+
+async def test_a_calibration_request_for_a_model_outside_the_plugins_is_refused(
+    fake, tmp_path, caplog
+):
+    # Prepare: an agent with no --plugin; the server asks it to time a user's model.
+    server, url = fake
+    agent = Agent(config=agent_config(url, tmp_path))
+    caplog.set_level(logging.WARNING, logger="fedsim.real.agent")
+
+    # Execute
+    async with running(agent) as run:
+        server.calibration_request = {"model": BYO_MODEL, "requested_at": 7.0}
+        await server.until(lambda: "not reported" in caplog.text, run)
+        seen = len(server.heartbeats)
+        await server.until(lambda: len(server.heartbeats) >= seen + 3, run)
+
+    # Assert: nothing measured or reported, and the reason names the missing --plugin.
+    assert server.profiles == []
+    assert f"calibration of {BYO_MODEL} not reported" in caplog.text
+    assert "no --plugin" in caplog.text
 
 
 # -- fit tasks ----------------------------------------------------------------------------

@@ -39,6 +39,8 @@ OPTIONS = (
     "--calibrate",
     "--no-calibrate",
     "--calibrate-model",
+    "--calibrate-input-size",
+    "--calibrate-num-classes",
     "--plugin",
     "--log-level",
 )
@@ -92,6 +94,20 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     assert not config.calibrate and config.calibrate_model == "digits_mlp"
     assert config.max_transfer_bytes == 1_000_000
     assert config.plugins == ("byo_fl", "lab.models.Net")
+
+
+def test_a_users_model_under_a_plugin_is_calibrated_at_the_shape_given(tmp_path):
+    # Prepare
+    argv = ["--server", URL, "--token", "t", "--state-dir", str(tmp_path), "--plugin", "byo_fl"]
+    argv += ["--calibrate-model", "byo_fl.model.TinyNet"]
+    argv += ["--calibrate-input-size", "8", "--calibrate-num-classes", "4"]
+
+    # Execute
+    config, _ = cli.parse_config(argv)
+
+    # Assert
+    assert config.calibrate_model == "byo_fl.model.TinyNet"
+    assert config.calibrate_shape == (8, 4)
 
 
 def test_a_saved_device_token_stands_in_for_the_enrollment_token(tmp_path, monkeypatch):
@@ -152,6 +168,19 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--node-exporter", "10.0.0.5:9100"], "--node-exporter"),
         (["--server", URL, "--node-exporter", "http://:9100/metrics"], "--node-exporter"),
         (["--server", URL, "--calibrate-model", "gpt"], "--calibrate-model"),
+        (
+            ["--server", URL, "--calibrate-model", "byo_fl.model.TinyNet"],
+            "not under this agent's --plugin paths (none given)",
+        ),
+        (
+            ["--server", URL, "--plugin", "byo_fl", "--calibrate-model", "byo_flx.Net"],
+            "not under this agent's --plugin paths (byo_fl)",
+        ),
+        (
+            ["--server", URL, "--plugin", "byo_fl", "--calibrate-model", "byo_fl.model.TinyNet"],
+            "needs --calibrate-input-size and --calibrate-num-classes",
+        ),
+        (["--server", URL, "--calibrate-input-size", "0"], "--calibrate-input-size must be >= 1"),
         (["--server", URL, "--max-transfer-bytes", "0"], "--max-transfer-bytes"),
     ],
 )

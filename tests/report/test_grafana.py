@@ -7,11 +7,14 @@ test_prometheus_integration.py.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fedsim.monitor.promql import monitoring_queries
 from fedsim.report import grafana, grafana_cli
 
 UIDS = ["fedsim-devices", "fedsim-monitoring", "fedsim-models"]
@@ -63,6 +66,71 @@ def test_the_monitoring_dashboard_covers_cpu_memory_bandwidth_and_training():
         "fedsim_agent_busy",
     ):
         assert series in exprs
+
+
+def test_the_monitoring_dashboard_shows_gpu_disk_and_network_per_device():
+    panels = {p["title"]: p for p in grafana.dashboards()["fedsim-monitoring"]["panels"]}
+    # What the server's own dashboard asks Prometheus, for the dashboard's selection.
+    server = monitoring_queries(grafana.SEL, "$__rate_interval")
+
+    shown = {
+        title: ([t["expr"] for t in panels[title]["targets"]], panels[title]["fieldConfig"])
+        for title in ("GPU utilisation", "Disk traffic", "Network traffic")
+    }
+
+    assert shown["GPU utilisation"][0] == [server["gpu_util"]]
+    assert shown["Disk traffic"][0] == [server["disk_read"], server["disk_write"]]
+    assert shown["Network traffic"][0] == [server["net_receive"], server["net_transmit"]]
+    assert shown["GPU utilisation"][1]["defaults"]["unit"] == "percentunit"
+    for title in ("Disk traffic", "Network traffic"):
+        assert shown[title][1]["defaults"]["unit"] == "Bps"  # rates of byte counters
+        # One series per device and direction, told apart in the legend.
+        legends = [t["legendFormat"] for t in panels[title]["targets"]]
+        assert all("{{fedsim_device}}" in legend for legend in legends)
+        assert len(set(legends)) == 2
+    exprs = " ".join(e for title in shown for e in shown[title][0])
+    for series in (
+        "fedsim_agent_gpu_utilization_ratio",
+        "DCGM_FI_DEV_GPU_UTIL",
+        "node_disk_read_bytes_total",
+        "node_disk_written_bytes_total",
+        "fedsim_agent_disk_read_bytes_total",
+        "fedsim_agent_disk_written_bytes_total",
+        "node_network_receive_bytes_total",
+        "node_network_transmit_bytes_total",
+        "fedsim_agent_network_receive_bytes_total",
+        "fedsim_agent_network_transmit_bytes_total",
+    ):
+        assert series in exprs, series
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
+def test_every_expression_parses_with_promtool(tmp_path: Path):
+    # promtool parses the expressions of recording rules offline; Grafana's variables take
+    # the values a dashboard showing everything gives them.
+    variables = {"$device": ".*", "$group": ".*", "$__rate_interval": "30s"}
+    rules = []
+    for board in grafana.dashboards().values():
+        for _, expr in grafana.expressions(board):
+            for name, value in variables.items():
+                expr = expr.replace(name, value)
+            rules.append({"record": f"fedsim:check_{len(rules)}", "expr": expr})
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]}))
+
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"{len(rules)} rules found" in check.stdout
+    # The check can fail: an expression cut short is refused.
+    rules[0]["expr"] = rules[0]["expr"] + " or"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]}))
+    broken = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert broken.returncode != 0
 
 
 def test_the_cli_writes_dashboards_and_provisioning(tmp_path: Path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,25 @@ def test_a_remote_run_writes_the_jobs_events_and_plots_here(finished_job, tmp_pa
     assert summary["job"] == "j1" and summary["wall_time_s"] == pytest.approx(50.0)
     assert "simulated_time_s" not in summary
     assert result.summary["state"] == "succeeded"
+
+
+def test_a_remote_runs_label_plot_says_why_it_has_no_counts(
+    finished_job, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    # Prepare
+    caplog.set_level(logging.WARNING, logger="fedsim.report")
+
+    # Execute
+    result = run_remote(remote_spec(), tmp_path, poll_s=0, progress=False)
+
+    # Assert: issue 15's run trained on data, yet the notice blamed "training without data".
+    notices = [m for m in caplog.messages if m.startswith("label_distribution.png")]
+    assert notices == [
+        "label_distribution.png: no label counts recorded "
+        "(the server's devices train on data it does not see)"
+    ]
+    assert result.label_counts == {} and "training without data" not in caplog.text
+    assert (tmp_path / "plots" / "label_distribution.png").exists()
 
 
 def test_a_remote_run_prints_its_outcome_formatted(finished_job, tmp_path: Path):

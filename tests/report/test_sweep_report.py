@@ -32,7 +32,9 @@ def write_overrides(job_dir: Path, overrides: list[str]) -> None:
     )
 
 
-def write_federated_job(job_dir: Path, overrides: list[str], *, gain: float) -> None:
+def write_federated_job(
+    job_dir: Path, overrides: list[str], *, gain: float, measured: bool = False
+) -> None:
     write_overrides(job_dir, overrides)
     rounds = [
         RoundRow(
@@ -61,7 +63,7 @@ def write_federated_job(job_dir: Path, overrides: list[str], *, gain: float) -> 
     summary = {
         "experiment": "fl_digits",
         "kind": "federated",
-        "mode": "sim",
+        "mode": "real" if measured else "sim",
         "strategy": {"name": overrides[-1].split("=")[1], "clip_norm": None},
         "rounds": 5,
         "final_accuracy": accuracies[-1],
@@ -69,7 +71,8 @@ def write_federated_job(job_dir: Path, overrides: list[str], *, gain: float) -> 
         "target_accuracy": 0.9,
         "time_to_target_s": 50.0 if accuracies[-1] >= 0.9 else None,
         "round_to_target": 5 if accuracies[-1] >= 0.9 else None,
-        "simulated_time_s": 50.0,
+        # A measured run's clock is the wall's (fedsim/core/results.py).
+        "wall_time_s" if measured else "simulated_time_s": 50.0,
         "rounds_aggregated": 5,
         "rounds_failed": 0,
         "updates_lost": 0,
@@ -318,3 +321,43 @@ def test_sweep_comparison_draws_times_on_a_log_axis(tmp_path, monkeypatch):
     assert left < 6.0 and right > 530.0
     share = (np.log(6.0) - np.log(left)) / (np.log(right) - np.log(left))
     assert share > 0.1
+
+
+def accuracy_axes(sweep: Path, monkeypatch: pytest.MonkeyPatch):
+    """The axes of the sweep's accuracy plot, as write_sweep_report draws it."""
+    drawn = []
+    monkeypatch.setattr(
+        "fedsim.report.sweep_plots.save_figure", lambda fig, path: drawn.append(fig) or path
+    )
+    write_sweep_report(sweep)
+    (fig,) = drawn
+    return fig.axes[0]
+
+
+def test_a_sweep_of_real_jobs_plots_accuracy_over_wall_clock_time(tmp_path, monkeypatch):
+    # Prepare: two jobs that ran for real (issue 15: the axis said "simulated time").
+    write_federated_job(tmp_path / "0", [EXPERIMENT, "strategy=fedavg"], gain=0.1, measured=True)
+    write_federated_job(tmp_path / "1", [EXPERIMENT, "strategy=median"], gain=0.1, measured=True)
+
+    # Execute
+    ax = accuracy_axes(tmp_path, monkeypatch)
+
+    # Assert
+    assert ax.get_xlabel() == "wall-clock time since the run started [s]"
+    assert "wall-clock time" in ax.get_title() and "simulated" not in ax.get_title()
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["strategy=fedavg", "strategy=median"]
+
+
+def test_a_sweep_mixing_clocks_names_each_jobs_clock(tmp_path, monkeypatch):
+    # Prepare: one simulated job, one that ran for real.
+    write_federated_job(tmp_path / "0", [EXPERIMENT, "mode=sim"], gain=0.1)
+    write_federated_job(tmp_path / "1", [EXPERIMENT, "mode=real"], gain=0.1, measured=True)
+
+    # Execute
+    ax = accuracy_axes(tmp_path, monkeypatch)
+
+    # Assert: no one clock on the axis; the legend says which job's is which.
+    assert ax.get_xlabel() == "time (each job's clock) since the run started [s]"
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["mode=sim (simulated)", "mode=real (wall-clock)"]

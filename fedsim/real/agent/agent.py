@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import ssl
@@ -249,9 +250,14 @@ class Agent:
         """
         loop = asyncio.get_running_loop()
         try:
-            profile = await loop.run_in_executor(
-                self._executor, measure_profile, model, self.config.state_dir
+            measure = functools.partial(
+                measure_profile,
+                model,
+                self.config.state_dir,
+                plugins=self.config.plugins,
+                shape=self.config.calibrate_shape,
             )
+            profile = await loop.run_in_executor(self._executor, measure)
             url = self._api.url(Paths.DEVICE_PROFILE, id=self._device_id)
             await self._as_device(
                 lambda token: self._api.request("PUT", url, token=token, json_body=profile)

@@ -236,8 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate-model",
         default="digits_cnn",
-        metavar="NAME",
-        help="the model of the zoo to time (default: %(default)s)",
+        metavar="NAME|PATH",
+        help=(
+            "the model to time: one of the zoo's, or a user's by import path under a "
+            "--plugin, with --calibrate-input-size and --calibrate-num-classes "
+            "(default: %(default)s)"
+        ),
+    )
+    p.add_argument(
+        "--calibrate-input-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the image side to time a model named by import path at (its workload's)",
+    )
+    p.add_argument(
+        "--calibrate-num-classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the class count of a model named by import path (its workload's)",
     )
     add_log_level(p)
     return p
@@ -278,6 +296,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[AgentConfig, str]:
             node_exporter=args.node_exporter,
             calibrate=args.calibrate,
             calibrate_model=args.calibrate_model,
+            calibrate_input_size=args.calibrate_input_size,
+            calibrate_num_classes=args.calibrate_num_classes,
             plugins=tuple(args.plugin),
         )
     except ValueError as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fedsim.core.plugins import is_import_path
 from fedsim.ml.spec import MODELS  # a table of names: loads no torch
 
 MAX_POLL_WAIT = 60  # the protocol caps a long poll's ``wait`` at 60 s
@@ -87,6 +88,8 @@ class AgentConfig:
     at registration so that Prometheus finds it through the server's service discovery.
     ``calibrate`` makes the agent measure its device for ``calibrate_model`` after it registers
     and report the profile; a request from the server is answered whatever ``calibrate`` says.
+    ``calibrate_model`` is a zoo model, or a user's model by import path under ``plugins``,
+    timed at ``calibrate_input_size`` and ``calibrate_num_classes`` (a zoo model: the zoo's).
     ``max_transfer_bytes`` bounds each transfer a task asks for (a model download, an update,
     training data): a task asking for more fails. ``plugins`` are the import paths (packages,
     modules or the models themselves) under which a task may name a user's model; the agent
@@ -125,6 +128,8 @@ class AgentConfig:
     node_exporter: str | None = None
     calibrate: bool = True
     calibrate_model: str = "digits_cnn"
+    calibrate_input_size: int | None = None
+    calibrate_num_classes: int | None = None
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -180,11 +185,48 @@ class AgentConfig:
         for plugin in self.plugins:
             if not all(part.isidentifier() for part in plugin.split(".")):
                 raise ValueError(f"--plugin {plugin!r}: expected an import path, e.g. mypkg")
-        if self.calibrate_model not in MODELS:
+        for option, value in (
+            ("--calibrate-input-size", self.calibrate_input_size),
+            ("--calibrate-num-classes", self.calibrate_num_classes),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be >= 1, got {value}")
+        self._check_calibrate_model()
+
+    def _check_calibrate_model(self) -> None:
+        """A zoo model, or an import path under a ``--plugin`` with the shape to time it at.
+
+        Only the path is checked here (nothing is imported before the agent runs); the
+        calibration resolves it as a task's model is (``check_model_allowed``).
+        """
+        model = self.calibrate_model
+        if model in MODELS:
+            return
+        zoo = ", ".join(sorted(MODELS))
+        if not is_import_path(model):
             raise ValueError(
-                f"--calibrate-model {self.calibrate_model!r}: not a model of the zoo "
-                f"({', '.join(sorted(MODELS))})"
+                f"--calibrate-model {model!r}: not a model of the zoo ({zoo}) nor an import "
+                "path under a --plugin"
             )
+        if not any(model == p or model.startswith(p + ".") for p in self.plugins):
+            allowed = ", ".join(self.plugins) or "none given"
+            raise ValueError(
+                f"--calibrate-model {model!r}: not under this agent's --plugin paths "
+                f"({allowed}); the agent imports no other code"
+            )
+        if self.calibrate_input_size is None or self.calibrate_num_classes is None:
+            raise ValueError(
+                f"--calibrate-model {model!r}: a model named by import path needs "
+                "--calibrate-input-size and --calibrate-num-classes (those its workload "
+                "trains at)"
+            )
+
+    @property
+    def calibrate_shape(self) -> tuple[int, int] | None:
+        """``(input size, class count)`` to time a user's model at; None when not given."""
+        if self.calibrate_input_size is None or self.calibrate_num_classes is None:
+            return None
+        return self.calibrate_input_size, self.calibrate_num_classes
 
     @property
     def data_spec(self) -> DataSpec | None:

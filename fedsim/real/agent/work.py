@@ -194,33 +194,57 @@ CALIBRATION_REQUESTS = 20
 CALIBRATION_PERSISTS = 10
 
 
-def measure_profile(model: str, state_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def measure_profile(
+    model: str,
+    state_dir: str | os.PathLike | None = None,
+    *,
+    plugins: tuple[str, ...] = (),
+    shape: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """This device's measured hardware profile for ``model`` (the fields of a ``kind:
     measured`` profile, as ``fedsim calibrate`` writes one), timed with the agent's threads;
     keeping an update is timed on the disk of ``state_dir`` (the agent's state directory).
 
+    ``model`` is a zoo model, timed at the zoo's shape, or a user's by import path, allowed
+    under ``plugins`` as a task's model is, timed at ``shape`` (input size, class count).
     Each batch size's fastest step counts, not the median: with few repeats, and other
     processes (another agent, the user's work) taking the core now and then, the fastest step
     is the one that shows what the device does when it trains. Raises :class:`TaskError` for
-    an unknown model or timings that do not grow with the batch size (a busy host).
+    a model the agent may not build, or timings that do not grow with the batch size (a busy
+    host).
     """
+    from fedsim.core.plugins import PluginError
     from fedsim.ml.calibrate import calibrate, profile_document
     from fedsim.ml.spec import MODELS
     from fedsim.real.agent.state import measure_persist
     from fedsim.real.request_cost import measure_request_cpu_s
 
+    # The model may be the server's word (a calibration request): the same allowlist as a task.
+    check_model_allowed(model, plugins)
+    input_size: int | None = None  # a zoo model: the zoo's shape
+    num_classes: int | None = None
     if model not in MODELS:
-        raise TaskError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
-    cal = calibrate(
-        model,
-        CALIBRATION_BATCH_SIZES,
-        repeats=CALIBRATION_REPEATS,
-        warmup=CALIBRATION_WARMUP,
-        threads=None,
-        statistic="min",
-        io_repeats=CALIBRATION_IO_REPEATS,
-        by="fedsim agent",
-    )
+        if shape is None:
+            raise TaskError(
+                f"{model} is a user's model: start the agent with --calibrate-input-size and "
+                "--calibrate-num-classes to time it"
+            )
+        input_size, num_classes = shape
+    try:
+        cal = calibrate(
+            model,
+            CALIBRATION_BATCH_SIZES,
+            repeats=CALIBRATION_REPEATS,
+            warmup=CALIBRATION_WARMUP,
+            threads=None,
+            statistic="min",
+            io_repeats=CALIBRATION_IO_REPEATS,
+            by="fedsim agent",
+            input_size=input_size,
+            num_classes=num_classes,
+        )
+    except PluginError as e:  # the user's factory raised, or built no torch.nn.Module
+        raise TaskError(str(e)) from None
     if cal.fit.model.per_sample_s == 0:
         raise TaskError(
             f"{model}'s step times did not grow with the batch size (a busy host?); "
