@@ -173,6 +173,7 @@ def test_calibrate_times_a_users_model_by_import_path(tmp_path):
     seconds = train_seconds(topology, model=BYO_MODEL, samples=64, batch_size=16, epochs=1)
     io = 1000 / profile.load_bytes_per_s + 1000 / profile.serialize_bytes_per_s
     expected = 4 * step.overhead_s + 64 * step.per_sample_s + profile.cold_start_s + io
+    expected += profile.task_overhead_s
     assert seconds == pytest.approx(expected)
 
 
