@@ -261,10 +261,17 @@ def build_secagg(
         return None
     if kind != "federated":
         raise ConfigError(f"secagg: secure aggregation needs a federated experiment, not {kind}")
-    if mode.name != "sim":
+    if mode.server_url is not None:
+        # A server's jobs would run it over the same messages, untested there so far.
         raise ConfigError(
-            f"secagg: mode={mode.name} does not carry secure aggregation's messages yet; "
-            "run it with mode=sim"
+            "secagg: a job on a running server (mode.server_url) does not run secure "
+            "aggregation yet; run it with mode=sim or mode=real"
+        )
+    if mode.name not in ("sim", "real"):
+        # emulated runs the same agents and messages, untested so far in network namespaces.
+        raise ConfigError(
+            f"secagg: mode={mode.name} does not run secure aggregation yet; run it with "
+            "mode=sim or mode=real"
         )
     if fl.mode != "sync" or fl.hierarchical:
         raise ConfigError("secagg: secure aggregation runs in synchronous rounds without groups")

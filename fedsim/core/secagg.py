@@ -443,3 +443,102 @@ class SecAggServer:
                 f"{what}, below the threshold {need}"
             )
         return shamir_combine(dict(sorted(shares.items())[:need]))
+
+
+# -- the clients' side, as a device runs it -----------------------------------------------------
+
+STAGES = ("advertise", "share", "mask", "unmask")
+"""The protocol's message rounds on a device, in order; the fit task between mask and unmask
+carries the masked input."""
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The arrays' values in one float64 vector, in the order of their names (sorted), so
+    that a device and the server agree on it whatever order the arrays came in."""
+    return np.concatenate(
+        [np.ravel(np.asarray(arrays[k], dtype=np.float64)) for k in sorted(arrays)]
+    )
+
+
+def unflatten(flat: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``flat`` cut back into arrays of ``like``'s names, shapes and dtypes (the inverse of
+    :func:`flatten`)."""
+    out, at = {}, 0
+    for name in sorted(like):
+        a = np.asarray(like[name])
+        out[name] = flat[at : at + a.size].reshape(a.shape).astype(a.dtype)
+        at += a.size
+    if at != flat.size:
+        raise ValueError(f"{flat.size} values do not fit the model's {at}")
+    return {name: out[name] for name in like}
+
+
+@dataclass(kw_only=True, eq=False)
+class SecAggDevices:
+    """The clients' side of the protocol on the devices: one :class:`SecAggClient` per device
+    and session (a round), created at ``advertise`` and forgotten after ``unmask``.
+
+    The simulator's transport holds one for all its devices; a real device's agent holds one
+    for itself. Both call it with the messages the server sent, so the same code answers them.
+    ``keep`` bounds the sessions a device holds (a round abandoned before unmasking is
+    dropped once ``keep`` newer ones started).
+    """
+
+    crypto: SecAggCrypto
+    keep: int = 4
+    _clients: dict[tuple[int, str], SecAggClient] = field(init=False, default_factory=dict)
+    _held: dict[tuple[int, str], bytes] = field(init=False, default_factory=dict)
+
+    def step(
+        self, device: int, session: str, stage: str, params: SecAggParams, message: bytes
+    ) -> bytes:
+        """Device ``device``'s answer to the server's ``message`` at ``stage`` of ``session``."""
+        key = (device, session)
+        if stage == "advertise":
+            self._clients.pop(key, None)
+            self._clients[key] = SecAggClient(id=device, params=params, crypto=self.crypto)
+            mine = [k for k in self._clients if k[0] == device]
+            for old in mine[: -self.keep]:
+                self._forget(old)
+            return self._clients[key].advertise()
+        client = self._clients.get(key)
+        if client is None:
+            raise ValueError(
+                f"device {device} holds no secure aggregation session {session!r} (it did not "
+                "advertise keys in it, or has forgotten it)"
+            )
+        if client.params != params:
+            raise ValueError(f"session {session!r}: the settings changed between stages")
+        if stage == "share":
+            return client.share_keys(message)
+        if stage == "mask":
+            self._held[key] = message
+            return b""
+        if stage == "unmask":
+            try:
+                return client.unmask(message)
+            finally:
+                self._forget(key)
+        raise ValueError(f"unknown secure aggregation stage {stage!r}; known: {STAGES}")
+
+    def mask(
+        self,
+        device: int,
+        session: str,
+        arrays: Mapping[str, np.ndarray],
+        weight: int,
+        scale: float,
+    ) -> bytes:
+        """Device ``device``'s trained ``arrays`` as its masked input in ``session``."""
+        key = (device, session)
+        client, held = self._clients.get(key), self._held.get(key)
+        if client is None or held is None:
+            raise ValueError(
+                f"device {device} cannot mask its update: it holds no shares of secure "
+                f"aggregation session {session!r}"
+            )
+        return client.masked_input(held, flatten(arrays), weight, scale)
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        self._clients.pop(key, None)
+        self._held.pop(key, None)

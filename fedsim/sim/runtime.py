@@ -41,6 +41,7 @@ from fedsim.core.runtime import (
     Update,
     UploadDataIns,
 )
+from fedsim.core.secagg import SecAggAborted, SecAggDevices
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import compute_seconds, jitter_factor, load_seconds, serialize_seconds
 from fedsim.sim.network import FlowNetwork, FlowNetworkBase
@@ -63,9 +64,12 @@ class SimTransport(Transport):
         trainer: LocalTrainer | None = None,
         network: type[FlowNetworkBase] = FlowNetwork,
         faults: FaultPlan | None = None,
+        secagg: SecAggDevices | None = None,
     ) -> None:
         super().__init__()
         self.topology = topology
+        # The devices' side of secure aggregation: it answers SecAggIns and masks updates.
+        self.secagg = secagg
         self.server = topology.server
         self.env = simpy.Environment()
         links = topology.links()
@@ -172,7 +176,9 @@ class SimTransport(Transport):
         processor = self._processor.get(device)
         return processor is not None and processor.count > 0
 
-    def _steps(self, task: Task) -> list[Generator[simpy.Event, Any, None]]:
+    def _steps(self, task: Task, answer: bytes = b"") -> list[Generator[simpy.Event, Any, None]]:
+        """The task's transfers and compute, in order; ``answer``: a secure aggregation
+        stage's answer, whose size its upload takes."""
         ins, dev, tid = task.ins, task.device, task.id
         if isinstance(ins, UploadDataIns):
             return [self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev)]
@@ -198,13 +204,13 @@ class SimTransport(Transport):
             ]
         if isinstance(ins, SecAggIns):
             steps = []
-            if ins.down_nbytes:
+            if ins.message:
                 kind = EventKind.SECAGG_DOWNLOAD
-                steps.append(self._send(self.server, dev, ins.down_nbytes, kind, tid, by=dev))
+                steps.append(self._send(self.server, dev, len(ins.message), kind, tid, by=dev))
             steps.append(self._compute(dev, ins.cost, EventKind.SECAGG, tid))
-            if ins.up_nbytes:
+            if answer:
                 kind = EventKind.SECAGG_UPLOAD
-                steps.append(self._send(dev, self.server, ins.up_nbytes, kind, tid, by=dev))
+                steps.append(self._send(dev, self.server, len(answer), kind, tid, by=dev))
             return steps
         raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
 
@@ -216,7 +222,26 @@ class SimTransport(Transport):
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
         update = None
-        for i, step in enumerate(self._steps(task)):
+        answer = None
+        if isinstance(ins, SecAggIns):
+            # The device's answer is computed up front for its size; the steps time it.
+            if self.secagg is None:
+                raise ValueError(f"task {task.id}: this transport runs no secure aggregation")
+            try:
+                answer = self.secagg.step(dev, ins.session, ins.stage, ins.params, ins.message)
+            except (ValueError, SecAggAborted) as exc:
+                # The device refuses the message, as an agent reports a task that failed.
+                self._deliver(
+                    TaskResult(
+                        task_id=task.id,
+                        device=dev,
+                        started=started,
+                        finished=self.env.now,
+                        error=str(exc),
+                    )
+                )
+                return
+        for i, step in enumerate(self._steps(task, answer or b"")):
             begin = self.env.now
             yield from step
             # An unreachable or dropped device goes silent: no result ever arrives.
@@ -226,21 +251,44 @@ class SimTransport(Transport):
                 if drops:
                     return
                 params, metrics = self.trainer(dev, ins) if self.trainer else (None, _NONE)
+                masked = None
+                if ins.secagg is not None:
+                    masked, params = self._mask(dev, ins, params), None
                 update = Update(
                     num_examples=ins.samples * ins.epochs,
                     nbytes=ins.update_nbytes,
                     parameters=params,
                     metrics=metrics,
+                    masked=masked,
                 )
         if isinstance(ins, ForwardIns):
             update = Update(num_examples=ins.num_examples, nbytes=ins.nbytes)
         result = TaskResult(
-            task_id=task.id, device=dev, started=started, finished=self.env.now, update=update
+            task_id=task.id,
+            device=dev,
+            started=started,
+            finished=self.env.now,
+            update=update,
+            payload=answer,
         )
+        self._deliver(result)
+
+    def _deliver(self, result: TaskResult) -> None:
         self._inbox.append(result)
         if len(self._inbox) >= self._wanted:
             self._arrived.succeed()
             self._arrived = self.env.event()
+
+    def _mask(self, dev: int, ins: FitIns, params: NDArrays | None) -> bytes:
+        """Device ``dev``'s trained ``params`` masked for secure aggregation, as its agent
+        would send them."""
+        if ins.secagg is None or self.secagg is None or params is None:
+            raise ValueError(
+                f"device {dev}: a masked update needs trained arrays and a transport that runs "
+                "secure aggregation"
+            )
+        weight = ins.samples * ins.epochs
+        return self.secagg.mask(dev, ins.secagg.session, params, weight, ins.secagg.scale)
 
     def _link_change(self, change: LinkChange) -> Generator[simpy.Event, Any, None]:
         owners = [k for k, p in self._links.items() if p.name == change.network]
