@@ -253,7 +253,11 @@ def build_secagg(
     try:
         # Checked when off too: a setting that cannot work is an error wherever it is.
         params = SecAggParams(
-            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+            bits=c.bits,
+            clip=c.clip,
+            threshold=c.threshold,
+            neighbours=c.neighbours,
+            stage_timeout_s=c.stage_timeout_s,
         )
     except ValueError as e:
         raise ConfigError(f"secagg.{e}") from None

@@ -71,12 +71,15 @@ class SecAggParams:
     ``threshold``: the fraction of a client's neighbourhood (its neighbours and itself) whose
     shares rebuild its secrets; at least 2 shares are always needed. ``neighbours``: the
     degree of the SecAgg+ graph (even, rounded up); None pairs every two clients (SecAgg).
+    ``stage_timeout_s``: how long each of the protocol's message rounds waits for its clients
+    (a client silent that long has dropped out); None: until the round's deadline.
     """
 
     bits: int = 32
     clip: float = 100.0
     threshold: float = 0.5
     neighbours: int | None = None
+    stage_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 16 <= self.bits <= 62:
@@ -87,6 +90,11 @@ class SecAggParams:
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
         if self.neighbours is not None and self.neighbours < 2:
             raise ValueError(f"neighbours: must be at least 2, got {self.neighbours}")
+        timeout = self.stage_timeout_s
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"stage_timeout_s: must be a positive number of seconds, got {timeout}"
+            )
 
     @property
     def value_bytes(self) -> int:

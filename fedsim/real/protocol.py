@@ -203,6 +203,7 @@ class SecAggSettings(WireModel):
     clip: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
     neighbours: Annotated[int, Field(ge=2, le=INT64_MAX)] | None = None
+    stage_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 SessionId = Annotated[str, Field(pattern=f"^{TASK_ID_PATTERN}$")]

@@ -207,6 +207,7 @@ class HttpTransport(Transport):
                 clip=float(p.clip),
                 threshold=float(p.threshold),
                 neighbours=p.neighbours,
+                stage_timeout_s=p.stage_timeout_s,
             )
             message = SecAggTask(
                 id=id,

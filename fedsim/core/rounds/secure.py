@@ -107,7 +107,7 @@ def secure_collect(
             for d in down
         ]
         fed.transport.submit(tasks)
-        results = fed.gather({t.id: t.device for t in tasks}, deadline)
+        results = fed.gather({t.id: t.device for t in tasks}, stage_deadline())
         answers = {r.device: r.payload for r in results if r.ok and r.payload is not None}
         for r in results:
             if r.ok and r.payload is None:
@@ -116,6 +116,13 @@ def secure_collect(
             if d not in answers:
                 failures[d] = f"dropped out at secure aggregation's {name} stage"
         return dict(sorted(answers.items()))
+
+    def stage_deadline() -> float | None:
+        """Until when a protocol stage waits: its own timeout when set, else the round's
+        deadline (which then bounds every stage, the fit's included)."""
+        if params.stage_timeout_s is None:
+            return deadline
+        return fed.transport.now() + params.stage_timeout_s
 
     def mask_ops(d: int) -> float:
         return degree[d] * X25519_OPS + (degree[d] + 1) * 8 * length * SHAKE_OPS_PER_BYTE

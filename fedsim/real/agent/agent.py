@@ -470,7 +470,11 @@ class Agent:
         s = task.settings
         try:
             params = SecAggParams(
-                bits=s.bits, clip=s.clip, threshold=s.threshold, neighbours=s.neighbours
+                bits=s.bits,
+                clip=s.clip,
+                threshold=s.threshold,
+                neighbours=s.neighbours,
+                stage_timeout_s=s.stage_timeout_s,
             )
         except ValueError as e:
             raise TaskError(f"settings.{e}") from None
