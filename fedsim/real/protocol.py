@@ -207,8 +207,9 @@ class SecAggSettings(WireModel):
 
 
 SessionId = Annotated[str, Field(pattern=f"^{TASK_ID_PATTERN}$")]
-SECAGG_MESSAGE_MAX = 16 * 1024 * 1024
-"""The most characters of a secure aggregation message in a task (JSON text)."""
+SECAGG_MESSAGE_MAX = 4 * 1024 * 1024
+"""The most characters of a secure aggregation message in a task (JSON text); a poll's
+answer is read up to 4 MiB by the agent anyway."""
 
 
 class SecAggMasking(WireModel):
