@@ -20,6 +20,10 @@ computes), every message as bytes:
    server rebuilds both kinds of secret from ``threshold`` shares and removes what is left of
    the masks.
 
+:class:`SecAggDevices` is the clients' side as devices run it: one client per device and
+session, kept from ``advertise`` to ``unmask``, answering the server's messages and masking
+the trained update (the simulator's transport holds one for its devices, each agent one).
+
 The key agreement and the encryption are handed in (:class:`SecAggCrypto`): X25519, HKDF and
 AES-GCM from the ``cryptography`` package live outside the pure core. The PRG is SHAKE-256
 (stdlib ``hashlib``), Shamir's sharing works over the prime field of ``2^521 - 1``.
