@@ -22,6 +22,7 @@ from fedsim.core.runtime import NDArrays
 from fedsim.core.strategies.validation import validate_update
 from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
 from fedsim.real.protocol import (
+    SECAGG_MESSAGE_MAX,
     FitTask,
     ForwardTask,
     Headers,
@@ -149,9 +150,8 @@ class TaskHandlers:
         came, for the coordinator's side of the protocol to read; never decoded here."""
         message = task.message
         size = message.secagg.nbytes if isinstance(message, FitTask) and message.secagg else None
-        limit = (
-            self._config.max_blob_bytes if size is None else min(size, self._config.max_blob_bytes)
-        )
+        # A stage's answer is held in memory: no larger than the messages the server sends.
+        limit = min(SECAGG_MESSAGE_MAX if size is None else size, self._config.max_blob_bytes)
         reader = BodyReader(request, limit=limit, timeout_s=self._config.body_read_timeout_s)
         chunks = []
         try:
