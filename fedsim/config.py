@@ -258,7 +258,11 @@ def build_secagg(
     try:
         # Checked when off too: a setting that cannot work is an error wherever it is.
         params = SecAggParams(
-            bits=c.bits, clip=c.clip, threshold=c.threshold, neighbours=c.neighbours
+            bits=c.bits,
+            clip=c.clip,
+            threshold=c.threshold,
+            neighbours=c.neighbours,
+            stage_timeout_s=c.stage_timeout_s,
         )
     except ValueError as e:
         raise ConfigError(f"secagg.{e}") from None
@@ -266,10 +270,17 @@ def build_secagg(
         return None
     if kind != "federated":
         raise ConfigError(f"secagg: secure aggregation needs a federated experiment, not {kind}")
-    if mode.name != "sim":
+    if mode.server_url is not None:
+        # A server's jobs would run it over the same messages, untested there so far.
         raise ConfigError(
-            f"secagg: mode={mode.name} does not carry secure aggregation's messages yet; "
-            "run it with mode=sim"
+            "secagg: a job on a running server (mode.server_url) does not run secure "
+            "aggregation yet; run it with mode=sim or mode=real"
+        )
+    if mode.name not in ("sim", "real"):
+        # emulated runs the same agents and messages, untested so far in network namespaces.
+        raise ConfigError(
+            f"secagg: mode={mode.name} does not run secure aggregation yet; run it with "
+            "mode=sim or mode=real"
         )
     if fl.mode != "sync" or fl.hierarchical:
         raise ConfigError("secagg: secure aggregation runs in synchronous rounds without groups")

@@ -371,13 +371,15 @@ class SecAggConf:
     the clients' masked updates. ``bits``: the modulus 2^bits of the masked values (16-62);
     ``clip``: each value's bound before fixed point; ``threshold``: the fraction of a client's
     neighbourhood whose shares recover its secrets; ``neighbours``: SecAgg+'s graph degree
-    (null: every pair of clients, SecAgg)."""
+    (null: every pair of clients, SecAgg); ``stage_timeout_s``: how long each protocol stage
+    waits for its clients (null: until the round's deadline)."""
 
     enabled: bool = False
     bits: int = 32
     clip: float = 100.0
     threshold: float = 0.5
     neighbours: int | None = None
+    stage_timeout_s: float | None = None
 
 
 @dataclass

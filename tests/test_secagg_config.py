@@ -26,7 +26,11 @@ def test_secagg_is_off_by_default_and_on_with_its_settings():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["mode=real"], "mode=real does not carry secure aggregation"),
+        (["mode=emulated"], "mode=emulated does not run secure aggregation"),
+        (
+            ["mode.server_url=http://127.0.0.1:9"],
+            "server .mode.server_url. does not run",
+        ),
         (["strategy=median"], "strategy must be fedavg"),
         (["strategy.clip_norm=1.0"], "without clip_norm"),
         (["fl.mode=async"], "synchronous rounds"),

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedsim.core.events import EventKind, EventLog
+from fedsim.core.secagg import SecAggParams
 
 NDArrays = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -49,6 +50,17 @@ class Cost:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecAggFit:
+    """A fit task's part in secure aggregation: the device uploads its update masked in
+    ``session`` (``nbytes``: ``bits`` per value) instead of the update, at fixed-point
+    ``scale``."""
+
+    session: str
+    scale: float
+    nbytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class FitIns:
     """Train ``model`` on the device's local data and send the update back.
 
@@ -67,6 +79,7 @@ class FitIns:
     config: Mapping[str, Any] = field(default_factory=dict)
     source: int | None = None
     sink: int | None = None
+    secagg: SecAggFit | None = None
 
     def cost(self) -> Cost:
         """The training this instruction asks for, as the compute model times it."""
@@ -111,13 +124,16 @@ class UploadDataIns:
 @dataclass(frozen=True, kw_only=True)
 class SecAggIns:
     """One message round of secure aggregation on a device (``fedsim.core.secagg``): fetch
-    ``down_nbytes`` from the server, compute (``cost``: key agreements, sharing, masks), send
-    ``up_nbytes`` back; a side of 0 bytes is not a transfer. ``stage`` names the round."""
+    the server's ``message``, answer it with the device's side of the protocol
+    (:class:`~fedsim.core.secagg.SecAggDevices`, ``cost``: key agreements, sharing, masks),
+    send the answer back (the result's ``payload``); an empty side is not a transfer.
+    ``stage`` names the round, ``session`` the protocol run it belongs to."""
 
+    session: str
     stage: str
-    down_nbytes: int
+    params: SecAggParams
+    message: bytes
     cost: Cost
-    up_nbytes: int
 
 
 Instruction = FitIns | UploadDataIns | RelayIns | ForwardIns | SecAggIns
@@ -144,6 +160,7 @@ class Update:
     nbytes: int
     parameters: NDArrays | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    masked: bytes | None = None  # under secure aggregation: the masked input, not the arrays
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +173,7 @@ class TaskResult:
     finished: float
     update: Update | None = None
     error: str | None = None
+    payload: bytes | None = None  # a secure aggregation stage's answer
 
     @property
     def ok(self) -> bool:

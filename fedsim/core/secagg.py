@@ -20,6 +20,10 @@ computes), every message as bytes:
    server rebuilds both kinds of secret from ``threshold`` shares and removes what is left of
    the masks.
 
+:class:`SecAggDevices` is the clients' side as devices run it: one client per device and
+session, kept from ``advertise`` to ``unmask``, answering the server's messages and masking
+the trained update (the simulator's transport holds one for its devices, each agent one).
+
 The key agreement and the encryption are handed in (:class:`SecAggCrypto`): X25519, HKDF and
 AES-GCM from the ``cryptography`` package live outside the pure core. The PRG is SHAKE-256
 (stdlib ``hashlib``), Shamir's sharing works over the prime field of ``2^521 - 1``.
@@ -71,12 +75,15 @@ class SecAggParams:
     ``threshold``: the fraction of a client's neighbourhood (its neighbours and itself) whose
     shares rebuild its secrets; at least 2 shares are always needed. ``neighbours``: the
     degree of the SecAgg+ graph (even, rounded up); None pairs every two clients (SecAgg).
+    ``stage_timeout_s``: how long each of the protocol's message rounds waits for its clients
+    (a client silent that long has dropped out); None: until the round's deadline.
     """
 
     bits: int = 32
     clip: float = 100.0
     threshold: float = 0.5
     neighbours: int | None = None
+    stage_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 16 <= self.bits <= 62:
@@ -87,6 +94,11 @@ class SecAggParams:
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
         if self.neighbours is not None and self.neighbours < 2:
             raise ValueError(f"neighbours: must be at least 2, got {self.neighbours}")
+        timeout = self.stage_timeout_s
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"stage_timeout_s: must be a positive number of seconds, got {timeout}"
+            )
 
     @property
     def value_bytes(self) -> int:
@@ -443,3 +455,102 @@ class SecAggServer:
                 f"{what}, below the threshold {need}"
             )
         return shamir_combine(dict(sorted(shares.items())[:need]))
+
+
+# -- the clients' side, as a device runs it -----------------------------------------------------
+
+STAGES = ("advertise", "share", "mask", "unmask")
+"""The protocol's message rounds on a device, in order; the fit task between mask and unmask
+carries the masked input."""
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The arrays' values in one float64 vector, in the order of their names (sorted), so
+    that a device and the server agree on it whatever order the arrays came in."""
+    return np.concatenate(
+        [np.ravel(np.asarray(arrays[k], dtype=np.float64)) for k in sorted(arrays)]
+    )
+
+
+def unflatten(flat: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``flat`` cut back into arrays of ``like``'s names, shapes and dtypes (the inverse of
+    :func:`flatten`)."""
+    out, at = {}, 0
+    for name in sorted(like):
+        a = np.asarray(like[name])
+        out[name] = flat[at : at + a.size].reshape(a.shape).astype(a.dtype)
+        at += a.size
+    if at != flat.size:
+        raise ValueError(f"{flat.size} values do not fit the model's {at}")
+    return {name: out[name] for name in like}
+
+
+@dataclass(kw_only=True, eq=False)
+class SecAggDevices:
+    """The clients' side of the protocol on the devices: one :class:`SecAggClient` per device
+    and session (a round), created at ``advertise`` and forgotten after ``unmask``.
+
+    The simulator's transport holds one for all its devices; a real device's agent holds one
+    for itself. Both call it with the messages the server sent, so the same code answers them.
+    ``keep`` bounds the sessions a device holds (a round abandoned before unmasking is
+    dropped once ``keep`` newer ones started).
+    """
+
+    crypto: SecAggCrypto
+    keep: int = 4
+    _clients: dict[tuple[int, str], SecAggClient] = field(init=False, default_factory=dict)
+    _held: dict[tuple[int, str], bytes] = field(init=False, default_factory=dict)
+
+    def step(
+        self, device: int, session: str, stage: str, params: SecAggParams, message: bytes
+    ) -> bytes:
+        """Device ``device``'s answer to the server's ``message`` at ``stage`` of ``session``."""
+        key = (device, session)
+        if stage == "advertise":
+            self._clients.pop(key, None)
+            self._clients[key] = SecAggClient(id=device, params=params, crypto=self.crypto)
+            mine = [k for k in self._clients if k[0] == device]
+            for old in mine[: -self.keep]:
+                self._forget(old)
+            return self._clients[key].advertise()
+        client = self._clients.get(key)
+        if client is None:
+            raise ValueError(
+                f"device {device} holds no secure aggregation session {session!r} (it did not "
+                "advertise keys in it, or has forgotten it)"
+            )
+        if client.params != params:
+            raise ValueError(f"session {session!r}: the settings changed between stages")
+        if stage == "share":
+            return client.share_keys(message)
+        if stage == "mask":
+            self._held[key] = message
+            return b""
+        if stage == "unmask":
+            try:
+                return client.unmask(message)
+            finally:
+                self._forget(key)
+        raise ValueError(f"unknown secure aggregation stage {stage!r}; known: {STAGES}")
+
+    def mask(
+        self,
+        device: int,
+        session: str,
+        arrays: Mapping[str, np.ndarray],
+        weight: int,
+        scale: float,
+    ) -> bytes:
+        """Device ``device``'s trained ``arrays`` as its masked input in ``session``."""
+        key = (device, session)
+        client, held = self._clients.get(key), self._held.get(key)
+        if client is None or held is None:
+            raise ValueError(
+                f"device {device} cannot mask its update: it holds no shares of secure "
+                f"aggregation session {session!r}"
+            )
+        return client.masked_input(held, flatten(arrays), weight, scale)
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        self._clients.pop(key, None)
+        self._held.pop(key, None)

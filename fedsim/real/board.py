@@ -43,6 +43,8 @@ class Outcome:
     timings: Timings = field(default_factory=Timings)
     sha256: str | None = None
     url: str | None = None  # a relay's: where the device serves the version it holds
+    # A secure aggregation stage's answer or a masked update: the bytes as they came.
+    payload: bytes | None = None
 
 
 @dataclass(kw_only=True)

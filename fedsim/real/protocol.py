@@ -195,8 +195,36 @@ class TaskBase(WireModel):
     kind: str
 
 
+class SecAggSettings(WireModel):
+    """Secure aggregation's settings (``fedsim.core.secagg.SecAggParams``), as a session's
+    tasks carry them: the agent checks them there."""
+
+    bits: Annotated[int, Field(ge=16, le=62)]
+    clip: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    neighbours: Annotated[int, Field(ge=2, le=INT64_MAX)] | None = None
+    stage_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+SessionId = Annotated[str, Field(pattern=f"^{TASK_ID_PATTERN}$")]
+SECAGG_MESSAGE_MAX = 4 * 1024 * 1024
+"""The most characters of a secure aggregation message in a task (JSON text); a poll's
+answer is read up to 4 MiB by the agent anyway."""
+
+
+class SecAggMasking(WireModel):
+    """A fit task's part in secure aggregation: send the update masked in ``session``, at
+    fixed-point ``scale``, as ``nbytes`` of little-endian unsigned integers (``bits`` per
+    value) instead of the safetensors file."""
+
+    session: SessionId
+    scale: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    nbytes: Count
+
+
 class FitTask(TaskBase):
-    """Train the model on the device's data and send the update (``PUT TASK_UPDATE``)."""
+    """Train the model on the device's data and send the update (``PUT TASK_UPDATE``); under
+    secure aggregation (``secagg``), the masked update."""
 
     kind: Literal["fit"] = "fit"
     model: TaskModel
@@ -208,6 +236,7 @@ class FitTask(TaskBase):
     config: dict[str, Any] = Field(default_factory=dict)  # learning rate, round, seed, ...
     # An injected dropout: train, then send nothing at all (the round's deadline passes).
     drop: bool = False
+    secagg: SecAggMasking | None = None
 
 
 class UploadDataTask(TaskBase):
@@ -236,7 +265,26 @@ class ForwardTask(TaskBase):
     num_examples: Count
 
 
-TASK_TYPES: tuple[type[TaskBase], ...] = (FitTask, UploadDataTask, RelayTask, ForwardTask)
+class SecAggTask(TaskBase):
+    """One message round of secure aggregation (``fedsim.core.secagg``): answer the server's
+    ``message`` for ``stage`` of ``session`` with the device's side of the protocol, and send
+    the answer's bytes (``PUT TASK_UPDATE``, ``X-Fedsim-Num-Examples: 0``; an empty body
+    for ``mask``). The device keeps its keys and shares between the stages of a session."""
+
+    kind: Literal["secagg"] = "secagg"
+    session: SessionId
+    stage: Literal["advertise", "share", "mask", "unmask"]
+    settings: SecAggSettings
+    message: Annotated[str, Field(max_length=SECAGG_MESSAGE_MAX)] = ""
+
+
+TASK_TYPES: tuple[type[TaskBase], ...] = (
+    FitTask,
+    UploadDataTask,
+    RelayTask,
+    ForwardTask,
+    SecAggTask,
+)
 _BY_KIND: dict[str, type[TaskBase]] = {t.model_fields["kind"].default: t for t in TASK_TYPES}
 KINDS: tuple[str, ...] = tuple(_BY_KIND)
 # A union built from the tuple, so that adding a kind is one entry; mypy cannot follow a

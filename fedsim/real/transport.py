@@ -42,6 +42,7 @@ from fedsim.core.runtime import (
     ModelRef,
     NDArrays,
     RelayIns,
+    SecAggIns,
     Task,
     TaskResult,
     Transport,
@@ -55,6 +56,9 @@ from fedsim.real.protocol import (
     ForwardTask,
     Paths,
     RelayTask,
+    SecAggMasking,
+    SecAggSettings,
+    SecAggTask,
     TaskBase,
     TaskModel,
     UploadDataTask,
@@ -177,8 +181,16 @@ class HttpTransport(Transport):
                 flops=float(ins.flops),
                 update_nbytes=int(ins.update_nbytes),
                 config=_jsonable(ins.config),
+                secagg=None
+                if ins.secagg is None
+                else SecAggMasking(
+                    session=self.channel + ins.secagg.session,
+                    scale=float(ins.secagg.scale),
+                    nbytes=int(ins.secagg.nbytes),
+                ),
             )
-            return fit, ins.parameters
+            # A masked update is never compared with the model: the server cannot read it.
+            return fit, None if ins.secagg is not None else ins.parameters
         if isinstance(ins, UploadDataIns):
             return UploadDataTask(id=id, samples=int(ins.samples), nbytes=int(ins.nbytes)), None
         if isinstance(ins, RelayIns):
@@ -188,6 +200,24 @@ class HttpTransport(Transport):
         if isinstance(ins, ForwardIns):
             forward = ForwardTask(id=id, nbytes=int(ins.nbytes), num_examples=int(ins.num_examples))
             return forward, None
+        if isinstance(ins, SecAggIns):
+            p = ins.params
+            settings = SecAggSettings(
+                bits=p.bits,
+                clip=float(p.clip),
+                threshold=float(p.threshold),
+                neighbours=p.neighbours,
+                stage_timeout_s=p.stage_timeout_s,
+            )
+            message = SecAggTask(
+                id=id,
+                # A job's channel keeps two jobs' sessions on one device apart.
+                session=self.channel + ins.session,
+                stage=ins.stage,  # type: ignore[arg-type]  # pydantic checks the stage's name
+                settings=settings,
+                message=ins.message.decode(),
+            )
+            return message, None
         raise TypeError(f"task {task.id}: unknown instruction {type(ins).__name__}")
 
     def _from_peer(self, source: int, model: TaskModel) -> TaskModel:
@@ -253,15 +283,25 @@ class HttpTransport(Transport):
         update = None
         if task is not None and isinstance(task.message, ForwardTask):
             update = Update(num_examples=o.num_examples, nbytes=o.nbytes)
+        payload = None
         if task is not None and isinstance(task.message, FitTask):
+            masked = task.message.secagg is not None
             update = Update(
                 num_examples=o.num_examples,
                 nbytes=o.nbytes,
-                parameters=o.parameters,
+                parameters=None if masked else o.parameters,
                 metrics=dict(o.metrics),
+                masked=o.payload if masked else None,
             )
+        if task is not None and isinstance(task.message, SecAggTask):
+            payload = o.payload if o.payload is not None else b""
         return TaskResult(
-            task_id=o.task_id, device=o.device, started=posted, finished=finished, update=update
+            task_id=o.task_id,
+            device=o.device,
+            started=posted,
+            finished=finished,
+            update=update,
+            payload=payload,
         )
 
     def _record_timings(
@@ -282,6 +322,16 @@ class HttpTransport(Transport):
             steps = [(EventKind.UPDATE_UPLOAD, taken, finished, o.nbytes)]
         elif isinstance(message, RelayTask):
             steps = [fetched]
+        elif isinstance(message, SecAggTask):
+            # The server's message came with the task (the poll's answer); the agent times its
+            # own side of the protocol (``train_s``), the upload ends when the answer arrived.
+            computed = taken + train
+            steps = [
+                (EventKind.SECAGG, taken, computed, 0),
+                (EventKind.SECAGG_UPLOAD, min(computed, finished), finished, o.nbytes),
+            ]
+            if message.message:
+                steps.insert(0, (EventKind.SECAGG_DOWNLOAD, taken, taken, len(message.message)))
         else:
             steps = [fetched, (EventKind.TRAIN, taken + download, taken + download + train, 0)]
             upload_start = min(max(taken + download + train, taken), finished)

@@ -12,7 +12,9 @@ import numpy as np
 
 from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository
+from fedsim.core.secagg import SecAggDevices
 from fedsim.core.topology import Topology
+from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.runtimes import Needs, Runtime
 from fedsim.sim.resources import SimResources
 from fedsim.sim.runtime import SimTransport
@@ -24,9 +26,15 @@ class SimSession:
     needs: Needs
     faults: FaultPlan
     store: ModelRepository | None = None
+    secure: bool = False
 
     def transport(self, topology: Topology, seed: np.random.SeedSequence) -> SimTransport:
-        return SimTransport(topology, seed=seed, trainer=self.needs.trainer, faults=self.faults)
+        # Under secure aggregation the devices' side of the protocol runs in the transport,
+        # as it runs in each agent in real mode.
+        secagg = SecAggDevices(crypto=X25519Crypto()) if self.secure else None
+        return SimTransport(
+            topology, seed=seed, trainer=self.needs.trainer, faults=self.faults, secagg=secagg
+        )
 
     def resources(self, transport: SimTransport) -> SimResources:
         return SimResources(transport, train_flops_per_sample=self.needs.train_flops_per_sample)
@@ -45,7 +53,8 @@ class SimRuntime:
 
             store = SqliteRepository(Path(run_dir) / "repository")
         try:
-            yield SimSession(needs=needs, faults=spec.faults, store=store)
+            secure = spec.secagg is not None
+            yield SimSession(needs=needs, faults=spec.faults, store=store, secure=secure)
         finally:
             if store is not None:
                 store.close()

@@ -53,6 +53,7 @@ from fedsim.core.runtime import (
     Update,
     UploadDataIns,
 )
+from fedsim.core.secagg import SecAggAborted, SecAggDevices
 from fedsim.core.topology import Topology
 from fedsim.sim.compute import (
     QuotaClock,
@@ -101,9 +102,12 @@ class SimTransport(Transport):
         trainer: LocalTrainer | None = None,
         network: type[FlowNetworkBase] = FlowNetwork,
         faults: FaultPlan | None = None,
+        secagg: SecAggDevices | None = None,
     ) -> None:
         super().__init__()
         self.topology = topology
+        # The devices' side of secure aggregation: it answers SecAggIns and masks updates.
+        self.secagg = secagg
         self.server = topology.server
         self.env = simpy.Environment()
         links = topology.links()
@@ -218,9 +222,12 @@ class SimTransport(Transport):
         processor = self._processor.get(device)
         return processor is not None and processor.count > 0
 
-    def _step(self, task: Task, i: int) -> Generator[simpy.Event, Any, None] | None:
+    def _step(
+        self, task: Task, i: int, answer: bytes = b""
+    ) -> Generator[simpy.Event, Any, None] | None:
         """The task's step ``i`` (0, 1, ...), None past its last. Each is made when the one
-        before it is done, so a round holds one step per device, not all of them."""
+        before it is done, so a round holds one step per device, not all of them.
+        ``answer``: a secure aggregation stage's answer, whose size its upload takes."""
         ins, dev, tid = task.ins, task.device, task.id
         if isinstance(ins, UploadDataIns):
             if i == 0:
@@ -257,17 +264,18 @@ class SimTransport(Transport):
                     dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
                 )
         elif isinstance(ins, SecAggIns):
-            # Steps: the download (when there is one), the compute, the upload (when any).
-            steps = ["down"] if ins.down_nbytes else []
-            steps += ["compute", "up"] if ins.up_nbytes else ["compute"]
+            # Steps: the download (when the server sent something), the compute, the upload
+            # (when the device answers).
+            steps = ["down"] if ins.message else []
+            steps += ["compute", "up"] if answer else ["compute"]
             if i < len(steps):
                 if steps[i] == "down":
                     kind = EventKind.SECAGG_DOWNLOAD
-                    return self._send(self.server, dev, ins.down_nbytes, kind, tid, by=dev)
+                    return self._send(self.server, dev, len(ins.message), kind, tid, by=dev)
                 if steps[i] == "compute":
                     return self._compute(dev, ins.cost, EventKind.SECAGG, tid)
                 kind = EventKind.SECAGG_UPLOAD
-                return self._send(dev, self.server, ins.up_nbytes, kind, tid, by=dev)
+                return self._send(dev, self.server, len(answer), kind, tid, by=dev)
         else:
             raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
         return None
@@ -280,8 +288,27 @@ class SimTransport(Transport):
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
         update = None
+        answer = None
+        if isinstance(ins, SecAggIns):
+            # The device's answer is computed up front for its size; the steps time it.
+            if self.secagg is None:
+                raise ValueError(f"task {task.id}: this transport runs no secure aggregation")
+            try:
+                answer = self.secagg.step(dev, ins.session, ins.stage, ins.params, ins.message)
+            except (ValueError, SecAggAborted) as exc:
+                # The device refuses the message, as an agent reports a task that failed.
+                self._deliver(
+                    TaskResult(
+                        task_id=task.id,
+                        device=dev,
+                        started=started,
+                        finished=self.env.now,
+                        error=str(exc),
+                    )
+                )
+                return
         i = 0
-        while (step := self._step(task, i)) is not None:
+        while (step := self._step(task, i, answer or b"")) is not None:
             begin = self.env.now
             yield from step
             # An unreachable or dropped device goes silent: no result ever arrives.
@@ -291,22 +318,45 @@ class SimTransport(Transport):
                 if drops:
                     return
                 params, metrics = self.trainer(dev, ins) if self.trainer else (None, _NONE)
+                masked = None
+                if ins.secagg is not None:
+                    masked, params = self._mask(dev, ins, params), None
                 update = Update(
                     num_examples=ins.samples * ins.epochs,
                     nbytes=ins.update_nbytes,
                     parameters=params,
                     metrics=metrics,
+                    masked=masked,
                 )
             i += 1
         if isinstance(ins, ForwardIns):
             update = Update(num_examples=ins.num_examples, nbytes=ins.nbytes)
         result = TaskResult(
-            task_id=task.id, device=dev, started=started, finished=self.env.now, update=update
+            task_id=task.id,
+            device=dev,
+            started=started,
+            finished=self.env.now,
+            update=update,
+            payload=answer,
         )
+        self._deliver(result)
+
+    def _deliver(self, result: TaskResult) -> None:
         self._inbox.append(result)
         if len(self._inbox) >= self._wanted:
             self._arrived.succeed()
             self._arrived = self.env.event()
+
+    def _mask(self, dev: int, ins: FitIns, params: NDArrays | None) -> bytes:
+        """Device ``dev``'s trained ``params`` masked for secure aggregation, as its agent
+        would send them."""
+        if ins.secagg is None or self.secagg is None or params is None:
+            raise ValueError(
+                f"device {dev}: a masked update needs trained arrays and a transport that runs "
+                "secure aggregation"
+            )
+        weight = ins.samples * ins.epochs
+        return self.secagg.mask(dev, ins.secagg.session, params, weight, ins.secagg.scale)
 
     def _link_change(self, change: LinkChange) -> Generator[simpy.Event, Any, None]:
         # The links' profiles are looked up again here rather than kept from the start: a

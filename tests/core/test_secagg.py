@@ -11,13 +11,16 @@ from fedsim.core.secagg import (
     FIELD_PRIME,
     SecAggAborted,
     SecAggClient,
+    SecAggDevices,
     SecAggParams,
     SecAggServer,
     dequantize,
+    flatten,
     neighbourhoods,
     quantize,
     shamir_combine,
     shamir_split,
+    unflatten,
 )
 from fedsim.real.secagg_crypto import X25519Crypto
 
@@ -269,3 +272,50 @@ def test_random_dropouts_give_the_survivors_sum_or_a_clean_abort():
         assert np.allclose(total, plain, atol=n * 0.5 / scale)
         outcomes.append("summed")
     assert outcomes.count("summed") >= 15 and "aborted" in outcomes
+
+
+def test_devices_run_a_round_through_their_messages_and_forget_it_after_unmasking():
+    # Prepare: three devices' side in one SecAggDevices, the server's side apart; arrays whose
+    # names come in different orders on each device.
+    params = SecAggParams(bits=32, clip=10.0)
+    devices = SecAggDevices(crypto=CRYPTO)
+    arrays = {
+        1: {"w": np.full(3, 0.5), "b": np.array([1.0])},
+        2: {"b": np.array([-2.0]), "w": np.full(3, 0.25)},
+        3: {"w": np.zeros(3), "b": np.array([4.0])},
+    }
+    weights = {1: 1, 2: 2, 3: 1}
+    scale = params.scale(sum(weights.values()))
+    server = SecAggServer(params=params, crypto=CRYPTO, clients=[1, 2, 3], length=4, scale=scale)
+
+    def answer(stage: str, messages: dict[int, bytes]) -> dict[int, bytes]:
+        return {d: devices.step(d, "s1", stage, params, m) for d, m in messages.items()}
+
+    # Execute
+    rosters = server.collect_keys(answer("advertise", dict.fromkeys(arrays, b"")))
+    forwarded = server.collect_shares(answer("share", rosters))
+    assert answer("mask", forwarded) == dict.fromkeys(arrays, b"")
+    masked = {d: devices.mask(d, "s1", a, weights[d], scale) for d, a in arrays.items()}
+    total = server.unmask(answer("unmask", server.collect_masked(masked)))
+
+    # Assert: the sum in sorted-name order (b, then w), and the session gone afterwards.
+    expected = sum(weights[d] * flatten(a) for d, a in arrays.items())
+    np.testing.assert_allclose(total, expected, atol=3 / scale)
+    assert set(unflatten(total, arrays[2])) == {"b", "w"}
+    with pytest.raises(ValueError, match="holds no secure aggregation session 's1'"):
+        devices.step(1, "s1", "share", params, rosters[1])
+
+
+def test_devices_refuse_a_stage_out_of_order_and_changed_settings():
+    # Prepare
+    params = SecAggParams(bits=32, clip=10.0)
+    devices = SecAggDevices(crypto=CRYPTO)
+    devices.step(1, "s", "advertise", params, b"")
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="holds no shares"):
+        devices.mask(1, "s", {"w": np.zeros(2)}, 1, 1.0)
+    with pytest.raises(ValueError, match="settings changed"):
+        devices.step(1, "s", "mask", SecAggParams(bits=40, clip=10.0), b"{}")
+    with pytest.raises(ValueError, match="unknown secure aggregation stage"):
+        devices.step(1, "s", "dance", params, b"")

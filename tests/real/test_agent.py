@@ -715,6 +715,45 @@ async def test_upload_data_sends_exactly_nbytes(fake, tmp_path, shard_file):
     assert upload["body"] == expected
 
 
+SECAGG_SETTINGS = {"bits": 32, "clip": 10.0, "threshold": 0.5}
+
+
+async def test_a_secagg_stage_is_answered_by_the_agent_and_a_masked_fit_needs_its_session(
+    fake, tmp_path, shard_file, global_model
+):
+    # Prepare: an advertise stage, then a masked fit in a session the agent never joined.
+    server, url = fake
+    server.blobs[BLOB_PATH] = global_model
+    agent = Agent(config=agent_config(url, tmp_path, data=str(shard_file)))
+    advertise = {
+        "id": "r0-secagg-advertise-d1",
+        "kind": "secagg",
+        "session": "r0",
+        "stage": "advertise",
+        "settings": SECAGG_SETTINGS,
+    }
+    masked = fit_task(
+        "r1-d1", global_model, secagg={"session": "r1", "scale": 1000.0, "nbytes": 400}
+    )
+
+    # Execute
+    async with running(agent) as run:
+        await server.until(lambda: agent.device_id is not None, run)
+        await server.give(agent.device_id, advertise)
+        await server.until(lambda: len(server.updates) == 1, run)
+        await server.give(agent.device_id, masked)
+        await server.until(lambda: len(server.errors) == 1, run)
+
+    # Assert: the answer is its two public keys (32 bytes each), and no update left the
+    # device for the fit it could not mask.
+    [answer] = server.updates
+    keys = json.loads(answer["body"])
+    assert set(keys) == {"c", "s"} and all(len(bytes.fromhex(k)) == 32 for k in keys.values())
+    assert answer["headers"]["X-Fedsim-Num-Examples"] == "0"
+    [(task, reason)] = server.errors
+    assert task == "r1-d1" and "holds no shares" in reason and "'r1'" in reason
+
+
 async def test_an_unknown_kind_is_reported(fake, tmp_path):
     # Prepare
     server, url = fake

@@ -11,6 +11,9 @@ from fedsim.real.protocol import (
     Headers,
     Paths,
     ProtocolError,
+    SecAggMasking,
+    SecAggSettings,
+    SecAggTask,
     TaskModel,
     Timings,
     UpdateMeta,
@@ -36,6 +39,17 @@ def fit_json(**fields) -> dict:
     }
 
 
+def secagg_json(**fields) -> dict:
+    return {
+        "id": "r1-secagg-advertise-d1",
+        "kind": "secagg",
+        "session": "r1",
+        "stage": "advertise",
+        "settings": {"bits": 32, "clip": 10.0, "threshold": 0.5},
+        **fields,
+    }
+
+
 def test_a_task_survives_its_trip_through_json():
     # Prepare
     url = path(Paths.BLOB, name="m", version=7)
@@ -43,6 +57,21 @@ def test_a_task_survives_its_trip_through_json():
     tasks = [
         FitTask(id="j:r1-d2", model=model, samples=4, epochs=2, batch_size=2, config={"lr": 0.1}),
         UploadDataTask(id="r0-d2", samples=4, nbytes=1 << 40),
+        FitTask(
+            id="r1-d3",
+            model=model,
+            samples=4,
+            epochs=1,
+            batch_size=2,
+            secagg=SecAggMasking(session="j:r1", scale=1e5, nbytes=48),
+        ),
+        SecAggTask(
+            id="r1-secagg-share-d3",
+            session="j:r1",
+            stage="share",
+            settings=SecAggSettings(bits=32, clip=10.0, threshold=0.5, neighbours=2),
+            message='{"1":{"c":"ab","s":"cd"}}',
+        ),
     ]
 
     # Execute
@@ -72,6 +101,15 @@ def test_a_task_survives_its_trip_through_json():
         ({"id": "r1/../d2", "kind": "upload_data", "nbytes": 1}, "id", "match pattern"),
         ({"id": "x" * 257, "kind": "upload_data", "nbytes": 1}, "id", "match pattern"),
         ([1, 2], None, "JSON object"),
+        (secagg_json(stage="dance"), "stage", "'dance'"),
+        (secagg_json(settings={"bits": 8, "clip": 1.0, "threshold": 0.5}), "settings.bits", "16"),
+        (
+            secagg_json(settings={"bits": 32, "clip": 1.0, "threshold": 2}),
+            "settings.threshold",
+            "1",
+        ),
+        (secagg_json(session="a/b"), "session", "match pattern"),
+        (fit_json(secagg={"session": "r1", "scale": 0.5, "nbytes": 4}), "secagg.scale", "1"),
     ],
 )
 def test_a_malformed_task_is_an_error_naming_the_field(data, field, words):

@@ -8,7 +8,7 @@ from fedsim.core.coordinator import ClientWork, Coordinator, FederatedConfig
 from fedsim.core.events import EventKind
 from fedsim.core.faults import FaultPlan
 from fedsim.core.runtime import ModelRef
-from fedsim.core.secagg import SecAggParams, SecureAggregation
+from fedsim.core.secagg import SecAggDevices, SecAggParams, SecureAggregation
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.strategies.median import Median
 from fedsim.real.secagg_crypto import X25519Crypto
@@ -33,7 +33,13 @@ def coordinator(n, *, secagg, faults=None, rounds=2, strategy=None, **kw):
     )
     clients = list(range(1, n + 1))
     coord = Coordinator(
-        transport=SimTransport(topo, seed=0, trainer=pull_trainer, faults=faults),
+        transport=SimTransport(
+            topo,
+            seed=0,
+            trainer=pull_trainer,
+            faults=faults,
+            secagg=SecAggDevices(crypto=X25519Crypto()),
+        ),
         strategy=strategy or FedAvg(),
         work=ClientWork(
             samples={d: 10 * d for d in clients},

@@ -225,6 +225,9 @@ class Federation:
             fresh.update(rule.configure_fit(rnd))
             cached = self._fit_config = (rnd, rule, MappingProxyType(fresh))
         config = cached[2]
+        unknown = set(route) - {"source", "sink"}
+        if unknown:
+            raise TypeError(f"fit_task: unknown route {sorted(unknown)}; known: source, sink")
         ins = FitIns(
             model=self.model,
             samples=samples,
@@ -234,7 +237,8 @@ class Federation:
             update_nbytes=self.work.update_nbytes,
             parameters=self.parameters,
             config=config,
-            **route,
+            source=route.get("source"),
+            sink=route.get("sink"),
         )
         task = Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
         self._asked[dev] = (task.id, samples * cfg.local_epochs)

@@ -1,16 +1,19 @@
 """Secure aggregation inside a synchronous round: the protocol run, and charged to the transport.
 
 A round with ``Federation.secagg`` set gathers its updates through :func:`secure_collect`
-instead of in the clear. The clients' side of :mod:`fedsim.core.secagg` runs in process (what
-each device would compute; its messages are real bytes), and each of the protocol's message
-rounds is a :class:`~fedsim.core.runtime.SecAggIns` task per client, so the runtime charges
-its bytes over the device's link and its compute on the device:
+instead of in the clear. Each of the protocol's message rounds is a
+:class:`~fedsim.core.runtime.SecAggIns` task per client carrying the server's message; the
+runtime has the device answer it (:class:`~fedsim.core.secagg.SecAggDevices`: in the
+simulator's transport, in each agent in real mode) and charges or measures its bytes over the
+device's link and its compute on the device. This module runs only the server's side and
+never sees an update in the clear:
 
 1. ``advertise``: upload two public keys;
 2. ``share``: download the neighbours' keys, share and encrypt, upload the shares;
 3. ``mask``: download the shares addressed to it, expand the masks (done before training, as
    the masks do not depend on the update);
-4. the fit task itself, whose upload is the masked input (``bits`` per value);
+4. the fit task itself (``FitIns.secagg``), whose upload is the masked input (``bits`` per
+   value), masked on the device;
 5. ``unmask``: download the survivors' list, decrypt, upload one share per neighbour;
 
 then the server unmasks the sum (``EventKind.SECAGG``) and the strategy (FedAvg) divides it by
@@ -36,8 +39,8 @@ import numpy as np
 
 from fedsim.core.events import EventKind
 from fedsim.core.rounds.base import Federation
-from fedsim.core.runtime import Cost, FitIns, NDArrays, SecAggIns, Task, TaskResult, Update
-from fedsim.core.secagg import SecAggAborted, SecAggClient, SecAggServer
+from fedsim.core.runtime import Cost, FitIns, SecAggFit, SecAggIns, Task, TaskResult, Update
+from fedsim.core.secagg import SecAggAborted, SecAggServer, unflatten
 
 X25519_OPS = 3.4e5  # one agreement, HKDF included
 SHAKE_OPS_PER_BYTE = 13.0
@@ -47,21 +50,6 @@ SHAMIR_OPS = 1.4e3  # one 521-bit multiply-and-reduce
 
 # accepted results, lost and rejected devices (reasons), the updates to aggregate
 SecureCollected = tuple[list[TaskResult], dict[int, str], dict[int, str], list[Update]]
-
-
-def flatten(arrays: NDArrays) -> np.ndarray:
-    """The arrays' values in one float64 vector, in the mapping's order."""
-    return np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays.values()])
-
-
-def unflatten(flat: np.ndarray, like: NDArrays) -> NDArrays:
-    """``flat`` cut back into arrays of ``like``'s names, shapes and dtypes."""
-    out, at = {}, 0
-    for name, ref in like.items():
-        a = np.asarray(ref)
-        out[name] = flat[at : at + a.size].reshape(a.shape).astype(a.dtype)
-        at += a.size
-    return out
 
 
 def secure_collect(
@@ -95,93 +83,87 @@ def secure_collect(
         # they are without secure aggregation.
         seed=rnd,
     )
-    clients = {d: SecAggClient(id=d, params=params, crypto=crypto) for d in selected}
+    session = f"r{rnd}"
     degree = {d: len(server.graph[d]) for d in selected}
     failures: dict[int, str] = {}
 
     def stage(
-        name: str,
-        down: Mapping[int, bytes],
-        make: Callable[[int], bytes],
-        ops: Callable[[int], float],
+        name: str, down: Mapping[int, bytes], ops: Callable[[int], float]
     ) -> dict[int, bytes]:
-        """One message round: each device fetches ``down[d]``, computes ``make(d)`` at a cost
-        of ``ops(d)``, sends it; returns the messages of the devices that got through."""
-        made = {d: make(d) for d in down}
+        """One message round: each device fetches ``down[d]`` and answers it at a cost of
+        ``ops(d)``; returns the answers of the devices that got through."""
         tasks = [
             Task(
                 id=f"r{rnd}-secagg-{name}-d{d}",
                 device=d,
                 ins=SecAggIns(
+                    session=session,
                     stage=name,
-                    down_nbytes=len(down[d]),
+                    params=params,
+                    message=down[d],
                     cost=Cost(flops=ops(d)),
-                    up_nbytes=len(made[d]),
                 ),
             )
             for d in down
         ]
         fed.transport.submit(tasks)
-        results = fed.gather({t.id: t.device for t in tasks}, deadline)
-        arrived = {r.device for r in results if r.ok}
+        results = fed.gather({t.id: t.device for t in tasks}, stage_deadline())
+        answers = {r.device: r.payload for r in results if r.ok and r.payload is not None}
+        for r in results:
+            if r.ok and r.payload is None:
+                raise ValueError(f"task {r.task_id} came back without the device's answer")
         for d in down:
-            if d not in arrived:
+            if d not in answers:
                 failures[d] = f"dropped out at secure aggregation's {name} stage"
-        return {d: made[d] for d in sorted(arrived)}
+        return dict(sorted(answers.items()))
+
+    def stage_deadline() -> float | None:
+        """Until when a protocol stage waits: its own timeout when set, else the round's
+        deadline (which then bounds every stage, the fit's included)."""
+        if params.stage_timeout_s is None:
+            return deadline
+        return fed.transport.now() + params.stage_timeout_s
 
     def mask_ops(d: int) -> float:
         return degree[d] * X25519_OPS + (degree[d] + 1) * 8 * length * SHAKE_OPS_PER_BYTE
 
     try:
-        keys = stage(
-            "advertise",
-            {d: b"" for d in selected},
-            lambda d: clients[d].advertise(),
-            lambda d: 2 * X25519_OPS,
-        )
+        keys = stage("advertise", {d: b"" for d in selected}, lambda d: 2 * X25519_OPS)
         rosters = server.collect_keys(keys)
         shared = stage(
             "share",
             rosters,
-            lambda d: clients[d].share_keys(rosters[d]),
             lambda d: (degree[d] + 1) * (X25519_OPS + AEAD_OPS + 2 * SHAMIR_OPS * degree[d]),
         )
         forwarded = server.collect_shares(shared)
         # The masks are expanded before training: they do not depend on the update.
-        ready = stage("mask", forwarded, lambda d: b"", mask_ops)
+        ready = stage("mask", forwarded, mask_ops)
         # The fit task's upload is the masked input: ``bits`` per value, not the update's size.
         masked_nbytes = length * params.value_bytes
         tasks = []
         for d in ready:
             task = fed.fit_task(rnd, d, shares[d])
-            ins = replace(cast(FitIns, task.ins), update_nbytes=masked_nbytes)
+            ins = replace(
+                cast(FitIns, task.ins),
+                update_nbytes=masked_nbytes,
+                secagg=SecAggFit(session=session, scale=scale, nbytes=masked_nbytes),
+            )
             tasks.append(replace(task, ins=ins))
         fed.transport.submit(tasks)
         results = fed.gather({t.id: t.device for t in tasks}, deadline)
+        for r in results:
+            if r.update is not None and r.update.parameters is not None:
+                raise ValueError(f"device {r.device} sent its update in the clear")
         # The server checks what it can see (example count, metrics), never the arrays.
-        blind = [
-            replace(r, update=replace(r.update, parameters=None)) if r.update else r
-            for r in results
-        ]
-        accepted_blind, rejected = fed.validate(blind)
-        plain = {r.task_id: r for r in results}
-        accepted = [plain[r.task_id] for r in accepted_blind]
+        accepted, rejected = fed.validate(results)
         failures.update(fed.lost(ready, results))
         masked = {}
         for r in accepted:
-            if r.update is None or r.update.parameters is None:
-                raise ValueError(f"device {r.device} returned no arrays to mask")
-            vec = flatten(r.update.parameters)
-            masked[r.device] = clients[r.device].masked_input(
-                forwarded[r.device], vec, r.update.num_examples, scale
-            )
+            if r.update is None or r.update.masked is None:
+                raise ValueError(f"device {r.device} returned no masked input")
+            masked[r.device] = r.update.masked
         requests = server.collect_masked(masked)
-        replies = stage(
-            "unmask",
-            requests,
-            lambda d: clients[d].unmask(requests[d]),
-            lambda d: (degree[d] + 1) * (X25519_OPS + AEAD_OPS),
-        )
+        replies = stage("unmask", requests, lambda d: (degree[d] + 1) * (X25519_OPS + AEAD_OPS))
         survivors, dropped = len(requests), len(shared) - len(requests)
         group = max(degree.values()) + 1
         unmask_ops = (survivors + dropped * group) * (

@@ -5,7 +5,10 @@ so the heartbeats keep their rhythm through a long training and the server sees 
 not a dead one. Tasks: ``fit`` (train, send the update; a task marked ``drop`` is trained and
 then discarded, as a device that drops out), ``upload_data``, and the two steps of a group
 aggregator in hierarchical rounds: ``relay`` (fetch a version and serve it to the group's
-members, see :mod:`~fedsim.real.agent.relay`) and ``forward`` (send the group's update).
+members, see :mod:`~fedsim.real.agent.relay`) and ``forward`` (send the group's update); and
+``secagg``, the device's side of secure aggregation (:class:`fedsim.core.secagg.SecAggDevices`:
+its keys, shares and masks stay in this process between a session's stages), after which a fit
+task marked ``secagg`` sends its update masked, never in the clear.
 
 The agent measures its device (``measure_profile``: training steps fitted as overhead +
 per-sample cost, serialization and load throughput) after it registers, unless told not to,
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 
 from fedsim.core.limits import INT64_MAX
+from fedsim.core.secagg import SecAggDevices, SecAggParams
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.client import (
     ApiClient,
@@ -74,6 +78,7 @@ from fedsim.real.protocol import (
     ProtocolError,
     RelayResult,
     RelayTask,
+    SecAggTask,
     TaskBase,
     TaskFailure,
     TaskModel,
@@ -84,6 +89,7 @@ from fedsim.real.protocol import (
     task_digest,
     task_id_of,
 )
+from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.store.safetensors_io import decode, encode
 
 log = logging.getLogger(__name__)
@@ -126,6 +132,8 @@ class Agent:
         self.metrics = AgentMetrics(gpu=self._gpu)
         self._metrics_url: str | None = None  # registered as endpoints.agent
         self._held = HeldModels()  # versions relayed to this device's group
+        # The device's side of secure aggregation: its secrets never leave this process.
+        self._secagg = SecAggDevices(crypto=X25519Crypto())
         self._http: MetricsServer | None = None
         self._http_base: str | None = None  # where peers reach self._http, once it listens
         self._client: ApiClient | None = None
@@ -355,6 +363,8 @@ class Agent:
                 await self._relay(task)
             elif isinstance(task, ForwardTask):
                 await self._forward(task)
+            elif isinstance(task, SecAggTask):
+                await self._secagg_stage(task)
             else:
                 raise TaskError(f"this agent does not run {kind!r} tasks")
             self.metrics.task_done(kind, outcome)
@@ -417,13 +427,27 @@ class Agent:
         blob, download_s = await self._download_model(model, "not training on it")
 
         device_id = self._device_id
+        secagg = task.secagg
+        if secagg is not None and device_id is None:
+            raise TaskError("this agent has no device id to mask its update under")
 
         def train() -> tuple[bytes, dict[str, float], float]:
             # decode gives read-only views of the blob; the trainer loads copies.
             parameters = {name: np.array(a) for name, a in decode(blob).items()}
             begun = perf_counter()
             arrays, metrics = trainer(device_id, dataclasses.replace(ins, parameters=parameters))
-            return encode(arrays), metrics, perf_counter() - begun
+            if secagg is None:
+                return encode(arrays), metrics, perf_counter() - begun
+            # Secure aggregation: only the masked input leaves the device.
+            assert device_id is not None
+            masked = self._secagg.mask(
+                device_id, secagg.session, arrays, num_examples, secagg.scale
+            )
+            if len(masked) != secagg.nbytes:
+                raise TaskError(
+                    f"the masked update is {len(masked)} bytes but the task says {secagg.nbytes}"
+                )
+            return masked, metrics, perf_counter() - begun
 
         loop = asyncio.get_running_loop()
         body, metrics, train_s = await loop.run_in_executor(self._executor, train)
@@ -444,6 +468,38 @@ class Agent:
         )
         await self._put(task_id, "update", body, len(body), headers)
         return "succeeded"
+
+    async def _secagg_stage(self, task: SecAggTask) -> None:
+        """Answer one stage of secure aggregation with this device's side of the protocol;
+        its compute time travels as ``train_s``."""
+        device_id = self._device_id
+        if device_id is None:
+            raise TaskError("this agent has no device id to take part in secure aggregation")
+        s = task.settings
+        try:
+            params = SecAggParams(
+                bits=s.bits,
+                clip=s.clip,
+                threshold=s.threshold,
+                neighbours=s.neighbours,
+                stage_timeout_s=s.stage_timeout_s,
+            )
+        except ValueError as e:
+            raise TaskError(f"settings.{e}") from None
+        message = task.message.encode()
+
+        def answer() -> tuple[bytes, float]:
+            begun = perf_counter()
+            out = self._secagg.step(device_id, task.session, task.stage, params, message)
+            return out, perf_counter() - begun
+
+        loop = asyncio.get_running_loop()
+        try:
+            body, compute_s = await loop.run_in_executor(self._executor, answer)
+        except ValueError as e:
+            raise TaskError(f"secure aggregation {task.stage}: {e}") from None
+        headers = UpdateMeta(num_examples=0, timings=Timings(train_s=compute_s)).headers()
+        await self._put(task.id, "update", body, len(body), headers)
 
     async def _download_model(self, model: TaskModel, refusal: str) -> tuple[bytes, float]:
         """A task's model blob, checked against its sha256, and the seconds it took.

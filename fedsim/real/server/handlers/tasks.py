@@ -22,11 +22,13 @@ from fedsim.core.runtime import NDArrays
 from fedsim.core.strategies.validation import validate_update
 from fedsim.real.board import Outcome, PostedTask, TaskBoard, TaskState
 from fedsim.real.protocol import (
+    SECAGG_MESSAGE_MAX,
     FitTask,
     ForwardTask,
     Headers,
     RelayResult,
     RelayTask,
+    SecAggTask,
     TaskFailure,
     TaskReceipt,
     UpdateMeta,
@@ -101,6 +103,16 @@ class TaskHandlers:
                 f"task {task.id} needs trained parameters, not timings",
                 field=Headers.TIMING_ONLY,
             )
+        if isinstance(task.message, SecAggTask) or (
+            isinstance(task.message, FitTask) and task.message.secagg is not None
+        ):
+            if timing_only:
+                raise ApiError(
+                    422,
+                    f"task {task.id} needs its secure aggregation bytes",
+                    field=Headers.TIMING_ONLY,
+                )
+            return await self._secagg(request, task, meta)
         reader = self._reader(request)
         parameters = None
         try:
@@ -128,6 +140,41 @@ class TaskHandlers:
             metrics=dict(meta.metrics),
             timings=meta.timings,
             sha256=reader.sha256,
+        )
+        return self._file(task, outcome, status=201)
+
+    async def _secagg(
+        self, request: web.Request, task: PostedTask, meta: UpdateMeta
+    ) -> web.Response:
+        """A secure aggregation stage's answer, or a masked update: kept as the bytes that
+        came, for the coordinator's side of the protocol to read; never decoded here."""
+        message = task.message
+        size = message.secagg.nbytes if isinstance(message, FitTask) and message.secagg else None
+        # A stage's answer is held in memory: no larger than the messages the server sends.
+        limit = min(SECAGG_MESSAGE_MAX if size is None else size, self._config.max_blob_bytes)
+        reader = BodyReader(request, limit=limit, timeout_s=self._config.body_read_timeout_s)
+        chunks = []
+        try:
+            while chunk := await reader.read():
+                chunks.append(chunk)
+        finally:
+            self._metrics.bytes_received.labels("update").inc(reader.nbytes)
+        received_at = self._board.clock()
+        if size is not None and reader.nbytes != size:
+            raise ApiError(
+                422,
+                f"the masked update for task {task.id} has {reader.nbytes} bytes, expected {size}",
+            )
+        outcome = Outcome(
+            task_id=task.id,
+            device=task.device,
+            received_at=received_at,
+            num_examples=meta.num_examples,
+            nbytes=reader.nbytes,
+            metrics=dict(meta.metrics),
+            timings=meta.timings,
+            sha256=reader.sha256,
+            payload=b"".join(chunks),
         )
         return self._file(task, outcome, status=201)
 
@@ -237,6 +284,8 @@ def _asked(task: PostedTask) -> int:
         return message.samples * message.epochs
     if isinstance(message, ForwardTask):
         return message.num_examples
+    if isinstance(message, SecAggTask):
+        return 0  # a protocol message trains nothing
     raise ApiError(409, f"task {task.id} ({message.kind}) takes no update")
 
 
