@@ -191,6 +191,9 @@ class CentralDP(Strategy):
         over the one noised mean."""
         return (CLIP_PASSES + 1) * n + NOISE_PASSES + self.inner.aggregation_passes(1)
 
+    def client_passes(self) -> float:
+        return self.inner.client_passes()
+
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
@@ -235,6 +238,10 @@ class LocalDP(Strategy):
 
     def aggregation_passes(self, n: int) -> float:
         return self.inner.aggregation_passes(n)
+
+    def client_passes(self) -> float:
+        """Each client clips its move and draws one Gaussian value per model value."""
+        return CLIP_PASSES + NOISE_PASSES + self.inner.client_passes()
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         return self.inner.aggregate_fit(current, updates)

@@ -38,9 +38,12 @@ class Cost:
     Training also says what it trains: ``model`` (its name), ``samples`` per epoch in batches
     of ``batch_size``, for ``epochs`` epochs. A device with a measured step model for that model
     is timed by it; every other device by the FLOPs. Other work leaves them unset.
+    ``post_flops`` is work after the training steps that no step model covers (local DP's
+    clipping and noise), timed by FLOPs on every device.
     """
 
     flops: float = 0.0
+    post_flops: float = 0.0
     memory_bytes: float = 0.0
     disk_bytes: float = 0.0
     model: str = ""
@@ -74,6 +77,7 @@ class FitIns:
     epochs: int
     batch_size: int
     flops: float
+    post_flops: float = 0.0  # after training, timed by FLOPs (local DP's noise)
     update_nbytes: int
     parameters: NDArrays | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
@@ -85,6 +89,7 @@ class FitIns:
         """The training this instruction asks for, as the compute model times it."""
         return Cost(
             flops=self.flops,
+            post_flops=self.post_flops,
             model=self.model.name,
             samples=self.samples,
             batch_size=self.batch_size,

@@ -28,6 +28,7 @@ def compute_seconds(cost: Cost, hw: HardwareProfile) -> float:
         arithmetic = cost.epochs * step.epoch_seconds(cost.samples, cost.batch_size)
     else:
         arithmetic = cost.flops / hw.effective_flops
+    arithmetic += cost.post_flops / hw.effective_flops
     memory = cost.memory_bytes / hw.memory_bandwidth
     return max(arithmetic, memory) + cost.disk_bytes / hw.disk_bandwidth
 

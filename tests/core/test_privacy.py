@@ -168,3 +168,17 @@ def test_the_simulator_charges_central_dp_its_clipping_and_noise():
     assert private.flops == 2.0 * ((CLIP_PASSES + 1) * 10 + NOISE_PASSES + 1) * 1000
     assert private.memory_bytes == plain.memory_bytes
     assert local.flops == plain.flops  # local DP's noise is drawn on the clients
+
+
+def test_the_simulator_charges_local_dp_on_each_client_after_training():
+    from fedsim.core.privacy import NOISE_PASSES
+    from fedsim.core.strategies.clipping import CLIP_PASSES, Clipped
+
+    # Prepare
+    local = LocalDP(
+        inner=Clipped(inner=FedAvg(), max_norm=1.0), clip_norm=1.0, noise_multiplier=1.0
+    )
+    # Execute / Assert: each client clips and draws a value of noise per model value; the
+    # server-side rules add nothing on the clients
+    assert local.client_passes() == CLIP_PASSES + NOISE_PASSES
+    assert FedAvg().client_passes() == 0.0 and central(1.0, 1.0, 3).client_passes() == 0.0

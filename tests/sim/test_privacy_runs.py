@@ -113,3 +113,12 @@ def test_bad_privacy_configs_are_refused(overrides, message):
 
 def test_no_privacy_by_default():
     assert spec_of().privacy.kind is None
+
+
+def test_local_dp_rounds_take_longer_by_the_clients_noise(tmp_path):
+    # Execute: the same rounds timed with and without local DP's work on each client
+    plain = federated(tmp_path / "plain", "fl.training=modelled")
+    private = federated(tmp_path / "private", "fl.training=modelled", "privacy=local")
+    # Assert: every round's compute (on its critical path) grows
+    grown = [p.compute_s - q.compute_s for p, q in zip(private.rows, plain.rows, strict=True)]
+    assert all(g > 0 for g in grown)

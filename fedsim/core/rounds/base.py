@@ -234,6 +234,7 @@ class Federation:
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
             flops=self.work.train_flops_per_sample * samples * cfg.local_epochs,
+            post_flops=2.0 * rule.client_passes() * self.work.state_values,
             update_nbytes=self.work.update_nbytes,
             parameters=self.parameters,
             config=config,

@@ -32,6 +32,11 @@ class Strategy(abc.ABC):
         needs all updates at once compares them, about n^2 passes in the worst case (Krum)."""
         return float(n if self.streaming else n * n)
 
+    def client_passes(self) -> float:
+        """How many passes over the model's values each client makes after training, on the
+        strategy's behalf (local DP's clipping and noise): what the simulator charges it."""
+        return 0.0
+
     @abc.abstractmethod
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         """The new global parameters, or None when the updates carry no arrays (timing only)."""

@@ -56,6 +56,9 @@ class Clipped(Strategy):
     def aggregation_passes(self, n: int) -> float:
         return CLIP_PASSES * n + self.inner.aggregation_passes(n)
 
+    def client_passes(self) -> float:
+        return self.inner.client_passes()
+
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
