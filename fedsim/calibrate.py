@@ -91,7 +91,6 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             f"  a training task beyond its steps: {cal.task_overhead_s * 1e3:.2f} ms",
             f"  keeping an update on disk: {(cal.persist_cpu_s or 0.0) * 1e3:.2f} ms of "
             f"processor + {(cal.persist_io_s or 0.0) * 1e3:.2f} ms waiting for the disk",
-            f"profile: {out}",
         ]
         + (
             [
@@ -101,6 +100,8 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             if fit.relative_residual > NOISY_FIT
             else []
         )
+        # The file written, last, as `results: DIR` is for a run.
+        + [f"profile: {out}"]
     )
 
 
