@@ -66,7 +66,9 @@ def refusals(overrides: list[str]) -> tuple[int, list[str]]:
     [
         ["+experiment=fl_digits", "fl.training=modelled"],
         ["+experiment=imagenet_yolo"],
-        ["+experiment=fl_scale"],
+        # The same fields over 100 devices rather than 100,000: each hostile value that
+        # passes the early checks builds the whole fleet.
+        ["+experiment=fl_scale", "topology.generate.devices_per_group=10"],
     ],
     ids=["fl_digits", "imagenet_yolo", "fl_scale"],
 )
