@@ -9,6 +9,7 @@ flags are listed by ``--hydra-help``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -211,7 +212,11 @@ def main() -> None:
         sys.exit(command.main(args[1:]))
     # Hydra answers these two with its own application help and its own version.
     if "-h" in args or "--help" in args:
-        print(help_text())
+        try:
+            print(help_text(), flush=True)
+        except BrokenPipeError:
+            # `fedsim --help | head`: the reader left; say nothing more, as a pager would.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if "--version" in args:
         print(f"fedsim {__version__}")

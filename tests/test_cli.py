@@ -278,3 +278,21 @@ def test_server_and_agent_take_the_same_log_levels():
     # Assert
     assert server.choices == agent.choices
     assert spelled == [("warning", "warning")] * 2
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    # Prepare: a reader that leaves before the help is written (`fedsim --help | head -0`)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", "--help"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    # Execute
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    # Assert
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert proc.returncode == 0
