@@ -257,13 +257,7 @@ def build_secagg(
     c: SecAggConf = _typed("secagg", node)
     try:
         # Checked when off too: a setting that cannot work is an error wherever it is.
-        params = SecAggParams(
-            bits=c.bits,
-            clip=c.clip,
-            threshold=c.threshold,
-            neighbours=c.neighbours,
-            stage_timeout_s=c.stage_timeout_s,
-        )
+        params = SecAggParams.of(c)
     except ValueError as e:
         raise ConfigError(f"secagg.{e}") from None
     if not c.enabled:

@@ -37,7 +37,7 @@ import numpy as np
 
 from fedsim.core.runtime import NDArrays, Update
 from fedsim.core.strategies.aggregate import updates_with_arrays
-from fedsim.core.strategies.base import Strategy
+from fedsim.core.strategies.base import Strategy, Wrapper
 from fedsim.core.strategies.clipping import CLIP_PASSES
 
 PRIVACY_KINDS = ("central", "local")
@@ -151,7 +151,7 @@ def local_dp_settings(config: Mapping[str, Any]) -> tuple[float, float] | None:
     return clip, z
 
 
-class CentralDP(Strategy):
+class CentralDP(Wrapper):
     """Wraps ``inner`` with server-side DP-FedAvg (see the module docstring).
 
     ``expected_clients`` is the round's ``m``: the sum of clipped moves is divided by it, or by
@@ -170,29 +170,22 @@ class CentralDP(Strategy):
     ) -> None:
         if expected_clients < 1:
             raise ValueError(f"expected_clients must be >= 1, got {expected_clients}")
-        self.inner = inner
+        super().__init__(inner, "central_dp")
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.expected_clients = int(expected_clients)
         self.seed = int(seed)
         self.releases = 0  # aggregations made so far: the accountant's steps
-        self.name = f"{inner.name}+central_dp"
         self.streaming = True  # one clipped move at a time is added to the sum
 
     def noise_std(self, updates: int) -> float:
         """The standard deviation added to every value when ``updates`` moves are averaged."""
         return self.noise_multiplier * self.clip_norm / max(self.expected_clients, updates)
 
-    def configure_fit(self, rnd: int) -> Mapping[str, Any]:
-        return self.inner.configure_fit(rnd)
-
     def aggregation_passes(self, n: int) -> float:
         """Each update clipped and added to the sum, the noise drawn once, and the inner rule
         over the one noised mean."""
         return (CLIP_PASSES + 1) * n + NOISE_PASSES + self.inner.aggregation_passes(1)
-
-    def client_passes(self) -> float:
-        return self.inner.client_passes()
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)
@@ -217,17 +210,15 @@ class CentralDP(Strategy):
         return self.inner.aggregate_fit(current, [one])
 
 
-class LocalDP(Strategy):
+class LocalDP(Wrapper):
     """Wraps ``inner`` with local DP: every client of every round is told to clip its move to
     ``clip_norm`` and add noise of ``noise_multiplier * clip_norm`` (:func:`privatize`) before
     sending; the server aggregates what arrives with ``inner`` unchanged."""
 
     def __init__(self, *, inner: Strategy, clip_norm: float, noise_multiplier: float) -> None:
-        self.inner = inner
+        super().__init__(inner, "local_dp")
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
-        self.name = f"{inner.name}+local_dp"
-        self.streaming = inner.streaming
 
     def configure_fit(self, rnd: int) -> Mapping[str, Any]:
         return {
@@ -236,15 +227,9 @@ class LocalDP(Strategy):
             LOCAL_NOISE_KEY: self.noise_multiplier,
         }
 
-    def aggregation_passes(self, n: int) -> float:
-        return self.inner.aggregation_passes(n)
-
     def client_passes(self) -> float:
         """Each client clips its move and draws one Gaussian value per model value."""
         return CLIP_PASSES + NOISE_PASSES + self.inner.client_passes()
-
-    def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
-        return self.inner.aggregate_fit(current, updates)
 
 
 def with_privacy(

@@ -36,8 +36,8 @@ import json
 import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -84,6 +84,12 @@ class SecAggParams:
     threshold: float = 0.5
     neighbours: int | None = None
     stage_timeout_s: float | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> SecAggParams:
+        """The settings of any object that names them alike (the config's ``SecAggConf``, a
+        task's settings on the wire); a bad one raises ``ValueError`` naming its field."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
         if not 16 <= self.bits <= 62:

@@ -40,3 +40,26 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         """The new global parameters, or None when the updates carry no arrays (timing only)."""
+
+
+class Wrapper(Strategy):
+    """A strategy around ``inner`` (clipping, differential privacy): every hook is the inner
+    rule's, and its name is the inner rule's with ``+suffix``; a wrapper overrides only the
+    hooks it changes."""
+
+    def __init__(self, inner: Strategy, suffix: str) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}+{suffix}"
+        self.streaming = inner.streaming
+
+    def configure_fit(self, rnd: int) -> Mapping[str, Any]:
+        return self.inner.configure_fit(rnd)
+
+    def aggregation_passes(self, n: int) -> float:
+        return self.inner.aggregation_passes(n)
+
+    def client_passes(self) -> float:
+        return self.inner.client_passes()
+
+    def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
+        return self.inner.aggregate_fit(current, updates)

@@ -9,14 +9,13 @@ single scaled-up (e.g. Byzantine) update can drag the model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from fedsim.core.runtime import NDArrays, Update
 from fedsim.core.strategies.aggregate import delta_norm, updates_with_arrays
-from fedsim.core.strategies.base import Strategy
+from fedsim.core.strategies.base import Strategy, Wrapper
 
 
 def clip_update(arrays: NDArrays, current: NDArrays, *, max_norm: float) -> NDArrays:
@@ -38,26 +37,18 @@ def clip_update(arrays: NDArrays, current: NDArrays, *, max_norm: float) -> NDAr
 CLIP_PASSES = 3.0
 
 
-class Clipped(Strategy):
+class Clipped(Wrapper):
     """Wraps ``inner``: every update's move is clipped to ``max_norm`` before ``inner`` runs."""
 
     def __init__(self, *, inner: Strategy, max_norm: float) -> None:
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        self.inner = inner
-        self.max_norm = float(max_norm)
-        self.name = f"{inner.name}+clip"
         # Clipping looks at one update at a time, so it streams whenever the inner rule does.
-        self.streaming = inner.streaming
-
-    def configure_fit(self, rnd: int) -> Mapping[str, Any]:
-        return self.inner.configure_fit(rnd)
+        super().__init__(inner, "clip")
+        self.max_norm = float(max_norm)
 
     def aggregation_passes(self, n: int) -> float:
         return CLIP_PASSES * n + self.inner.aggregation_passes(n)
-
-    def client_passes(self) -> float:
-        return self.inner.client_passes()
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)

@@ -475,15 +475,8 @@ class Agent:
         device_id = self._device_id
         if device_id is None:
             raise TaskError("this agent has no device id to take part in secure aggregation")
-        s = task.settings
         try:
-            params = SecAggParams(
-                bits=s.bits,
-                clip=s.clip,
-                threshold=s.threshold,
-                neighbours=s.neighbours,
-                stage_timeout_s=s.stage_timeout_s,
-            )
+            params = SecAggParams.of(task.settings)
         except ValueError as e:
             raise TaskError(f"settings.{e}") from None
         message = task.message.encode()
