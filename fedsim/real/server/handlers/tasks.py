@@ -130,17 +130,7 @@ class TaskHandlers:
                     path.unlink(missing_ok=True)
         finally:
             self._metrics.bytes_received.labels("update").inc(reader.nbytes)
-        outcome = Outcome(
-            task_id=task.id,
-            device=task.device,
-            received_at=received_at,
-            num_examples=meta.num_examples,
-            nbytes=reader.nbytes,
-            parameters=parameters,
-            metrics=dict(meta.metrics),
-            timings=meta.timings,
-            sha256=reader.sha256,
-        )
+        outcome = _outcome(task, meta, reader, received_at, parameters=parameters)
         return self._file(task, outcome, status=201)
 
     async def _secagg(
@@ -165,17 +155,7 @@ class TaskHandlers:
                 422,
                 f"the masked update for task {task.id} has {reader.nbytes} bytes, expected {size}",
             )
-        outcome = Outcome(
-            task_id=task.id,
-            device=task.device,
-            received_at=received_at,
-            num_examples=meta.num_examples,
-            nbytes=reader.nbytes,
-            metrics=dict(meta.metrics),
-            timings=meta.timings,
-            sha256=reader.sha256,
-            payload=b"".join(chunks),
-        )
+        outcome = _outcome(task, meta, reader, received_at, payload=b"".join(chunks))
         return self._file(task, outcome, status=201)
 
     async def data(self, request: web.Request) -> web.Response:
@@ -319,3 +299,21 @@ def _result_json(task: PostedTask, outcome: Outcome) -> dict[str, Any]:
         error=outcome.error,
     )
     return receipt.model_dump(mode="json")
+
+
+def _outcome(
+    task: PostedTask, meta: UpdateMeta, reader: BodyReader, received_at: float, **body: Any
+) -> Outcome:
+    """The outcome a result's body makes: what its headers said, the bytes that came, and
+    ``body`` (the decoded parameters, or a secure aggregation message kept as bytes)."""
+    return Outcome(
+        task_id=task.id,
+        device=task.device,
+        received_at=received_at,
+        num_examples=meta.num_examples,
+        nbytes=reader.nbytes,
+        metrics=dict(meta.metrics),
+        timings=meta.timings,
+        sha256=reader.sha256,
+        **body,
+    )
