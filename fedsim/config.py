@@ -396,20 +396,12 @@ def build_privacy(
         assert privacy.target_epsilon is not None
         z = noise_for_epsilon(
             target_epsilon=privacy.target_epsilon,
-            sample_rate=privacy_sample_rate(privacy, fl, clients),
+            sample_rate=privacy.sample_rate(fl.per_round(clients), clients),
             steps=fl.rounds,
             delta=privacy.delta,
         )
         privacy = dataclasses.replace(privacy, noise_multiplier=z)
     return privacy
-
-
-def privacy_sample_rate(privacy: PrivacyConfig, fl: FLConf, clients: int) -> float:
-    """The accountant's sampling rate: a round's share of the clients for central DP, 1 for
-    local DP (a client's own release is not hidden by the others' sampling)."""
-    if privacy.kind == "local":
-        return 1.0
-    return fl.per_round(clients) / clients
 
 
 def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:

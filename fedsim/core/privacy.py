@@ -87,6 +87,11 @@ class PrivacyConfig:
         if self.kind is not None and z is None and eps is None:
             raise ValueError("noise_multiplier: null needs a target_epsilon to choose it from")
 
+    def sample_rate(self, per_round: int, clients: int) -> float:
+        """The accountant's sampling rate: a round's share of the clients for central DP, 1
+        for local DP (a client's own release is not hidden by the others' sampling)."""
+        return 1.0 if self.kind == "local" else per_round / clients
+
 
 def is_float(array: np.ndarray) -> bool:
     return bool(np.issubdtype(np.asarray(array).dtype, np.floating))

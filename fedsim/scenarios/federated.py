@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -239,26 +240,22 @@ def privacy_summary(spec: ExperimentSpec, history: list[RoundReport]) -> dict[st
     Central: one release per aggregated round, at sampling rate clients per round / clients.
     Local: the releases of the client selected most often (an upper bound for every client).
     """
-    from fedsim.config import privacy_sample_rate
     from fedsim.ml.accounting import epsilons
 
     privacy, fl = spec.privacy, spec.fl
     assert privacy.noise_multiplier is not None
     if privacy.kind == "central":
-        releases, count = [], 0
-        for r in history:
-            count += int(r.aggregated)
-            releases.append(count)
+        releases = list(accumulate(int(r.aggregated) for r in history))
     else:
         releases = local_participations([r.selected for r in history])
-    rate = privacy_sample_rate(privacy, fl, len(spec.clients))
+    m = fl.per_round(len(spec.clients))
+    rate = privacy.sample_rate(m, len(spec.clients))
     by_round = epsilons(
         noise_multiplier=privacy.noise_multiplier,
         sample_rate=rate,
         steps=releases,
         delta=privacy.delta,
     )
-    m = fl.per_round(len(spec.clients))
     std = privacy.noise_multiplier * privacy.clip_norm
     return {
         "kind": privacy.kind,
