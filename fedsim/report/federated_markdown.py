@@ -222,7 +222,7 @@ def _privacy_section(privacy: Mapping[str, Any], summary: Mapping[str, Any]) -> 
         privacy.get("clip_norm"),
         privacy.get("noise_std"),
     )
-    m = round(clip * z / std) if kind == "central" and std else 1
+    m = privacy.get("clients_per_round", "?")
     text = PRIVACY_TEXT.get(kind, "Differential privacy ({kind}).").format(
         clip=clip, m=m, std=std, z=z, kind=kind
     )

@@ -263,6 +263,7 @@ def privacy_summary(spec: ExperimentSpec, history: list[RoundReport]) -> dict[st
         "target_epsilon": privacy.target_epsilon,
         "clip_norm": privacy.clip_norm,
         "noise_std": std / m if privacy.kind == "central" else std,
+        "clients_per_round": m,
         "delta": privacy.delta,
         "sample_rate": rate,
         "releases": releases[-1] if releases else 0,

@@ -51,6 +51,7 @@ def test_central_dp_reports_epsilon_per_round_and_in_the_report(tmp_path):
     )
     report = render_federated_report(result, {})
     assert "## Differential privacy" in report and "Central DP-FedAvg" in report
+    assert privacy["clients_per_round"] == 5 and "over the 5 clients a round expects" in report
     assert f"epsilon {privacy['epsilon']:.3g} at delta 1e-05" in report
 
 
