@@ -106,6 +106,11 @@ def mean_loss(updates: Sequence[Update]) -> float | None:
     return float(sum(x * n for x, n in pairs) / sum(n for _, n in pairs))
 
 
+def device_order(r: TaskResult) -> tuple[int, str]:
+    """A result's place in device order (a device's task id breaks a tie)."""
+    return r.device, r.task_id
+
+
 def accepted_updates(results: Iterable[TaskResult]) -> list[Update]:
     """The updates of results that :meth:`Federation.validate` accepted, which all carry one."""
     updates = []
@@ -267,10 +272,14 @@ class Federation:
         self, results: Iterable[TaskResult], reference: NDArrays | None = None
     ) -> tuple[list[TaskResult], dict[int, str]]:
         """The results whose updates pass the checks against ``reference`` (default: the
-        current parameters), and the reason for each device whose result did not."""
+        current parameters), and the reason for each device whose result did not.
+
+        The results are taken in device order, not in the order they arrived: the float32 sums
+        of aggregation then do not depend on which transfer finished first, so a real run and
+        its simulation (or two real runs) combine the same updates to the same bits."""
         reference = self.parameters if reference is None else reference
         accepted, rejected = [], {}
-        for r in results:
+        for r in sorted(results, key=device_order):
             reason = r.error if r.error is not None else self._refusal(r, reference)
             if reason is None:
                 accepted.append(r)

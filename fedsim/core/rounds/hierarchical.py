@@ -12,7 +12,13 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from fedsim.core.rounds.base import Federation, accepted_updates, aggregation_cost, mean_loss
+from fedsim.core.rounds.base import (
+    Federation,
+    accepted_updates,
+    aggregation_cost,
+    device_order,
+    mean_loss,
+)
 from fedsim.core.rounds.sync import Collected, SyncRounds
 from fedsim.core.runtime import ForwardIns, NDArrays, RelayIns, Task, TaskResult, Update
 from fedsim.core.strategies.base import Strategy
@@ -114,7 +120,10 @@ class _GroupRound:
                 break
             for r in got:
                 self.receive(r)
-        return self.forwarded, self.close(), self.rejected
+        # In group order, as validate puts a flat round's results: the cloud's sum then does
+        # not depend on which group's forward arrived first.
+        forwarded = sorted(self.forwarded, key=device_order)
+        return forwarded, self.close(), self.rejected
 
     def receive(self, r: TaskResult) -> None:
         """The next step after ``r``: a relayed model starts the group's training, the last
