@@ -36,7 +36,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = 
     ``run_dir``. A measured run comes with its prediction (:func:`predict`). The result is not
     written: see :func:`run_and_write`."""
     result = scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
-    result = _with_emulation(result, Path(run_dir))
+    if spec.mode.name == "emulated":
+        result = _with_emulation(result, Path(run_dir))
     result = with_attack_baselines(spec, result)
     return predict(spec, result) if rt.measured else result
 
