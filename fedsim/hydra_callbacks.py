@@ -17,8 +17,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fedsim.report.sweep import write_sweep_report
-
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +31,10 @@ class SweepReport(Callback):
         # The sweep's own config: the jobs' configs copy its resolver cache, so a ${now:...}
         # in sweep.dir names the directory the jobs wrote to.
         sweep_dir = Path(config.hydra.sweep.dir)
+        # Imported here: Hydra builds this callback for every run, and a single run would
+        # otherwise load the sweep report's tables and plots only to never write them.
+        from fedsim.report.sweep import write_sweep_report
+
         try:
             path = write_sweep_report(sweep_dir)
         except Exception:  # the jobs' results stand; the report is an extra

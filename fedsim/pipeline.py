@@ -17,16 +17,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
 from fedsim.core import fidelity
 from fedsim.core.results import COMPARISON, TIME_FIELDS, RunResult
 from fedsim.core.topology import CpuQuota, map_profiles, with_cpu_quotas
-from fedsim.real.stores import ServerStores
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
 from fedsim.spec import ExperimentSpec
+
+if TYPE_CHECKING:  # the server's stores (aiohttp's side): a run in the simulator needs none
+    from fedsim.real.stores import ServerStores
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks | None = 
     ``run_dir``. A measured run comes with its prediction (:func:`predict`). The result is not
     written: see :func:`run_and_write`."""
     result = scenario(spec.kind)(spec, rt, Path(run_dir), hooks or Hooks())
-    result = _with_emulation(result, Path(run_dir))
+    if spec.mode.name == "emulated":
+        result = _with_emulation(result, Path(run_dir))
     result = with_attack_baselines(spec, result)
     return predict(spec, result) if rt.measured else result
 
@@ -177,6 +180,11 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
     return sim_spec
 
 
+def report_plots(spec: ExperimentSpec) -> bool:
+    """Whether the run's directory gets its plots (``report.plots``, on by default)."""
+    return bool(spec.config.get("report", {}).get("plots", True))
+
+
 def run_and_write(
     spec: ExperimentSpec,
     rt: Runtime,
@@ -194,7 +202,7 @@ def run_and_write(
     started = time.perf_counter()
     result = run(spec, rt, run_dir, hooks)
     wall_time_s = time.perf_counter() - started
-    write_run(Path(run_dir), result)
+    write_run(Path(run_dir), result, plots=report_plots(spec))
     log_run(found, spec.config, Path(run_dir), wall_time_s=wall_time_s)
     return result
 

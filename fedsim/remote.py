@@ -121,11 +121,12 @@ def run_remote(
             time.sleep(poll_s)
             job = _call("GET", f"{base}/{job['id']}", token)
             bar.update(job["round"] - bar.n)
+    from fedsim.pipeline import report_plots
     from fedsim.report.write import write_run
 
     events = _events(url.rstrip("/") + path(Paths.JOB_EVENTS, job_id=job["id"]), token, run_dir)
     result = _result(spec, job, events)
-    write_run(run_dir, result)
+    write_run(run_dir, result, plots=report_plots(spec))
     if job["state"] != "succeeded":
         raise ConfigError(f"mode.server_url: job {job['id']} {job['state']}: {job['error']}")
     return result

@@ -366,6 +366,15 @@ class TrackingConf:
 
 
 @dataclass
+class ReportConf:
+    """What a run writes beside its tables and ``report.md``: ``plots`` false writes no
+    ``plots/*.png`` (nor loads matplotlib), for sweeps of many runs or a quick look, where the
+    figures cost more than the run; the report then says that no plots were written."""
+
+    plots: bool = True
+
+
+@dataclass
 class SecAggConf:
     """Secure aggregation (``secagg=on``; docs/secagg.md): the server sees only the sum of
     the clients' masked updates. ``bits``: the modulus 2^bits of the masked values (16-62);
@@ -403,5 +412,6 @@ class Config:
     partition: PartitionConf = field(default_factory=PartitionConf)
     faults: FaultsConf = field(default_factory=FaultsConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    report: ReportConf = field(default_factory=ReportConf)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # client-level DP, if any
     secagg: SecAggConf = field(default_factory=SecAggConf)

@@ -9,7 +9,7 @@ import pytest
 
 from fedsim.config import ConfigError, build_spec, compose, conf_dir
 from fedsim.core.results import TIME_FIELDS
-from fedsim.pipeline import predict, prediction_spec, run
+from fedsim.pipeline import predict, prediction_spec, run, run_and_write
 from fedsim.runtimes import runtime
 from fedsim.scenarios import Hooks
 
@@ -249,3 +249,25 @@ def test_a_federated_run_streams_its_events_to_the_run_directory(tmp_path):
     assert few.rows == result.rows
     first = events[events["end_s"] <= result.rows[0].finished_s + 1e-9]
     assert result.rows[0].bytes_moved == first["bytes"].sum()
+
+
+@pytest.mark.parametrize(("override", "plots"), [([], True), (["report.plots=false"], False)])
+def test_report_plots_decides_whether_a_run_writes_its_plots(override, plots, tmp_path):
+    # Prepare: a modelled round of 4 trainers.
+    overrides = [
+        "+experiment=fl_digits",
+        "fl.training=modelled",
+        "fl.rounds=1",
+        "topology=edge_fleet",
+        "topology.generate.groups=1",
+        "topology.generate.devices_per_group=4",
+        *override,
+    ]
+    spec = build_spec(compose(overrides))
+
+    # Execute
+    run_and_write(spec, runtime("sim"), tmp_path, Hooks(progress=False))
+
+    # Assert
+    assert (tmp_path / "plots").is_dir() is plots
+    assert (tmp_path / "runs.csv").is_file() and (tmp_path / "report.md").is_file()

@@ -245,6 +245,21 @@ class ModelRepository(ABC):
         Raises ``UnknownDeployment`` and ``InvalidDeploymentTransition``.
         """
 
+    def set_deployment_states(
+        self, id: int, changes: Iterable[tuple[int, DeploymentState | str]]
+    ) -> Deployment:
+        """Apply ``(device, state)`` changes in order, each as ``set_deployment_state`` would;
+        returns the deployment after the last (with no changes, as it is).
+
+        This default applies them one by one. An implementation that can applies them in one
+        transaction, all or (on an error) none, and once made durable rather than once per
+        change: ``SqliteRepository`` does.
+        """
+        deployment = None
+        for device, state in changes:
+            deployment = self.set_deployment_state(id, device, state)
+        return self.get_deployment(id) if deployment is None else deployment
+
     @abstractmethod
     def get_deployment(self, id: int) -> Deployment:
         """Raises ``UnknownDeployment``."""

@@ -2,7 +2,8 @@
 
 - ``load_digits_split``: scikit-learn's 8x8 handwritten digits (1797 images, shipped with
   scikit-learn, so no download), split per class with a seeded numpy generator so the split is
-  the same on every platform and scikit-learn version.
+  the same on every platform and scikit-learn version. The file is read straight from the
+  installed package, without importing scikit-learn (``digits_arrays``).
 - ``synthetic_classification``: as many images as asked for, each its class's seeded prototype
   plus Gaussian noise: learnable, of any size, for federations larger than the digits allow.
 - ``ImageFolderDataset``: an ImageNet-style tree ``root/<class name>/**/*.{jpg,jpeg,png,npy}``
@@ -23,6 +24,9 @@ indices.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import inspect
 import os
 from collections.abc import Mapping, Sequence
@@ -62,11 +66,39 @@ def load_digits_split(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    from sklearn.datasets import load_digits
+    images, target = digits_arrays()
+    X = (images / DIGITS_MAX).astype(np.float32)[:, None, :, :]
+    return _stratified_split(X, target.astype(np.int64), test_fraction, seed)
 
-    digits = load_digits()
-    X = (digits.images / DIGITS_MAX).astype(np.float32)[:, None, :, :]
-    return _stratified_split(X, digits.target.astype(np.int64), test_fraction, seed)
+
+@functools.cache
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits set's ``(images, target)`` as ``sklearn.datasets.load_digits`` gives them.
+
+    Read once per process (read-only arrays) from the ``digits.csv.gz`` that scikit-learn
+    installs, found without importing scikit-learn: importing it costs about a second
+    (scipy and its own utilities), reading the file a few milliseconds. The file holds one
+    image per row, 64 pixel counts then the class, as ``load_digits`` parses it. Where the
+    package is laid out otherwise, ``load_digits`` itself reads it.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = [] if spec is None else list(spec.submodule_search_locations or [])
+    for location in locations:
+        path = Path(location, "datasets", "data", "digits.csv.gz")
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as text:
+                data = np.loadtxt(text, delimiter=",")
+            images = data[:, :-1].reshape(-1, 8, 8)
+            target = data[:, -1].astype(int, copy=False)
+            break
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, target = digits.images, digits.target
+    images.setflags(write=False)
+    target.setflags(write=False)
+    return images, target
 
 
 def synthetic_classification(
@@ -153,9 +185,7 @@ def training_size(dataset: DatasetSpec, *, num_classes: int, test_fraction: floa
     with more classes than ``num_classes``, a split that holds out no test sample).
     """
     if dataset.name == "digits":
-        from sklearn.datasets import load_digits
-
-        labels = load_digits().target
+        labels = digits_arrays()[1]
     elif dataset.name == "synthetic":
         labels = np.arange(dataset.samples) % num_classes
     elif dataset.name == "image_folder":

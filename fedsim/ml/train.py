@@ -103,12 +103,12 @@ class TorchTrainer:
         order = _sample_order(len(y), ins.epochs * ins.samples, generator).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         anchors = [p.detach().clone() for p in params] if mu > 0 else []
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        optimizer = MomentumSGD(params, lr=lr, momentum=momentum)
 
         model.train()
         with _forked_rng(self.device):
             # Seeds whatever randomness the model itself draws (dropout), per call.
-            torch.manual_seed(call_seed)
+            _seed_global(self.device, call_seed)
             for epoch in range(ins.epochs):
                 epoch_order = order[epoch * ins.samples : (epoch + 1) * ins.samples]
                 loss_sum = torch.zeros((), device=self.device)
@@ -116,7 +116,7 @@ class TorchTrainer:
                 for start in range(0, ins.samples, ins.batch_size):
                     batch = epoch_order[start : start + ins.batch_size]
                     losses = _per_sample_loss(model, model(X[batch]), y[batch])
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad()
                     losses.mean().backward()
                     if mu > 0:
                         # The gradient of (mu/2)||w - w_global||^2, added directly: the same
@@ -152,7 +152,7 @@ class TorchTrainer:
     def _get_model(self) -> nn.Module:
         if self._model is None:
             with _forked_rng(self.device):
-                torch.manual_seed(self.seed)
+                _seed_global(self.device, self.seed)
                 with self.device:
                     self._model = build_model(self.model_name, self.num_classes)
             self._initial = get_parameters(self._model)
@@ -227,6 +227,57 @@ def evaluate(
     """``{"accuracy", "loss"}`` of ``parameters`` on ``(X, y)``; see :class:`Evaluator`."""
     evaluator = Evaluator(model_name=model_name, num_classes=num_classes, X=X, y=y, device=device)
     return evaluator(parameters)
+
+
+class MomentumSGD:
+    """SGD with momentum, the same steps as ``torch.optim.SGD(params, lr=, momentum=)``.
+
+    The same arithmetic as torch's single-tensor SGD (the one it runs for CPU tensors): the
+    first step's buffer is a copy of the gradient, later ones ``buf * momentum + grad``, and a
+    parameter moves by ``-lr * buf``; a parameter without a gradient is left alone. Why not
+    torch's own: constructing a ``torch.optim`` optimizer imports ``torch._dynamo`` the first
+    time (about a second of a process's start), and the trainer makes one per call, where each
+    construction also costs more than the few steps a small client takes.
+    """
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, momentum: float) -> None:
+        self.params = params
+        self.lr = lr
+        self.momentum = momentum
+        self._buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (``set_to_none=True``)."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None:
+                continue
+            if self.momentum != 0:
+                buf = self._buffers[i]
+                if buf is None:
+                    buf = self._buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
+def _seed_global(device: torch.device, seed: int) -> None:
+    """``torch.manual_seed(seed)`` for the generators ``device`` draws from.
+
+    On the CPU only the CPU generator: ``torch.manual_seed`` also queues a seeding of every
+    accelerator backend, and records a stack trace for each, some milliseconds per call.
+    """
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
 
 
 def _per_sample_loss(model: nn.Module, outputs: Any, y: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,6 @@ import pandas as pd
 
 from fedsim.core.events import Event, EventKind
 from fedsim.core.results import FEDERATED, TIME_FIELDS, RoundRow, RunResult
-from fedsim.report.federated_plots import (
-    plot_accuracy_time,
-    plot_federated_timeline,
-    plot_label_distribution,
-    plot_round_breakdown,
-)
 from fedsim.report.tables import run_time
 
 # The round's identity and clock first, then its time split, then what happened in it.
@@ -64,6 +58,14 @@ def write_federated_plots(
     result: RunResult, rounds: pd.DataFrame, events: pd.DataFrame, plots_dir: Path
 ) -> dict[str, Path]:
     """Write the four plots of a federated run into ``plots_dir``; returns name -> path."""
+    # Imported here, so that a run without plots (report.plots=false) never loads matplotlib.
+    from fedsim.report.federated_plots import (
+        plot_accuracy_time,
+        plot_federated_timeline,
+        plot_label_distribution,
+        plot_round_breakdown,
+    )
+
     summary = result.summary
     clock = run_time(summary)[0]
     return {

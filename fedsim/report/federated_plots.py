@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import PolyCollection
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -262,14 +263,22 @@ def plot_federated_timeline(
     dense = len(events) > 500
     fig = new_figure(figsize=(10.0, min(18.0, 2.2 + 0.45 * len(devices))))
     ax = fig.add_subplot()
-    for (device, kind), group in events.groupby(["device", "kind"]):
-        row = row_of[device]
-        ax.broken_barh(
-            list(zip(group["start_s"], group["duration_s"], strict=True)),
-            (row - 0.35, 0.7),
-            facecolors=KIND_COLORS.get(kind, UNKNOWN_KIND_COLOR),
-            edgecolor="face" if dense else "black",
-            linewidth=0.4,
+    for kind, group in events.groupby("kind"):
+        # One collection per kind, not per device and kind: a tenth of the artists to draw.
+        start = group["start_s"].to_numpy(dtype=float)
+        rows = group["device"].map(row_of).to_numpy(dtype=float)
+        ax.add_collection(
+            PolyCollection(
+                _rectangles(
+                    start,
+                    start + group["duration_s"].to_numpy(dtype=float),
+                    rows - 0.35,
+                    rows + 0.35,
+                ),
+                facecolors=KIND_COLORS.get(str(kind), UNKNOWN_KIND_COLOR),
+                edgecolor="face" if dense else "black",
+                linewidth=0.4,
+            )
         )
     step = max(1, -(-len(devices) // TIMELINE_DEVICE_LABELS_MAX))
     ticks = range(0, len(devices), step)
@@ -306,6 +315,31 @@ def _partition_text(partition: Mapping[str, Any] | None) -> str:
     return f" ({partition['kind']} split)"
 
 
+def _stacked_bars(
+    ax: Axes, x: np.ndarray, heights: np.ndarray, width: float, colors: Sequence[Any]
+) -> np.ndarray:
+    """Bars of ``heights[:, k]`` stacked in order of ``k`` at ``x``, labelled ``k``; the tops.
+
+    One polygon collection per layer rather than ``ax.bar``'s rectangle per bar: a hundred
+    clients of ten classes otherwise cost a thousand artists, a second to build and draw.
+    """
+    left, right = x - width / 2, x + width / 2
+    bottom = np.zeros(len(x))
+    for k in range(heights.shape[1]):
+        top = bottom + heights[:, k]
+        bars = _rectangles(left, right, bottom, top)
+        ax.add_collection(PolyCollection(bars, facecolors=colors[k], label=str(k)))
+        bottom = top
+    ax.autoscale_view()
+    return bottom
+
+
+def _rectangles(x0: np.ndarray, x1: np.ndarray, y0: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """The corners ``(n, 4, 2)`` of ``n`` axis-aligned rectangles, for a ``PolyCollection``."""
+    corners = [(x0, y0), (x0, y1), (x1, y1), (x1, y0)]
+    return np.stack([np.column_stack(c) for c in corners], axis=1)
+
+
 def plot_label_distribution(
     label_counts: Mapping[int, Sequence[int]],
     path: Path,
@@ -327,10 +361,7 @@ def plot_label_distribution(
 
     fig = new_figure(figsize=(min(14.0, max(6.4, 3.5 + 0.5 * len(clients))), 4.8))
     ax = fig.add_subplot()
-    bottom = np.zeros(len(clients))
-    for k in range(classes):
-        ax.bar(x, counts[:, k], 0.7, bottom=bottom, color=colors[k], label=str(k))
-        bottom += counts[:, k]
+    bottom = _stacked_bars(ax, x, counts, 0.7, colors)
     if len(clients) <= ROUND_TICKS_MAX:
         ax.set_xticks(x, labels=[f"device {c}" for c in clients])
         for xi, total in zip(x, bottom, strict=True):

@@ -193,11 +193,12 @@ def fidelity_section(
     return "\n\n".join(p for p in parts if p)
 
 
-def write_fidelity(result: RunResult, run_dir: Path, plots_dir: Path) -> str:
-    """Write ``fidelity.csv`` and the plot of a measured run; returns the report's section
-    (empty for a run without a prediction, which writes neither file)."""
+def write_fidelity(result: RunResult, run_dir: Path, plots_dir: Path | None) -> str:
+    """Write ``fidelity.csv`` and the plot of a measured run (none with ``plots_dir`` None);
+    returns the report's section (empty for a run without a prediction, which writes neither
+    file)."""
     if not result.fidelity:
         return ""
     fidelity_frame(result.fidelity).to_csv(run_dir / CSV_NAME, index=False)
-    plot = plot_fidelity(result.fidelity, plots_dir / PLOT_NAME)
+    plot = None if plots_dir is None else plot_fidelity(result.fidelity, plots_dir / PLOT_NAME)
     return fidelity_section(result.summary, result.fidelity, plot)

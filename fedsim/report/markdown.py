@@ -538,7 +538,7 @@ def _implied_under_defaults(implied: Mapping[str, Any]) -> str:
 
 def plots_section(plots: Mapping[str, Path], captions: Mapping[str, str]) -> str:
     if not plots:
-        return "## Plots\n\nNo plots were written."
+        return "## Plots\n\nNo plots were written (`report.plots=false`)."
     blocks = [
         f"### {captions.get(name, name)}\n\n![{name}](plots/{path.name})"
         for name, path in plots.items()

@@ -2,9 +2,10 @@
 
 ``summary.json``, ``runs.csv`` (repetitions or rounds), ``events.csv``, ``crossover.csv`` when
 the comparison swept one, ``fidelity.csv`` when a measured run was predicted,
-``plots/*.png``, and ``report.md`` with its ``report.html``. What
-differs by scenario (which table, which plots, which report text) is looked up by the result's
-``kind``.
+``plots/*.png`` (unless ``plots`` is off: ``report.plots``), and ``report.md`` with its
+``report.html``. What differs by scenario (which table, which plots, which report text) is
+looked up by the result's ``kind``. The plotting modules (matplotlib) are imported only when
+plots are written.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from fedsim.core.events import EVENTS_FILE, Event
 from fedsim.core.results import COMPARISON, FEDERATED, RunResult
 from fedsim.report.federated import rounds_frame, write_federated_plots
 from fedsim.report.federated_markdown import render_federated_report
-from fedsim.report.fidelity import write_fidelity
 from fedsim.report.html import write_report
 from fedsim.report.markdown import render_report
-from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
 from fedsim.report.tables import EVENT_COLUMNS, crossover_frame, events_frame, runs_frame
 
 PLOTS_DIR = "plots"
@@ -101,6 +100,8 @@ def write_plots(
     plots_dir: Path,
 ) -> dict[str, Path]:
     """Write the plots into ``plots_dir``; returns name -> path of those written."""
+    from fedsim.report.plots import plot_breakdown, plot_crossover, plot_timeline, plot_tref_tnew
+
     summary = result.summary
     workload = summary.get("workload", {})
     # Repetition 0 is the default; a log that starts later still gets a timeline.
@@ -126,27 +127,32 @@ def write_plots(
     return written
 
 
-def _comparison(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
+def _comparison(result: RunResult, run_dir: Path, plot: bool) -> tuple[pd.DataFrame, str]:
     runs = runs_frame(result.rows)  # type: ignore[arg-type]
-    events = events_frame(result.events)
     crossover = crossover_frame(result.crossover)
     if not crossover.empty:
         crossover.to_csv(run_dir / "crossover.csv", index=False)
-    plots = write_plots(result, runs, events, crossover, run_dir / PLOTS_DIR)
+    plots: dict[str, Path] = {}
+    if plot:
+        events = events_frame(result.events)
+        plots = write_plots(result, runs, events, crossover, run_dir / PLOTS_DIR)
     return runs, render_report(result, plots)
 
 
-def _federated(result: RunResult, run_dir: Path) -> tuple[pd.DataFrame, str]:
+def _federated(result: RunResult, run_dir: Path, plot: bool) -> tuple[pd.DataFrame, str]:
     rounds = rounds_frame(result.rows)  # type: ignore[arg-type]
-    plots = write_federated_plots(result, rounds, _events_table(result), run_dir / PLOTS_DIR)
+    plots: dict[str, Path] = {}
+    if plot:
+        plots = write_federated_plots(result, rounds, _events_table(result), run_dir / PLOTS_DIR)
     return rounds, render_federated_report(result, plots)
 
 
 SCENARIO_REPORTS = {COMPARISON: _comparison, FEDERATED: _federated}
 
 
-def write_run(run_dir: Path, result: RunResult) -> None:
-    """Write every output of ``result`` into ``run_dir`` (created if missing)."""
+def write_run(run_dir: Path, result: RunResult, *, plots: bool = True) -> None:
+    """Write every output of ``result`` into ``run_dir`` (created if missing); ``plots``
+    false: no ``plots/*.png``, and the report says so."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(
@@ -157,9 +163,13 @@ def write_run(run_dir: Path, result: RunResult) -> None:
         events_frame(result.events).to_csv(events, index=False)
     elif not events.exists() or not events.samefile(result.events_file):
         shutil.copyfile(result.events_file, events)
-    rows, text = SCENARIO_REPORTS[result.kind](result, run_dir)
+    rows, text = SCENARIO_REPORTS[result.kind](result, run_dir, plots)
     rows.to_csv(run_dir / "runs.csv", index=False)
-    fidelity = write_fidelity(result, run_dir, run_dir / PLOTS_DIR)
+    fidelity = ""
+    if result.fidelity:
+        from fedsim.report.fidelity import write_fidelity
+
+        fidelity = write_fidelity(result, run_dir, run_dir / PLOTS_DIR if plots else None)
     if fidelity:
         text = text.rstrip("\n") + "\n\n" + fidelity + "\n"
     write_report(run_dir / "report.md", text)

@@ -45,11 +45,12 @@ class RepositoryRecorder:
     def record(self, report: RoundReport, parameters: NDArrays | None) -> None:
         deployment = self.repository.create_deployment(self.name, self.version, report.selected)
         arrived = set(report.completed) | set(report.rejected)
+        changes: list[tuple[int, DeploymentState]] = []
         for device in report.selected:
             # Every selected device was sent the version; those that answered had it.
-            self.repository.set_deployment_state(deployment.id, device, DeploymentState.DOWNLOADING)
             final = DeploymentState.DEPLOYED if device in arrived else DeploymentState.FAILED
-            self.repository.set_deployment_state(deployment.id, device, final)
+            changes += [(device, DeploymentState.DOWNLOADING), (device, final)]
+        self.repository.set_deployment_states(deployment.id, changes)
         if report.aggregated and parameters is not None:
             metrics = {k: float(v) for k, v in report.metrics.items()}
             if report.train_loss is not None:

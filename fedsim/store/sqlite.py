@@ -383,22 +383,33 @@ class SqliteRepository(ModelRepository):
     def set_deployment_state(
         self, id: int, device: int, state: DeploymentState | str
     ) -> Deployment:
-        state = DeploymentState(state)
+        return self.set_deployment_states(id, [(device, state)])
+
+    def set_deployment_states(
+        self, id: int, changes: Iterable[tuple[int, DeploymentState | str]]
+    ) -> Deployment:
+        # One transaction: a round's hundreds of changes cost one fsync, not one each.
         with self._db.write() as db:
-            row = db.execute(
-                "SELECT state FROM deployment_devices WHERE deployment = ? AND device = ?",
-                (id, device),
-            ).fetchone()
-            if row is None:
-                self._deployment(db, id)  # raises if the deployment itself is unknown
-                raise UnknownDeployment(f"device {device} is not part of deployment {id}")
-            check_deployment_transition(id, device, DeploymentState(row["state"]), state)
-            db.execute(
-                "UPDATE deployment_devices SET state = ?, updated_at = ? "
-                "WHERE deployment = ? AND device = ?",
-                (state.value, self._clock(), id, device),
-            )
+            for device, state in changes:
+                self._set_state(db, id, device, DeploymentState(state))
             return self._deployment(db, id)
+
+    def _set_state(
+        self, db: sqlite3.Connection, id: int, device: int, state: DeploymentState
+    ) -> None:
+        row = db.execute(
+            "SELECT state FROM deployment_devices WHERE deployment = ? AND device = ?",
+            (id, device),
+        ).fetchone()
+        if row is None:
+            self._deployment(db, id)  # raises if the deployment itself is unknown
+            raise UnknownDeployment(f"device {device} is not part of deployment {id}")
+        check_deployment_transition(id, device, DeploymentState(row["state"]), state)
+        db.execute(
+            "UPDATE deployment_devices SET state = ?, updated_at = ? "
+            "WHERE deployment = ? AND device = ?",
+            (state.value, self._clock(), id, device),
+        )
 
     def get_deployment(self, id: int) -> Deployment:
         with self._db.read() as db:

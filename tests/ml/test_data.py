@@ -12,8 +12,10 @@ from PIL import Image
 
 from fedsim.core.partition import dirichlet_partition, iid_partition
 from fedsim.core.workload import DatasetSpec
+from fedsim.ml import data
 from fedsim.ml.data import (
     ImageFolderDataset,
+    digits_arrays,
     load_digits_split,
     load_split,
     synthetic_classification,
@@ -42,6 +44,30 @@ def test_digits_split_shapes_dtypes_and_range() -> None:
     assert len(X_train) == len(y_train) and len(X_test) == len(y_test)
     assert X_train.min() == 0.0 and X_train.max() == 1.0
     assert X_test.min() >= 0.0 and X_test.max() <= 1.0
+
+
+@pytest.mark.parametrize("sklearn_found", [True, False], ids=["file", "load_digits"])
+def test_digits_arrays_equal_scikit_learns_load_digits(
+    sklearn_found: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the file read directly, or (no package found) scikit-learn's own loader.
+    from sklearn.datasets import load_digits
+
+    expected = load_digits()
+    if not sklearn_found:
+        monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    digits_arrays.cache_clear()
+
+    # Execute
+    try:
+        images, target = digits_arrays()
+    finally:
+        digits_arrays.cache_clear()
+
+    # Assert: the same values, dtypes and shapes, and read-only, since the process shares them.
+    np.testing.assert_array_equal(images, expected.images, strict=True)
+    np.testing.assert_array_equal(target, expected.target, strict=True)
+    assert not images.flags.writeable and not target.flags.writeable
 
 
 def test_digits_split_is_stratified_and_seeded() -> None:

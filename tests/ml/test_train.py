@@ -12,7 +12,7 @@ from torch import nn
 from fedsim.core.runtime import FitIns, ModelRef, NDArrays
 from fedsim.ml.data import load_digits_split
 from fedsim.ml.params import get_parameters, set_parameters
-from fedsim.ml.train import Evaluator, TorchTrainer, evaluate
+from fedsim.ml.train import Evaluator, MomentumSGD, TorchTrainer, evaluate
 
 MODEL = "digits_cnn"
 
@@ -230,3 +230,32 @@ def test_central_training_reaches_90_percent_on_digits(digits) -> None:
     assert before["accuracy"] < 0.3
     assert after["accuracy"] >= 0.9
     assert after == evaluate(MODEL, 10, trained, X_test, y_test)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_momentum_sgd_steps_equal_torch_sgd(momentum: float) -> None:
+    # Prepare: two copies of one model, a frozen layer among them, and the same batches.
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    theirs = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    theirs.load_state_dict(ours.state_dict())
+    for model in (ours, theirs):
+        model[0].bias.requires_grad_(False)
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(5)]
+
+    def train(model: nn.Module, optimizer: Any) -> None:
+        for X, y in batches:
+            optimizer.zero_grad()  # torch's default also sets the gradients to None
+            nn.functional.cross_entropy(model(X), y).backward()
+            optimizer.step()
+
+    # Execute
+    params = [p for p in ours.parameters() if p.requires_grad]
+    train(ours, MomentumSGD(params, lr=0.05, momentum=momentum))
+    params = [p for p in theirs.parameters() if p.requires_grad]
+    train(theirs, torch.optim.SGD(params, lr=0.05, momentum=momentum))
+
+    # Assert: bit for bit, the frozen bias untouched.
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(ours[0].bias, theirs[0].bias)

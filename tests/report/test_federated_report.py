@@ -157,6 +157,20 @@ def test_write_federated_run_writes_every_file(written):
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == PLOTS
 
 
+def test_a_run_written_without_plots_has_the_same_tables_and_no_plots(written, tmp_path):
+    # Prepare
+    run_dir, result = written
+
+    # Execute
+    write_run(tmp_path, result, plots=False)
+
+    # Assert: every table as with plots; no plots/ directory; the report says why.
+    for name in ("summary.json", "runs.csv", "events.csv"):
+        assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes(), name
+    assert not (tmp_path / "plots").exists()
+    assert "No plots were written (`report.plots=false`)." in (tmp_path / "report.md").read_text()
+
+
 def test_plots_are_four_pngs(written):
     # Prepare
     run_dir, _ = written
@@ -280,7 +294,7 @@ def test_report_without_failures_says_so():
 
     # Assert
     assert "No update was lost or rejected, and every round was aggregated." in report
-    assert "No plots were written." in report
+    assert "No plots were written (`report.plots=false`)." in report
 
 
 def test_long_runs_show_every_kth_round_and_the_failed_ones():

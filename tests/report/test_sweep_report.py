@@ -225,7 +225,7 @@ def test_callback_logs_a_failed_report_without_failing_the_sweep(sweep_dir, monk
     def broken(_sweep_dir: Path) -> Path:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("fedsim.hydra_callbacks.write_sweep_report", broken)
+    monkeypatch.setattr("fedsim.report.sweep.write_sweep_report", broken)
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
 
     # Execute

@@ -329,6 +329,23 @@ def test_a_deployment_follows_each_device(deployed):
     assert repo.get_deployment(dep.id) == last
 
 
+def test_deployment_states_change_together_or_not_at_all(deployed):
+    # Prepare
+    repo = deployed
+    dep = repo.create_deployment("m", 2, [3, 4, 8])
+    good = [(3, D.DOWNLOADING), (3, "deployed"), (4, D.DOWNLOADING), (4, D.FAILED)]
+    # Execute
+    last = repo.set_deployment_states(dep.id, good)
+    unchanged = repo.set_deployment_states(dep.id, [])
+    # Assert: in order, as one change at a time would; nothing changed by an empty batch.
+    assert last.devices == {3: D.DEPLOYED, 4: D.FAILED, 8: D.PENDING}
+    assert unchanged == last == repo.get_deployment(dep.id)
+    # Execute / Assert: a batch with one refused change leaves every device as it was.
+    with pytest.raises(InvalidDeploymentTransition, match="to deployed"):
+        repo.set_deployment_states(dep.id, [(8, D.DOWNLOADING), (3, D.DEPLOYED)])
+    assert repo.get_deployment(dep.id) == last
+
+
 @pytest.mark.parametrize(
     ("path", "refused"),
     [
