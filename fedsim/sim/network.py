@@ -191,12 +191,14 @@ class _Component:
     """Shared links joined by the routes they carry, as a fill takes them: the narrowest link
     of each set of routes, split into links of one route and links of several."""
 
-    __slots__ = ("multi", "routes", "single")
+    __slots__ = ("fresh", "multi", "route_of", "routes", "single_of")
 
     def __init__(self) -> None:
-        self.single: list[tuple[Hashable, _Route]] = []
+        self.route_of: dict[Hashable, _Route] = {}  # each counted link of one route: its route
+        self.single_of: dict[_Route, list[Hashable]] = {}  # and back
         self.multi: list[tuple[Hashable, list[_Route]]] = []
         self.routes: dict[_Route, None] = {}
+        self.fresh = True  # no fill has given its routes their roofs yet
 
 
 class _Class:
@@ -280,6 +282,7 @@ class FlowNetwork(FlowNetworkBase):
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
         self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
+        self._reloaded: dict[_Route, None] = {}  # routes whose flows changed since the last fill
         self._components: dict[Hashable, _Component] = {}  # each shared link's, once asked
         self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
         self._last: dict[Hashable, float] = {}  # each link of several routes: its last level
@@ -505,6 +508,7 @@ class FlowNetwork(FlowNetworkBase):
     def _reload(self, route: _Route) -> None:
         """The route's flows changed: its links' levels must be redone, its load at its roof too."""
         self._changed.update(route.shared)
+        self._reloaded[route] = None
         route.full_at = math.nan
 
     def _component(self, link: Hashable) -> _Component:
@@ -539,7 +543,8 @@ class FlowNetwork(FlowNetworkBase):
                 continue
             routes = list(self._link_routes[link])  # in a fixed order: float sums follow it
             if len(routes) == 1:
-                component.single.append((link, routes[0]))
+                component.route_of[link] = routes[0]
+                component.single_of.setdefault(routes[0], []).append(link)
             else:
                 component.multi.append((link, routes))
             for route in routes:
@@ -563,17 +568,31 @@ class FlowNetwork(FlowNetworkBase):
         """
         changed = self._changed
         components = {self._component(link): None for link in changed}
+        roofs, reloaded = self._roofs, self._reloaded
+        # A route's roof is redone when one of its links of one route changed (its flows or
+        # the link's capacity), and its load at the roof when that roof or its flows changed;
+        # the other routes keep theirs. A component just made redoes every route.
+        redo: dict[_Component, list[_Route]] = {}
         for component in components:
-            for route in component.routes:
+            if component.fresh:
+                component.fresh = False
+                todo = redo[component] = list(component.routes)
+            else:
+                route_of = component.route_of
+                todo = list({route_of[link]: None for link in changed if link in route_of})
+                redo[component] = todo + [r for r in reloaded if r in component.routes]
+            for route in todo:
                 route.roof = math.inf
-            for link, route in component.single:
-                roof = self._roofs.get(link)
-                if roof is None or link in changed:
-                    roof = self._roofs[link] = self._solve([route], self._capacity[link], 0.0, None)
-                route.roof = min(route.roof, roof)
+                for link in component.single_of.get(route, ()):
+                    roof = roofs.get(link)
+                    if roof is None or link in changed:
+                        roof = roofs[link] = self._solve([route], self._capacity[link], 0.0, None)
+                    if roof < route.roof:
+                        route.roof = roof
         changed.clear()
-        for component in components:
-            for route in component.routes:
+        reloaded.clear()
+        for component, routes in redo.items():
+            for route in routes:
                 roof = route.roof
                 if roof < math.inf and route.full_at != roof:
                     below, above, _ = route.tree.query(roof)
@@ -619,11 +638,15 @@ class FlowNetwork(FlowNetworkBase):
                         users[other].remove(route)
                         if stops:
                             stale.add(other)
-                self._set_level(route, min(level, route.roof), now)
+                # min(level, roof), and no call when the level stays.
+                new = level if level < route.roof else route.roof
+                if new != route.level:
+                    self._set_level(route, new, now)
                 del routes_in[route]
             users[link] = []
         for route in routes_in:  # stopped by no link of several routes: at their roofs
-            self._set_level(route, route.roof, now)
+            if route.roof != route.level:
+                self._set_level(route, route.roof, now)
 
     @staticmethod
     def _solve(routes: list[_Route], left: float, start: float, guess: float | None) -> float:
