@@ -139,6 +139,8 @@ class SimTransport(Transport):
         self._host_cores: dict[int, simpy.Resource] = {}
         # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
+        # Whether any link loses packets: if none does, no flow has a loss-bound cap to work out.
+        self._lossy = any(p.loss > 0 for p in links.values())
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
         # Model versions the server has deployed: each new one costs its round overhead.
@@ -406,7 +408,8 @@ class SimTransport(Transport):
             extra = sum(abs(self.rng.normal(0.0, j)) for j in jitters if j > 0)
             if extra:
                 yield self.env.timeout(extra)
-        yield self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
+        cap = self.topology.flow_cap(path) if self._lossy else math.inf
+        yield self.network.transfer(path, nbytes, cap=cap)
         device = src if dst == self.server else dst
         self.events.record(
             Event(device=device, kind=kind, start=start, end=self.env.now, nbytes=nbytes, task=task)
