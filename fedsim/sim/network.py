@@ -158,19 +158,23 @@ class _Route:
     __slots__ = (
         "bound",
         "classes",
+        "due_id",
         "full",
         "full_at",
         "heap",
         "level",
         "roof",
+        "seq",
         "shared",
         "t0",
         "tree",
         "v0",
     )
 
-    def __init__(self, shared: frozenset, now: float):
+    def __init__(self, shared: frozenset, now: float, seq: int):
         self.shared = shared
+        self.seq = seq  # routes are drained in the order they were made
+        self.due_id = 0  # id of its live entries in the network's due heaps; -1 once gone
         self.tree: CapTree[_Class] = CapTree()
         self.classes = 0
         self.bound = 0  # classes at the level, on this route's clock
@@ -261,6 +265,10 @@ class _Bundle:
         self.entry = -1  # id of the live entry in cls.heap; others are stale
 
 
+def _seq(route: _Route) -> int:
+    return route.seq
+
+
 class FlowNetwork(FlowNetworkBase):
     """Directed links with capacities (bytes/s) and latencies (s), shared max-min fairly."""
 
@@ -287,6 +295,14 @@ class FlowNetwork(FlowNetworkBase):
         self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
         self._last: dict[Hashable, float] = {}  # each link of several routes: its last level
         self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
+        # Routes by when their first flow is due (_due) and by the earliest time at which a
+        # wake-up could find one due (_ready: less the share of a flow's size that counts as
+        # sent), so that a wake-up and the scheduling look at the routes that may be due and
+        # that changed, not at every route. Routes whose entries must be redone: _moved.
+        self._due: list[tuple[float, int, _Route]] = []
+        self._ready: list[tuple[float, int, _Route]] = []
+        self._moved: dict[_Route, None] = {}
+        self._largest = 0.0  # the largest transfer admitted so far, in bytes
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
         self._pending: simpy.Event | None = None  # the wake-up due; earlier ones are stale
@@ -302,6 +318,9 @@ class FlowNetwork(FlowNetworkBase):
 
     def _admit(self, flow: _Flow) -> None:
         now = self.env.now
+        if flow.nbytes > self._largest:  # every route's _ready entry counts with it
+            self._largest = flow.nbytes
+            self._moved.update(dict.fromkeys(self._routes.values()))
         key = (flow.path, flow.cap)
         bundle = self._bundles.get(key)
         dirty = {}
@@ -339,8 +358,19 @@ class FlowNetwork(FlowNetworkBase):
         now = self.env.now
         finished: list[_Flow] = []
         dirty: dict[_Bundle, None] = {}
-        heaps = [self._timed] + [route.heap for route in self._routes.values()]
-        for heap in heaps:
+        # The capped classes, then the routes that may have a flow due, in the order the
+        # routes were made (the order of same-instant completions must not change with which
+        # routes are looked at). A route that is not picked has none due: see _schedule.
+        ready, moved = self._ready, self._moved
+        limit = now + 1e-9 * (1.0 + now)  # more than any rounding of the due times
+        picked = []
+        while ready and ready[0][0] <= limit:
+            _, entry, route = heapq.heappop(ready)
+            if entry == route.due_id:
+                picked.append(route)
+                moved[route] = None
+        picked.sort(key=_seq)
+        for heap in [self._timed] + [route.heap for route in picked]:
             while heap:
                 _, entry, cls = heap[0]
                 if entry != cls.entry:
@@ -457,7 +487,7 @@ class FlowNetwork(FlowNetworkBase):
     def _new_class(self, key: tuple[frozenset, float], now: float, weight: int) -> _Class:
         route = self._routes.get(key[0])
         if route is None:
-            route = self._routes[key[0]] = _Route(key[0], now)
+            route = self._routes[key[0]] = _Route(key[0], now, next(self._ids))
             for link in route.shared:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
@@ -493,8 +523,11 @@ class FlowNetwork(FlowNetworkBase):
         self._reload(route)
         route.classes -= 1
         route.bound -= cls.bound
+        self._moved[route] = None
         if not route.classes:
             del self._routes[route.shared]
+            del self._moved[route]
+            route.due_id = -1
             self._components.clear()
             for link in route.shared:
                 routes = self._link_routes[link]
@@ -693,6 +726,7 @@ class FlowNetwork(FlowNetworkBase):
         old = route.level
         if level == old:
             return
+        self._moved[route] = None
         route.v0 = route.vclock(now)
         route.t0 = now
         route.level = level
@@ -723,35 +757,61 @@ class FlowNetwork(FlowNetworkBase):
         cls.entry = next(self._ids)
         if cls.bound:
             heapq.heappush(cls.route.heap, (heap[0][0] - cls.offset, cls.entry, cls))
+            self._moved[cls.route] = None
         else:
             finish = cls.t0 + (heap[0][0] - cls.x0) / cls.cap
             heapq.heappush(self._timed, (finish, cls.entry, cls))
 
     def _schedule(self, now: float) -> None:
+        """Wake up when the first flow is due: the capped classes' heap holds their finish
+        times; of the routes, only those that changed (their level, or the class at the top of
+        their heap) since the last scheduling get their entries in _due and _ready redone.
+
+        A route's first flow is due after (top - vclock) / level seconds. A wake-up drains a
+        flow whose bytes left are at most REL_EPS of its size, which for a route at that level
+        is at most REL_EPS x the largest transfer / level seconds before it is due: that much
+        earlier is the route's _ready time, before which no wake-up can find it due.
+        """
         self._pending = None
         soonest = math.inf
         timed = self._timed = self._live(self._timed, len(self._classes))
         if timed:
             soonest = timed[0][0] - now
-        # _live and _Route.vclock spelled out (the same arithmetic): this runs over every
-        # route at every event.
-        for route in self._routes.values():
+        due, ready, ids = self._due, self._ready, self._ids
+        for route in self._moved:
             heap = route.heap
             if len(heap) > 2 * route.bound + 32:
                 heap = route.heap = self._live(heap, route.bound)
-            while heap:
-                _, entry, cls = heap[0]
-                if entry == cls.entry:
-                    level = route.level
-                    v = route.v0 if level == math.inf else route.v0 + level * (now - route.t0)
-                    due = (heap[0][0] - v) / level
-                    if due < soonest:
-                        soonest = due
-                    break
+            while heap and heap[0][1] != heap[0][2].entry:
                 heapq.heappop(heap)
+            entry = route.due_id = next(ids)
+            if heap:
+                # _Route.vclock spelled out (the same arithmetic).
+                level = route.level
+                v = route.v0 if level == math.inf else route.v0 + level * (now - route.t0)
+                at = now + (heap[0][0] - v) / level
+                heapq.heappush(due, (at, entry, route))
+                heapq.heappush(ready, (at - REL_EPS * self._largest / level, entry, route))
+        self._moved.clear()
+        if len(due) > 4 * len(self._routes) + 64:  # drop stale entries before they pile up
+            self._due = due = self._current(due)
+            self._ready = self._current(ready)
+        while due and due[0][1] != due[0][2].due_id:
+            heapq.heappop(due)
+        if due:
+            soonest = min(soonest, due[0][0] - now)
         if soonest < math.inf:
             timeout = self._pending = self.env.timeout(max(soonest, 0.0))
             timeout.callbacks.append(self._on_timeout)
+
+    @staticmethod
+    def _current(
+        heap: list[tuple[float, int, _Route]],
+    ) -> list[tuple[float, int, _Route]]:
+        """A due heap with only the routes' live entries."""
+        heap = [e for e in heap if e[1] == e[2].due_id]
+        heapq.heapify(heap)
+        return heap
 
     @staticmethod
     def _live(heap: list[tuple[float, int, _Class]], live: int) -> list[tuple[float, int, _Class]]:

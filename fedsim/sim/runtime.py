@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gc
 import math
-from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import MappingProxyType
@@ -131,8 +130,10 @@ class SimTransport(Transport):
         # A device is in here while it computes, with the turns of the jobs queued behind it
         # (first come, first served), so that a fleet holds an entry only for the devices
         # computing at the moment. Not a simpy.Resource each: a resource refers to itself, so
-        # every one left the cyclic garbage collector a cycle to find.
-        self._processor: dict[int, deque[simpy.Event]] = {}
+        # every one left the cyclic garbage collector a cycle to find. None while nothing
+        # waits: most devices compute alone, and an empty queue costs more than a device's
+        # share of the round's memory.
+        self._processor: dict[int, list[simpy.Event] | None] = {}
         # The CFS state of each device with a cpu_quota, made when it first works, and the
         # cores of the host such devices share (by their count), when their quota says.
         self._quota: dict[int, QuotaClock] = {}
@@ -424,12 +425,15 @@ class SimTransport(Transport):
         speed relative to its profile."""
         device = self.topology.devices[dev]
         hw = device.hardware
-        queue = self._processor.get(dev)
-        if queue is None:
-            self._processor[dev] = deque()
+        if dev not in self._processor:
+            self._processor[dev] = None
         else:
             turn = self.env.event()
-            queue.append(turn)
+            waiting = self._processor[dev]
+            if waiting is None:
+                self._processor[dev] = [turn]
+            else:
+                waiting.append(turn)
             yield turn
         try:
             start = self.env.now
@@ -446,9 +450,9 @@ class SimTransport(Transport):
             else:
                 yield from self._busy(dev, seconds / device.speed)
         finally:  # the next job's turn, also when this process is stopped midway
-            queue = self._processor[dev]
-            if queue:
-                queue.popleft().succeed()
+            waiting = self._processor[dev]
+            if waiting:
+                waiting.pop(0).succeed()
             else:
                 del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
