@@ -306,6 +306,7 @@ class FlowNetwork(FlowNetworkBase):
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
         self._pending: simpy.Event | None = None  # the wake-up due; earlier ones are stale
+        self._pending_for = math.nan  # the due time it was set for
         # One bound method for every wake-up rather than a closure each: the stale ones wait
         # in SimPy's queue until their time, one per rate change, so each should cost little.
         self._on_timeout = self._wake
@@ -355,6 +356,7 @@ class FlowNetwork(FlowNetworkBase):
     def _wake(self, timeout: simpy.Event) -> None:
         if timeout is not self._pending:
             return
+        self._pending = None
         now = self.env.now
         finished: list[_Flow] = []
         dirty: dict[_Bundle, None] = {}
@@ -772,11 +774,10 @@ class FlowNetwork(FlowNetworkBase):
         is at most REL_EPS x the largest transfer / level seconds before it is due: that much
         earlier is the route's _ready time, before which no wake-up can find it due.
         """
-        self._pending = None
         soonest = math.inf
         timed = self._timed = self._live(self._timed, len(self._classes))
         if timed:
-            soonest = timed[0][0] - now
+            soonest = timed[0][0]
         due, ready, ids = self._due, self._ready, self._ids
         for route in self._moved:
             heap = route.heap
@@ -799,9 +800,12 @@ class FlowNetwork(FlowNetworkBase):
         while due and due[0][1] != due[0][2].due_id:
             heapq.heappop(due)
         if due:
-            soonest = min(soonest, due[0][0] - now)
+            soonest = min(soonest, due[0][0])
+        if soonest == self._pending_for and self._pending is not None:
+            return  # the wake-up set for that time still stands: no new one, no stale one
+        self._pending, self._pending_for = None, soonest
         if soonest < math.inf:
-            timeout = self._pending = self.env.timeout(max(soonest, 0.0))
+            timeout = self._pending = self.env.timeout(max(soonest - now, 0.0))
             timeout.callbacks.append(self._on_timeout)
 
     @staticmethod
