@@ -636,6 +636,26 @@ class FlowNetwork(FlowNetworkBase):
 
     def _fill_component(self, component: _Component, now: float) -> None:
         """Progressive filling of one component's links of several routes, with roofs known."""
+        if len(component.multi) == 1:
+            # One such link (a star's or a tree's server link, in each direction): its level
+            # is its routes' level, or their roofs, with no other link to share a route with.
+            link, routes = component.multi[0]
+            level = self._solve(routes, self._capacity[link], 0.0, self._last.get(link))
+            if level < math.inf:
+                self._last[link] = level
+            # The link's routes first, then any others at their roofs, in the order of the
+            # general case below: the order in which classes are touched decides that of
+            # same-instant completions.
+            rest = (
+                [r for r in component.routes if r not in routes]
+                if len(routes) < len(component.routes)
+                else []
+            )
+            for route in routes + rest:
+                new = level if level < route.roof else route.roof
+                if new != route.level:
+                    self._set_level(route, new, now)
+            return
         users = {link: list(routes) for link, routes in component.multi}
         routes_in = dict.fromkeys(component.routes)
         left = {link: self._capacity[link] for link in users}
