@@ -29,6 +29,11 @@ and with G routes under their roofs is O((G + k) log N), as before the roofs. k 
 rounds like those of benchmarks/bench_network.py, but one level change can pass many caps at
 once (a link whose capacity changes, caps packed just around a level that swings), so the
 O(log N) is amortized over such workloads, not a worst-case bound.
+
+The network keeps one wake-up at a time, for the first flow due: capped classes wait in a heap
+of finish times, routes in heaps of when their first flow is due and of the earliest time a
+wake-up could find it due, so a wake-up looks only at the routes that may be due and the
+scheduling redoes only the routes that changed; a wake-up whose time has not moved stays set.
 """
 
 from __future__ import annotations
