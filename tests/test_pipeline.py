@@ -271,3 +271,27 @@ def test_report_plots_decides_whether_a_run_writes_its_plots(override, plots, tm
     # Assert
     assert (tmp_path / "plots").is_dir() is plots
     assert (tmp_path / "runs.csv").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_a_large_fleet_is_described_by_profile_not_by_client(tmp_path):
+    # Prepare: 60 trainers (over the 50 the report names one by one), each at its own speed.
+    from fedsim.scenarios.federated import CLIENT_LINES_MAX
+
+    overrides = [
+        "+experiment=fl_scale",
+        "topology.generate.groups=2",
+        "topology.generate.devices_per_group=30",
+        "topology.fleet.spread.speed=0.5",
+        "fl.rounds=1",
+    ]
+    spec = build_spec(compose(overrides))
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path, Hooks(progress=False))
+    # Assert: no line per client, a line per hardware profile whose counts cover the fleet.
+    lines = [a for a in result.assumptions if " clients on " in a]
+    assert len(spec.clients) > CLIENT_LINES_MAX
+    assert not [a for a in result.assumptions if a.startswith("Client ")]
+    profiles = {spec.topology.devices[d].hardware.name for d in spec.clients}
+    assert len(lines) == len(profiles)
+    assert sum(int(a.split(" clients on ")[0].replace(",", "")) for a in lines) == 60
+    assert all("each at its own speed" in a for a in lines)

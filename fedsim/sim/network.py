@@ -29,6 +29,11 @@ and with G routes under their roofs is O((G + k) log N), as before the roofs. k 
 rounds like those of benchmarks/bench_network.py, but one level change can pass many caps at
 once (a link whose capacity changes, caps packed just around a level that swings), so the
 O(log N) is amortized over such workloads, not a worst-case bound.
+
+The network keeps one wake-up at a time, for the first flow due: capped classes wait in a heap
+of finish times, routes in heaps of when their first flow is due and of the earliest time a
+wake-up could find it due, so a wake-up looks only at the routes that may be due and the
+scheduling redoes only the routes that changed; a wake-up whose time has not moved stays set.
 """
 
 from __future__ import annotations
@@ -158,19 +163,23 @@ class _Route:
     __slots__ = (
         "bound",
         "classes",
+        "due_id",
         "full",
         "full_at",
         "heap",
         "level",
         "roof",
+        "seq",
         "shared",
         "t0",
         "tree",
         "v0",
     )
 
-    def __init__(self, shared: frozenset, now: float):
+    def __init__(self, shared: frozenset, now: float, seq: int):
         self.shared = shared
+        self.seq = seq  # routes are drained in the order they were made
+        self.due_id = 0  # id of its live entries in the network's due heaps; -1 once gone
         self.tree: CapTree[_Class] = CapTree()
         self.classes = 0
         self.bound = 0  # classes at the level, on this route's clock
@@ -191,12 +200,14 @@ class _Component:
     """Shared links joined by the routes they carry, as a fill takes them: the narrowest link
     of each set of routes, split into links of one route and links of several."""
 
-    __slots__ = ("multi", "routes", "single")
+    __slots__ = ("fresh", "multi", "route_of", "routes", "single_of")
 
     def __init__(self) -> None:
-        self.single: list[tuple[Hashable, _Route]] = []
+        self.route_of: dict[Hashable, _Route] = {}  # each counted link of one route: its route
+        self.single_of: dict[_Route, list[Hashable]] = {}  # and back
         self.multi: list[tuple[Hashable, list[_Route]]] = []
         self.routes: dict[_Route, None] = {}
+        self.fresh = True  # no fill has given its routes their roofs yet
 
 
 class _Class:
@@ -259,6 +270,10 @@ class _Bundle:
         self.entry = -1  # id of the live entry in cls.heap; others are stale
 
 
+def _seq(route: _Route) -> int:
+    return route.seq
+
+
 class FlowNetwork(FlowNetworkBase):
     """Directed links with capacities (bytes/s) and latencies (s), shared max-min fairly."""
 
@@ -280,13 +295,23 @@ class FlowNetwork(FlowNetworkBase):
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
         self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
+        self._reloaded: dict[_Route, None] = {}  # routes whose flows changed since the last fill
         self._components: dict[Hashable, _Component] = {}  # each shared link's, once asked
         self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
         self._last: dict[Hashable, float] = {}  # each link of several routes: its last level
         self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
+        # Routes by when their first flow is due (_due) and by the earliest time at which a
+        # wake-up could find one due (_ready: less the share of a flow's size that counts as
+        # sent), so that a wake-up and the scheduling look at the routes that may be due and
+        # that changed, not at every route. Routes whose entries must be redone: _moved.
+        self._due: list[tuple[float, int, _Route]] = []
+        self._ready: list[tuple[float, int, _Route]] = []
+        self._moved: dict[_Route, None] = {}
+        self._largest = 0.0  # the largest transfer admitted so far, in bytes
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
         self._pending: simpy.Event | None = None  # the wake-up due; earlier ones are stale
+        self._pending_for = math.nan  # the due time it was set for
         # One bound method for every wake-up rather than a closure each: the stale ones wait
         # in SimPy's queue until their time, one per rate change, so each should cost little.
         self._on_timeout = self._wake
@@ -299,6 +324,9 @@ class FlowNetwork(FlowNetworkBase):
 
     def _admit(self, flow: _Flow) -> None:
         now = self.env.now
+        if flow.nbytes > self._largest:  # every route's _ready entry counts with it
+            self._largest = flow.nbytes
+            self._moved.update(dict.fromkeys(self._routes.values()))
         key = (flow.path, flow.cap)
         bundle = self._bundles.get(key)
         dirty = {}
@@ -333,11 +361,23 @@ class FlowNetwork(FlowNetworkBase):
     def _wake(self, timeout: simpy.Event) -> None:
         if timeout is not self._pending:
             return
+        self._pending = None
         now = self.env.now
         finished: list[_Flow] = []
         dirty: dict[_Bundle, None] = {}
-        heaps = [self._timed] + [route.heap for route in self._routes.values()]
-        for heap in heaps:
+        # The capped classes, then the routes that may have a flow due, in the order the
+        # routes were made (the order of same-instant completions must not change with which
+        # routes are looked at). A route that is not picked has none due: see _schedule.
+        ready, moved = self._ready, self._moved
+        limit = now + 1e-9 * (1.0 + now)  # more than any rounding of the due times
+        picked = []
+        while ready and ready[0][0] <= limit:
+            _, entry, route = heapq.heappop(ready)
+            if entry == route.due_id:
+                picked.append(route)
+                moved[route] = None
+        picked.sort(key=_seq)
+        for heap in [self._timed] + [route.heap for route in picked]:
             while heap:
                 _, entry, cls = heap[0]
                 if entry != cls.entry:
@@ -370,7 +410,16 @@ class FlowNetwork(FlowNetworkBase):
         self, cls: _Class, now: float, finished: list[_Flow], dirty: dict[_Bundle, None]
     ) -> bool:
         """Take the class's due flows out; say whether there were any."""
-        clock, rate = cls.clock(now), cls.rate
+        # cls.clock(now), cls.rate and _due spelled out: the same arithmetic, without the
+        # calls, since every wake-up asks this of the top class of every route.
+        if cls.bound:
+            route = cls.route
+            rate = route.level
+            v = route.v0 if rate == math.inf else route.v0 + rate * (now - route.t0)
+            clock = v + cls.offset
+        else:
+            rate = cls.cap
+            clock = cls.x0 + rate * (now - cls.t0)
         heap = cls.heap
         before = len(finished)
         while heap:
@@ -381,7 +430,13 @@ class FlowNetwork(FlowNetworkBase):
             bundle_clock = clock + bundle.offset
             flows = bundle.flows
             popped = len(finished)
-            while flows and self._due(flows[0][2], flows[0][0] - bundle_clock, rate, now):
+            while flows:
+                finish, _, flow = flows[0]
+                remaining = finish - bundle_clock
+                # FlowNetworkBase._due: the second test stops a sliver too small to move the
+                # clock from looping forever.
+                if not (remaining <= REL_EPS * flow.nbytes or now + remaining / rate <= now):
+                    break
                 finished.append(heapq.heappop(flows)[2])
             if len(finished) == popped:
                 break
@@ -439,7 +494,7 @@ class FlowNetwork(FlowNetworkBase):
     def _new_class(self, key: tuple[frozenset, float], now: float, weight: int) -> _Class:
         route = self._routes.get(key[0])
         if route is None:
-            route = self._routes[key[0]] = _Route(key[0], now)
+            route = self._routes[key[0]] = _Route(key[0], now, next(self._ids))
             for link in route.shared:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
@@ -475,8 +530,11 @@ class FlowNetwork(FlowNetworkBase):
         self._reload(route)
         route.classes -= 1
         route.bound -= cls.bound
+        self._moved[route] = None
         if not route.classes:
             del self._routes[route.shared]
+            del self._moved[route]
+            route.due_id = -1
             self._components.clear()
             for link in route.shared:
                 routes = self._link_routes[link]
@@ -490,6 +548,7 @@ class FlowNetwork(FlowNetworkBase):
     def _reload(self, route: _Route) -> None:
         """The route's flows changed: its links' levels must be redone, its load at its roof too."""
         self._changed.update(route.shared)
+        self._reloaded[route] = None
         route.full_at = math.nan
 
     def _component(self, link: Hashable) -> _Component:
@@ -524,7 +583,8 @@ class FlowNetwork(FlowNetworkBase):
                 continue
             routes = list(self._link_routes[link])  # in a fixed order: float sums follow it
             if len(routes) == 1:
-                component.single.append((link, routes[0]))
+                component.route_of[link] = routes[0]
+                component.single_of.setdefault(routes[0], []).append(link)
             else:
                 component.multi.append((link, routes))
             for route in routes:
@@ -548,17 +608,31 @@ class FlowNetwork(FlowNetworkBase):
         """
         changed = self._changed
         components = {self._component(link): None for link in changed}
+        roofs, reloaded = self._roofs, self._reloaded
+        # A route's roof is redone when one of its links of one route changed (its flows or
+        # the link's capacity), and its load at the roof when that roof or its flows changed;
+        # the other routes keep theirs. A component just made redoes every route.
+        redo: dict[_Component, list[_Route]] = {}
         for component in components:
-            for route in component.routes:
+            if component.fresh:
+                component.fresh = False
+                todo = redo[component] = list(component.routes)
+            else:
+                route_of = component.route_of
+                todo = list({route_of[link]: None for link in changed if link in route_of})
+                redo[component] = todo + [r for r in reloaded if r in component.routes]
+            for route in todo:
                 route.roof = math.inf
-            for link, route in component.single:
-                roof = self._roofs.get(link)
-                if roof is None or link in changed:
-                    roof = self._roofs[link] = self._solve([route], self._capacity[link], 0.0, None)
-                route.roof = min(route.roof, roof)
+                for link in component.single_of.get(route, ()):
+                    roof = roofs.get(link)
+                    if roof is None or link in changed:
+                        roof = roofs[link] = self._solve([route], self._capacity[link], 0.0, None)
+                    if roof < route.roof:
+                        route.roof = roof
         changed.clear()
-        for component in components:
-            for route in component.routes:
+        reloaded.clear()
+        for component, routes in redo.items():
+            for route in routes:
                 roof = route.roof
                 if roof < math.inf and route.full_at != roof:
                     below, above, _ = route.tree.query(roof)
@@ -567,6 +641,26 @@ class FlowNetwork(FlowNetworkBase):
 
     def _fill_component(self, component: _Component, now: float) -> None:
         """Progressive filling of one component's links of several routes, with roofs known."""
+        if len(component.multi) == 1:
+            # One such link (a star's or a tree's server link, in each direction): its level
+            # is its routes' level, or their roofs, with no other link to share a route with.
+            link, routes = component.multi[0]
+            level = self._solve(routes, self._capacity[link], 0.0, self._last.get(link))
+            if level < math.inf:
+                self._last[link] = level
+            # The link's routes first, then any others at their roofs, in the order of the
+            # general case below: the order in which classes are touched decides that of
+            # same-instant completions.
+            rest = (
+                [r for r in component.routes if r not in routes]
+                if len(routes) < len(component.routes)
+                else []
+            )
+            for route in routes + rest:
+                new = level if level < route.roof else route.roof
+                if new != route.level:
+                    self._set_level(route, new, now)
+            return
         users = {link: list(routes) for link, routes in component.multi}
         routes_in = dict.fromkeys(component.routes)
         left = {link: self._capacity[link] for link in users}
@@ -604,11 +698,15 @@ class FlowNetwork(FlowNetworkBase):
                         users[other].remove(route)
                         if stops:
                             stale.add(other)
-                self._set_level(route, min(level, route.roof), now)
+                # min(level, roof), and no call when the level stays.
+                new = level if level < route.roof else route.roof
+                if new != route.level:
+                    self._set_level(route, new, now)
                 del routes_in[route]
             users[link] = []
         for route in routes_in:  # stopped by no link of several routes: at their roofs
-            self._set_level(route, route.roof, now)
+            if route.roof != route.level:
+                self._set_level(route, route.roof, now)
 
     @staticmethod
     def _solve(routes: list[_Route], left: float, start: float, guess: float | None) -> float:
@@ -655,6 +753,7 @@ class FlowNetwork(FlowNetworkBase):
         old = route.level
         if level == old:
             return
+        self._moved[route] = None
         route.v0 = route.vclock(now)
         route.t0 = now
         route.level = level
@@ -685,23 +784,63 @@ class FlowNetwork(FlowNetworkBase):
         cls.entry = next(self._ids)
         if cls.bound:
             heapq.heappush(cls.route.heap, (heap[0][0] - cls.offset, cls.entry, cls))
+            self._moved[cls.route] = None
         else:
             finish = cls.t0 + (heap[0][0] - cls.x0) / cls.cap
             heapq.heappush(self._timed, (finish, cls.entry, cls))
 
     def _schedule(self, now: float) -> None:
-        self._pending = None
+        """Wake up when the first flow is due: the capped classes' heap holds their finish
+        times; of the routes, only those that changed (their level, or the class at the top of
+        their heap) since the last scheduling get their entries in _due and _ready redone.
+
+        A route's first flow is due after (top - vclock) / level seconds. A wake-up drains a
+        flow whose bytes left are at most REL_EPS of its size, which for a route at that level
+        is at most REL_EPS x the largest transfer / level seconds before it is due: that much
+        earlier is the route's _ready time, before which no wake-up can find it due.
+        """
         soonest = math.inf
         timed = self._timed = self._live(self._timed, len(self._classes))
         if timed:
-            soonest = timed[0][0] - now
-        for route in self._routes.values():
-            heap = route.heap = self._live(route.heap, route.bound)
+            soonest = timed[0][0]
+        due, ready, ids = self._due, self._ready, self._ids
+        for route in self._moved:
+            heap = route.heap
+            if len(heap) > 2 * route.bound + 32:
+                heap = route.heap = self._live(heap, route.bound)
+            while heap and heap[0][1] != heap[0][2].entry:
+                heapq.heappop(heap)
+            entry = route.due_id = next(ids)
             if heap:
-                soonest = min(soonest, (heap[0][0] - route.vclock(now)) / route.level)
+                # _Route.vclock spelled out (the same arithmetic).
+                level = route.level
+                v = route.v0 if level == math.inf else route.v0 + level * (now - route.t0)
+                at = now + (heap[0][0] - v) / level
+                heapq.heappush(due, (at, entry, route))
+                heapq.heappush(ready, (at - REL_EPS * self._largest / level, entry, route))
+        self._moved.clear()
+        if len(due) > 4 * len(self._routes) + 64:  # drop stale entries before they pile up
+            self._due = due = self._current(due)
+            self._ready = self._current(ready)
+        while due and due[0][1] != due[0][2].due_id:
+            heapq.heappop(due)
+        if due:
+            soonest = min(soonest, due[0][0])
+        if soonest == self._pending_for and self._pending is not None:
+            return  # the wake-up set for that time still stands: no new one, no stale one
+        self._pending, self._pending_for = None, soonest
         if soonest < math.inf:
-            timeout = self._pending = self.env.timeout(max(soonest, 0.0))
+            timeout = self._pending = self.env.timeout(max(soonest - now, 0.0))
             timeout.callbacks.append(self._on_timeout)
+
+    @staticmethod
+    def _current(
+        heap: list[tuple[float, int, _Route]],
+    ) -> list[tuple[float, int, _Route]]:
+        """A due heap with only the routes' live entries."""
+        heap = [e for e in heap if e[1] == e[2].due_id]
+        heapq.heapify(heap)
+        return heap
 
     @staticmethod
     def _live(heap: list[tuple[float, int, _Class]], live: int) -> list[tuple[float, int, _Class]]:

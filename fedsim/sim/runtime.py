@@ -74,21 +74,25 @@ LocalTrainer = Callable[[int, FitIns], tuple[NDArrays, dict[str, float]]]
 
 @contextmanager
 def _few_collections() -> Iterator[None]:
-    """Run the cyclic garbage collector less often inside the block.
+    """Hold the cyclic garbage collector off inside the block (the simulation running).
 
     A round allocates a few short-lived objects per event (events, heap entries, records)
-    while it keeps every device's task alive, so at CPython's default threshold (a young
-    collection every 700 allocations, and a full one each time the survivors grow by a quarter)
-    the collector scanned the round's live objects again and again: about 30 % of the CPU time
-    of a 10,000-device round (benchmarks/bench_scale.py, 2026-11-29). A young collection every
-    100,000 allocations still frees the cycles that simulation objects form, in larger batches.
+    while it keeps every device's task alive, so the collector, which runs every few hundred
+    (or, raised, hundred thousand) allocations, scanned the round's live objects again and
+    again: about 30 % of the CPU time of a 10,000-device round at CPython's default threshold,
+    and still 8 of 47 s at 100,000 devices with a young collection every 100,000 allocations
+    (benchmarks/bench_scale.py, 2026-11-29 and -30). The simulation's own objects form no
+    cycles (each device's processor is a plain queue, not a self-referring simpy.Resource),
+    so reference counting frees them as they go; a cycle something else makes meanwhile (a
+    trainer) waits for the collector's next run after the block.
     """
-    threshold = gc.get_threshold()
-    gc.set_threshold(100_000, *threshold[1:])
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
+        if enabled:
+            gc.enable()
 
 
 class SimTransport(Transport):
@@ -123,15 +127,21 @@ class SimTransport(Transport):
         for change in self.faults.link_changes:
             self.env.process(self._link_change(change))
         # One compute job at a time per device: a second one queues (and that shows as waiting).
-        # A device's processor exists while it computes or has work queued, so that a fleet
-        # holds one only for the devices computing at the moment.
-        self._processor: dict[int, simpy.Resource] = {}
+        # A device is in here while it computes, with the turns of the jobs queued behind it
+        # (first come, first served), so that a fleet holds an entry only for the devices
+        # computing at the moment. Not a simpy.Resource each: a resource refers to itself, so
+        # every one left the cyclic garbage collector a cycle to find. None while nothing
+        # waits: most devices compute alone, and an empty queue costs more than a device's
+        # share of the round's memory.
+        self._processor: dict[int, list[simpy.Event] | None] = {}
         # The CFS state of each device with a cpu_quota, made when it first works, and the
         # cores of the host such devices share (by their count), when their quota says.
         self._quota: dict[int, QuotaClock] = {}
         self._host_cores: dict[int, simpy.Resource] = {}
         # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
+        # Whether any link loses packets: if none does, no flow has a loss-bound cap to work out.
+        self._lossy = any(p.loss > 0 for p in links.values())
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
         # Model versions the server has deployed: each new one costs its round overhead.
@@ -219,8 +229,7 @@ class SimTransport(Transport):
         return self.faults.offline(device, self.env.now)
 
     def busy(self, device: int) -> bool:
-        processor = self._processor.get(device)
-        return processor is not None and processor.count > 0
+        return device in self._processor
 
     def _step(
         self, task: Task, i: int, answer: bytes = b""
@@ -400,7 +409,8 @@ class SimTransport(Transport):
             extra = sum(abs(self.rng.normal(0.0, j)) for j in jitters if j > 0)
             if extra:
                 yield self.env.timeout(extra)
-        yield self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
+        cap = self.topology.flow_cap(path) if self._lossy else math.inf
+        yield self.network.transfer(path, nbytes, cap=cap)
         device = src if dst == self.server else dst
         self.events.record(
             Event(device=device, kind=kind, start=start, end=self.env.now, nbytes=nbytes, task=task)
@@ -415,11 +425,17 @@ class SimTransport(Transport):
         speed relative to its profile."""
         device = self.topology.devices[dev]
         hw = device.hardware
-        processor = self._processor.get(dev)
-        if processor is None:
-            processor = self._processor[dev] = simpy.Resource(self.env, capacity=1)
-        with processor.request() as turn:
+        if dev not in self._processor:
+            self._processor[dev] = None
+        else:
+            turn = self.env.event()
+            waiting = self._processor[dev]
+            if waiting is None:
+                self._processor[dev] = [turn]
+            else:
+                waiting.append(turn)
             yield turn
+        try:
             start = self.env.now
             cold = 0.0
             if kind is EventKind.TRAIN and dev not in self._warm:
@@ -433,8 +449,12 @@ class SimTransport(Transport):
                 yield self.env.timeout(seconds / device.speed)
             else:
                 yield from self._busy(dev, seconds / device.speed)
-        if not processor.count and not processor.queue:
-            del self._processor[dev]
+        finally:  # the next job's turn, also when this process is stopped midway
+            waiting = self._processor[dev]
+            if waiting:
+                waiting.pop(0).succeed()
+            else:
+                del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
 
     def _busy(self, dev: int, seconds: float) -> Generator[simpy.Event, Any, None]:
