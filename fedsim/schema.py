@@ -339,6 +339,9 @@ class ModeConf:
     # agents may share (null: every core this process may use).
     host_gflops: float | None = None
     cores: float | None = None
+    # sim: latency as fedsim's agents pay it, a poll's answer before each task and a request
+    # before each download (fedsim.sim.runtime); the prediction of a measured run sets it.
+    polling: bool = False
 
 
 @dataclass

@@ -97,6 +97,7 @@ class Headers:
     METRICS = "X-Fedsim-Metrics"
     TIMINGS = "X-Fedsim-Timings"
     TIMING_ONLY = "X-Fedsim-Timing-Only"
+    CPU = "X-Fedsim-Cpu"  # optional: servers that do not know it ignore it
 
 
 HEADER_FORMATS: Mapping[str, str] = {
@@ -104,6 +105,8 @@ HEADER_FORMATS: Mapping[str, str] = {
     Headers.METRICS: 'a JSON object of finite numbers, e.g. {"loss": 0.2}',
     Headers.TIMINGS: 'a JSON object {"download_s", "train_s", "upload_s"} of seconds >= 0',
     Headers.TIMING_ONLY: "1 or true: the body is padding that stands for an update; 0 or false",
+    Headers.CPU: 'optional; a JSON object {"task_s", "train_s", "between_s"} of processor '
+    "seconds >= 0 (the agent's own count, AgentCpu)",
 }
 
 
@@ -350,6 +353,18 @@ class Timings(WireModel):
     upload_s: Seconds = 0.0  # the agent cannot time its own upload; the server does
 
 
+class AgentCpu(WireModel):
+    """The agent process's own processor seconds (``time.process_time``, all its threads) for
+    one task: ``task_s`` from the task's arrival to the sending of its result (the request
+    that sends it is not in it), of which ``train_s`` the training thread spent in the trainer
+    (``time.thread_time``), and ``between_s`` since the previous result was sent until this
+    task arrived (polling, heartbeats; None for the agent's first task)."""
+
+    task_s: Seconds
+    train_s: Seconds = 0.0
+    between_s: Seconds | None = None
+
+
 class UpdateMeta(WireModel):
     """What travels in the headers of an update (``PUT TASK_UPDATE``); the body is the bytes.
 
@@ -361,6 +376,7 @@ class UpdateMeta(WireModel):
     metrics: Numbers = Field(default_factory=dict)
     timings: Timings = Timings()
     timing_only: bool = False
+    cpu: AgentCpu | None = None  # in its own header, which older servers ignore
 
     def headers(self) -> dict[str, str]:
         """The headers that carry it."""
@@ -371,6 +387,8 @@ class UpdateMeta(WireModel):
         }
         if self.timing_only:
             headers[Headers.TIMING_ONLY] = "1"
+        if self.cpu is not None:
+            headers[Headers.CPU] = self.cpu.model_dump_json()
         return headers
 
     @classmethod
@@ -381,11 +399,13 @@ class UpdateMeta(WireModel):
             metrics=json_header(headers, Headers.METRICS, NUMBERS) or {},
             timings=json_header(headers, Headers.TIMINGS, TIMINGS) or Timings(),
             timing_only=flag_header(headers, Headers.TIMING_ONLY),
+            cpu=json_header(headers, Headers.CPU, AGENT_CPU),
         )
 
 
 NUMBERS: TypeAdapter[dict[str, float]] = TypeAdapter(Numbers)
 TIMINGS: TypeAdapter[Timings] = TypeAdapter(Timings)
+AGENT_CPU: TypeAdapter[AgentCpu] = TypeAdapter(AgentCpu)
 
 
 class RelayResult(WireModel):

@@ -302,6 +302,8 @@ class HttpTransport(Transport):
             finished=finished,
             update=update,
             payload=payload,
+            cpu_s=None if o.cpu is None else o.cpu.task_s,
+            train_cpu_s=None if o.cpu is None else o.cpu.train_s,
         )
 
     def _record_timings(
