@@ -10,10 +10,10 @@ run's ``emulation.json``.
 
 The devices' hardware is this host's measured profile (``fedsim calibrate`` at the start, into
 a temporary directory, or ``--profile PATH``) slowed to a share ``q`` of one core: every time
-of the step model and every other time of its processor (cold start, per-request cost, a
-task's overhead, keeping an update) divided by ``q``, every throughput multiplied by it, the
-wait for the disk unchanged. ``mode.host_gflops`` is
-the host profile's own speed, so the emulation's quota of such a device is exactly ``q``
+of the step model and every other time of its processor (cold start, per-request and
+per-segment cost, a task's overhead, keeping an update) divided by ``q``, every throughput
+multiplied by it, the wait for the disk unchanged. ``mode.host_gflops`` is the host
+profile's own speed, so the emulation's quota of such a device is exactly ``q``
 cores. The server is the host profile itself (it runs unthrottled, in this process).
 
 Scenarios (``keti``: the KETI testbed's three trainers; ``fleet16``: a generated fleet of two
@@ -222,6 +222,7 @@ def scaled_profile(host: dict[str, Any], share: float) -> dict[str, Any]:
     for key in (
         "cold_start_s",
         "request_cpu_s",
+        "segment_cpu_s",
         "persist_cpu_s",
         "round_overhead_s",
         "task_overhead_s",

@@ -21,7 +21,8 @@ def simulated(tmp_path_factory: pytest.TempPathFactory):
     )
     # Simulated as a prediction simulates (latency paid per request, as the agents pay it).
     as_predicted = replace(spec, mode=replace(spec.mode, polling=True))
-    result = run(as_predicted, runtime("sim"), tmp_path_factory.mktemp("sim"), Hooks(progress=False))
+    where = tmp_path_factory.mktemp("sim")
+    result = run(as_predicted, runtime("sim"), where, Hooks(progress=False))
     return spec, result
 
 

@@ -180,7 +180,8 @@ class TaskResult:
     error: str | None = None
     payload: bytes | None = None  # a secure aggregation stage's answer
     # Processor seconds the device spent on the task, of which training: the agent's own
-    # count in a measured run (None where it sent none), the work charged in a simulated one.
+    # count in a measured run (the task, and keeping and sending the previous result; None
+    # where it sent none), the work charged in a simulated one (the task, its result's).
     cpu_s: float | None = None
     train_cpu_s: float | None = None
 

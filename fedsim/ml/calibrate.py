@@ -20,8 +20,9 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
   (setting the parameters, building the optimizer, the sample order, reading the parameters
   back), which every training task pays once.
 
-The processor cost of one HTTP request (``request_cpu_s``) needs an HTTP client and server:
-``fedsim.real.request_cost`` measures it; what the agent's keeping an update on disk costs
+The processor cost of one HTTP request (``request_cpu_s``) and of each TCP segment of a body
+that a link paces (``segment_cpu_s``) need an HTTP client and server: ``fedsim.real.
+request_cost`` measures them; what the agent's keeping an update on disk costs
 (``persist_cpu_s``, ``persist_io_s``) is the agent's state directory's to measure
 (``fedsim.real.agent.state.measure_persist``). The callers (``fedsim calibrate``, the agent)
 add both to the :class:`Calibration`.
@@ -221,6 +222,7 @@ class Calibration:
     source: str
     # Added by a caller that can time HTTP and the agent's state directory.
     request_cpu_s: float | None = None
+    segment_cpu_s: float | None = None
     persist_cpu_s: float | None = None
     persist_io_s: float | None = None
 
@@ -397,6 +399,7 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
             key: float(f"{value:.4g}")
             for key, value in (
                 ("request_cpu_s", cal.request_cpu_s),
+                ("segment_cpu_s", cal.segment_cpu_s),
                 ("persist_cpu_s", cal.persist_cpu_s),
                 ("persist_io_s", cal.persist_io_s),
             )

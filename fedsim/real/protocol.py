@@ -355,10 +355,11 @@ class Timings(WireModel):
 
 class AgentCpu(WireModel):
     """The agent process's own processor seconds (``time.process_time``, all its threads) for
-    one task: ``task_s`` from the task's arrival to the sending of its result (the request
-    that sends it is not in it), of which ``train_s`` the training thread spent in the trainer
-    (``time.thread_time``), and ``between_s`` since the previous result was sent until this
-    task arrived (polling, heartbeats; None for the agent's first task)."""
+    one task: ``task_s`` from the task's arrival until its result is ready (keeping it and the
+    request that sends it are not in it), of which ``train_s`` the training thread spent in
+    the trainer (``time.thread_time``), and ``between_s`` from the previous task's result
+    being ready until this task arrived (keeping and sending that result, polling, heartbeats;
+    None for the agent's first task). ``task_s + between_s`` is one whole task cycle."""
 
     task_s: Seconds
     train_s: Seconds = 0.0
@@ -448,7 +449,8 @@ class MeasuredProfile(WireModel):
     throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
     ``cold_start_s`` the first training task's extra seconds over a steady one,
     ``request_cpu_s`` the processor seconds one HTTP request of the agent costs beyond its
-    bytes, ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
+    bytes, ``segment_cpu_s`` those each TCP segment of a body a link paces costs it,
+    ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
     waiting for the disk of keeping one update before uploading it, and ``round_overhead_s``
     the seconds a server on this hardware works to start a round (deploying a model version,
     posting tasks), ``task_overhead_s`` what a training task costs beyond its steps.
@@ -467,6 +469,7 @@ class MeasuredProfile(WireModel):
     aggregate_bytes_per_s: Rate | None = None
     cold_start_s: Seconds | None = None
     request_cpu_s: Seconds | None = None
+    segment_cpu_s: Seconds | None = None
     persist_cpu_s: Seconds | None = None
     persist_io_s: Seconds | None = None
     round_overhead_s: Seconds | None = None

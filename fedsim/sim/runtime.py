@@ -4,7 +4,9 @@ Each task is a SimPy process on the device it targets: transfers go through the 
 network, compute steps queue for the device's processor and last as long as the compute model
 says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
 
-A measured profile also charges what the device's CPU spends around a transfer: loading the
+A measured profile also charges what the device's CPU spends around a transfer: each TCP
+segment of its body (``segment_cpu_s``), as processor work done from the moment the bytes
+start to arrive (the transfer ends when both the bytes and that work are done); loading the
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
 uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
 transfers (the training step; a forwarder's aggregation step before its upload), and, once per
@@ -63,7 +65,7 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.core.secagg import SecAggAborted, SecAggDevices
-from fedsim.core.topology import Topology
+from fedsim.core.topology import SEGMENT_BYTES, Topology
 from fedsim.sim.compute import (
     QuotaClock,
     compute_seconds,
@@ -144,7 +146,7 @@ class SimTransport(Transport):
         # Whether any link jitters its latency: if none does, a transfer draws nothing for it.
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # The processor seconds charged to each task under way (all, training), from its
-        # arrival to the sending of its result, as an agent counts them (TaskResult.cpu_s).
+        # arrival to its result's sending, as an agent counts them (TaskResult.cpu_s).
         self._cpu: dict[str, list[float]] = {}
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
@@ -441,24 +443,35 @@ class SimTransport(Transport):
         # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.
         if keep and hw.persist_cpu_s:
             yield from self._busy(by, hw.persist_cpu_s / requester.speed)
+            self._charge(task, by, hw.persist_cpu_s / requester.speed)
         if keep and hw.persist_io_s:
             yield self.env.timeout(hw.persist_io_s)
         if hw.request_cpu_s:
             yield from self._busy(by, hw.request_cpu_s / requester.speed)
-            if by == dst:  # a download's request, which an agent counts in its task
-                self._charge(task, by, hw.request_cpu_s / requester.speed)
+            self._charge(task, by, hw.request_cpu_s / requester.speed)
         if self.polling and by == dst and by != src:
             # A download: the request goes to the source first.
             asked = self.topology.latency(self.topology.path(by, src))
             if asked:
                 yield self.env.timeout(asked)
         path = self.topology.path(src, dst)
+        segments = 0.0
+        if hw.segment_cpu_s and nbytes:
+            segments = hw.segment_cpu_s * math.ceil(nbytes / SEGMENT_BYTES) / requester.speed
+            self._charge(task, by, segments)
         if self._jitter:
             jitters = [self.topology.link_profile(n).latency_jitter for n, _ in path]
             extra = sum(abs(self.rng.normal(0.0, j)) for j in jitters if j > 0)
             if extra:
                 yield self.env.timeout(extra)
-        yield self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
+        flow = self.network.transfer(path, nbytes, cap=self.topology.flow_cap(path))
+        if segments:
+            # The device's processor takes each segment as it comes: both end the transfer.
+            work = self._busy(by, segments)
+            latency = self.topology.latency(path)
+            yield self.env.all_of([flow, self.env.process(self._after(latency, work))])
+        else:
+            yield flow
         device = src if dst == self.server else dst
         self.events.record(
             Event(device=device, kind=kind, start=start, end=self.env.now, nbytes=nbytes, task=task)
@@ -509,6 +522,14 @@ class SimTransport(Transport):
             return
         quota = self.topology.devices[dev].cpu_quota
         spent[1 if train else 0] += seconds * (1.0 if quota is None else quota.cores)
+
+    def _after(
+        self, delay: float, work: Generator[simpy.Event, Any, None]
+    ) -> Generator[simpy.Event, Any, None]:
+        """``work``, ``delay`` seconds from now."""
+        if delay:
+            yield self.env.timeout(delay)
+        yield from work
 
     def _busy(self, dev: int, seconds: float) -> Generator[simpy.Event, Any, None]:
         """``seconds`` of device ``dev``'s processor at its average speed: as long as that,

@@ -147,7 +147,7 @@ class Agent:
         self._calibrating: asyncio.Task[None] | None = None
         self._answered: float | None = None  # the calibration request answered last
         # This process's processor seconds (process_time) when the task under way arrived,
-        # and when the previous task's result went out (None before the first): AgentCpu.
+        # and when the previous task's result was counted (None before the first): AgentCpu.
         self._task_cpu_from = 0.0
         self._result_cpu_at: float | None = None
         self._stopping = asyncio.Event()
@@ -482,11 +482,13 @@ class Agent:
 
     def _task_cpu(self, train_s: float) -> AgentCpu:
         """This process's processor seconds on the task under way until now (its result is
-        about to go out), and between the previous result and this task."""
+        about to be kept and sent), and between the previous result's being counted so and
+        this task's arrival (keeping and sending that result, polling, heartbeats)."""
         now = process_time()
         between = None
         if self._result_cpu_at is not None:
             between = max(0.0, self._task_cpu_from - self._result_cpu_at)
+        self._result_cpu_at = now  # the next task's between_s counts from here
         return AgentCpu(
             task_s=max(0.0, now - self._task_cpu_from), train_s=max(0.0, train_s), between_s=between
         )
@@ -633,7 +635,6 @@ class Agent:
                 return
             raise TaskError(f"the server refused the {what}: {e}") from e
         self._meter.transfer("bandwidth_up", nbytes, perf_counter() - started)
-        self._result_cpu_at = process_time()  # the next task's between_s counts from here
         self.metrics.bytes_sent.labels(what).inc(nbytes)
         log.info("task %s: %s sent (%d bytes)", task_id, what, nbytes)
 
