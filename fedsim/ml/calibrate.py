@@ -10,7 +10,8 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
 - the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
   traffic ``aggregation_cost`` charges (n updates read, one model written) per second;
 - the cold start: building the model and its optimizer and taking the first step (the first
-  batch size's), less the fitted time of a steady step of that size. It is what a device's
+  batch size's; wall or processor time, the less), less the fitted time of a steady step of
+  that size. It is what a device's
   first training task costs beyond a steady one, as far as a short measurement can tell: the
   trainer's data loading is not in it, and a process that trained before measures it warm;
 - the server's round overhead: deploying the round's version as the real transport does
@@ -84,7 +85,11 @@ class StepTimings:
     """Seconds of each timed step, by batch size, of ``model`` at ``input_size`` on ``threads``.
 
     ``first_s`` is the cold start's timing: building the model and optimizer, then one step
-    of the first batch size (before any warm-up).
+    of the first batch size (before any warm-up), in seconds of wall time or of this process's
+    processor time, whichever is less. The processor's figure is what the work is where other
+    processes take the cores meanwhile (their share inflates the wall time: twice the agents'
+    own count of their first task's processor seconds on a host at load 4 on 2 cores,
+    2026-11-30); the wall time is where the step runs on more threads than one.
     """
 
     model: str
@@ -141,7 +146,7 @@ def time_training_steps(
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     with torch_threads(threads) as used, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        built = time.perf_counter()
+        built, built_cpu = time.perf_counter(), time.process_time()
         net = build_model(model, num_classes)
         net.train()
         shape = (getattr(type(net), "in_channels", 3), input_size, input_size)
@@ -149,6 +154,7 @@ def time_training_steps(
             net.parameters(), lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM
         )
         build_s = time.perf_counter() - built
+        build_cpu_s = time.process_time() - built_cpu
         # Random inputs cost what real ones do; labels in range keep the loss well defined.
         # The trainer gathers each batch from the device's shard by a shuffled index: so does
         # a timed step, from a shard of a few of the largest batches.
@@ -177,7 +183,9 @@ def time_training_steps(
             return time.perf_counter() - start
 
         # The cold step is extra, not one of the warm-up steps: it is timed whatever warmup is.
+        stepped_cpu = time.process_time()
         first_s = build_s + step(batch_sizes[0])
+        first_s = min(first_s, build_cpu_s + time.process_time() - stepped_cpu)
         for b in batch_sizes:
             for _ in range(warmup):
                 step(b)
