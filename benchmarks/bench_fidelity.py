@@ -386,7 +386,9 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
         notes.append(f"slow-down {emulation['slowdown_factor']:.2f}")
     mechanism = emulation.get("latency_mechanism", "none")
     if mechanism == "relay":
-        notes.append("no netem: latency by the relay, loss not emulated")
+        relay_s = emulation.get("relay_cpu_s")
+        used = "" if relay_s is None else f" ({relay_s:.2f} s of processor)"
+        notes.append(f"no netem: latency by the relay{used}, loss not emulated")
     elif not emulation["latency_and_loss_emulated"]:
         notes.append("no netem: latency not emulated nor predicted")
     first = figures["first_round"]
@@ -406,6 +408,7 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
         "slowdown_factor": emulation["slowdown_factor"],
         "latency_and_loss_emulated": emulation["latency_and_loss_emulated"],
         "latency_mechanism": mechanism,
+        "relay_cpu_s": emulation.get("relay_cpu_s"),
         "host_load_1min": load,
         "cpu": emulation.get("cpu", {}),
         "wall_s": wall,
@@ -525,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     **{c: r[c] for c in COMPONENTS},
                     "slowdown_factor": r["slowdown_factor"],
                     "latency_mechanism": r["latency_mechanism"],
+                    "relay_cpu_s": r["relay_cpu_s"],
                     "host_load_1min": r["host_load_1min"],
                     "cpu": r["cpu"],
                     "wall_s": round(r["wall_s"], 1),

@@ -619,6 +619,16 @@ class Emulation:
                 raise RuntimeError(f"the latency relay did not start: {last}")
         self.relay_ports = {int(d): p for d, p in json.loads(line)["ports"].items()}
 
+    def relay_cpu_s(self) -> float | None:
+        """The processor seconds the latency relay has used (host time the agents' quotas do
+        not hold and the prediction does not charge); None without a relay."""
+        if self.relay is None:
+            return None
+        try:
+            return _processes_cpu_s(self.cgroup / RELAY_CGROUP)
+        except OSError:
+            return None
+
     def namespace(self, dev: int) -> str:
         """The network namespace of agent ``dev``."""
         return self.nodes[("device", dev)].ns

@@ -9,9 +9,9 @@ real runtime's (:func:`~fedsim.runtimes.real.cluster_session`): dropouts are the
 outages stop and restart agent processes. What is emulated, with the slow-down factor and the
 latency mechanism, is written to ``emulation.json`` in the run directory, with the host's
 load, and at the end of the session how each agent fared under its CPU quota (``cpu``: the
-kernel's throttling counts and the processor seconds used). Everything made is removed on
-exit, on Ctrl-C or SIGTERM, and after a crash at the next start; without root the runtime
-refuses with one line (:class:`ConfigError`).
+kernel's throttling counts and the processor seconds used; ``relay_cpu_s``, the latency
+relay's). Everything made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the
+next start; without root the runtime refuses with one line (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class EmulatedRuntime:
                 finally:
                     load["end"] = os.getloadavg()[0]
                     described = {**described, "host_load_1min": load, "cpu": net.cpu_stats()}
+                    if net.relay is not None:
+                        described["relay_cpu_s"] = net.relay_cpu_s()
                     net.lift_quotas()
                     summary.write_text(json.dumps(described, indent=2) + "\n")
 
