@@ -26,6 +26,7 @@ import contextlib
 import json
 import signal
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,29 +60,43 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: f
     """Copy ``src`` to ``dst``, each chunk ``delay_s`` after it was read, keeping order.
 
     Reading does not wait for the writes: a chunk read while earlier ones are held is held
-    from its own arrival, so a stream is delayed, not slowed.
+    from its own arrival, so a stream is delayed, not slowed. The chunks due by the time the
+    writer wakes go out in one write: a paced stream arrives a segment at a time, and a write
+    and a wake-up per segment would cost the host's processor, which the agents share, more.
     """
     loop = asyncio.get_running_loop()
-    held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    held: deque[tuple[float, bytes]] = deque()
+    arrived = asyncio.Event()
 
     async def release() -> None:
         while True:
-            due, data = await held.get()
-            wait = due - loop.time()
+            while not held:
+                arrived.clear()
+                await arrived.wait()
+            wait = held[0][0] - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if not data:  # the end of the stream, delayed like the data before it
+            now, out, ended = loop.time(), [], False
+            while held and held[0][0] <= now:
+                data = held.popleft()[1]
+                if not data:  # the end of the stream, delayed like the data before it
+                    ended = True
+                    break
+                out.append(data)
+            if out:
+                dst.write(b"".join(out))
+                await dst.drain()
+            if ended:
                 if dst.can_write_eof():
                     dst.write_eof()
                 return
-            dst.write(data)
-            await dst.drain()
 
     releaser = asyncio.create_task(release())
     try:
         while True:
             data = await src.read(CHUNK)
-            held.put_nowait((loop.time() + delay_s, data))
+            held.append((loop.time() + delay_s, data))
+            arrived.set()
             if not data:
                 break
         await releaser
