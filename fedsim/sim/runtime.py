@@ -348,6 +348,8 @@ class SimTransport(Transport):
             if isinstance(ins, FitIns) and i == 1:
                 if drops:
                     self._cpu.pop(task.id, None)
+                    if up:  # the agent sends nothing and polls again at once
+                        self._polling[dev] = self.env.now + up
                     return
                 params, metrics = self.trainer(dev, ins) if self.trainer else (None, _NONE)
                 masked = None
