@@ -56,6 +56,7 @@ def render(cal: Calibration, command: str) -> str:
         "# memory traffic at aggregate_bytes_per_s. cold_start_s: the first training task's\n"
         "# extra seconds (building the model and optimizer, the first step). request_cpu_s:\n"
         "# processor seconds of one HTTP request the device makes, beyond its bytes.\n"
+        "# segment_cpu_s: processor seconds per 1448-byte TCP segment of a body a link paces.\n"
         "# persist_cpu_s, persist_io_s: keeping one update on disk before its upload (the\n"
         "# agent's fsyncs): processor seconds, and seconds waiting for the disk beyond them.\n"
         "# round_overhead_s: a server's seconds to deploy a round's model version.\n"
@@ -86,7 +87,8 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
             f"{cal.aggregate_bytes_per_s / 1e6:.0f} MB/s of memory traffic",
             f"  cold start (model, optimizer, first step): {cal.cold_start_s * 1e3:.1f} ms "
             "over a steady step",
-            f"  one HTTP request: {(cal.request_cpu_s or 0.0) * 1e3:.3f} ms of processor; "
+            f"  one HTTP request: {(cal.request_cpu_s or 0.0) * 1e3:.3f} ms of processor, "
+            f"+ {(cal.segment_cpu_s or 0.0) * 1e6:.1f} us per segment of a paced body; "
             f"deploying a version (server, each round): {cal.round_overhead_s * 1e3:.2f} ms",
             f"  a training task beyond its steps: {cal.task_overhead_s * 1e3:.2f} ms",
             f"  keeping an update on disk: {(cal.persist_cpu_s or 0.0) * 1e3:.2f} ms of "
@@ -264,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     from fedsim.ml.calibrate import calibrate  # torch loads here, after the arguments
     from fedsim.real.agent.state import measure_persist
-    from fedsim.real.request_cost import measure_request_cpu_s
+    from fedsim.real.request_cost import measure_request_cpu_s, measure_segment_cpu_s
 
     try:
         cal = calibrate(
@@ -283,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal = dataclasses.replace(
         cal,
         request_cpu_s=measure_request_cpu_s(),
+        segment_cpu_s=measure_segment_cpu_s(),
         persist_cpu_s=persist.cpu_s,
         persist_io_s=persist.io_s,
     )

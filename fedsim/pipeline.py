@@ -105,7 +105,13 @@ def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
         if factor > 1
         else "mode=emulated ran every device at its profile's speed on this host."
     )
-    if not described.get("latency_and_loss_emulated", True):
+    if described.get("latency_mechanism") == "relay":
+        note += (
+            " This kernel has no netem: tc shaped the link rates, and a relay held the bytes of "
+            "each request and response to and from the server for the path's one-way latency; "
+            "loss and jitter were not emulated."
+        )
+    elif not described.get("latency_and_loss_emulated", True):
         note += " This kernel has no netem: link latency and loss were not emulated, rates were."
     return replace(
         result,
@@ -149,14 +155,18 @@ def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:
 
 
 def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -> ExperimentSpec:
-    """``spec`` in the simulator, as the measured run ran it: where an emulation could not
+    """``spec`` in the simulator, as the measured run ran it, its latency paid per request
+    and response as the agents' protocol pays it (``mode.polling``): where an emulation could not
     emulate link latency and loss (``latency_and_loss_emulated`` false in its description), its
-    links had neither, and the prediction of that run leaves them out too. Where it held its
+    links had neither, and the prediction of that run leaves them out too; where a relay
+    emulated the latency instead (``latency_mechanism`` "relay"), only the loss and jitter,
+    which the relay does not emulate, are left out. Where it held its
     agents to CFS quotas (``cpu_quota_cores`` and ``cpu_period_s``), the simulated devices are
     held to the same (``Device.cpu_quota``), the period divided by the slow-down factor, since
     the prediction is simulated at the profiles' speed and slowed afterwards, and share the
     host's whole ``cores`` as the agents did."""
-    sim_spec = replace(spec, mode=replace(spec.mode, name="sim"))
+    # The agents poll for tasks and request downloads: latency is paid as they pay it.
+    sim_spec = replace(spec, mode=replace(spec.mode, name="sim", polling=True))
     quotas = (emulation or {}).get("cpu_quota_cores") or {}
     period = (emulation or {}).get("cpu_period_s")
     if quotas and period:
@@ -171,12 +181,17 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
         }
         sim_spec = replace(sim_spec, topology=with_cpu_quotas(sim_spec.topology, held))
     if emulation is not None and not emulation.get("latency_and_loss_emulated", True):
-        # Only what tc could shape stays: the rates.
-        rates_only = map_profiles(
-            sim_spec.topology,
-            link=lambda p: replace(p, latency=0.0, latency_jitter=0.0, loss=0.0),
-        )
-        sim_spec = replace(sim_spec, topology=rates_only)
+        if emulation.get("latency_mechanism") == "relay":
+            # tc's rates and the relay's fixed delays stay.
+            emulated = map_profiles(
+                sim_spec.topology, link=lambda p: replace(p, latency_jitter=0.0, loss=0.0)
+            )
+        else:  # Only what tc could shape stays: the rates.
+            emulated = map_profiles(
+                sim_spec.topology,
+                link=lambda p: replace(p, latency=0.0, latency_jitter=0.0, loss=0.0),
+            )
+        sim_spec = replace(sim_spec, topology=emulated)
     return sim_spec
 
 

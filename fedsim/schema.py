@@ -67,7 +67,8 @@ class HardwareConf:
     jitter: float = 0.0
     # Measured figures (kind: measured): step models by model name, throughputs in bytes/s,
     # the first training task's extra seconds over a steady one, the processor seconds of one
-    # HTTP request the device makes, what keeping one update on disk costs (processor seconds,
+    # HTTP request the device makes and per TCP segment of a paced body, what keeping one
+    # update on disk costs (processor seconds,
     # and seconds waiting for the disk), a server's own seconds of work to start a round, and
     # what a training task costs beyond its steps.
     steps: dict[str, StepConf] = field(default_factory=dict)
@@ -76,6 +77,7 @@ class HardwareConf:
     aggregate_bytes_per_s: float | None = None
     cold_start_s: float | None = None
     request_cpu_s: float | None = None
+    segment_cpu_s: float | None = None
     persist_cpu_s: float | None = None
     persist_io_s: float | None = None
     round_overhead_s: float | None = None
@@ -339,6 +341,9 @@ class ModeConf:
     # agents may share (null: every core this process may use).
     host_gflops: float | None = None
     cores: float | None = None
+    # sim: latency as fedsim's agents pay it, a poll's answer before each task and a request
+    # before each download (fedsim.sim.runtime); the prediction of a measured run sets it.
+    polling: bool = False
 
 
 @dataclass

@@ -25,6 +25,7 @@ MEASURED_CONF: dict[str, Any] = {
     "aggregate_bytes_per_s": 6e9,
     "cold_start_s": 0.8,
     "request_cpu_s": 2e-4,
+    "segment_cpu_s": 3e-5,
     "persist_cpu_s": 1e-3,
     "persist_io_s": 2e-2,
     "round_overhead_s": 3e-3,
@@ -69,6 +70,7 @@ def test_a_measured_profile_needs_no_spec_sheet_figures():
     assert (hw.serialize_bytes_per_s, hw.load_bytes_per_s) == (4e9, 3e9)
     assert hw.cold_start_s == 0.8
     assert (hw.request_cpu_s, hw.round_overhead_s) == (2e-4, 3e-3)
+    assert hw.segment_cpu_s == 3e-5
     assert (hw.persist_cpu_s, hw.persist_io_s) == (1e-3, 2e-2)
     assert hw.task_overhead_s == 1.5e-3
 
@@ -78,6 +80,7 @@ def test_a_measured_profile_needs_no_spec_sheet_figures():
     [
         "cold_start_s",
         "request_cpu_s",
+        "segment_cpu_s",
         "persist_cpu_s",
         "persist_io_s",
         "round_overhead_s",

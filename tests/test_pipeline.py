@@ -19,7 +19,10 @@ def simulated(tmp_path_factory: pytest.TempPathFactory):
     spec = build_spec(
         compose(["+experiment=fl_digits", "fl.training=modelled", "fl.rounds=3"]), conf_dir()
     )
-    result = run(spec, runtime("sim"), tmp_path_factory.mktemp("sim"), Hooks(progress=False))
+    # Simulated as a prediction simulates (latency paid per request, as the agents pay it).
+    as_predicted = replace(spec, mode=replace(spec.mode, polling=True))
+    where = tmp_path_factory.mktemp("sim")
+    result = run(as_predicted, runtime("sim"), where, Hooks(progress=False))
     return spec, result
 
 
@@ -85,6 +88,27 @@ def test_an_emulation_without_netem_is_predicted_without_latency_and_loss(simula
         assert after.bandwidth == before.bandwidth
         assert (after.latency, after.latency_jitter, after.loss) == (0.0, 0.0, 0.0)
     assert with_netem.topology == spec.topology
+
+
+def test_an_emulation_whose_latency_a_relay_emulated_is_predicted_with_latency(simulated):
+    # Prepare: no netem; the relay held each direction's bytes for the links' latency.
+    spec, _ = simulated
+    emulation = {
+        "slowdown_factor": 1.0,
+        "latency_and_loss_emulated": False,
+        "latency_mechanism": "relay",
+    }
+
+    # Execute
+    as_run = prediction_spec(spec, emulation)
+
+    # Assert: rates and latency stay; jitter and loss, which the relay does not make, go.
+    assert any(p.latency > 0 for p in spec.topology.link_profiles())
+    for before, after in zip(
+        spec.topology.link_profiles(), as_run.topology.link_profiles(), strict=True
+    ):
+        assert (after.bandwidth, after.latency) == (before.bandwidth, before.latency)
+        assert (after.latency_jitter, after.loss) == (0.0, 0.0)
 
 
 def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulated):

@@ -6,6 +6,10 @@ or per repetition x scenario (comparison), and summarised by the median and the 
 percentile of the absolute relative error of the round time and of each component of its
 :class:`~fedsim.core.results.TimeSplit`.
 
+A federated round also pairs the mean processor seconds a device spent on its task (and of
+those in training): the agents' own count against the work the simulator charged, so that
+what the prediction leaves uncharged shows; it is not among the error statistics.
+
 The absolute relative error of a prediction ``p`` of a measured ``m`` is ``|p - m| / m``. A
 component under :data:`ZERO_S` counts as zero: when both are zero the prediction is exact
 (error 0); when only the measured one is, the relative error has no value (None in the record)
@@ -81,6 +85,10 @@ class Fidelity:
     measured_aggregation_s: float
     predicted_waiting_s: float
     measured_waiting_s: float
+    predicted_device_cpu_s: float | None = None
+    measured_device_cpu_s: float | None = None
+    predicted_device_train_cpu_s: float | None = None
+    measured_device_train_cpu_s: float | None = None
 
     def error(self, component: str | None = None) -> float | None:
         """The absolute relative error of the round time, or of ``component`` (one of
@@ -106,6 +114,10 @@ class Fidelity:
             row[f"predicted_{c}_s"] = getattr(self, f"predicted_{c}_s")
             row[f"measured_{c}_s"] = getattr(self, f"measured_{c}_s")
             row[f"{c}_abs_rel_error"] = self.error(c)
+        if self.round is not None:
+            for name in ("device_cpu_s", "device_train_cpu_s"):
+                row[f"predicted_{name}"] = getattr(self, f"predicted_{name}")
+                row[f"measured_{name}"] = getattr(self, f"measured_{name}")
         return row
 
 
@@ -131,6 +143,10 @@ def _record(
         measured_aggregation_s=measured.aggregation_s,
         predicted_waiting_s=predicted.waiting_s,
         measured_waiting_s=measured.waiting_s,
+        predicted_device_cpu_s=getattr(predicted, "device_cpu_s", None),
+        measured_device_cpu_s=getattr(measured, "device_cpu_s", None),
+        predicted_device_train_cpu_s=getattr(predicted, "device_train_cpu_s", None),
+        measured_device_train_cpu_s=getattr(measured, "device_train_cpu_s", None),
     )
 
 

@@ -121,6 +121,10 @@ class RoundRow(TimeSplit):
     accuracy: float | None = None
     eval_loss: float | None = None
     staleness: float | None = None
+    # The mean processor seconds a device spent on its task in the round, and of those in
+    # training (RoundReport's); None where no device's was counted.
+    device_cpu_s: float | None = None
+    device_train_cpu_s: float | None = None
 
 
 COMPARISON = "comparison"

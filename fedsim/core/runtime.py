@@ -179,6 +179,11 @@ class TaskResult:
     update: Update | None = None
     error: str | None = None
     payload: bytes | None = None  # a secure aggregation stage's answer
+    # Processor seconds the device spent on the task, of which training: the agent's own
+    # count in a measured run (the task, and keeping and sending the previous result; None
+    # where it sent none), the work charged in a simulated one (the task, its result's).
+    cpu_s: float | None = None
+    train_cpu_s: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -31,10 +31,14 @@ class TopologyError(ValueError):
     """A topology that cannot be built; the message names the offending field."""
 
 
+# A TCP segment's payload on a 1500-byte MTU with timestamps: what a link carries a body in,
+# and what ``segment_cpu_s`` is per.
+SEGMENT_BYTES = 1448
 # The seconds figures only a measured profile carries (0 when not measured).
 MEASURED_SECONDS = (
     "cold_start_s",
     "request_cpu_s",
+    "segment_cpu_s",
     "persist_cpu_s",
     "persist_io_s",
     "round_overhead_s",
@@ -59,7 +63,10 @@ class HardwareProfile:
     what the device's first training task of a run takes beyond a steady one (building the
     model and trainer, the framework's first-step warm-up). ``request_cpu_s`` is the seconds of
     the device's own processor one HTTP request it makes costs beyond its bytes (the client's
-    work on the request and its answer), paid on every transfer it makes; ``persist_cpu_s`` and
+    work on the request and its answer), paid on every transfer it makes; ``segment_cpu_s`` is
+    the seconds of its processor each :data:`SEGMENT_BYTES` of a transfer's body costs it when
+    the link paces the body (an event-loop wake-up and a read per segment), paid while the
+    bytes flow; ``persist_cpu_s`` and
     ``persist_io_s`` are what keeping one update on disk before uploading it costs (as the agent
     keeps each result, with fsyncs): seconds of the processor, and seconds waiting for the disk
     beyond them; ``round_overhead_s``
@@ -89,6 +96,7 @@ class HardwareProfile:
     aggregate_bytes_per_s: float | None = None
     cold_start_s: float = 0.0
     request_cpu_s: float = 0.0
+    segment_cpu_s: float = 0.0
     persist_cpu_s: float = 0.0
     persist_io_s: float = 0.0
     round_overhead_s: float = 0.0

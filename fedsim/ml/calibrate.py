@@ -10,7 +10,8 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
 - the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
   traffic ``aggregation_cost`` charges (n updates read, one model written) per second;
 - the cold start: building the model and its optimizer and taking the first step (the first
-  batch size's), less the fitted time of a steady step of that size. It is what a device's
+  batch size's; wall or processor time, the less), less the fitted time of a steady step of
+  that size. It is what a device's
   first training task costs beyond a steady one, as far as a short measurement can tell: the
   trainer's data loading is not in it, and a process that trained before measures it warm;
 - the server's round overhead: deploying the round's version as the real transport does
@@ -20,8 +21,9 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
   (setting the parameters, building the optimizer, the sample order, reading the parameters
   back), which every training task pays once.
 
-The processor cost of one HTTP request (``request_cpu_s``) needs an HTTP client and server:
-``fedsim.real.request_cost`` measures it; what the agent's keeping an update on disk costs
+The processor cost of one HTTP request (``request_cpu_s``) and of each TCP segment of a body
+that a link paces (``segment_cpu_s``) need an HTTP client and server: ``fedsim.real.
+request_cost`` measures them; what the agent's keeping an update on disk costs
 (``persist_cpu_s``, ``persist_io_s``) is the agent's state directory's to measure
 (``fedsim.real.agent.state.measure_persist``). The callers (``fedsim calibrate``, the agent)
 add both to the :class:`Calibration`.
@@ -83,7 +85,11 @@ class StepTimings:
     """Seconds of each timed step, by batch size, of ``model`` at ``input_size`` on ``threads``.
 
     ``first_s`` is the cold start's timing: building the model and optimizer, then one step
-    of the first batch size (before any warm-up).
+    of the first batch size (before any warm-up), in seconds of wall time or of this process's
+    processor time, whichever is less. The processor's figure is what the work is where other
+    processes take the cores meanwhile (their share inflates the wall time: twice the agents'
+    own count of their first task's processor seconds on a host at load 4 on 2 cores,
+    2026-11-30); the wall time is where the step runs on more threads than one.
     """
 
     model: str
@@ -140,7 +146,7 @@ def time_training_steps(
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     with torch_threads(threads) as used, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        built = time.perf_counter()
+        built, built_cpu = time.perf_counter(), time.process_time()
         net = build_model(model, num_classes)
         net.train()
         shape = (getattr(type(net), "in_channels", 3), input_size, input_size)
@@ -148,6 +154,7 @@ def time_training_steps(
             net.parameters(), lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM
         )
         build_s = time.perf_counter() - built
+        build_cpu_s = time.process_time() - built_cpu
         # Random inputs cost what real ones do; labels in range keep the loss well defined.
         # The trainer gathers each batch from the device's shard by a shuffled index: so does
         # a timed step, from a shard of a few of the largest batches.
@@ -176,7 +183,9 @@ def time_training_steps(
             return time.perf_counter() - start
 
         # The cold step is extra, not one of the warm-up steps: it is timed whatever warmup is.
+        stepped_cpu = time.process_time()
         first_s = build_s + step(batch_sizes[0])
+        first_s = min(first_s, build_cpu_s + time.process_time() - stepped_cpu)
         for b in batch_sizes:
             for _ in range(warmup):
                 step(b)
@@ -221,6 +230,7 @@ class Calibration:
     source: str
     # Added by a caller that can time HTTP and the agent's state directory.
     request_cpu_s: float | None = None
+    segment_cpu_s: float | None = None
     persist_cpu_s: float | None = None
     persist_io_s: float | None = None
 
@@ -397,6 +407,7 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
             key: float(f"{value:.4g}")
             for key, value in (
                 ("request_cpu_s", cal.request_cpu_s),
+                ("segment_cpu_s", cal.segment_cpu_s),
                 ("persist_cpu_s", cal.persist_cpu_s),
                 ("persist_io_s", cal.persist_io_s),
             )

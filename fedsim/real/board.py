@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fedsim.core.runtime import NDArrays
-from fedsim.real.protocol import TaskBase, Timings
+from fedsim.real.protocol import AgentCpu, TaskBase, Timings
 
 
 class TaskState(str, enum.Enum):
@@ -41,6 +41,7 @@ class Outcome:
     parameters: NDArrays | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    cpu: AgentCpu | None = None  # the agent's own processor seconds, when it counted them
     sha256: str | None = None
     url: str | None = None  # a relay's: where the device serves the version it holds
     # A secure aggregation stage's answer or a masked update: the bytes as they came.

@@ -8,7 +8,10 @@ attached to another device, that device's bridge). The server stays in the root 
 one veth into its own group. Every directed link is shaped where it leaves its sending end: an
 HTB class at the link's rate and, where the kernel has ``sch_netem``, netem's delay and loss;
 every interface takes packets of one TCP segment (no GSO), so that htb holds short transfers to
-the rate too.
+the rate too. Where the kernel has no netem, latency comes from a relay instead
+(:mod:`fedsim.real.delay_relay`): each agent dials its own port of it on the server's address,
+and it holds the bytes of each direction for the one-way latency of the agent's path to the
+server (:meth:`Emulation.route`); loss and jitter then stay unemulated.
 Each agent runs in a CPU cgroup whose CFS quota gives it the share of one of this host's cores
 that its profile's speed is of the host's. When a profile would need more than the host has,
 the whole run is slowed by one factor: quotas divided by it, link rates divided by it, delays
@@ -32,12 +35,15 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fedsim.core.topology import LinkProfile, Node, Topology
 
@@ -50,6 +56,8 @@ CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "fedsim-emulated"  # the cgroup under which each run makes its own
 PERIOD_US = 100_000  # the CFS period of every quota
 MIN_QUOTA_US = 1_000  # the smallest quota the kernel accepts
+RELAY_CGROUP = "relay"  # the run's latency relay: in the run's cgroup, without a quota
+NETEM, RELAY = "netem", "relay"  # how an emulation delays its links (``latency_mechanism``)
 # Links carry TCP segments of 1448 payload bytes (1500-byte MTU, less IP and TCP headers with
 # timestamps, Linux's default) in 1514-byte frames, which is what tc counts: the rate a link is
 # shaped at is its profile's goodput times this.
@@ -333,13 +341,18 @@ class Emulation:
 
     ``server_address`` is where the server must listen (in the root namespace);
     :meth:`launcher` is the command prefix that starts a device's agent in its namespace and
-    its cgroup; :meth:`apply_quotas` holds every agent to its quota.
+    its cgroup; :meth:`route` is the URL the agent dials for the server (the latency relay's,
+    without netem); :meth:`apply_quotas` holds every agent to its quota.
     """
 
     plan: Plan
     state_dir: Path = STATE_DIR
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    use_netem: bool = True  # False: the relay delays the links even where netem could
     netem: bool = field(init=False, default=False)
+    # Without netem: the latency relay and each agent's port on it (started by route()).
+    relay: subprocess.Popen[str] | None = field(init=False, default=None)
+    relay_ports: dict[int, int] = field(init=False, default_factory=dict)
     server_address: str = field(init=False, default="")
     nodes: dict[Node, _Node] = field(init=False, default_factory=dict)
     shaped: dict[str, dict[str, Shaping]] = field(init=False, default_factory=dict)
@@ -362,7 +375,7 @@ class Emulation:
         # names a dead owner, and the next start removes all with this tag.
         (self.state_dir / f"{self.tag}.json").write_text(json.dumps(state))
         try:
-            self.netem = netem_available(f"{PREFIX}{self.tag}-probe")
+            self.netem = self.use_netem and netem_available(f"{PREFIX}{self.tag}-probe")
             self._build_network()
             self._make_cgroups()
         except BaseException:
@@ -370,19 +383,32 @@ class Emulation:
             raise
         if not self.netem:
             log.warning(
-                "emulated mode: this kernel has no sch_netem; links are rate-shaped only, "
-                "their latency and loss are not emulated"
+                "emulated mode: this kernel has no sch_netem; links are rate-shaped by tc, "
+                "their latency comes from a relay, their loss and jitter are not emulated"
             )
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.relay is not None:
+            # Asked to end first: remove_run would kill it anyway, as it is in the run's cgroup.
+            self.relay.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.relay.wait(timeout=5)
         remove_run(self.tag, self.state_dir)
+        if self.relay is not None:
+            self.relay.wait()
+            self.relay = None
 
     def describe(self) -> dict[str, Any]:
         """What is emulated, for the run's summary (JSON-ready)."""
         return {
             **self.plan.describe(),
+            # netem delays and drops packets; the relay delays the agents' traffic to and
+            # from the server and loses nothing.
+            "latency_mechanism": NETEM if self.netem else RELAY,
             "latency_and_loss_emulated": self.netem,
+            "loss_emulated": self.netem,
+            "one_way_delay_s": {str(d): self.one_way_delay(d) for d in self.plan.agents},
             "server_address": self.server_address,
             "links": {
                 name: {d: asdict(s) for d, s in directions.items()}
@@ -538,6 +564,70 @@ class Emulation:
             if s.loss > 0:
                 netem += ["loss", f"{100 * s.loss:.6f}%"]
             _run(*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *netem)
+
+    def one_way_delay(self, dev: int) -> dict[str, float]:
+        """The latency of agent ``dev``'s path to the server (``up``) and back (``down``), in
+        s, slowed by the plan's factor: what the relay holds each direction's bytes for."""
+        topo, factor = self.plan.topology, self.plan.factor
+        return {
+            "up": topo.latency(topo.path(dev, topo.server)) * factor,
+            "down": topo.latency(topo.path(topo.server, dev)) * factor,
+        }
+
+    def route(self, dev: int, url: str) -> str:
+        """The URL agent ``dev`` dials for the server at ``url``: ``url`` itself where netem
+        delays the links, else the agent's port on the latency relay (which the first call
+        starts, towards ``url``'s port on the server's address)."""
+        if self.netem:
+            return url
+        if self.relay is None:
+            port = urlsplit(url).port
+            if port is None:
+                raise ValueError(f"the server's url {url!r} names no port")
+            self._start_relay(port)
+        parts = urlsplit(url)
+        netloc = f"{self.server_address}:{self.relay_ports[dev]}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def _start_relay(self, port: int) -> None:
+        """The run's latency relay, in the run's cgroup (so that removing the run, or the
+        next start after a crash, ends it), one port per agent."""
+        group = self.cgroup / RELAY_CGROUP
+        group.mkdir(exist_ok=True)
+        routes = []
+        for dev in self.plan.agents:
+            delay = self.one_way_delay(dev)
+            routes += ["--route", f"{dev}:{delay['up']!r}:{delay['down']!r}"]
+        cmd = [sys.executable, "-m", "fedsim.real.delay_relay"]
+        cmd += ["--upstream", f"{self.server_address}:{port}", "--listen", self.server_address]
+        enter = 'echo $$ > "$0" && exec "$@"'
+        # Its errors go to an unnamed file: nothing to leave behind, and no pipe to fill up.
+        with tempfile.TemporaryFile("w+") as errors:
+            self.relay = subprocess.Popen(
+                ["sh", "-c", enter, str(group / "cgroup.procs"), *cmd, *routes],
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            assert self.relay.stdout is not None
+            line = self.relay.stdout.readline()  # the ports, once it listens; "" if it failed
+            if not line:
+                self.relay.wait()
+                errors.seek(0)
+                last = (errors.read().strip().splitlines() or [""])[-1]
+                raise RuntimeError(f"the latency relay did not start: {last}")
+        self.relay_ports = {int(d): p for d, p in json.loads(line)["ports"].items()}
+
+    def relay_cpu_s(self) -> float | None:
+        """The processor seconds the latency relay has used (host time the agents' quotas do
+        not hold and the prediction does not charge); None without a relay."""
+        if self.relay is None:
+            return None
+        try:
+            return _processes_cpu_s(self.cgroup / RELAY_CGROUP)
+        except OSError:
+            return None
 
     def namespace(self, dev: int) -> str:
         """The network namespace of agent ``dev``."""

@@ -126,6 +126,7 @@ class LocalCluster:
         prometheus_url: str | None = None,
         runner: JobRunner | None = None,
         launcher: Callable[[int], Sequence[str]] | None = None,
+        route: Callable[[int, str], str] | None = None,
         plugins: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -142,6 +143,8 @@ class LocalCluster:
         self.runner = runner  # runs the jobs posted to this cluster's server, if given
         # The command prefix a device's agent starts under (emulated mode: its namespace).
         self.launcher = launcher
+        # The URL a device's agent dials, given the server's (emulated mode: a latency relay).
+        self.route = route
         # Import paths of the user's models the agents may build (their --plugin options);
         # the agents inherit this process's environment, PYTHONPATH included.
         self.plugins = tuple(plugins)
@@ -256,7 +259,7 @@ class LocalCluster:
             "fedsim",
             "agent",
             "--server",
-            self.server.url,
+            self.server.url if self.route is None else self.route(dev, self.server.url),
             f"--token={self.enrollment_token}",  # "=": a token may begin with "-"
             "--device-id",
             str(dev),

@@ -97,6 +97,7 @@ class Headers:
     METRICS = "X-Fedsim-Metrics"
     TIMINGS = "X-Fedsim-Timings"
     TIMING_ONLY = "X-Fedsim-Timing-Only"
+    CPU = "X-Fedsim-Cpu"  # optional: servers that do not know it ignore it
 
 
 HEADER_FORMATS: Mapping[str, str] = {
@@ -104,6 +105,8 @@ HEADER_FORMATS: Mapping[str, str] = {
     Headers.METRICS: 'a JSON object of finite numbers, e.g. {"loss": 0.2}',
     Headers.TIMINGS: 'a JSON object {"download_s", "train_s", "upload_s"} of seconds >= 0',
     Headers.TIMING_ONLY: "1 or true: the body is padding that stands for an update; 0 or false",
+    Headers.CPU: 'optional; a JSON object {"task_s", "train_s", "between_s"} of processor '
+    "seconds >= 0 (the agent's own count, AgentCpu)",
 }
 
 
@@ -350,6 +353,19 @@ class Timings(WireModel):
     upload_s: Seconds = 0.0  # the agent cannot time its own upload; the server does
 
 
+class AgentCpu(WireModel):
+    """The agent process's own processor seconds (``time.process_time``, all its threads) for
+    one task: ``task_s`` from the task's arrival until its result is ready (keeping it and the
+    request that sends it are not in it), of which ``train_s`` the training thread spent in
+    the trainer (``time.thread_time``), and ``between_s`` from the previous task's result
+    being ready until this task arrived (keeping and sending that result, polling, heartbeats;
+    None for the agent's first task). ``task_s + between_s`` is one whole task cycle."""
+
+    task_s: Seconds
+    train_s: Seconds = 0.0
+    between_s: Seconds | None = None
+
+
 class UpdateMeta(WireModel):
     """What travels in the headers of an update (``PUT TASK_UPDATE``); the body is the bytes.
 
@@ -361,6 +377,7 @@ class UpdateMeta(WireModel):
     metrics: Numbers = Field(default_factory=dict)
     timings: Timings = Timings()
     timing_only: bool = False
+    cpu: AgentCpu | None = None  # in its own header, which older servers ignore
 
     def headers(self) -> dict[str, str]:
         """The headers that carry it."""
@@ -371,6 +388,8 @@ class UpdateMeta(WireModel):
         }
         if self.timing_only:
             headers[Headers.TIMING_ONLY] = "1"
+        if self.cpu is not None:
+            headers[Headers.CPU] = self.cpu.model_dump_json()
         return headers
 
     @classmethod
@@ -381,11 +400,13 @@ class UpdateMeta(WireModel):
             metrics=json_header(headers, Headers.METRICS, NUMBERS) or {},
             timings=json_header(headers, Headers.TIMINGS, TIMINGS) or Timings(),
             timing_only=flag_header(headers, Headers.TIMING_ONLY),
+            cpu=json_header(headers, Headers.CPU, AGENT_CPU),
         )
 
 
 NUMBERS: TypeAdapter[dict[str, float]] = TypeAdapter(Numbers)
 TIMINGS: TypeAdapter[Timings] = TypeAdapter(Timings)
+AGENT_CPU: TypeAdapter[AgentCpu] = TypeAdapter(AgentCpu)
 
 
 class RelayResult(WireModel):
@@ -428,7 +449,8 @@ class MeasuredProfile(WireModel):
     throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
     ``cold_start_s`` the first training task's extra seconds over a steady one,
     ``request_cpu_s`` the processor seconds one HTTP request of the agent costs beyond its
-    bytes, ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
+    bytes, ``segment_cpu_s`` those each TCP segment of a body a link paces costs it,
+    ``persist_cpu_s`` and ``persist_io_s`` the processor seconds and the seconds of
     waiting for the disk of keeping one update before uploading it, and ``round_overhead_s``
     the seconds a server on this hardware works to start a round (deploying a model version,
     posting tasks), ``task_overhead_s`` what a training task costs beyond its steps.
@@ -447,6 +469,7 @@ class MeasuredProfile(WireModel):
     aggregate_bytes_per_s: Rate | None = None
     cold_start_s: Seconds | None = None
     request_cpu_s: Seconds | None = None
+    segment_cpu_s: Seconds | None = None
     persist_cpu_s: Seconds | None = None
     persist_io_s: Seconds | None = None
     round_overhead_s: Seconds | None = None

@@ -302,6 +302,9 @@ class HttpTransport(Transport):
             finished=finished,
             update=update,
             payload=payload,
+            # One whole cycle: this task's handling and the previous result's sending.
+            cpu_s=None if o.cpu is None else o.cpu.task_s + (o.cpu.between_s or 0.0),
+            train_cpu_s=None if o.cpu is None else o.cpu.train_s,
         )
 
     def _record_timings(

@@ -2,14 +2,16 @@
 
 Each agent runs in its own network namespace behind the topology's links, shaped with tc, and
 in a CPU cgroup that holds it to its profile's speed relative to one of this host's cores
-(:mod:`fedsim.real.emulate`); the server listens in the root namespace on the address the
-namespaces reach. The session is then the real runtime's (:func:`~fedsim.runtimes.real.
-cluster_session`): dropouts are the transport's, outages stop and restart agent processes.
-What is emulated, with the slow-down factor, is written to ``emulation.json`` in the run
-directory, with the host's load, and at the end of the session how each agent fared under its
-CPU quota (``cpu``: the kernel's throttling counts and the processor seconds used). Everything
-made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the next start; without
-root the runtime refuses with one line (:class:`ConfigError`).
+(:mod:`fedsim.real.emulate`); where the kernel has no netem, each agent dials the server
+through its port of a latency relay (:meth:`~fedsim.real.emulate.Emulation.route`). The server
+listens in the root namespace on the address the namespaces reach. The session is then the
+real runtime's (:func:`~fedsim.runtimes.real.cluster_session`): dropouts are the transport's,
+outages stop and restart agent processes. What is emulated, with the slow-down factor and the
+latency mechanism, is written to ``emulation.json`` in the run directory, with the host's
+load, and at the end of the session how each agent fared under its CPU quota (``cpu``: the
+kernel's throttling counts and the processor seconds used; ``relay_cpu_s``, the latency
+relay's). Everything made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the
+next start; without root the runtime refuses with one line (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -64,7 +66,13 @@ class EmulatedRuntime:
             summary.write_text(json.dumps(described, indent=2) + "\n")
             mode = replace(spec.mode, host=net.server_address)
             with cluster_session(
-                spec, run_dir, needs, runner=self.runner, mode=mode, launcher=net.launcher
+                spec,
+                run_dir,
+                needs,
+                runner=self.runner,
+                mode=mode,
+                launcher=net.launcher,
+                route=net.route,
             ) as (_, session):
                 # Agents start and stop unthrottled: neither is the device being emulated.
                 net.apply_quotas()
@@ -73,6 +81,8 @@ class EmulatedRuntime:
                 finally:
                     load["end"] = os.getloadavg()[0]
                     described = {**described, "host_load_1min": load, "cpu": net.cpu_stats()}
+                    if net.relay is not None:
+                        described["relay_cpu_s"] = net.relay_cpu_s()
                     net.lift_quotas()
                     summary.write_text(json.dumps(described, indent=2) + "\n")
 

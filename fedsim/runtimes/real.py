@@ -35,11 +35,13 @@ def cluster_session(
     runner: JobRunner | None = None,
     mode: ModeConf | None = None,
     launcher: Callable[[int], Sequence[str]] | None = None,
+    route: Callable[[int, str], str] | None = None,
 ) -> Iterator[tuple[LocalCluster, ServerSession]]:
     """A local cluster of ``needs.clients`` and the session over it, outages included.
 
     ``mode`` replaces the spec's (the emulated runtime's server address); ``launcher`` is the
-    command prefix each agent starts under (see :class:`~fedsim.real.launch.LocalCluster`).
+    command prefix each agent starts under and ``route`` the URL it dials for the server (see
+    :class:`~fedsim.real.launch.LocalCluster`).
     """
     with (
         LocalCluster(
@@ -51,6 +53,7 @@ def cluster_session(
             data=needs.agent_data,
             runner=runner,
             launcher=launcher,
+            route=route,
             plugins=agent_plugins(spec),
         ) as cluster,
         ExitStack() as outages,

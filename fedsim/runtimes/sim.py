@@ -27,13 +27,19 @@ class SimSession:
     faults: FaultPlan
     store: ModelRepository | None = None
     secure: bool = False
+    polling: bool = False  # SimTransport's: latency as fedsim's agents pay it
 
     def transport(self, topology: Topology, seed: np.random.SeedSequence) -> SimTransport:
         # Under secure aggregation the devices' side of the protocol runs in the transport,
         # as it runs in each agent in real mode.
         secagg = SecAggDevices(crypto=X25519Crypto()) if self.secure else None
         return SimTransport(
-            topology, seed=seed, trainer=self.needs.trainer, faults=self.faults, secagg=secagg
+            topology,
+            seed=seed,
+            trainer=self.needs.trainer,
+            faults=self.faults,
+            secagg=secagg,
+            polling=self.polling,
         )
 
     def resources(self, transport: SimTransport) -> SimResources:
@@ -54,7 +60,13 @@ class SimRuntime:
             store = SqliteRepository(Path(run_dir) / "repository")
         try:
             secure = spec.secagg is not None
-            yield SimSession(needs=needs, faults=spec.faults, store=store, secure=secure)
+            yield SimSession(
+                needs=needs,
+                faults=spec.faults,
+                store=store,
+                secure=secure,
+                polling=spec.mode.polling,
+            )
         finally:
             if store is not None:
                 store.close()

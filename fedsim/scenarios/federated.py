@@ -366,6 +366,8 @@ class _RoundRows:
                 accuracy=r.metrics.get("accuracy"),
                 eval_loss=r.metrics.get("loss"),
                 staleness=r.staleness,
+                device_cpu_s=r.device_cpu_s,
+                device_train_cpu_s=r.device_train_cpu_s,
             )
         )
         fresh.clear()

@@ -4,7 +4,9 @@ Each task is a SimPy process on the device it targets: transfers go through the 
 network, compute steps queue for the device's processor and last as long as the compute model
 says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
 
-A measured profile also charges what the device's CPU spends around a transfer: loading the
+A measured profile also charges what the device's CPU spends around a transfer: each TCP
+segment of its body (``segment_cpu_s``), as processor work done from the moment the bytes
+start to arrive (the transfer ends when both the bytes and that work are done); loading the
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
 uploads (``nbytes / serialize_bytes_per_s``), as part of its compute step between the two
 transfers (the training step; a forwarder's aggregation step before its upload), and, once per
@@ -18,6 +20,15 @@ the upload as the measured run times it; and a server whose profile has a
 ``round_overhead_s`` spends it deploying each new model version before the tasks that carry it
 start (once a round in synchronous rounds). All of these but the disk's wait run at the
 device's speed. Spec-sheet profiles have none of these figures and pay nothing for them.
+
+A transfer costs its path's latency once. With ``polling`` (the prediction of a measured run),
+latency follows the protocol fedsim's agents speak instead, in which every exchange is a
+request and its response, each one way over the links: a device takes a task by polling for
+it, so the task reaches it the server-to-device latency after the device's poll has reached
+the server (a poll is sent again when the previous task's result has been answered: the round
+trip after that result arrived); a download is its request's one-way latency before the bytes,
+which flow after their own path's latency, as an upload's bytes do. With no latency on the
+links, none of this costs anything.
 
 A device with a ``cpu_quota`` runs every piece of its processor's work through its
 :class:`~fedsim.sim.compute.QuotaClock`: at a whole core's speed while the CFS period has
@@ -54,7 +65,7 @@ from fedsim.core.runtime import (
     UploadDataIns,
 )
 from fedsim.core.secagg import SecAggAborted, SecAggDevices
-from fedsim.core.topology import Topology
+from fedsim.core.topology import SEGMENT_BYTES, Topology
 from fedsim.sim.compute import (
     QuotaClock,
     compute_seconds,
@@ -107,8 +118,10 @@ class SimTransport(Transport):
         network: type[FlowNetworkBase] = FlowNetwork,
         faults: FaultPlan | None = None,
         secagg: SecAggDevices | None = None,
+        polling: bool = False,
     ) -> None:
         super().__init__()
+        self.polling = polling  # latency as fedsim's agents pay it: see the module's docstring
         self.topology = topology
         # The devices' side of secure aggregation: it answers SecAggIns and masks updates.
         self.secagg = secagg
@@ -142,8 +155,15 @@ class SimTransport(Transport):
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # Whether any link loses packets: if none does, no flow has a loss-bound cap to work out.
         self._lossy = any(p.loss > 0 for p in links.values())
+        # The processor seconds charged to each task under way (all, training), from its
+        # arrival to its result's sending, as an agent counts them (TaskResult.cpu_s).
+        self._cpu: dict[str, list[float]] = {}
         # Devices that have started training in this run: their cold start is paid.
         self._warm: set[int] = set()
+        # When each device's poll for its next task reaches the server (absent: waiting
+        # there already), and each device's latency to the server and back (made when needed).
+        self._polling: dict[int, float] = {}
+        self._to_server: dict[int, tuple[float, float]] = {}
         # Model versions the server has deployed: each new one costs its round overhead.
         self._deployed: set[tuple[str, int]] = set()
         self._inbox: list[TaskResult] = []
@@ -294,6 +314,15 @@ class SimTransport(Transport):
             yield self.env.timeout(after)  # the server deploying the task's model version
         started = self.env.now
         ins, dev = task.ins, task.device
+        self._cpu[task.id] = [0.0, 0.0]
+        up, down = self._latency_to_server(dev) if self.polling else (0.0, 0.0)
+        if up or down:
+            # The task waits for the device's poll, then goes back to it as the poll's answer.
+            polled = self._polling.get(dev, 0.0)
+            if polled > self.env.now:
+                yield self.env.timeout(polled - self.env.now)
+            if down:
+                yield self.env.timeout(down)
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
         update = None
@@ -306,6 +335,7 @@ class SimTransport(Transport):
                 answer = self.secagg.step(dev, ins.session, ins.stage, ins.params, ins.message)
             except (ValueError, SecAggAborted) as exc:
                 # The device refuses the message, as an agent reports a task that failed.
+                self._cpu.pop(task.id, None)
                 self._deliver(
                     TaskResult(
                         task_id=task.id,
@@ -322,9 +352,13 @@ class SimTransport(Transport):
             yield from step
             # An unreachable or dropped device goes silent: no result ever arrives.
             if self.faults.offline(dev, begin, self.env.now):
+                self._cpu.pop(task.id, None)
                 return
             if isinstance(ins, FitIns) and i == 1:
                 if drops:
+                    self._cpu.pop(task.id, None)
+                    if up:  # the agent sends nothing and polls again at once
+                        self._polling[dev] = self.env.now + up
                     return
                 params, metrics = self.trainer(dev, ins) if self.trainer else (None, _NONE)
                 masked = None
@@ -340,6 +374,7 @@ class SimTransport(Transport):
             i += 1
         if isinstance(ins, ForwardIns):
             update = Update(num_examples=ins.num_examples, nbytes=ins.nbytes)
+        cpu_s, train_cpu_s = self._cpu.pop(task.id)
         result = TaskResult(
             task_id=task.id,
             device=dev,
@@ -347,8 +382,28 @@ class SimTransport(Transport):
             finished=self.env.now,
             update=update,
             payload=answer,
+            cpu_s=cpu_s,
+            train_cpu_s=train_cpu_s,
         )
+        if up or down:
+            # The result's answer goes back to the device, whose next poll then comes here.
+            self._polling[dev] = self.env.now + down + up
         self._deliver(result)
+
+    def _latency_to_server(self, dev: int) -> tuple[float, float]:
+        """Device ``dev``'s one-way latency to the server and back (0, 0 for the server)."""
+        known = self._to_server.get(dev)
+        if known is None:
+            if dev == self.server:
+                known = (0.0, 0.0)
+            else:
+                topo = self.topology
+                known = (
+                    topo.latency(topo.path(dev, self.server)),
+                    topo.latency(topo.path(self.server, dev)),
+                )
+            self._to_server[dev] = known
+        return known
 
     def _deliver(self, result: TaskResult) -> None:
         self._inbox.append(result)
@@ -399,18 +454,36 @@ class SimTransport(Transport):
         # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.
         if keep and hw.persist_cpu_s:
             yield from self._busy(by, hw.persist_cpu_s / requester.speed)
+            self._charge(task, by, hw.persist_cpu_s / requester.speed)
         if keep and hw.persist_io_s:
             yield self.env.timeout(hw.persist_io_s)
         if hw.request_cpu_s:
             yield from self._busy(by, hw.request_cpu_s / requester.speed)
+            self._charge(task, by, hw.request_cpu_s / requester.speed)
+        if self.polling and by == dst and by != src:
+            # A download: the request goes to the source first.
+            asked = self.topology.latency(self.topology.path(by, src))
+            if asked:
+                yield self.env.timeout(asked)
         path = self.topology.path(src, dst)
+        segments = 0.0
+        if hw.segment_cpu_s and nbytes:
+            segments = hw.segment_cpu_s * math.ceil(nbytes / SEGMENT_BYTES) / requester.speed
+            self._charge(task, by, segments)
         if self._jitter:
             jitters = [self.topology.link_profile(n).latency_jitter for n, _ in path]
             extra = sum(abs(self.rng.normal(0.0, j)) for j in jitters if j > 0)
             if extra:
                 yield self.env.timeout(extra)
         cap = self.topology.flow_cap(path) if self._lossy else math.inf
-        yield self.network.transfer(path, nbytes, cap=cap)
+        flow = self.network.transfer(path, nbytes, cap=cap)
+        if segments:
+            # The device's processor takes each segment as it comes: both end the transfer.
+            work = self._busy(by, segments)
+            latency = self.topology.latency(path)
+            yield self.env.all_of([flow, self.env.process(self._after(latency, work))])
+        else:
+            yield flow
         device = src if dst == self.server else dst
         self.events.record(
             Event(device=device, kind=kind, start=start, end=self.env.now, nbytes=nbytes, task=task)
@@ -444,7 +517,12 @@ class SimTransport(Transport):
             steady = compute_seconds(cost, hw) + extra_s
             if kind is EventKind.TRAIN:
                 steady += hw.task_overhead_s
-            seconds = steady * jitter_factor(self.rng, hw.jitter) + cold
+            jitter = jitter_factor(self.rng, hw.jitter)
+            seconds = steady * jitter + cold
+            self._charge(task, dev, seconds / device.speed)
+            if kind is EventKind.TRAIN:
+                steps = compute_seconds(cost, hw) * jitter / device.speed
+                self._charge(task, dev, steps, train=True)
             if device.cpu_quota is None:
                 yield self.env.timeout(seconds / device.speed)
             else:
@@ -456,6 +534,24 @@ class SimTransport(Transport):
             else:
                 del self._processor[dev]
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
+
+    def _charge(self, task: str, dev: int, seconds: float, *, train: bool = False) -> None:
+        """Count ``seconds`` of device ``dev``'s work (at its average speed) as the processor
+        seconds of ``task`` (of its training, with ``train``): under a quota, the work at a
+        whole core's speed that takes that long."""
+        spent = self._cpu.get(task)
+        if spent is None:  # the server's own work, or a task no longer under way
+            return
+        quota = self.topology.devices[dev].cpu_quota
+        spent[1 if train else 0] += seconds * (1.0 if quota is None else quota.cores)
+
+    def _after(
+        self, delay: float, work: Generator[simpy.Event, Any, None]
+    ) -> Generator[simpy.Event, Any, None]:
+        """``work``, ``delay`` seconds from now."""
+        if delay:
+            yield self.env.timeout(delay)
+        yield from work
 
     def _busy(self, dev: int, seconds: float) -> Generator[simpy.Event, Any, None]:
         """``seconds`` of device ``dev``'s processor at its average speed: as long as that,

@@ -73,6 +73,7 @@ def test_a_slowed_profile_gets_the_share_of_the_core_it_is_given():
         "aggregate_bytes_per_s": 4e9,
         "cold_start_s": 0.5,
         "request_cpu_s": 1e-3,
+        "segment_cpu_s": 3e-5,
     }
 
     # Execute
@@ -84,6 +85,7 @@ def test_a_slowed_profile_gets_the_share_of_the_core_it_is_given():
     assert (step["overhead_s"], step["per_sample_s"]) == pytest.approx((4e-3, 8e-5))
     assert slowed["aggregate_bytes_per_s"] == pytest.approx(1e9)
     assert (slowed["cold_start_s"], slowed["request_cpu_s"]) == pytest.approx((2.0, 4e-3))
+    assert slowed["segment_cpu_s"] == pytest.approx(1.2e-4)
     assert "round_overhead_s" not in slowed  # what the host did not measure stays unmeasured
     assert host["steps"]["digits_cnn"]["overhead_s"] == 1e-3
     assert bench.host_gflops(slowed) / bench.host_gflops(host) == pytest.approx(0.25)

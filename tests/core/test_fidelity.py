@@ -24,6 +24,8 @@ from fedsim.core.results import ScenarioRun, TimeSplit
 @dataclass(frozen=True, kw_only=True)
 class Row(TimeSplit):
     round: int
+    device_cpu_s: float | None = None
+    device_train_cpu_s: float | None = None
 
 
 def row(n: int, total: float, transfer=0.0, compute=0.0, aggregation=0.0, waiting=0.0) -> Row:
@@ -146,6 +148,29 @@ def test_csv_row_has_times_and_errors_of_each_component():
         assert {f"predicted_{c}_s", f"measured_{c}_s", f"{c}_abs_rel_error"} <= as_row.keys()
     assert as_row["transfer_abs_rel_error"] == pytest.approx(0.5)
     assert as_row["compute_abs_rel_error"] == 0.0  # both zero: exact
+
+
+def test_a_round_pairs_the_devices_processor_seconds_counted_and_charged():
+    # Prepare: measured rounds whose devices counted their processor seconds, predicted
+    # rounds with the work the simulator charged, and a round of a run that counted none.
+    measured = [
+        replace(row(0, 2.0), device_cpu_s=0.05, device_train_cpu_s=0.04),
+        row(1, 2.0),
+    ]
+    predicted = [
+        replace(row(0, 1.0), device_cpu_s=0.045, device_train_cpu_s=0.035),
+        replace(row(1, 1.0), device_cpu_s=0.045, device_train_cpu_s=0.035),
+    ]
+
+    # Execute
+    counted, uncounted = (r.as_row() for r in pair_rounds(predicted, measured))
+
+    # Assert: fidelity.csv's columns carry both; a run that counted none leaves them empty.
+    assert (counted["predicted_device_cpu_s"], counted["measured_device_cpu_s"]) == (0.045, 0.05)
+    assert counted["measured_device_train_cpu_s"] == 0.04
+    assert counted["predicted_device_train_cpu_s"] == 0.035
+    assert uncounted["measured_device_cpu_s"] is None
+    assert uncounted["predicted_device_cpu_s"] == 0.045
 
 
 def test_unknown_component_is_named():

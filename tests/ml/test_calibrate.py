@@ -113,6 +113,9 @@ def test_calibrate_writes_a_measured_profile_that_the_config_loads(calibrated):
     assert written.persist_cpu_s == profile.persist_cpu_s > 0
     assert written.persist_io_s == profile.persist_io_s >= 0
     assert "keeping an update on disk" in stdout
+    # Each segment of a body that a link paces costs the HTTP client some processor time.
+    assert written.segment_cpu_s == profile.segment_cpu_s and 0 < profile.segment_cpu_s < 0.1
+    assert "per segment of a paced body" in stdout
     # A training task costs the trainer something beyond its steps, far less than a second.
     assert written.task_overhead_s == profile.task_overhead_s and 0 <= profile.task_overhead_s < 1
     assert "residual" in stdout and "this_host.yaml" in stdout.splitlines()[-1]

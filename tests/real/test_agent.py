@@ -30,7 +30,7 @@ from fedsim.core.runtime import FitIns, ModelRef
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
 from fedsim.real.agent.config import AgentConfig
-from fedsim.real.protocol import MeasuredProfile
+from fedsim.real.protocol import AgentCpu, MeasuredProfile
 from fedsim.store.safetensors_io import decode
 
 pytestmark = pytest.mark.asyncio
@@ -461,6 +461,8 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     assert profile["cold_start_s"] >= 0
     # One HTTP request costs the client some processor time, far less than a second.
     assert 0 < profile["request_cpu_s"] < 1 and 0 < profile["round_overhead_s"] < 10
+    # So does each segment of a paced body, more than nothing and far less than a request.
+    assert 0 < profile["segment_cpu_s"] < 0.1
     # Keeping an update in its state directory costs the processor something, and the wait
     # for the disk is never negative; the scratch state is gone afterwards.
     assert 0 < profile["persist_cpu_s"] < 1 and 0 <= profile["persist_io_s"] < 10
@@ -470,6 +472,7 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
     accepted = MeasuredProfile.model_validate(profile)
     assert accepted.cold_start_s == profile["cold_start_s"]
     assert accepted.request_cpu_s == profile["request_cpu_s"]
+    assert accepted.segment_cpu_s == profile["segment_cpu_s"]
     assert (accepted.persist_cpu_s, accepted.persist_io_s) == (
         profile["persist_cpu_s"],
         profile["persist_io_s"],
@@ -592,6 +595,32 @@ async def test_fit_uploads_what_torch_trainer_computes(fake, tmp_path, shard_fil
     assert {"download_s", "train_s", "upload_s"} <= json.loads(headers["X-Fedsim-Timings"]).keys()
     assert "X-Fedsim-Timing-Only" not in headers
     assert server.errors == []
+
+
+async def test_the_agent_counts_its_processor_seconds_of_each_task(
+    fake, tmp_path, shard_file, global_model
+):
+    # Prepare: two training tasks, one after the other.
+    server, url = fake
+    server.blobs[BLOB_PATH] = global_model
+    agent = Agent(config=agent_config(url, tmp_path, data=str(shard_file)))
+
+    # Execute
+    async with running(agent) as run:
+        await server.until(lambda: agent.device_id is not None, run)
+        for i, name in enumerate(("r1-d4", "r2-d4")):
+            await server.give(agent.device_id, fit_task(name, global_model))
+            await server.until(lambda i=i: len(server.updates) == i + 1, run)
+
+    # Assert: each update says what the task cost the agent's processor, training (one
+    # thread's) within it; the second also what passed since the first's result was ready.
+    first, second = (
+        AgentCpu.model_validate_json(u["headers"]["X-Fedsim-Cpu"]) for u in server.updates
+    )
+    for cpu in (first, second):
+        assert 0 < cpu.train_s <= cpu.task_s
+    assert first.between_s is None
+    assert second.between_s is not None and second.between_s > 0
 
 
 async def test_a_wrong_sha256_is_reported_and_nothing_is_trained(

@@ -208,6 +208,125 @@ def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+class Echo(BaseHTTPRequestHandler):
+    """GET answers a few bytes; PUT reads the body sent, then answers."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: requests after the first reuse the connection
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def do_PUT(self) -> None:
+        left = int(self.headers["Content-Length"])
+        while left:
+            left -= len(self.rfile.read(min(left, 65536)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+TIMED_REQUESTS = textwrap.dedent(
+    """
+    import http.client, json, sys, time
+    from urllib.parse import urlsplit
+    url, n = urlsplit(sys.argv[1]), int(sys.argv[2])
+    c = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    c.connect()  # the relay answers a connect at once: only requests are timed
+    start = time.perf_counter()
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"ok"
+    get = time.perf_counter() - start
+    start = time.perf_counter()
+    c.request("PUT", "/", body=b"\\0" * n)
+    c.getresponse().read()
+    put = time.perf_counter() - start
+    print(json.dumps({"get_s": get, "put_s": put}))
+    """
+)
+ONE_WAY_S = 0.1  # the agents' own links' latency: a 200 ms round trip
+
+
+@needs_root
+def test_the_latency_relay_holds_each_request_and_response_for_the_links_latency():
+    # Prepare: agents' own links at 8 Mbit/s goodput (1,000,000 B/s) with 100 ms of latency,
+    # delayed by the relay (as on a kernel without netem).
+    topology = grouped(
+        {1: 1, 2: 1},
+        access=link("access", 1.0, latency_s=ONE_WAY_S),
+        client_hardware=lambda d: hardware("cli", 0.01),
+    )
+    plan = emulate.plan(topology, [1, 2], host_flops=1e12, cores=2)
+    with emulate.Emulation(plan, use_netem=False) as net:
+        httpd = ThreadingHTTPServer((net.server_address, 0), Echo)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            url = net.route(1, f"http://{net.server_address}:{httpd.server_address[1]}")
+            described = net.describe()
+            # Execute: agent 1, from its namespace, a short GET, then a PUT of 1 MB.
+            proc = subprocess.run(
+                [*net.launcher(1), sys.executable, "-c", TIMED_REQUESTS, url, "1000000"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    # Assert: each request and each response waits one 100 ms one-way delay; the PUT's body
+    # also takes its 1 s at the link's rate.
+    assert proc.returncode == 0, proc.stderr
+    took = json.loads(proc.stdout)
+    print(f"relay, 100 ms each way: {took}")  # the measured figures, for the record
+    assert described["latency_mechanism"] == "relay"
+    assert described["one_way_delay_s"]["1"] == {"up": ONE_WAY_S, "down": ONE_WAY_S}
+    assert url != f"http://{net.server_address}:{httpd.server_address[1]}"
+    assert took["get_s"] == pytest.approx(2 * ONE_WAY_S, rel=0.10)
+    assert took["put_s"] == pytest.approx(2 * ONE_WAY_S + 1.0, rel=0.10)
+    assert nothing_left(net.tag), leftovers(net.tag)
+    assert net.relay is None
+
+
+START_RELAY_AND_HANG = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    from topologies import grouped
+    from fedsim.real import emulate
+    plan = emulate.plan(grouped({1: 1}), [1], host_flops=1e12, cores=1)
+    net = emulate.Emulation(plan, use_netem=False).__enter__()
+    net.route(1, f"http://{net.server_address}:9")
+    print(net.tag, net.relay.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@needs_root
+def test_the_next_start_ends_the_latency_relay_of_a_killed_run():
+    # Prepare: a process sets up an emulation with a latency relay, and is SIGKILLed.
+    owner = subprocess.Popen(
+        [sys.executable, "-c", START_RELAY_AND_HANG, str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    tag, relay_pid = owner.stdout.readline().split()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=10)
+    assert Path(f"/proc/{relay_pid}").exists() and not _zombie(int(relay_pid))
+    # Execute: the next start.
+    plan = emulate.plan(two_agents(), [1, 2], host_flops=1e12, cores=2)
+    with emulate.Emulation(plan):
+        # Assert: the killed run's relay is gone with its namespaces, links and cgroups.
+        assert nothing_left(tag), leftovers(tag)
+        assert not Path(f"/proc/{relay_pid}").exists() or _zombie(int(relay_pid))
+
+
 @needs_root
 def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
     # Prepare: the CPU trainer at its profile's full peak, so its quota is not the least

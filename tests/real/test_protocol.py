@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fedsim.real.protocol import (
+    AgentCpu,
     FitTask,
     Headers,
     Paths,
@@ -174,10 +175,27 @@ def test_update_headers_round_trip():
     assert UpdateMeta.from_headers(padding.headers()).timing_only
 
 
+def test_the_agents_processor_seconds_travel_in_a_header_of_their_own():
+    # Prepare: an update that counts its agent's processor seconds, and one that does not.
+    counted = UpdateMeta(num_examples=10, cpu=AgentCpu(task_s=0.3, train_s=0.2, between_s=0.05))
+    uncounted = UpdateMeta(num_examples=10)
+
+    # Execute
+    headers = counted.headers()
+    back = UpdateMeta.from_headers(headers)
+
+    # Assert: the figures come back whole, in their own header (which a server that does not
+    # know it ignores); without them the header is absent and the figures are None.
+    assert back == counted
+    assert set(headers) - set(uncounted.headers()) == {Headers.CPU}
+    assert UpdateMeta.from_headers(uncounted.headers()).cpu is None
+
+
 @pytest.mark.parametrize(
     ("headers", "field", "malformed"),
     [
         ({}, Headers.NUM_EXAMPLES, False),
+        ({Headers.CPU: '{"task_s": -0.1}'}, f"{Headers.CPU}.task_s", False),
         ({Headers.NUM_EXAMPLES: "many"}, Headers.NUM_EXAMPLES, True),
         ({Headers.NUM_EXAMPLES: str(2**63)}, Headers.NUM_EXAMPLES, False),
         ({Headers.METRICS: "{"}, Headers.METRICS, True),

@@ -265,6 +265,87 @@ def test_each_transfer_a_device_makes_costs_it_its_request_cpu_at_its_speed():
     assert costly_task == pytest.approx(free_task + 0.04)
 
 
+def test_polling_pays_latency_per_request_and_response_as_the_agents_do():
+    # Prepare: one trainer behind a 1 MB/s link with 50 ms of latency each way (1 TFLOP/s,
+    # 1e12 FLOPs: 1 s of training); a 1 MB model down, a 1 MB update up; two tasks in turn.
+    topology = star(1, access=link("a", 1.0, latency_s=0.05))
+    tasks = [
+        Task(id=f"t{i}", device=1, ins=fit(nbytes=1_000_000, update_nbytes=1_000_000))
+        for i in range(2)
+    ]
+    took = {}
+    for polling in (False, True):
+        transport = SimTransport(topology, seed=0, polling=polling)
+
+        # Execute
+        results = [transport.run([task])[0] for task in tasks]
+        took[polling] = [r.finished - r.started for r in results]
+
+    # Assert: per transfer, 50 ms + 1 s each way and 1 s of training: 3.1 s a task. Polling,
+    # the task comes as the poll's answer (50 ms) and the download's request goes first
+    # (50 ms): 3.2 s; the second task also waits for the poll sent after the first result's
+    # answer came back (a 100 ms round trip): 3.3 s.
+    assert took[False] == pytest.approx([3.1, 3.1])
+    assert took[True] == pytest.approx([3.2, 3.3])
+
+
+def test_a_task_result_counts_the_processor_seconds_charged_as_an_agent_counts_its_own():
+    # Prepare: a measured trainer (10 ms a request, 5 ms of task overhead), at half its
+    # profile's speed, held to 0.25 core or not; a 1 MB model it loads at
+    # 1 MB/s, a 1 MB update it serializes at 2 MB/s.
+    topology = measured_clients(
+        star(1),
+        request_cpu_s=0.01,
+        task_overhead_s=0.005,
+        load_bytes_per_s=1e6,
+        serialize_bytes_per_s=2e6,
+    )
+    devices = {**topology.devices, 1: replace(topology.devices[1], speed=0.5)}
+    topology = replace(topology, devices=devices)
+    held = with_cpu_quotas(topology, {1: CpuQuota(cores=0.25, period_s=0.1)})
+    task = Task(id="t", device=1, ins=fit(nbytes=1_000_000, update_nbytes=1_000_000))
+
+    # Execute
+    (free,) = SimTransport(topology, seed=0).run([task])
+    (quota,) = SimTransport(held, seed=0).run([task])
+
+    # Assert: the task's whole cycle (two requests, the load, the steps, the serialization,
+    # the overhead), at half speed; under the quota the same work at 0.25 of a core.
+    steps = 2 * (4 * 0.002 + 50 * 1e-4) / 0.5
+    assert free.train_cpu_s == pytest.approx(steps)
+    assert free.cpu_s == pytest.approx(steps + (2 * 0.01 + 1.0 + 0.5 + 0.005) / 0.5)
+    assert quota.train_cpu_s == pytest.approx(0.25 * free.train_cpu_s)
+    assert quota.cpu_s == pytest.approx(0.25 * free.cpu_s)
+
+
+def test_each_segment_of_a_transfer_costs_processor_work_done_while_the_bytes_flow():
+    # Prepare: a trainer behind a 1 MB/s link with 0.1 s of latency; its profile costs 1 ms
+    # of processor per 1448-byte segment (or none), or the same behind a 100 MB/s link; a
+    # model of 144,800 B (100 segments) down.
+    ins = fit(nbytes=144_800)
+    times = {}
+    for per_segment, link_mb in ((0.0, 1.0), (0.001, 1.0), (0.001, 100.0)):
+        measured = measured_clients(
+            star(1, access=link("a", link_mb, latency_s=0.1)), segment_cpu_s=per_segment
+        )
+        transport = SimTransport(measured, seed=0)
+
+        # Execute
+        (result,) = transport.run([Task(id="t", device=1, ins=ins)])
+        times[per_segment, link_mb] = (
+            transfer_durations(transport)[EventKind.MODEL_DOWNLOAD],
+            result.cpu_s,
+        )
+
+    # Assert: at 1 MB/s the bytes take 0.1448 s and the 100 ms of processor work fits in
+    # them; at 100 MB/s the work, begun as the bytes start to arrive, ends the transfer.
+    assert times[0.0, 1.0][0] == pytest.approx(0.1 + 0.1448)
+    assert times[0.001, 1.0][0] == pytest.approx(0.1 + 0.1448)
+    assert times[0.001, 100.0][0] == pytest.approx(0.1 + 0.1)
+    # Both transfers' segments are the task's processor seconds (a 1000 B update: 1 segment).
+    assert times[0.001, 1.0][1] - times[0.0, 1.0][1] == pytest.approx(0.101)
+
+
 def test_the_server_pays_its_round_overhead_once_per_model_version_it_deploys():
     # Prepare: a server whose profile takes 0.2 s to deploy a version, at twice its speed.
     topology = star(2)

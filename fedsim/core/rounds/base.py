@@ -80,6 +80,10 @@ class RoundReport:
     train_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     staleness: float | None = None
+    # The mean over the accepted results that count it of the processor seconds each device
+    # spent on its task, and of those its training (TaskResult.cpu_s, train_cpu_s).
+    device_cpu_s: float | None = None
+    device_train_cpu_s: float | None = None
 
     @property
     def duration(self) -> float:
@@ -424,6 +428,8 @@ class Federation:
                 train_loss=mean_loss(updates),
                 metrics=metrics,
                 staleness=staleness,
+                device_cpu_s=_mean(r.cpu_s for r in accepted),
+                device_train_cpu_s=_mean(r.train_cpu_s for r in accepted),
             )
         )
 
@@ -452,3 +458,9 @@ class RoundProtocol(abc.ABC):
     @abc.abstractmethod
     def run(self, candidates: Sequence[int]) -> None:
         """All configured rounds over ``candidates``; their reports go to ``fed.history``."""
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None; None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

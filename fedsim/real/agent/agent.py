@@ -36,7 +36,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from time import perf_counter
+from time import perf_counter, process_time, thread_time
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -72,6 +72,7 @@ from fedsim.real.agent.work import (
     padding,
 )
 from fedsim.real.protocol import (
+    AgentCpu,
     FitTask,
     ForwardTask,
     Paths,
@@ -145,6 +146,10 @@ class Agent:
         self._auth_lock = asyncio.Lock()
         self._calibrating: asyncio.Task[None] | None = None
         self._answered: float | None = None  # the calibration request answered last
+        # This process's processor seconds (process_time) when the task under way arrived,
+        # and when the previous task's result was counted (None before the first): AgentCpu.
+        self._task_cpu_from = 0.0
+        self._result_cpu_at: float | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -320,6 +325,7 @@ class Agent:
                         read_timeout=wait + POLL_MARGIN,
                     )
                 )
+                self._task_cpu_from = process_time()  # the task's handling starts here
                 task = None if reply.status == 204 or not reply.body else reply.json()
             except ApiError as e:
                 if e.status == 410:
@@ -431,11 +437,15 @@ class Agent:
         if secagg is not None and device_id is None:
             raise TaskError("this agent has no device id to mask its update under")
 
+        train_cpu_s = 0.0
+
         def train() -> tuple[bytes, dict[str, float], float]:
+            nonlocal train_cpu_s
             # decode gives read-only views of the blob; the trainer loads copies.
             parameters = {name: np.array(a) for name, a in decode(blob).items()}
-            begun = perf_counter()
+            begun, begun_cpu = perf_counter(), thread_time()
             arrays, metrics = trainer(device_id, dataclasses.replace(ins, parameters=parameters))
+            train_cpu_s = thread_time() - begun_cpu
             if secagg is None:
                 return encode(arrays), metrics, perf_counter() - begun
             # Secure aggregation: only the masked input leaves the device.
@@ -460,6 +470,7 @@ class Agent:
             metrics={str(k): float(v) for k, v in metrics.items()},
             # The agent cannot time its own upload before sending it; the server times it.
             timings=Timings(download_s=download_s, train_s=train_s),
+            cpu=self._task_cpu(train_cpu_s),
         ).headers()
         # Kept before it is sent: a restart from here on re-sends it instead of training again.
         await loop.run_in_executor(
@@ -468,6 +479,19 @@ class Agent:
         )
         await self._put(task_id, "update", body, len(body), headers)
         return "succeeded"
+
+    def _task_cpu(self, train_s: float) -> AgentCpu:
+        """This process's processor seconds on the task under way until now (its result is
+        about to be kept and sent), and between the previous result's being counted so and
+        this task's arrival (keeping and sending that result, polling, heartbeats)."""
+        now = process_time()
+        between = None
+        if self._result_cpu_at is not None:
+            between = max(0.0, self._task_cpu_from - self._result_cpu_at)
+        self._result_cpu_at = now  # the next task's between_s counts from here
+        return AgentCpu(
+            task_s=max(0.0, now - self._task_cpu_from), train_s=max(0.0, train_s), between_s=between
+        )
 
     async def _secagg_stage(self, task: SecAggTask) -> None:
         """Answer one stage of secure aggregation with this device's side of the protocol;

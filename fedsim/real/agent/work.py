@@ -191,6 +191,7 @@ CALIBRATION_REPEATS = 10
 CALIBRATION_WARMUP = 3
 CALIBRATION_IO_REPEATS = 10
 CALIBRATION_REQUESTS = 20
+CALIBRATION_PACED_DOWNLOADS = 5  # each 0.05 s: a download of 100 segments, paced
 CALIBRATION_PERSISTS = 10
 
 
@@ -217,7 +218,7 @@ def measure_profile(
     from fedsim.ml.calibrate import calibrate, profile_document
     from fedsim.ml.spec import MODELS
     from fedsim.real.agent.state import measure_persist
-    from fedsim.real.request_cost import measure_request_cpu_s
+    from fedsim.real.request_cost import measure_request_cpu_s, measure_segment_cpu_s
 
     # The model may be the server's word (a calibration request): the same allowlist as a task.
     check_model_allowed(model, plugins)
@@ -251,9 +252,14 @@ def measure_profile(
             "not reporting them"
         )
     requests = measure_request_cpu_s(CALIBRATION_REQUESTS)
+    segments = measure_segment_cpu_s(CALIBRATION_PACED_DOWNLOADS)
     persist = measure_persist(cal.state_bytes, repeats=CALIBRATION_PERSISTS, directory=state_dir)
     measured = dataclasses.replace(
-        cal, request_cpu_s=requests, persist_cpu_s=persist.cpu_s, persist_io_s=persist.io_s
+        cal,
+        request_cpu_s=requests,
+        segment_cpu_s=segments,
+        persist_cpu_s=persist.cpu_s,
+        persist_io_s=persist.io_s,
     )
     return profile_document(measured)
 

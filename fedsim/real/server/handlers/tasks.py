@@ -314,6 +314,7 @@ def _outcome(
         nbytes=reader.nbytes,
         metrics=dict(meta.metrics),
         timings=meta.timings,
+        cpu=meta.cpu,
         sha256=reader.sha256,
         **body,
     )
