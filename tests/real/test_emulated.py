@@ -183,18 +183,23 @@ SET_UP_AND_HANG = textwrap.dedent(
 )
 
 
+def run_and_kill(script: str) -> tuple[str, str]:
+    """Run ``script`` (which prints its emulation's tag and a pid, then hangs), SIGKILL it once
+    it has printed, and return the two."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(ROOT / "tests")], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    tag, pid = owner.stdout.readline().split()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=10)
+    return tag, pid
+
+
 @needs_root
 def test_the_next_start_removes_what_a_killed_run_left():
     # Prepare: a process sets up an emulation, starts an "agent" in it, and is SIGKILLed.
-    owner = subprocess.Popen(
-        [sys.executable, "-c", SET_UP_AND_HANG, str(ROOT / "tests")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert owner.stdout is not None
-    tag, agent_pid = owner.stdout.readline().split()
-    owner.send_signal(signal.SIGKILL)
-    owner.wait(timeout=10)
+    tag, agent_pid = run_and_kill(SET_UP_AND_HANG)
     assert not nothing_left(tag)
     # Execute: the next start.
     plan = emulate.plan(two_agents(), [1, 2], host_flops=1e12, cores=2)
@@ -309,15 +314,7 @@ START_RELAY_AND_HANG = textwrap.dedent(
 @needs_root
 def test_the_next_start_ends_the_latency_relay_of_a_killed_run():
     # Prepare: a process sets up an emulation with a latency relay, and is SIGKILLed.
-    owner = subprocess.Popen(
-        [sys.executable, "-c", START_RELAY_AND_HANG, str(ROOT / "tests")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert owner.stdout is not None
-    tag, relay_pid = owner.stdout.readline().split()
-    owner.send_signal(signal.SIGKILL)
-    owner.wait(timeout=10)
+    tag, relay_pid = run_and_kill(START_RELAY_AND_HANG)
     assert Path(f"/proc/{relay_pid}").exists() and not _zombie(int(relay_pid))
     # Execute: the next start.
     plan = emulate.plan(two_agents(), [1, 2], host_flops=1e12, cores=2)
