@@ -111,6 +111,12 @@ def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
             "each request and response to and from the server for the path's one-way latency; "
             "loss and jitter were not emulated."
         )
+    elif described.get("latency_mechanism") == "none":
+        note += (
+            " This kernel has no netem, and every path is faster than the relay's threshold "
+            "one way: tc shaped the link rates; latency, loss and jitter were not emulated, "
+            "and the prediction leaves them out."
+        )
     elif not described.get("latency_and_loss_emulated", True):
         note += " This kernel has no netem: link latency and loss were not emulated, rates were."
     return replace(

@@ -57,7 +57,13 @@ CGROUP_PARENT = "fedsim-emulated"  # the cgroup under which each run makes its o
 PERIOD_US = 100_000  # the CFS period of every quota
 MIN_QUOTA_US = 1_000  # the smallest quota the kernel accepts
 RELAY_CGROUP = "relay"  # the run's latency relay: in the run's cgroup, without a quota
-NETEM, RELAY = "netem", "relay"  # how an emulation delays its links (``latency_mechanism``)
+# How an emulation delays its links (``latency_mechanism``); NONE: it does not.
+NETEM, RELAY, NONE = "netem", "relay", "none"
+# Without netem, the relay delays the links only where some agent's path to the server is at
+# least this slow one way: the relay is a process of its own whose processor time the agents'
+# share of the host pays, and below a few milliseconds that costs a run more than the delay it
+# would add (keti's 2-3 ms paths: rounds 20-60 ms longer with the relay, bench_fidelity).
+RELAY_MIN_DELAY_S = 0.005
 # Links carry TCP segments of 1448 payload bytes (1500-byte MTU, less IP and TCP headers with
 # timestamps, Linux's default) in 1514-byte frames, which is what tc counts: the rate a link is
 # shaped at is its profile's goodput times this.
@@ -349,6 +355,8 @@ class Emulation:
     state_dir: Path = STATE_DIR
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     use_netem: bool = True  # False: the relay delays the links even where netem could
+    # Without netem: the least one-way delay of some agent's path for which the relay runs.
+    relay_min_delay_s: float = RELAY_MIN_DELAY_S
     netem: bool = field(init=False, default=False)
     # Without netem: the latency relay and each agent's port on it (started by route()).
     relay: subprocess.Popen[str] | None = field(init=False, default=None)
@@ -382,11 +390,27 @@ class Emulation:
             self.__exit__(None, None, None)
             raise
         if not self.netem:
+            latency = (
+                "their latency comes from a relay"
+                if self.relayed
+                else f"their latency (all paths under {self.relay_min_delay_s * 1e3:g} ms one "
+                "way) is not emulated"
+            )
             log.warning(
                 "emulated mode: this kernel has no sch_netem; links are rate-shaped by tc, "
-                "their latency comes from a relay, their loss and jitter are not emulated"
+                "%s, their loss and jitter are not emulated",
+                latency,
             )
         return self
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the relay delays the agents' traffic: no netem, and some agent's path to the
+        server at least ``relay_min_delay_s`` one way."""
+        if self.netem:
+            return False
+        slowest = max((max(self.one_way_delay(d).values()) for d in self.plan.agents), default=0.0)
+        return slowest >= self.relay_min_delay_s
 
     def __exit__(self, *exc: object) -> None:
         if self.relay is not None:
@@ -405,7 +429,7 @@ class Emulation:
             **self.plan.describe(),
             # netem delays and drops packets; the relay delays the agents' traffic to and
             # from the server and loses nothing.
-            "latency_mechanism": NETEM if self.netem else RELAY,
+            "latency_mechanism": NETEM if self.netem else RELAY if self.relayed else NONE,
             "latency_and_loss_emulated": self.netem,
             "loss_emulated": self.netem,
             "one_way_delay_s": {str(d): self.one_way_delay(d) for d in self.plan.agents},
@@ -576,9 +600,10 @@ class Emulation:
 
     def route(self, dev: int, url: str) -> str:
         """The URL agent ``dev`` dials for the server at ``url``: ``url`` itself where netem
-        delays the links, else the agent's port on the latency relay (which the first call
-        starts, towards ``url``'s port on the server's address)."""
-        if self.netem:
+        delays the links or no path is slow enough for the relay (:attr:`relayed`), else the
+        agent's port on the latency relay (which the first call starts, towards ``url``'s port
+        on the server's address)."""
+        if not self.relayed:
             return url
         if self.relay is None:
             port = urlsplit(url).port

@@ -296,6 +296,22 @@ def test_the_latency_relay_holds_each_request_and_response_for_the_links_latency
     assert net.relay is None
 
 
+@needs_root
+def test_paths_faster_than_the_relays_threshold_go_straight_to_the_server():
+    # Prepare: without netem, agents 1 ms one way from the server, under the 5 ms threshold.
+    topology = grouped({1: 1}, access=link("access", 1.0, latency_s=0.001))
+    plan = emulate.plan(topology, [1], host_flops=1e12, cores=1)
+    url = "http://10.0.0.1:8080"
+    # Execute
+    with emulate.Emulation(plan, use_netem=False) as net:
+        routed, described = net.route(1, url), net.describe()
+    # Assert: no relay runs; the run says latency was not emulated, so its prediction drops it.
+    assert routed == url and net.relay is None
+    assert described["latency_mechanism"] == "none"
+    assert not described["latency_and_loss_emulated"]
+    assert nothing_left(net.tag), leftovers(net.tag)
+
+
 START_RELAY_AND_HANG = textwrap.dedent(
     """
     import sys, time
@@ -303,7 +319,7 @@ START_RELAY_AND_HANG = textwrap.dedent(
     from topologies import grouped
     from fedsim.real import emulate
     plan = emulate.plan(grouped({1: 1}), [1], host_flops=1e12, cores=1)
-    net = emulate.Emulation(plan, use_netem=False).__enter__()
+    net = emulate.Emulation(plan, use_netem=False, relay_min_delay_s=0.0).__enter__()
     net.route(1, f"http://{net.server_address}:9")
     print(net.tag, net.relay.pid, flush=True)
     time.sleep(600)
