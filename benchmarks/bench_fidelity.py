@@ -390,7 +390,7 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
         used = "" if relay_s is None else f" ({relay_s:.2f} s of processor)"
         notes.append(f"no netem: latency by the relay{used}, loss not emulated")
     elif not emulation["latency_and_loss_emulated"]:
-        notes.append("no netem: latency not emulated nor predicted")
+        notes.append("no netem, paths under the relay's 5 ms: latency not emulated nor predicted")
     first = figures["first_round"]
     measured, predicted = first["measured_s"], first["predicted_s"]
     notes.append(f"round 0 {measured:.2f} s measured, {predicted:.2f} s predicted")
