@@ -218,7 +218,10 @@ class Topology:
     _parent: dict[Node, Node] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        parent: dict[Node, Node] = {("switch", g): BACKBONE for g in self.groups}
+        # The devices of a group share its switch's node as their parent (equal either way,
+        # but one tuple a group rather than one a device).
+        switch: dict[int, Node] = {g: ("switch", g) for g in self.groups}
+        parent: dict[Node, Node] = dict.fromkeys(switch.values(), BACKBONE)
         for d in self.devices.values():
             where = f"topology.devices[id={d.id}]"
             if d.group not in self.groups:
@@ -226,7 +229,7 @@ class Topology:
             if d.role not in ROLES:
                 raise TopologyError(f"{where}.role: {d.role!r} is not one of {', '.join(ROLES)}")
             if d.attach_to is None:
-                parent[("device", d.id)] = ("switch", d.group)
+                parent[("device", d.id)] = switch[d.group]
             elif d.attach_to not in self.devices:
                 raise TopologyError(f"{where}.link.to: no device {d.attach_to}")
             else:
