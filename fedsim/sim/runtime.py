@@ -143,7 +143,8 @@ class SimTransport(Transport):
         self._jitter = any(p.latency_jitter > 0 for p in links.values())
         # Whether any link loses packets: if none does, no flow has a loss-bound cap to work out.
         self._lossy = any(p.loss > 0 for p in links.values())
-        # Devices that have started training in this run: their cold start is paid.
+        # Devices that have started training in this run: their cold start is paid. Only
+        # devices whose profile has a cold start are kept (a spec-sheet fleet keeps none).
         self._warm: set[int] = set()
         # Model versions the server has deployed: each new one costs its round overhead.
         self._deployed: set[tuple[str, int]] = set()
@@ -486,7 +487,7 @@ class SimTransport(Transport):
         try:
             start = self.env.now
             cold = 0.0
-            if kind is EventKind.TRAIN and dev not in self._warm:
+            if kind is EventKind.TRAIN and hw.cold_start_s and dev not in self._warm:
                 self._warm.add(dev)
                 cold = hw.cold_start_s
             steady = compute_seconds(cost, hw) + extra_s
@@ -625,7 +626,7 @@ class _FitRun:
         hw = device.hardware
         self.start = t.env.now
         cold = 0.0
-        if dev not in t._warm:
+        if hw.cold_start_s and dev not in t._warm:
             t._warm.add(dev)
             cold = hw.cold_start_s
         io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
