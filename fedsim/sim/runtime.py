@@ -552,7 +552,17 @@ class _FitRun:
     :meth:`SimTransport._plain_fit` passes: no request or persistence cost, no CPU quota, no
     latency jitter."""
 
-    __slots__ = ("begin", "drops", "ins", "start", "started", "task", "transport", "update")
+    __slots__ = (
+        "begin",
+        "drops",
+        "ins",
+        "start",
+        "started",
+        "step",
+        "task",
+        "transport",
+        "update",
+    )
 
     def __init__(self, transport: SimTransport, task: Task) -> None:
         assert isinstance(task.ins, FitIns)
@@ -566,13 +576,26 @@ class _FitRun:
         faults = transport.faults
         self.drops = faults.dropout > 0 and transport._drops.random() < faults.dropout
         self.update: Update | None = None
+        # What to do when the event it waits for is processed: a function of the class, which
+        # __call__ applies. The run itself is the event's callback, not a bound method made
+        # per wait (64 bytes each, a device's while it waits).
+        self.step: Callable[[_FitRun, simpy.Event], None] = _FitRun._downloaded
 
-    def _send(self, src: int, dst: int, nbytes: int, then: Callable[[simpy.Event], None]) -> None:
+    def __call__(self, event: simpy.Event) -> None:
+        self.step(self, event)
+
+    def _wait(self, event: simpy.Event, step: Callable[[_FitRun, simpy.Event], None]) -> None:
+        self.step = step
+        event.callbacks.append(self)
+
+    def _send(
+        self, src: int, dst: int, nbytes: int, then: Callable[[_FitRun, simpy.Event], None]
+    ) -> None:
         t = self.transport
         self.begin = t.env.now
         path = t.topology.path(src, dst)
         cap = t.topology.flow_cap(path) if t._lossy else math.inf
-        t.network.transfer(path, nbytes, cap=cap).callbacks.append(then)
+        self._wait(t.network.transfer(path, nbytes, cap=cap), then)
 
     def _record(self, kind: EventKind, src: int, dst: int, nbytes: int) -> None:
         t = self.transport
@@ -596,7 +619,7 @@ class _FitRun:
     def download(self) -> None:
         ins = self.ins
         src = self.transport.server if ins.source is None else ins.source
-        self._send(src, self.task.device, ins.model.nbytes, self._downloaded)
+        self._send(src, self.task.device, ins.model.nbytes, _FitRun._downloaded)
 
     def _downloaded(self, _: simpy.Event) -> None:
         ins, dev = self.ins, self.task.device
@@ -616,7 +639,10 @@ class _FitRun:
             t._processor[dev] = [turn]
         else:
             waiting.append(turn)
-        turn.callbacks.append(lambda _: self._train())
+        self._wait(turn, _FitRun._turn)
+
+    def _turn(self, _: simpy.Event) -> None:
+        self._train()
 
     def _train(self) -> None:
         """The training step, once the device's processor is this task's (as ``_compute``)."""
@@ -632,7 +658,7 @@ class _FitRun:
         io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
         steady = compute_seconds(ins.cost(), hw) + io + hw.task_overhead_s
         seconds = steady * jitter_factor(t.rng, hw.jitter) + cold
-        t.env.timeout(seconds / device.speed).callbacks.append(self._trained)
+        self._wait(t.env.timeout(seconds / device.speed), _FitRun._trained)
 
     def _trained(self, _: simpy.Event) -> None:
         t = self.transport
@@ -661,7 +687,7 @@ class _FitRun:
             masked=masked,
         )
         sink = t.server if ins.sink is None else ins.sink
-        self._send(dev, sink, ins.update_nbytes, self._uploaded)
+        self._send(dev, sink, ins.update_nbytes, _FitRun._uploaded)
 
     def _uploaded(self, _: simpy.Event) -> None:
         t = self.transport
