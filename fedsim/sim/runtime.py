@@ -547,8 +547,8 @@ class _FitRun:
     """A training task (download, training, upload) driven by callbacks on its SimPy events
     rather than as a SimPy process: the same events, at the same times and in the same order
     as :meth:`SimTransport._task` makes them for a :class:`FitIns`, without a process, its
-    start and end events and the generators of its steps (about a third of what a device
-    held during a round at scale, and a fifth of the events). Only for the tasks
+    start and end events and the generators of its steps (about 0.9 KB a device during a round
+    at scale, and a fifth of the round's SimPy events). Only for the tasks
     :meth:`SimTransport._plain_fit` passes: no request or persistence cost, no CPU quota, no
     latency jitter."""
 
