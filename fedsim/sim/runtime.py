@@ -1,7 +1,7 @@
 """The SimPy runtime: the transport interface over modelled links and devices.
 
-Each task is a SimPy process on the device it targets: transfers go through the flow-level
-network, compute steps queue for the device's processor and last as long as the compute model
+Each task runs on the device it targets, as a SimPy process or, a plain training task, as
+callbacks on the same SimPy events (``_FitRun``): transfers go through the flow-level network, compute steps queue for the device's processor and last as long as the compute model
 says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
 
 A measured profile also charges what the device's CPU spends around a transfer: loading the
