@@ -1,8 +1,9 @@
 """The SimPy runtime: the transport interface over modelled links and devices.
 
 Each task runs on the device it targets, as a SimPy process or, a plain training task, as
-callbacks on the same SimPy events (``_FitRun``): transfers go through the flow-level network, compute steps queue for the device's processor and last as long as the compute model
-says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
+callbacks on the same SimPy events (``_FitRun``): transfers go through the flow-level
+network, compute steps queue for the device's processor and last as long as the compute
+model says. ``wait`` advances the virtual clock until enough results arrived or the deadline passed.
 
 A measured profile also charges what the device's CPU spends around a transfer: loading the
 model version it downloaded (``nbytes / load_bytes_per_s``) and serializing the update it
