@@ -108,13 +108,20 @@ def test_deadline_leaves_stragglers_out():
 def test_training_tasks_run_by_callbacks_make_the_events_their_processes_made(monkeypatch):
     # Prepare: jittered devices behind a shared 10 MB/s uplink with latency; device 1 has two
     # training tasks (the second waits for its processor), a data upload runs as a process
-    # between training tasks, device 4 goes offline while it trains, and some tasks drop out.
+    # between training tasks, device 4 goes offline while it downloads, some tasks drop out,
+    # and the server deploys the model version first (its round overhead).
     topo = star(4, uplink=link("up", 10.0, latency_s=0.01))
     jittery = hardware("cli", tflops=1.0, jitter=0.2)
+    deploys = replace(
+        topo.devices[0].hardware,
+        kind="measured",
+        steps={"m": StepModel(overhead_s=0.0, per_sample_s=1e-6)},
+        round_overhead_s=0.05,
+    )
     topo = topo.__class__(
         topo.name,
         topo.groups,
-        {k: replace(d, hardware=jittery) if k else d for k, d in topo.devices.items()},
+        {k: replace(d, hardware=jittery if k else deploys) for k, d in topo.devices.items()},
     )
     ref = ModelRef(name="m", version=0, nbytes=2_000_000)
 
@@ -148,6 +155,7 @@ def test_training_tasks_run_by_callbacks_make_the_events_their_processes_made(mo
     # covers a queued training, a dropout and an outage (not every task returns).
     assert fast == slow
     assert 2 <= len(fast[0]) < len(tasks)
+    assert min(r[1] for r in fast[0]) == pytest.approx(0.05)
     train_starts = [e[2] for e in fast[1] if e[0] == 1 and e[1] is EventKind.TRAIN]
     assert len(train_starts) == 2 and train_starts[1] > train_starts[0]
 
