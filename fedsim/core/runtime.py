@@ -22,7 +22,7 @@ NDArrays = dict[str, np.ndarray]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelRef:
     """A published model version as devices see it: what to download and how big it is."""
 
@@ -31,7 +31,7 @@ class ModelRef:
     nbytes: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Cost:
     """Work done on one device: arithmetic, memory traffic, bytes written to disk.
 
@@ -52,7 +52,7 @@ class Cost:
     epochs: int = 1
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SecAggFit:
     """A fit task's part in secure aggregation: the device uploads its update masked in
     ``session`` (``nbytes``: ``bits`` per value) instead of the update, at fixed-point
@@ -63,7 +63,7 @@ class SecAggFit:
     nbytes: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FitIns:
     """Train ``model`` on the device's local data and send the update back.
 
@@ -97,7 +97,7 @@ class FitIns:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RelayIns:
     """Fetch ``model`` from the server and hold it for the devices of the group to fetch.
 
@@ -109,7 +109,7 @@ class RelayIns:
     parameters: NDArrays | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ForwardIns:
     """Combine the updates gathered here (``cost``) and send the result to the server."""
 
@@ -118,7 +118,7 @@ class ForwardIns:
     num_examples: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UploadDataIns:
     """Ship ``samples`` training samples (``nbytes`` in all) to the server."""
 
@@ -126,7 +126,7 @@ class UploadDataIns:
     nbytes: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SecAggIns:
     """One message round of secure aggregation on a device (``fedsim.core.secagg``): fetch
     the server's ``message``, answer it with the device's side of the protocol
@@ -144,7 +144,7 @@ class SecAggIns:
 Instruction = FitIns | UploadDataIns | RelayIns | ForwardIns | SecAggIns
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Task:
     """One piece of work for one device."""
 
@@ -153,7 +153,7 @@ class Task:
     ins: Instruction
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Update:
     """What a device trained: example count, and the arrays when training ran for real.
 
@@ -168,7 +168,7 @@ class Update:
     masked: bytes | None = None  # under secure aggregation: the masked input, not the arrays
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskResult:
     """A task's outcome, stamped with the runtime's clock (seconds)."""
 

@@ -223,10 +223,18 @@ class Topology:
     name: str
     groups: Mapping[int, Group]
     devices: Mapping[int, Device]
-    _parent: dict[Node, Node] = field(init=False, repr=False, compare=False)
+    # Each node below the backbone: its parent, and its two directed links to it (up, down),
+    # made once here, so that every path and the network's link tables share them rather
+    # than each making tuples of its own (a path in flight per device, at scale).
+    _parent: dict[Node, tuple[Node, DirectedLink, DirectedLink]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        parent: dict[Node, Node] = {("switch", g): BACKBONE for g in self.groups}
+        # The devices of a group share its switch's node as their parent (equal either way,
+        # but one tuple a group rather than one a device).
+        switch: dict[int, Node] = {g: ("switch", g) for g in self.groups}
+        parent = {node: (BACKBONE, (node, "up"), (node, "down")) for node in switch.values()}
         for d in self.devices.values():
             where = f"topology.devices[id={d.id}]"
             if d.group not in self.groups:
@@ -234,11 +242,13 @@ class Topology:
             if d.role not in ROLES:
                 raise TopologyError(f"{where}.role: {d.role!r} is not one of {', '.join(ROLES)}")
             if d.attach_to is None:
-                parent[("device", d.id)] = ("switch", d.group)
+                above = switch[d.group]
             elif d.attach_to not in self.devices:
                 raise TopologyError(f"{where}.link.to: no device {d.attach_to}")
             else:
-                parent[("device", d.id)] = ("device", d.attach_to)
+                above = ("device", d.attach_to)
+            node: Node = ("device", d.id)
+            parent[node] = (above, (node, "up"), (node, "down"))
         object.__setattr__(self, "_parent", parent)
         for d in self.devices.values():
             self._ancestors(("device", d.id))  # raises on a cycle
@@ -257,7 +267,7 @@ class Topology:
     def _ancestors(self, node: Node) -> list[Node]:
         chain = [node]
         while chain[-1] != BACKBONE:
-            chain.append(self._parent[chain[-1]])
+            chain.append(self._parent[chain[-1]][0])
             if len(chain) > len(self._parent) + 1:
                 raise TopologyError(f"topology: device links form a cycle at {node}")
         return chain
@@ -273,7 +283,11 @@ class Topology:
 
     def links(self) -> dict[DirectedLink, LinkProfile]:
         """Every directed link with its profile."""
-        return {(n, d): self.link_profile(n) for n in self._parent for d in ("up", "down")}
+        return {
+            link: self.link_profile(n)
+            for n, (_, up, down) in self._parent.items()
+            for link in (up, down)
+        }
 
     def path(self, src: int, dst: int) -> list[DirectedLink]:
         """Directed links from device ``src`` to device ``dst``: up to the meeting point, down."""
@@ -284,8 +298,9 @@ class Topology:
         down = self._ancestors(("device", dst))
         on_down = set(down)
         meet = next(n for n in up if n in on_down)
-        hops = [(n, "up") for n in up[: up.index(meet)]]
-        hops += [(n, "down") for n in reversed(down[: down.index(meet)])]
+        parent = self._parent
+        hops = [parent[n][1] for n in up[: up.index(meet)]]
+        hops += [parent[n][2] for n in reversed(down[: down.index(meet)])]
         return hops
 
     def latency(self, path: list[DirectedLink]) -> float:

@@ -9,7 +9,8 @@ from topologies import hardware, link, star
 from fedsim.core.calibration import StepModel
 from fedsim.core.events import EventKind
 from fedsim.core.experiment import compare
-from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
+from fedsim.core.faults import FaultPlan, Outage
+from fedsim.core.runtime import Cost, FitIns, ModelRef, Task, UploadDataIns
 from fedsim.core.scenarios import client_based, cloud_based
 from fedsim.core.topology import CpuQuota, with_cpu_quotas
 from fedsim.core.workload import DatasetSpec, ModelSpec, WorkloadSpec
@@ -102,6 +103,66 @@ def test_deadline_leaves_stragglers_out():
     assert [r.device for r in got] == [1]
     assert tr.now() == pytest.approx(5.0)
     assert [r.device for r in tr.wait(count=1)] == [2]
+
+
+def test_training_tasks_run_by_callbacks_make_the_events_their_processes_made(monkeypatch):
+    # Prepare: jittered devices behind a shared 10 MB/s uplink with latency; device 1 has two
+    # training tasks (the second waits for its processor), a data upload runs as a process
+    # between training tasks, device 4 goes offline while it downloads, some tasks drop out,
+    # and the server deploys the model version first (its round overhead).
+    topo = star(4, uplink=link("up", 10.0, latency_s=0.01))
+    jittery = hardware("cli", tflops=1.0, jitter=0.2)
+    deploys = replace(
+        topo.devices[0].hardware,
+        kind="measured",
+        steps={"m": StepModel(overhead_s=0.0, per_sample_s=1e-6)},
+        round_overhead_s=0.05,
+    )
+    topo = topo.__class__(
+        topo.name,
+        topo.groups,
+        {k: replace(d, hardware=jittery if k else deploys) for k, d in topo.devices.items()},
+    )
+    ref = ModelRef(name="m", version=0, nbytes=2_000_000)
+
+    def fit(tid, dev):
+        ins = FitIns(
+            model=ref, samples=1, epochs=1, batch_size=1, flops=5e11, update_nbytes=1_000_000
+        )
+        return Task(id=tid, device=dev, ins=ins)
+
+    tasks = [
+        fit("a", 1),
+        fit("b", 2),
+        Task(id="up", device=3, ins=UploadDataIns(samples=1, nbytes=500_000)),
+        fit("c", 1),
+        fit("d", 4),
+        fit("e", 3),
+    ]
+    faults = FaultPlan(dropout=0.3, outages=[Outage(device=4, start=0.5, end=0.6)])
+
+    def run():
+        tr = SimTransport(topo, seed=3, faults=faults)
+        got = tr.run(tasks, deadline=60.0)
+        events = [(e.device, e.kind, e.start, e.end, e.nbytes, e.task) for e in tr.events]
+        results = [
+            (r.task_id, r.started, r.finished, r.update, r.cpu_s, r.train_cpu_s) for r in got
+        ]
+        return results, events
+
+    # Execute: as callbacks, then every task as a SimPy process.
+    fast = run()
+    monkeypatch.setattr(SimTransport, "_plain_fit", lambda self, task: False)
+    slow = run()
+    # Assert: the same results and events, in the same order, to the last bit; and the case
+    # covers a queued training, a dropout and an outage (not every task returns).
+    assert fast == slow
+    fits = [r for r in fast[0] if r[3] is not None]
+    assert fits and all(r[4] >= r[5] > 0 for r in fits)  # processor seconds, as agents count
+    assert 2 <= len(fast[0]) < len(tasks)
+    assert min(r[1] for r in fast[0]) == pytest.approx(0.05)
+    train_starts = [e[2] for e in fast[1] if e[0] == 1 and e[1] is EventKind.TRAIN]
+    assert len(train_starts) == 2 and train_starts[1] > train_starts[0]
 
 
 def test_same_seed_same_numbers_different_seed_different_numbers():

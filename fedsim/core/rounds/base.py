@@ -172,6 +172,10 @@ class Federation:
         self._asked: dict[int, tuple[str, int]] = {}
         # The settings the fit tasks of one round carry: (round, rule, settings).
         self._fit_config: tuple[int, Strategy, Mapping[str, Any]] | None = None
+        # The fit instruction made last: the next task shares it when it would be equal (the
+        # same version, settings, share and route), as the tasks of a round mostly are; one
+        # frozen object for them all rather than one a device.
+        self._last_fit: FitIns | None = None
 
     # -- choosing and instructing clients ---------------------------------------------------
 
@@ -237,19 +241,36 @@ class Federation:
         unknown = set(route) - {"source", "sink"}
         if unknown:
             raise TypeError(f"fit_task: unknown route {sorted(unknown)}; known: source, sink")
-        ins = FitIns(
-            model=self.model,
-            samples=samples,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            flops=self.work.train_flops_per_sample * samples * cfg.local_epochs,
-            post_flops=2.0 * rule.client_passes() * self.work.state_values,
-            update_nbytes=self.work.update_nbytes,
-            parameters=self.parameters,
-            config=config,
-            source=route.get("source"),
-            sink=route.get("sink"),
-        )
+        source, sink = route.get("source"), route.get("sink")
+        flops = self.work.train_flops_per_sample * samples * cfg.local_epochs
+        post_flops = 2.0 * rule.client_passes() * self.work.state_values
+        last = self._last_fit
+        # The arrays, model and settings by identity (arrays have no one truth value).
+        if (
+            last is not None
+            and last.model is self.model
+            and last.parameters is self.parameters
+            and last.config is config
+            and (last.samples, last.epochs, last.batch_size, last.flops, last.post_flops)
+            == (samples, cfg.local_epochs, cfg.batch_size, flops, post_flops)
+            and (last.update_nbytes, last.source, last.sink)
+            == (self.work.update_nbytes, source, sink)
+        ):
+            ins = last
+        else:
+            ins = self._last_fit = FitIns(
+                model=self.model,
+                samples=samples,
+                epochs=cfg.local_epochs,
+                batch_size=cfg.batch_size,
+                flops=flops,
+                post_flops=post_flops,
+                update_nbytes=self.work.update_nbytes,
+                parameters=self.parameters,
+                config=config,
+                source=source,
+                sink=sink,
+            )
         task = Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
         self._asked[dev] = (task.id, samples * cfg.local_epochs)
         return task
