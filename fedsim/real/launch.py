@@ -98,8 +98,8 @@ def stop_process(proc: subprocess.Popen, *, kill: bool = False, grace_s: float =
 def stop_processes(
     procs: Sequence[subprocess.Popen], *, kill: bool = False, grace_s: float = 10.0
 ) -> None:
-    """End ``procs`` as :func:`stop_process` ends one, all signalled before any is waited for:
-    an agent takes most of a second to exit (torch's teardown), and they exit side by side."""
+    """End ``procs`` as :func:`stop_process` ends one, all signalled before any is waited for,
+    so that their shutdowns (an agent's flushes its state and unloads torch) overlap."""
     running = [proc for proc in procs if proc.poll() is None]
     for proc in running:
         if kill:
