@@ -8,23 +8,21 @@ flags are listed by ``--hydra-help``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
-
-import hydra
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from fedsim import __version__
-from fedsim.config import ConfigError, build_spec, conf_dir, register_configs
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# Hydra and fedsim.config load only for an experiment and the help, not in a subcommand's
+# process: a run starts one agent per device, and each spent 0.06 s of CPU importing them.
 
 log = logging.getLogger("fedsim")
 
@@ -74,6 +72,8 @@ CONFIG_SOURCE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "-
 
 def _names(group: str) -> list[str]:
     """The configs of ``group`` under fedsim's own conf/."""
+    from fedsim.config import conf_dir
+
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
@@ -109,6 +109,8 @@ options:
 
 def _options(group: str, searchpath: list[str]) -> list[str]:
     """The configs of ``group`` Hydra finds, fedsim's own and those on ``searchpath``."""
+    from hydra.core.global_hydra import GlobalHydra
+
     loader = GlobalHydra.instance().config_loader()
     return sorted(loader.get_group_options(group, config_name="config", overrides=searchpath))
 
@@ -137,6 +139,11 @@ def _check_choices(argv: list[str], options: Callable[[str], list[str]]) -> None
 
 def _preflight(argv: list[str]) -> None:
     """Report a config that cannot compose in one line, before Hydra prints its longer message."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    from fedsim.config import conf_dir
+
     if CONFIG_SOURCE_FLAGS.intersection(argv):
         return  # configs from elsewhere: Hydra's to find and check
     if argv and "=" not in argv[0] and not argv[0].startswith(("-", "+", "~")):
@@ -166,9 +173,12 @@ def _preflight(argv: list[str]) -> None:
         sys.exit(f"error: {detail}")
 
 
-@hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     """Parse, pick the runtime, run, write: the whole composition root."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from fedsim.config import ConfigError, build_spec, conf_dir
     from fedsim.pipeline import run_and_write
     from fedsim.report.console import console
     from fedsim.runtimes import runtime
@@ -208,8 +218,8 @@ def main() -> None:
             from fedsim.pipeline import Jobs
 
             # The server runs the experiments posted to it as jobs through the pipeline.
-            sys.exit(command.main(args[1:], runner=Jobs()))
-        sys.exit(command.main(args[1:]))
+            _exit(command.main(args[1:], runner=Jobs()))
+        _exit(command.main(args[1:]))
     # Hydra answers these two with its own application help and its own version.
     if "-h" in args or "--help" in args:
         try:
@@ -221,9 +231,23 @@ def main() -> None:
     if "--version" in args:
         print(f"fedsim {__version__}")
         return
+    import hydra
+
+    from fedsim.config import conf_dir, register_configs
+
     register_configs()
     _preflight(args)
-    _hydra_main()
+    hydra.main(version_base=None, config_path=str(conf_dir()), config_name="config")(_hydra_main)()
+    _exit(0)
+
+
+def _exit(status: int) -> NoReturn:
+    """Exit with ``status``, the objects still alive kept from the collection at exit: with
+    torch loaded they number about 200,000, and walking them made an agent take 0.9 s from
+    SIGTERM to exit (0.1 s without) and an experiment 0.67 s after its last line (0.13 s);
+    the OS reclaims the memory either way."""
+    gc.freeze()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

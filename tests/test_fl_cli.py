@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from side_by_side import fedsim_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,9 +26,14 @@ def fedsim(*args: str) -> subprocess.CompletedProcess:
 
 def run(tmp_path: Path, *overrides: str) -> Path:
     proc = fedsim("+experiment=fl_digits", *overrides, f"hydra.run.dir={tmp_path}")
+    return succeeded(proc, tmp_path)
+
+
+def succeeded(proc: subprocess.CompletedProcess, run_dir: Path) -> Path:
+    """``run_dir``, once ``proc`` is seen to have run into it and succeeded."""
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == f"results: {tmp_path}"
-    return tmp_path
+    assert proc.stdout.strip().splitlines()[-1] == f"results: {run_dir}"
+    return run_dir
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -80,8 +86,14 @@ def test_rounds_with_30_percent_dropout_end_within_their_deadline(tmp_path: Path
 
 
 def test_same_seed_same_federated_numbers(tmp_path: Path):
-    a = run(tmp_path / "a", "fl.rounds=3")
-    b = run(tmp_path / "b", "fl.rounds=3")
+    # Execute: the two runs side by side, each into its own directory.
+    dirs = (tmp_path / "a", tmp_path / "b")
+    procs = fedsim_runs(
+        *(["+experiment=fl_digits", "fl.rounds=3", f"hydra.run.dir={d}"] for d in dirs), cwd=ROOT
+    )
+    a, b = (succeeded(proc, d) for proc, d in zip(procs, dirs, strict=True))
+
+    # Assert
     assert (a / "runs.csv").read_text() == (b / "runs.csv").read_text()
 
 

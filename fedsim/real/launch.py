@@ -92,17 +92,27 @@ class ServerThread:
 
 def stop_process(proc: subprocess.Popen, *, kill: bool = False, grace_s: float = 10.0) -> None:
     """End ``proc``: SIGTERM (SIGKILL with ``kill``), then SIGKILL if it outlives ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    if kill:
-        proc.kill()
-    else:
-        proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_processes([proc], kill=kill, grace_s=grace_s)
+
+
+def stop_processes(
+    procs: Sequence[subprocess.Popen], *, kill: bool = False, grace_s: float = 10.0
+) -> None:
+    """End ``procs`` as :func:`stop_process` ends one, all signalled before any is waited for,
+    so that their shutdowns (an agent's flushes its state and unloads torch) overlap."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class LocalCluster:
@@ -197,8 +207,9 @@ class LocalCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for dev in list(self.agents):
-            self.stop_agent(dev)
+        agents = list(self.agents.values())
+        self.agents.clear()
+        stop_processes(agents)
         if self.server is not None:
             self.server.stop()
         if self.stores is not None:

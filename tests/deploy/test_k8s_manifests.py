@@ -17,7 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fedsim.__main__ import SUBCOMMANDS, conf_dir
+from fedsim.__main__ import SUBCOMMANDS
+from fedsim.config import conf_dir
 from fedsim.deploy import cli
 from fedsim.deploy.common import (
     HEALTH_PATH,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from side_by_side import fedsim_runs
 
 from fedsim.store.safetensors_io import decode
 from fedsim.store.sqlite import SqliteRepository
@@ -60,13 +61,10 @@ def test_same_seed_same_global_model_in_sim_and_real(tmp_path: Path, monkeypatch
     # differently (measured on an H200: differences up to 3e-3 after two rounds).
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     runs = {}
-    for mode in ("sim", "real"):
-        d = tmp_path / mode
-        proc = fedsim(
-            "+experiment=fl_digits", f"mode={mode}", "fl.rounds=2", "seed=5", f"hydra.run.dir={d}"
-        )
+    procs = in_both_modes(tmp_path, "fl.rounds=2", "seed=5")
+    for mode, proc in procs.items():
         assert proc.returncode == 0, proc.stderr[-4000:]
-        runs[mode] = latest_model(d)
+        runs[mode] = latest_model(tmp_path / mode)
     assert runs["sim"].keys() == runs["real"].keys()
     for k in runs["sim"]:
         np.testing.assert_array_equal(runs["real"][k], runs["sim"][k])
@@ -99,13 +97,24 @@ def test_imagenet_yolo_in_real_mode_measures_both_scenarios(tmp_path: Path):
     assert len(fidelity) == 1 + 2 and s["fidelity"]["pairs"] == 2
 
 
+def in_both_modes(tmp_path: Path, *overrides: str) -> dict[str, subprocess.CompletedProcess]:
+    """fl_digits with ``overrides`` in sim and in real mode, side by side, into
+    ``tmp_path/MODE``: the two processes, by mode. Each trains on one thread, so the model
+    does not depend on what else the cores are doing."""
+    modes = ("sim", "real")
+    argvs = (
+        ["+experiment=fl_digits", f"mode={mode}", *overrides, f"hydra.run.dir={tmp_path / mode}"]
+        for mode in modes
+    )
+    return dict(zip(modes, fedsim_runs(*argvs, cwd=ROOT), strict=True))
+
+
 def same_model_in_sim_and_real(tmp_path: Path, *overrides: str) -> dict[str, dict]:
     """Run ``overrides`` in both modes; the summaries, after checking the models are equal."""
     summaries = {}
     models = {}
-    for mode in ("sim", "real"):
+    for mode, proc in in_both_modes(tmp_path, *overrides).items():
         d = tmp_path / mode
-        proc = fedsim("+experiment=fl_digits", f"mode={mode}", *overrides, f"hydra.run.dir={d}")
         assert proc.returncode == 0, proc.stderr[-4000:]
         models[mode] = latest_model(d)
         summaries[mode] = json.loads((d / "summary.json").read_text())
