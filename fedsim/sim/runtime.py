@@ -550,15 +550,8 @@ class SimTransport(Transport):
         speed relative to its profile."""
         device = self.topology.devices[dev]
         hw = device.hardware
-        if dev not in self._processor:
-            self._processor[dev] = None
-        else:
-            turn = self.env.event()
-            waiting = self._processor[dev]
-            if waiting is None:
-                self._processor[dev] = [turn]
-            else:
-                waiting.append(turn)
+        turn = self._claim(dev)
+        if turn is not None:
             yield turn
         try:
             start = self.env.now
@@ -580,12 +573,31 @@ class SimTransport(Transport):
             else:
                 yield from self._busy(dev, seconds / device.speed)
         finally:  # the next job's turn, also when this process is stopped midway
-            waiting = self._processor[dev]
-            if waiting:
-                waiting.pop(0).succeed()
-            else:
-                del self._processor[dev]
+            self._release(dev)
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
+
+    def _claim(self, dev: int) -> simpy.Event | None:
+        """Device ``dev``'s processor for the caller: None when it was free (it is the caller's
+        now), else the event of the caller's turn, after the jobs queued before it."""
+        if dev not in self._processor:
+            self._processor[dev] = None
+            return None
+        turn = self.env.event()
+        waiting = self._processor[dev]
+        if waiting is None:
+            self._processor[dev] = [turn]
+        else:
+            waiting.append(turn)
+        return turn
+
+    def _release(self, dev: int) -> None:
+        """The end of a job on ``dev``'s processor: the next queued job's turn, or the
+        processor free (no entry: an idle device holds nothing)."""
+        waiting = self._processor[dev]
+        if waiting:
+            waiting.pop(0).succeed()
+        else:
+            del self._processor[dev]
 
     def _charge(self, task: str, dev: int, seconds: float, *, train: bool = False) -> None:
         """Count ``seconds`` of device ``dev``'s work (at its average speed) as the processor
@@ -732,17 +744,11 @@ class _FitRun:
             return
         t = self.transport
         self.begin = t.env.now
-        if dev not in t._processor:
-            t._processor[dev] = None
+        turn = t._claim(dev)
+        if turn is None:
             self._train()
-            return
-        turn = t.env.event()
-        waiting = t._processor[dev]
-        if waiting is None:
-            t._processor[dev] = [turn]
         else:
-            waiting.append(turn)
-        self._wait(turn, _FitRun._turn)
+            self._wait(turn, _FitRun._turn)
 
     def _turn(self, _: simpy.Event) -> None:
         self._train()
@@ -771,11 +777,7 @@ class _FitRun:
     def _trained(self, _: simpy.Event) -> None:
         t = self.transport
         ins, dev = self.ins, self.task.device
-        waiting = t._processor[dev]
-        if waiting:
-            waiting.pop(0).succeed()
-        else:
-            del t._processor[dev]
+        t._release(dev)
         t.events.record(
             Event(
                 device=dev, kind=EventKind.TRAIN, start=self.start, end=t.env.now, task=self.task.id
