@@ -70,16 +70,8 @@ def two_agents(access_mbps: float = 1000.0):
     )
 
 
-class Bytes(BaseHTTPRequestHandler):
-    """GET sends PAYLOAD bytes; PUT reads the body sent."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(PAYLOAD))
-        self.end_headers()
-        chunk = b"\0" * 65536
-        for start in range(0, PAYLOAD, len(chunk)):
-            self.wfile.write(chunk[: PAYLOAD - start])
+class Sink(BaseHTTPRequestHandler):
+    """PUT reads the body sent, then answers 204; nothing is logged."""
 
     def do_PUT(self) -> None:
         left = int(self.headers["Content-Length"])
@@ -90,6 +82,18 @@ class Bytes(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class Bytes(Sink):
+    """GET sends PAYLOAD bytes; PUT reads the body sent."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(PAYLOAD))
+        self.end_headers()
+        chunk = b"\0" * 65536
+        for start in range(0, PAYLOAD, len(chunk)):
+            self.wfile.write(chunk[: PAYLOAD - start])
 
 
 CLIENT = textwrap.dedent(
@@ -213,7 +217,7 @@ def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-class Echo(BaseHTTPRequestHandler):
+class Echo(Sink):
     """GET answers a few bytes; PUT reads the body sent, then answers."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: requests after the first reuse the connection
@@ -223,16 +227,6 @@ class Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
-
-    def do_PUT(self) -> None:
-        left = int(self.headers["Content-Length"])
-        while left:
-            left -= len(self.rfile.read(min(left, 65536)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 TIMED_REQUESTS = textwrap.dedent(
