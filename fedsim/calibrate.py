@@ -18,7 +18,6 @@ cannot be written, in one line on stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import socket
 import sys
@@ -265,8 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     input_size, num_classes = calibration_shape(args.model, args.input_size, args.num_classes)
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[2:])])
     from fedsim.ml.calibrate import calibrate  # torch loads here, after the arguments
-    from fedsim.real.agent.state import measure_persist
-    from fedsim.real.request_cost import measure_request_cpu_s, measure_segment_cpu_s
+    from fedsim.real.request_cost import with_device_costs
 
     try:
         cal = calibrate(
@@ -281,14 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except PluginError as e:  # the user's factory raised, or returned no torch.nn.Module
         parser.error(f"--model {e}")
-    persist = measure_persist(cal.state_bytes)
-    cal = dataclasses.replace(
-        cal,
-        request_cpu_s=measure_request_cpu_s(),
-        segment_cpu_s=measure_segment_cpu_s(),
-        persist_cpu_s=persist.cpu_s,
-        persist_io_s=persist.io_s,
-    )
+    cal = with_device_costs(cal)
     if cal.fit.model.per_sample_s == 0:
         parser.error(
             "step times did not grow with the batch size (a busy host?); "

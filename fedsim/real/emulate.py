@@ -358,6 +358,9 @@ class Emulation:
     # Without netem: the least one-way delay of some agent's path for which the relay runs.
     relay_min_delay_s: float = RELAY_MIN_DELAY_S
     netem: bool = field(init=False, default=False)
+    # Whether the relay delays the agents' traffic (set on entering): no netem, and some
+    # agent's path to the server at least ``relay_min_delay_s`` one way.
+    relayed: bool = field(init=False, default=False)
     # Without netem: the latency relay and each agent's port on it (started by route()).
     relay: subprocess.Popen[str] | None = field(init=False, default=None)
     relay_ports: dict[int, int] = field(init=False, default_factory=dict)
@@ -384,6 +387,9 @@ class Emulation:
         (self.state_dir / f"{self.tag}.json").write_text(json.dumps(state))
         try:
             self.netem = self.use_netem and netem_available(f"{PREFIX}{self.tag}-probe")
+            delays = [max(self.one_way_delay(d).values()) for d in self.plan.agents]
+            slowest = max(delays, default=0.0)
+            self.relayed = not self.netem and slowest >= self.relay_min_delay_s
             self._build_network()
             self._make_cgroups()
         except BaseException:
@@ -402,15 +408,6 @@ class Emulation:
                 latency,
             )
         return self
-
-    @property
-    def relayed(self) -> bool:
-        """Whether the relay delays the agents' traffic: no netem, and some agent's path to the
-        server at least ``relay_min_delay_s`` one way."""
-        if self.netem:
-            return False
-        slowest = max((max(self.one_way_delay(d).values()) for d in self.plan.agents), default=0.0)
-        return slowest >= self.relay_min_delay_s
 
     def __exit__(self, *exc: object) -> None:
         if self.relay is not None:
@@ -600,7 +597,7 @@ class Emulation:
 
     def route(self, dev: int, url: str) -> str:
         """The URL agent ``dev`` dials for the server at ``url``: ``url`` itself where netem
-        delays the links or no path is slow enough for the relay (:attr:`relayed`), else the
+        delays the links or no path is slow enough for the relay (``relayed``), else the
         agent's port on the latency relay (which the first call starts, towards ``url``'s port
         on the server's address)."""
         if not self.relayed:

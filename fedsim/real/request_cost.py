@@ -23,17 +23,24 @@ processor for a 154 kB upload and for a download alike, where ``request_cpu_s`` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from fedsim.core.topology import SEGMENT_BYTES
 from fedsim.real.agent.client import ApiClient, Backoff
+from fedsim.real.agent.state import measure_persist
+
+if TYPE_CHECKING:
+    from fedsim.ml.calibrate import Calibration
 
 # A body small enough that the bytes cost nothing next to the request itself.
 BODY_BYTES = 1024
@@ -158,3 +165,26 @@ def measure_segment_cpu_s(repeats: int = 10) -> float:
     with _loopback_server(body) as root:
         pairs = asyncio.run(_time_downloads(root, len(body), repeats))
     return max(0.0, statistics.median((p - a) / PACED_SEGMENTS for a, p in pairs))
+
+
+def with_device_costs(
+    cal: Calibration,
+    *,
+    requests: int = 50,
+    paced_downloads: int = 10,
+    persists: int = 10,
+    directory: str | os.PathLike[str] | None = None,
+) -> Calibration:
+    """``cal`` with what this host's processor and disk spend around a transfer, each measured
+    here: a request (``request_cpu_s``), a segment of a paced body (``segment_cpu_s``) and
+    keeping an update of the model's size (``persist_cpu_s``, ``persist_io_s``, in
+    ``directory``). ``fedsim calibrate`` and the agent's calibration both make their profile's
+    device costs here, so that a new one is measured by both."""
+    persist = measure_persist(cal.state_bytes, repeats=persists, directory=directory)
+    return dataclasses.replace(
+        cal,
+        request_cpu_s=measure_request_cpu_s(requests),
+        segment_cpu_s=measure_segment_cpu_s(paced_downloads),
+        persist_cpu_s=persist.cpu_s,
+        persist_io_s=persist.io_s,
+    )

@@ -6,6 +6,7 @@ is checked everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -70,6 +72,19 @@ def two_agents(access_mbps: float = 1000.0):
     )
 
 
+@contextlib.contextmanager
+def serving(address: str, handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server of ``handler`` on ``address`` (a free port, which it yields), in a
+    thread, shut down on leaving."""
+    httpd = ThreadingHTTPServer((address, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 class Sink(BaseHTTPRequestHandler):
     """PUT reads the body sent, then answers 204; nothing is logged."""
 
@@ -122,28 +137,22 @@ CLIENT = textwrap.dedent(
 def test_an_emulated_link_carries_a_transfer_in_the_time_its_rate_allows():
     # Prepare: agents' own links at 8 Mbit/s goodput (1,000,000 B/s), the rest effectively free.
     plan = emulate.plan(two_agents(access_mbps=8.0), [1, 2], host_flops=1e12, cores=2)
-    with emulate.Emulation(plan) as net:
-        httpd = ThreadingHTTPServer((net.server_address, 0), Bytes)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        try:
-            # Execute: agent 1 downloads then uploads PAYLOAD bytes from its namespace.
-            proc = subprocess.run(
-                [
-                    *net.launcher(1),
-                    sys.executable,
-                    "-c",
-                    CLIENT,
-                    net.server_address,
-                    str(httpd.server_address[1]),
-                    str(PAYLOAD),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
+    with emulate.Emulation(plan) as net, serving(net.server_address, Bytes) as port:
+        # Execute: agent 1 downloads then uploads PAYLOAD bytes from its namespace.
+        proc = subprocess.run(
+            [
+                *net.launcher(1),
+                sys.executable,
+                "-c",
+                CLIENT,
+                net.server_address,
+                str(port),
+                str(PAYLOAD),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     # Assert: 2,000,000 B at 1,000,000 B/s takes 2 s each way.
     assert proc.returncode == 0, proc.stderr
     took = json.loads(proc.stdout)
@@ -260,22 +269,17 @@ def test_the_latency_relay_holds_each_request_and_response_for_the_links_latency
         client_hardware=lambda d: hardware("cli", 0.01),
     )
     plan = emulate.plan(topology, [1, 2], host_flops=1e12, cores=2)
-    with emulate.Emulation(plan, use_netem=False) as net:
-        httpd = ThreadingHTTPServer((net.server_address, 0), Echo)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        try:
-            url = net.route(1, f"http://{net.server_address}:{httpd.server_address[1]}")
-            described = net.describe()
-            # Execute: agent 1, from its namespace, a short GET, then a PUT of 1 MB.
-            proc = subprocess.run(
-                [*net.launcher(1), sys.executable, "-c", TIMED_REQUESTS, url, "1000000"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
+    with emulate.Emulation(plan, use_netem=False) as net, serving(net.server_address, Echo) as port:
+        direct = f"http://{net.server_address}:{port}"
+        url = net.route(1, direct)
+        described = net.describe()
+        # Execute: agent 1, from its namespace, a short GET, then a PUT of 1 MB.
+        proc = subprocess.run(
+            [*net.launcher(1), sys.executable, "-c", TIMED_REQUESTS, url, "1000000"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     # Assert: each request and each response waits one 100 ms one-way delay; the PUT's body
     # also takes its 1 s at the link's rate.
     assert proc.returncode == 0, proc.stderr
@@ -283,7 +287,7 @@ def test_the_latency_relay_holds_each_request_and_response_for_the_links_latency
     print(f"relay, 100 ms each way: {took}")  # the measured figures, for the record
     assert described["latency_mechanism"] == "relay"
     assert described["one_way_delay_s"]["1"] == {"up": ONE_WAY_S, "down": ONE_WAY_S}
-    assert url != f"http://{net.server_address}:{httpd.server_address[1]}"
+    assert url != direct
     assert took["get_s"] == pytest.approx(2 * ONE_WAY_S, rel=0.10)
     assert took["put_s"] == pytest.approx(2 * ONE_WAY_S + 1.0, rel=0.10)
     assert nothing_left(net.tag), leftovers(net.tag)

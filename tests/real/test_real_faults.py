@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clusters import digits_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from topologies import grouped
 
@@ -24,7 +24,6 @@ from fedsim.core.registry import DeviceState
 from fedsim.core.runtime import ModelRef
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.core.topology import Topology
-from fedsim.ml.data import load_digits_split
 from fedsim.ml.spec import model_spec
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.faults import OutageDriver
@@ -44,23 +43,7 @@ def topology() -> Topology:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
-    parts = np.array_split(np.random.default_rng(0).permutation(len(y))[:480], len(CLIENTS))
-    mode = SimpleNamespace(
-        host="127.0.0.1",
-        port=0,
-        startup_timeout_s=120,
-        heartbeat_interval_s=0.5,
-        patience_s=5,
-        tls="off",
-    )
-    with LocalCluster(
-        run_dir=tmp_path_factory.mktemp("cluster"),
-        topology=topology(),
-        clients=CLIENTS,
-        shards={d: (X[idx], y[idx]) for d, idx in zip(CLIENTS, parts, strict=True)},
-        mode=mode,
-    ) as running:
+    with digits_cluster(tmp_path_factory.mktemp("cluster"), topology(), CLIENTS) as running:
         yield running
 
 

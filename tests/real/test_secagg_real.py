@@ -8,10 +8,9 @@ the threshold, which completes, and below it, which fails with the reason and do
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from clusters import digits_cluster
 from topologies import grouped
 
 from fedsim.core.coordinator import ClientWork, Coordinator, FederatedConfig
@@ -19,7 +18,6 @@ from fedsim.core.events import EventKind
 from fedsim.core.runtime import ModelRef, SecAggIns, Task
 from fedsim.core.secagg import SecAggParams, SecureAggregation
 from fedsim.core.strategies.fedavg import FedAvg
-from fedsim.ml.data import load_digits_split
 from fedsim.ml.spec import model_spec
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.board import Outcome
@@ -36,22 +34,8 @@ MODEL = "digits_cnn"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    X, y, _, _ = load_digits_split(test_fraction=0.2, seed=0)
-    parts = np.array_split(np.random.default_rng(0).permutation(len(y))[:480], len(CLIENTS))
-    mode = SimpleNamespace(
-        host="127.0.0.1",
-        port=0,
-        startup_timeout_s=120,
-        heartbeat_interval_s=0.5,
-        patience_s=5,
-        tls="off",
-    )
-    with LocalCluster(
-        run_dir=tmp_path_factory.mktemp("cluster"),
-        topology=grouped(dict.fromkeys(CLIENTS, 1)),
-        clients=CLIENTS,
-        shards={d: (X[idx], y[idx]) for d, idx in zip(CLIENTS, parts, strict=True)},
-        mode=mode,
+    with digits_cluster(
+        tmp_path_factory.mktemp("cluster"), grouped(dict.fromkeys(CLIENTS, 1)), CLIENTS
     ) as running:
         yield running
 

@@ -7,7 +7,6 @@ can take long, and the event loop must keep the heartbeats going meanwhile.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -217,8 +216,7 @@ def measure_profile(
     from fedsim.core.plugins import PluginError
     from fedsim.ml.calibrate import calibrate, profile_document
     from fedsim.ml.spec import MODELS
-    from fedsim.real.agent.state import measure_persist
-    from fedsim.real.request_cost import measure_request_cpu_s, measure_segment_cpu_s
+    from fedsim.real.request_cost import with_device_costs
 
     # The model may be the server's word (a calibration request): the same allowlist as a task.
     check_model_allowed(model, plugins)
@@ -251,15 +249,12 @@ def measure_profile(
             f"{model}'s step times did not grow with the batch size (a busy host?); "
             "not reporting them"
         )
-    requests = measure_request_cpu_s(CALIBRATION_REQUESTS)
-    segments = measure_segment_cpu_s(CALIBRATION_PACED_DOWNLOADS)
-    persist = measure_persist(cal.state_bytes, repeats=CALIBRATION_PERSISTS, directory=state_dir)
-    measured = dataclasses.replace(
+    measured = with_device_costs(
         cal,
-        request_cpu_s=requests,
-        segment_cpu_s=segments,
-        persist_cpu_s=persist.cpu_s,
-        persist_io_s=persist.io_s,
+        requests=CALIBRATION_REQUESTS,
+        paced_downloads=CALIBRATION_PACED_DOWNLOADS,
+        persists=CALIBRATION_PERSISTS,
+        directory=state_dir,
     )
     return profile_document(measured)
 
