@@ -549,25 +549,15 @@ class SimTransport(Transport):
         first training step (a one-off figure, not jittered); all of it at the device's own
         speed relative to its profile."""
         device = self.topology.devices[dev]
-        hw = device.hardware
         turn = self._claim(dev)
         if turn is not None:
             yield turn
         try:
             start = self.env.now
-            cold = 0.0
-            if kind is EventKind.TRAIN and hw.cold_start_s and dev not in self._warm:
-                self._warm.add(dev)
-                cold = hw.cold_start_s
-            steady = compute_seconds(cost, hw) + extra_s
-            if kind is EventKind.TRAIN:
-                steady += hw.task_overhead_s
-            jitter = jitter_factor(self.rng, hw.jitter)
-            seconds = steady * jitter + cold
+            seconds, steps = self._work_seconds(dev, cost, kind, extra_s)
             self._charge(task, dev, seconds / device.speed)
             if kind is EventKind.TRAIN:
-                steps = compute_seconds(cost, hw) * jitter / device.speed
-                self._charge(task, dev, steps, train=True)
+                self._charge(task, dev, steps / device.speed, train=True)
             if device.cpu_quota is None:
                 yield self.env.timeout(seconds / device.speed)
             else:
@@ -575,6 +565,25 @@ class SimTransport(Transport):
         finally:  # the next job's turn, also when this process is stopped midway
             self._release(dev)
         self.events.record(Event(device=dev, kind=kind, start=start, end=self.env.now, task=task))
+
+    def _work_seconds(
+        self, dev: int, cost: Cost, kind: EventKind, extra_s: float
+    ) -> tuple[float, float]:
+        """Seconds at ``dev``'s profile speed of a compute step (``cost``, ``extra_s`` of its
+        own work, a training task's overhead, jittered together, and the device's cold start
+        on its first training step), and of its training steps alone (jittered alike). Draws
+        the step's jitter; marks the device warm."""
+        hw = self.topology.devices[dev].hardware
+        cold = 0.0
+        if kind is EventKind.TRAIN and hw.cold_start_s and dev not in self._warm:
+            self._warm.add(dev)
+            cold = hw.cold_start_s
+        steps = compute_seconds(cost, hw)
+        steady = steps + extra_s
+        if kind is EventKind.TRAIN:
+            steady += hw.task_overhead_s
+        jitter = jitter_factor(self.rng, hw.jitter)
+        return steady * jitter + cold, steps * jitter
 
     def _claim(self, dev: int) -> simpy.Event | None:
         """Device ``dev``'s processor for the caller: None when it was free (it is the caller's
@@ -760,18 +769,11 @@ class _FitRun:
         device = t.topology.devices[dev]
         hw = device.hardware
         self.start = t.env.now
-        cold = 0.0
-        if hw.cold_start_s and dev not in t._warm:
-            t._warm.add(dev)
-            cold = hw.cold_start_s
         io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
-        steps = compute_seconds(ins.cost(), hw)
-        steady = steps + io + hw.task_overhead_s
-        jitter = jitter_factor(t.rng, hw.jitter)
-        seconds = steady * jitter + cold
+        seconds, steps = t._work_seconds(dev, ins.cost(), EventKind.TRAIN, io)
         # The processor seconds charged, as _compute charges them (no quota here).
         self.cpu = seconds / device.speed
-        self.train_cpu = steps * jitter / device.speed
+        self.train_cpu = steps / device.speed
         self._wait(t.env.timeout(self.cpu), _FitRun._trained)
 
     def _trained(self, _: simpy.Event) -> None:
