@@ -13,6 +13,7 @@ within the test.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -239,17 +240,32 @@ def test_the_dashboards_monitoring_series_come_from_prometheus(stack: Stack):
         assert set(s["gpu_util"]) == {None}
     # Devices with a node_exporter get its numbers: what Prometheus answers for node_exporter's
     # counter at one of the series' instants, over the server's rate window (60 s at this step).
-    node = answer["devices"][str(WITH_NODE_EXPORTER[0])]
+    # node_exporter is discovered on its own schedule, so until Prometheus holds two of its
+    # samples the served figures are the agent's (the fallback): wait for node_exporter's.
     for field, counter, only in (
         ("disk_write", "node_disk_written_bytes_total", ""),
         ("net_receive", "node_network_receive_bytes_total", ',device!="lo"'),
     ):
-        measured = [(t, v) for t, v in zip(node["t"], node[field], strict=True) if v is not None]
-        t, served = measured[-1]
         promql = f'sum(rate({counter}{{fedsim_device="{WITH_NODE_EXPORTER[0]}"{only}}}[60s]))'
-        result = get_json(f"{stack.prometheus}/api/v1/query", query=promql, time=str(t))
-        [direct] = result["data"]["result"]
-        assert served == pytest.approx(float(direct["value"][1]), rel=1e-9), field
+
+        def served_and_direct(field: str = field, promql: str = promql) -> tuple[float, list]:
+            # An instant a few scrapes (1 s apart) before the end: no sample for it can land
+            # between the server's query and this one.
+            node = series()["devices"][str(WITH_NODE_EXPORTER[0])]
+            settled = node["t"][-1] - 3
+            pairs = zip(node["t"], node[field], strict=True)
+            measured = [(t, v) for t, v in pairs if v is not None and t <= settled]
+            if not measured:
+                return math.nan, []
+            t, served = measured[-1]
+            result = get_json(f"{stack.prometheus}/api/v1/query", query=promql, time=str(t))
+            return served, result["data"]["result"]
+
+        served, direct = wait_for(
+            f"node_exporter's {field} in the served series", served_and_direct, lambda a: a[1]
+        )
+        assert len(direct) == 1
+        assert served == pytest.approx(float(direct[0]["value"][1]), rel=1e-9), field
     # The device without one gets its agent's: node_exporter has nothing for it.
     alone = [d for d in DEVICES if d not in WITH_NODE_EXPORTER]
     for d in alone:
