@@ -391,6 +391,10 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
         notes.append(f"no netem: latency by the relay{used}, loss not emulated")
     elif not emulation["latency_and_loss_emulated"]:
         notes.append("no netem, paths under the relay's 5 ms: latency not emulated nor predicted")
+    inflation = emulation.get("cpu_inflation")
+    if inflation:
+        low, high = min(inflation.values()), max(inflation.values())
+        notes.append(f"a held step costs {low:.2f}-{high:.2f}x its processor alone")
     first = figures["first_round"]
     measured, predicted = first["measured_s"], first["predicted_s"]
     notes.append(f"round 0 {measured:.2f} s measured, {predicted:.2f} s predicted")
@@ -405,6 +409,7 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
             None if r["abs_rel_error"] in ("", "None") else float(r["abs_rel_error"]) for r in rows
         ],
         "time_to_target_s": summary.get("time_to_target_s"),
+        "emulation": emulation,
         "slowdown_factor": emulation["slowdown_factor"],
         "latency_and_loss_emulated": emulation["latency_and_loss_emulated"],
         "latency_mechanism": mechanism,
@@ -421,7 +426,8 @@ def simulated_time_to_target(
     scenario: Scenario, host: dict[str, Any], rounds: int, emulation: dict[str, Any], out: Path
 ) -> float | None:
     """The simulator's time to the target accuracy for ``scenario``, predicted as its fidelity
-    predicts the emulated run: same spec and seed, links as emulated, slowed by its factor."""
+    predicts the emulated run (``emulation``, the run's description): same spec and seed,
+    links, quotas and their cost as emulated, slowed by its factor."""
     from fedsim.config import build_spec, conf_dir
     from fedsim.pipeline import prediction_spec, run
     from fedsim.runtimes import runtime
@@ -481,9 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             if s.rank:
-                keys = ("slowdown_factor", "latency_and_loss_emulated", "latency_mechanism")
-                emulation = {k: r[k] for k in keys}
-                sim = simulated_time_to_target(s, host, rounds, emulation, out)
+                sim = simulated_time_to_target(s, host, rounds, r["emulation"], out)
                 ranking.append(
                     {"config": s.name, "emulated_s": r["time_to_target_s"], "simulated_s": sim}
                 )
@@ -531,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "relay_cpu_s": r["relay_cpu_s"],
                     "host_load_1min": r["host_load_1min"],
                     "cpu": r["cpu"],
+                    "cpu_inflation": r["emulation"].get("cpu_inflation"),
                     "wall_s": round(r["wall_s"], 1),
                 }
             )

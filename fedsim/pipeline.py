@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from fedsim.config import ConfigError, build_spec, compose_job, conf_dir
 from fedsim.core import fidelity
 from fedsim.core.results import COMPARISON, TIME_FIELDS, RunResult
-from fedsim.core.topology import CpuQuota, map_profiles, with_cpu_quotas
+from fedsim.core.topology import CpuQuota, map_profiles, with_cpu_quotas, with_speeds_scaled
 from fedsim.runtimes import Runtime, runtime
 from fedsim.scenarios import Hooks, scenario
 from fedsim.spec import ExperimentSpec
@@ -167,10 +167,11 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
     links had neither, and the prediction of that run leaves them out too; where a relay
     emulated the latency instead (``latency_mechanism`` "relay"), only the loss and jitter,
     which the relay does not emulate, are left out. Where it held its
-    agents to CFS quotas (``cpu_quota_cores`` and ``cpu_period_s``), the simulated devices are
-    held to the same (``Device.cpu_quota``), the period divided by the slow-down factor, since
-    the prediction is simulated at the profiles' speed and slowed afterwards, and share the
-    host's whole ``cores`` as the agents did."""
+    agents to CFS quotas (``cpu_quota_cores`` and ``cpu_period_s``, each by device id), the
+    simulated devices are held to the same (``Device.cpu_quota``), each period divided by the
+    slow-down factor, since the prediction is simulated at the profiles' speed and slowed
+    afterwards, and share the host's whole ``cores`` as the agents did; each computes slower
+    by what the emulation measured its quota to cost its training step (``cpu_inflation``)."""
     # The agents poll for tasks and request downloads: latency is paid as they pay it.
     sim_spec = replace(spec, mode=replace(spec.mode, name="sim", polling=True))
     quotas = (emulation or {}).get("cpu_quota_cores") or {}
@@ -181,11 +182,16 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
         host_cores = None if host is None else max(1, math.floor(float(host)))
         held = {
             int(dev): CpuQuota(
-                cores=float(cores), period_s=float(period) / factor, host_cores=host_cores
+                cores=float(cores), period_s=float(period[dev]) / factor, host_cores=host_cores
             )
             for dev, cores in quotas.items()
         }
-        sim_spec = replace(sim_spec, topology=with_cpu_quotas(sim_spec.topology, held))
+        # What the quota costs each held agent's work on the emulating host (its probe's
+        # processor per step against a probe alone): the device computes that much slower.
+        inflation = (emulation or {}).get("cpu_inflation") or {}
+        slower = {int(dev): 1 / float(x) for dev, x in inflation.items()}
+        topology = with_speeds_scaled(with_cpu_quotas(sim_spec.topology, held), slower)
+        sim_spec = replace(sim_spec, topology=topology)
     if emulation is not None and not emulation.get("latency_and_loss_emulated", True):
         if emulation.get("latency_mechanism") == "relay":
             # tc's rates and the relay's fixed delays stay.

@@ -113,13 +113,13 @@ def test_an_emulation_whose_latency_a_relay_emulated_is_predicted_with_latency(s
 
 def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulated):
     # Prepare: an emulation 2 times slower than the profiles, holding two trainers to CFS
-    # quotas in 100 ms periods.
+    # quotas, over periods of 10 and 2 ms.
     spec, _ = simulated
     emulation = {
         "slowdown_factor": 2.0,
         "latency_and_loss_emulated": True,
         "cpu_quota_cores": {"3": 0.1, "8": 0.5},
-        "cpu_period_s": 0.1,
+        "cpu_period_s": {"3": 0.01, "8": 0.002},
         "cores": 2,
     }
 
@@ -127,15 +127,36 @@ def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulate
     as_run = prediction_spec(spec, emulation)
     without = prediction_spec(spec, {**emulation, "cpu_quota_cores": {}})
 
-    # Assert: the two trainers are held to their quota, in periods of 100 ms / 2 (the
+    # Assert: the two trainers are held to their quota, in their periods / 2 (the
     # prediction runs at the profiles' speed and is slowed afterwards), sharing the host's two
     # cores; no other device is held.
     devices = as_run.topology.devices
-    assert (devices[3].cpu_quota.cores, devices[3].cpu_quota.period_s) == (0.1, 0.05)
-    assert (devices[8].cpu_quota.cores, devices[8].cpu_quota.period_s) == (0.5, 0.05)
+    assert (devices[3].cpu_quota.cores, devices[3].cpu_quota.period_s) == (0.1, 0.005)
+    assert (devices[8].cpu_quota.cores, devices[8].cpu_quota.period_s) == (0.5, 0.001)
     assert devices[3].cpu_quota.host_cores == devices[8].cpu_quota.host_cores == 2
     assert all(d.cpu_quota is None for i, d in devices.items() if i not in (3, 8))
     assert all(d.cpu_quota is None for d in without.topology.devices.values())
+
+
+def test_what_the_quota_costs_each_agents_step_slows_it_in_the_prediction(simulated):
+    # Prepare: the emulation measured that held, device 3's step costs 1.5 times the
+    # processor it costs alone, device 8's 1.25 times.
+    spec, _ = simulated
+    emulation = {
+        "slowdown_factor": 1.0,
+        "latency_and_loss_emulated": True,
+        "cpu_quota_cores": {"3": 0.1, "8": 0.5},
+        "cpu_period_s": {"3": 0.02, "8": 0.004},
+        "cpu_inflation": {"3": 1.5, "8": 1.25},
+        "cores": 2,
+    }
+    # Execute
+    as_run = prediction_spec(spec, emulation)
+    # Assert: they compute that many times slower; the others as their profiles say.
+    before, after = spec.topology.devices, as_run.topology.devices
+    assert after[3].speed == pytest.approx(before[3].speed / 1.5)
+    assert after[8].speed == pytest.approx(before[8].speed / 1.25)
+    assert all(after[i].speed == d.speed for i, d in before.items() if i not in (3, 8))
 
 
 def test_an_emulated_run_without_netem_is_predicted_at_link_rates_alone(simulated, tmp_path):

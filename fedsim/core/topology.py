@@ -346,6 +346,21 @@ def with_cpu_quotas(topology: Topology, quotas: Mapping[int, CpuQuota]) -> Topol
     return Topology(topology.name, dict(topology.groups), devices)
 
 
+def with_speeds_scaled(topology: Topology, factors: Mapping[int, float]) -> Topology:
+    """A copy of ``topology`` whose devices in ``factors`` compute that many times as fast."""
+    unknown = sorted(set(factors) - set(topology.devices))
+    if unknown:
+        raise TopologyError(f"speed factors for devices {unknown}, not in the topology")
+    bad = {d: f for d, f in factors.items() if not (math.isfinite(f) and f > 0)}
+    if bad:
+        raise TopologyError(f"speed factors must be finite and > 0, got {bad}")
+    devices = {
+        d.id: replace(d, speed=d.speed * factors[d.id]) if d.id in factors else d
+        for d in topology.devices.values()
+    }
+    return Topology(topology.name, dict(topology.groups), devices)
+
+
 def without_jitter(topology: Topology) -> Topology:
     """The same topology with its random variation switched off: expected times only."""
     return map_profiles(

@@ -143,8 +143,12 @@ def time_training_steps(
     num_classes: int,
     threads: int | None = None,
     seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+    before_timing: Callable[[], None] | None = None,
 ) -> StepTimings:
-    """Time ``repeats`` training steps of ``model`` at each batch size, after ``warmup`` each."""
+    """Time ``repeats`` training steps of ``model`` at each batch size, after ``warmup`` each,
+    by ``clock`` (wall time; ``time.thread_time`` counts the processor the step used instead).
+    ``before_timing``, if given, is called once between the warm-up and the timed steps."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     bad = [b for b in batch_sizes if b < 1]
@@ -177,7 +181,7 @@ def time_training_steps(
 
         def step(b: int) -> float:
             at = offsets[b] = (offsets[b] + b) % (shard_size - b + 1)
-            start = time.perf_counter()
+            start = clock()
             batch = order[at : at + b]
             X, y = shard_X[batch], shard_y[batch]
             losses = _per_sample_loss(net, net(X), y)
@@ -187,7 +191,7 @@ def time_training_steps(
             detached = losses.detach()
             loss_sum.add_(detached.sum())
             loss_sq_sum.add_(detached.square().sum())
-            return time.perf_counter() - start
+            return clock() - start
 
         # The cold step is extra, not one of the warm-up steps: it is timed whatever warmup is.
         stepped_cpu = time.process_time()
@@ -196,6 +200,8 @@ def time_training_steps(
         for b in batch_sizes:
             for _ in range(warmup):
                 step(b)
+        if before_timing is not None:
+            before_timing()
         seconds: dict[int, list[float]] = {b: [] for b in batch_sizes}
         for _ in range(repeats):
             for b in batch_sizes:

@@ -13,7 +13,9 @@ the rate too. Where the kernel has no netem, latency comes from a relay instead
 and it holds the bytes of each direction for the one-way latency of the agent's path to the
 server (:meth:`Emulation.route`); loss and jitter then stay unemulated.
 Each agent runs in a CPU cgroup whose CFS quota gives it the share of one of this host's cores
-that its profile's speed is of the host's. When a profile would need more than the host has,
+that its profile's speed is of the host's, over a period short enough (:func:`cfs_period_us`)
+that the agent runs in small slices, as a slower processor would, not in bursts of a whole
+long period. When a profile would need more than the host has,
 the whole run is slowed by one factor: quotas divided by it, link rates divided by it, delays
 multiplied by it, so that every time in the run is that factor times the time it emulates.
 
@@ -54,8 +56,11 @@ STATE_DIR = Path("/run/fedsim-emulated")  # one JSON file per live emulation: it
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "fedsim-emulated"  # the cgroup under which each run makes its own
-PERIOD_US = 100_000  # the CFS period of every quota
-MIN_QUOTA_US = 1_000  # the smallest quota the kernel accepts
+# The kernel's bounds on a CFS period (cpu.cfs_period_us, cpu.max) and its smallest quota.
+MIN_PERIOD_US, MAX_PERIOD_US = 1_000, 1_000_000
+MIN_QUOTA_US = 1_000
+# The processor an agent may run for at a stretch before it is throttled (cfs_period_us).
+QUOTA_SLICE_US = 2_000
 RELAY_CGROUP = "relay"  # the run's latency relay: in the run's cgroup, without a quota
 # How an emulation delays its links (``latency_mechanism``); NONE: it does not.
 NETEM, RELAY, NONE = "netem", "relay", "none"
@@ -119,6 +124,26 @@ def measure_host_flops(size: int = 384, repeats: int = 7) -> float:
     return 2 * size**3 / best
 
 
+def cfs_period_us(cores: float) -> int:
+    """The CFS period, in microseconds, that holds a group to ``cores`` with a quota of
+    :data:`QUOTA_SLICE_US` (2 ms), within the kernel's bounds on a period (1 ms to 1 s).
+
+    A quota is handed out afresh at the start of every period, so a task that wakes after a
+    pause runs unthrottled until it has used up one period's quota. On this host, with a 100 ms
+    period, 20 ms of work at 0.25 core took 20 ms, not 80, and a round took two or three
+    periods depending on where in a period its work began. A short quota bounds such a burst.
+    A short quota may have a price: each time a throttled agent runs again, its caches hold
+    what ran meanwhile, so a training step can cost more processor (a probe measured 1.1-1.2x
+    with 2 ms, 1.0-1.1x with 10 ms, for three agents). What holding the agents costs their
+    step is measured in every run (:mod:`fedsim.real.cpu_probe`) and charged in its
+    prediction. Of 1, 2, 5 and 10 ms, 2 ms gave the smallest p90 error in bench_fidelity
+    (benchmarks/README.md).
+    """
+    if not cores > 0:
+        raise ValueError(f"a CPU quota must be > 0 cores, got {cores!r}")
+    return min(MAX_PERIOD_US, max(MIN_PERIOD_US, math.ceil(QUOTA_SLICE_US / cores)))
+
+
 def usable_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0))
@@ -159,6 +184,7 @@ class Plan:
     factor: float  # every time in the run is this many times the time it emulates
     shares: dict[int, float]  # cores each agent's profile is worth, before the factor
     quotas: dict[int, float]  # cores each agent gets: share / factor
+    periods_us: dict[int, int]  # each agent's CFS period, by cfs_period_us
 
     def describe(self) -> dict[str, Any]:
         """The figures a report states (JSON-ready)."""
@@ -167,7 +193,7 @@ class Plan:
             "host_gflops": self.host_flops / 1e9,
             "cores": self.cores,
             "cpu_quota_cores": {str(d): q for d, q in self.quotas.items()},
-            "cpu_period_s": PERIOD_US / 1e6,
+            "cpu_period_s": {str(d): p / 1e6 for d, p in self.periods_us.items()},
             "profile_cores": {str(d): s for d, s in self.shares.items()},
         }
 
@@ -191,7 +217,8 @@ def plan(topology: Topology, agents: Sequence[int], *, host_flops: float, cores:
     }
     factor = max([1.0, *shares.values(), sum(shares.values()) / cores])
     quotas = {d: s / factor for d, s in shares.items()}
-    return Plan(topology, tuple(agents), host_flops, cores, factor, shares, quotas)
+    periods = {d: cfs_period_us(q) for d, q in quotas.items()}
+    return Plan(topology, tuple(agents), host_flops, cores, factor, shares, quotas, periods)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,15 +715,16 @@ class Emulation:
         """Hold each agent to its quota (agents start unthrottled: starting up is not part
         of the device being emulated)."""
         for dev, cores in self.plan.quotas.items():
-            quota = max(MIN_QUOTA_US, round(cores * PERIOD_US))
+            period = self.plan.periods_us[dev]
+            quota = max(MIN_QUOTA_US, round(cores * period))
             group = self.cgroup / f"d{dev}"
             usage = self._usage(dev)
             if usage is not None:  # what starting up used is not the held device's
                 self._held_from[dev] = usage
             if self._cgroup_version == 2:
-                (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (group / "cpu.max").write_text(f"{quota} {period}")
             else:
-                (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (group / "cpu.cfs_period_us").write_text(str(period))
                 (group / "cpu.cfs_quota_us").write_text(str(quota))
 
     def lift_quotas(self) -> None:
@@ -705,7 +733,7 @@ class Emulation:
         for dev in self.plan.agents:
             group = self.cgroup / f"d{dev}"
             if self._cgroup_version == 2:
-                (group / "cpu.max").write_text(f"max {PERIOD_US}")
+                (group / "cpu.max").write_text(f"max {self.plan.periods_us[dev]}")
             else:
                 (group / "cpu.cfs_quota_us").write_text("-1")
 

@@ -8,10 +8,12 @@ listens in the root namespace on the address the namespaces reach. The session i
 real runtime's (:func:`~fedsim.runtimes.real.cluster_session`): dropouts are the transport's,
 outages stop and restart agent processes. What is emulated, with the slow-down factor and the
 latency mechanism, is written to ``emulation.json`` in the run directory, with the host's
-load, and at the end of the session how each agent fared under its CPU quota (``cpu``: the
-kernel's throttling counts and the processor seconds used; ``relay_cpu_s``, the latency
-relay's). Everything made is removed on exit, on Ctrl-C or SIGTERM, and after a crash at the
-next start; without root the runtime refuses with one line (:class:`ConfigError`).
+load, what holding each agent to its quota costs its training step (``cpu_inflation``, from
+:mod:`fedsim.real.cpu_probe`, measured as the quotas take hold), and at the end of the session
+how each agent fared under its CPU quota (``cpu``: the kernel's throttling counts and the
+processor seconds used; ``relay_cpu_s``, the latency relay's). Everything made is removed on
+exit, on Ctrl-C or SIGTERM, and after a crash at the next start; without root the runtime
+refuses with one line (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsim.config import ConfigError
-from fedsim.real import emulate
+from fedsim.core.results import COMPARISON
+from fedsim.real import cpu_probe, emulate
 from fedsim.real.jobs import JobRunner
 from fedsim.runtimes import Needs, Runtime
 from fedsim.runtimes.attached import ServerSession
@@ -75,7 +78,8 @@ class EmulatedRuntime:
                 route=net.route,
             ) as (_, session):
                 # Agents start and stop unthrottled: neither is the device being emulated.
-                net.apply_quotas()
+                described.update(cpu_inflation(spec, net))
+                summary.write_text(json.dumps(described, indent=2) + "\n")
                 try:
                     yield session
                 finally:
@@ -85,6 +89,42 @@ class EmulatedRuntime:
                         described["relay_cpu_s"] = net.relay_cpu_s()
                     net.lift_quotas()
                     summary.write_text(json.dumps(described, indent=2) + "\n")
+
+
+def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, object]:
+    """Hold the agents to their quotas, measuring on the way what that costs each one's
+    training step (:mod:`fedsim.real.cpu_probe`): the figures for ``emulation.json``, none
+    where a probe failed (the prediction then charges no inflation, and the log says why)."""
+    plan = net.plan
+    try:
+        measured = cpu_probe.measure(
+            probe_workload(spec),
+            {d: net.launcher(d) for d in plan.agents},
+            plan.quotas,
+            hold=net.apply_quotas,
+        )
+    except cpu_probe.ProbeFailed as e:
+        log.warning("emulated mode: the CPU probe failed, inflation not measured: %s", e)
+        net.apply_quotas()  # the run holds its agents all the same
+        return {}
+    # Count the agents' processor from here, without the probes'.
+    net.apply_quotas()
+    worst = max(measured.inflation.values(), default=1.0)
+    log.info("emulated mode: a held agent's step costs up to %.2fx its processor alone", worst)
+    return measured.describe()
+
+
+def probe_workload(spec: ExperimentSpec) -> cpu_probe.Workload:
+    """The training step the run's agents take: the measured job's model, at its batch size."""
+    if spec.kind == COMPARISON:
+        from fedsim.scenarios.comparison import measured_workload
+
+        workload = measured_workload(spec)
+        batch_size = workload.batch_size
+    else:
+        workload, batch_size = spec.workload, spec.fl.batch_size
+    model = workload.model
+    return cpu_probe.Workload(model.name, model.input_size, model.num_classes, batch_size)
 
 
 def emulation_plan(spec: ExperimentSpec, needs: Needs) -> emulate.Plan:

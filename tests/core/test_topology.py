@@ -4,7 +4,13 @@ from dataclasses import replace
 import pytest
 from topologies import hardware, link, star
 
-from fedsim.core.topology import Device, Topology, TopologyError, without_jitter
+from fedsim.core.topology import (
+    Device,
+    Topology,
+    TopologyError,
+    with_speeds_scaled,
+    without_jitter,
+)
 
 
 def test_path_goes_up_to_the_meeting_point_and_down():
@@ -113,3 +119,17 @@ def test_without_jitter_clears_every_profile():
     )
     calm = without_jitter(noisy)
     assert all(d.hardware.jitter == 0 for d in calm.devices.values())
+
+
+def test_speeds_scaled_only_for_the_devices_named_and_only_by_positive_factors():
+    t = star(3)
+    faster = with_speeds_scaled(t, {1: 2.0, 3: 0.5})
+    assert [faster.devices[d].speed for d in (1, 2, 3)] == [
+        2.0 * t.devices[1].speed,
+        t.devices[2].speed,
+        0.5 * t.devices[3].speed,
+    ]
+    with pytest.raises(TopologyError, match=r"devices \[9\], not in the topology"):
+        with_speeds_scaled(t, {9: 2.0})
+    with pytest.raises(TopologyError, match="finite and > 0"):
+        with_speeds_scaled(t, {1: 0.0})

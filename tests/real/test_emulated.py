@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from topologies import grouped, hardware, link
 
-from fedsim.real import emulate
+from fedsim.real import cpu_probe, emulate
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = 2_000_000  # bytes through the 8 Mbit/s link: 2 s each way
@@ -379,7 +379,18 @@ def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
     assert quotas <= {round(q, 3) for q in emulation["cpu_quota_cores"].values()}
     # How each agent fared under its quota is recorded: the CFS periods it ran in, those it
     # was throttled in and for how long, and the processor seconds it used.
-    assert emulation["cpu_period_s"] == emulate.PERIOD_US / 1e6
+    # Each agent runs in slices of 2 ms: its period is its quota's 2 ms of processor.
+    for dev, cores in emulation["cpu_quota_cores"].items():
+        assert emulation["cpu_period_s"][dev] == emulate.cfs_period_us(cores) / 1e6
+        assert cores * emulation["cpu_period_s"][dev] == pytest.approx(2e-3, rel=1e-3)
+    # What the quotas cost each agent's training step was measured as they took hold: a
+    # probe per agent, timed together, against one alone.
+    probe = emulation["cpu_probe"]
+    assert probe["alone_step_cpu_s"] > 0
+    assert set(emulation["cpu_inflation"]) == set(probe["step_cpu_s"]) == {"3", "4", "8"}
+    for dev, x in emulation["cpu_inflation"].items():
+        assert x == pytest.approx(probe["step_cpu_s"][dev] / probe["alone_step_cpu_s"])
+        assert probe["steps"][dev] >= cpu_probe.MIN_STEPS
     assert set(emulation["cpu"]) == {"3", "4", "8"}
     for stats in emulation["cpu"].values():
         assert stats["nr_periods"] > 0 and stats["cpu_s"] > 0
@@ -456,3 +467,14 @@ def test_a_profile_faster_than_the_host_slows_quotas_and_links_by_one_factor():
     assert shaped.rate_bps == pytest.approx(10e6 * 8 * emulate.FRAME_OVERHEAD / 3)
     assert shaped.delay_s == pytest.approx(0.006)
     assert plan.describe()["slowdown_factor"] == pytest.approx(3.0)
+
+
+def test_each_quota_runs_in_slices_of_2_ms_within_the_kernels_bounds():
+    # Prepare: shares from a full core down to below what a 1 s period can hold at 2 ms.
+    shares = [1.0, 0.5, 0.25, 0.1, 0.04, 0.01, 0.002, 0.0001]
+    # Execute
+    periods = [emulate.cfs_period_us(q) for q in shares]
+    # Assert: 2 ms of processor per period, the period within the kernel's 1 ms to 1 s.
+    assert periods == [2_000, 4_000, 8_000, 20_000, 50_000, 200_000, 1_000_000, 1_000_000]
+    with pytest.raises(ValueError, match="> 0 cores"):
+        emulate.cfs_period_us(0.0)
