@@ -119,6 +119,14 @@ def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
         )
     elif not described.get("latency_and_loss_emulated", True):
         note += " This kernel has no netem: link latency and loss were not emulated, rates were."
+    inflation = described.get("cpu_inflation") or {}
+    if inflation:
+        low, high = min(inflation.values()), max(inflation.values())
+        note += (
+            f" Held to their CPU quotas on this host, the agents' training steps cost "
+            f"{low:.2f}-{high:.2f} times the processor they cost a process alone (a probe per "
+            "agent as the quotas took hold); the prediction charges each agent its own."
+        )
     return replace(
         result,
         summary={**result.summary, "emulation": described},

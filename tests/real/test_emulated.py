@@ -373,7 +373,10 @@ def test_fl_digits_runs_emulated_through_the_cli(tmp_path: Path):
     # by it.
     assert summary["emulation"]["slowdown_factor"] == emulation["slowdown_factor"]
     assert summary["fidelity"]["pairs"] == 2
-    assert "mode=emulated ran every device" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "mode=emulated ran every device" in report
+    # ... and what the quotas cost the agents' steps, which the prediction charged.
+    assert "the agents' training steps cost" in report
     assert set(emulation["cpu_quota_cores"]) == {"3", "4", "8"}
     quotas = {round(q, 3) for _, _, q in held}
     assert quotas <= {round(q, 3) for q in emulation["cpu_quota_cores"].values()}
