@@ -15,12 +15,14 @@ processor clock, for about the same wall time (the steps its quota allows in :da
 so that each is measured among all the others. The run's prediction charges each agent's work
 that many times (``fedsim.pipeline.prediction_spec``).
 
-How far that holds was measured (bench_fidelity, benchmarks/README.md): where the agents are
-alike, it is what the rounds paid (sixteen agents at 0.04-0.1 core, 1.5-1.6x, brought their
-rounds from about 45 % too short to within 8 %); where one agent is much slower than the
-others it overstates that one (1.4x at 0.1 core beside agents at 0.25 and 0.5, whose rounds
-paid about 1.1-1.2x). Giving every probe the same number of steps instead, so that the slowest
-runs its last steps alone as in a round, measured it at 1.67x: further off.
+How far that holds was measured (bench_fidelity, benchmarks/README.md), comparing each
+agent's training time per round with the prediction's. Where the agents are alike, it is what
+the rounds paid: sixteen agents at 0.04-0.1 core probed at 1.6-1.8x, and their training per
+round, predicted 29-64 % short without it, is predicted a median 8 % off with it. An agent
+held far below the others pays a less steady cost: keti-compute's 0.1-core agent paid 1.18x,
+1.28x and 1.73x in three runs (and in the last, 0.26 s a round early on, 0.40 s late), against
+the probe's 1.42-1.57x at their starts. Giving every probe the same number of steps instead,
+so that the slowest runs its last steps alone as in a round, was no better (1.67x).
 
 Run as a process (what :func:`measure` starts)::
 

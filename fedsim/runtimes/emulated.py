@@ -96,6 +96,7 @@ def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, obj
     training step (:mod:`fedsim.real.cpu_probe`): the figures for ``emulation.json``, none
     where a probe failed (the prediction then charges no inflation, and the log says why)."""
     plan = net.plan
+    log.info("emulated mode: measuring what the quotas cost %d agents' steps", len(plan.agents))
     try:
         measured = cpu_probe.measure(
             probe_workload(spec),
