@@ -3,8 +3,9 @@
 Holding agents to CFS quotas on a shared host does more than slow them down. Each time the
 kernel lets a throttled agent run again, the caches hold what the other agents and processes
 left there, so a step costs more processor than it does in a process that runs alone: on this
-2-core host 1.1-1.2 times as much for three agents at 0.1-0.5 core, and 1.4-1.6 times for
-sixteen at 0.04-0.1 core (benchmarks/README.md, "Fidelity"). The device the profile describes
+2-core host the agents' own count of their training was 1.05-1.33 times what the calibration
+charged for three agents at 0.1-0.5 core, and 1.76-2.01 times for sixteen at 0.04-0.1 core
+(benchmarks/README.md, "Fidelity"). The device the profile describes
 does not pay that; the emulated one does, so a prediction of the emulated run must too.
 
 :func:`measure` finds the ratio, ``cpu_inflation``, as the run will pay it. One probe runs alone

@@ -714,13 +714,11 @@ class Emulation:
     def apply_quotas(self) -> None:
         """Hold each agent to its quota (agents start unthrottled: starting up is not part
         of the device being emulated)."""
+        self.count_cpu_from_now()  # what starting up used is not the held device's
         for dev, cores in self.plan.quotas.items():
             period = self.plan.periods_us[dev]
             quota = max(MIN_QUOTA_US, round(cores * period))
             group = self.cgroup / f"d{dev}"
-            usage = self._usage(dev)
-            if usage is not None:  # what starting up used is not the held device's
-                self._held_from[dev] = usage
             if self._cgroup_version == 2:
                 (group / "cpu.max").write_text(f"{quota} {period}")
             else:
@@ -737,8 +735,17 @@ class Emulation:
             else:
                 (group / "cpu.cfs_quota_us").write_text("-1")
 
+    def count_cpu_from_now(self) -> None:
+        """Start :meth:`cpu_stats`'s count afresh: what the agents' cgroups ran until now
+        (starting up, a probe run in them) is not the held devices' work."""
+        for dev in self.plan.agents:
+            usage = self._usage(dev)
+            if usage is not None:
+                self._held_from[dev] = usage
+
     def cpu_stats(self) -> dict[str, dict[str, float]]:
-        """How each agent's cgroup fared while held to its quota (since :meth:`apply_quotas`),
+        """How each agent's cgroup fared while held to its quota (since
+        :meth:`count_cpu_from_now`, which :meth:`apply_quotas` calls),
         by device id (JSON-ready): the kernel's ``nr_periods`` (CFS periods in which it ran),
         ``nr_throttled`` (periods whose quota it used up) and ``throttled_s`` (time spent
         throttled) from ``cpu.stat``, and ``cpu_s``, the processor seconds its processes used

@@ -108,8 +108,7 @@ def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, obj
         log.warning("emulated mode: the CPU probe failed, inflation not measured: %s", e)
         net.apply_quotas()  # the run holds its agents all the same
         return {}
-    # Count the agents' processor from here, without the probes'.
-    net.apply_quotas()
+    net.count_cpu_from_now()  # the probes' processor is not the agents'
     worst = max(measured.inflation.values(), default=1.0)
     log.info("emulated mode: a held agent's step costs up to %.2fx its processor alone", worst)
     return measured.describe()

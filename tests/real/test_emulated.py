@@ -133,29 +133,27 @@ CLIENT = textwrap.dedent(
 )
 
 
+def timed_as_agent(net: emulate.Emulation, dev: int, script: str, *args: str) -> dict:
+    """What ``script`` (Python, printing one JSON object) printed, run as agent ``dev``: in
+    its cgroup and namespace."""
+    proc = subprocess.run(
+        [*net.launcher(dev), sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 @needs_root
 def test_an_emulated_link_carries_a_transfer_in_the_time_its_rate_allows():
     # Prepare: agents' own links at 8 Mbit/s goodput (1,000,000 B/s), the rest effectively free.
     plan = emulate.plan(two_agents(access_mbps=8.0), [1, 2], host_flops=1e12, cores=2)
     with emulate.Emulation(plan) as net, serving(net.server_address, Bytes) as port:
         # Execute: agent 1 downloads then uploads PAYLOAD bytes from its namespace.
-        proc = subprocess.run(
-            [
-                *net.launcher(1),
-                sys.executable,
-                "-c",
-                CLIENT,
-                net.server_address,
-                str(port),
-                str(PAYLOAD),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        took = timed_as_agent(net, 1, CLIENT, net.server_address, str(port), str(PAYLOAD))
     # Assert: 2,000,000 B at 1,000,000 B/s takes 2 s each way.
-    assert proc.returncode == 0, proc.stderr
-    took = json.loads(proc.stdout)
     print(f"8 Mbit/s link, {PAYLOAD} B: {took}")  # the measured figures, for the record
     assert took["down_s"] == pytest.approx(2.0, rel=0.10)
     assert took["up_s"] == pytest.approx(2.0, rel=0.10)
@@ -274,16 +272,9 @@ def test_the_latency_relay_holds_each_request_and_response_for_the_links_latency
         url = net.route(1, direct)
         described = net.describe()
         # Execute: agent 1, from its namespace, a short GET, then a PUT of 1 MB.
-        proc = subprocess.run(
-            [*net.launcher(1), sys.executable, "-c", TIMED_REQUESTS, url, "1000000"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        took = timed_as_agent(net, 1, TIMED_REQUESTS, url, "1000000")
     # Assert: each request and each response waits one 100 ms one-way delay; the PUT's body
     # also takes its 1 s at the link's rate.
-    assert proc.returncode == 0, proc.stderr
-    took = json.loads(proc.stdout)
     print(f"relay, 100 ms each way: {took}")  # the measured figures, for the record
     assert described["latency_mechanism"] == "relay"
     assert described["one_way_delay_s"]["1"] == {"up": ONE_WAY_S, "down": ONE_WAY_S}
