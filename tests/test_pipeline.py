@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 
 from fedsim.config import ConfigError, build_spec, compose, conf_dir
+from fedsim.core.critical_path import critical_path
+from fedsim.core.events import Event, EventKind
 from fedsim.core.results import TIME_FIELDS
+from fedsim.core.rounds.base import NO_RESULT
 from fedsim.pipeline import predict, prediction_spec, run, run_and_write
 from fedsim.runtimes import runtime
 from fedsim.scenarios import Hooks
@@ -340,3 +343,58 @@ def test_a_large_fleet_is_described_by_profile_not_by_client(tmp_path):
     assert len(lines) == len(profiles)
     assert sum(int(a.split(" clients on ")[0].replace(",", "")) for a in lines) == 60
     assert all("each at its own speed" in a for a in lines)
+
+
+def test_a_round_time_split_leaves_out_the_steps_of_devices_that_never_answered(tmp_path):
+    # Prepare: trainers that drop out of a round with probability 0.4 (train, send nothing),
+    # rounds cut at their deadline: a dropped device's steps are logged, its result never comes.
+    spec = build_spec(
+        compose(
+            [
+                "+experiment=fl_digits",
+                "fl.training=modelled",
+                "fl.rounds=8",
+                "faults.dropout=0.4",
+                "fl.deadline_s=2",
+                "fl.min_fit=1",
+            ]
+        )
+    )
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path, Hooks(progress=False))
+    # Assert: each round's split is that of its answered devices' steps and the server's;
+    # rounds with a dropped device wait for it, as a measured run (which never hears of its
+    # steps) splits them, and the dropped device's bytes still count as moved.
+    events = pd.read_csv(result.events_file)
+    lost = {(rnd, dev) for rnd, dev, why in result.failures if why == NO_RESULT}
+    moved = 0
+    for row in result.rows:
+        inside = events[
+            (events["start_s"] >= row.started_s - 1e-9) & (events["end_s"] <= row.finished_s + 1e-9)
+        ]
+        gone = {dev for rnd, dev in lost if rnd == row.round}
+        answered = inside[~inside["device"].isin(gone)]
+        path = critical_path(as_events(answered), row.started_s, row.finished_s)
+        split = (row.transfer_s, row.compute_s, row.aggregation_s, row.waiting_s)
+        assert split == pytest.approx(
+            (path.transfer, path.compute, path.aggregation, path.waiting), abs=1e-12
+        )
+        assert row.bytes_moved == inside["bytes"].sum()
+        if gone:
+            everything = critical_path(as_events(inside), row.started_s, row.finished_s)
+            moved += everything.waiting < row.waiting_s - 1e-9  # a dropped step was on it
+    assert moved >= 1
+
+
+def as_events(frame: pd.DataFrame) -> list[Event]:
+    """The rows of an ``events.csv`` as events."""
+    return [
+        Event(
+            device=int(r.device),
+            kind=EventKind(r.kind),
+            start=float(r.start_s),
+            end=float(r.end_s),
+            nbytes=int(r.bytes),
+        )
+        for r in frame.itertuples()
+    ]

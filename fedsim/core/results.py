@@ -8,7 +8,7 @@ row carry the same :class:`TimeSplit` of their time along the critical path.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,17 +39,41 @@ class TimeSplit:
     bytes_moved: int
 
 
-def time_fields(events: Sequence[Event] | EventColumns, start: float, end: float) -> dict[str, Any]:
-    """The :class:`TimeSplit` fields of ``[start, end]`` over the ``events`` inside it."""
+def _columns(cols: EventColumns, keep: np.ndarray) -> EventColumns:
+    out = EventColumns()
+    for name in EventColumns.__slots__:
+        column = getattr(cols, name)
+        kept = np.frombuffer(column, dtype=column.typecode)[keep]
+        setattr(out, name, array(column.typecode, kept.tobytes()))
+    return out
+
+
+def time_fields(
+    events: Sequence[Event] | EventColumns,
+    start: float,
+    end: float,
+    *,
+    unanswered: Collection[int] = (),
+) -> dict[str, Any]:
+    """The :class:`TimeSplit` fields of ``[start, end]`` over the ``events`` inside it.
+
+    The steps of the ``unanswered`` devices (whose results never reached the server: dropped
+    out, cut by a deadline) move bytes but stay off the critical path: the end did not wait
+    for them, and the time spent on them is waiting for stragglers. A measured run has no
+    such steps at all (an agent reports its steps with its result), so a simulated round and
+    its measured twin split their time the same way.
+    """
     cols = events if isinstance(events, EventColumns) else EventColumns(events)
-    inside = EventColumns()
+    inside = path = EventColumns()
     if len(cols):
         keep = (np.frombuffer(cols.start) >= start - 1e-9) & (np.frombuffer(cols.end) <= end + 1e-9)
-        for name in EventColumns.__slots__:
-            column = getattr(cols, name)
-            kept = np.frombuffer(column, dtype=column.typecode)[keep]
-            setattr(inside, name, array(column.typecode, kept.tobytes()))
-    parts = critical_path(inside, start, end)
+        inside = path = _columns(cols, keep)
+        if unanswered and len(inside):
+            devices = np.frombuffer(inside.device, dtype=np.int64)
+            answered = ~np.isin(devices, np.fromiter(unanswered, dtype=np.int64))
+            if not answered.all():
+                path = _columns(inside, answered)
+    parts = critical_path(path, start, end)
     return {
         "total_s": end - start,
         "transfer_s": parts.transfer,

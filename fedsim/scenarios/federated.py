@@ -356,7 +356,7 @@ class _RoundRows:
                 version=r.version.version if r.version else None,
                 started_s=r.started,
                 finished_s=r.finished,
-                **time_fields(fresh, r.started, r.finished),
+                **time_fields(fresh, r.started, r.finished, unanswered=r.unanswered),
                 selected=len(r.selected),
                 completed=len(r.completed),
                 failed=len(r.failures),

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedsim.core.rounds.base import RoundProtocol, accepted_updates
+from fedsim.core.rounds.base import NO_RESULT, RoundProtocol, accepted_updates
 from fedsim.core.runtime import NDArrays, TaskResult
 
 
@@ -99,7 +99,7 @@ class AsyncRounds(RoundProtocol):
         for tid, (d, _, due) in list(self.in_flight.items()):
             if due <= now and tid not in arrived:
                 del self.in_flight[tid]
-                self.failures[d] = "no result before the deadline"
+                self.failures[d] = NO_RESULT
                 self.fed.reliability.lost(d)
 
     def receive(self, r: TaskResult) -> None:

@@ -64,6 +64,10 @@ class Evaluation:
     cost: Cost = field(default_factory=Cost)
 
 
+# Why a selected device counts as failed when the server never heard from it in time.
+NO_RESULT = "no result before the deadline"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RoundReport:
     """What happened in one round (in async mode: one aggregation)."""
@@ -88,6 +92,11 @@ class RoundReport:
     @property
     def duration(self) -> float:
         return self.finished - self.started
+
+    @property
+    def unanswered(self) -> list[int]:
+        """The devices whose results never reached the server (dropped out, cut off)."""
+        return [d for d, why in self.failures.items() if why == NO_RESULT]
 
 
 # Called with each published version: (version, parameters, round, metrics).
@@ -354,7 +363,7 @@ class Federation:
     def lost(self, expected: Iterable[int], results: Iterable[TaskResult]) -> dict[int, str]:
         """The ``expected`` devices with no result, each counted against its reliability."""
         arrived = {r.device for r in results}
-        lost = {d: "no result before the deadline" for d in expected if d not in arrived}
+        lost = dict.fromkeys((d for d in expected if d not in arrived), NO_RESULT)
         for d in lost:
             self.reliability.lost(d)
         return lost

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from fedsim.core.rounds.base import (
+    NO_RESULT,
     Federation,
     accepted_updates,
     aggregation_cost,
@@ -184,7 +185,7 @@ class _GroupRound:
         done = {r.device for results in self.gathered.values() for r in results}
         self.failures.update(
             {
-                d: "no result before the deadline"
+                d: NO_RESULT
                 for d in self.selected
                 if d not in done and d not in self.rejected and d not in self.failures
             }
