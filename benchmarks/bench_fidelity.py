@@ -28,11 +28,17 @@ groups of eight trainers):
   room for their cold start;
 - dropouts: each update is lost with probability 0.3, rounds end at their deadline.
 
+``--again`` runs every scenario's emulation a second time, with the same seed, and gives the
+host's own repeatability: each round time of the second run against the first's, as the
+prediction's error is taken (|second - first| / first). No prediction can be expected to come
+closer to a run than another run of the same configuration does, so this is the floor under
+the prediction's figures on this host.
+
 The ranking check runs four configurations (bandwidth, strategy, selection policy) in the
 simulator and emulated, ranks them by time to the target accuracy and gives Kendall's tau
 between the two orders. The last line printed is one JSON object.
 
-    python benchmarks/bench_fidelity.py [--quick] [--profile PATH] [--rounds N]
+    python benchmarks/bench_fidelity.py [--quick] [--profile PATH] [--rounds N] [--again]
 """
 
 from __future__ import annotations
@@ -255,6 +261,14 @@ def error_stats(errors: Sequence[float | None]) -> dict[str, float | None]:
     return {"median": statistics.median(known), "p90": _percentile(known, 90)}
 
 
+def repeatability(first: Sequence[float], second: Sequence[float]) -> list[float | None]:
+    """Each round time of a second run of the same configuration against the first's, as a
+    prediction's error is taken: |second - first| / first (None where the first is 0)."""
+    if len(first) != len(second):
+        raise ValueError(f"the two runs have {len(first)} and {len(second)} rounds")
+    return [abs(b - a) / a if a > 0 else None for a, b in zip(first, second, strict=True)]
+
+
 def _percentile(ordered: Sequence[float], q: float) -> float:
     position = (len(ordered) - 1) * q / 100
     low = math.floor(position)
@@ -284,6 +298,21 @@ def scenario_figures(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     return out
 
 
+def again_figures(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """A scenario run twice: the second run's round times against the first's (``repeat``),
+    and the prediction's errors against the second run (``prediction``)."""
+    errors = repeatability(first["measured_s"], second["measured_s"])
+    return {
+        "repeat": error_stats(errors),
+        "repeat_after_round_0": error_stats(errors[1:]),
+        "prediction": second["round"],
+        "repeat_errors": errors,
+        "errors": second["errors"],
+        "cpu_inflation": second["emulation"].get("cpu_inflation"),
+        "host_load_1min": second["host_load_1min"],
+    }
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -294,15 +323,26 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         "| scenario | rounds | round time | after round 0 | transfer | compute | aggregation "
         "| waiting | notes |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
+    twice = any("again" in r for r in results)
+    if twice:  # the second run against the first, and the prediction against the second
+        head = head.replace("| notes |", "| run 2 vs run 1 | prediction vs run 2 | notes |")
+        head = head.replace("| ---: | --- |", "| ---: | ---: | ---: | --- |")
     lines = [head]
     for r in results:
         if r.get("skipped"):
-            lines.append(f"| {r['scenario']} |{' - |' * 7} skipped: {r['skipped']} |")
+            lines.append(
+                f"| {r['scenario']} |{' - |' * (9 if twice else 7)} skipped: {r['skipped']} |"
+            )
             continue
         cells = [
             f"{_pct(r[k]['median'])} / {_pct(r[k]['p90'])}"
             for k in ("round", "round_after_first", *COMPONENTS)
         ]
+        if twice:
+            again = r.get("again", {})
+            for k in ("repeat", "prediction"):
+                x = again.get(k)
+                cells.append("-" if x is None else f"{_pct(x['median'])} / {_pct(x['p90'])}")
         lines.append(f"| {r['scenario']} | {r['rounds']} | {' | '.join(cells)} | {r['notes']} |")
     return "\n".join(lines)
 
@@ -364,15 +404,18 @@ def config(scenario: Scenario, host: dict[str, Any], rounds: int, mode: str) -> 
     return cfg
 
 
-def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -> dict[str, Any]:
-    """Run ``scenario`` emulated; its figures from the run's summary and ``fidelity.csv``."""
+def emulated(
+    scenario: Scenario, host: dict[str, Any], rounds: int, out: Path, tag: str = ""
+) -> dict[str, Any]:
+    """Run ``scenario`` emulated (into ``out``/NAME``tag``); its figures from the run's summary
+    and ``fidelity.csv``."""
     from fedsim.config import build_spec, conf_dir
     from fedsim.pipeline import run_and_write
     from fedsim.runtimes import runtime
     from fedsim.scenarios import Hooks
 
     spec = build_spec(config(scenario, host, rounds, "emulated"), conf_dir())
-    run_dir = out / scenario.name
+    run_dir = out / f"{scenario.name}{tag}"
     start = time.perf_counter()
     run_and_write(spec, runtime("emulated"), run_dir, Hooks(progress=False))
     wall = time.perf_counter() - start
@@ -408,6 +451,7 @@ def emulated(scenario: Scenario, host: dict[str, Any], rounds: int, out: Path) -
         "errors": [
             None if r["abs_rel_error"] in ("", "None") else float(r["abs_rel_error"]) for r in rows
         ],
+        "measured_s": [float(r["measured_s"]) for r in rows],
         "time_to_target_s": summary.get("time_to_target_s"),
         "emulation": emulation,
         "slowdown_factor": emulation["slowdown_factor"],
@@ -452,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds per run (default 8 quick, 20 full)")
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--keep", type=Path, help="keep the runs' directories here")
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="emulate every scenario twice: the host's own repeatability (run against run)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_fidelity: emulated runs need root (namespaces, tc, cgroups); run as root")
@@ -486,6 +535,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({r['wall_s']:.0f} s)",
                 flush=True,
             )
+            if args.again:
+                try:
+                    second = emulated(s, host, rounds, out, "-again")
+                except Exception as e:
+                    r["again"] = {"skipped": f"failed: {e}"}
+                    print(f"{s.name}, again: failed: {e!r}", flush=True)
+                else:
+                    r["again"] = again_figures(r, second)
+                    print(
+                        f"{s.name}, again: second run against the first median "
+                        f"{_pct(r['again']['repeat']['median'])} %, p90 "
+                        f"{_pct(r['again']['repeat']['p90'])} %; the prediction against it "
+                        f"{_pct(second['round']['median'])} / {_pct(second['round']['p90'])} %",
+                        flush=True,
+                    )
             if s.rank:
                 sim = simulated_time_to_target(s, host, rounds, r["emulation"], out)
                 ranking.append(
@@ -496,6 +560,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled_warm = error_stats(
         [e for r in ran for e, i in zip(r["errors"], range(r["rounds"]), strict=True) if i > 0]
     )
+    twice = [r for r in ran if "repeat" in r.get("again", {})]
+    repeat_line: dict[str, Any] = {}
+    if twice:
+        repeat = [e for r in twice for e in r["again"]["repeat_errors"]]
+        second = [e for r in twice for e in r["again"]["errors"]]
+        warm = [e for r in twice for e in r["again"]["repeat_errors"][1:]]
+        repeat_line = {
+            "repeatability": {**error_stats(repeat), "after_round_0": error_stats(warm)},
+            "prediction_vs_second_run": error_stats(second),
+        }
     tau = None
     if len(ranking) >= 2:
         never = math.inf  # a configuration that never reached the target ranks last
@@ -519,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "median_abs_rel_error_after_round_0": pooled_warm["median"],
         "p90_abs_rel_error_after_round_0": pooled_warm["p90"],
         "kendall_tau": tau,
+        **repeat_line,
         "ranking": ranking,
         "scenarios": {
             r["scenario"]: (
@@ -537,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cpu": r["cpu"],
                     "cpu_inflation": r["emulation"].get("cpu_inflation"),
                     "wall_s": round(r["wall_s"], 1),
+                    **(
+                        {"again": {k: v for k, v in r["again"].items() if k != "repeat_errors"}}
+                        if "again" in r
+                        else {}
+                    ),
                 }
             )
             for r in results

@@ -115,3 +115,41 @@ def test_the_table_has_a_line_per_scenario_and_says_why_one_was_skipped():
     assert len(lines) == 4
     assert lines[2].startswith("| a | 2 | 30.0 / 46.0 | 10.0 / 10.0 | 50.0 / 50.0 |")
     assert lines[3] == "| b | - | - | - | - | - | - | - | skipped: no netem |"
+
+
+def test_a_second_run_is_taken_against_the_first_as_a_prediction_is():
+    # Prepare: two runs' round times, the first with a round of 0 s.
+    first, second = [1.0, 2.0, 0.0, 4.0], [1.1, 1.0, 0.5, 4.0]
+    # Execute
+    errors = bench.repeatability(first, second)
+    # Assert: |second - first| / first; no error where the first run took no time.
+    assert errors == pytest.approx([0.1, 0.5, None, 0.0]) and errors[2] is None
+    with pytest.raises(ValueError, match="4 and 3 rounds"):
+        bench.repeatability(first, second[:3])
+
+
+def test_the_table_of_scenarios_run_twice_has_two_more_columns():
+    # Prepare: one scenario run twice (its second run 10 % and 30 % off the first), one once.
+    first = {"measured_s": [1.0, 1.0], "round": {"median": 0.2, "p90": 0.4}}
+    second = {
+        "measured_s": [1.1, 0.7],
+        "round": {"median": 0.05, "p90": 0.08},
+        "errors": [0.05, 0.08],
+        "emulation": {},
+        "host_load_1min": {},
+    }
+    again = bench.again_figures(first, second)
+    plain = {k: {"median": 0.2, "p90": 0.4} for k in ("round", "round_after_first")}
+    plain |= {c: {"median": None, "p90": None} for c in bench.COMPONENTS}
+    results = [
+        {"scenario": "a", "rounds": 2, **plain, "again": again, "notes": "n"},
+        {"scenario": "b", "rounds": 2, **plain, "notes": "m"},
+    ]
+    # Execute
+    lines = bench.markdown_table(results).splitlines()
+    # Assert: the header and its rule have the two columns; scenario b, run once, has none.
+    assert lines[0].endswith("| waiting | run 2 vs run 1 | prediction vs run 2 | notes |")
+    assert lines[1].count("|") == lines[0].count("|") == 12
+    assert again["repeat"] == pytest.approx({"median": 0.2, "p90": 0.28})
+    assert lines[2].endswith("| 20.0 / 28.0 | 5.0 / 8.0 | n |")
+    assert lines[3].endswith("| - | - | m |")
