@@ -127,6 +127,14 @@ def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
             f"{low:.2f}-{high:.2f} times the processor they cost a process alone (a probe per "
             "agent as the quotas took hold); the prediction charges each agent its own."
         )
+    drift = described.get("host_drift") or {}
+    if drift:
+        low, high = min(drift.values()), max(drift.values())
+        span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+        note += (
+            f" A training step alone took this host {span} times the processor that the "
+            "measured profiles (and so the quotas) assumed; the prediction charges that too."
+        )
     return replace(
         result,
         summary={**result.summary, "emulation": described},
@@ -179,7 +187,9 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
     simulated devices are held to the same (``Device.cpu_quota``), each period divided by the
     slow-down factor, since the prediction is simulated at the profiles' speed and slowed
     afterwards, and share the host's whole ``cores`` as the agents did; each computes slower
-    by what the emulation measured its quota to cost its training step (``cpu_inflation``)."""
+    by what the emulation measured its quota to cost its training step (``cpu_inflation``) and
+    by how much slower than its measured profile said the host ran that step alone as the
+    quotas took hold (``host_drift``)."""
     # The agents poll for tasks and request downloads: latency is paid as they pay it.
     sim_spec = replace(spec, mode=replace(spec.mode, name="sim", polling=True))
     quotas = (emulation or {}).get("cpu_quota_cores") or {}
@@ -196,8 +206,13 @@ def prediction_spec(spec: ExperimentSpec, emulation: Mapping[str, Any] | None) -
         }
         # What the quota costs each held agent's work on the emulating host (its probe's
         # processor per step against a probe alone): the device computes that much slower.
+        # And what the host took for a step alone against what the quotas assumed of it
+        # (``host_drift``: it ran slower, or faster, than when the profiles were measured).
         inflation = (emulation or {}).get("cpu_inflation") or {}
-        slower = {int(dev): 1 / float(x) for dev, x in inflation.items()}
+        drift = (emulation or {}).get("host_drift") or {}
+        slower = {
+            int(dev): 1 / (float(x) * float(drift.get(dev, 1.0))) for dev, x in inflation.items()
+        }
         topology = with_speeds_scaled(with_cpu_quotas(sim_spec.topology, held), slower)
         sim_spec = replace(sim_spec, topology=topology)
     if emulation is not None and not emulation.get("latency_and_loss_emulated", True):

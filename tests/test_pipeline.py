@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -12,7 +13,7 @@ from fedsim.core.critical_path import critical_path
 from fedsim.core.events import Event, EventKind
 from fedsim.core.results import TIME_FIELDS
 from fedsim.core.rounds.base import NO_RESULT
-from fedsim.pipeline import predict, prediction_spec, run, run_and_write
+from fedsim.pipeline import _with_emulation, predict, prediction_spec, run, run_and_write
 from fedsim.runtimes import runtime
 from fedsim.scenarios import Hooks
 
@@ -160,6 +161,30 @@ def test_what_the_quota_costs_each_agents_step_slows_it_in_the_prediction(simula
     assert after[3].speed == pytest.approx(before[3].speed / 1.5)
     assert after[8].speed == pytest.approx(before[8].speed / 1.25)
     assert all(after[i].speed == d.speed for i, d in before.items() if i not in (3, 8))
+
+
+def test_a_host_slower_than_its_measured_profile_slows_the_prediction_too(simulated, tmp_path):
+    # Prepare: held, device 3's step costs 1.5 times its processor alone; alone, the host took
+    # 1.1 times the processor per step that device 3's measured profile (its quota) assumed.
+    spec, result = simulated
+    emulation = {
+        "slowdown_factor": 1.0,
+        "latency_and_loss_emulated": True,
+        "cpu_quota_cores": {"3": 0.1},
+        "cpu_period_s": {"3": 0.02},
+        "cpu_inflation": {"3": 1.5},
+        "host_drift": {"3": 1.1},
+        "cores": 2,
+    }
+    (tmp_path / "emulation.json").write_text(json.dumps(emulation))
+    # Execute
+    as_run = prediction_spec(spec, emulation)
+    described = _with_emulation(result, tmp_path)
+    # Assert: both slow the device; the report's assumptions say by how much the host drifted.
+    assert as_run.topology.devices[3].speed == pytest.approx(
+        spec.topology.devices[3].speed / (1.5 * 1.1)
+    )
+    assert any("took this host 1.10 times the processor" in a for a in described.assumptions)
 
 
 def test_an_emulated_run_without_netem_is_predicted_at_link_rates_alone(simulated, tmp_path):

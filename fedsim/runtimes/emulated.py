@@ -111,7 +111,42 @@ def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, obj
     net.count_cpu_from_now()  # the probes' processor is not the agents'
     worst = max(measured.inflation.values(), default=1.0)
     log.info("emulated mode: a held agent's step costs up to %.2fx its processor alone", worst)
-    return measured.describe()
+    described = measured.describe()
+    drift = host_drift(plan, probe_workload(spec), measured.alone_step_s)
+    if drift:
+        described["host_drift"] = {str(d): x for d, x in drift.items()}
+        log.info(
+            "emulated mode: a step alone took %.2f-%.2fx what the quotas assumed",
+            min(drift.values()),
+            max(drift.values()),
+        )
+    return described
+
+
+def host_drift(
+    plan: emulate.Plan, workload: cpu_probe.Workload, alone_step_s: float
+) -> dict[int, float]:
+    """How many times the processor its quota assumed one step of ``workload`` takes on this
+    host now (``alone_step_s``, the probe's, unthrottled), per agent whose profile has a
+    measured step model of the workload's model.
+
+    An agent's quota is its profile's worth in cores (``plan.shares``, before the slow-down
+    factor) of this host's processor, so the quota assumes the host takes share x the
+    profile's step for one step: what the host took when the profile was measured. A host
+    that runs slower now (other tenants of the machine, another clock) holds every agent that
+    much slower than its profile; spec-sheet profiles, which say nothing of this host, get no
+    figure.
+    """
+    drift = {}
+    for d in plan.agents:
+        device = plan.topology.devices[d]
+        step = device.hardware.steps.get(workload.model)
+        if step is None:
+            continue
+        assumed = plan.shares[d] * step.seconds(workload.batch_size) / device.speed
+        if assumed > 0:
+            drift[d] = alone_step_s / assumed
+    return drift
 
 
 def probe_workload(spec: ExperimentSpec) -> cpu_probe.Workload:

@@ -18,13 +18,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from topologies import grouped, hardware, link
 
+from fedsim.core.calibration import StepModel
+from fedsim.core.topology import MEASURED, with_speeds_scaled
 from fedsim.real import cpu_probe, emulate
+from fedsim.runtimes.emulated import host_drift
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = 2_000_000  # bytes through the 8 Mbit/s link: 2 s each way
@@ -472,3 +476,26 @@ def test_each_quota_runs_in_slices_of_2_ms_within_the_kernels_bounds():
     assert periods == [2_000, 4_000, 8_000, 20_000, 50_000, 200_000, 1_000_000, 1_000_000]
     with pytest.raises(ValueError, match="> 0 cores"):
         emulate.cfs_period_us(0.0)
+
+
+def test_host_drift_is_the_step_alone_against_what_each_quota_assumed():
+    # Prepare: on a 100 GFLOP/s host core, agent 1's profile is worth 0.5 core and measured
+    # a step of 8 samples at 1 ms + 8 x 0.25 ms = 3 ms (so the host's step, as measured, was
+    # 1.5 ms); agent 2 runs twice as fast as its profile of 0.25 core (the same step, 0.75 ms
+    # of the host's); agent 3's spec-sheet profile has no step model of the workload.
+    steps = {"cnn": StepModel(overhead_s=0.001, per_sample_s=0.00025)}
+    profiles = {
+        1: replace(hardware("measured", 0.05), kind=MEASURED, steps=steps),
+        2: replace(hardware("measured", 0.025), kind=MEASURED, steps=steps),
+        3: hardware("sheet", 0.05),
+    }
+    topology = grouped({1: 1, 2: 1, 3: 1}, client_hardware=lambda d: profiles[d])
+    topology = with_speeds_scaled(topology, {2: 2.0})
+    plan = emulate.plan(topology, [1, 2, 3], host_flops=1e11, cores=2)
+    workload = cpu_probe.Workload("cnn", 8, 10, batch_size=8)
+    # Execute: a probe alone took 1.8 ms a step.
+    drift = host_drift(plan, workload, alone_step_s=0.0018)
+    # Assert: 1.8 ms against 0.5 x 3 ms, and against 0.5 x 1.5 ms (agent 2's share doubled
+    # with its speed, its step halved); none for the spec-sheet profile.
+    assert plan.shares == pytest.approx({1: 0.5, 2: 0.5, 3: 0.5})
+    assert drift == pytest.approx({1: 1.2, 2: 2.4})
