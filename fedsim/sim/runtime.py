@@ -166,6 +166,9 @@ class SimTransport(Transport):
         # When each device's poll for its next task reaches the server (absent: waiting
         # there already), and each device's latency to the server and back (made when needed).
         self._polling: dict[int, float] = {}
+        # Polled tasks whose answer is on its way to the device: when the server handed each
+        # out, the start of its first transfer's event (taken by it, or dropped after step 0).
+        self._handed: dict[str, float] = {}
         self._to_server: dict[int, tuple[float, float]] = {}
         # Model versions the server has deployed: each new one costs its round overhead.
         self._deployed: set[tuple[str, int]] = set()
@@ -374,6 +377,10 @@ class SimTransport(Transport):
             if polled > self.env.now:
                 yield self.env.timeout(polled - self.env.now)
             if down:
+                # The answer's trip is the first step's (a download's, an upload's): its event
+                # starts when the server handed the task out, as a measured run lays out the
+                # agent's steps from then.
+                self._handed[task.id] = self.env.now
                 yield self.env.timeout(down)
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
@@ -388,6 +395,7 @@ class SimTransport(Transport):
             except (ValueError, SecAggAborted) as exc:
                 # The device refuses the message, as an agent reports a task that failed.
                 self._cpu.pop(task.id, None)
+                self._handed.pop(task.id, None)
                 self._deliver(
                     TaskResult(
                         task_id=task.id,
@@ -402,6 +410,7 @@ class SimTransport(Transport):
         while (step := self._step(task, i, answer or b"")) is not None:
             begin = self.env.now
             yield from step
+            self._handed.pop(task.id, None)  # a first step that was no transfer
             # An unreachable or dropped device goes silent: no result ever arrives.
             if self.faults.offline(dev, begin, self.env.now):
                 self._cpu.pop(task.id, None)
@@ -500,7 +509,7 @@ class SimTransport(Transport):
         """``nbytes`` from ``src`` to ``dst``, a request device ``by`` makes: keeping the body
         on its disk first when ``keep`` (a trained update), its processor's per-request cost,
         then the bytes over the path."""
-        start = self.env.now
+        start = self._handed.pop(task, self.env.now)
         requester = self.topology.devices[by]
         hw = requester.hardware
         # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.

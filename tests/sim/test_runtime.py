@@ -350,6 +350,23 @@ def test_polling_pays_latency_per_request_and_response_as_the_agents_do():
     assert took[True] == pytest.approx([3.2, 3.3])
 
 
+def test_a_polled_tasks_first_transfer_starts_when_the_server_hands_the_task_out():
+    # Prepare: the trainer of the test above, polling (as a measured run's prediction).
+    topology = star(1, access=link("a", 1.0, latency_s=0.05))
+    transport = SimTransport(topology, seed=0, polling=True)
+    task = Task(id="t", device=1, ins=fit(nbytes=1_000_000, update_nbytes=1_000_000))
+    # Execute
+    (result,) = transport.run([task])
+    # Assert: the download's event holds the poll answer's trip (50 ms), the request (50 ms),
+    # the bytes' latency and the bytes (1.05 s), as an agent's steps are laid out from the
+    # moment the server handed the task out; the upload follows the training as before.
+    steps = {e.kind: e for e in transport.events.events}
+    download, upload = steps[EventKind.MODEL_DOWNLOAD], steps[EventKind.UPDATE_UPLOAD]
+    assert download.start == pytest.approx(result.started) and download.start == pytest.approx(0)
+    assert download.end == pytest.approx(1.15)
+    assert upload.start == pytest.approx(2.15) and upload.end == pytest.approx(3.2)
+
+
 def test_a_task_result_counts_the_processor_seconds_charged_as_an_agent_counts_its_own():
     # Prepare: a measured trainer (10 ms a request, 5 ms of task overhead), at half its
     # profile's speed, held to 0.25 core or not; a 1 MB model it loads at
