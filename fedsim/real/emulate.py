@@ -7,7 +7,10 @@ flows); each device is a namespace whose veth pair joins its group's bridge (or,
 attached to another device, that device's bridge). The server stays in the root namespace, on
 one veth into its own group. Every directed link is shaped where it leaves its sending end: an
 HTB class at the link's rate and, where the kernel has ``sch_netem``, netem's delay and loss;
-every interface takes packets of one TCP segment (no GSO), so that htb holds short transfers to
+on a link that several agents' paths cross (a group's uplink, the server's), each agent's
+traffic has a class of its own under the link's, and the classes take turns a packet at a
+time, so that the agents share the link evenly, as the simulator's max-min model has them
+share it; every interface takes packets of one TCP segment (no GSO), so that htb holds short transfers to
 the rate too. Where the kernel has no netem, latency comes from a relay instead
 (:mod:`fedsim.real.delay_relay`): each agent dials its own port of it on the server's address,
 and it holds the bytes of each direction for the one-way latency of the agent's path to the
@@ -73,6 +76,9 @@ RELAY_MIN_DELAY_S = 0.005
 # timestamps, Linux's default) in 1514-byte frames, which is what tc counts: the rate a link is
 # shaped at is its profile's goodput times this.
 FRAME_OVERHEAD = 1514 / 1448
+# Bytes an agent's class of a shared link sends in its turn: one frame, so that the agents
+# take turns a packet at a time.
+LEAF_QUANTUM = 1514
 SUBNETS = [ipaddress.ip_network(f"10.{n}.0.0/16") for n in range(200, 250)]  # private, /16 each
 
 
@@ -394,6 +400,8 @@ class Emulation:
     server_address: str = field(init=False, default="")
     nodes: dict[Node, _Node] = field(init=False, default_factory=dict)
     shaped: dict[str, dict[str, Shaping]] = field(init=False, default_factory=dict)
+    # The agents whose path to the server crosses each node's link (set by _build_network).
+    _crossing: dict[Node, list[int]] = field(init=False, default_factory=dict)
     cgroup: Path = field(init=False)
     # Each agent's cgroup counters when its quota was applied (cpu_stats counts from there).
     _held_from: dict[int, dict[str, float]] = field(init=False, default_factory=dict)
@@ -499,6 +507,12 @@ class Emulation:
                     order.append(node)
         parents = {c[i]: c[i + 1] for c in chains.values() for i in range(len(c) - 1)}
         with_children = set(parents.values())
+        # Each link's agents (those whose path to the server crosses it), to share it evenly.
+        self._crossing = {
+            node: [d for d in self.plan.agents if node in chains[d]] for node in parents
+        }
+        self._crossing[server_node] = list(self.plan.agents)
+        shape_later: list[tuple[Node, tuple[str | None, str], tuple[str | None, str]]] = []
         for node in order:
             if node == server_node:
                 continue
@@ -517,7 +531,7 @@ class Emulation:
                 _one_segment(ns, "br0")
                 _run("ip", "-n", ns, "link", "set", "br0", "up")
             if node in parents:
-                self._join(node, parents[node], net.prefixlen)
+                shape_later.append(self._join(node, parents[node], net.prefixlen))
         # The server: one veth from the root namespace into its parent's bridge.
         parent = self.nodes[parents[server_node]]
         root_end, child_end = f"{PREFIX}{self.tag}s", f"d{topo.server}"
@@ -540,10 +554,16 @@ class Emulation:
         _one_segment(parent.ns, child_end)
         _run("ip", "link", "set", root_end, "up")
         _run("ip", "-n", parent.ns, "link", "set", child_end, "master", "br0", "up")
-        self._shape_link(server_node, up=(None, root_end), down=(parent.ns, child_end))
+        shape_later.append((server_node, (None, root_end), (parent.ns, child_end)))
+        # Shaped once every device has its address: a shared link classifies by them.
+        for node, up, down in shape_later:
+            self._shape_link(node, up=up, down=down)
 
-    def _join(self, node: Node, parent_node: Node, prefixlen: int) -> None:
-        """The veth pair of ``node``'s link to ``parent_node``, addressed, bridged, shaped."""
+    def _join(
+        self, node: Node, parent_node: Node, prefixlen: int
+    ) -> tuple[Node, tuple[str | None, str], tuple[str | None, str]]:
+        """The veth pair of ``node``'s link to ``parent_node``, addressed and bridged; the
+        interfaces to shape each direction on (up, down)."""
         child, parent = self.nodes[node], self.nodes[parent_node]
         kind, ident = node
         up_end, down_end = "uplink", f"{kind[0]}{ident}"
@@ -573,7 +593,7 @@ class Emulation:
         if child.address is not None:
             where = "br0" if child.bridge else up_end
             _run("ip", "-n", child.ns, "addr", "add", f"{child.address}/{prefixlen}", "dev", where)
-        self._shape_link(node, up=(child.ns, up_end), down=(parent.ns, down_end))
+        return node, (child.ns, up_end), (parent.ns, down_end)
 
     def _shape_link(
         self, node: Node, *, up: tuple[str | None, str], down: tuple[str | None, str]
@@ -582,36 +602,47 @@ class Emulation:
         profile = self.plan.topology.link_profile(node)
         shape = shaping(profile, self.plan.factor)
         self.shaped[f"{node[0]} {node[1]}"] = {"up": shape, "down": shape}
+        crossing = self._crossing.get(node, [])
+        agents = [a for d in crossing if (a := self.nodes[("device", d)].address) is not None]
         for ns, dev in (up, down):
-            self._qdisc(ns, dev, shape)
+            self._qdisc(ns, dev, shape, agents if len(agents) > 1 else [])
 
-    def _qdisc(self, ns: str | None, dev: str, s: Shaping) -> None:
+    def _qdisc(self, ns: str | None, dev: str, s: Shaping, agents: Sequence[str]) -> None:
+        """Shape ``dev`` to ``s``; with ``agents`` (the addresses of the agents whose traffic
+        crosses it), each agent's traffic gets a class of its own under the link's, served in
+        turn a packet at a time: the agents share the link evenly, as the flow model shares
+        it (max-min), where one queue for all would let whichever TCP flow got ahead keep its
+        lead (a shared uplink's downloads then ended one after the other, not together).
+        Traffic of no agent (ARP, say) takes a class of its own too."""
         tc = ["tc"] if ns is None else ["ip", "netns", "exec", ns, "tc"]
         rate = f"{max(1, round(s.rate_bps))}bit"
-        _run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
-        _run(
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "1:",
-            "classid",
-            "1:1",
-            "htb",
-            "rate",
-            rate,
-            "ceil",
-            rate,
-        )
+        leaves = ["1:1"]
+        default = "1"
+        if agents:
+            default = "2"
+            share = f"{max(1, round(s.rate_bps / (len(agents) + 1)))}bit"
+            leaves = [f"1:{minor:x}" for minor in range(2, 2 + len(agents) + 1)]
+        _run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", default)
+        _run(*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+             "rate", rate, "ceil", rate)  # fmt: skip
+        if agents:
+            for leaf in leaves:
+                _run(*tc, "class", "add", "dev", dev, "parent", "1:1", "classid", leaf, "htb",
+                     "rate", share, "ceil", rate, "quantum", str(LEAF_QUANTUM))  # fmt: skip
+            for address, leaf in zip(agents, leaves[1:], strict=True):
+                for end in ("src", "dst"):  # the agent's packets either way
+                    _run(*tc, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
+                         "prio", "1", "u32", "match", "ip", end, f"{address}/32",
+                         "flowid", leaf)  # fmt: skip
         if self.netem and (s.delay_s > 0 or s.loss > 0):
             netem = ["netem", "limit", "100000", "delay", f"{round(s.delay_s * 1e6)}us"]
             if s.jitter_s > 0:
                 netem += [f"{round(s.jitter_s * 1e6)}us", "distribution", "normal"]
             if s.loss > 0:
                 netem += ["loss", f"{100 * s.loss:.6f}%"]
-            _run(*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *netem)
+            for i, leaf in enumerate(leaves):
+                handle = f"{0x10 + i:x}:"
+                _run(*tc, "qdisc", "add", "dev", dev, "parent", leaf, "handle", handle, *netem)
 
     def one_way_delay(self, dev: int) -> dict[str, float]:
         """The latency of agent ``dev``'s path to the server (``up``) and back (``down``), in

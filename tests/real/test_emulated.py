@@ -164,6 +164,38 @@ def test_an_emulated_link_carries_a_transfer_in_the_time_its_rate_allows():
 
 
 @needs_root
+def test_agents_behind_one_uplink_share_it_evenly():
+    # Prepare: agents 1 and 2 behind their group's 8 Mbit/s uplink (1,000,000 B/s of
+    # goodput), their own links fast.
+    topology = grouped(
+        {1: 1, 2: 1},
+        uplink=link("wan", 1.0),
+        access=link("access", 125.0),
+        client_hardware=lambda d: hardware("cli", 0.01),
+    )
+    plan = emulate.plan(topology, [1, 2], host_flops=1e12, cores=2)
+    took: dict[int, dict] = {}
+    with emulate.Emulation(plan) as net, serving(net.server_address, Bytes) as port:
+        # Execute: both download PAYLOAD bytes at once, then upload as much at once.
+        def run(dev: int) -> None:
+            took[dev] = timed_as_agent(
+                net, dev, CLIENT, net.server_address, str(port), str(PAYLOAD)
+            )
+
+        threads = [threading.Thread(target=run, args=(dev,)) for dev in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # Assert: each gets half the uplink each way, as max-min sharing has it: 2,000,000 B at
+    # 500,000 B/s, 4 s, for both (where one queue for both let one flow finish well first).
+    print(f"two agents, one 8 Mbit/s uplink, {PAYLOAD} B each: {took}")
+    for way in ("down_s", "up_s"):
+        assert took[1][way] == pytest.approx(4.0, rel=0.15), took
+        assert took[2][way] == pytest.approx(4.0, rel=0.15), took
+
+
+@needs_root
 def test_setup_then_teardown_leaves_nothing_behind():
     # Prepare
     plan = emulate.plan(two_agents(), [1, 2], host_flops=1e11, cores=2)
