@@ -59,7 +59,8 @@ def render(cal: Calibration, command: str) -> str:
         "# persist_cpu_s, persist_io_s: keeping one update on disk before its upload (the\n"
         "# agent's fsyncs): processor seconds, and seconds waiting for the disk beyond them.\n"
         "# round_overhead_s: a server's seconds to deploy a round's model version.\n"
-        "# task_overhead_s: a training task's seconds beyond its steps (the trainer's setup).\n"
+        "# task_overhead_s: a training task's seconds beyond its steps (the trainer's setup, and\n"
+        "# its first steps' re-warming after the device idled).\n"
     )
     from fedsim.ml.calibrate import profile_document
 

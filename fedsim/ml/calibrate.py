@@ -17,9 +17,11 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
 - the server's round overhead: deploying the round's version as the real transport does
   before the round's tasks go out (serializing it, hashing it, finding it among the versions
   that the run stored as the previous round ended);
-- the task overhead: what a ``TorchTrainer`` task of one step takes beyond the fitted step
-  (setting the parameters, building the optimizer, the sample order, reading the parameters
-  back), which every training task pays once.
+- the task overhead: what a ``TorchTrainer`` task of a few steps, started after the process
+  idled as a device idles between its tasks, takes beyond its fitted steps (setting the
+  parameters, building the optimizer, the sample order, reading the parameters back, and the
+  first steps' re-warming of caches and processor after the idle time), which every training
+  task pays once.
 
 The processor cost of one HTTP request (``request_cpu_s``) and of each TCP segment of a body
 that a link paces (``segment_cpu_s``) need an HTTP client and server: ``fedsim.real.
@@ -296,9 +298,9 @@ def calibrate(
             / _median_seconds(lambda: fedavg.aggregate_fit(state, updates), io_repeats)
         )
         round_overhead = deploy_seconds(state, min(io_repeats, DEPLOY_REPEATS))
-        one_step = task_seconds(model, num_classes, input_size, batch_sizes[0], io_repeats)
-        # A task faster than the fitted step (noise) has no overhead, not a negative one.
-        task_overhead = max(0.0, one_step - fit.model.seconds(batch_sizes[0]))
+        task = task_seconds(model, num_classes, input_size, batch_sizes[0], io_repeats)
+        # A task faster than its fitted steps (noise) has no overhead, not a negative one.
+        task_overhead = max(0.0, task - TASK_STEPS * fit.model.seconds(batch_sizes[0]))
     today = datetime.date.today().isoformat()
     return Calibration(
         model=model,
@@ -324,15 +326,25 @@ def calibrate(
 
 
 DEPLOY_REPEATS = 10  # each writes a version to disk; a few tell the median
+# A timed training task: its steps, the idle time before it, and at most this many repeats.
+# After idling, a process's first steps run slower (caches and the processor cooled down):
+# on the 2-core VM of benchmarks/README.md, the first three of a task 0.2 ms a step slower
+# after 10 ms idle, 0.4 ms after 50 ms, 0.5 ms after 300 ms (a steady step: 0.8 ms). A device
+# idles between its tasks (the rest of the round, the aggregation) for tens to hundreds of ms.
+TASK_STEPS = 4
+TASK_IDLE_S = 0.1
+TASK_REPEATS = 15
 
 
 def task_seconds(
     model: str, num_classes: int, input_size: int, batch_size: int, repeats: int
 ) -> float:
-    """The median seconds of a ``TorchTrainer`` task of one step of ``batch_size`` samples on
-    a synthetic shard, after two untimed ones: the step, and what the trainer does around the
-    steps of every task (setting the parameters, building its optimizer, drawing the sample
-    order, reading the parameters back)."""
+    """The median seconds of a ``TorchTrainer`` task of :data:`TASK_STEPS` steps of
+    ``batch_size`` samples on a synthetic shard, each after :data:`TASK_IDLE_S` of idling (at
+    most :data:`TASK_REPEATS` of them, after two untimed ones): the steps, what the trainer
+    does around the steps of every task (setting the parameters, building its optimizer,
+    drawing the sample order, reading the parameters back), and the first steps' re-warming
+    after the idle time."""
     in_channels = getattr(type(build_model(model, num_classes)), "in_channels", 3)
     shard = (
         torch.rand((SHARD_BATCHES * batch_size, in_channels, input_size, input_size)),
@@ -341,13 +353,15 @@ def task_seconds(
     trainer = TorchTrainer(model_name=model, num_classes=num_classes, data={0: shard}, seed=0)
     ins = FitIns(
         model=ModelRef(name=model, version=0, nbytes=0),
-        samples=batch_size,
+        samples=TASK_STEPS * batch_size,
         epochs=1,
         batch_size=batch_size,
         flops=0.0,
         update_nbytes=0,
     )
-    return _median_seconds(lambda: trainer(0, ins), max(2, repeats), warm=2)
+    return _median_seconds(
+        lambda: trainer(0, ins), max(2, min(repeats, TASK_REPEATS)), warm=2, idle_s=TASK_IDLE_S
+    )
 
 
 def deploy_seconds(state: NDArrays, repeats: int) -> float:
@@ -378,12 +392,17 @@ def deploy_seconds(state: NDArrays, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warm: int = 1) -> float:
-    """The median wall time of ``fn`` over ``repeats`` calls, after ``warm`` untimed calls."""
+def _median_seconds(
+    fn: Callable[[], object], repeats: int, warm: int = 1, idle_s: float = 0.0
+) -> float:
+    """The median wall time of ``fn`` over ``repeats`` calls, after ``warm`` untimed calls;
+    each timed call after ``idle_s`` of sleep."""
     for _ in range(warm):
         fn()
     times = []
     for _ in range(repeats):
+        if idle_s:
+            time.sleep(idle_s)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)

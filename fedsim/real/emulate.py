@@ -10,8 +10,8 @@ HTB class at the link's rate and, where the kernel has ``sch_netem``, netem's de
 on a link that several agents' paths cross (a group's uplink, the server's), each agent's
 traffic has a class of its own under the link's, and the classes take turns a packet at a
 time, so that the agents share the link evenly, as the simulator's max-min model has them
-share it; every interface takes packets of one TCP segment (no GSO), so that htb holds short transfers to
-the rate too. Where the kernel has no netem, latency comes from a relay instead
+share it; every interface takes packets of one TCP segment (no GSO), so that htb holds short
+transfers to the rate too. Where the kernel has no netem, latency comes from a relay instead
 (:mod:`fedsim.real.delay_relay`): each agent dials its own port of it on the server's address,
 and it holds the bytes of each direction for the one-way latency of the agent's path to the
 server (:meth:`Emulation.route`); loss and jitter then stay unemulated.
