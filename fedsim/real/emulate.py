@@ -231,8 +231,10 @@ def plan(topology: Topology, agents: Sequence[int], *, host_flops: float, cores:
 # Running commands, and the state that lets a later start clean up after a crash.
 
 
-def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _run(
+    *cmd: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, input=stdin)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.returncode}")
     return proc
@@ -614,7 +616,6 @@ class Emulation:
         it (max-min), where one queue for all would let whichever TCP flow got ahead keep its
         lead (a shared uplink's downloads then ended one after the other, not together).
         Traffic of no agent (ARP, say) takes a class of its own too."""
-        tc = ["tc"] if ns is None else ["ip", "netns", "exec", ns, "tc"]
         rate = f"{max(1, round(s.rate_bps))}bit"
         leaves = ["1:1"]
         default = "1"
@@ -622,27 +623,35 @@ class Emulation:
             default = "2"
             share = f"{max(1, round(s.rate_bps / (len(agents) + 1)))}bit"
             leaves = [f"1:{minor:x}" for minor in range(2, 2 + len(agents) + 1)]
-        _run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", default)
-        _run(*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-             "rate", rate, "ceil", rate)  # fmt: skip
+        # One tc process reads them all (-batch): a fleet's shared links take hundreds.
+        lines = [
+            f"qdisc add dev {dev} root handle 1: htb default {default}",
+            f"class add dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate}",
+        ]
         if agents:
-            for leaf in leaves:
-                _run(*tc, "class", "add", "dev", dev, "parent", "1:1", "classid", leaf, "htb",
-                     "rate", share, "ceil", rate, "quantum", str(LEAF_QUANTUM))  # fmt: skip
-            for address, leaf in zip(agents, leaves[1:], strict=True):
-                for end in ("src", "dst"):  # the agent's packets either way
-                    _run(*tc, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
-                         "prio", "1", "u32", "match", "ip", end, f"{address}/32",
-                         "flowid", leaf)  # fmt: skip
+            lines += [
+                f"class add dev {dev} parent 1:1 classid {leaf} htb rate {share} ceil {rate} "
+                f"quantum {LEAF_QUANTUM}"
+                for leaf in leaves
+            ]
+            lines += [
+                f"filter add dev {dev} parent 1: protocol ip prio 1 u32 "
+                f"match ip {end} {address}/32 flowid {leaf}"
+                for address, leaf in zip(agents, leaves[1:], strict=True)
+                for end in ("src", "dst")  # the agent's packets either way
+            ]
         if self.netem and (s.delay_s > 0 or s.loss > 0):
-            netem = ["netem", "limit", "100000", "delay", f"{round(s.delay_s * 1e6)}us"]
+            netem = f"netem limit 100000 delay {round(s.delay_s * 1e6)}us"
             if s.jitter_s > 0:
-                netem += [f"{round(s.jitter_s * 1e6)}us", "distribution", "normal"]
+                netem += f" {round(s.jitter_s * 1e6)}us distribution normal"
             if s.loss > 0:
-                netem += ["loss", f"{100 * s.loss:.6f}%"]
-            for i, leaf in enumerate(leaves):
-                handle = f"{0x10 + i:x}:"
-                _run(*tc, "qdisc", "add", "dev", dev, "parent", leaf, "handle", handle, *netem)
+                netem += f" loss {100 * s.loss:.6f}%"
+            lines += [
+                f"qdisc add dev {dev} parent {leaf} handle {0x10 + i:x}: {netem}"
+                for i, leaf in enumerate(leaves)
+            ]
+        tc = ["tc"] if ns is None else ["ip", "netns", "exec", ns, "tc"]
+        _run(*tc, "-batch", "-", stdin="\n".join(lines) + "\n")
 
     def one_way_delay(self, dev: int) -> dict[str, float]:
         """The latency of agent ``dev``'s path to the server (``up``) and back (``down``), in
