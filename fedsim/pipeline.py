@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,25 +121,31 @@ def _with_emulation(result: RunResult, run_dir: Path) -> RunResult:
         note += " This kernel has no netem: link latency and loss were not emulated, rates were."
     inflation = described.get("cpu_inflation") or {}
     if inflation:
-        low, high = min(inflation.values()), max(inflation.values())
         note += (
             f" Held to their CPU quotas on this host, the agents' training steps cost "
-            f"{low:.2f}-{high:.2f} times the processor they cost a process alone (a probe per "
-            "agent as the quotas took hold); the prediction charges each agent its own."
+            f"{_span(inflation.values())} times the processor they cost a process alone (a "
+            "probe per agent as the quotas took hold); the prediction charges each agent its "
+            "own."
         )
     drift = described.get("host_drift") or {}
     if drift:
-        low, high = min(drift.values()), max(drift.values())
-        span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
         note += (
-            f" A training step alone took this host {span} times the processor that the "
-            "measured profiles (and so the quotas) assumed; the prediction charges that too."
+            f" A training step alone took this host {_span(drift.values())} times the "
+            "processor that the measured profiles (and so the quotas) assumed; the prediction "
+            "charges that too."
         )
     return replace(
         result,
         summary={**result.summary, "emulation": described},
         assumptions=[*result.assumptions, note],
     )
+
+
+def _span(values: Iterable[float]) -> str:
+    """The least and the greatest of ``values``, to two decimals ("1.10-1.25", or "1.10")."""
+    ordered = sorted(values)
+    low, high = f"{ordered[0]:.2f}", f"{ordered[-1]:.2f}"
+    return low if low == high else f"{low}-{high}"
 
 
 def predict(spec: ExperimentSpec, measured: RunResult) -> RunResult:

@@ -40,6 +40,19 @@ def slowed(result, factor: float):
     return replace(result, rows=rows, summary=summary)
 
 
+def held(quotas: dict[str, float], periods: dict[str, float], **more: object) -> dict:
+    """An emulation's description holding agents to ``quotas`` (cores) over ``periods`` (s) on
+    a host of two cores, with netem, at the profiles' speed unless ``more`` says otherwise."""
+    return {
+        "slowdown_factor": 1.0,
+        "latency_and_loss_emulated": True,
+        "cpu_quota_cores": quotas,
+        "cpu_period_s": periods,
+        "cores": 2,
+        **more,
+    }
+
+
 def test_a_sim_run_carries_no_prediction(simulated):
     _, result = simulated
     assert result.fidelity == [] and "fidelity" not in result.summary
@@ -119,13 +132,7 @@ def test_an_emulation_with_cpu_quotas_is_predicted_with_the_same_quotas(simulate
     # Prepare: an emulation 2 times slower than the profiles, holding two trainers to CFS
     # quotas, over periods of 10 and 2 ms.
     spec, _ = simulated
-    emulation = {
-        "slowdown_factor": 2.0,
-        "latency_and_loss_emulated": True,
-        "cpu_quota_cores": {"3": 0.1, "8": 0.5},
-        "cpu_period_s": {"3": 0.01, "8": 0.002},
-        "cores": 2,
-    }
+    emulation = held({"3": 0.1, "8": 0.5}, {"3": 0.01, "8": 0.002}, slowdown_factor=2.0)
 
     # Execute
     as_run = prediction_spec(spec, emulation)
@@ -146,14 +153,9 @@ def test_what_the_quota_costs_each_agents_step_slows_it_in_the_prediction(simula
     # Prepare: the emulation measured that held, device 3's step costs 1.5 times the
     # processor it costs alone, device 8's 1.25 times.
     spec, _ = simulated
-    emulation = {
-        "slowdown_factor": 1.0,
-        "latency_and_loss_emulated": True,
-        "cpu_quota_cores": {"3": 0.1, "8": 0.5},
-        "cpu_period_s": {"3": 0.02, "8": 0.004},
-        "cpu_inflation": {"3": 1.5, "8": 1.25},
-        "cores": 2,
-    }
+    emulation = held(
+        {"3": 0.1, "8": 0.5}, {"3": 0.02, "8": 0.004}, cpu_inflation={"3": 1.5, "8": 1.25}
+    )
     # Execute
     as_run = prediction_spec(spec, emulation)
     # Assert: they compute that many times slower; the others as their profiles say.
@@ -167,15 +169,7 @@ def test_a_host_slower_than_its_measured_profile_slows_the_prediction_too(simula
     # Prepare: held, device 3's step costs 1.5 times its processor alone; alone, the host took
     # 1.1 times the processor per step that device 3's measured profile (its quota) assumed.
     spec, result = simulated
-    emulation = {
-        "slowdown_factor": 1.0,
-        "latency_and_loss_emulated": True,
-        "cpu_quota_cores": {"3": 0.1},
-        "cpu_period_s": {"3": 0.02},
-        "cpu_inflation": {"3": 1.5},
-        "host_drift": {"3": 1.1},
-        "cores": 2,
-    }
+    emulation = held({"3": 0.1}, {"3": 0.02}, cpu_inflation={"3": 1.5}, host_drift={"3": 1.1})
     (tmp_path / "emulation.json").write_text(json.dumps(emulation))
     # Execute
     as_run = prediction_spec(spec, emulation)

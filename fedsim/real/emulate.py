@@ -402,8 +402,6 @@ class Emulation:
     server_address: str = field(init=False, default="")
     nodes: dict[Node, _Node] = field(init=False, default_factory=dict)
     shaped: dict[str, dict[str, Shaping]] = field(init=False, default_factory=dict)
-    # The agents whose path to the server crosses each node's link (set by _build_network).
-    _crossing: dict[Node, list[int]] = field(init=False, default_factory=dict)
     cgroup: Path = field(init=False)
     # Each agent's cgroup counters when its quota was applied (cpu_stats counts from there).
     _held_from: dict[int, dict[str, float]] = field(init=False, default_factory=dict)
@@ -509,11 +507,6 @@ class Emulation:
                     order.append(node)
         parents = {c[i]: c[i + 1] for c in chains.values() for i in range(len(c) - 1)}
         with_children = set(parents.values())
-        # Each link's agents (those whose path to the server crosses it), to share it evenly.
-        self._crossing = {
-            node: [d for d in self.plan.agents if node in chains[d]] for node in parents
-        }
-        self._crossing[server_node] = list(self.plan.agents)
         shape_later: list[tuple[Node, tuple[str | None, str], tuple[str | None, str]]] = []
         for node in order:
             if node == server_node:
@@ -557,9 +550,16 @@ class Emulation:
         _run("ip", "link", "set", root_end, "up")
         _run("ip", "-n", parent.ns, "link", "set", child_end, "master", "br0", "up")
         shape_later.append((server_node, (None, root_end), (parent.ns, child_end)))
-        # Shaped once every device has its address: a shared link classifies by them.
+        # Shaped once every device has its address: a link's agents (those whose path to the
+        # server crosses it) share it by their addresses.
         for node, up, down in shape_later:
-            self._shape_link(node, up=up, down=down)
+            crossing = (
+                self.plan.agents
+                if node == server_node
+                else [d for d in self.plan.agents if node in chains[d]]
+            )
+            agents = [self.nodes[("device", d)].address for d in crossing]
+            self._shape_link(node, up=up, down=down, agents=[a for a in agents if a])
 
     def _join(
         self, node: Node, parent_node: Node, prefixlen: int
@@ -598,14 +598,18 @@ class Emulation:
         return node, (child.ns, up_end), (parent.ns, down_end)
 
     def _shape_link(
-        self, node: Node, *, up: tuple[str | None, str], down: tuple[str | None, str]
+        self,
+        node: Node,
+        *,
+        up: tuple[str | None, str],
+        down: tuple[str | None, str],
+        agents: Sequence[str],
     ) -> None:
-        """Shape both directions of ``node``'s link, each on the interface it leaves by."""
+        """Shape both directions of ``node``'s link, each on the interface it leaves by;
+        ``agents``: the addresses of the agents whose traffic crosses it."""
         profile = self.plan.topology.link_profile(node)
         shape = shaping(profile, self.plan.factor)
         self.shaped[f"{node[0]} {node[1]}"] = {"up": shape, "down": shape}
-        crossing = self._crossing.get(node, [])
-        agents = [a for d in crossing if (a := self.nodes[("device", d)].address) is not None]
         for ns, dev in (up, down):
             self._qdisc(ns, dev, shape, agents if len(agents) > 1 else [])
 

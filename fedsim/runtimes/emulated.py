@@ -95,11 +95,11 @@ def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, obj
     """Hold the agents to their quotas, measuring on the way what that costs each one's
     training step (:mod:`fedsim.real.cpu_probe`): the figures for ``emulation.json``, none
     where a probe failed (the prediction then charges no inflation, and the log says why)."""
-    plan = net.plan
+    plan, workload = net.plan, probe_workload(spec)
     log.info("emulated mode: measuring what the quotas cost %d agents' steps", len(plan.agents))
     try:
         measured = cpu_probe.measure(
-            probe_workload(spec),
+            workload,
             {d: net.launcher(d) for d in plan.agents},
             plan.quotas,
             hold=net.apply_quotas,
@@ -112,7 +112,7 @@ def cpu_inflation(spec: ExperimentSpec, net: emulate.Emulation) -> dict[str, obj
     worst = max(measured.inflation.values(), default=1.0)
     log.info("emulated mode: a held agent's step costs up to %.2fx its processor alone", worst)
     described = measured.describe()
-    drift = host_drift(plan, probe_workload(spec), measured.alone_step_s)
+    drift = host_drift(plan, workload, measured.alone_step_s)
     if drift:
         described["host_drift"] = {str(d): x for d, x in drift.items()}
         log.info(

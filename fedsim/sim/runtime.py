@@ -166,9 +166,6 @@ class SimTransport(Transport):
         # When each device's poll for its next task reaches the server (absent: waiting
         # there already), and each device's latency to the server and back (made when needed).
         self._polling: dict[int, float] = {}
-        # Polled tasks whose answer is on its way to the device: when the server handed each
-        # out, the start of its first transfer's event (taken by it, or dropped after step 0).
-        self._handed: dict[str, float] = {}
         self._to_server: dict[int, tuple[float, float]] = {}
         # Model versions the server has deployed: each new one costs its round overhead.
         self._deployed: set[tuple[str, int]] = set()
@@ -307,19 +304,24 @@ class SimTransport(Transport):
         return device in self._processor
 
     def _step(
-        self, task: Task, i: int, answer: bytes = b""
+        self, task: Task, i: int, answer: bytes = b"", since: float | None = None
     ) -> Generator[simpy.Event, Any, None] | None:
         """The task's step ``i`` (0, 1, ...), None past its last. Each is made when the one
         before it is done, so a round holds one step per device, not all of them.
-        ``answer``: a secure aggregation stage's answer, whose size its upload takes."""
+        ``answer``: a secure aggregation stage's answer, whose size its upload takes;
+        ``since``: when a transfer step's event starts, if before the step does."""
         ins, dev, tid = task.ins, task.device, task.id
         if isinstance(ins, UploadDataIns):
             if i == 0:
-                return self._send(dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev)
+                return self._send(
+                    dev, self.server, ins.nbytes, EventKind.DATA_UPLOAD, tid, by=dev, since=since
+                )
         elif isinstance(ins, FitIns):
             if i == 0:
                 src = self.server if ins.source is None else ins.source
-                return self._send(src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid, by=dev)
+                return self._send(
+                    src, dev, ins.model.nbytes, EventKind.MODEL_DOWNLOAD, tid, by=dev, since=since
+                )
             if i == 1:
                 hw = self.topology.devices[dev].hardware
                 io = load_seconds(ins.model.nbytes, hw) + serialize_seconds(ins.update_nbytes, hw)
@@ -334,18 +336,21 @@ class SimTransport(Transport):
                     tid,
                     by=dev,
                     keep=ins.parameters is not None,
+                    since=since,
                 )
         elif isinstance(ins, RelayIns):
             if i == 0:
                 model = ins.model.nbytes
-                return self._send(self.server, dev, model, EventKind.MODEL_DOWNLOAD, tid, by=dev)
+                return self._send(
+                    self.server, dev, model, EventKind.MODEL_DOWNLOAD, tid, by=dev, since=since
+                )
         elif isinstance(ins, ForwardIns):
             if i == 0:
                 io = serialize_seconds(ins.nbytes, self.topology.devices[dev].hardware)
                 return self._compute(dev, ins.cost, EventKind.AGGREGATE, tid, extra_s=io)
             if i == 1:
                 return self._send(
-                    dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev
+                    dev, self.server, ins.nbytes, EventKind.UPDATE_UPLOAD, tid, by=dev, since=since
                 )
         elif isinstance(ins, SecAggIns):
             # Steps: the download (when the server sent something), the compute, the upload
@@ -355,11 +360,13 @@ class SimTransport(Transport):
             if i < len(steps):
                 if steps[i] == "down":
                     kind = EventKind.SECAGG_DOWNLOAD
-                    return self._send(self.server, dev, len(ins.message), kind, tid, by=dev)
+                    return self._send(
+                        self.server, dev, len(ins.message), kind, tid, by=dev, since=since
+                    )
                 if steps[i] == "compute":
                     return self._compute(dev, ins.cost, EventKind.SECAGG, tid)
                 kind = EventKind.SECAGG_UPLOAD
-                return self._send(dev, self.server, len(answer), kind, tid, by=dev)
+                return self._send(dev, self.server, len(answer), kind, tid, by=dev, since=since)
         else:
             raise TypeError(f"task {tid}: unknown instruction {type(ins).__name__}")
         return None
@@ -370,6 +377,7 @@ class SimTransport(Transport):
         started = self.env.now
         ins, dev = task.ins, task.device
         self._cpu[task.id] = [0.0, 0.0]
+        handed: float | None = None
         up, down = self._latency_to_server(dev) if self.polling else (0.0, 0.0)
         if up or down:
             # The task waits for the device's poll, then goes back to it as the poll's answer.
@@ -380,7 +388,7 @@ class SimTransport(Transport):
                 # The answer's trip is the first step's (a download's, an upload's): its event
                 # starts when the server handed the task out, as a measured run lays out the
                 # agent's steps from then.
-                self._handed[task.id] = self.env.now
+                handed = self.env.now
                 yield self.env.timeout(down)
         drops = isinstance(ins, FitIns) and self.faults.dropout > 0
         drops = drops and self._drops.random() < self.faults.dropout
@@ -395,7 +403,6 @@ class SimTransport(Transport):
             except (ValueError, SecAggAborted) as exc:
                 # The device refuses the message, as an agent reports a task that failed.
                 self._cpu.pop(task.id, None)
-                self._handed.pop(task.id, None)
                 self._deliver(
                     TaskResult(
                         task_id=task.id,
@@ -407,10 +414,9 @@ class SimTransport(Transport):
                 )
                 return
         i = 0
-        while (step := self._step(task, i, answer or b"")) is not None:
+        while (step := self._step(task, i, answer or b"", handed if i == 0 else None)) is not None:
             begin = self.env.now
             yield from step
-            self._handed.pop(task.id, None)  # a first step that was no transfer
             # An unreachable or dropped device goes silent: no result ever arrives.
             if self.faults.offline(dev, begin, self.env.now):
                 self._cpu.pop(task.id, None)
@@ -505,11 +511,12 @@ class SimTransport(Transport):
         *,
         by: int,
         keep: bool = False,
+        since: float | None = None,
     ) -> Generator[simpy.Event, Any, None]:
         """``nbytes`` from ``src`` to ``dst``, a request device ``by`` makes: keeping the body
         on its disk first when ``keep`` (a trained update), its processor's per-request cost,
-        then the bytes over the path."""
-        start = self._handed.pop(task, self.env.now)
+        then the bytes over the path. Its event starts at ``since`` if given (earlier)."""
+        start = self.env.now if since is None else since
         requester = self.topology.devices[by]
         hw = requester.hardware
         # Guarded: a fleet of spec-sheet devices pays nothing here, not even a generator.
