@@ -6,16 +6,26 @@ plots), so on two cores a pair of runs side by side takes little longer than one
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
 def fedsim_runs(
-    *argvs: Sequence[str], cwd: Path, timeout: float = 600
+    *argvs: Sequence[str],
+    cwd: Path,
+    timeout: float = 600,
+    envs: Sequence[Mapping[str, str]] = (),
 ) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m fedsim ARGV`` for every argv at once; their outcomes, in order."""
+    """Run ``python -m fedsim ARGV`` for every argv at once; their outcomes, in order.
+
+    ``envs``, if given, holds one set of environment variables for each run, added to this
+    process's environment.
+    """
+    if envs and len(envs) != len(argvs):
+        raise ValueError(f"{len(envs)} environments for {len(argvs)} runs")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "fedsim", *argv],
@@ -23,8 +33,9 @@ def fedsim_runs(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **envs[i]} if envs else None,
         )
-        for argv in argvs
+        for i, argv in enumerate(argvs)
     ]
     try:
         outputs = [proc.communicate(timeout=timeout) for proc in procs]

@@ -168,6 +168,7 @@ class _Route:
         "full_at",
         "heap",
         "level",
+        "links",
         "roof",
         "seq",
         "shared",
@@ -176,8 +177,12 @@ class _Route:
         "v0",
     )
 
-    def __init__(self, shared: frozenset, now: float, seq: int):
-        self.shared = shared
+    def __init__(self, links: tuple, now: float, seq: int):
+        self.shared = frozenset(links)
+        # The same links in the order of the path that made the route: whatever is worked out
+        # link by link goes in this order, never in a frozenset's, whose order follows the
+        # links' hashes and so changes from one interpreter to the next (PYTHONHASHSEED).
+        self.links = links
         self.seq = seq  # routes are drained in the order they were made
         self.due_id = 0  # id of its live entries in the network's due heaps; -1 once gone
         self.tree: CapTree[_Class] = CapTree()
@@ -294,7 +299,9 @@ class FlowNetwork(FlowNetworkBase):
         self._classes: dict[tuple, _Class] = {}
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
-        self._changed: set[Hashable] = set()  # shared links whose routes' levels must be redone
+        # Shared links whose routes' levels must be redone; a dict, so that a fill goes through
+        # them in the order they changed (it decides the order of same-instant completions).
+        self._changed: dict[Hashable, None] = {}
         self._reloaded: dict[_Route, None] = {}  # routes whose flows changed since the last fill
         self._components: dict[Hashable, _Component] = {}  # each shared link's, once asked
         self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
@@ -352,7 +359,7 @@ class FlowNetwork(FlowNetworkBase):
         # A bundle alone on the link changes its private cap, so it is placed again; a shared
         # link's routes get new levels.
         if link in self._link_routes:
-            self._changed.add(link)
+            self._changed[link] = None
             self._components.clear()  # which of the link's twins is the narrowest may change
         users = self._users.get(link)
         bundles = () if users is None else (users,) if isinstance(users, _Bundle) else users
@@ -477,7 +484,7 @@ class FlowNetwork(FlowNetworkBase):
             self._detach(bundle)
             cls = self._classes.get(key)
             if cls is None:  # made with the bundle's flows: one walk down its tree, not two
-                cls = self._new_class(key, now, bundle.n)
+                cls = self._new_class(key, tuple(shared), now, bundle.n)
                 bundle.counted = bundle.n
             bundle.cls = cls
             cls.bundles += 1
@@ -491,11 +498,13 @@ class FlowNetwork(FlowNetworkBase):
         heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
         self._touched[cls] = None
 
-    def _new_class(self, key: tuple[frozenset, float], now: float, weight: int) -> _Class:
+    def _new_class(
+        self, key: tuple[frozenset, float], links: tuple, now: float, weight: int
+    ) -> _Class:
         route = self._routes.get(key[0])
         if route is None:
-            route = self._routes[key[0]] = _Route(key[0], now, next(self._ids))
-            for link in route.shared:
+            route = self._routes[key[0]] = _Route(links, now, next(self._ids))
+            for link in route.links:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
         else:  # the route's set of links, not one more per class
@@ -536,18 +545,18 @@ class FlowNetwork(FlowNetworkBase):
             del self._moved[route]
             route.due_id = -1
             self._components.clear()
-            for link in route.shared:
+            for link in route.links:
                 routes = self._link_routes[link]
                 del routes[route]
                 if not routes:
                     del self._link_routes[link]
-                    self._changed.discard(link)
+                    self._changed.pop(link, None)
                     self._roofs.pop(link, None)
                     self._last.pop(link, None)
 
     def _reload(self, route: _Route) -> None:
         """The route's flows changed: its links' levels must be redone, its load at its roof too."""
-        self._changed.update(route.shared)
+        self._changed.update(dict.fromkeys(route.links))
         self._reloaded[route] = None
         route.full_at = math.nan
 
@@ -566,7 +575,7 @@ class FlowNetwork(FlowNetworkBase):
             if link not in links:
                 links[link] = None
                 for route in self._link_routes[link]:
-                    todo.extend(route.shared)
+                    todo.extend(route.links)
         # Of links that carry the same routes only the narrowest counts.
         narrowest: dict[frozenset[_Route], Hashable] = {}
         for link in links:
@@ -692,7 +701,7 @@ class FlowNetwork(FlowNetworkBase):
                     load = below + level * above
                 else:
                     load = route.full
-                for other in route.shared:
+                for other in route.links:
                     if other != link and other in users:
                         left[other] -= load
                         users[other].remove(route)
