@@ -12,7 +12,8 @@ its own. The baseline, in the same run, is the smallest N: the cost exponent is 
 log(wall) on log(N) from it to the largest, and a process that imports and composes the same
 config but runs no round gives the interpreter's own RSS, which the per-device bytes leave out.
 Each N also reports its CPU time (``cpu_s``, the process's own), which other jobs on a shared
-machine disturb less than its wall time.
+machine disturb less than its wall time. The figures say whether the flow network ran compiled
+(mypyc, ``setup.py``) or from its Python source; ``FEDSIM_PURE_PYTHON=1`` asks for the latter.
 
     python benchmarks/bench_scale.py [--devices 10000 100000 1000000] [--quick]
 
@@ -69,11 +70,12 @@ def one(devices: int) -> dict[str, Any]:
     from fedsim.report.write import write_run
     from fedsim.runtimes import runtime
     from fedsim.scenarios import Hooks
+    from fedsim.sim import compiled
 
     cfg = compose(overrides(devices))
     rt = runtime("sim")
     if devices == 0:  # the interpreter with everything imported and a config composed
-        return {"devices": 0, "peak_rss_mb": peak_rss_mb()}
+        return {"devices": 0, "peak_rss_mb": peak_rss_mb(), "compiled": compiled()}
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-scale-") as tmp:
         t0, cpu0 = time.perf_counter(), time.process_time()
         spec = build_spec(cfg)
@@ -100,6 +102,7 @@ def one(devices: int) -> dict[str, Any]:
         "simulated_round_s": row.total_s,
         "events": result.summary["events_recorded"],
         "events_csv_mb": events_mb,
+        "compiled": compiled(),
     }
 
 
@@ -129,8 +132,12 @@ def main() -> None:
     sizes = sorted(set(args.devices or (QUICK if args.quick else DEFAULT)))
     if sizes[0] < GROUPS:
         raise SystemExit(f"--devices: at least {GROUPS} (one trainer a group)")
-    base_mb = child(0)["peak_rss_mb"]
-    print(f"interpreter and imports: {base_mb:.1f} MB peak RSS")
+    base = child(0)
+    base_mb = base["peak_rss_mb"]
+    print(
+        f"interpreter and imports: {base_mb:.1f} MB peak RSS; flow network: "
+        + ("compiled (mypyc)" if base["compiled"] else "Python source")
+    )
     print(
         f"{'devices':>10} {'wall [s]':>9} {'cpu [s]':>8} {'build':>7} {'run':>7} {'write':>7} "
         f"{'RSS [MB]':>9} {'B/device':>9} {'us/device':>10} {'round [s]':>10}"
@@ -165,6 +172,7 @@ def main() -> None:
                 "bytes_per_device": round(last["bytes_per_device"], 1),
                 "exponent": None if exponent is None else round(exponent, 3),
                 "quick": args.quick,
+                "compiled": base["compiled"],
                 "sizes": rows,
             }
         )

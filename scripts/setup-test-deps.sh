@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # Prometheus (with promtool) and node_exporter: the monitoring tests run them; chromium: the
 # dashboard's browser test drives /usr/bin/chromium; iproute2: ip and tc for the shaped-link
 # and emulation tests; openssl: a test certificate for the server's TLS; kubernetes-client:
-# kubectl kustomize for the manifests (left out where a kubectl is already installed).
-packages=(prometheus prometheus-node-exporter chromium iproute2 openssl)
+# kubectl kustomize for the manifests (left out where a kubectl is already installed); gcc:
+# the install compiles the flow network with mypyc (setup.py; tests/sim/test_compiled.py).
+packages=(prometheus prometheus-node-exporter chromium iproute2 openssl gcc)
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 if command -v apt-get >/dev/null; then
   sudo=()

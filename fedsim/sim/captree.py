@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class _Node(Generic[T]):
+class _Node:
     __slots__ = ("cap", "item", "left", "prio", "right", "sw", "swc", "w")
 
-    def __init__(self, cap: float, w: int, item: T, prio: float):
+    # Not generic: mypyc (setup.py) compiles this module, and cannot compile a generic node.
+    # The tree's own methods give items back as T.
+    def __init__(self, cap: float, w: int, item: Any, prio: float):
         self.cap = cap
         self.w = w
         self.item = item
         self.prio = prio
-        self.left: _Node[T] | None = None
-        self.right: _Node[T] | None = None
+        self.left: _Node | None = None
+        self.right: _Node | None = None
         self.sw = w  # flows in the subtree
         self.swc = w * cap  # sum of flows x cap in the subtree
 
@@ -93,7 +95,7 @@ class CapTree(Generic[T]):
     __slots__ = ("_random", "_root", "size")
 
     def __init__(self, seed: int = 0):
-        self._root: _Node[T] | None = None
+        self._root: _Node | None = None
         # Seeded: the tree's shape decides the order of float sums, and runs must repeat.
         self._random = random.Random(seed)
         self.size = 0
@@ -103,7 +105,7 @@ class CapTree(Generic[T]):
         node = _Node(cap, weight, item, self._random.random())
         # Walk down to where the new node's priority puts it, and split only what is below: a
         # subtree of expected O(1) size there, rather than the whole tree.
-        path: list[_Node[T]] = []
+        path: list[_Node] = []
         below = self._root
         while below is not None and below.prio > node.prio:
             if cap == below.cap:
@@ -123,7 +125,7 @@ class CapTree(Generic[T]):
         _pull_up(path)
         self.size += 1
 
-    def _path(self, cap: float) -> list[_Node[T]]:
+    def _path(self, cap: float) -> list[_Node]:
         path = []
         node = self._root
         while node is not None:
@@ -174,7 +176,7 @@ class CapTree(Generic[T]):
     def between(self, low: float, high: float) -> list[T]:
         """Items with low <= cap < high, in increasing cap order."""
         found: list[T] = []
-        stack: list[_Node[T]] = []
+        stack: list[_Node] = []
         node = self._root
         while stack or node is not None:
             while node is not None:

@@ -33,12 +33,12 @@ def max_min_rates(
     links is full or it reaches its cap.
     """
     index: dict[Hashable, int] = {}
-    flow_of, link_of = [], []
+    flows, links = [], []
     for i, path in enumerate(paths):
         for link in path:
-            flow_of.append(i)
-            link_of.append(index.setdefault(link, len(index)))
-    flow_of, link_of = np.array(flow_of, dtype=int), np.array(link_of, dtype=int)
+            flows.append(i)
+            links.append(index.setdefault(link, len(index)))
+    flow_of, link_of = np.array(flows, dtype=int), np.array(links, dtype=int)
     left = np.array([capacity[link] for link in index], dtype=float)
     cap = np.asarray(caps, dtype=float)
     rates = np.zeros(len(paths))
@@ -98,7 +98,9 @@ class NaiveFlowNetwork(FlowNetworkBase):
             return
         self._advance()
         now = self.env.now
-        finished = [f for f, left in self._left.items() if self._due(f, left, self._rate[f], now)]
+        finished = [
+            f for f, left in self._left.items() if self._is_due(f, left, self._rate[f], now)
+        ]
         for flow in finished:
             del self._left[flow]
         self._reschedule()

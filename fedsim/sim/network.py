@@ -149,7 +149,7 @@ class FlowNetworkBase:
         flow.done.succeed(FlowRecord(flow.start, self.env.now, flow.nbytes))
 
     @staticmethod
-    def _due(flow: _Flow, remaining: float, rate: float, now: float) -> bool:
+    def _is_due(flow: _Flow, remaining: float, rate: float, now: float) -> bool:
         # The second test stops a sliver too small to move the clock from looping forever.
         return remaining <= REL_EPS * flow.nbytes or now + remaining / rate <= now
 
@@ -327,7 +327,12 @@ class FlowNetwork(FlowNetworkBase):
 
     def rates(self) -> dict[simpy.Event, float]:
         """Current rate of each active flow, keyed by its transfer() event (a debug view, O(N))."""
-        return {f.done: b.cls.rate for b in self._bundles.values() for _, _, f in b.flows}
+        return {
+            f.done: b.cls.rate
+            for b in self._bundles.values()
+            if b.cls is not None
+            for _, _, f in b.flows
+        }
 
     def _admit(self, flow: _Flow) -> None:
         now = self.env.now
@@ -336,7 +341,7 @@ class FlowNetwork(FlowNetworkBase):
             self._moved.update(dict.fromkeys(self._routes.values()))
         key = (flow.path, flow.cap)
         bundle = self._bundles.get(key)
-        dirty = {}
+        dirty: dict[_Bundle, None] = {}
         if bundle is None:
             bundle = self._bundles[key] = _Bundle(flow.path, flow.cap)
             for link in flow.path:
@@ -417,7 +422,7 @@ class FlowNetwork(FlowNetworkBase):
         self, cls: _Class, now: float, finished: list[_Flow], dirty: dict[_Bundle, None]
     ) -> bool:
         """Take the class's due flows out; say whether there were any."""
-        # cls.clock(now), cls.rate and _due spelled out: the same arithmetic, without the
+        # cls.clock(now), cls.rate and _is_due spelled out: the same arithmetic, without the
         # calls, since every wake-up asks this of the top class of every route.
         if cls.bound:
             route = cls.route
@@ -440,7 +445,7 @@ class FlowNetwork(FlowNetworkBase):
             while flows:
                 finish, _, flow = flows[0]
                 remaining = finish - bundle_clock
-                # FlowNetworkBase._due: the second test stops a sliver too small to move the
+                # FlowNetworkBase._is_due: the second test stops a sliver too small to move the
                 # clock from looping forever.
                 if not (remaining <= REL_EPS * flow.nbytes or now + remaining / rate <= now):
                     break
@@ -590,13 +595,13 @@ class FlowNetwork(FlowNetworkBase):
             if link not in counted:  # not solved while it does not count, so not kept
                 self._roofs.pop(link, None)
                 continue
-            routes = list(self._link_routes[link])  # in a fixed order: float sums follow it
-            if len(routes) == 1:
-                component.route_of[link] = routes[0]
-                component.single_of.setdefault(routes[0], []).append(link)
+            ordered = list(self._link_routes[link])  # in a fixed order: float sums follow it
+            if len(ordered) == 1:
+                component.route_of[link] = ordered[0]
+                component.single_of.setdefault(ordered[0], []).append(link)
             else:
-                component.multi.append((link, routes))
-            for route in routes:
+                component.multi.append((link, ordered))
+            for route in ordered:
                 component.routes[route] = None
         return component
 
