@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedsim.core import collector
 from fedsim.core.attacks import attackers
 from fedsim.core.calibration import StepModel
 from fedsim.core.experiment import CrossoverGrid
@@ -726,8 +727,7 @@ class _Profiles:
         return self.cache[name]
 
 
-def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
-    """The validated topology of ``cfg`` with its hardware and link profiles resolved."""
+def _topology(cfg: Any, conf_dir: Path | None) -> Topology:
     hw = _Profiles("hardware", cfg.hardware, HardwareConf, hardware_profile, conf_dir)
     net = _Profiles("network", cfg.network, NetworkConf, link_profile, conf_dir)
     t = cfg.topology
@@ -739,6 +739,16 @@ def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
     if f.devices.file is not None or any(getattr(f.spread, k) for k in SPREADS):
         topology = _fleet(f, topology, _fleet_seed(cfg), hw)
     return topology
+
+
+def build_topology(cfg: Any, conf_dir: Path | None = None) -> Topology:
+    """The validated topology of ``cfg`` with its hardware and link profiles resolved.
+
+    Built with the cyclic garbage collector paused: a generated fleet is millions of objects
+    that form no cycles, and the collector's walks over them took a quarter of the time.
+    """
+    with collector.paused():
+        return _topology(cfg, conf_dir)
 
 
 def _listed(t: Any, hw: _Profiles, net: _Profiles) -> Topology:

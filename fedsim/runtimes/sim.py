@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedsim.core import collector
 from fedsim.core.faults import FaultPlan
 from fedsim.core.repository import ModelRepository
 from fedsim.core.secagg import SecAggDevices
@@ -60,13 +61,16 @@ class SimRuntime:
             store = SqliteRepository(Path(run_dir) / "repository")
         try:
             secure = spec.secagg is not None
-            yield SimSession(
-                needs=needs,
-                faults=spec.faults,
-                store=store,
-                secure=secure,
-                polling=spec.mode.polling,
-            )
+            # The fleet's objects (millions, for a large one) are not walked again by the
+            # collector while the session runs, and young collections come fewer.
+            with collector.relaxed():
+                yield SimSession(
+                    needs=needs,
+                    faults=spec.faults,
+                    store=store,
+                    secure=secure,
+                    polling=spec.mode.polling,
+                )
         finally:
             if store is not None:
                 store.close()

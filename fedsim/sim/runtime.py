@@ -40,10 +40,8 @@ agents of an emulation share its host.
 
 from __future__ import annotations
 
-import gc
 import math
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -51,6 +49,7 @@ import numpy as np
 import simpy
 from simpy.events import URGENT
 
+from fedsim.core import collector
 from fedsim.core.events import Event, EventKind
 from fedsim.core.faults import FaultPlan, LinkChange
 from fedsim.core.runtime import (
@@ -83,29 +82,6 @@ _EPS = 1e-12  # seconds of work too few to run (a rounding error)
 _NONE: Mapping[str, float] = MappingProxyType({})
 # Trains a FitIns for real on a device (the simulator's virtual time is modelled regardless).
 LocalTrainer = Callable[[int, FitIns], tuple[NDArrays, dict[str, float]]]
-
-
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """Hold the cyclic garbage collector off inside the block (the simulation running).
-
-    A round allocates a few short-lived objects per event (events, heap entries, records)
-    while it keeps every device's task alive, so the collector, which runs every few hundred
-    (or, raised, hundred thousand) allocations, scanned the round's live objects again and
-    again: about 30 % of the CPU time of a 10,000-device round at CPython's default threshold,
-    and still 8 of 47 s at 100,000 devices with a young collection every 100,000 allocations
-    (benchmarks/bench_scale.py, 2026-11-29 and -30). The simulation's own objects form no
-    cycles (each device's processor is a plain queue, not a self-referring simpy.Resource),
-    so reference counting frees them as they go; a cycle something else makes meanwhile (a
-    trainer) waits for the collector's next run after the block.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class SimTransport(Transport):
@@ -182,7 +158,7 @@ class SimTransport(Transport):
             if task.device not in self.topology.devices:
                 raise ValueError(f"task {task.id}: no device {task.device}")
         after = self._deploy_seconds(tasks)
-        with _few_collections():
+        with collector.paused():
             # Consecutive tasks that run as a _FitRun start together from one event, where a
             # SimPy process each would start from an event of its own; the others stay
             # processes, so every task still starts in the order submitted.
@@ -291,7 +267,7 @@ class SimTransport(Transport):
         return back <= stop
 
     def _run(self, until: simpy.Event) -> None:
-        with _few_collections():
+        with collector.paused():
             self.env.run(until=until)
 
     # -- processes -------------------------------------------------------------------------
