@@ -12,6 +12,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# One round of 1,000 devices with their own link speeds and latencies, every transfer's end
+# worked out by the flow network: for tests that compare two runs' events to the last digit.
+FLEET_ROUND = (
+    "+experiment=fl_scale",
+    "topology.generate.groups=10",
+    "topology.generate.devices_per_group=100",
+    "topology.fleet.spread.bandwidth=0.8",
+    "topology.fleet.spread.latency=0.5",
+    "fl.training=modelled",
+    "fl.rounds=1",
+    "fl.fraction_per_round=1.0",
+    "fl.max_events=4000",
+    "report.plots=false",
+)
+
 
 def fedsim_runs(
     *argvs: Sequence[str],

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from side_by_side import fedsim_runs
+from side_by_side import FLEET_ROUND, fedsim_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,23 +101,11 @@ def test_same_seed_same_numbers_whatever_the_string_hash_seed(tmp_path: Path):
     # Prepare: a fleet of 1,000 devices with their own link speeds, whose transfers end in an
     # order the flow network works out; Python salts string hashes afresh in every process
     # (PYTHONHASHSEED), so anything that follows a set's order of links changes from run to run.
-    fleet = [
-        "+experiment=fl_scale",
-        "topology.generate.groups=10",
-        "topology.generate.devices_per_group=100",
-        "topology.fleet.spread.bandwidth=0.8",
-        "topology.fleet.spread.latency=0.5",
-        "fl.training=modelled",
-        "fl.rounds=1",
-        "fl.fraction_per_round=1.0",
-        "fl.max_events=4000",
-        "report.plots=false",
-    ]
     dirs = (tmp_path / "a", tmp_path / "b")
 
     # Execute: the same run under two hash seeds, side by side.
     procs = fedsim_runs(
-        *([*fleet, f"hydra.run.dir={d}"] for d in dirs),
+        *([*FLEET_ROUND, f"hydra.run.dir={d}"] for d in dirs),
         cwd=ROOT,
         envs=[{"PYTHONHASHSEED": "1"}, {"PYTHONHASHSEED": "2"}],
     )

@@ -14,26 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from side_by_side import fedsim_runs
+from side_by_side import FLEET_ROUND, fedsim_runs
 
 import fedsim.sim as sim
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# A fleet of 1,000 devices with their own link speeds and latencies: every transfer's end
-# comes out of the flow network's fills.
-FLEET = (
-    "+experiment=fl_scale",
-    "topology.generate.groups=10",
-    "topology.generate.devices_per_group=100",
-    "topology.fleet.spread.bandwidth=0.8",
-    "topology.fleet.spread.latency=0.5",
-    "fl.training=modelled",
-    "fl.rounds=1",
-    "fl.fraction_per_round=1.0",
-    "fl.max_events=4000",
-    "report.plots=false",
-)
 
 
 def which(env: dict[str, str]) -> bool:
@@ -57,7 +42,7 @@ def test_compiled_and_source_networks_give_the_same_numbers(tmp_path: Path) -> N
     envs: list[dict[str, str]] = [{}, {"FEDSIM_PURE_PYTHON": "1"}]
 
     # Execute: the same run twice, side by side, once on the sources.
-    procs = fedsim_runs(*([*FLEET, f"hydra.run.dir={d}"] for d in dirs), cwd=ROOT, envs=envs)
+    procs = fedsim_runs(*([*FLEET_ROUND, f"hydra.run.dir={d}"] for d in dirs), cwd=ROOT, envs=envs)
 
     # Assert: the two ran different code, and wrote the same events to the last digit.
     assert [which({**os.environ, **env}) for env in envs] == [True, False]
