@@ -294,14 +294,28 @@ class Topology:
         for end in (src, dst):
             if end not in self.devices:
                 raise TopologyError(f"no device {end}")
-        up = self._ancestors(("device", src))
-        down = self._ancestors(("device", dst))
-        on_down = set(down)
-        meet = next(n for n in up if n in on_down)
+        # Both chains end at the backbone, and __post_init__ has checked that they are chains
+        # (no cycle): the meeting point is where their common tail begins. A path is asked
+        # for twice a device a round, so this is the walk without the checks of _ancestors.
         parent = self._parent
-        hops = [parent[n][1] for n in up[: up.index(meet)]]
-        hops += [parent[n][2] for n in reversed(down[: down.index(meet)])]
+        up = self._chain(("device", src))
+        down = self._chain(("device", dst))
+        i, j = len(up), len(down)
+        while i and j and up[i - 1] == down[j - 1]:
+            i -= 1
+            j -= 1
+        hops = [parent[n][1] for n in up[:i]]
+        hops += [parent[n][2] for n in reversed(down[:j])]
         return hops
+
+    def _chain(self, node: Node) -> list[Node]:
+        """``node`` and its ancestors up to the backbone, on a topology known to be a tree."""
+        parent = self._parent
+        chain = [node]
+        while node != BACKBONE:
+            node = parent[node][0]
+            chain.append(node)
+        return chain
 
     def latency(self, path: list[DirectedLink]) -> float:
         return sum(self.link_profile(n).latency for n, _ in path)

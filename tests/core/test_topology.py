@@ -44,6 +44,42 @@ def test_device_attached_to_another_device():
     assert len(t2.path(9, 0)) == 5
 
 
+def test_every_path_crosses_the_links_its_ends_do_not_share():
+    # Prepare: three devices hang below device 2 in a chain (9 on 2, 10 on 9, 11 on 2).
+    t = star(3)
+    hung = {
+        i: Device(
+            id=i,
+            description=f"hung {i}",
+            group=1,
+            id_in_group=i,
+            role="device",
+            hardware=hardware(),
+            link=link(),
+            attach_to=above,
+        )
+        for i, above in ((9, 2), (10, 9), (11, 2))
+    }
+    t = Topology("x", t.groups, {**t.devices, **hung})
+
+    def above(d: int) -> list[tuple]:
+        """The nodes from device d up to the backbone, read from the devices' own fields."""
+        dev = t.devices[d]
+        if dev.attach_to is not None:
+            return [("device", d), *above(dev.attach_to)]
+        return [("device", d), ("switch", dev.group)]
+
+    for src in t.devices:
+        for dst in t.devices:
+            # Expected: up through src's nodes that dst's chain lacks, then down through dst's.
+            up, down = above(src), above(dst)
+            expected = [(n, "up") for n in up if n not in down]
+            expected += [(n, "down") for n in reversed(down) if n not in up]
+
+            # Execute / Assert
+            assert t.path(src, dst) == expected, (src, dst)
+
+
 def test_invalid_topologies_name_the_field():
     t = star(1)
     orphan = Device(
