@@ -34,6 +34,9 @@ The network keeps one wake-up at a time, for the first flow due: capped classes 
 of finish times, routes in heaps of when their first flow is due and of the earliest time a
 wake-up could find it due, so a wake-up looks only at the routes that may be due and the
 scheduling redoes only the routes that changed; a wake-up whose time has not moved stays set.
+
+setup.py compiles this module with mypyc (see :mod:`fedsim.sim`): it must type-check, and a
+class defined outside the compiled modules cannot subclass its classes.
 """
 
 from __future__ import annotations
