@@ -251,7 +251,7 @@ class Topology:
             parent[node] = (above, (node, "up"), (node, "down"))
         object.__setattr__(self, "_parent", parent)
         for d in self.devices.values():
-            self._ancestors(("device", d.id))  # raises on a cycle
+            self._chain(("device", d.id))  # raises on a cycle
         servers = [d.id for d in self.devices.values() if d.role == SERVER]
         if len(servers) != 1:
             raise TopologyError(f"topology.devices: need exactly one server, found {servers}")
@@ -263,14 +263,6 @@ class Topology:
     @property
     def trainers(self) -> list[int]:
         return [d.id for d in self.devices.values() if d.role == TRAINER]
-
-    def _ancestors(self, node: Node) -> list[Node]:
-        chain = [node]
-        while chain[-1] != BACKBONE:
-            chain.append(self._parent[chain[-1]][0])
-            if len(chain) > len(self._parent) + 1:
-                raise TopologyError(f"topology: device links form a cycle at {node}")
-        return chain
 
     def link_profile(self, owner: Node) -> LinkProfile:
         """The profile of the physical link between ``owner`` and its parent."""
@@ -294,9 +286,7 @@ class Topology:
         for end in (src, dst):
             if end not in self.devices:
                 raise TopologyError(f"no device {end}")
-        # Both chains end at the backbone, and __post_init__ has checked that they are chains
-        # (no cycle): the meeting point is where their common tail begins. A path is asked
-        # for twice a device a round, so this is the walk without the checks of _ancestors.
+        # Both chains end at the backbone: the meeting point is where their common tail begins.
         parent = self._parent
         up = self._chain(("device", src))
         down = self._chain(("device", dst))
@@ -309,12 +299,14 @@ class Topology:
         return hops
 
     def _chain(self, node: Node) -> list[Node]:
-        """``node`` and its ancestors up to the backbone, on a topology known to be a tree."""
+        """``node`` and its ancestors up to the backbone; raises where they form a cycle."""
         parent = self._parent
         chain = [node]
         while node != BACKBONE:
             node = parent[node][0]
             chain.append(node)
+            if len(chain) > len(parent) + 1:
+                raise TopologyError(f"topology: device links form a cycle at {chain[0]}")
         return chain
 
     def latency(self, path: list[DirectedLink]) -> float:

@@ -6,6 +6,7 @@ edited after it was compiled must run as edited.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -50,6 +51,21 @@ def test_compiled_and_source_networks_give_the_same_numbers(tmp_path: Path) -> N
         assert proc.returncode == 0, proc.stderr[-3000:]
     compiled, source = ((d / "events.csv").read_text() for d in dirs)
     assert compiled == source and compiled.count("\n") == 3003
+
+
+def test_setup_compiles_the_modules_the_package_checks() -> None:
+    # Prepare: setup.py's list, read without running it (running it would build).
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (listed,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets)
+    ]
+
+    # Assert: the same modules in the same order, so that fedsim.sim checks and loads from
+    # source exactly what the build compiles.
+    assert listed == tuple(f"fedsim/sim/{name}.py" for name in sim.COMPILED)
 
 
 def _package(tmp_path: Path) -> Path:
