@@ -81,8 +81,11 @@ class NaiveFlowNetwork(FlowNetworkBase):
     def active_flows(self) -> int:
         return len(self._left)
 
-    def rates(self) -> dict[simpy.Event, float]:
-        return {flow.done: rate for flow, rate in self._rate.items()}
+    def rates(self) -> dict[object, float]:
+        return {
+            (flow.done if flow.done is not None else flow.then): rate
+            for flow, rate in self._rate.items()
+        }
 
     def _admit(self, flow: _Flow) -> None:
         self._advance()

@@ -44,7 +44,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import simpy
@@ -65,15 +65,29 @@ class FlowRecord:
     nbytes: float
 
 
-class _Flow:
-    __slots__ = ("cap", "done", "nbytes", "path", "start")
+# What send() calls when a transfer ends: with None, so that one object (a task's run) can be
+# the callback of its transfers and of SimPy events alike.
+Then = Callable[[None], object]
 
-    def __init__(self, path: tuple, nbytes: float, cap: float, start: float, done: simpy.Event):
+
+class _Flow:
+    __slots__ = ("cap", "done", "nbytes", "path", "start", "then")
+
+    def __init__(
+        self,
+        path: tuple,
+        nbytes: float,
+        cap: float,
+        start: float,
+        done: simpy.Event | None,
+        then: Then | None = None,
+    ):
         self.path = path
         self.nbytes = nbytes
         self.cap = cap
         self.start = start
-        self.done = done
+        self.done = done  # transfer()'s event, or None for send()
+        self.then = then  # send()'s callback, or None for transfer()
 
 
 class FlowNetworkBase:
@@ -98,6 +112,9 @@ class FlowNetworkBase:
         self._latency = latency
         self.bytes_delivered = 0.0
         """Bytes of finished transfers that crossed at least one link."""
+        # One bound method for every transfer's arrival rather than a closure each: a round
+        # of a million devices starts a million transfers at once, each waiting its latency.
+        self._on_arrival = self._arrival
 
     def transfer(
         self, path: Sequence[Hashable], nbytes: float, *, cap: float = math.inf
@@ -106,6 +123,34 @@ class FlowNetworkBase:
 
         The event's value is a FlowRecord. An empty path is a transfer within one host.
         """
+        path = self._checked(path, nbytes, cap)
+        done = self.env.event()
+        flow = _Flow(path, float(nbytes), float(cap), self.env.now, done)
+        if not path:
+            done.succeed(FlowRecord(flow.start, flow.start, flow.nbytes))
+            return done
+        self._depart(flow)
+        return done
+
+    def send(
+        self, path: Sequence[Hashable], nbytes: float, then: Then, *, cap: float = math.inf
+    ) -> None:
+        """:meth:`transfer`, with ``then(None)`` called when the last byte arrives in place of
+        an event: from the network's own wake-up, in the order in which transfers that end at
+        the same instant end, before any other event of that instant is processed. What a
+        caller that waits on many transfers saves is an event, its scheduling and its step a
+        transfer (a round of a million devices makes two million). An empty path calls
+        ``then`` at once.
+        """
+        flow = _Flow(
+            self._checked(path, nbytes, cap), float(nbytes), float(cap), self.env.now, None, then
+        )
+        if not flow.path:
+            then(None)
+            return
+        self._depart(flow)
+
+    def _checked(self, path: Sequence[Hashable], nbytes: float, cap: float) -> tuple:
         path = tuple(path)
         if not nbytes >= 0:
             raise ValueError(f"nbytes must be non-negative, got {nbytes}")
@@ -116,14 +161,12 @@ class FlowNetworkBase:
             raise ValueError(f"unknown links {unknown}")
         if len(set(path)) != len(path):
             raise ValueError(f"path crosses a link twice: {path}")
-        done = self.env.event()
-        flow = _Flow(path, float(nbytes), float(cap), self.env.now, done)
-        if not path:
-            done.succeed(FlowRecord(flow.start, flow.start, flow.nbytes))
-            return done
-        delay = sum(self._latency.get(link, 0.0) for link in path)
-        self.env.timeout(delay).callbacks.append(lambda _: self._arrive(flow))
-        return done
+        return path
+
+    def _depart(self, flow: _Flow) -> None:
+        """The flow on its way: it reaches the network after its path's latency."""
+        delay = sum(self._latency.get(link, 0.0) for link in flow.path)
+        self.env.timeout(delay, flow).callbacks.append(self._on_arrival)
 
     def capacity(self, link: Hashable) -> float:
         """The link's capacity now, in bytes/s."""
@@ -141,6 +184,11 @@ class FlowNetworkBase:
     def _reshare(self, link: Hashable) -> None:
         raise NotImplementedError
 
+    def _arrival(self, timeout: simpy.Event) -> None:
+        flow = timeout.value
+        assert isinstance(flow, _Flow)
+        self._arrive(flow)
+
     def _arrive(self, flow: _Flow) -> None:
         if flow.nbytes == 0:
             self._complete(flow)
@@ -149,7 +197,11 @@ class FlowNetworkBase:
 
     def _complete(self, flow: _Flow) -> None:
         self.bytes_delivered += flow.nbytes
-        flow.done.succeed(FlowRecord(flow.start, self.env.now, flow.nbytes))
+        if flow.then is not None:
+            flow.then(None)
+        else:
+            assert flow.done is not None
+            flow.done.succeed(FlowRecord(flow.start, self.env.now, flow.nbytes))
 
     @staticmethod
     def _is_due(flow: _Flow, remaining: float, rate: float, now: float) -> bool:
@@ -328,10 +380,11 @@ class FlowNetwork(FlowNetworkBase):
         self.active_flows = 0
         """Flows past their latency that have bytes left to send."""
 
-    def rates(self) -> dict[simpy.Event, float]:
-        """Current rate of each active flow, keyed by its transfer() event (a debug view, O(N))."""
+    def rates(self) -> dict[object, float]:
+        """Current rate of each active flow, keyed by its transfer() event or its send()
+        callback (a debug view, O(N))."""
         return {
-            f.done: b.cls.rate
+            (f.done if f.done is not None else f.then): b.cls.rate
             for b in self._bundles.values()
             if b.cls is not None
             for _, _, f in b.flows

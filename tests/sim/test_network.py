@@ -52,6 +52,61 @@ def test_flow_limited_by_its_access_link_leaves_the_rest_to_others() -> None:
     assert slow.value.end == 10.0
 
 
+@pytest.mark.parametrize("network", [FlowNetwork, NaiveFlowNetwork], ids=["flow", "naive"])
+def test_send_calls_back_when_transfer_would_end_in_the_same_order(network: type) -> None:
+    # Prepare: the same transfers twice, once as events and once as callbacks: two of 60 MB
+    # end at one instant, a third 2 ms later (its access link's latency), the slow one last;
+    # plus a transfer within one host and a zero-byte one.
+    capacity = {"shared": 100 * MB, "slow": 10 * MB, "a": 1e9, "b": 1e9, "c": 1e9}
+    latency = {"shared": 0.01, "a": 0.002}
+    paths = [["slow", "shared"], ["a", "shared"], ["b", "shared"], ["c", "shared"]]
+    sizes = [100 * MB, 60 * MB, 60 * MB, 60 * MB]
+
+    def run(as_callbacks: bool) -> tuple[list[tuple[object, float]], dict[object, float]]:
+        env = simpy.Environment()
+        net = network(env, capacity=capacity, latency=latency)
+        ended: list[tuple[object, float]] = []
+        keys: list[object] = []
+        for i, (path, size) in enumerate(zip(paths, sizes, strict=True)):
+            if as_callbacks:
+
+                def then(value: None, i: int = i) -> None:
+                    assert value is None
+                    ended.append((i, env.now))
+
+                net.send(path, size, then)
+                keys.append(then)
+            else:
+                event = net.transfer(path, size)
+                event.callbacks.append(lambda e, i=i: ended.append((i, e.value.end)))
+                keys.append(event)
+        env.run(until=1)
+        rates = {i: net.rates()[key] for i, key in enumerate(keys)}
+        env.run()
+        return ended, rates
+
+    # Execute
+    events, event_rates = run(as_callbacks=False)
+    callbacks, callback_rates = run(as_callbacks=True)
+    env = simpy.Environment()
+    net = network(env, capacity=capacity)
+    local: list[float] = []
+    net.send([], 5 * MB, lambda _: local.append(env.now))
+    net.send(["a"], 0, lambda _: local.append(env.now))
+    env.run()
+
+    # Assert: the same ends, to the bit and in the same order; the same rates, by callback;
+    # within one host at once, zero bytes at the path's latency (none here); bad input refused.
+    assert callbacks == events
+    assert [i for i, _ in callbacks] == [2, 3, 1, 0] and callbacks[0][1] == callbacks[1][1]
+    assert callback_rates == event_rates
+    assert local == [0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown links"):
+        net.send(["nowhere"], MB, lambda _: None)
+    with pytest.raises(ValueError, match="nbytes"):
+        net.send(["a"], -1, lambda _: None)
+
+
 @pytest.mark.parametrize("same_path", [True, False], ids=["one-bundle", "own-access"])
 def test_ending_flow_frees_bandwidth_for_the_others(same_path: bool) -> None:
     # Prepare: 300 MB over 100 MB/s; 100 MB left each at 3 s, then 100 MB at 50 MB/s each.
