@@ -71,7 +71,10 @@ Then = Callable[[None], object]
 
 
 class _Flow:
-    __slots__ = ("cap", "done", "nbytes", "path", "start", "then")
+    """A transfer; in its bundle's heap, ordered by its finish on the bundle's clock and then by
+    when it was admitted (the flow itself is the heap's entry: no tuple, float and int a flow)."""
+
+    __slots__ = ("cap", "done", "finish", "nbytes", "path", "seq", "start", "then")
 
     def __init__(
         self,
@@ -88,6 +91,14 @@ class _Flow:
         self.start = start
         self.done = done  # transfer()'s event, or None for send()
         self.then = then  # send()'s callback, or None for transfer()
+        self.finish = 0.0  # on its bundle's clock, once admitted
+        self.seq = 0  # the order of admission, for flows that finish together
+
+    def __hash__(self) -> int:  # by identity, as without __lt__ (which mypyc's class drops it for)
+        return id(self)
+
+    def __lt__(self, other: _Flow) -> bool:
+        return self.finish < other.finish or (self.finish == other.finish and self.seq < other.seq)
 
 
 class FlowNetworkBase:
@@ -322,7 +333,7 @@ class _Bundle:
     def __init__(self, path: tuple, cap: float):
         self.path = path
         self.cap = cap
-        self.flows: list[tuple[float, int, _Flow]] = []
+        self.flows: list[_Flow] = []  # a heap
         self.n = 0
         self.cls: _Class | None = None
         self.offset = 0.0  # bundle clock = class clock + offset
@@ -387,7 +398,7 @@ class FlowNetwork(FlowNetworkBase):
             (f.done if f.done is not None else f.then): b.cls.rate
             for b in self._bundles.values()
             if b.cls is not None
-            for _, _, f in b.flows
+            for f in b.flows
         }
 
     def _admit(self, flow: _Flow) -> None:
@@ -410,7 +421,8 @@ class FlowNetwork(FlowNetworkBase):
                 else:
                     users[bundle] = None
         finish = self._bundle_clock(bundle, now) + flow.nbytes
-        heapq.heappush(bundle.flows, (finish, next(self._ids), flow))
+        flow.finish, flow.seq = finish, next(self._ids)
+        heapq.heappush(bundle.flows, flow)
         bundle.n += 1
         self.active_flows += 1
         dirty[bundle] = None
@@ -499,13 +511,13 @@ class FlowNetwork(FlowNetworkBase):
             flows = bundle.flows
             popped = len(finished)
             while flows:
-                finish, _, flow = flows[0]
-                remaining = finish - bundle_clock
+                flow = flows[0]
+                remaining = flow.finish - bundle_clock
                 # FlowNetworkBase._is_due: the second test stops a sliver too small to move the
                 # clock from looping forever.
                 if not (remaining <= REL_EPS * flow.nbytes or now + remaining / rate <= now):
                     break
-                finished.append(heapq.heappop(flows)[2])
+                finished.append(heapq.heappop(flows))
             if len(finished) == popped:
                 break
             heapq.heappop(heap)
@@ -556,7 +568,7 @@ class FlowNetwork(FlowNetworkBase):
             cls.route.tree.set_weight(cls.cap, cls.weight)
             self._reload(cls.route)
         bundle.entry = next(self._ids)
-        heapq.heappush(cls.heap, (bundle.flows[0][0] - bundle.offset, bundle.entry, bundle))
+        heapq.heappush(cls.heap, (bundle.flows[0].finish - bundle.offset, bundle.entry, bundle))
         self._touched[cls] = None
 
     def _new_class(
