@@ -93,7 +93,8 @@ def ranges(values: Iterable[int]) -> str:
 def _what_was_run(summary: Mapping[str, Any]) -> str:
     workload = summary.get("workload", {})
     model, dataset = workload.get("model", {}), workload.get("dataset", {})
-    clients = ", ".join(str(c) for c in summary.get("clients", []))
+    # As runs of ids: a generated fleet's 100,000 clients one by one were most of the report.
+    clients = ranges(summary.get("clients", []))
     rounds = summary.get("rounds", "?")
     mode = summary.get("fl_mode", "sync")
     unit = "aggregations (asynchronous, FedBuff-style)" if mode == "async" else "rounds"

@@ -297,6 +297,19 @@ def test_report_without_failures_says_so():
     assert "No plots were written (`report.plots=false`)." in report
 
 
+def test_a_fleet_of_clients_is_named_by_id_ranges_not_one_by_one():
+    # Prepare: fl_scale's 100,000 clients wrote every id into report.md (690 kB).
+    result = make_result()
+    result.summary = {**result.summary, "clients": [*range(1, 100_001), 100_005]}
+
+    # Execute
+    report = render_federated_report(result, {})
+
+    # Assert
+    assert "(clients: devices 1–100000, 100005)" in report
+    assert len(report) < 20_000
+
+
 def test_long_runs_show_every_kth_round_and_the_failed_ones():
     # Prepare: 100 rounds, one failed in the middle.
     result = make_result()
