@@ -719,7 +719,11 @@ class _Profiles:
             if c is None:
                 c = _load_profile(self.kind, name, self.schema, self.conf_dir)
             if c is None:
-                known = sorted(self.configured) if self.configured else []
+                # Those the config included and those conf/<kind>/ holds, found by name.
+                names = set(self.configured or ())
+                if self.conf_dir is not None:
+                    names.update(p.stem for p in (self.conf_dir / self.kind).glob("*.yaml"))
+                known = sorted(names)
                 raise ConfigError(
                     f"{where}: unknown {self.kind} profile {name!r} (known: {', '.join(known)})"
                 )
