@@ -401,6 +401,19 @@ def test_console_federated_shows_the_outcome():
     assert len(lines) == 5
 
 
+def test_console_federated_counts_rejected_updates_beside_lost_ones():
+    # Prepare: fl.max_update_norm refused all six updates; the console said
+    # "0 aggregated, 2 failed; 0 updates lost" and nothing of why.
+    summary = {**make_summary(), "rounds": 2, "rounds_aggregated": 0, "rounds_failed": 2}
+    summary.update(updates_lost=0, updates_rejected=6)
+
+    # Execute
+    text = console_federated(summary)
+
+    # Assert
+    assert "rounds          0 aggregated, 2 failed; 0 updates lost, 6 rejected" in text
+
+
 def test_console_federated_without_target_or_accuracy():
     # Prepare
     summary = {**make_summary(), "target_accuracy": None, "final_accuracy": None}
