@@ -258,6 +258,32 @@ def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
     assert result.rows[0].accuracy is not None
 
 
+def test_an_image_folder_holding_a_file_that_is_no_image_is_a_config_error(tmp_path):
+    # Prepare: two classes of ten PNGs, and one ".png" that is text. The config check counts
+    # files without decoding them, so the run met it; the command line printed a traceback.
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (6, 6), 10 * i).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "a" / "broken.png").write_text("not an image")
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "workload=image_folder_cnn",
+            f"workload.dataset.path={tmp_path / 'images'}",
+            "partition.kind=iid",
+            "fl.rounds=1",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"^workload\.dataset: cannot read image .*broken\.png"):
+        run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
