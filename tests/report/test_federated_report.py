@@ -308,6 +308,8 @@ def test_a_fleet_of_clients_is_named_by_id_ranges_not_one_by_one():
     # Assert
     assert "(clients: devices 1–100000, 100005)" in report
     assert len(report) < 20_000
+    few = render_federated_report(make_result(), {})
+    assert "(clients: devices 3, 4, 8)" in few
 
 
 def test_long_runs_show_every_kth_round_and_the_failed_ones():
