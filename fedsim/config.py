@@ -170,7 +170,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         raise ConfigError(f"fl.min_fit: {fl.min_fit} > the {len(clients)} clients")
     if kind == "federated" and fl.attack.kind is not None:
         _check_attack(fl, clients)
-    strategy = _strategy("strategy", cfg.strategy)
+    strategy = _strategy("strategy", cfg.strategy, len(clients))
     group_strategy = None
     if cfg.group_strategy:  # empty: each group combines as `strategy` does
         group_strategy = _strategy("group_strategy", cfg.group_strategy)
@@ -447,8 +447,9 @@ def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
         )
 
 
-def _strategy(where: str, node: Any) -> dict[str, Any]:
-    """A strategy's config (``name`` and parameters), checked by building it once.
+def _strategy(where: str, node: Any, clients: int | None = None) -> dict[str, Any]:
+    """A strategy's config (``name`` and parameters), checked by building it once, and, with
+    ``clients``, against the most updates a round can bring.
 
     A user's strategy (``_target_``) is kept as ``name: its import path``, so that reports name
     it as they name a built-in and the scenario builds it from the same path.
@@ -466,11 +467,17 @@ def _strategy(where: str, node: Any) -> dict[str, Any]:
             raise ConfigError(str(e)) from None
         c = {"name": path, **{k: v for k, v in params.items() if k != "name"}}
     try:
-        strategy_from(c, where)
+        built = strategy_from(c, where)
     except PluginError as e:
         raise ConfigError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+    least = built.min_updates()
+    if clients is not None and least > clients:
+        raise ConfigError(
+            f"{where}: {built.name} needs at least {least} updates a round, and the run has "
+            f"{clients} clients"
+        )
     return c
 
 

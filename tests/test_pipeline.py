@@ -311,6 +311,37 @@ def test_a_data_set_real_training_cannot_use_is_refused_before_running(overrides
         build_spec(cfg, conf_dir())
 
 
+def test_a_round_with_fewer_updates_than_krum_needs_fails_and_the_run_goes_on(tmp_path):
+    # Prepare: 8 trainers, 4 of them offline throughout, under Krum with f = 1 (5 updates).
+    # aggregate_fit raised, and the command line printed a traceback.
+    away = ", ".join(f"{{device: {d}, start_s: 0, end_s: 1000}}" for d in (1, 2, 5, 6))
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "experiment.clients=[1,2,3,4,5,6,7,8]",
+            *("strategy=krum", "strategy.f=1", "fl.rounds=2", "fl.deadline_s=5"),
+            f"faults.outages=[{away}]",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
+
+    # Assert: both rounds ran, neither aggregated; the version stays.
+    assert [r.aggregated for r in result.rows] == [False, False]
+    assert result.summary["rounds_failed"] == 2
+
+
+def test_krum_with_fewer_clients_than_it_needs_is_refused_before_running():
+    # Prepare: Krum with f = 2 needs 7 updates; the testbed has 3 trainers.
+    cfg = compose(["+experiment=fl_digits", "strategy=krum", "strategy.f=2"])
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"^strategy: krum needs at least 7 updates a round"):
+        build_spec(cfg, conf_dir())
+
+
 def test_a_federated_run_streams_its_events_to_the_run_directory(tmp_path):
     # Prepare: a modelled round of 20 trainers, and one that may write only 10 events.
     base = [
