@@ -68,6 +68,14 @@ PROFILE_KEYS = {
 }
 # Hydra flags that change where configs come from: the pre-check leaves such a run to Hydra.
 CONFIG_SOURCE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+# Hydra's run modes, of which it takes one (else a traceback: "Only one of --run, ...").
+RUN_MODE_FLAGS = {
+    **dict.fromkeys(("-r", "--run"), "--run"),
+    **dict.fromkeys(("-m", "--multirun"), "-m"),
+    **dict.fromkeys(("-c", "--cfg"), "--cfg"),
+    **dict.fromkeys(("-i", "--info"), "--info"),
+    **dict.fromkeys(("-sc", "--shell-completion"), "--shell-completion"),
+}
 
 
 def _names(group: str) -> list[str]:
@@ -144,6 +152,9 @@ def _preflight(argv: list[str]) -> None:
 
     from fedsim.config import conf_dir
 
+    modes = sorted({RUN_MODE_FLAGS[a] for a in argv if a in RUN_MODE_FLAGS})
+    if len(modes) > 1:
+        sys.exit(f"error: {' and '.join(modes)} do not go together: pass one of them")
     if CONFIG_SOURCE_FLAGS.intersection(argv):
         return  # configs from elsewhere: Hydra's to find and check
     if argv and "=" not in argv[0] and not argv[0].startswith(("-", "+", "~")):

@@ -11,6 +11,7 @@ does, for the CLI's preflight and for jobs a server is handed as plain data.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsim.core import collector
@@ -148,6 +149,7 @@ def _typed(where: str, node: Any, schema: type | None = None) -> Any:
 def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     """The checked, typed experiment ``cfg`` describes; hardware and network profiles the
     config does not include are read from ``profiles`` (a ``conf/`` directory)."""
+    check_keys(cfg)
     check_numbers(as_container(cfg))
     kind = cfg.experiment.kind
     if kind not in KINDS:
@@ -168,7 +170,7 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
         raise ConfigError(f"fl.min_fit: {fl.min_fit} > the {len(clients)} clients")
     if kind == "federated" and fl.attack.kind is not None:
         _check_attack(fl, clients)
-    strategy = _strategy("strategy", cfg.strategy)
+    strategy = _strategy("strategy", cfg.strategy, len(clients))
     group_strategy = None
     if cfg.group_strategy:  # empty: each group combines as `strategy` does
         group_strategy = _strategy("group_strategy", cfg.group_strategy)
@@ -287,6 +289,33 @@ def build_secagg(
     if fl.training != "real":
         raise ConfigError("secagg: secure aggregation masks real updates: needs fl.training=real")
     return params
+
+
+def check_keys(node: Any, where: str = "") -> None:
+    """Refuse a key the schema does not have where it has fields: ``+fl.roundz=3`` adds one
+    that Hydra accepts and nothing reads, so the run went on as if it were not there. Mappings
+    the schema leaves open (``strategy``, ``fl.aggregators``) take any key."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            check_keys(item, f"{where}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    try:
+        items = node.items_ex(resolve=False)
+    except OmegaConfBaseException:
+        return  # a null or missing section: no keys
+    schema = OmegaConf.get_type(node)
+    closed = isinstance(schema, type) and dataclasses.is_dataclass(schema)
+    fields = [f.name for f in dataclasses.fields(schema)] if closed and schema else []
+    for item_key, value in items:
+        key = str(item_key)
+        name = f"{where}.{key}" if where else key
+        if closed and key not in fields and name != "hydra":
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
+            raise ConfigError(f"{name}: not a setting fedsim has{hint}")
+        check_keys(value, name)
 
 
 def check_numbers(value: Any, where: str = "") -> None:
@@ -418,8 +447,9 @@ def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
         )
 
 
-def _strategy(where: str, node: Any) -> dict[str, Any]:
-    """A strategy's config (``name`` and parameters), checked by building it once.
+def _strategy(where: str, node: Any, clients: int | None = None) -> dict[str, Any]:
+    """A strategy's config (``name`` and parameters), checked by building it once, and, with
+    ``clients``, against the most updates a round can bring.
 
     A user's strategy (``_target_``) is kept as ``name: its import path``, so that reports name
     it as they name a built-in and the scenario builds it from the same path.
@@ -437,11 +467,17 @@ def _strategy(where: str, node: Any) -> dict[str, Any]:
             raise ConfigError(str(e)) from None
         c = {"name": path, **{k: v for k, v in params.items() if k != "name"}}
     try:
-        strategy_from(c, where)
+        built = strategy_from(c, where)
     except PluginError as e:
         raise ConfigError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+    least = built.min_updates()
+    if clients is not None and least > clients:
+        raise ConfigError(
+            f"{where}: {built.name} needs at least {least} updates a round, and the run has "
+            f"{clients} clients"
+        )
     return c
 
 
@@ -719,7 +755,11 @@ class _Profiles:
             if c is None:
                 c = _load_profile(self.kind, name, self.schema, self.conf_dir)
             if c is None:
-                known = sorted(self.configured) if self.configured else []
+                # Those the config included and those conf/<kind>/ holds, found by name.
+                names = set(self.configured or ())
+                if self.conf_dir is not None:
+                    names.update(p.stem for p in (self.conf_dir / self.kind).glob("*.yaml"))
+                known = sorted(names)
                 raise ConfigError(
                     f"{where}: unknown {self.kind} profile {name!r} (known: {', '.join(known)})"
                 )

@@ -20,7 +20,7 @@ It writes, under ``--out DIR``, a config directory Hydra adds to its search path
 and prints how to replay it::
 
     python -m fedsim --config-dir DIR +experiment=fl_digits topology=NAME
-    python -m fedsim --config-dir DIR +experiment=fl_digits topology=NAME_fleet \\
+    python -m fedsim --config-dir DIR +experiment=fl_scale topology=NAME_fleet \\
         topology.generate.groups=100 topology.generate.devices_per_group=1000
 
 How the measurements become a topology, and what that assumes:
@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"topology={args.name}"
     )
     print(
-        f"at scale: python -m fedsim --config-dir {args.out} +experiment=fl_digits "
+        f"at scale: python -m fedsim --config-dir {args.out} +experiment=fl_scale "
         f"topology={args.name}_fleet topology.generate.groups=G "
         "topology.generate.devices_per_group=N"
     )

@@ -79,6 +79,10 @@ def test_rounds_and_events_are_dataframes_with_the_run_tables_columns(two_runs):
     [
         (["+experiment=fl_digits", "fl.roundz=3"], "fl.roundz"),
         (["+experiment=fl_digits", "fl.rounds=many"], "'many'"),
+        # Added with +, a misspelt key was accepted and nothing read it: the run went on.
+        (["+experiment=fl_digits", "+fl.roundz=3"], "fl.roundz: not a setting"),
+        (["+experiment=fl_digits", "+reptitions=3"], "did you mean repetitions?"),
+        (["+experiment=fl_digits", "+topology.devices.3.hardwar=rpi4"], "devices[3].hardwar"),
         (["+experiment=no_such_experiment"], "fl_digits"),  # the names to choose from
         (["experiment=fl_digits"], "+experiment=fl_digits"),  # the hint for the missing +
         ({"fl.roundz": 3}, "fl.roundz"),

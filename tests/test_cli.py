@@ -218,6 +218,8 @@ def test_version_is_fedsims_own():
         (["+experiment=fl_digits", "network=5g"], "error: network profiles are named per "),
         (["-m", "+experiment=fl_digits", "strategy=fedavg,fedsgd"], "error: unknown strategy"),
         (["agnet"], "error: unknown command 'agnet' (commands: server, agent"),
+        # Hydra takes one run mode and raised a traceback for two.
+        (["-m", "--cfg", "job", "+experiment=fl_digits"], "error: --cfg and -m do not go"),
     ],
 )
 def test_a_wrong_choice_exits_with_one_line_naming_what_there_is(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import build_topology, compose, conf_dir, load_hardware_profile
+from fedsim.config import build_spec, build_topology, compose, conf_dir, load_hardware_profile
 from fedsim.core.traces import load_device_table
 from fedsim.export_topology import Fleet, Link, Recorded, _profile_file, main, write
 
@@ -46,6 +46,25 @@ def test_a_calibration_exports_a_fleet_of_its_hardware(tmp_path, capsys):
         assert topology.devices[t].link.bandwidth == pytest.approx(20e6 / 8)
         assert topology.devices[t].link.latency == pytest.approx(0.05)
     assert topology.devices[topology.server].hardware.name == "cloud_vm_8c"
+
+
+def test_the_printed_command_at_scale_runs_a_thousand_trainers(tmp_path, capsys):
+    # Prepare: the export prints how to replay its fleet at scale; with fl_digits (real
+    # training on 1,797 images) a thousand trainers were refused for want of samples.
+    out = tmp_path / "conf"
+    main(["--calibration", str(MEASURED_VM), "--name", "vm", "--out", str(out)])
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("at scale:")]
+    words = line.split("python -m fedsim ", 1)[1].split()
+    assert words[:2] == ["--config-dir", str(out)]
+    sizes = {"topology.generate.groups=G": "=10", "topology.generate.devices_per_group=N": "=100"}
+    overrides = [w[:-2] + sizes[w] if w in sizes else w for w in words]
+
+    # Execute
+    cfg = compose([*overrides[2:], f"hydra.searchpath=[file://{out}]"])
+    spec = build_spec(cfg, conf_dir())
+
+    # Assert
+    assert len(spec.clients) == 1000
 
 
 @pytest.mark.parametrize(

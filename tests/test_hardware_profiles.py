@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from fedsim.config import GB, ConfigError, conf_dir, hardware_profile, load_hardware_profile
+from fedsim.config import (
+    GB,
+    ConfigError,
+    build_spec,
+    compose,
+    conf_dir,
+    hardware_profile,
+    load_hardware_profile,
+)
 from fedsim.core.calibration import StepModel
 from fedsim.core.topology import MEASURED, SPEC
 from fedsim.schema import HardwareConf
@@ -196,3 +204,20 @@ def test_a_profile_that_cannot_work_is_refused_naming_the_field(values, message)
     # Execute / Assert
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         profile(values)
+
+
+def test_an_unknown_profile_name_lists_the_profiles_found_by_name_too():
+    # Prepare: conf/hardware/measured_vm.yaml is found by name when a device names it, but the
+    # error for a misspelt name listed only the profiles the topology's config included.
+    cfg = compose(["+experiment=fl_digits", "topology.devices.3.hardware=measured_mv"])
+
+    # Execute
+    with pytest.raises(ConfigError) as refused:
+        build_spec(cfg, conf_dir())
+
+    # Assert
+    message = str(refused.value)
+    assert message.startswith(
+        "topology.devices[3].hardware: unknown hardware profile 'measured_mv'"
+    )
+    assert "measured_vm" in message and "rpi4" in message

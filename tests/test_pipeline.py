@@ -258,6 +258,32 @@ def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
     assert result.rows[0].accuracy is not None
 
 
+def test_an_image_folder_holding_a_file_that_is_no_image_is_a_config_error(tmp_path):
+    # Prepare: two classes of ten PNGs, and one ".png" that is text. The config check counts
+    # files without decoding them, so the run met it; the command line printed a traceback.
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (6, 6), 10 * i).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "a" / "broken.png").write_text("not an image")
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "workload=image_folder_cnn",
+            f"workload.dataset.path={tmp_path / 'images'}",
+            "partition.kind=iid",
+            "fl.rounds=1",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"^workload\.dataset: cannot read image .*broken\.png"):
+        run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -282,6 +308,37 @@ def test_a_data_set_real_training_cannot_use_is_refused_before_running(overrides
 
     # Execute / Assert
     with pytest.raises(ConfigError, match=message):
+        build_spec(cfg, conf_dir())
+
+
+def test_a_round_with_fewer_updates_than_krum_needs_fails_and_the_run_goes_on(tmp_path):
+    # Prepare: 8 trainers, 4 of them offline throughout, under Krum with f = 1 (5 updates).
+    # aggregate_fit raised, and the command line printed a traceback.
+    away = ", ".join(f"{{device: {d}, start_s: 0, end_s: 1000}}" for d in (1, 2, 5, 6))
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "experiment.clients=[1,2,3,4,5,6,7,8]",
+            *("strategy=krum", "strategy.f=1", "fl.rounds=2", "fl.deadline_s=5"),
+            f"faults.outages=[{away}]",
+        ]
+    )
+    spec = build_spec(cfg, conf_dir())
+
+    # Execute
+    result = run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
+
+    # Assert: both rounds ran, neither aggregated; the version stays.
+    assert [r.aggregated for r in result.rows] == [False, False]
+    assert result.summary["rounds_failed"] == 2
+
+
+def test_krum_with_fewer_clients_than_it_needs_is_refused_before_running():
+    # Prepare: Krum with f = 2 needs 7 updates; the testbed has 3 trainers.
+    cfg = compose(["+experiment=fl_digits", "strategy=krum", "strategy.f=2"])
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"^strategy: krum needs at least 7 updates a round"):
         build_spec(cfg, conf_dir())
 
 

@@ -188,6 +188,21 @@ def test_an_npz_data_set_is_checked_like_the_built_in_ones(tmp_path):
         spec("workload.dataset.name=npz")
 
 
+def test_an_npz_whose_images_have_no_channel_axis_is_refused_before_the_run(tmp_path):
+    # Prepare: images (n, 8, 8), as digits.images are; the shape was checked only once the
+    # run loaded the pixels, and the command line printed a traceback.
+    path = tmp_path / "flat.npz"
+    np.savez(path, X=np.zeros((100, 8, 8), np.float32), y=np.arange(100) % 2)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"workload.dataset: .*X must be \(n, channels"):
+        spec(
+            "workload.dataset.name=npz",
+            f"workload.dataset.path={path}",
+            "fl.batch_size=4",
+        )
+
+
 def test_the_command_line_reports_a_bad_target_in_one_line_and_exits_1(tmp_path):
     # Execute
     proc = subprocess.run(

@@ -49,6 +49,9 @@ def console_federated(summary: dict[str, Any]) -> str:
     name = strategy.get("name", "?") if isinstance(strategy, dict) else str(strategy)
     clients = len(summary.get("clients", []))
     clock, elapsed = run_time(summary)
+    # Updates that arrived and were refused (max_update_norm, a robust rule) are not lost.
+    refused = summary.get("updates_rejected")
+    rejected = f", {refused} rejected" if refused else ""
     rows = [
         (
             "final accuracy",
@@ -61,7 +64,7 @@ def console_federated(summary: dict[str, Any]) -> str:
             "rounds",
             f"{summary.get('rounds_aggregated', '?')} aggregated, "
             f"{summary.get('rounds_failed', '?')} failed; "
-            f"{summary.get('updates_lost', '?')} updates lost",
+            f"{summary.get('updates_lost', '?')} updates lost{rejected}",
         ),
     ]
     privacy = summary.get("privacy")

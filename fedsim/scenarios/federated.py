@@ -304,14 +304,17 @@ def real_data(
             for dev, (_, y) in shards.items()
         }
         return shards, test, labels
-    X, y, X_test, y_test = load_split(
-        spec.workload.dataset,
-        input_size=model.input_size,
-        channels=in_channels(model.name),
-        num_classes=model.num_classes,
-        test_fraction=p.test_fraction,
-        seed=spec.seed,
-    )
+    try:
+        X, y, X_test, y_test = load_split(
+            spec.workload.dataset,
+            input_size=model.input_size,
+            channels=in_channels(model.name),
+            num_classes=model.num_classes,
+            test_fraction=p.test_fraction,
+            seed=spec.seed,
+        )
+    except (OSError, ValueError) as e:  # the user's files: build_spec did not decode them
+        raise ConfigError(f"workload.dataset: {e}") from None
     if p.kind == "dirichlet":
         try:
             parts = dirichlet_partition(

@@ -43,10 +43,13 @@ class RepositoryRecorder:
         self.version = repository.add_version(name, encode(initial)).version
 
     def record(self, report: RoundReport, parameters: NDArrays | None) -> None:
-        deployment = self.repository.create_deployment(self.name, self.version, report.selected)
+        # An asynchronous aggregation may hold two updates of one fast device; the deployment
+        # names each device once.
+        devices = list(dict.fromkeys(report.selected))
+        deployment = self.repository.create_deployment(self.name, self.version, devices)
         arrived = set(report.completed) | set(report.rejected)
         changes: list[tuple[int, DeploymentState]] = []
-        for device in report.selected:
+        for device in devices:
             # Every selected device was sent the version; those that answered had it.
             final = DeploymentState.DEPLOYED if device in arrived else DeploymentState.FAILED
             changes += [(device, DeploymentState.DOWNLOADING), (device, final)]

@@ -297,6 +297,21 @@ def test_report_without_failures_says_so():
     assert "No plots were written (`report.plots=false`)." in report
 
 
+def test_a_fleet_of_clients_is_named_by_id_ranges_not_one_by_one():
+    # Prepare: fl_scale's 100,000 clients wrote every id into report.md (690 kB).
+    result = make_result()
+    result.summary = {**result.summary, "clients": [*range(1, 100_001), 100_005]}
+
+    # Execute
+    report = render_federated_report(result, {})
+
+    # Assert
+    assert "(clients: devices 1–100000, 100005)" in report
+    assert len(report) < 20_000
+    few = render_federated_report(make_result(), {})
+    assert "(clients: devices 3, 4, 8)" in few
+
+
 def test_long_runs_show_every_kth_round_and_the_failed_ones():
     # Prepare: 100 rounds, one failed in the middle.
     result = make_result()
@@ -386,6 +401,19 @@ def test_console_federated_shows_the_outcome():
     assert "time to target  50.0 s (90.0 % in round 5)" in text
     assert "simulated time  50.0 s" in text
     assert len(lines) == 5
+
+
+def test_console_federated_counts_rejected_updates_beside_lost_ones():
+    # Prepare: fl.max_update_norm refused all six updates; the console said
+    # "0 aggregated, 2 failed; 0 updates lost" and nothing of why.
+    summary = {**make_summary(), "rounds": 2, "rounds_aggregated": 0, "rounds_failed": 2}
+    summary.update(updates_lost=0, updates_rejected=6)
+
+    # Execute
+    text = console_federated(summary)
+
+    # Assert
+    assert "rounds          0 aggregated, 2 failed; 0 updates lost, 6 rejected" in text
 
 
 def test_console_federated_without_target_or_accuracy():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.core.coordinator import RoundReport
+from fedsim.core.repository import DeploymentState
 from fedsim.store.recorder import RepositoryRecorder
 from fedsim.store.sqlite import SqliteRepository
 
@@ -41,3 +42,30 @@ def test_a_second_run_on_the_same_repository_continues_the_models_history(tmp_pa
         assert [m.name for m in repository.list_models()] == ["m"]
     assert len(versions) == 4
     assert second.version == versions[-1].version and versions[-1].parent == versions[2].version
+
+
+def test_an_async_aggregation_with_two_updates_from_one_device_deploys_to_it_once(
+    tmp_path: Path,
+):
+    # Prepare: a FedBuff aggregation whose buffer holds two updates of device 8 (a fast client
+    # restarted on the new version before the others finished; fl.mode=async on fl_digits
+    # stopped with "device ids must be distinct, got [8, 4, 3, 8]").
+    initial = {"w": np.zeros(3, dtype=np.float32)}
+    report = RoundReport(
+        round=0,
+        started=0.0,
+        finished=1.0,
+        selected=(8, 4, 3, 8),
+        completed=(8, 4, 3, 8),
+        aggregated=True,
+    )
+    with SqliteRepository(tmp_path) as repository:
+        recorder = RepositoryRecorder(repository, name="m", architecture="m", initial=initial)
+
+        # Execute
+        recorder.record(report, {"w": np.ones(3, dtype=np.float32)})
+
+        # Assert
+        [deployment] = repository.list_deployments("m")
+    assert sorted(deployment.devices) == [3, 4, 8]
+    assert set(deployment.devices.values()) == {DeploymentState.DEPLOYED}

@@ -429,7 +429,9 @@ class Federation:
         """
         cfg = self.config
         updates = accepted_updates(accepted) if updates is None else updates
-        aggregated = len(accepted) >= cfg.min_fit and bool(updates)
+        # The rule may need more than min_fit (Krum: 2f + 3), and raises below its least.
+        least = self.strategy.min_updates()
+        aggregated = len(accepted) >= cfg.min_fit and len(updates) >= least and bool(updates)
         metrics: dict[str, float] = {}
         if aggregated:
             failed = self.aggregate(updates)
@@ -442,7 +444,12 @@ class Federation:
                 if self.publish is not None:
                     self.publish(self.model, self.parameters, rnd, metrics)
         else:
-            reason = failures.get(-1, f"{len(accepted)} updates < min_fit {cfg.min_fit}")
+            short = (
+                f"{len(accepted)} updates < min_fit {cfg.min_fit}"
+                if len(accepted) < cfg.min_fit or not updates
+                else f"{len(updates)} updates < the {least} {self.strategy.name} needs"
+            )
+            reason = failures.get(-1, short)
             log.warning("round %d failed: %s", rnd, reason)
         return self.record(
             RoundReport(

@@ -37,6 +37,10 @@ class Strategy(abc.ABC):
         strategy's behalf (local DP's clipping and noise): what the simulator charges it."""
         return 0.0
 
+    def min_updates(self) -> int:
+        """The fewest updates the rule combines (Krum's 2f + 3); a round with fewer fails."""
+        return 1
+
     @abc.abstractmethod
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         """The new global parameters, or None when the updates carry no arrays (timing only)."""
@@ -60,6 +64,9 @@ class Wrapper(Strategy):
 
     def client_passes(self) -> float:
         return self.inner.client_passes()
+
+    def min_updates(self) -> int:
+        return self.inner.min_updates()
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         return self.inner.aggregate_fit(current, updates)

@@ -2,7 +2,8 @@
 
 Each update is scored by the sum of squared distances to its ``n - f - 2`` nearest neighbours
 (all arrays flattened together); ``f`` Byzantine updates far from the honest ones score high.
-The guarantee needs ``n >= 2f + 3``; fewer updates raise a ValueError.
+The guarantee needs ``n >= 2f + 3`` (``min_updates``): ``aggregate_fit`` raises below it, and
+a round with fewer updates does not aggregate.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Krum(Strategy):
     def __init__(self, *, f: int = 0) -> None:
         self.f = _check_f(f)
 
+    def min_updates(self) -> int:
+        return 2 * self.f + 3
+
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)
         if with_arrays is None:
@@ -63,6 +67,9 @@ class MultiKrum(Strategy):
         if m is not None and (isinstance(m, bool) or int(m) != m or m < 1):
             raise ValueError(f"m must be an integer >= 1 or None, got {m!r}")
         self.m = None if m is None else int(m)
+
+    def min_updates(self) -> int:
+        return max(2 * self.f + 3, self.m or 1)
 
     def aggregate_fit(self, current: NDArrays | None, updates: Sequence[Update]) -> NDArrays | None:
         with_arrays = updates_with_arrays(updates, self.name)
