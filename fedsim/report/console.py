@@ -7,6 +7,7 @@ from typing import Any
 from fedsim.core.results import COMPARISON, RunResult
 from fedsim.report.federated_markdown import (
     percent,
+    rounds_text,
     seconds,
     time_to_target_text,
 )
@@ -77,8 +78,9 @@ def console_federated(summary: dict[str, Any]) -> str:
             )
         )
     width = max(len(label) for label, _ in rows)
+    rounds = rounds_text(summary.get("rounds", "?"))
     lines = [
-        f"{summary.get('experiment', 'federated run')}: {summary.get('rounds', '?')} rounds of "
+        f"{summary.get('experiment', 'federated run')}: {rounds} of "
         f"{name} on {clients} clients ({summary.get('fl_mode', 'sync')}, "
         f"{summary.get('mode', '?')} mode)"
     ]

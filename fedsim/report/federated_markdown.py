@@ -33,6 +33,11 @@ def percent(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
 
 
+def rounds_text(count: Any) -> str:
+    """``1 round``, ``5 rounds``; ``? rounds`` when the count is unknown."""
+    return f"{count} round" if count == 1 else f"{count} rounds"
+
+
 def seconds(value: float | None) -> str:
     """Seconds, with minutes or hours beside them once they help: ``400.2 s (6.7 min)``."""
     if value is None or math.isnan(value):
@@ -74,7 +79,7 @@ def time_to_target_text(summary: Mapping[str, Any]) -> str:
         return "—"
     reached = summary.get("time_to_target_s")
     if reached is None:
-        return f"not reached ({percent(target)} in {summary.get('rounds', '?')} rounds)"
+        return f"not reached ({percent(target)} in {rounds_text(summary.get('rounds', '?'))})"
     where = summary.get("round_to_target")
     return f"{seconds(reached)} ({percent(target)} in round {where})"
 

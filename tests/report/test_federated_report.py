@@ -400,6 +400,8 @@ def test_console_federated_shows_the_outcome():
     assert "final accuracy  92.5 %  (best 92.5 %)" in text
     assert "time to target  50.0 s (90.0 % in round 5)" in text
     assert "simulated time  50.0 s" in text
+    one = console_federated({**summary, "rounds": 1}).splitlines()[0]
+    assert one == "fl_digits: 1 round of fedprox on 3 clients (sync, sim mode)"
     assert len(lines) == 5
 
 
