@@ -342,6 +342,49 @@ def test_krum_with_fewer_clients_than_it_needs_is_refused_before_running():
         build_spec(cfg, conf_dir())
 
 
+@pytest.mark.parametrize(
+    ("groups", "overrides", "message"),
+    [
+        # Krum (f = 1) needs 5 updates: the cloud gets 6, one a group, but each group of the
+        # edge fleet combines its 4 members by the same rule.
+        (
+            6,
+            ["strategy=krum", "strategy.f=1"],
+            r"^strategy: krum needs at least 5 updates a round, and the run has 4 clients in "
+            r"group \d+ \(fl.hierarchical\)",
+        ),
+        # The groups combine by FedAvg; the cloud's Krum gets one update from each of 3 groups.
+        (
+            3,
+            ["strategy=krum", "strategy.f=1", "+strategy@group_strategy=fedavg"],
+            r"^strategy: krum needs at least 5 updates a round, and the run has 3 groups",
+        ),
+        (
+            3,
+            ["+strategy@group_strategy=krum", "group_strategy.f=1"],
+            r"^group_strategy: krum needs at least 5 updates a round, and the run has 4 clients",
+        ),
+    ],
+    ids=["groups-by-strategy", "cloud", "group-strategy"],
+)
+def test_hierarchical_rules_that_never_get_enough_updates_are_refused(groups, overrides, message):
+    # Prepare: groups of 4 trainers, hierarchical rounds.
+    cfg = compose(
+        [
+            "+experiment=fl_digits",
+            "topology=edge_fleet",
+            f"topology.generate.groups={groups}",
+            "topology.generate.devices_per_group=4",
+            "fl.hierarchical=true",
+            *overrides,
+        ]
+    )
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=message):
+        build_spec(cfg, conf_dir())
+
+
 def test_a_federated_run_streams_its_events_to_the_run_directory(tmp_path):
     # Prepare: a modelled round of 20 trainers, and one that may write only 10 events.
     base = [
