@@ -145,6 +145,19 @@ def _check_choices(argv: list[str], options: Callable[[str], list[str]]) -> None
                 sys.exit(f"error: unknown {group} {name!r} (available: {', '.join(known)})")
 
 
+def _source_flags(argv: list[str]) -> list[tuple[str, str]]:
+    """The flags of ``argv`` that change where configs come from, with their values (given
+    as ``--config-dir DIR`` or ``--config-dir=DIR``)."""
+    found = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIG_SOURCE_FLAGS:
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+            found.append((flag, value))
+    return found
+
+
 def _preflight(argv: list[str]) -> None:
     """Report a config that cannot compose in one line, before Hydra prints its longer message."""
     from hydra import compose, initialize_config_dir
@@ -155,7 +168,11 @@ def _preflight(argv: list[str]) -> None:
     modes = sorted({RUN_MODE_FLAGS[a] for a in argv if a in RUN_MODE_FLAGS})
     if len(modes) > 1:
         sys.exit(f"error: {' and '.join(modes)} do not go together: pass one of them")
-    if CONFIG_SOURCE_FLAGS.intersection(argv):
+    sources = _source_flags(argv)
+    if sources:
+        for flag, value in sources:
+            if flag in ("-cd", "--config-dir") and not Path(value).is_dir():
+                sys.exit(f"error: {flag}: no directory {value!r}")
         return  # configs from elsewhere: Hydra's to find and check
     if argv and "=" not in argv[0] and not argv[0].startswith(("-", "+", "~")):
         sys.exit(

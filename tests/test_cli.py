@@ -175,6 +175,18 @@ def test_a_split_that_cannot_feed_every_client_exits_with_one_line(
     assert lines[0].startswith(starts)
 
 
+@pytest.mark.parametrize("flag", [["--config-dir", "/nonexistent/conf"], ["-cd=/nonexistent/conf"]])
+def test_a_config_dir_that_is_not_there_exits_with_one_line(flag: list[str]):
+    # Execute: Hydra printed a paragraph and a hint about HYDRA_FULL_ERROR.
+    proc = fedsim(*flag, "+experiment=fl_digits")
+
+    # Assert
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {flag[0].partition('=')[0]}: no directory '/nonexistent/conf'"
+    ]
+
+
 def test_unknown_experiment_exits_with_one_line():
     proc = fedsim("+experiment=imagenet_yolov9")
     assert proc.returncode != 0
