@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -231,24 +232,33 @@ def test_real_training_on_the_synthetic_set_runs_through_the_pipeline(tmp_path):
     assert "synthetic images" in " ".join(result.assumptions)
 
 
-def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
-    # Prepare: two classes of ten 6x6 PNGs each, dark and light.
+def _image_folder_spec(root: Path, levels: dict[str, int], *, broken: str | None = None):
+    """One round of fl_digits on an image folder at ``root``: a class of ten 6x6 grey PNGs
+    per entry of ``levels`` (name: first grey level), and a text file named ``broken`` (a
+    path below ``root``) where one is asked for."""
     from PIL import Image
 
-    for name, level in (("dark", 30), ("light", 220)):
-        (tmp_path / "images" / name).mkdir(parents=True)
+    for name, level in levels.items():
+        (root / name).mkdir(parents=True)
         for i in range(10):
-            Image.new("L", (6, 6), level + i).save(tmp_path / "images" / name / f"{i}.png")
+            Image.new("L", (6, 6), level + i).save(root / name / f"{i}.png")
+    if broken is not None:
+        (root / broken).write_text("not an image")
     cfg = compose(
         [
             "+experiment=fl_digits",
             "workload=image_folder_cnn",
-            f"workload.dataset.path={tmp_path / 'images'}",
+            f"workload.dataset.path={root}",
             "partition.kind=iid",
             "fl.rounds=1",
         ]
     )
-    spec = build_spec(cfg, conf_dir())
+    return build_spec(cfg, conf_dir())
+
+
+def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
+    # Prepare: two classes of ten 6x6 PNGs each, dark and light.
+    spec = _image_folder_spec(tmp_path / "images", {"dark": 30, "light": 220})
 
     # Execute
     result = run(spec, runtime("sim"), tmp_path / "run", Hooks(progress=False))
@@ -261,23 +271,7 @@ def test_real_training_reads_an_image_folder_the_workload_names(tmp_path):
 def test_an_image_folder_holding_a_file_that_is_no_image_is_a_config_error(tmp_path):
     # Prepare: two classes of ten PNGs, and one ".png" that is text. The config check counts
     # files without decoding them, so the run met it; the command line printed a traceback.
-    from PIL import Image
-
-    for name in ("a", "b"):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(10):
-            Image.new("L", (6, 6), 10 * i).save(tmp_path / "images" / name / f"{i}.png")
-    (tmp_path / "images" / "a" / "broken.png").write_text("not an image")
-    cfg = compose(
-        [
-            "+experiment=fl_digits",
-            "workload=image_folder_cnn",
-            f"workload.dataset.path={tmp_path / 'images'}",
-            "partition.kind=iid",
-            "fl.rounds=1",
-        ]
-    )
-    spec = build_spec(cfg, conf_dir())
+    spec = _image_folder_spec(tmp_path / "images", {"a": 10, "b": 100}, broken="a/broken.png")
 
     # Execute / Assert
     with pytest.raises(ConfigError, match=r"^workload\.dataset: cannot read image .*broken\.png"):
