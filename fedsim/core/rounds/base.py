@@ -176,9 +176,10 @@ class Federation:
         self._utility: dict[int, float] = {}
         self._duration: dict[int, float] = {}
         self._rate: dict[int, float] = {}
-        # Each device's latest fit task and the examples it asked for (samples x epochs): an
-        # update may claim no more. One per device, as a device trains one task at a time.
-        self._asked: dict[int, tuple[str, int]] = {}
+        # Each device's latest fit task, whose samples x epochs an update may claim no more
+        # than. One per device, as a device trains one task at a time; the task itself, which
+        # its run holds anyway, rather than a tuple of its own a device.
+        self._asked: dict[int, Task] = {}
         # The settings the fit tasks of one round carry: (round, rule, settings).
         self._fit_config: tuple[int, Strategy, Mapping[str, Any]] | None = None
         # The fit instruction made last: the next task shares it when it would be equal (the
@@ -281,7 +282,7 @@ class Federation:
                 sink=sink,
             )
         task = Task(id=task_id or f"r{rnd}-d{dev}", device=dev, ins=ins)
-        self._asked[dev] = (task.id, samples * cfg.local_epochs)
+        self._asked[dev] = task
         return task
 
     # -- collecting and checking results ----------------------------------------------------
@@ -334,10 +335,11 @@ class Federation:
         if update is None:
             return "no update"
         asked = self._asked.get(r.device)
-        if asked is None or asked[0] != r.task_id:
+        if asked is None or asked.id != r.task_id or not isinstance(asked.ins, FitIns):
             return f"task {r.task_id} is not the device's current fit task"
         del self._asked[r.device]
-        reason = check_count(update.num_examples, asked[1]) or check_metrics(update.metrics)
+        examples = asked.ins.samples * asked.ins.epochs
+        reason = check_count(update.num_examples, examples) or check_metrics(update.metrics)
         if reason is not None:
             return reason
         if update.parameters is None or reference is None:
