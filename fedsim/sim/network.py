@@ -356,7 +356,10 @@ class FlowNetwork(FlowNetworkBase):
         latency: Mapping[Hashable, float] | None = None,
     ):
         super().__init__(env, capacity=capacity, latency=latency)
+        # Bundles by path, and those of flows with a cap of their own by (path, cap): a key
+        # tuple a bundle fewer in the common case (a million devices in flight: 56 MB).
         self._bundles: dict[tuple, _Bundle] = {}
+        self._capped: dict[tuple, _Bundle] = {}
         # Bundles per link in use: the bundle itself while it is the only one (most links are a
         # device's own, so a fleet holds no container per link), else a dict of them. A dict
         # rather than a set: the order in which bundles are placed decides the order of
@@ -396,7 +399,7 @@ class FlowNetwork(FlowNetworkBase):
         callback (a debug view, O(N))."""
         return {
             (f.done if f.done is not None else f.then): b.cls.rate
-            for b in self._bundles.values()
+            for b in [*self._bundles.values(), *self._capped.values()]
             if b.cls is not None
             for f in b.flows
         }
@@ -406,11 +409,14 @@ class FlowNetwork(FlowNetworkBase):
         if flow.nbytes > self._largest:  # every route's _ready entry counts with it
             self._largest = flow.nbytes
             self._moved.update(dict.fromkeys(self._routes.values()))
-        key = (flow.path, flow.cap)
-        bundle = self._bundles.get(key)
+        if flow.cap == math.inf:
+            table, key = self._bundles, flow.path
+        else:
+            table, key = self._capped, (flow.path, flow.cap)
+        bundle = table.get(key)
         dirty: dict[_Bundle, None] = {}
         if bundle is None:
-            bundle = self._bundles[key] = _Bundle(flow.path, flow.cap)
+            bundle = table[key] = _Bundle(flow.path, flow.cap)
             for link in flow.path:
                 users = self._users.get(link)
                 if users is None:
@@ -470,7 +476,10 @@ class FlowNetwork(FlowNetworkBase):
                 self._touched[cls] = None
         for bundle in list(dirty):
             if bundle.n == 0:
-                del self._bundles[(bundle.path, bundle.cap)]
+                if bundle.cap == math.inf:
+                    del self._bundles[bundle.path]
+                else:
+                    del self._capped[(bundle.path, bundle.cap)]
                 for link in bundle.path:
                     users = self._users[link]
                     if isinstance(users, _Bundle):  # this bundle, the link's only user
