@@ -228,6 +228,7 @@ class _Route:
 
     __slots__ = (
         "bound",
+        "by_cap",
         "classes",
         "due_id",
         "full",
@@ -252,6 +253,7 @@ class _Route:
         self.seq = seq  # routes are drained in the order they were made
         self.due_id = 0  # id of its live entries in the network's due heaps; -1 once gone
         self.tree: CapTree[_Class] = CapTree()
+        self.by_cap: dict[float, _Class] = {}  # its classes, by their cap
         self.classes = 0
         self.bound = 0  # classes at the level, on this route's clock
         self.level = math.inf
@@ -282,7 +284,7 @@ class _Component:
 
 
 class _Class:
-    """Bundles with the same shared links and cap; ``key`` is (frozenset of links, cap).
+    """Bundles with the same shared links (its route's) and cap.
 
     A bound class (cap >= its route's level) reads its clock as the route's plus ``offset``;
     a capped one as ``x0 + cap x (now - t0)``.
@@ -294,7 +296,6 @@ class _Class:
         "cap",
         "entry",
         "heap",
-        "key",
         "offset",
         "route",
         "t0",
@@ -302,9 +303,8 @@ class _Class:
         "x0",
     )
 
-    def __init__(self, key: tuple[frozenset, float], route: _Route, now: float):
-        self.key = key
-        self.cap = key[1]
+    def __init__(self, route: _Route, cap: float, now: float):
+        self.cap = cap
         self.route = route
         self.heap: list[tuple[float, int, _Bundle]] = []  # (bundle's next finish, entry id)
         self.bundles = 0
@@ -365,7 +365,7 @@ class FlowNetwork(FlowNetworkBase):
         # rather than a set: the order in which bundles are placed decides the order of
         # same-instant completions, so it must not depend on object ids.
         self._users: dict[Hashable, _Bundle | dict[_Bundle, None]] = {}
-        self._classes: dict[tuple, _Class] = {}
+        self._classes = 0  # classes of every route (each route finds its own by cap)
         self._routes: dict[frozenset, _Route] = {}
         self._link_routes: dict[Hashable, dict[_Route, None]] = {}  # routes per shared link
         # Shared links whose routes' levels must be redone; a dict, so that a fill goes through
@@ -559,14 +559,15 @@ class FlowNetwork(FlowNetworkBase):
                 shared.append(link)
             else:
                 cap = min(cap, self._capacity[link] / bundle.n)
-        key = (frozenset(shared), cap)
+        links = frozenset(shared)
         cls = bundle.cls
-        if cls is None or cls.key != key:
+        if cls is None or cls.cap != cap or cls.route.shared != links:
             clock = self._bundle_clock(bundle, now)
             self._detach(bundle)
-            cls = self._classes.get(key)
+            route = self._routes.get(links)
+            cls = None if route is None else route.by_cap.get(cap)
             if cls is None:  # made with the bundle's flows: one walk down its tree, not two
-                cls = self._new_class(key, tuple(shared), now, bundle.n)
+                cls = self._new_class(links, cap, tuple(shared), now, bundle.n)
                 bundle.counted = bundle.n
             bundle.cls = cls
             cls.bundles += 1
@@ -581,17 +582,16 @@ class FlowNetwork(FlowNetworkBase):
         self._touched[cls] = None
 
     def _new_class(
-        self, key: tuple[frozenset, float], links: tuple, now: float, weight: int
+        self, shared: frozenset, cap: float, links: tuple, now: float, weight: int
     ) -> _Class:
-        route = self._routes.get(key[0])
+        route = self._routes.get(shared)
         if route is None:
-            route = self._routes[key[0]] = _Route(links, now, next(self._ids))
+            route = self._routes[shared] = _Route(links, now, next(self._ids))
             for link in route.links:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
-        else:  # the route's set of links, not one more per class
-            key = (route.shared, key[1])
-        cls = self._classes[key] = _Class(key, route, now)
+        cls = route.by_cap[cap] = _Class(route, cap, now)
+        self._classes += 1
         cls.weight = weight
         route.tree.insert(cls.cap, weight, cls)
         self._reload(route)
@@ -614,7 +614,8 @@ class FlowNetwork(FlowNetworkBase):
             self._reload(route)
             self._touched[cls] = None
             return
-        del self._classes[cls.key]
+        del route.by_cap[cls.cap]
+        self._classes -= 1
         self._touched.pop(cls, None)
         cls.entry = -1
         route.tree.remove(cls.cap)
@@ -891,7 +892,7 @@ class FlowNetwork(FlowNetworkBase):
         earlier is the route's _ready time, before which no wake-up can find it due.
         """
         soonest = math.inf
-        timed = self._timed = self._live(self._timed, len(self._classes))
+        timed = self._timed = self._live(self._timed, self._classes)
         if timed:
             soonest = timed[0][0]
         due, ready, ids = self._due, self._ready, self._ids
