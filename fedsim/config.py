@@ -120,7 +120,12 @@ def compose_job(config: Mapping[str, Any]) -> DictConfig:
         base = compose([f"+experiment={name}"] if known else [])
         merged = OmegaConf.merge(base, OmegaConf.create(dict(config)))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {getattr(e, 'msg', None) or e}") from None
+        # OmegaConf's message goes on with lines of its own (full_key, reference_type,
+        # object_type); the key and the first line say it all, in one line.
+        key = getattr(e, "full_key", "") or ""
+        text = str(getattr(e, "msg", None) or e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise ConfigError(f"config{'.' + key if key else ''}: {first}") from None
     # Merging onto a DictConfig gives a DictConfig; OmegaConf's annotation allows a ListConfig.
     assert isinstance(merged, DictConfig)
     return merged

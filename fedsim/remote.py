@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from fedsim.config import ConfigError
 from fedsim.core.events import EVENTS_FILE
-from fedsim.core.results import FEDERATED, WALL_TIME_KEY, RoundRow, RunResult
+from fedsim.core.results import FEDERATED, WALL_TIME_KEY, RoundRow, RunResult, to_target
 from fedsim.real.protocol import Paths, path
 from fedsim.spec import ExperimentSpec
 
@@ -149,6 +149,7 @@ def _result(spec: ExperimentSpec, job: dict[str, Any], events: Path | None) -> R
     """The finished ``job`` as a run result: its rounds, and its events when fetched."""
     rows = [RoundRow(**r) for r in job.get("rounds", [])]
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
+    round_to_target, time_to_target = to_target(rows, spec.fl.target_accuracy)
     summary = {
         "experiment": spec.name,
         "kind": FEDERATED,
@@ -167,6 +168,9 @@ def _result(spec: ExperimentSpec, job: dict[str, Any], events: Path | None) -> R
         WALL_TIME_KEY: rows[-1].finished_s if rows else None,
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
+        "target_accuracy": spec.fl.target_accuracy,
+        "round_to_target": round_to_target,
+        "time_to_target_s": time_to_target,
         "results_on_server": job.get("results"),
         "topology": spec.topology.name,
         "server": spec.topology.server,

@@ -14,7 +14,7 @@ from fedsim.core.critical_path import critical_path
 from fedsim.core.events import Event, EventKind
 from fedsim.core.results import TIME_FIELDS
 from fedsim.core.rounds.base import NO_RESULT
-from fedsim.pipeline import _with_emulation, predict, prediction_spec, run, run_and_write
+from fedsim.pipeline import Jobs, _with_emulation, predict, prediction_spec, run, run_and_write
 from fedsim.runtimes import runtime
 from fedsim.scenarios import Hooks
 
@@ -511,3 +511,27 @@ def as_events(frame: pd.DataFrame) -> list[Event]:
         )
         for r in frame.itertuples()
     ]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"fl": {"rounds": "many"}},
+            "config.fl.rounds: Value 'many' of type 'str' could not be converted to Integer",
+        ),
+        ({"fl": {"roundz": 1}}, "config.fl.roundz: Key 'roundz' not in 'FLConf'"),
+        ({"bogus": 1}, "config.bogus: Key 'bogus' not in 'Config'"),
+    ],
+)
+def test_a_jobs_config_off_the_schema_is_refused_in_one_line_naming_the_key(config, message):
+    # Prepare: what POST /api/v1/jobs hands the server's job runner.
+    job = {"experiment": {"name": "fl_digits"}, **config}
+
+    # Execute
+    with pytest.raises(ConfigError) as refused:
+        Jobs().prepare("federated", job)
+
+    # Assert: the server answered 422 with OmegaConf's full_key, reference_type and
+    # object_type lines after the message.
+    assert str(refused.value) == message

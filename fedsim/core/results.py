@@ -151,6 +151,17 @@ class RoundRow(TimeSplit):
     device_train_cpu_s: float | None = None
 
 
+def to_target(rows: Sequence[RoundRow], target: float | None) -> tuple[int | None, float | None]:
+    """The first round whose accuracy reaches ``target``, and when it finished; Nones when
+    none does or there is no target."""
+    if target is None:
+        return None, None
+    for row in rows:
+        if row.accuracy is not None and row.accuracy >= target:
+            return row.round, row.finished_s
+    return None, None
+
+
 COMPARISON = "comparison"
 
 

@@ -69,14 +69,18 @@ def build_config(
         raise ValueError("a client certificate needs both cert_file and key_file")
     files = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
     settings = {name: str(value) for name, value in files.items() if value is not None}
-    tls = {"tls_config": settings} if settings else {}
+
+    def tls() -> dict[str, dict[str, str]]:
+        # A copy for each place: one dict in two places would be written as a YAML anchor
+        # and an alias to it (&id001, *id001), which a reader of the file resolves by hand.
+        return {"tls_config": dict(settings)} if settings else {}
 
     server_job = {
         "job_name": SERVER_JOB,
         "scheme": parts.scheme,
         "metrics_path": f"{prefix}/metrics",
         "static_configs": [{"targets": [address], "labels": {"fedsim_role": "server"}}],
-        **tls,
+        **tls(),
     }
     devices_job = {
         "job_name": DEVICES_JOB,
@@ -85,7 +89,7 @@ def build_config(
                 "url": f"{base}{Paths.SD_TARGETS}",
                 "refresh_interval": sd_refresh_interval,
                 "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-                **tls,
+                **tls(),
             }
         ],
         # The discovered labels are target labels already and so kept on every series; these

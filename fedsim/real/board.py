@@ -103,11 +103,23 @@ class TaskBoard:
             self._queues.setdefault(task.device, deque()).append(task.id)
         self._wake(task.device)
 
-    def cancel(self, task_id: str) -> None:
+    def cancel(self, task_id: str, reason: str | None = None) -> None:
+        """Cancel the task if it is unfinished: a result for it is refused from now on. With
+        a ``reason``, the coordinator waiting on its channel is told so, as the task's error,
+        rather than waiting for a result that will not come (its round's deadline, or for
+        ever without one)."""
         with self._lock:
             task = self._tasks.get(task_id)
-            if task is not None and task.state in (TaskState.QUEUED, TaskState.TAKEN):
-                task.state = TaskState.CANCELLED
+            if task is None or task.state not in (TaskState.QUEUED, TaskState.TAKEN):
+                return
+            task.state = TaskState.CANCELLED
+            if reason is None:
+                return
+            channel = self._outcomes.setdefault(task.channel, queue.Queue())
+            outcome = Outcome(
+                task_id=task_id, device=task.device, received_at=self.clock(), error=reason
+            )
+        channel.put(outcome)
 
     def abandon(self, device: int) -> list[str]:
         """Forget every unfinished task of ``device``, which went away (an outage): the tasks

@@ -142,7 +142,7 @@ class JobManager(Jobs):
             job.stop.set()
             for task in self.stores.board.pending():
                 if task.id.startswith(f"{job.id}:"):
-                    self.stores.board.cancel(task.id)
+                    self.stores.board.cancel(task.id, reason=f"job {job.id} was cancelled")
         return job.view()
 
     def _run(self, job: _Job, prepared: PreparedJob) -> None:

@@ -29,6 +29,7 @@ from fedsim.core.results import (
     RoundRow,
     RunResult,
     time_fields,
+    to_target,
 )
 from fedsim.core.runtime import Cost, ModelRef
 from fedsim.core.scheduling import Reliability
@@ -376,15 +377,6 @@ class _RoundRows:
         fresh.clear()
 
 
-def _to_target(rows: list[RoundRow], target: float | None) -> tuple[int | None, float | None]:
-    if target is None:
-        return None, None
-    for row in rows:
-        if row.accuracy is not None and row.accuracy >= target:
-            return row.round, row.finished_s
-    return None, None
-
-
 def _summary(
     spec: ExperimentSpec,
     made: _RoundRows,
@@ -398,7 +390,7 @@ def _summary(
 ) -> dict[str, Any]:
     fl, workload, rows = spec.fl, spec.workload, made.rows
     accuracies = [r.accuracy for r in rows if r.accuracy is not None]
-    round_to_target, time_to_target = _to_target(rows, fl.target_accuracy)
+    round_to_target, time_to_target = to_target(rows, fl.target_accuracy)
     return {
         "experiment": spec.name,
         "kind": FEDERATED,

@@ -43,17 +43,10 @@ class RepositoryRecorder:
         self.version = repository.add_version(name, encode(initial)).version
 
     def record(self, report: RoundReport, parameters: NDArrays | None) -> None:
-        # An asynchronous aggregation may hold two updates of one fast device; the deployment
-        # names each device once.
-        devices = list(dict.fromkeys(report.selected))
-        deployment = self.repository.create_deployment(self.name, self.version, devices)
-        arrived = set(report.completed) | set(report.rejected)
-        changes: list[tuple[int, DeploymentState]] = []
-        for device in devices:
-            # Every selected device was sent the version; those that answered had it.
-            final = DeploymentState.DEPLOYED if device in arrived else DeploymentState.FAILED
-            changes += [(device, DeploymentState.DOWNLOADING), (device, final)]
-        self.repository.set_deployment_states(deployment.id, changes)
+        # A round that found no device to select (none online, on a server) sent the version
+        # nowhere: it has no deployment to record, and the repository refuses an empty one.
+        if report.selected:
+            self._deployment(report)
         if report.aggregated and parameters is not None:
             metrics = {k: float(v) for k, v in report.metrics.items()}
             if report.train_loss is not None:
@@ -66,3 +59,16 @@ class RepositoryRecorder:
                 metrics=metrics,
             )
             self.version = info.version
+
+    def _deployment(self, report: RoundReport) -> None:
+        # An asynchronous aggregation may hold two updates of one fast device; the deployment
+        # names each device once.
+        devices = list(dict.fromkeys(report.selected))
+        deployment = self.repository.create_deployment(self.name, self.version, devices)
+        arrived = set(report.completed) | set(report.rejected)
+        changes: list[tuple[int, DeploymentState]] = []
+        for device in devices:
+            # Every selected device was sent the version; those that answered had it.
+            final = DeploymentState.DEPLOYED if device in arrived else DeploymentState.FAILED
+            changes += [(device, DeploymentState.DOWNLOADING), (device, final)]
+        self.repository.set_deployment_states(deployment.id, changes)

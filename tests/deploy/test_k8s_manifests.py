@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
 
@@ -339,7 +340,8 @@ def test_agent_data_on_the_node_is_mounted_read_only_and_parses(tmp_path, monkey
     from fedsim.real.agent.cli import parse_config
 
     shard = tmp_path / "shard.npz"
-    shard.write_bytes(b"")  # the agent reads it only when a task comes
+    # The agent checks at start that the file holds arrays X and y.
+    np.savez(shard, X=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2, np.int64))
     out = generate(tmp_path / "out", "--topology", "keti_testbed", "--agent-data", str(shard))
     monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "t")
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fedsim.monitor.cli import build_parser, main
-from fedsim.monitor.prometheus_config import build_config, check_duration
+from fedsim.monitor.prometheus_config import build_config, check_duration, render
 
 PROMTOOL = shutil.which("promtool")
 
@@ -76,6 +76,25 @@ def test_a_client_certificate_for_a_server_requiring_mutual_tls(token_file):
     assert job(config, "fedsim-devices")["http_sd_configs"][0]["tls_config"] == tls
     with pytest.raises(ValueError, match="cert_file and key_file"):
         build_config(server="https://h:1", token_file=token_file, cert_file="c.pem")
+
+
+def test_the_tls_settings_are_written_out_in_each_job(token_file):
+    # Prepare
+    config = build_config(
+        server="https://fl.example:8443",
+        token_file=token_file,
+        ca_file="pki/ca.pem",
+        cert_file="pki/prometheus.pem",
+        key_file="pki/prometheus.key",
+    )
+
+    # Execute
+    text = render(config)
+
+    # Assert: spelled out twice, not as a YAML anchor and an alias to it.
+    assert text.count("ca_file: pki/ca.pem") == 2
+    assert "&id" not in text and "*id" not in text
+    assert yaml.safe_load(text) == config
 
 
 @pytest.mark.parametrize("server", ["fl.example:8080", "ftp://fl.example", "http://h:port"])

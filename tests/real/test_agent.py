@@ -545,7 +545,7 @@ async def test_a_calibration_request_for_a_model_outside_the_plugins_is_refused(
     # Assert: nothing measured or reported, and the reason names the missing --plugin.
     assert server.profiles == []
     assert f"calibration of {BYO_MODEL} not reported" in caplog.text
-    assert "no --plugin" in caplog.text
+    assert "this agent has no --plugin" in caplog.text
 
 
 # -- fit tasks ----------------------------------------------------------------------------

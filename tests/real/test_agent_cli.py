@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedsim.real.agent import cli
@@ -67,7 +68,7 @@ def test_options_become_the_agent_config(tmp_path, monkeypatch):
     # Prepare
     monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "from-env")
     data = tmp_path / "shard.npz"
-    data.write_bytes(b"")
+    np.savez(data, X=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2, np.int64))
     argv = [
         "--server", URL, "--device-id", "4", "--description", "pi", "--group", "2",
         "--id-in-group", "1", "--profile", "rpi4", "--label", "site=lab", "--label", "rack=3",
@@ -159,6 +160,8 @@ def test_synthetic_data_needs_no_file(tmp_path):
         (["--server", URL, "--label", "no-value"], "--label"),
         (["--server", URL, "--data", "synthetic:0"], "synthetic:N"),
         (["--server", URL, "--data", "/no/such/shard.npz"], "no such file"),
+        (["--server", URL, "--data", "NOT_NPZ"], "not an .npz archive"),
+        (["--server", URL, "--data", "NPZ_WITHOUT_Y"], "no array y (needs X and y)"),
         (["--server", URL, "--threads", "0"], "--threads"),
         (["--server", URL, "--log-level", "loud"], "--log-level"),
         (["--server", URL, "--insecure", "--cafile", "CAFILE"], "--insecure"),
@@ -188,7 +191,12 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):
     # Prepare
     cafile = tmp_path / "ca.pem"
     cafile.write_text("")
-    argv = [str(cafile) if a == "CAFILE" else a for a in args]
+    not_npz = tmp_path / "text.npz"
+    not_npz.write_text("X,y\n0.5,3\n")
+    without_y = tmp_path / "x-only.npz"
+    np.savez(without_y, X=np.zeros((2, 1, 8, 8), np.float32))
+    files = {"CAFILE": cafile, "NOT_NPZ": not_npz, "NPZ_WITHOUT_Y": without_y}
+    argv = [str(files[a]) if a in files else a for a in args]
     argv += ["--token", "t", "--state-dir", str(tmp_path)]
 
     # Execute

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,11 @@ def test_a_model_outside_the_agents_plugins_is_refused(model, plugins, monkeypat
         plugins=plugins,
     )
 
-    # Execute / Assert
-    with pytest.raises(TaskError, match=r"not one of the zoo's .* nor defined under this agent's"):
+    # Execute / Assert: the reason names the agent's --plugin paths, or says it has none.
+    where = "has no --plugin"
+    if plugins:
+        where = f"nor defined under this agent's --plugin {plugins[0]}"
+    with pytest.raises(TaskError, match=rf"not one of the zoo's .* {re.escape(where)}"):
         trainers.get({"model": model, "num_classes": 4, "input_size": 8})
 
 

@@ -191,6 +191,28 @@ def test_an_agent_registers_with_its_certificate_and_not_without(pki, server, tm
     assert any("device 1's path with the client certificate of 'device-7'" in m for m in messages)
 
 
+@pytest.mark.parametrize("cert", ["other-ca", "expired"])
+def test_an_agent_whose_certificate_is_refused_is_told_what_that_looks_like(
+    pki, server, tmp_path, cert
+):
+    # Prepare
+    files = ["--cert", str(pki / f"{cert}.pem"), "--key", str(pki / f"{cert}.key")]
+
+    # Execute: it retries within a second at first; a few tries are enough.
+    proc = agent(pki, server, tmp_path / "agent", *files, "--device-id", "1")
+    try:
+        time.sleep(4)
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=30)[0]
+
+    # Assert: the server reset the connection of a certificate another CA signed, and the
+    # agent logged "[Errno 104] Connection reset by peer" alone, without the hint that a
+    # missing certificate got.
+    assert "failed (" in log and "a server requiring mutual TLS disconnects clients" in log, log
+    assert not (tmp_path / "agent" / "device.json").exists()
+
+
 def test_a_real_mode_job_runs_over_mutual_tls(tmp_path):
     # Execute
     proc = subprocess.run(

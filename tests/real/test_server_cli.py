@@ -277,3 +277,20 @@ def test_the_command_refuses_bad_tls_files_before_serving(tmp_path, capsys, monk
     assert "client_ca_file (mutual TLS) needs cert_file" in without_cert_err
     assert "no such file" in missing_err and "nope.pem" in missing_err
     assert not_a_ca_err.startswith("fedsim server: error: TLS:")
+
+
+def test_the_command_refuses_a_data_dir_that_is_a_file(tmp_path, capsys, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "e")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a directory")
+
+    # Execute
+    status = main(["--data-dir", str(a_file), "--port", "0"])
+
+    # Assert: the error named the option, not only "[Errno 17] File exists: '...notes.txt'".
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == f"fedsim server: error: --data-dir {a_file}: not a directory\n"
+    assert a_file.read_text() == "not a directory"

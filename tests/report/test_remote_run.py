@@ -100,6 +100,23 @@ def test_a_remote_run_prints_its_outcome_formatted(finished_job, tmp_path: Path)
     assert "4 aggregated, 1 failed; 3 updates lost" in text
 
 
+def test_a_remote_run_says_when_it_reached_the_target_accuracy(finished_job, tmp_path: Path):
+    # Prepare: fl_digits aims at 90 %; the job's round 5, ending at 50 s, is the first there.
+    spec = remote_spec()
+    assert spec.fl.target_accuracy == 0.9
+
+    # Execute
+    result = run_remote(spec, tmp_path, poll_s=0, progress=False)
+
+    # Assert: a job on a server that reached 91.6 % printed "time to target —", as if the
+    # run had no target, and summary.json had none of the three keys a run here writes.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["target_accuracy"] == 0.9
+    assert summary["round_to_target"] == 5
+    assert summary["time_to_target_s"] == pytest.approx(50.0)
+    assert "time to target   50.0 s (90.0 % in round 5)" in console(result)
+
+
 def test_a_remote_run_without_the_jobs_events_still_writes_its_rounds(
     finished_job, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):

@@ -69,3 +69,23 @@ def test_an_async_aggregation_with_two_updates_from_one_device_deploys_to_it_onc
         [deployment] = repository.list_deployments("m")
     assert sorted(deployment.devices) == [3, 4, 8]
     assert set(deployment.devices.values()) == {DeploymentState.DEPLOYED}
+
+
+def test_a_round_that_selected_no_device_records_no_deployment(tmp_path: Path):
+    # Prepare: a job on a server whose only client was not online when the round began.
+    initial = {"w": np.zeros(3, dtype=np.float32)}
+    nobody = RoundReport(
+        round=0, started=0.0, finished=0.0, selected=(), completed=(), aggregated=False
+    )
+    with SqliteRepository(tmp_path) as repository:
+        recorder = RepositoryRecorder(repository, name="m", architecture="m", initial=initial)
+
+        # Execute: the job failed here, "ValueError: a deployment needs at least one device".
+        recorder.record(nobody, None)
+        recorder.record(_round(1), {"w": np.ones(3, dtype=np.float32)})
+
+        # Assert: the empty round left nothing; the next one is recorded as usual.
+        deployments = repository.list_deployments("m")
+        versions = repository.list_versions("m")
+    assert [d.devices for d in deployments] == [{1: "deployed", 2: "deployed"}]
+    assert len(versions) == 2 and recorder.version == versions[-1].version

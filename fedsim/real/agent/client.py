@@ -15,6 +15,7 @@ retried (the same request would fetch the same bytes again).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -265,9 +266,11 @@ def _message(payload: bytes) -> str:
 
 def _describe(e: BaseException, url: str) -> str:
     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    if isinstance(e, aiohttp.ServerDisconnectedError) and url.startswith("https:"):
-        # What a refused client certificate looks like from here: the server closes the
-        # connection in the handshake without saying why (TLS 1.3 reports it only then).
+    # What a refused client certificate looks like from here: the server closes the
+    # connection in the handshake without saying why (TLS 1.3 reports it only then), seen
+    # as a disconnection without a certificate, as a reset with one another CA signed.
+    reset = isinstance(e, aiohttp.ClientOSError) and e.errno == errno.ECONNRESET
+    if (isinstance(e, aiohttp.ServerDisconnectedError) or reset) and url.startswith("https:"):
         text += (
             "; a server requiring mutual TLS disconnects clients without a certificate it "
             "accepts (--cert, --key)"

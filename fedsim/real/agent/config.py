@@ -7,6 +7,7 @@ its help) without loading either.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,20 @@ def parse_data_spec(text: str) -> DataSpec:
             raise ValueError(f"--data {text!r}: a file must be an .npz with arrays X and y")
         return DataSpec(kind="npz", path=path)
     raise ValueError(f"--data {text!r}: no such file or directory")
+
+
+def check_npz(text: str, path: Path) -> None:
+    """``ValueError`` naming ``--data``'s ``text`` unless ``path`` is an .npz archive holding
+    arrays ``X`` and ``y``: read from the archive's directory, not the arrays, so that a wrong
+    file stops the agent at its start rather than failing every task it is given."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--data {text!r}: not an .npz archive ({e})") from None
+    missing = [k for k in ("X", "y") if f"{k}.npy" not in names]
+    if missing:
+        raise ValueError(f"--data {text!r}: no array {' or '.join(missing)} (needs X and y)")
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -181,7 +196,9 @@ class AgentConfig:
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.data is not None:
-            parse_data_spec(self.data)
+            spec = parse_data_spec(self.data)
+            if spec.kind == "npz" and spec.path is not None:
+                check_npz(self.data, spec.path)
         for plugin in self.plugins:
             if not all(part.isidentifier() for part in plugin.split(".")):
                 raise ValueError(f"--plugin {plugin!r}: expected an import path, e.g. mypkg")

@@ -140,10 +140,14 @@ def check_model_allowed(model_name: str, plugins: tuple[str, ...]) -> None:
         module = str(getattr(found, "__module__", None) or "")
         if any(module == p or module.startswith(p + ".") for p in under):
             return
-    allowed = f"--plugin {', '.join(plugins)}" if plugins else "no --plugin"
+    elsewhere = (
+        f"nor defined under this agent's --plugin {', '.join(plugins)}"
+        if plugins
+        else "and this agent has no --plugin to build others from"
+    )
     raise TaskError(
         f"the task's model {model_name[:200]!r} is not one of the zoo's "
-        f"({', '.join(sorted(MODELS))}) nor defined under this agent's {allowed}"
+        f"({', '.join(sorted(MODELS))}) {elsewhere}"
     )
 
 

@@ -212,6 +212,8 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
     for path in (config.cert_file, config.key_file, config.client_ca_file):
         if path is not None and not path.is_file():
             return _error(f"no such file: {path}")
+    if Path(config.data_dir).exists() and not Path(config.data_dir).is_dir():
+        return _error(f"--data-dir {config.data_dir}: not a directory")
     try:
         ssl_context = config.ssl_context()  # a bad certificate or key: said before serving
     except (OSError, ssl.SSLError) as e:
