@@ -513,6 +513,29 @@ def as_events(frame: pd.DataFrame) -> list[Event]:
     ]
 
 
+def test_a_job_naming_code_the_server_does_not_allow_is_refused_before_it_runs(tmp_path):
+    # Prepare: a server as fedsim server starts it (no --plugin), and a job whose selection
+    # policy is os.system: it ran the command, then was refused for its result's type.
+    from fedsim.core.plugins import restrict
+
+    mark = tmp_path / "ran"
+    job = {
+        "experiment": {"name": "fl_digits"},
+        "fl": {"selection": {"_target_": "os.system", "command": f"touch {mark}"}},
+    }
+    restrict([])
+    try:
+        # Execute
+        with pytest.raises(ConfigError) as refused:
+            Jobs().prepare("federated", job)
+    finally:
+        restrict(None)
+
+    # Assert
+    assert "fl.selection: os.system is not a plug-in this server loads" in str(refused.value)
+    assert not mark.exists()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

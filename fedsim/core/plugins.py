@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 TARGET = "_target_"
+
+# The import paths this process may load plug-ins from (see restrict); None: any.
+_allowed: tuple[str, ...] | None = None
 
 
 class PluginError(ValueError):
@@ -40,11 +43,32 @@ def split_target(where: str, node: Mapping[Any, Any]) -> tuple[str, dict[str, An
     return path, {str(k): v for k, v in node.items() if k != TARGET}
 
 
+def restrict(prefixes: Sequence[str] | None) -> None:
+    """From now on, load plug-ins in this process only from ``prefixes`` (modules or packages,
+    ``mypkg`` or ``mypkg.strategies``; empty: no plug-in at all; None: any, the default).
+    ``fedsim server`` calls it at start: a job's config comes over the network, and a plug-in
+    is code the server runs."""
+    global _allowed
+    _allowed = None if prefixes is None else tuple(prefixes)
+
+
+def allowed(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``path`` lies in one of ``prefixes`` (the prefix itself, or below it)."""
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
 def locate(where: str, path: str) -> Any:
     """The object ``path`` (``pkg.module.Name`` or ``pkg.module.Class.attr``) names."""
     parts = path.split(".")
     if not all(p.isidentifier() for p in parts):
         raise PluginError(f"{where}: {path!r} is not an import path (pkg.module.Name)")
+    if _allowed is not None and not allowed(path, _allowed):
+        # Refused before anything is imported: importing a module runs its code.
+        granted = ", ".join(_allowed) or "none"
+        raise PluginError(
+            f"{where}: {path} is not a plug-in this server loads (allowed: {granted}; "
+            "fedsim server --plugin MODULE allows one)"
+        )
     module = None
     for end in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:end])

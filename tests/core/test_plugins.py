@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.core.plugins import PluginError, build, locate, split_target
+from fedsim.core.plugins import PluginError, build, locate, restrict, split_target
 from fedsim.core.runtime import Update
 from fedsim.core.scheduling import DeviceView
 from fedsim.core.selection import AllSelection, SelectionPolicy, selection_from
@@ -61,6 +61,45 @@ def test_a_module_failing_to_import_is_reported_with_its_error(tmp_path, monkeyp
     # Execute / Assert
     with pytest.raises(PluginError, match=r"importing broken_pkg\.mod .* RuntimeError: no GPU"):
         locate("workload.model", "broken_pkg.mod.Net")
+
+
+@pytest.fixture
+def lifted():
+    """restrict() is process-wide: lifted again after the test, whatever happens."""
+    yield
+    restrict(None)
+
+
+def test_a_restricted_process_loads_plugins_only_from_allowed_modules(
+    tmp_path, monkeypatch, lifted
+):
+    # Prepare: two packages whose import leaves a mark; only one of them allowed.
+    for name in ("kept_pkg", "other_pkg"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(
+            f"import pathlib\npathlib.Path({str(tmp_path / name)!r} + '.imported').touch()\n"
+            "def make():\n    return 1\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    restrict(["kept_pkg"])
+
+    # Execute
+    made = locate("strategy", "kept_pkg.make")()
+    with pytest.raises(PluginError) as refused:
+        locate("fl.selection", "other_pkg.make")
+    with pytest.raises(PluginError, match=r"os\.system is not a plug-in this server loads"):
+        locate("fl.selection", "os.system")
+
+    # Assert: the allowed one loads; the other is refused by name before it is imported.
+    assert made == 1
+    assert str(refused.value) == (
+        "fl.selection: other_pkg.make is not a plug-in this server loads (allowed: kept_pkg; "
+        "fedsim server --plugin MODULE allows one)"
+    )
+    assert (tmp_path / "kept_pkg.imported").exists()
+    assert not (tmp_path / "other_pkg.imported").exists()
+    restrict(None)
+    assert locate("strategy", "other_pkg.make")() == 1
 
 
 def test_a_nested_attribute_is_found_as_hydra_finds_it():

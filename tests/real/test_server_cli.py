@@ -294,3 +294,20 @@ def test_the_command_refuses_a_data_dir_that_is_a_file(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert err == f"fedsim server: error: --data-dir {a_file}: not a directory\n"
     assert a_file.read_text() == "not a directory"
+
+
+def test_the_command_refuses_a_plugin_that_is_not_a_module_name(tmp_path, capsys, monkeypatch):
+    # Prepare
+    monkeypatch.setenv("FEDSIM_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("FEDSIM_ENROLLMENT_TOKEN", "e")
+
+    # Execute
+    status = main(["--data-dir", str(tmp_path / "data"), "--plugin", "my pkg/strategies"])
+
+    # Assert
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "fedsim server: error: --plugin 'my pkg/strategies': not a module name "
+        "(pkg or pkg.module)\n"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.cli_args import add_log_level
+from fedsim.core.plugins import restrict
 from fedsim.real.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -136,6 +137,15 @@ def parser() -> argparse.ArgumentParser:
         "by default service discovery lists only http(s) endpoints on the address a device "
         "registered from",
     )
+    p.add_argument(
+        "--plugin",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="a module or package whose classes and factories the experiments posted as jobs "
+        "may name by import path (_target_, docs/plugins.md); repeatable. By default a job may "
+        "name none: a plug-in is code this server runs",
+    )
     p.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); with --key, serve HTTPS")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument(
@@ -218,13 +228,20 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         ssl_context = config.ssl_context()  # a bad certificate or key: said before serving
     except (OSError, ssl.SSLError) as e:
         return _error(f"TLS: {e}")
+    bad = [m for m in args.plugin if not all(part.isidentifier() for part in m.split("."))]
+    if bad:
+        return _error(f"--plugin {bad[0]!r}: not a module name (pkg or pkg.module)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     from fedsim.real.server.app import run_server  # aiohttp loads only when serving
 
+    # A job names plug-ins in a config that comes over the network: only those allowed load.
+    restrict(args.plugin)
     try:
         run_server(config, ssl_context=ssl_context, **_served(config, runner))
     except OSError as e:  # the port is taken, the data directory is not writable, ...
         return _error(str(e))
+    finally:
+        restrict(None)
     return 0
 
 
