@@ -177,25 +177,24 @@ def build_spec(cfg: Any, profiles: Path | None = None) -> ExperimentSpec:
     if kind == "federated" and fl.attack.kind is not None:
         _check_attack(fl, clients)
     # The most updates a round brings each rule: in hierarchical rounds the cloud's combines
-    # one a group, and each group's those of its members.
-    most: tuple[int, str] = (len(clients), "clients")
-    in_group: tuple[int, str] | None = None
+    # one a group, and each group's those of its members (by `strategy` without a
+    # group_strategy).
+    cloud = [(len(clients), "clients")]
+    group: list[tuple[int, str]] = []
     if kind == "federated" and fl.hierarchical and clients:
         sizes = Counter(topology.devices[d].group for d in clients)
         smallest = min(sizes, key=lambda g: (sizes[g], g))
-        most = (len(sizes), "groups (fl.hierarchical)")
-        in_group = (sizes[smallest], f"clients in group {smallest} (fl.hierarchical)")
-    strategy = _strategy("strategy", cfg.strategy, most)
+        cloud = [(len(sizes), "groups (fl.hierarchical)")]
+        group = [(sizes[smallest], f"clients in group {smallest} (fl.hierarchical)")]
+    strategy = _strategy("strategy", cfg.strategy, *cloud, *([] if cfg.group_strategy else group))
     group_strategy = None
-    if cfg.group_strategy:  # empty: each group combines as `strategy` does
-        group_strategy = _strategy("group_strategy", cfg.group_strategy, in_group)
+    if cfg.group_strategy:
+        group_strategy = _strategy("group_strategy", cfg.group_strategy, *group)
         if kind == "federated" and not fl.hierarchical:
             raise ConfigError(
                 "group_strategy: only hierarchical rounds aggregate groups; "
                 "set fl.hierarchical=true"
             )
-    elif in_group is not None:
-        _strategy("strategy", cfg.strategy, in_group)
     partition: PartitionConf = _typed("partition", cfg.partition)
     if partition.kind not in PARTITIONS:
         raise ConfigError(
@@ -464,9 +463,9 @@ def _check_attack(fl: FLConf, clients: Sequence[int]) -> None:
         )
 
 
-def _strategy(where: str, node: Any, most: tuple[int, str] | None = None) -> dict[str, Any]:
-    """A strategy's config (``name`` and parameters), checked by building it once, and, with
-    ``most`` (a count and what it counts), against the most updates a round can bring it.
+def _strategy(where: str, node: Any, *most: tuple[int, str]) -> dict[str, Any]:
+    """A strategy's config (``name`` and parameters), checked by building it once, and against
+    each of ``most``: the most updates a round can bring it (a count, and what it counts).
 
     A user's strategy (``_target_``) is kept as ``name: its import path``, so that reports name
     it as they name a built-in and the scenario builds it from the same path.
@@ -490,11 +489,12 @@ def _strategy(where: str, node: Any, most: tuple[int, str] | None = None) -> dic
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
     least = built.min_updates()
-    if most is not None and least > most[0]:
-        raise ConfigError(
-            f"{where}: {built.name} needs at least {least} updates a round, and the run has "
-            f"{most[0]} {most[1]}"
-        )
+    for count, what in most:
+        if least > count:
+            raise ConfigError(
+                f"{where}: {built.name} needs at least {least} updates a round, and the run "
+                f"has {count} {what}"
+            )
     return c
 
 

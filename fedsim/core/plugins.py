@@ -28,6 +28,11 @@ class PluginError(ValueError):
     """A ``_target_`` that cannot be used; the message starts with the config field."""
 
 
+def is_dotted_name(text: str) -> bool:
+    """Whether ``text`` is a module path or import path: identifiers joined by dots."""
+    return all(part.isidentifier() for part in text.split("."))
+
+
 def is_import_path(name: str) -> bool:
     """Whether ``name`` is an import path (``pkg.module.Name``) rather than a built-in name."""
     return "." in name
@@ -59,9 +64,9 @@ def allowed(path: str, prefixes: Sequence[str]) -> bool:
 
 def locate(where: str, path: str) -> Any:
     """The object ``path`` (``pkg.module.Name`` or ``pkg.module.Class.attr``) names."""
-    parts = path.split(".")
-    if not all(p.isidentifier() for p in parts):
+    if not is_dotted_name(path):
         raise PluginError(f"{where}: {path!r} is not an import path (pkg.module.Name)")
+    parts = path.split(".")
     if _allowed is not None and not allowed(path, _allowed):
         # Refused before anything is imported: importing a module runs its code.
         granted = ", ".join(_allowed) or "none"

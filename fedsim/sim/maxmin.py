@@ -82,10 +82,7 @@ class NaiveFlowNetwork(FlowNetworkBase):
         return len(self._left)
 
     def rates(self) -> dict[object, float]:
-        return {
-            (flow.done if flow.done is not None else flow.then): rate
-            for flow, rate in self._rate.items()
-        }
+        return {flow.waiter(): rate for flow, rate in self._rate.items()}
 
     def _admit(self, flow: _Flow) -> None:
         self._advance()

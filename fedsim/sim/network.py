@@ -97,6 +97,10 @@ class _Flow:
     def __hash__(self) -> int:  # by identity, as without __lt__ (which mypyc's class drops it for)
         return id(self)
 
+    def waiter(self) -> object:
+        """What waits on the transfer: transfer()'s event, or send()'s callback."""
+        return self.done if self.done is not None else self.then
+
     def __lt__(self, other: _Flow) -> bool:
         return self.finish < other.finish or (self.finish == other.finish and self.seq < other.seq)
 
@@ -398,21 +402,24 @@ class FlowNetwork(FlowNetworkBase):
         """Current rate of each active flow, keyed by its transfer() event or its send()
         callback (a debug view, O(N))."""
         return {
-            (f.done if f.done is not None else f.then): b.cls.rate
+            f.waiter(): b.cls.rate
             for b in [*self._bundles.values(), *self._capped.values()]
             if b.cls is not None
             for f in b.flows
         }
+
+    def _table(self, path: tuple, cap: float) -> tuple[dict[tuple, _Bundle], tuple]:
+        """Where the bundle of ``path`` and ``cap`` is kept, and under which key."""
+        if cap == math.inf:
+            return self._bundles, path
+        return self._capped, (path, cap)
 
     def _admit(self, flow: _Flow) -> None:
         now = self.env.now
         if flow.nbytes > self._largest:  # every route's _ready entry counts with it
             self._largest = flow.nbytes
             self._moved.update(dict.fromkeys(self._routes.values()))
-        if flow.cap == math.inf:
-            table, key = self._bundles, flow.path
-        else:
-            table, key = self._capped, (flow.path, flow.cap)
+        table, key = self._table(flow.path, flow.cap)
         bundle = table.get(key)
         dirty: dict[_Bundle, None] = {}
         if bundle is None:
@@ -476,10 +483,8 @@ class FlowNetwork(FlowNetworkBase):
                 self._touched[cls] = None
         for bundle in list(dirty):
             if bundle.n == 0:
-                if bundle.cap == math.inf:
-                    del self._bundles[bundle.path]
-                else:
-                    del self._capped[(bundle.path, bundle.cap)]
+                table, key = self._table(bundle.path, bundle.cap)
+                del table[key]
                 for link in bundle.path:
                     users = self._users[link]
                     if isinstance(users, _Bundle):  # this bundle, the link's only user

@@ -656,6 +656,11 @@ class SimTransport(Transport):
             yield self.env.timeout(clock.next_period(self.env.now) - self.env.now)
 
 
+# What a _FitRun does next: one of its methods, called with the event that ended the wait
+# (None when its transfer called it back).
+_Step = Callable[["_FitRun", simpy.Event | None], None]
+
+
 class _FitRun:
     """A training task (download, training, upload) driven by callbacks rather than as a
     SimPy process: the same events, at the same times, as :meth:`SimTransport._task` makes
@@ -701,20 +706,16 @@ class _FitRun:
         # What to do when the event it waits for is processed: a function of the class, which
         # __call__ applies. The run itself is the event's callback, not a bound method made
         # per wait (64 bytes each, a device's while it waits).
-        self.step: Callable[[_FitRun, simpy.Event | None], None] = _FitRun._downloaded
+        self.step: _Step = _FitRun._downloaded
 
     def __call__(self, event: simpy.Event | None) -> None:
         self.step(self, event)
 
-    def _wait(
-        self, event: simpy.Event, step: Callable[[_FitRun, simpy.Event | None], None]
-    ) -> None:
+    def _wait(self, event: simpy.Event, step: _Step) -> None:
         self.step = step
         event.callbacks.append(self)
 
-    def _send(
-        self, src: int, dst: int, nbytes: int, then: Callable[[_FitRun, simpy.Event | None], None]
-    ) -> None:
+    def _send(self, src: int, dst: int, nbytes: int, then: _Step) -> None:
         t = self.transport
         self.begin = t.env.now
         path = t.topology.path(src, dst)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from fedsim.core.plugins import is_import_path
+from fedsim.core.plugins import allowed, is_dotted_name, is_import_path
 from fedsim.ml.spec import MODELS  # a table of names: loads no torch
 
 MAX_POLL_WAIT = 60  # the protocol caps a long poll's ``wait`` at 60 s
@@ -200,7 +200,7 @@ class AgentConfig:
             if spec.kind == "npz" and spec.path is not None:
                 check_npz(self.data, spec.path)
         for plugin in self.plugins:
-            if not all(part.isidentifier() for part in plugin.split(".")):
+            if not is_dotted_name(plugin):
                 raise ValueError(f"--plugin {plugin!r}: expected an import path, e.g. mypkg")
         for option, value in (
             ("--calibrate-input-size", self.calibrate_input_size),
@@ -225,11 +225,11 @@ class AgentConfig:
                 f"--calibrate-model {model!r}: not a model of the zoo ({zoo}) nor an import "
                 "path under a --plugin"
             )
-        if not any(model == p or model.startswith(p + ".") for p in self.plugins):
-            allowed = ", ".join(self.plugins) or "none given"
+        if not allowed(model, self.plugins):
+            given = ", ".join(self.plugins) or "none given"
             raise ValueError(
                 f"--calibrate-model {model!r}: not under this agent's --plugin paths "
-                f"({allowed}); the agent imports no other code"
+                f"({given}); the agent imports no other code"
             )
         if self.calibrate_input_size is None or self.calibrate_num_classes is None:
             raise ValueError(

@@ -126,7 +126,7 @@ def check_model_allowed(model_name: str, plugins: tuple[str, ...]) -> None:
     names an object defined under it (so ``mypkg.models.os.system``, reached through a module
     ``mypkg`` imports, is not), with no part starting with ``_``.
     """
-    from fedsim.core.plugins import PluginError, locate
+    from fedsim.core.plugins import PluginError, allowed, locate
     from fedsim.ml.spec import MODELS
 
     if model_name in MODELS or model_name in plugins:
@@ -138,7 +138,7 @@ def check_model_allowed(model_name: str, plugins: tuple[str, ...]) -> None:
         except PluginError as e:
             raise TaskError(str(e)) from None
         module = str(getattr(found, "__module__", None) or "")
-        if any(module == p or module.startswith(p + ".") for p in under):
+        if allowed(module, under):
             return
     elsewhere = (
         f"nor defined under this agent's --plugin {', '.join(plugins)}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.cli_args import add_log_level
-from fedsim.core.plugins import restrict
+from fedsim.core.plugins import is_dotted_name, restrict
 from fedsim.real.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def main(argv: list[str], runner: JobRunner | None = None) -> int:
         ssl_context = config.ssl_context()  # a bad certificate or key: said before serving
     except (OSError, ssl.SSLError) as e:
         return _error(f"TLS: {e}")
-    bad = [m for m in args.plugin if not all(part.isidentifier() for part in m.split("."))]
+    bad = [m for m in args.plugin if not is_dotted_name(m)]
     if bad:
         return _error(f"--plugin {bad[0]!r}: not a module name (pkg or pkg.module)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
