@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsim.cli_args import OneLineParser
+from fedsim.files import refuse_existing
 
 PROG = "fedsim certs"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -196,9 +197,7 @@ def create(
     pairs = [] if add else [(CA_CERT, CA_KEY), (SERVER_CERT, SERVER_KEY)]
     pairs += [(f"{name}.pem", f"{name}.key") for name in devices]
     paths = [out / name for pair in pairs for name in pair]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"exists already (pass --force to replace): {', '.join(existing)}")
+    refuse_existing(paths, force=force)
     if add:
         if not devices:
             raise ValueError("--add: name the devices to add (--devices, --device)")

@@ -36,8 +36,9 @@ How the measurements become a topology, and what that assumes:
   devices' links together: the probe measures one device at a time and cannot tell whether
   they share a bottleneck (edit ``network/NAME_uplink_gK.yaml`` where they do).
 
-Exit codes: 0 when written, 2 for a bad argument, a server that cannot be read, or a fleet
-that cannot be exported (a device with no measured profile or no probe yet), in one line.
+Exit codes: 0 when written, 2 for a bad argument, a server that cannot be read, a fleet that
+cannot be exported (a device with no measured profile or no probe yet), or files in ``--out``
+that exist already without ``--force``, in one line.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import io
 import itertools
 import re
 import statistics
@@ -59,6 +61,7 @@ from omegaconf import OmegaConf
 from fedsim.cli_args import OneLineParser
 from fedsim.config import ConfigError, conf_dir, load_hardware_profile
 from fedsim.core.topology import MEASURED
+from fedsim.files import refuse_existing
 from fedsim.real.protocol import Paths
 from fedsim.remote import ServerCallError, server_call
 
@@ -228,8 +231,9 @@ def _get(url: str, token: str) -> dict[str, Any]:
 # -- writing it ----------------------------------------------------------------------------
 
 
-def write(fleet: Fleet, name: str, out: Path, command: str) -> list[Path]:
-    """Write the fleet's config files under ``out``; the paths written."""
+def write(fleet: Fleet, name: str, out: Path, command: str, *, force: bool = False) -> list[Path]:
+    """Write the fleet's config files under ``out``; the paths written. ``FileExistsError``
+    names the files that exist already, before any is written, unless ``force``."""
     today = datetime.date.today().isoformat()
     header = f"# Exported by `{command}` from {fleet.origin}, {today}.\n"
     files: dict[Path, tuple[str, dict[str, Any]]] = {}
@@ -376,19 +380,20 @@ def write(fleet: Fleet, name: str, out: Path, command: str) -> list[Path]:
         generated,
     )
 
-    written = []
-    for relative, (comment, document) in sorted(files.items()):
-        path = out / relative
+    texts = {
+        out / relative: header + comment + _yaml(document)
+        for relative, (comment, document) in sorted(files.items())
+    }
+    csv_text = io.StringIO()
+    writer = csv.writer(csv_text, lineterminator="\n")
+    writer.writerow(["client_id", "hardware", "communication", "latency_ms"])
+    writer.writerows(rows)
+    texts[out / table] = csv_text.getvalue()
+    refuse_existing(texts, force=force)
+    for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + comment + _yaml(document))
-        written.append(path)
-    (out / table).parent.mkdir(parents=True, exist_ok=True)
-    with (out / table).open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["client_id", "hardware", "communication", "latency_ms"])
-        writer.writerows(rows)
-    written.append(out / table)
-    return written
+        path.write_text(text)
+    return list(texts)
 
 
 def _include(group: str, name: str) -> str:
@@ -458,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the config directory to write (topology/, hardware/, network/ under it)",
     )
+    p.add_argument("--force", action="store_true", help="replace files in --out that exist already")
     p.add_argument(
         "--server-hardware",
         default=DEFAULT_SERVER_HARDWARE,
@@ -524,8 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             fleet.server_hardware_name = args.server_hardware
-        written = write(fleet, args.name, args.out, command)
-    except ExportError as e:
+        written = write(fleet, args.name, args.out, command, force=args.force)
+    except (ExportError, FileExistsError) as e:
         parser.error(str(e))
     except OSError as e:
         parser.error(f"--out {args.out}: {e.strerror or e}")

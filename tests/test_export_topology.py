@@ -93,6 +93,37 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, complaint):
     assert complaint in err
 
 
+def test_a_second_export_into_the_same_directory_needs_force(tmp_path, capsys):
+    # Prepare: an export, then one of its files edited and another one removed.
+    out = tmp_path / "conf"
+    argv = ["--calibration", str(MEASURED_VM), "--name", "vm", "--out", str(out)]
+    assert main(argv) == 0
+    edited, removed = out / "topology" / "vm.yaml", out / "topology" / "vm_fleet.yaml"
+    edited.write_text("# mine\n")
+    removed.unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+
+    # Assert: one line naming the files that exist and --force; every file as it was, and
+    # the removed one not written either.
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedsim export-topology: error: ") and err.count("\n") == 1
+    assert "pass --force" in err and str(edited) in err and str(removed) not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # Execute: with --force, the export replaces them.
+    assert main([*argv, "--force"]) == 0
+
+    # Assert
+    assert edited.read_text() != "# mine\n" and removed.is_file()
+    assert replayed(out, "topology=vm").trainers
+
+
 def test_the_exported_fleet_draws_its_trainers_from_the_recorded_devices(tmp_path):
     # Prepare: three recorded devices with links of their own, as from a live server.
     profile = _profile_file(MEASURED_VM)

@@ -30,7 +30,11 @@ Decisions, so that a REST layer can map them to status codes without guessing:
   figures, and its step models join those of other models reported earlier (a step model per
   model, each the latest). An operator asks for a new measurement with ``request_calibration``;
   the request stays on the record, where the agent sees it, until a report brings a step model
-  of the model asked for (any model, when the request named none).
+  of the model asked for (any model, when the request named none). An agent that cannot
+  measure it says why (``fail_calibration``, naming the request by its ``requested_at``): the
+  request stays on the record marked failed, with the reason, until a new request replaces it
+  or a report of the model asked for clears it. A failure reported for another request than
+  the current one raises ``StaleCalibration``.
 - Timestamps come from the injected ``clock``, by default ``time.time``: wall-clock seconds
   survive a restart of the server, which monotonic time would not.
 
@@ -123,13 +127,20 @@ class RegistrationConflict(RegistryError):
     """A registration contradicts a device already registered (group, or id in group)."""
 
 
+class StaleCalibration(RegistryError):
+    """A calibration failure reported for a request that is not the device's current one."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CalibrationRequest:
     """An operator's request that the device measure itself again, for ``model`` (None: the
-    agent's own choice)."""
+    agent's own choice). ``failed_at`` and ``reason`` are set when the agent reported that it
+    could not (None while the request is pending)."""
 
     model: str | None = None
     requested_at: float
+    failed_at: float | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -372,6 +383,31 @@ class DeviceRegistry:
             record = replace(
                 self._writable(id),
                 calibration_request=CalibrationRequest(model=model, requested_at=self._clock()),
+            )
+            self._put(record)
+            return record.copy()
+
+    def fail_calibration(self, id: int, requested_at: float, reason: str) -> DeviceRecord:
+        """Mark the device's calibration request of ``requested_at`` failed, for ``reason``.
+
+        Reporting the same request's failure again replaces the reason. Raises
+        ``StaleCalibration`` when the device has no request of ``requested_at`` (none, or a
+        newer one), ``ValueError`` for an empty ``reason``, ``UnknownDevice``, ``DeviceRemoved``.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        with self._lock:
+            record = self._writable(id)
+            pending = record.calibration_request
+            if pending is None or pending.requested_at != requested_at:
+                current = "none" if pending is None else f"{pending.requested_at!r}"
+                raise StaleCalibration(
+                    f"device {id}: no calibration request of {requested_at!r} "
+                    f"(the current one: {current})"
+                )
+            record = replace(
+                record,
+                calibration_request=replace(pending, failed_at=self._clock(), reason=reason),
             )
             self._put(record)
             return record.copy()

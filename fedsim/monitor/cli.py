@@ -1,7 +1,7 @@
 """``fedsim prometheus-config``: write a prometheus.yml that monitors a fedsim server's devices.
 
-Exit codes: 0 when written, 2 for a bad argument or a file that cannot be written, in one line
-on stderr.
+Exit codes: 0 when written, 2 for a bad argument, a file that cannot be written or one that
+exists already without ``--force``, in one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.cli_args import OneLineParser
+from fedsim.files import refuse_existing
 from fedsim.monitor.prometheus_config import build_config, check_duration, render
 
 PROG = "fedsim prometheus-config"
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write the configuration; - for standard output (default: %(default)s)",
     )
+    p.add_argument("--force", action="store_true", help="replace --out if it exists already")
     return p
 
 
@@ -106,8 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out == "-":
         sys.stdout.write(text)
         return 0
+    out = Path(args.out)
     try:
-        Path(args.out).write_text(text)
+        refuse_existing([out], force=args.force)
+        out.write_text(text)
+    except FileExistsError as e:
+        parser.error(str(e))
     except OSError as e:
         parser.error(f"--out {args.out}: {e.strerror or e}")
     return 0

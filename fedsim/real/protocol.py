@@ -50,6 +50,7 @@ class Paths:
     HEARTBEAT = f"{API}/devices/{{id}}/heartbeat"
     DEVICE_PROFILE = f"{API}/devices/{{id}}/profile"
     DEVICE_CALIBRATE = f"{API}/devices/{{id}}/calibrate"
+    DEVICE_CALIBRATION_FAILURE = f"{API}/devices/{{id}}/calibration-failure"
     TASKS = f"{API}/devices/{{id}}/tasks"
     GROUPS = f"{API}/groups"
     MONITORING = f"{API}/monitoring"
@@ -474,6 +475,18 @@ class MeasuredProfile(WireModel):
     persist_io_s: Seconds | None = None
     round_overhead_s: Seconds | None = None
     task_overhead_s: Seconds | None = None
+
+
+MAX_CALIBRATION_REASON = 1024
+"""The longest reason a calibration failure may give (characters); the agent cuts a longer one."""
+
+
+class CalibrationFailure(WireModel):
+    """The body of ``PUT DEVICE_CALIBRATION_FAILURE``: the agent could not answer the
+    calibration request stamped ``requested_at`` (as the device's record shows it), and why."""
+
+    requested_at: FiniteFloat
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_CALIBRATION_REASON)]
 
 
 class TaskReceipt(WireModel):

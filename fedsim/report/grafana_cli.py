@@ -1,7 +1,7 @@
 """``fedsim grafana-dashboards DIR``: write fedsim's Grafana dashboards and provisioning files.
 
-Exit codes: 0 when written, 2 for a bad argument or a directory that cannot be written, in one
-line on stderr.
+Exit codes: 0 when written, 2 for a bad argument, a directory that cannot be written or files
+in it that exist already without ``--force``, in one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.cli_args import OneLineParser
-from fedsim.files import write_text_atomic
+from fedsim.files import refuse_existing, write_text_atomic
 from fedsim.report.grafana import DASHBOARDS_PATH, grafana_files
 
 PROG = "fedsim grafana-dashboards"
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where Grafana will find the dashboards' JSON files (default: %(default)s)",
     )
+    p.add_argument("--force", action="store_true", help="replace files in DIR that exist already")
     return p
 
 
@@ -56,8 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     root = Path(args.dir)
     try:
+        refuse_existing([root / relative for relative in files], force=args.force)
         for relative, text in files.items():
             write_text_atomic(root / relative, text)
+    except FileExistsError as e:
+        parser.error(str(e))
     except OSError as e:
         parser.error(f"{args.dir}: {e.strerror or e}")
     print(f"wrote {len(files)} files under {root}")

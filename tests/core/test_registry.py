@@ -1,4 +1,5 @@
-"""The device registry's state machine, liveness by patience, removal, groups, persistence."""
+"""The device registry's state machine, liveness by patience, removal, groups, persistence,
+and calibration requests with their failures."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fedsim.core.registry import (
     InvalidTransition,
     MemoryRegistryStore,
     RegistrationConflict,
+    StaleCalibration,
     UnknownDevice,
 )
 
@@ -502,3 +504,110 @@ def test_patience_must_be_positive(patience):
     # Execute / Assert
     with pytest.raises(ValueError, match="patience"):
         DeviceRegistry(MemoryRegistryStore(), patience=patience)
+
+
+# -- calibration requests and their failures --
+
+STEP = {"overhead_s": 1e-3, "per_sample_s": 2e-5, "batch_sizes": [8, 16, 32]}
+
+
+def test_a_reported_failure_marks_the_request_failed_with_its_reason(reg, clock):
+    # Prepare
+    id = reg.register().id
+    asked = reg.request_calibration(id, "no_such_model").calibration_request
+    assert asked is not None
+    clock.advance(2)
+
+    # Execute
+    record = reg.fail_calibration(id, asked.requested_at, "no_such_model is not in the zoo")
+
+    # Assert: the request as it was, now failed, on the record that reads return too.
+    failed = record.calibration_request
+    assert failed is not None
+    assert (failed.model, failed.requested_at) == ("no_such_model", asked.requested_at)
+    assert failed.failed_at == clock.t and failed.reason == "no_such_model is not in the zoo"
+    assert reg.get(id).calibration_request == failed
+
+
+def test_a_new_request_replaces_a_failed_one(reg, clock):
+    # Prepare
+    id = reg.register().id
+    asked = reg.request_calibration(id, "no_such_model").calibration_request
+    assert asked is not None
+    reg.fail_calibration(id, asked.requested_at, "unknown model")
+    clock.advance(5)
+
+    # Execute
+    again = reg.request_calibration(id, "digits_cnn").calibration_request
+
+    # Assert: pending again, with no trace of the failure.
+    assert again is not None and again.model == "digits_cnn"
+    assert again.requested_at == clock.t and again.failed_at is None and again.reason is None
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", None])
+def test_a_profile_of_the_model_asked_for_clears_a_failed_request(reg, model):
+    # Prepare: the request failed once (a busy host, say), then the device measured it.
+    id = reg.register().id
+    asked = reg.request_calibration(id, model).calibration_request
+    assert asked is not None
+    reg.fail_calibration(id, asked.requested_at, "step times did not grow")
+
+    # Execute
+    record = reg.report_profile(id, {"steps": {"digits_cnn": STEP}})
+
+    # Assert
+    assert record.calibration_request is None
+
+
+def test_a_profile_of_another_model_leaves_the_failure_shown(reg):
+    # Prepare
+    id = reg.register().id
+    asked = reg.request_calibration(id, "no_such_model").calibration_request
+    assert asked is not None
+    reg.fail_calibration(id, asked.requested_at, "unknown model")
+
+    # Execute
+    record = reg.report_profile(id, {"steps": {"digits_cnn": STEP}})
+
+    # Assert
+    assert record.calibration_request is not None
+    assert record.calibration_request.reason == "unknown model"
+
+
+def test_a_failure_of_another_request_than_the_current_one_is_stale(reg, clock):
+    # Prepare: a request, then a newer one while the agent was answering the first.
+    id = reg.register().id
+    first = reg.request_calibration(id, "no_such_model").calibration_request
+    assert first is not None
+    clock.advance(1)
+    reg.request_calibration(id, "digits_cnn")
+    current = reg.get(id).calibration_request
+
+    # Execute / Assert: the first one's failure is refused and changes nothing.
+    with pytest.raises(StaleCalibration, match=f"device {id}"):
+        reg.fail_calibration(id, first.requested_at, "unknown model")
+    assert reg.get(id).calibration_request == current
+
+
+def test_a_failure_with_no_request_is_stale(reg):
+    id = reg.register().id
+
+    with pytest.raises(StaleCalibration, match="the current one: none"):
+        reg.fail_calibration(id, 1000.0, "unknown model")
+
+
+def test_a_failure_needs_a_reason_and_a_device_that_is_not_removed(reg, clock):
+    # Prepare
+    id = reg.register().id
+    asked = reg.request_calibration(id).calibration_request
+    assert asked is not None
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="reason"):
+        reg.fail_calibration(id, asked.requested_at, "")
+    with pytest.raises(UnknownDevice):
+        reg.fail_calibration(id + 1, asked.requested_at, "unknown model")
+    reg.remove(id)
+    with pytest.raises(DeviceRemoved):
+        reg.fail_calibration(id, asked.requested_at, "unknown model")

@@ -179,3 +179,36 @@ def test_promtool_accepts_the_file(tmp_path, token_file, extra):
         [PROMTOOL, "check", "config", str(out)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_an_existing_file_is_kept_without_force(tmp_path, token_file, capsys):
+    # Prepare: a hand-written configuration where the command would write.
+    out = tmp_path / "prometheus.yml"
+    out.write_bytes(b"# mine\nglobal: {scrape_interval: 1m}\n")
+    before = sorted(tmp_path.iterdir())
+    argv = ["--server", "http://h:1", "--token-file", str(token_file), "--out", str(out)]
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+
+    # Assert: one line naming the file and --force; the file and its directory as they were.
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "pass --force" in err
+    assert out.read_bytes() == b"# mine\nglobal: {scrape_interval: 1m}\n"
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_force_replaces_an_existing_file(tmp_path, token_file):
+    # Prepare
+    out = tmp_path / "prometheus.yml"
+    out.write_text("# mine\n")
+    argv = ["--server", "http://h:1", "--token-file", str(token_file), "--out", str(out)]
+
+    # Execute
+    code = main([*argv, "--force"])
+
+    # Assert
+    assert code == 0
+    assert yaml.safe_load(out.read_text())["scrape_configs"]

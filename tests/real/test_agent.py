@@ -30,8 +30,9 @@ from fedsim.core.runtime import FitIns, ModelRef
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
 from fedsim.real.agent.config import AgentConfig
-from fedsim.real.protocol import AgentCpu, MeasuredProfile
+from fedsim.real.protocol import AgentCpu, CalibrationFailure, MeasuredProfile
 from fedsim.store.safetensors_io import decode
+from tests.real.conftest import ADMIN, ENROLLMENT_TOKEN
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,6 +60,7 @@ class FakeServer:
         self.errors: list[tuple[str, str]] = []
         self.downloads: list[dict[str, str]] = []  # the headers of each blob request
         self.profiles: list[dict[str, Any]] = []  # measured profiles reported
+        self.calibration_failures: list[dict[str, Any]] = []  # {"requested_at", "reason"}
         # What the record in a heartbeat's answer says: a calibration request, or None.
         self.calibration_request: dict[str, Any] | None = None
         self.done: set[str] = set()
@@ -74,6 +76,7 @@ class FakeServer:
         app.router.add_post("/api/v1/devices", self.register)
         app.router.add_put("/api/v1/devices/{id}/heartbeat", self.heartbeat)
         app.router.add_put("/api/v1/devices/{id}/profile", self.profile)
+        app.router.add_put("/api/v1/devices/{id}/calibration-failure", self.calibration_failure)
         app.router.add_get("/api/v1/devices/{id}/tasks", self.poll)
         app.router.add_get("/api/v1/models/{name}/versions/{version}/blob", self.blob)
         app.router.add_put("/api/v1/tasks/{task}/update", self.update)
@@ -156,6 +159,14 @@ class FakeServer:
         if denied:
             return denied
         self.profiles.append(await request.json())
+        await self._notify()
+        return web.json_response({"id": device, "state": "online"})
+
+    async def calibration_failure(self, request: web.Request) -> web.Response:
+        device, denied = self._device(request)
+        if denied:
+            return denied
+        self.calibration_failures.append(await request.json())
         await self._notify()
         return web.json_response({"id": device, "state": "online"})
 
@@ -542,10 +553,79 @@ async def test_a_calibration_request_for_a_model_outside_the_plugins_is_refused(
         seen = len(server.heartbeats)
         await server.until(lambda: len(server.heartbeats) >= seen + 3, run)
 
-    # Assert: nothing measured or reported, and the reason names the missing --plugin.
+    # Assert: nothing measured or reported, and the reason, naming the missing --plugin, is
+    # logged and reported to the server once, for the request it answers.
     assert server.profiles == []
     assert f"calibration of {BYO_MODEL} not reported" in caplog.text
-    assert "this agent has no --plugin" in caplog.text
+    [failure] = server.calibration_failures
+    assert failure["requested_at"] == 7.0
+    assert "this agent has no --plugin" in failure["reason"]
+    CalibrationFailure.model_validate(failure)
+
+
+async def test_a_measurement_that_raises_is_reported_when_it_answers_a_request(
+    fake, tmp_path, caplog, monkeypatch
+):
+    # Prepare: every measurement fails as the device runs out of memory; the agent measures
+    # once at start-up, which no one asked for.
+    def out_of_memory(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("fedsim.real.agent.agent.measure_profile", out_of_memory)
+    server, url = fake
+    agent = Agent(config=agent_config(url, tmp_path, calibrate=True))
+    caplog.set_level(logging.WARNING, logger="fedsim.real.agent")
+
+    # Execute: the start-up measurement fails; then the server asks for one.
+    async with running(agent) as run:
+        await server.until(lambda: "calibration of digits_cnn failed" in caplog.text, run)
+        seen = len(server.heartbeats)
+        await server.until(lambda: len(server.heartbeats) >= seen + 3, run)
+        unasked = list(server.calibration_failures)
+        server.calibration_request = {"model": "digits_mlp", "requested_at": 9.0}
+        await server.until(lambda: len(server.calibration_failures) == 1, run)
+
+    # Assert: only the request's failure is reported, with the exception as its reason.
+    assert unasked == []
+    assert server.calibration_failures == [
+        {"requested_at": 9.0, "reason": "RuntimeError: out of memory"}
+    ]
+    assert server.profiles == []
+
+
+async def test_a_request_for_an_unknown_model_shows_failed_on_the_servers_record(
+    make_server, tmp_path
+):
+    # Prepare: fedsim's own server, and an agent of it that does not calibrate by itself.
+    server = await make_server()
+    url = str(server.client.make_url("")).rstrip("/")
+    agent = Agent(config=agent_config(url, tmp_path, enrollment_token=ENROLLMENT_TOKEN))
+
+    async def record() -> dict[str, Any]:
+        r = await server.client.get(f"/api/v1/devices/{agent.device_id}", headers=ADMIN)
+        return await r.json()
+
+    # Execute: the admin asks for a model that neither the zoo nor the agent knows.
+    async with running(agent) as run, asyncio.timeout(SAFETY_TIMEOUT):
+        while agent.device_id is None:
+            assert not run.done()
+            await asyncio.sleep(0.02)
+        r = await server.client.post(
+            f"/api/v1/devices/{agent.device_id}/calibrate",
+            json={"model": "no_such_model"},
+            headers=ADMIN,
+        )
+        assert r.status == 202, await r.text()
+        while (await record())["calibration_request"]["failed_at"] is None:
+            assert not run.done()
+            await asyncio.sleep(0.05)
+        request = (await record())["calibration_request"]
+
+    # Assert: failed, for the request asked, with the agent's reason.
+    assert request["model"] == "no_such_model"
+    assert "'no_such_model' is not one of the zoo's" in request["reason"]
+    assert request["failed_at"] >= request["requested_at"]
+    assert (await record())["measured"] is None
 
 
 # -- fit tasks ----------------------------------------------------------------------------

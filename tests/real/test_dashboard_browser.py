@@ -2,11 +2,12 @@
 
 Debian's Chromium, driven by Playwright, signs in with the read-only viewer token (all the page
 needs: a route it could not read would break a view) and checks each view of the seed paper's
-Fig. 3 against what the cluster holds: (a) the device list and its group filter, (b) the
-monitoring charts, GPU, disk and network traffic among them, (c) a finished job's model,
-versions and rounds; then an agent
-stops and, without a reload, its device turns offline. Screenshots of every view, at 1280x800
-and at phone width, go to ``$FEDSIM_TEST_ARTIFACTS`` (default ``test-artifacts/dashboard/``).
+Fig. 3 against what the cluster holds: (a) the device list, its group filter, and a
+calibration request for a model no agent can build, shown failed with the agent's reason,
+(b) the monitoring charts, GPU, disk and network traffic among them, (c) a finished job's
+model, versions and rounds; then an agent stops and, without a reload, its device turns
+offline. Screenshots of every view, at 1280x800 and at phone width, go to
+``$FEDSIM_TEST_ARTIFACTS`` (default ``test-artifacts/dashboard/``).
 """
 
 from __future__ import annotations
@@ -198,6 +199,26 @@ def run_dashboard(page: Page, cluster, shots: Path) -> None:
         refreshed(page, "devices")
         wanted = [d for d in sorted(cluster.clients) if group in (None, topology.devices[d].group)]
         assert [r["id"] for r in device_rows(page)] == [str(d) for d in wanted]
+
+    # A calibration request for a model no one has: the agent says why it cannot measure it,
+    # and the device's row shows it in place of a pending request.
+    asked = min(cluster.clients)
+    request = urllib.request.Request(
+        f"{cluster.server.url}/api/v1/devices/{asked}/calibrate",
+        data=json.dumps({"model": "no_such_model"}).encode(),
+        headers={
+            "Authorization": f"Bearer {cluster.admin_token}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 202
+    failed = page.locator(
+        f'[data-testid="device-row"][data-device="{asked}"] [data-testid="calibration-failed"]'
+    )
+    expect(failed).to_contain_text("calibration failed: ", timeout=SLOW)
+    expect(failed).to_contain_text("no_such_model")
 
     # A two-round job, so that the devices train while the monitoring view watches.
     job = cluster.jobs.start(

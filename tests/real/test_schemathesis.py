@@ -40,7 +40,7 @@ from fedsim.real.server.openapi import build_openapi
 from tests.real.conftest import ADMIN, ADMIN_TOKEN, ENROLL, ENROLLMENT_TOKEN, blob
 from tests.real.test_server_api import FakeJobs
 
-CASES_PER_OPERATION = 40  # x 39 operations, plus the coverage cases: about 2,500 in all
+CASES_PER_OPERATION = 40  # x 41 operations, plus the coverage cases: about 2,500 in all
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

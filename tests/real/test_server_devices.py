@@ -376,6 +376,141 @@ async def test_only_the_admin_asks_for_a_calibration_and_not_of_a_removed_device
     assert r.status == 410
 
 
+async def ask_for(server, id: int, model: str) -> float:
+    """The admin asks device ``id`` to time ``model``; the request's stamp."""
+    r = await server.client.post(
+        f"{API}/devices/{id}/calibrate", json={"model": model}, headers=ADMIN
+    )
+    assert r.status == 202, await r.text()
+    return (await r.json())["calibration_request"]["requested_at"]
+
+
+async def test_a_failed_calibration_shows_on_the_record_until_a_new_request(server):
+    # Prepare: a request for a model neither the zoo nor any plug-in of the server knows:
+    # accepted all the same, as the agent may have a plug-in the server lacks.
+    id, token = await server.register()
+    asked = await ask_for(server, id, "no_such_model")
+    failure = {"requested_at": asked, "reason": "no_such_model: not one of the zoo's"}
+
+    # Execute: the device reports it could not measure; later the admin asks again.
+    r = await server.client.put(
+        f"{API}/devices/{id}/calibration-failure", json=failure, headers=token
+    )
+    answered = await r.json()
+    failed = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+    await ask_for(server, id, "digits_cnn")
+    again = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    assert r.status == 200
+    assert answered["calibration_request"] == failed["calibration_request"]
+    request = failed["calibration_request"]
+    assert request["model"] == "no_such_model" and request["requested_at"] == asked
+    assert request["reason"] == "no_such_model: not one of the zoo's"
+    assert request["failed_at"] >= asked
+    assert again["calibration_request"]["model"] == "digits_cnn"
+    assert again["calibration_request"]["failed_at"] is None
+    assert again["calibration_request"]["reason"] is None
+
+
+async def test_a_failure_of_a_request_that_is_not_the_current_one_is_409(server):
+    # Prepare: a request, then a newer one.
+    id, token = await server.register()
+    first = await ask_for(server, id, "no_such_model")
+    await ask_for(server, id, "mlp")
+
+    # Execute
+    r = await server.client.put(
+        f"{API}/devices/{id}/calibration-failure",
+        json={"requested_at": first, "reason": "unknown model"},
+        headers=token,
+    )
+    record = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert: refused, and the newer request pending as it was.
+    assert r.status == 409
+    assert "no calibration request of" in (await error_of(r))["message"]
+    assert record["calibration_request"]["model"] == "mlp"
+    assert record["calibration_request"]["failed_at"] is None
+
+
+async def test_only_the_device_itself_or_the_admin_reports_a_calibration_failure(server):
+    # Prepare
+    id, token = await server.register()
+    _, other_token = await server.register()
+    asked = await ask_for(server, id, "no_such_model")
+    failure = {"requested_at": asked, "reason": "unknown model"}
+    path = f"{API}/devices/{id}/calibration-failure"
+
+    # Execute
+    statuses = {
+        who: (await server.client.put(path, json=failure, headers=headers)).status
+        for who, headers in [
+            ("another device", other_token),
+            ("enrollment", ENROLL),
+            ("nobody", {}),
+            ("the admin", ADMIN),
+            ("the device", token),
+        ]
+    }
+
+    # Assert
+    assert statuses == {
+        "another device": 403,
+        "enrollment": 403,
+        "nobody": 401,
+        "the admin": 200,
+        "the device": 200,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"reason": "unknown model"}, "requested_at"),
+        ({"requested_at": 1.0}, "reason"),
+        ({"requested_at": 1.0, "reason": ""}, "reason"),
+        ({"requested_at": 1.0, "reason": "x" * 1025}, "reason"),
+        ({"requested_at": "1.0", "reason": "unknown model"}, "requested_at"),
+        ({"requested_at": 1.0, "reason": "unknown model", "model": "m"}, "model"),
+    ],
+)
+async def test_a_bad_calibration_failure_is_422_naming_the_field(server, body, field):
+    # Prepare
+    id, token = await server.register()
+    await ask_for(server, id, "no_such_model")
+
+    # Execute
+    r = await server.client.put(f"{API}/devices/{id}/calibration-failure", json=body, headers=token)
+    record = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    assert r.status == 422
+    assert (await error_of(r))["field"] == field
+    assert record["calibration_request"]["failed_at"] is None
+
+
+async def test_restart_keeps_a_failed_calibration(make_server):
+    # Prepare
+    first = await make_server()
+    id, token = await first.register()
+    asked = await ask_for(first, id, "no_such_model")
+    await first.client.put(
+        f"{API}/devices/{id}/calibration-failure",
+        json={"requested_at": asked, "reason": "unknown model"},
+        headers=token,
+    )
+    await first.client.close()
+
+    # Execute
+    second = await make_server()
+    record = await (await second.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    assert record["calibration_request"]["reason"] == "unknown model"
+    assert record["calibration_request"]["requested_at"] == asked
+
+
 async def test_restart_keeps_the_measured_profile_and_the_request(make_server):
     first = await make_server()
     id, token = await first.register()

@@ -184,6 +184,40 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys, argv, compla
     assert not (tmp_path / "out").exists()
 
 
+def test_existing_files_are_kept_and_nothing_is_written_without_force(tmp_path: Path, capsys):
+    # Prepare: a directory holding one of the files, edited by hand.
+    out = tmp_path / "grafana"
+    mine = out / "dashboards" / "fedsim-devices.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b'{"uid": "fedsim-devices", "title": "mine"}')
+
+    # Execute
+    with pytest.raises(SystemExit) as exit_:
+        grafana_cli.main([str(out)])
+
+    # Assert: one line naming the file and --force; the file as it was and no other written.
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(mine) in err and "pass --force" in err
+    assert mine.read_bytes() == b'{"uid": "fedsim-devices", "title": "mine"}'
+    assert [p for p in out.rglob("*") if p.is_file()] == [mine]
+
+
+def test_force_replaces_the_existing_files(tmp_path: Path):
+    # Prepare: the files written once, one of them edited since.
+    out = tmp_path / "grafana"
+    assert grafana_cli.main([str(out)]) == 0
+    mine = out / "dashboards" / "fedsim-devices.json"
+    mine.write_text("{}")
+
+    # Execute
+    code = grafana_cli.main([str(out), "--force"])
+
+    # Assert
+    assert code == 0
+    assert json.loads(mine.read_text())["uid"] == "fedsim-devices"
+
+
 def test_an_unwritable_directory_exits_2_naming_it(tmp_path: Path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")

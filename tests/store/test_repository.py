@@ -604,7 +604,9 @@ def test_registry_store_keeps_measured_profiles_and_calibration_requests(tmp_pat
     dev = reg.register(group=1)
     steps = {"overhead_s": 6e-4, "per_sample_s": 2e-5, "batch_sizes": [8, 16, 32]}
     reg.report_profile(dev.id, {"kind": "measured", "steps": {"digits_cnn": steps}})
-    reg.request_calibration(dev.id, "mlp")
+    asked = reg.request_calibration(dev.id, "mlp").calibration_request
+    assert asked is not None
+    reg.fail_calibration(dev.id, asked.requested_at, "mlp: no such model here")
     before = reg.get(dev.id)
     store.close()
 
@@ -617,6 +619,34 @@ def test_registry_store_keeps_measured_profiles_and_calibration_requests(tmp_pat
     assert again == before
     assert again.measured is not None and again.measured["steps"]["digits_cnn"] == steps
     assert again.calibration_request is not None and again.calibration_request.model == "mlp"
+    assert again.calibration_request.reason == "mlp: no such model here"
+    assert again.calibration_request.failed_at is not None
+
+
+def test_a_calibration_request_stored_before_failures_were_kept_reads_as_pending(tmp_path):
+    # Prepare: a request as fedsim stored it before failures were kept (model, requested_at).
+    store = SqliteRegistryStore(tmp_path)
+    dev = DeviceRegistry(store, patience=60, clock=FakeClock()).register()
+    store.close()
+    db = sqlite3.connect(tmp_path / "registry.db")
+    db.execute(
+        "UPDATE devices SET calibration_request = ? WHERE id = ?",
+        ('{"model": "mlp", "requested_at": 5.0}', dev.id),
+    )
+    db.commit()
+    db.close()
+
+    # Execute
+    store = SqliteRegistryStore(tmp_path)
+    reg = DeviceRegistry(store, patience=60, clock=FakeClock())
+    pending = reg.get(dev.id).calibration_request
+    failed = reg.fail_calibration(dev.id, 5.0, "mlp: no such model here").calibration_request
+    store.close()
+
+    # Assert
+    assert pending is not None and (pending.model, pending.requested_at) == ("mlp", 5.0)
+    assert pending.failed_at is None and pending.reason is None
+    assert failed is not None and failed.reason == "mlp: no such model here"
 
 
 def test_a_registry_written_before_measured_profiles_is_upgraded(tmp_path):

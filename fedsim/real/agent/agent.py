@@ -13,8 +13,11 @@ task marked ``secagg`` sends its update masked, never in the clear.
 The agent measures its device (``measure_profile``: training steps fitted as overhead +
 per-sample cost, serialization and load throughput) after it registers, unless told not to,
 and whenever a heartbeat's answer carries a calibration request from the server; it runs in the
-training executor, between tasks, and the profile goes to ``PUT DEVICE_PROFILE``. The link's
-bandwidth and round-trip time come from the probe, with the heartbeats.
+training executor, between tasks, and the profile goes to ``PUT DEVICE_PROFILE``. When it
+cannot answer a request (a model it cannot build, a measurement that fails, a profile the
+server refuses), it says why at ``PUT DEVICE_CALIBRATION_FAILURE``, so the request does not
+look pending for ever. The link's bandwidth and round-trip time come from the probe, with the
+heartbeats.
 
 Every request outlives a server restart (``client`` retries), and a 401 after one, when the
 server has forgotten the device's token, makes the agent register again under the same id and
@@ -72,6 +75,7 @@ from fedsim.real.agent.work import (
     padding,
 )
 from fedsim.real.protocol import (
+    MAX_CALIBRATION_REASON,
     AgentCpu,
     FitTask,
     ForwardTask,
@@ -244,22 +248,26 @@ class Agent:
         """Measure again when the device's record (a heartbeat's answer) asks for it."""
         request = _get(record, "calibration_request")
         requested_at = _get(request, "requested_at")
-        if requested_at is None or requested_at == self._answered:
+        if not _is_number(requested_at) or requested_at == self._answered:
             return
         if self._calibrating is not None and not self._calibrating.done():
             return  # measuring already; a request still pending afterwards is seen next time
         self._answered = requested_at
         model = _get(request, "model") or self.config.calibrate_model
         log.info("the server asks for a new measurement of %s", model)
-        self._start_calibration(str(model))
+        self._start_calibration(str(model), requested_at)
 
-    def _start_calibration(self, model: str) -> None:
-        self._calibrating = asyncio.create_task(self._calibrate(model), name="fedsim-calibrate")
+    def _start_calibration(self, model: str, requested_at: float | None = None) -> None:
+        self._calibrating = asyncio.create_task(
+            self._calibrate(model, requested_at), name="fedsim-calibrate"
+        )
 
-    async def _calibrate(self, model: str) -> None:
+    async def _calibrate(self, model: str, requested_at: float | None = None) -> None:
         """Measure the device for ``model`` in the training executor and report the profile.
 
-        A failure is logged, never fatal: the agent trains as well without a profile.
+        A failure is logged, never fatal: the agent trains as well without a profile. When the
+        measurement answers the server's request stamped ``requested_at``, the failure is
+        reported to the server too.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -277,9 +285,11 @@ class Agent:
             )
         except (TaskError, ApiError) as e:
             log.warning("calibration of %s not reported: %s", model, e)
+            await self._report_calibration_failure(requested_at, str(e))
             return
-        except Exception:  # the measurement's own failure; the agent goes on without it
+        except Exception as e:  # the measurement's own failure; the agent goes on without it
             log.exception("calibration of %s failed", model)
+            await self._report_calibration_failure(requested_at, f"{type(e).__name__}: {e}")
             return
         step = profile["steps"][model]
         log.info(
@@ -289,6 +299,20 @@ class Agent:
             step["per_sample_s"] * 1e6,
             step["residual_s"] * 1e6,
         )
+
+    async def _report_calibration_failure(self, requested_at: float | None, reason: str) -> None:
+        """Tell the server why its calibration request of ``requested_at`` went unanswered
+        (nothing for the agent's own start-up measurement, None, which no one asked for)."""
+        if requested_at is None:
+            return
+        url = self._api.url(Paths.DEVICE_CALIBRATION_FAILURE, id=self._device_id)
+        body = {"requested_at": requested_at, "reason": reason[:MAX_CALIBRATION_REASON]}
+        try:
+            await self._as_device(
+                lambda token: self._api.request("PUT", url, token=token, json_body=body)
+            )
+        except ApiError as e:  # a newer request (409), a removal: nothing more to say
+            log.warning("the calibration failure was not reported: %s", e)
 
     async def _probe_loop(self) -> None:
         """Measure the link to the server now and then; report it by heartbeat and metrics."""
@@ -796,6 +820,11 @@ class Agent:
 def _get(value: Any, key: str) -> Any:
     """``value[key]`` if ``value`` is a JSON object that has it, else None."""
     return value.get(key) if isinstance(value, dict) else None
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _excerpt(value: object, limit: int = 200) -> str:

@@ -17,6 +17,7 @@ from fedsim.core.registry import (
     DeviceRemoved,
     InvalidTransition,
     RegistrationConflict,
+    StaleCalibration,
     UnknownDevice,
 )
 from fedsim.core.repository import (
@@ -62,6 +63,7 @@ _DOMAIN_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (DeviceRemoved, 410),
     (RegistrationConflict, 409),
     (InvalidTransition, 409),
+    (StaleCalibration, 409),
     (DuplicateModel, 409),
     (InvalidDeploymentTransition, 409),
     (InvalidModelFile, 422),

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from fedsim.real.protocol import (
     PATH_PATTERNS,
+    CalibrationFailure,
     Headers,
     MeasuredProfile,
     Paths,
@@ -145,7 +146,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Ask the device to measure itself again", ok=202, returns=s.DeviceRecord,
         body=s.CalibrationOrder, errors=(410,),
         description="The request shows in the device's record (calibration_request); its "
-        "agent sees it in the answer to its next heartbeat and reports a new profile.")),
+        "agent sees it in the answer to its next heartbeat and reports a new profile, or the "
+        "reason it could not (PUT .../calibration-failure). A new request replaces the last.")),
+    Endpoint("PUT", Paths.DEVICE_CALIBRATION_FAILURE, "devices.calibration_failure", own("id"),
+        Doc(summary="Report that the device could not answer its calibration request (the "
+            "device)", returns=s.DeviceRecord, body=CalibrationFailure, errors=(409, 410),
+            description="Marks the request failed (calibration_request.failed_at and reason) "
+            "until a new request or a profile of the model asked for. 409: requested_at is "
+            "not the device's current request.")),
     # Not for the viewer: a poll hands the task out.
     Endpoint("GET", Paths.TASKS, "tasks.poll", own("id"), Doc(
         summary="Long-poll for the device's next task", returns=Task, query=s.PollQuery,

@@ -213,6 +213,12 @@ class Error(Response):
 class CalibrationRequest(Response):
     model: str | None = Field(description="the model asked for; null: the agent's choice")
     requested_at: float
+    failed_at: float | None = Field(
+        default=None,
+        description="when the agent reported it could not measure (PUT "
+        ".../calibration-failure); null while the request is pending",
+    )
+    reason: str | None = Field(default=None, description="why the agent could not measure")
 
 
 class DeviceRecord(Response):
@@ -235,7 +241,8 @@ class DeviceRecord(Response):
     )
     measured_at: float | None
     calibration_request: CalibrationRequest | None = Field(
-        description="a new measurement asked for (POST .../calibrate) and not reported yet"
+        description="a new measurement asked for (POST .../calibrate) and not reported yet, "
+        "or one the agent could not make (failed_at and reason set)"
     )
 
 

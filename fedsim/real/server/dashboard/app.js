@@ -338,15 +338,34 @@
     return h("td", { class: cls, "data-col": col, "data-label": label, title }, content);
   }
 
+  /** What became of the device's calibration request: its line for a title, and a short
+   * element for the cell when the agent reported it could not measure (null otherwise). */
+  function calibrationState(d) {
+    const req = d.calibration_request;
+    if (!req) return { line: null, failure: null };
+    const asked =
+      `measurement of ${req.model || "its default model"} asked for ` + ago(req.requested_at);
+    if (req.failed_at == null) return { line: asked, failure: null };
+    const failed = `calibration failed: ${req.reason}`;
+    // The reason may run to a paragraph: the cell shows its start, the title all of it.
+    const short = failed.length > 80 ? `${failed.slice(0, 79)}\u2026` : failed;
+    return {
+      line: `${failed}\n(${asked}, failed ${ago(req.failed_at)})`,
+      failure: h(
+        "span",
+        { class: "calibration-failed", "data-testid": "calibration-failed" },
+        short,
+      ),
+    };
+  }
+
   /** The device's measured step time (its agent's calibration), and where it came from. */
   function measuredCell(d) {
     const m = d.measured;
-    const pending = d.calibration_request
-      ? `measurement of ${d.calibration_request.model || "its default model"} asked for ` +
-        `${ago(d.calibration_request.requested_at)}`
-      : null;
+    const { line: pending, failure } = calibrationState(d);
     if (!m || !m.steps) {
-      return cell("measured", "Measured step", null, pending ? "asked for" : DASH, pending);
+      const content = failure || (pending ? "asked for" : DASH);
+      return cell("measured", "Measured step", null, content, pending);
     }
     const models = Object.keys(m.steps).sort();
     const lines = models.map((model) => {
@@ -383,6 +402,8 @@
           { class: "muted" },
           ` \u00b7 ${models.length === 1 ? models[0] : plural(models.length, "model")}`,
         ),
+        failure ? " \u00b7 " : null,
+        failure,
       ),
       [...lines, ...title].join("\n"),
     );

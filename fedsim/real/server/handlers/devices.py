@@ -16,7 +16,7 @@ from fedsim.core.registry import (
     DeviceState,
     UnknownDevice,
 )
-from fedsim.real.protocol import MeasuredProfile
+from fedsim.real.protocol import CalibrationFailure, MeasuredProfile
 from fedsim.real.server.agents import AgentBook
 from fedsim.real.server.auth import PRINCIPAL, Role
 from fedsim.real.server.config import ServerConfig
@@ -124,6 +124,14 @@ class DeviceHandlers:
         body = await json_body(request, CalibrationOrder, self._config)
         record = await self._offload(self._registry.request_calibration, id, body.model)
         return json_response(self._json(record), status=202)
+
+    async def calibration_failure(self, request: web.Request) -> web.Response:
+        id = path_int(request, "id")
+        body = await json_body(request, CalibrationFailure, self._config)
+        record = await self._offload(
+            self._registry.fail_calibration, id, body.requested_at, body.reason
+        )
+        return json_response(self._json(record))
 
     async def remove(self, request: web.Request) -> web.Response:
         record = await self._offload(self._registry.remove, path_int(request, "id"))
