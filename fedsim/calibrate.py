@@ -1,9 +1,9 @@
 """``fedsim calibrate``: measure this host and write it down as a measured hardware profile.
 
 What it measures for one model, of the zoo or the user's own named by import path (training
-steps fitted as per-batch overhead + per-sample cost with the fit's residual, safetensors
-serialization and load throughput, FedAvg aggregation throughput, cold start, the server's
-round overhead) is ``fedsim.ml.calibrate``'s, the processor cost of one HTTP request
+steps fitted as per-batch overhead + per-sample cost with the fit's residual, the server's
+evaluation of the model fitted the same way, safetensors serialization and load throughput,
+FedAvg aggregation throughput, cold start, the server's round overhead) is ``fedsim.ml.calibrate``'s, the processor cost of one HTTP request
 ``fedsim.real.request_cost``'s, and the cost of keeping an update on disk as the agent does
 (``fedsim.real.agent.state.measure_persist``, in the system's temporary directory); the agent
 reports the same to its server. A user's model is timed at the ``--input-size`` and
@@ -51,6 +51,8 @@ def render(cal: Calibration, command: str) -> str:
         f"# Measured by `{command}`.\n"
         f"# Step model: one training step of n samples of {cal.model} ({cal.input_size}x"
         f"{cal.input_size}) takes overhead_s + per_sample_s x n seconds.\n"
+        "# eval_steps: evaluating n samples of it as the server does (one batch, forward\n"
+        "# passes, loss and accuracy) takes overhead_s + per_sample_s x n seconds.\n"
         "# Work without a step model runs at flops_per_sample / per_sample_s FLOP/s;\n"
         "# memory traffic at aggregate_bytes_per_s. cold_start_s: the first training task's\n"
         "# extra seconds (building the model and optimizer, the first step). request_cpu_s:\n"
@@ -71,13 +73,17 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
     """A few lines on what was measured, for the terminal."""
     from fedsim.ml.calibrate import AGGREGATE_UPDATES, threads_text
 
-    step, fit = cal.fit.model, cal.fit
+    step, fit, ev = cal.fit.model, cal.fit, cal.eval_fit.model
     sizes = ", ".join(str(b) for b in fit.batch_sizes)
     return "\n".join(
         [
             f"{cal.model} on {threads_text(cal.threads)}, batch sizes {sizes}:",
             f"  step = {step.overhead_s * 1e3:.3f} ms + {step.per_sample_s * 1e6:.2f} us x n "
             f"(residual {fit.residual_s * 1e6:.1f} us RMS, {fit.relative_residual:.1%})",
+            f"  evaluation = {ev.overhead_s * 1e3:.3f} ms + {ev.per_sample_s * 1e6:.2f} us x n, "
+            f"n = {', '.join(str(n) for n in cal.eval_fit.batch_sizes)} "
+            f"(residual {cal.eval_fit.residual_s * 1e6:.1f} us RMS, "
+            f"{cal.eval_fit.relative_residual:.1%})",
             f"  effective training rate {profile.effective_flops / 1e9:.2f} GFLOP/s "
             "at large batches",
             f"  safetensors ({cal.state_bytes / 1e3:.0f} kB): "

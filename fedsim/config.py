@@ -607,9 +607,10 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
     """A spec-sheet or measured profile from ``c`` (a ``HardwareConf``), every value checked.
 
     A measured profile needs no spec-sheet figure it does not use: without ``efficiency`` (and
-    a peak), work that has no step model (evaluation, other models, aggregation's arithmetic)
-    runs at the fastest training rate its steps measured, ``flops_per_sample / per_sample_s``;
-    without ``memory_bandwidth_gbps``, memory traffic moves at ``aggregate_bytes_per_s``.
+    a peak), work that has no step model (evaluation without ``eval_steps``, other models,
+    aggregation's arithmetic) runs at the fastest training rate its steps measured,
+    ``flops_per_sample / per_sample_s``; without ``memory_bandwidth_gbps``, memory traffic
+    moves at ``aggregate_bytes_per_s``.
     """
     where = f"hardware.{name}"
     if c.kind not in PROFILE_KINDS:
@@ -617,6 +618,9 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         raise ConfigError(f"{where}.kind: must be one of {kinds}, got {c.kind!r}")
     measured = c.kind == MEASURED
     steps = {model: _step_model(f"{where}.steps.{model}", s) for model, s in c.steps.items()}
+    eval_steps = {
+        model: _step_model(f"{where}.eval_steps.{model}", s) for model, s in c.eval_steps.items()
+    }
     throughputs = {
         f: _positive(f"{where}.{f}", getattr(c, f))
         for f in MEASURED_THROUGHPUTS
@@ -638,7 +642,8 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
                 f"{where}.source: a measured profile must say where its figures come from"
             )
     else:
-        extra = (["steps"] if steps else []) + list(throughputs)
+        extra = (["steps"] if steps else []) + (["eval_steps"] if eval_steps else [])
+        extra += list(throughputs)
         extra += list(seconds)
         if extra:
             raise ConfigError(
@@ -676,6 +681,7 @@ def hardware_profile(name: str, c: Any) -> HardwareProfile:
         disk_bandwidth=_positive(f"{where}.disk_write_mbps", c.disk_write_mbps, scale=MB),
         jitter=_positive(f"{where}.jitter", c.jitter, allow_zero=True),
         steps={model: step for model, (step, _) in steps.items()},
+        eval_steps={model: step for model, (step, _) in eval_steps.items()},
         **seconds,
         **throughputs,
     )

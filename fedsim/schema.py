@@ -32,7 +32,8 @@ class AcceleratorConf:
 
 @dataclass
 class StepConf:
-    """A measured step model: one training step of n samples takes overhead_s + per_sample_s n."""
+    """A measured step model: one training step (or, in ``eval_steps``, one evaluation batch)
+    of n samples takes overhead_s + per_sample_s n."""
 
     overhead_s: float = MISSING
     per_sample_s: float = MISSING
@@ -70,8 +71,10 @@ class HardwareConf:
     # HTTP request the device makes and per TCP segment of a paced body, what keeping one
     # update on disk costs (processor seconds,
     # and seconds waiting for the disk), a server's own seconds of work to start a round, and
-    # what a training task costs beyond its steps.
+    # what a training task costs beyond its steps. ``eval_steps``: step models, by model name,
+    # of evaluating the model (one batch of n samples; no flops_per_sample needed).
     steps: dict[str, StepConf] = field(default_factory=dict)
+    eval_steps: dict[str, StepConf] = field(default_factory=dict)
     serialize_bytes_per_s: float | None = None
     load_bytes_per_s: float | None = None
     aggregate_bytes_per_s: float | None = None

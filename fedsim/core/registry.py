@@ -27,14 +27,15 @@ Decisions, so that a REST layer can map them to status codes without guessing:
   (a bandwidth probe may report less often than CPU load does).
 - A device's measured hardware profile (``report_profile``: what its agent timed, the fields of
   a ``kind: measured`` hardware profile) is kept beside its record: each report replaces the
-  figures, and its step models join those of other models reported earlier (a step model per
-  model, each the latest). An operator asks for a new measurement with ``request_calibration``;
-  the request stays on the record, where the agent sees it, until a report brings a step model
-  of the model asked for (any model, when the request named none). An agent that cannot
-  measure it says why (``fail_calibration``, naming the request by its ``requested_at``): the
-  request stays on the record marked failed, with the reason, until a new request replaces it
-  or a report of the model asked for clears it. A failure reported for another request than
-  the current one raises ``StaleCalibration``.
+  figures, and its step models (of training, ``steps``, and of evaluation, ``eval_steps``) join
+  those of other models reported earlier (a step model per model, each the latest; a report
+  without evaluation step models keeps the earlier ones). An operator asks for a new
+  measurement with ``request_calibration``; the request stays on the record, where the agent
+  sees it, until a report brings a step model of the model asked for (any model, when the
+  request named none). An agent that cannot measure it says why (``fail_calibration``, naming
+  the request by its ``requested_at``): the request stays on the record marked failed, with
+  the reason, until a new request replaces it or a report of the model asked for clears it. A
+  failure reported for another request than the current one raises ``StaleCalibration``.
 - Timestamps come from the injected ``clock``, by default ``time.time``: wall-clock seconds
   survive a restart of the server, which monotonic time would not.
 
@@ -57,6 +58,9 @@ from enum import Enum
 from typing import Any
 
 from fedsim.core.limits import MAX_FIGURE, MAX_ID
+
+# A measured profile's step models, by model: a report adds to those reported before.
+MERGED_STEPS = ("steps", "eval_steps")
 
 
 class DeviceState(str, Enum):
@@ -353,16 +357,20 @@ class DeviceRegistry:
     def report_profile(self, id: int, profile: Mapping[str, Any]) -> DeviceRecord:
         """Keep the measured hardware profile the device reports (see the module docstring).
 
-        ``profile`` is a JSON object with a ``steps`` object (model -> step model); the REST
-        layer checks the rest of its shape. Raises ``UnknownDevice``, ``DeviceRemoved``, or
-        ``ValueError`` for a profile that is not JSON or has no ``steps``.
+        ``profile`` is a JSON object with a ``steps`` object (model -> step model) and maybe an
+        ``eval_steps`` one; the REST layer checks the rest of its shape. Raises
+        ``UnknownDevice``, ``DeviceRemoved``, or ``ValueError`` for a profile that is not JSON,
+        has no ``steps`` or an ``eval_steps`` that is not an object.
         """
         document = _check_profile(profile)
         reported = set(document["steps"])
         with self._lock:
             record = self._writable(id)
             if record.measured is not None:
-                document["steps"] = {**record.measured.get("steps", {}), **document["steps"]}
+                for key in MERGED_STEPS:
+                    merged = {**record.measured.get(key, {}), **document.get(key, {})}
+                    if merged:
+                        document[key] = merged
             pending = record.calibration_request
             if pending is not None and (pending.model is None or pending.model in reported):
                 pending = None
@@ -525,7 +533,8 @@ def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _check_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``profile`` as plain JSON data, checked to be JSON with a ``steps`` object."""
+    """A copy of ``profile`` as plain JSON data, checked to be JSON with a ``steps`` object
+    (and an ``eval_steps`` one, if any)."""
     try:
         document = json.loads(json.dumps(dict(profile), allow_nan=False))
     except (TypeError, ValueError) as e:
@@ -533,6 +542,9 @@ def _check_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
     steps = document.get("steps")
     if not isinstance(steps, dict) or not steps:
         raise ValueError("a measured profile needs a steps object with at least one model")
+    eval_steps = document.get("eval_steps", {})
+    if not isinstance(eval_steps, dict):
+        raise ValueError("a measured profile's eval_steps must be an object (model -> step model)")
     return document
 
 

@@ -38,6 +38,9 @@ class Cost:
     Training also says what it trains: ``model`` (its name), ``samples`` per epoch in batches
     of ``batch_size``, for ``epochs`` epochs. A device with a measured step model for that model
     is timed by it; every other device by the FLOPs. Other work leaves them unset.
+    ``evaluation`` says the work is an evaluation of the model (forward passes over ``samples``
+    in batches of ``batch_size``, once): a device with a measured evaluation step model for
+    ``model`` is timed by that one instead, every other device by the FLOPs.
     ``post_flops`` is work after the training steps that no step model covers (local DP's
     clipping and noise), timed by FLOPs on every device.
     """
@@ -50,6 +53,7 @@ class Cost:
     samples: int = 0
     batch_size: int = 0
     epochs: int = 1
+    evaluation: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -57,8 +57,10 @@ class HardwareProfile:
     ``kind`` says where the figures come from, and ``source`` names it: a ``spec`` profile is
     read off data sheets; a ``measured`` one was timed on the device (``fedsim calibrate``).
     A measured profile carries ``steps``, a fitted step model per model name, which times
-    training of that model in place of FLOPs / effective FLOP/s, and may carry the measured
-    safetensors serialization and load throughput and the aggregation throughput (memory
+    training of that model in place of FLOPs / effective FLOP/s. It may carry ``eval_steps``,
+    a fitted step model per model name of evaluating it (forward passes in batches, as the
+    server evaluates each round's model), which times such an evaluation likewise, and the
+    measured safetensors serialization and load throughput and the aggregation throughput (memory
     traffic per second as ``aggregation_cost`` counts it), all in bytes/s, and ``cold_start_s``,
     what the device's first training task of a run takes beyond a steady one (building the
     model and trainer, the framework's first-step warm-up). ``request_cpu_s`` is the seconds of
@@ -91,6 +93,7 @@ class HardwareProfile:
     jitter: float = 0.0
     # Not hashed: a dict cannot be, and the other fields already tell profiles apart.
     steps: Mapping[str, StepModel] = field(default_factory=dict, hash=False)
+    eval_steps: Mapping[str, StepModel] = field(default_factory=dict, hash=False)
     serialize_bytes_per_s: float | None = None
     load_bytes_per_s: float | None = None
     aggregate_bytes_per_s: float | None = None
@@ -114,6 +117,8 @@ class HardwareProfile:
             raise TopologyError(f"{where}: a measured profile needs at least one step model")
         if self.kind == SPEC and self.steps:
             raise TopologyError(f"{where}: only a measured profile carries step models")
+        if self.kind == SPEC and self.eval_steps:
+            raise TopologyError(f"{where}: only a measured profile carries evaluation step models")
         if self.kind == SPEC and any(getattr(self, key) for key in MEASURED_SECONDS):
             raise TopologyError(
                 f"{where}: only a measured profile carries a cold start, a request cost, a "

@@ -5,6 +5,10 @@ What is measured, for one model of the zoo or a user's (an import path, ``docs/p
 - training time per step, timed with PyTorch at three or more batch sizes (warm-up steps, then
   repeats, the median per size, or the fastest) and fitted as per-batch overhead + per-sample
   cost (``fedsim.core.calibration``), with the fit's residual;
+- evaluation time: whole calls of the server's ``Evaluator`` (setting the parameters, the
+  forward passes, the loss and accuracy) on :data:`EVAL_SAMPLES` synthetic samples, each
+  within one of its batches (``EVAL_BATCH_SIZE``), fitted the same way as per-batch overhead +
+  per-sample cost, with the fit's residual;
 - safetensors serialization and load throughput of the model's state (``fedsim.store``'s
   ``encode`` and ``decode``, as the server and the agents ship models);
 - the server's aggregation throughput: FedAvg over copies of the state, counted as the memory
@@ -60,7 +64,7 @@ from typing import Any
 
 import torch
 
-from fedsim.core.calibration import StepFit, fit_step_model
+from fedsim.core.calibration import MIN_BATCH_SIZES, StepFit, StepModel, fit_step_model
 from fedsim.core.runtime import FitIns, ModelRef, NDArrays, Update
 from fedsim.core.strategies.fedavg import FedAvg
 from fedsim.ml.models import build_model
@@ -71,6 +75,8 @@ from fedsim.ml.spec import calibration_shape, model_spec
 from fedsim.ml.train import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_MOMENTUM,
+    EVAL_BATCH_SIZE,
+    Evaluator,
     MomentumSGD,
     TorchTrainer,
     _per_sample_loss,
@@ -81,6 +87,19 @@ from fedsim.store.sqlite import SqliteRepository
 AGGREGATE_UPDATES = 8  # a round's worth of updates for the aggregation timing
 SHARD_BATCHES = 8  # the timed steps draw their batches from a shard of this many of the largest
 GB = 1e9
+# Evaluation is timed at these sample counts, each within one of the Evaluator's batches, so
+# that a call is one batch and the fit's overhead is a batch's: a sample count that spans
+# several would charge the overhead once per batch.
+EVAL_SAMPLES = (32, 128, 512)
+EVAL_WARMUP = 2  # untimed calls per count first: oneDNN's kernels per shape, the allocator
+EVAL_REPEATS = 15
+MIN_EVAL_REPEATS = 3
+# A sample count whose training step the fit puts above this many seconds is not timed as an
+# evaluation (a call would take about a third of it: forward passes only; see eval_samples).
+EVAL_CALL_S = 0.5
+# The timed evaluation calls stop after this many seconds (at least MIN_EVAL_REPEATS rounds),
+# so that a large model's evaluation adds seconds to the calibration, not minutes.
+EVAL_BUDGET_S = 2.0
 
 STATISTICS: dict[str, Callable[[list[float]], float]] = {
     "median": statistics.median,
@@ -218,6 +237,79 @@ def time_training_steps(
     )
 
 
+def eval_samples(step: StepModel, batch_sizes: Sequence[int]) -> list[int]:
+    """The sample counts to time evaluation at: those of :data:`EVAL_SAMPLES` whose training
+    step ``step`` puts within :data:`EVAL_CALL_S`, when at least three are; else the training
+    batch sizes within one evaluation batch, which the training calibration could afford (a
+    model whose forward pass over a few hundred samples takes seconds, such as YOLOv4 at
+    608x608)."""
+    affordable = [n for n in EVAL_SAMPLES if step.seconds(n) <= EVAL_CALL_S]
+    if len(affordable) >= MIN_BATCH_SIZES:
+        return affordable
+    return sorted({b for b in batch_sizes if b <= EVAL_BATCH_SIZE})
+
+
+def time_evaluation(
+    model: str,
+    state: NDArrays,
+    samples: Sequence[int] = EVAL_SAMPLES,
+    *,
+    input_size: int,
+    num_classes: int,
+    repeats: int = EVAL_REPEATS,
+    warmup: int = EVAL_WARMUP,
+    budget_s: float = EVAL_BUDGET_S,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[int, list[float]]:
+    """Seconds of whole ``Evaluator`` calls of ``model`` with parameters ``state``, by sample
+    count: an Evaluator per count on synthetic data of that many samples, ``warmup`` untimed
+    calls each, then rounds of one timed call per count (round-robin, as the training steps
+    are timed), ``repeats`` of them or fewer once ``budget_s`` seconds have passed (never
+    fewer than :data:`MIN_EVAL_REPEATS`). Each count must fit one batch (``EVAL_BATCH_SIZE``).
+    """
+    if repeats < MIN_EVAL_REPEATS or warmup < 0:
+        raise ValueError(
+            f"repeats must be >= {MIN_EVAL_REPEATS} and warmup >= 0, got {repeats} and {warmup}"
+        )
+    bad = [n for n in samples if not 1 <= n <= EVAL_BATCH_SIZE]
+    if bad or not samples:
+        raise ValueError(
+            f"sample counts must be within one evaluation batch, 1 to {EVAL_BATCH_SIZE}, "
+            f"got {list(samples)}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        in_channels = getattr(type(build_model(model, num_classes)), "in_channels", 3)
+        larger = min(2 * max(samples), EVAL_BATCH_SIZE)
+        X = torch.rand((larger, in_channels, input_size, input_size))
+        y = torch.randint(0, num_classes, (larger,))
+        evaluators = {
+            n: Evaluator(model_name=model, num_classes=num_classes, X=X[:n], y=y[:n])
+            for n in samples
+        }
+        # A server that has run a while has freed larger blocks than one evaluation's
+        # activations (the data set, models, updates), and glibc's malloc, whose threshold for
+        # mapping a block afresh rises to the largest block freed, serves them from its heap.
+        # A process that has not maps and faults in fresh pages for its largest activations
+        # on every call: 8.6 ms instead of 5.2 for 360 samples of digits_cnn on the 2-core VM
+        # of benchmarks/README.md, and a bent line. One larger call first sets the threshold.
+        Evaluator(model_name=model, num_classes=num_classes, X=X, y=y)(state)
+    for evaluator in evaluators.values():
+        for _ in range(warmup):
+            evaluator(state)
+    seconds: dict[int, list[float]] = {n: [] for n in samples}
+    began = clock()
+    for done in range(repeats):
+        if done >= MIN_EVAL_REPEATS and clock() - began > budget_s:
+            break
+        for n, evaluator in evaluators.items():
+            start = clock()
+            evaluator(state)
+            seconds[n].append(clock() - start)
+    return seconds
+
+
 def model_state(model: str, num_classes: int, seed: int = 0) -> NDArrays:
     """The model's shipped state as initialised under ``seed``: what travels and is aggregated."""
     with torch.random.fork_rng(devices=[]):
@@ -238,6 +330,7 @@ class Calibration:
     serialize_bytes_per_s: float
     load_bytes_per_s: float
     aggregate_bytes_per_s: float
+    eval_fit: StepFit
     cold_start_s: float
     round_overhead_s: float
     task_overhead_s: float
@@ -299,6 +392,15 @@ def calibrate(
         )
         round_overhead = deploy_seconds(state, min(io_repeats, DEPLOY_REPEATS))
         task = task_seconds(model, num_classes, input_size, batch_sizes[0], io_repeats)
+        evaluations = time_evaluation(
+            model,
+            state,
+            eval_samples(fit.model, batch_sizes),
+            input_size=input_size,
+            num_classes=num_classes,
+        )
+        counts = sorted(evaluations)
+        eval_fit = fit_step_model(counts, [STATISTICS[statistic](evaluations[n]) for n in counts])
         # A task faster than its fitted steps (noise) has no overhead, not a negative one.
         task_overhead = max(0.0, task - TASK_STEPS * fit.model.seconds(batch_sizes[0]))
     today = datetime.date.today().isoformat()
@@ -307,6 +409,7 @@ def calibrate(
         input_size=input_size,
         threads=timings.threads,
         fit=fit,
+        eval_fit=eval_fit,
         flops_per_sample=model_spec(
             model, input_size=input_size, num_classes=num_classes
         ).train_flops,
@@ -411,7 +514,7 @@ def _median_seconds(
 
 def profile_document(cal: Calibration) -> dict[str, Any]:
     """The hardware profile's fields (``fedsim.schema.HardwareConf``) for ``cal``."""
-    step = cal.fit.model
+    step, evaluation = cal.fit.model, cal.eval_fit.model
     return {
         "kind": "measured",
         "source": cal.source,
@@ -427,6 +530,14 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
                 "residual_s": float(f"{cal.fit.residual_s:.3g}"),
                 "flops_per_sample": cal.flops_per_sample,
                 "batch_sizes": list(cal.fit.batch_sizes),
+            }
+        },
+        "eval_steps": {
+            cal.model: {
+                "overhead_s": float(f"{evaluation.overhead_s:.4g}"),
+                "per_sample_s": float(f"{evaluation.per_sample_s:.4g}"),
+                "residual_s": float(f"{cal.eval_fit.residual_s:.3g}"),
+                "batch_sizes": list(cal.eval_fit.batch_sizes),
             }
         },
         "serialize_bytes_per_s": float(f"{cal.serialize_bytes_per_s:.4g}"),

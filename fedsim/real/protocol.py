@@ -446,7 +446,8 @@ class MeasuredProfile(WireModel):
     """The body of ``PUT DEVICE_PROFILE``: the device's hardware as its agent measured it.
 
     The fields are those of a ``kind: measured`` hardware profile (``conf/hardware/*.yaml``,
-    as ``fedsim calibrate`` writes one): ``steps`` holds a step model per model timed, the
+    as ``fedsim calibrate`` writes one): ``steps`` holds a step model per model timed,
+    ``eval_steps`` (optional) one per model of evaluating it (one batch of n samples), the
     throughputs are bytes/s of safetensors serialization, loading, and FedAvg memory traffic,
     ``cold_start_s`` the first training task's extra seconds over a steady one,
     ``request_cpu_s`` the processor seconds one HTTP request of the agent costs beyond its
@@ -465,6 +466,7 @@ class MeasuredProfile(WireModel):
     train_on: Literal["cpu", "accelerator"] = "cpu"
     memory_gb: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     steps: Annotated[dict[ModelName, StepMeasurement], Field(min_length=1, max_length=64)]
+    eval_steps: Annotated[dict[ModelName, StepMeasurement], Field(max_length=64)] | None = None
     serialize_bytes_per_s: Rate | None = None
     load_bytes_per_s: Rate | None = None
     aggregate_bytes_per_s: Rate | None = None

@@ -64,7 +64,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     if fl.training == "real":
         import torch
 
-        from fedsim.ml.train import Evaluator, TorchTrainer
+        from fedsim.ml.train import EVAL_BATCH_SIZE, Evaluator, TorchTrainer
 
         torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves a core free
         shards, (X_test, y_test), labels = real_data(spec, rng)
@@ -83,7 +83,18 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
         evaluator = Evaluator(
             model_name=model.name, num_classes=model.num_classes, X=X_test, y=y_test
         )
-        evaluation = Evaluation(fn=evaluator, cost=Cost(flops=model.forward_flops * len(y_test)))
+        # Timed by the server's measured evaluation step model where its profile has one,
+        # else by the FLOPs.
+        evaluation = Evaluation(
+            fn=evaluator,
+            cost=Cost(
+                flops=model.forward_flops * len(y_test),
+                model=model.name,
+                samples=len(y_test),
+                batch_size=EVAL_BATCH_SIZE,
+                evaluation=True,
+            ),
+        )
     else:
         samples = dict.fromkeys(clients, spec.workload.samples_per_device)
 

@@ -4,7 +4,8 @@ A step costs max(arithmetic, memory traffic) - the roofline's two ceilings - plu
 seconds = max(FLOPs / (peak x efficiency), bytes / memory bandwidth) + disk bytes / disk
 bandwidth, scaled by a seeded jitter factor. Training a model for which the device's measured
 profile has a step model takes, per epoch, batches x overhead + samples x per-sample cost in
-place of the FLOPs term (``fedsim.core.calibration``). A measured profile's serialization and
+place of the FLOPs term (``fedsim.core.calibration``); evaluating a model (``Cost.evaluation``)
+is timed so by the profile's evaluation step model of it. A measured profile's serialization and
 load throughputs time the update a device serializes and the model it loads.
 
 A device held to a CFS quota (``Device.cpu_quota``, as an emulated device is) does not run at
@@ -23,7 +24,8 @@ from fedsim.core.topology import CpuQuota, HardwareProfile
 
 def compute_seconds(cost: Cost, hw: HardwareProfile) -> float:
     """The modelled time of ``cost`` on ``hw``, without jitter."""
-    step = hw.steps.get(cost.model) if cost.model else None
+    steps = hw.eval_steps if cost.evaluation else hw.steps
+    step = steps.get(cost.model) if cost.model else None
     if step is not None and cost.samples > 0:
         arithmetic = cost.epochs * step.epoch_seconds(cost.samples, cost.batch_size)
     else:
