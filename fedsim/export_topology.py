@@ -151,7 +151,10 @@ def fleet_from_server(server: str, token: str) -> Fleet:
                 description=d["description"] or f"device {d['id']}",
                 group=int(d["group"]),
                 id_in_group=ids_in_group[d["id"]],
-                hardware=dict(d["measured"]),
+                # The server shows a figure the agent did not report as null; a profile file
+                # leaves it out (a null eval_steps, of an agent that measures none, would not
+                # load).
+                hardware={k: v for k, v in d["measured"].items() if v is not None},
                 link=probe_link(
                     up_bps=res["bandwidth_up"],
                     down_bps=res["bandwidth_down"],

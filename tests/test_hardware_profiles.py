@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -63,6 +64,35 @@ def test_every_shipped_profile_loads_and_says_what_kind_it_is(path):
         assert not hw.steps
     else:
         assert hw.kind == MEASURED and hw.steps and hw.source.startswith("fedsim calibrate")
+
+
+def test_a_measured_profile_with_evaluation_step_models_loads_them(tmp_path):
+    # Prepare: a profile file as `fedsim calibrate` writes one, evaluation step models and all.
+    path = tmp_path / "evaluated.yaml"
+    evaluation = {"overhead_s": 4e-4, "per_sample_s": 1.3e-5, "residual_s": 5e-5}
+    path.write_text(
+        OmegaConf.to_yaml(
+            {
+                **MEASURED_CONF,
+                "eval_steps": {"digits_cnn": {**evaluation, "batch_sizes": [32, 64, 512]}},
+            }
+        )
+    )
+
+    # Execute
+    hw = load_hardware_profile(path)
+
+    # Assert: the evaluation step model as written, the training ones and the rest unchanged.
+    assert hw.eval_steps == {"digits_cnn": StepModel(overhead_s=4e-4, per_sample_s=1.3e-5)}
+    assert replace(hw, eval_steps={}) == profile(MEASURED_CONF, name="evaluated")
+
+
+def test_a_profile_without_evaluation_step_models_has_none():
+    # Execute
+    measured, spec = profile(MEASURED_CONF), profile(SPEC_CONF)
+
+    # Assert: older profiles load as before, with no evaluation step model.
+    assert measured.eval_steps == {} and spec.eval_steps == {}
 
 
 def test_a_measured_profile_needs_no_spec_sheet_figures():
@@ -197,6 +227,17 @@ def without(key: str) -> dict[str, Any]:
                 "steps": MEASURED_CONF["steps"],
             },
             "hardware.p.steps: measured figures belong to a profile with kind: measured",
+        ),
+        (
+            {**SPEC_CONF, "eval_steps": {"digits_cnn": {"overhead_s": 1e-3, "per_sample_s": 1e-5}}},
+            "hardware.p.eval_steps: measured figures belong to a profile with kind: measured",
+        ),
+        (
+            {
+                **MEASURED_CONF,
+                "eval_steps": {"digits_cnn": {"overhead_s": 1e-3, "per_sample_s": -1e-5}},
+            },
+            "hardware.p.eval_steps.digits_cnn.per_sample_s: must be >= 0, got -1e-05",
         ),
     ],
 )

@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 from topologies import hardware, link, star
 
+from fedsim.core.calibration import StepModel
 from fedsim.core.topology import (
     Device,
     Topology,
@@ -169,3 +170,16 @@ def test_speeds_scaled_only_for_the_devices_named_and_only_by_positive_factors()
         with_speeds_scaled(t, {9: 2.0})
     with pytest.raises(TopologyError, match="finite and > 0"):
         with_speeds_scaled(t, {1: 0.0})
+
+
+def test_only_a_measured_profile_carries_evaluation_step_models():
+    # Prepare
+    evaluation = {"m": StepModel(overhead_s=1e-3, per_sample_s=1e-5)}
+
+    # Execute / Assert: a spec-sheet profile with one is refused, naming the profile.
+    with pytest.raises(TopologyError, match="hardware hw: only a measured profile carries eval"):
+        replace(hardware(), eval_steps=evaluation)
+    measured = replace(
+        hardware(), kind="measured", steps={"m": evaluation["m"]}, eval_steps=evaluation
+    )
+    assert measured.eval_steps == evaluation

@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import fedsim.ml.calibrate as calibration
 from fedsim.calibrate import main
 from fedsim.config import build_topology, load_hardware_profile
+from fedsim.core.calibration import StepModel, fit_step_model
 from fedsim.core.events import EventKind
-from fedsim.core.runtime import FitIns, ModelRef, Task
+from fedsim.core.runtime import Cost, FitIns, ModelRef, Task
 from fedsim.core.topology import MEASURED, HardwareProfile
 from fedsim.ml.spec import model_spec
 from fedsim.schema import Config
+from fedsim.sim.compute import compute_seconds
 from fedsim.sim.runtime import SimTransport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +142,110 @@ def test_a_device_with_the_calibrated_profile_trains_by_its_step_model(calibrate
     assert seconds == pytest.approx(steps + profile.cold_start_s + profile.task_overhead_s + io)
 
 
+def test_calibrate_fits_the_servers_evaluation_and_writes_it(calibrated):
+    # Prepare / Execute: the fixture ran the command.
+    conf, profile, stdout = calibrated
+
+    # Assert: an evaluation step model of the model, fitted at the default sample counts,
+    # written with its residual and named in the header and the summary.
+    evaluation = profile.eval_steps["digits_cnn"]
+    assert evaluation.per_sample_s > 0 and evaluation.overhead_s >= 0
+    path = conf / "hardware" / "this_host.yaml"
+    written = OmegaConf.load(path).eval_steps.digits_cnn
+    assert list(written.batch_sizes) == list(calibration.EVAL_SAMPLES)
+    assert written.residual_s >= 0 and "flops_per_sample" not in written
+    assert "# eval_steps: evaluating n samples" in path.read_text()
+    assert "  evaluation = " in stdout
+
+
+class FakeClock:
+    """A clock that moves only when a fake evaluation says it took time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_evaluator(clock: FakeClock, truth: StepModel, calls: list[int]) -> type:
+    """An ``Evaluator`` stand-in: each call of one over n samples takes ``truth``'s seconds
+    for one batch of n on ``clock``, and is noted in ``calls``."""
+
+    class Evaluator:
+        def __init__(self, *, model_name: str, num_classes: int, X, y) -> None:
+            self.n = len(y)
+
+        def __call__(self, parameters) -> dict[str, float]:
+            calls.append(self.n)
+            clock.now += truth.seconds(self.n)
+            return {"accuracy": 0.0, "loss": 0.0}
+
+    return Evaluator
+
+
+def test_evaluation_timings_fit_back_to_a_known_overhead_and_per_sample_cost(monkeypatch):
+    # Prepare: evaluations that take 0.4 ms a call plus 13 us a sample, on a fake clock.
+    truth = StepModel(overhead_s=4e-4, per_sample_s=1.3e-5)
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(calibration, "Evaluator", fake_evaluator(clock, truth, calls))
+    state = calibration.model_state("digits_cnn", 10)
+
+    # Execute
+    seconds = calibration.time_evaluation(
+        "digits_cnn", state, (32, 128, 512), input_size=8, num_classes=10, clock=clock
+    )
+    sizes = sorted(seconds)
+    fit = fit_step_model(sizes, [min(seconds[n]) for n in sizes])
+
+    # Assert: every count timed EVAL_REPEATS times, after one larger untimed call and the
+    # warm-up ones; the fit gives back the figures with no residual.
+    assert {n: len(t) for n, t in seconds.items()} == dict.fromkeys(sizes, calibration.EVAL_REPEATS)
+    assert (
+        calls[0] == 1024 and calls.count(32) == calibration.EVAL_WARMUP + calibration.EVAL_REPEATS
+    )
+    assert fit.model.overhead_s == pytest.approx(truth.overhead_s, rel=1e-9)
+    assert fit.model.per_sample_s == pytest.approx(truth.per_sample_s, rel=1e-9)
+    assert fit.residual_s == pytest.approx(0.0, abs=1e-12)
+
+
+def test_evaluation_timing_stops_at_its_budget_after_the_fewest_repeats(monkeypatch):
+    # Prepare: a model whose evaluation of 32 samples takes 1 s.
+    clock, calls = FakeClock(), []
+    slow = StepModel(overhead_s=0.0, per_sample_s=1 / 32)
+    monkeypatch.setattr(calibration, "Evaluator", fake_evaluator(clock, slow, calls))
+    state = calibration.model_state("digits_cnn", 10)
+
+    # Execute: rounds of 1 + 2 + 3 s against a budget of 2 s.
+    seconds = calibration.time_evaluation(
+        "digits_cnn", state, (32, 64, 96), input_size=8, num_classes=10, clock=clock
+    )
+
+    # Assert: the budget is spent after the first round, yet three rounds are timed.
+    assert calibration.EVAL_BUDGET_S < 6
+    assert {n: len(t) for n, t in seconds.items()} == dict.fromkeys(
+        (32, 64, 96), calibration.MIN_EVAL_REPEATS
+    )
+
+
+def test_evaluation_counts_beyond_one_evaluation_batch_are_refused():
+    state = calibration.model_state("digits_cnn", 10)
+
+    with pytest.raises(ValueError, match="within one evaluation batch, 1 to 1024"):
+        calibration.time_evaluation("digits_cnn", state, (32, 2048), input_size=8, num_classes=10)
+
+
+def test_a_model_too_slow_for_the_default_counts_is_evaluated_at_its_batch_sizes():
+    # Prepare: a training step of 128 samples takes 0.64 s, of 32 samples 0.16 s.
+    slow = StepModel(overhead_s=0.0, per_sample_s=5e-3)
+    quick = StepModel(overhead_s=5e-4, per_sample_s=2e-5)
+
+    # Execute / Assert: fewer than three default counts fit the limit, so the training batch
+    # sizes (those within one evaluation batch) are timed instead.
+    assert calibration.eval_samples(slow, [8, 16, 32, 64]) == [8, 16, 32, 64]
+    assert calibration.eval_samples(quick, [8, 16, 32, 64]) == list(calibration.EVAL_SAMPLES)
+
+
 def test_calibrate_times_a_users_model_by_import_path(tmp_path):
     # Prepare: examples/byo's package on the path, as a user's own package would be.
     out = tmp_path / "hardware" / "byo_host.yaml"
@@ -202,6 +309,34 @@ def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_p
     # step model takes its FLOPs at 1e6 / 0.001 = 1 GFLOP/s: 5 s.
     assert cnn == pytest.approx(3 * (4 * 0.01 + 100 * 0.001))
     assert mlp == pytest.approx(5.0)
+
+
+def test_a_hand_set_measured_profile_times_the_servers_evaluation_by_eval_steps(tmp_path):
+    # Prepare: evaluating digits_cnn takes 2 ms per batch and 10 us per sample; training it
+    # 10 ms per step; anything else runs at 1 GFLOP/s.
+    (tmp_path / "hardware").mkdir()
+    (tmp_path / "hardware" / "hand_set.yaml").write_text(
+        "kind: measured\n"
+        "source: set by hand for a test\n"
+        "memory_gb: 1\n"
+        "steps:\n"
+        "  digits_cnn: {overhead_s: 0.01, per_sample_s: 0.001, flops_per_sample: 1.0e6}\n"
+        "eval_steps:\n"
+        "  digits_cnn: {overhead_s: 0.002, per_sample_s: 1.0e-5, batch_sizes: [32, 128, 512]}\n"
+        "aggregate_bytes_per_s: 1.0e9\n"
+    )
+    hardware = topology_with("hand_set", tmp_path).devices[1].hardware
+    evaluation = {"flops": 7e9, "samples": 1500, "batch_size": 1024, "evaluation": True}
+
+    # Execute
+    evaluated = compute_seconds(Cost(model="digits_cnn", **evaluation), hardware)
+    other = compute_seconds(Cost(model="digits_mlp", **evaluation), hardware)
+
+    # Assert: 1500 samples are two batches of 1024: 2 x 2 ms + 1500 x 10 us = 19 ms; a model
+    # with no evaluation step model takes its FLOPs at 1e6 / 0.001 = 1 GFLOP/s: 7 s.
+    assert hardware.eval_steps["digits_cnn"] == StepModel(overhead_s=0.002, per_sample_s=1e-5)
+    assert evaluated == pytest.approx(2 * 0.002 + 1500 * 1e-5)
+    assert other == pytest.approx(7.0)
 
 
 @pytest.mark.parametrize(

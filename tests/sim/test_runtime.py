@@ -47,6 +47,35 @@ def test_compute_time_scales_with_flops():
     assert compute_seconds(Cost(disk_bytes=1e9), hw) == pytest.approx(1.0)
 
 
+def test_an_evaluation_is_timed_by_the_evaluation_step_model_training_by_the_training_one():
+    # Prepare: a measured device that trains "m" at 10 ms + 1 ms a sample and evaluates it at
+    # 2 ms + 10 us a sample (per batch), and one with spec-sheet figures only (2 TFLOP/s).
+    measured = replace(
+        hardware(tflops=2.0),
+        kind="measured",
+        steps={"m": StepModel(overhead_s=0.01, per_sample_s=1e-3)},
+        eval_steps={"m": StepModel(overhead_s=0.002, per_sample_s=1e-5)},
+    )
+    spec = hardware(tflops=2.0)
+    work = {"flops": 4e12, "model": "m", "samples": 1500, "batch_size": 1024}
+    evaluation, training = Cost(**work, evaluation=True), Cost(**work)
+
+    # Execute
+    timed = {
+        (name, cost.evaluation): compute_seconds(cost, hw)
+        for name, hw in (("measured", measured), ("spec", spec))
+        for cost in (evaluation, training)
+    }
+
+    # Assert: two batches of 1024 each way on the measured device; FLOPs on the other, and
+    # for an evaluation of a model the measured device has no evaluation step model of.
+    assert timed["measured", True] == pytest.approx(2 * 0.002 + 1500 * 1e-5)
+    assert timed["measured", False] == pytest.approx(2 * 0.01 + 1500 * 1e-3)
+    assert timed["spec", True] == timed["spec", False] == pytest.approx(2.0)
+    other = Cost(**{**work, "model": "n"}, evaluation=True)
+    assert compute_seconds(other, measured) == pytest.approx(2.0)
+
+
 def test_jitter_has_mean_one_and_the_profiles_spread():
     rng = np.random.default_rng(0)
     draws = np.array([jitter_factor(rng, 0.1) for _ in range(20000)])
