@@ -6,10 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from fedsim import export_topology
 from fedsim.config import build_spec, build_topology, compose, conf_dir, load_hardware_profile
+from fedsim.core.calibration import StepModel
 from fedsim.core.traces import load_device_table
-from fedsim.export_topology import Fleet, Link, Recorded, _profile_file, main, write
+from fedsim.export_topology import (
+    Fleet,
+    Link,
+    Recorded,
+    _profile_file,
+    fleet_from_server,
+    main,
+    write,
+)
+from fedsim.real.protocol import Paths
 
 MEASURED_VM = conf_dir() / "hardware" / "measured_vm.yaml"
 
@@ -46,6 +58,70 @@ def test_a_calibration_exports_a_fleet_of_its_hardware(tmp_path, capsys):
         assert topology.devices[t].link.bandwidth == pytest.approx(20e6 / 8)
         assert topology.devices[t].link.latency == pytest.approx(0.05)
     assert topology.devices[topology.server].hardware.name == "cloud_vm_8c"
+
+
+def test_an_exported_calibration_carries_its_evaluation_step_models(tmp_path):
+    # Prepare: the VM's profile with an evaluation step model, as `fedsim calibrate` writes now.
+    calibration = tmp_path / "evaluated_vm.yaml"
+    evaluation = {"overhead_s": 4e-4, "per_sample_s": 1.3e-5, "batch_sizes": [32, 128, 512]}
+    document = OmegaConf.load(MEASURED_VM)
+    document.eval_steps = {"digits_cnn": evaluation}
+    calibration.write_text(OmegaConf.to_yaml(document))
+    out = tmp_path / "conf"
+
+    # Execute
+    code = main(["--calibration", str(calibration), "--name", "vm", "--out", str(out)])
+    topology = replayed(out, "topology=vm")
+
+    # Assert: every trainer's profile times the server-side evaluation as the file says.
+    assert code == 0
+    expected = load_hardware_profile(calibration).eval_steps
+    assert expected == {"digits_cnn": StepModel(overhead_s=4e-4, per_sample_s=1.3e-5)}
+    assert all(topology.devices[t].hardware.eval_steps == expected for t in topology.trainers)
+
+
+@pytest.mark.parametrize(
+    "eval_steps",
+    [
+        None,
+        {
+            "digits_cnn": {
+                "overhead_s": 4e-4,
+                "per_sample_s": 1.3e-5,
+                "residual_s": 0.0,
+                "flops_per_sample": None,
+                "batch_sizes": [32, 128, 512],
+            }
+        },
+    ],
+)
+def test_a_servers_record_exports_a_profile_that_loads_with_or_without_eval_steps(
+    tmp_path, monkeypatch, eval_steps
+):
+    # Prepare: a server whose one device reported the VM's profile, shown as the server shows
+    # a record: the figures not reported (eval_steps from an older agent, say) as null.
+    measured = {k: v for k, v in _profile_file(MEASURED_VM).items() if k != "persist_cpu_s"}
+    measured.update(persist_cpu_s=None, eval_steps=eval_steps)
+    device = {"id": 1, "description": "pi", "group": 1, "id_in_group": 0, "measured": measured}
+    device["resources"] = {"bandwidth_up": 1e6, "bandwidth_down": 2e6, "rtt": 0.02}
+    answers = {
+        Paths.DEVICES: {"devices": [device]},
+        Paths.GROUPS: {"groups": [{"id": 1, "description": "lab"}]},
+    }
+    monkeypatch.setattr(export_topology, "_get", lambda url, token: answers[url[len("http://s") :]])
+    out = tmp_path / "conf"
+
+    # Execute
+    write(fleet_from_server("http://s", "token"), "lab", out, "test")
+    hw = load_hardware_profile(out / "hardware" / "lab_dev1.yaml")
+
+    # Assert: the profile loads; the evaluation step model travels when reported.
+    assert hw.steps == load_hardware_profile(MEASURED_VM).steps
+    assert hw.persist_cpu_s == 0.0
+    if eval_steps is None:
+        assert hw.eval_steps == {}
+    else:
+        assert hw.eval_steps == {"digits_cnn": StepModel(overhead_s=4e-4, per_sample_s=1.3e-5)}
 
 
 def test_the_printed_command_at_scale_runs_a_thousand_trainers(tmp_path, capsys):

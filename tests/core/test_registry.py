@@ -511,6 +511,37 @@ def test_patience_must_be_positive(patience):
 STEP = {"overhead_s": 1e-3, "per_sample_s": 2e-5, "batch_sizes": [8, 16, 32]}
 
 
+def test_evaluation_step_models_join_those_reported_before_as_training_ones_do(reg):
+    # Prepare: a report of digits_cnn with its evaluation step model.
+    id = reg.register().id
+    evaluation = {"overhead_s": 4e-4, "per_sample_s": 1.3e-5, "batch_sizes": [32, 128, 512]}
+    reg.report_profile(
+        id, {"steps": {"digits_cnn": STEP}, "eval_steps": {"digits_cnn": evaluation}}
+    )
+
+    # Execute: a report of another model with its own, then one (an older agent's) without.
+    reg.report_profile(
+        id, {"steps": {"mlp": STEP}, "eval_steps": {"mlp": {**evaluation, "overhead_s": 0.0}}}
+    )
+    record = reg.report_profile(id, {"steps": {"digits_cnn": STEP}})
+
+    # Assert: every model's latest evaluation step model stays.
+    assert record.measured is not None
+    assert record.measured["eval_steps"] == {
+        "digits_cnn": evaluation,
+        "mlp": {**evaluation, "overhead_s": 0.0},
+    }
+    assert sorted(record.measured["steps"]) == ["digits_cnn", "mlp"]
+
+
+def test_a_profile_whose_eval_steps_is_not_an_object_is_refused(reg):
+    id = reg.register().id
+
+    with pytest.raises(ValueError, match="eval_steps must be an object"):
+        reg.report_profile(id, {"steps": {"digits_cnn": STEP}, "eval_steps": [1, 2]})
+    assert reg.get(id).measured is None
+
+
 def test_a_reported_failure_marks_the_request_failed_with_its_reason(reg, clock):
     # Prepare
     id = reg.register().id

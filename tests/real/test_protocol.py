@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from fedsim.real.protocol import (
     AgentCpu,
     FitTask,
     Headers,
+    MeasuredProfile,
     Paths,
     ProtocolError,
     SecAggMasking,
@@ -216,3 +218,42 @@ def test_bad_update_headers_name_the_header(headers, field, malformed):
 
     # Assert
     assert (caught.value.field, caught.value.malformed) == (field, malformed)
+
+
+def measured_profile(**fields) -> dict:
+    """A measured profile as an agent reports it, training steps only."""
+    step = {"overhead_s": 6e-4, "per_sample_s": 2e-5, "batch_sizes": [8, 16, 32]}
+    return {"source": "fedsim agent on host", "memory_gb": 16.0, "steps": {"m": step}, **fields}
+
+
+def test_a_reported_profile_may_carry_evaluation_step_models():
+    # Prepare
+    evaluation = {"overhead_s": 4e-4, "per_sample_s": 1.3e-5, "batch_sizes": [32, 128, 512]}
+
+    # Execute
+    with_them = MeasuredProfile.model_validate(measured_profile(eval_steps={"m": evaluation}))
+    without = MeasuredProfile.model_validate(measured_profile())
+
+    # Assert: kept as sent (with the residual's default); an older agent's report has none,
+    # and the document the server keeps has no eval_steps key for it.
+    dumped = with_them.model_dump(mode="json", exclude_none=True)
+    assert dumped["eval_steps"] == {"m": {**evaluation, "residual_s": 0.0}}
+    assert "eval_steps" not in without.model_dump(mode="json", exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    ("eval_steps", "field"),
+    [
+        ({"m": {"overhead_s": 1e-3, "per_sample_s": 1e-5, "batch_sizes": [32, 64]}}, "batch_sizes"),
+        (
+            {"m": {"overhead_s": -1e-3, "per_sample_s": 1e-5, "batch_sizes": [1, 2, 3]}},
+            "overhead_s",
+        ),
+        ({"m": {"per_sample_s": 1e-5, "batch_sizes": [1, 2, 3]}}, "overhead_s"),
+    ],
+)
+def test_a_malformed_evaluation_step_model_is_refused_naming_it(eval_steps, field):
+    # Execute / Assert
+    with pytest.raises(ValidationError) as refused:
+        MeasuredProfile.model_validate(measured_profile(eval_steps=eval_steps))
+    assert refused.value.errors()[0]["loc"] == ("eval_steps", "m", field)

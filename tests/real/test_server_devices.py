@@ -330,6 +330,28 @@ async def test_a_reported_profile_is_kept_and_other_models_steps_stay(server):
     assert record["measured_at"] >= record["registered_at"]
 
 
+async def test_a_reported_profiles_evaluation_step_models_are_kept(server):
+    # Prepare
+    id, token = await server.register()
+    evaluation = {"overhead_s": 4e-4, "per_sample_s": 1.3e-5, "batch_sizes": [32, 128, 512]}
+
+    # Execute: a report with an evaluation step model, then one of another model without.
+    r = await server.client.put(
+        f"{API}/devices/{id}/profile",
+        json={**measured(), "eval_steps": {"digits_cnn": evaluation}},
+        headers=token,
+    )
+    assert r.status == 200, await r.text()
+    await server.client.put(f"{API}/devices/{id}/profile", json=measured("mlp"), headers=token)
+    record = await (await server.client.get(f"{API}/devices/{id}", headers=ADMIN)).json()
+
+    # Assert
+    # The server shows the figures not reported as null, as everywhere in a record.
+    shown = {**evaluation, "residual_s": 0.0, "flops_per_sample": None}
+    assert record["measured"]["eval_steps"] == {"digits_cnn": shown}
+    assert sorted(record["measured"]["steps"]) == ["digits_cnn", "mlp"]
+
+
 async def test_a_profile_is_reported_by_its_own_device_only_and_checked(server):
     id, token = await server.register()
     _, other_token = await server.register()
