@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 
 from fedsim.core.runtime import FitIns, ModelRef
+from fedsim.ml.calibrate import EVAL_SAMPLES
 from fedsim.ml.train import TorchTrainer
 from fedsim.real.agent.agent import Agent
 from fedsim.real.agent.config import AgentConfig
@@ -489,6 +490,11 @@ async def test_after_registering_the_agent_reports_its_measured_profile(fake, tm
         profile["persist_io_s"],
     )
     assert accepted.round_overhead_s == profile["round_overhead_s"]
+    # The server's evaluation of the model, timed as its Evaluator runs, with its fit.
+    assert accepted.eval_steps is not None
+    evaluation = accepted.eval_steps[MODEL]
+    assert evaluation.per_sample_s > 0 and evaluation.residual_s >= 0
+    assert evaluation.batch_sizes == list(EVAL_SAMPLES)
     assert beats_by_then >= 2
 
 

@@ -85,6 +85,9 @@ def test_export_then_replay_gives_the_recorded_fleet(tmp_path, capsys):
         step = record.measured["steps"]["digits_cnn"]
         assert hw.steps["digits_cnn"].overhead_s == step["overhead_s"]
         assert hw.steps["digits_cnn"].per_sample_s == step["per_sample_s"]
+        # The agent timed the server-side evaluation too, and it travels likewise.
+        evaluation = record.measured["eval_steps"]["digits_cnn"]
+        assert hw.eval_steps["digits_cnn"].per_sample_s == evaluation["per_sample_s"] > 0
         assert hw.serialize_bytes_per_s == record.measured["serialize_bytes_per_s"]
         assert hw.load_bytes_per_s == record.measured["load_bytes_per_s"]
         assert hw.request_cpu_s == record.measured["request_cpu_s"] > 0
