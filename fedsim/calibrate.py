@@ -3,8 +3,9 @@
 What it measures for one model, of the zoo or the user's own named by import path (training
 steps fitted as per-batch overhead + per-sample cost with the fit's residual, the server's
 evaluation of the model fitted the same way, safetensors serialization and load throughput,
-FedAvg aggregation throughput, cold start, the server's round overhead) is ``fedsim.ml.calibrate``'s, the processor cost of one HTTP request
-``fedsim.real.request_cost``'s, and the cost of keeping an update on disk as the agent does
+FedAvg aggregation throughput, cold start, the server's round overhead) is
+``fedsim.ml.calibrate``'s, the processor cost of one HTTP request ``fedsim.real.request_cost``'s,
+and the cost of keeping an update on disk as the agent does
 (``fedsim.real.agent.state.measure_persist``, in the system's temporary directory); the agent
 reports the same to its server. A user's model is timed at the ``--input-size`` and
 ``--num-classes`` its workload trains at, and its step model is keyed by its import path,
