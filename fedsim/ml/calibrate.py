@@ -293,7 +293,8 @@ def time_evaluation(
         # mapping a block afresh rises to the largest block freed, serves them from its heap.
         # A process that has not maps and faults in fresh pages for its largest activations
         # on every call: 8.6 ms instead of 5.2 for 360 samples of digits_cnn on the 2-core VM
-        # of benchmarks/README.md, and a bent line. One larger call first sets the threshold.
+        # of benchmarks/README.md (2026-11-30; 5.2 with glibc's thresholds raised by
+        # MALLOC_MMAP_THRESHOLD_), and a bent line. One larger call first sets the threshold.
         Evaluator(model_name=model, num_classes=num_classes, X=X, y=y)(state)
     for evaluator in evaluators.values():
         for _ in range(warmup):
