@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from fedsim.cli_args import OneLineParser
 from fedsim.config import ConfigError, conf_dir, load_hardware_profile
-from fedsim.core.calibration import MIN_BATCH_SIZES
+from fedsim.core.calibration import MIN_BATCH_SIZES, StepFit
 from fedsim.core.plugins import PluginError, factory, is_import_path
 from fedsim.core.topology import HardwareProfile
 from fedsim.ml.spec import MODELS, calibration_shape
@@ -74,17 +74,13 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
     """A few lines on what was measured, for the terminal."""
     from fedsim.ml.calibrate import AGGREGATE_UPDATES, threads_text
 
-    step, fit, ev = cal.fit.model, cal.fit, cal.eval_fit.model
-    sizes = ", ".join(str(b) for b in fit.batch_sizes)
+    sizes = ", ".join(str(b) for b in cal.fit.batch_sizes)
+    counts = ", ".join(str(n) for n in cal.eval_fit.batch_sizes)
     return "\n".join(
         [
             f"{cal.model} on {threads_text(cal.threads)}, batch sizes {sizes}:",
-            f"  step = {step.overhead_s * 1e3:.3f} ms + {step.per_sample_s * 1e6:.2f} us x n "
-            f"(residual {fit.residual_s * 1e6:.1f} us RMS, {fit.relative_residual:.1%})",
-            f"  evaluation = {ev.overhead_s * 1e3:.3f} ms + {ev.per_sample_s * 1e6:.2f} us x n, "
-            f"n = {', '.join(str(n) for n in cal.eval_fit.batch_sizes)} "
-            f"(residual {cal.eval_fit.residual_s * 1e6:.1f} us RMS, "
-            f"{cal.eval_fit.relative_residual:.1%})",
+            f"  step = {_fit_text(cal.fit)}",
+            f"  evaluation = {_fit_text(cal.eval_fit, f', n = {counts}')}",
             f"  effective training rate {profile.effective_flops / 1e9:.2f} GFLOP/s "
             "at large batches",
             f"  safetensors ({cal.state_bytes / 1e3:.0f} kB): "
@@ -103,14 +99,23 @@ def summary(cal: Calibration, profile: HardwareProfile, out: str) -> str:
         ]
         + (
             [
-                f"warning: the fit misses the step times by {fit.relative_residual:.0%} RMS; "
+                f"warning: the fit misses the step times by {cal.fit.relative_residual:.0%} RMS; "
                 "other processes on this host? rerun when it is quiet, with more --repeats"
             ]
-            if fit.relative_residual > NOISY_FIT
+            if cal.fit.relative_residual > NOISY_FIT
             else []
         )
         # The file written, last, as `results: DIR` is for a run.
         + [f"profile: {out}"]
+    )
+
+
+def _fit_text(fit: StepFit, after_n: str = "") -> str:
+    """``fit`` as ``overhead ms + per-sample us x n[after_n] (residual ...)``."""
+    step = fit.model
+    return (
+        f"{step.overhead_s * 1e3:.3f} ms + {step.per_sample_s * 1e6:.2f} us x n{after_n} "
+        f"(residual {fit.residual_s * 1e6:.1f} us RMS, {fit.relative_residual:.1%})"
     )
 
 

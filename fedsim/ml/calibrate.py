@@ -515,7 +515,6 @@ def _median_seconds(
 
 def profile_document(cal: Calibration) -> dict[str, Any]:
     """The hardware profile's fields (``fedsim.schema.HardwareConf``) for ``cal``."""
-    step, evaluation = cal.fit.model, cal.eval_fit.model
     return {
         "kind": "measured",
         "source": cal.source,
@@ -524,23 +523,8 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
         "cpu_cores": cal.threads,
         "train_on": "cpu",
         "memory_gb": round(cal.memory_bytes / GB, 3),
-        "steps": {
-            cal.model: {
-                "overhead_s": float(f"{step.overhead_s:.4g}"),
-                "per_sample_s": float(f"{step.per_sample_s:.4g}"),
-                "residual_s": float(f"{cal.fit.residual_s:.3g}"),
-                "flops_per_sample": cal.flops_per_sample,
-                "batch_sizes": list(cal.fit.batch_sizes),
-            }
-        },
-        "eval_steps": {
-            cal.model: {
-                "overhead_s": float(f"{evaluation.overhead_s:.4g}"),
-                "per_sample_s": float(f"{evaluation.per_sample_s:.4g}"),
-                "residual_s": float(f"{cal.eval_fit.residual_s:.3g}"),
-                "batch_sizes": list(cal.eval_fit.batch_sizes),
-            }
-        },
+        "steps": {cal.model: _fit_entry(cal.fit, flops_per_sample=cal.flops_per_sample)},
+        "eval_steps": {cal.model: _fit_entry(cal.eval_fit)},
         "serialize_bytes_per_s": float(f"{cal.serialize_bytes_per_s:.4g}"),
         "load_bytes_per_s": float(f"{cal.load_bytes_per_s:.4g}"),
         "aggregate_bytes_per_s": float(f"{cal.aggregate_bytes_per_s:.4g}"),
@@ -557,6 +541,17 @@ def profile_document(cal: Calibration) -> dict[str, Any]:
             )
             if value is not None
         },
+    }
+
+
+def _fit_entry(fit: StepFit, **extra: Any) -> dict[str, Any]:
+    """A fitted step model as a profile's ``steps`` or ``eval_steps`` entry (``StepConf``)."""
+    return {
+        "overhead_s": float(f"{fit.model.overhead_s:.4g}"),
+        "per_sample_s": float(f"{fit.model.per_sample_s:.4g}"),
+        "residual_s": float(f"{fit.residual_s:.3g}"),
+        **extra,
+        "batch_sizes": list(fit.batch_sizes),
     }
 
 

@@ -287,18 +287,25 @@ def test_calibrate_times_a_users_model_by_import_path(tmp_path):
     assert seconds == pytest.approx(expected)
 
 
-def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):
-    # Prepare: 10 ms per step and 1 ms per sample for digits_cnn, 1 GFLOP/s for anything else.
-    (tmp_path / "hardware").mkdir()
-    (tmp_path / "hardware" / "hand_set.yaml").write_text(
+def hand_set_topology(conf_dir: Path, extra: str = ""):
+    """:func:`topology_with` a measured profile set by hand: digits_cnn steps of 10 ms + 1 ms
+    per sample (1 GFLOP/s for anything else), and ``extra`` YAML lines."""
+    (conf_dir / "hardware").mkdir()
+    (conf_dir / "hardware" / "hand_set.yaml").write_text(
         "kind: measured\n"
         "source: set by hand for a test\n"
         "memory_gb: 1\n"
         "steps:\n"
         "  digits_cnn: {overhead_s: 0.01, per_sample_s: 0.001, flops_per_sample: 1.0e6}\n"
-        "aggregate_bytes_per_s: 1.0e9\n"
+        + extra
+        + "aggregate_bytes_per_s: 1.0e9\n"
     )
-    topology = topology_with("hand_set", tmp_path)
+    return topology_with("hand_set", conf_dir)
+
+
+def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_path):
+    # Prepare: 10 ms per step and 1 ms per sample for digits_cnn, 1 GFLOP/s for anything else.
+    topology = hand_set_topology(tmp_path)
 
     # Execute
     work = {"samples": 100, "batch_size": 32, "epochs": 3}
@@ -314,18 +321,10 @@ def test_a_hand_set_measured_profile_times_training_by_batches_and_samples(tmp_p
 def test_a_hand_set_measured_profile_times_the_servers_evaluation_by_eval_steps(tmp_path):
     # Prepare: evaluating digits_cnn takes 2 ms per batch and 10 us per sample; training it
     # 10 ms per step; anything else runs at 1 GFLOP/s.
-    (tmp_path / "hardware").mkdir()
-    (tmp_path / "hardware" / "hand_set.yaml").write_text(
-        "kind: measured\n"
-        "source: set by hand for a test\n"
-        "memory_gb: 1\n"
-        "steps:\n"
-        "  digits_cnn: {overhead_s: 0.01, per_sample_s: 0.001, flops_per_sample: 1.0e6}\n"
-        "eval_steps:\n"
-        "  digits_cnn: {overhead_s: 0.002, per_sample_s: 1.0e-5, batch_sizes: [32, 128, 512]}\n"
-        "aggregate_bytes_per_s: 1.0e9\n"
+    eval_steps = (
+        "  digits_cnn: {overhead_s: 0.002, per_sample_s: 1.0e-5, batch_sizes: [32, 128, 512]}"
     )
-    hardware = topology_with("hand_set", tmp_path).devices[1].hardware
+    hardware = hand_set_topology(tmp_path, f"eval_steps:\n{eval_steps}\n").devices[1].hardware
     evaluation = {"flops": 7e9, "samples": 1500, "batch_size": 1024, "evaluation": True}
 
     # Execute
