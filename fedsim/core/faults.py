@@ -84,7 +84,10 @@ class FaultPlan:
         stop = start if end is None else end
         if self.availability is not None and self.availability.offline(device, start, end):
             return True
-        return any(o.device == device and o.overlaps(start, stop) for o in self.outages)
+        # No generator to make when there are no outages, as in most runs (three asks a task).
+        return bool(self.outages) and any(
+            o.device == device and o.overlaps(start, stop) for o in self.outages
+        )
 
     def next_online(self, device: int, t: float) -> float:
         """The first time from ``t`` on at which ``device`` is reachable (``inf``: never again):

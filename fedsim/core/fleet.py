@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedsim.core.topology import Device, HardwareProfile, Topology
+from fedsim.core.topology import HardwareProfile, Topology
 
 ORDER = "order"
 SAMPLE = "sample"
@@ -150,15 +150,8 @@ def heterogeneous(
         if bw != link.bandwidth or lat != link.latency:
             link = replace(link, bandwidth=float(bw), latency=float(lat))
         s = (1.0 if row.speed is None else row.speed) * float(speed[i])
-        out[dev] = _with(d, hardware=hw, link=link, speed=s)
+        out[dev] = d.with_traits(hardware=hw, link=link, speed=s)
     return Topology(topology.name, topology.groups, out)
-
-
-def _with(d: Device, **changes: object) -> Device:
-    """``d`` with ``changes``, or ``d`` itself when they change nothing (shared, no copy)."""
-    if all(getattr(d, k) is v or getattr(d, k) == v for k, v in changes.items()):
-        return d
-    return replace(d, **changes)  # type: ignore[arg-type]
 
 
 # -- availability ---------------------------------------------------------------------------

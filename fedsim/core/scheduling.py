@@ -42,6 +42,31 @@ class DeviceView:
     last_duration: float | None = None
     samples: int = 0
 
+    def observed(
+        self,
+        *,
+        reliability: float,
+        utility: float,
+        throughput: float,
+        last_duration: float | None,
+        samples: int,
+    ) -> DeviceView:
+        """This view overlaid with what rounds observed of the device: ``dataclasses.replace``
+        spelled out, which costs less than half of it (a view a candidate, every round)."""
+        return DeviceView(
+            id=self.id,
+            group=self.group,
+            online=self.online,
+            cpu_busy=self.cpu_busy,
+            memory_available=self.memory_available,
+            throughput=throughput,
+            bandwidth=self.bandwidth,
+            reliability=reliability,
+            utility=utility,
+            last_duration=last_duration,
+            samples=samples,
+        )
+
 
 class ResourceView(abc.ABC):
     """Reads the current state of devices for the scheduler."""

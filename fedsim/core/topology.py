@@ -213,6 +213,29 @@ class Device:
         if not (math.isfinite(self.speed) and self.speed > 0):
             raise TopologyError(f"device {self.id}: speed must be finite and > 0")
 
+    def with_traits(self, *, hardware: HardwareProfile, link: LinkProfile, speed: float) -> Device:
+        """This device with its own hardware, link and speed (a fleet's draws); itself when
+        they change nothing. ``dataclasses.replace`` spelled out, which costs about twice as
+        much: a fleet of a million devices makes a million of them."""
+        if (
+            (hardware is self.hardware or hardware == self.hardware)
+            and (link is self.link or link == self.link)
+            and speed == self.speed
+        ):
+            return self
+        return Device(
+            id=self.id,
+            description=self.description,
+            group=self.group,
+            id_in_group=self.id_in_group,
+            role=self.role,
+            hardware=hardware,
+            link=link,
+            attach_to=self.attach_to,
+            speed=speed,
+            cpu_quota=self.cpu_quota,
+        )
+
 
 # Nodes of the network tree: ("device", id), ("switch", group id) and the backbone.
 Node = tuple[str, int]
@@ -233,6 +256,10 @@ class Topology:
     # than each making tuples of its own (a path in flight per device, at scale).
     _parent: dict[Node, tuple[Node, DirectedLink, DirectedLink]] = field(
         init=False, repr=False, compare=False
+    )
+    # The chain of nodes from each parent of a device up to the backbone, as path() asks.
+    _chains: dict[Node, tuple[Node, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:
@@ -288,13 +315,23 @@ class Topology:
 
     def path(self, src: int, dst: int) -> list[DirectedLink]:
         """Directed links from device ``src`` to device ``dst``: up to the meeting point, down."""
+        devices = self.devices
         for end in (src, dst):
-            if end not in self.devices:
+            if end not in devices:
                 raise TopologyError(f"no device {end}")
-        # Both chains end at the backbone: the meeting point is where their common tail begins.
+        if src == dst:
+            return []
         parent = self._parent
-        up = self._chain(("device", src))
-        down = self._chain(("device", dst))
+        a: Node = ("device", src)
+        b: Node = ("device", dst)
+        above_a, up_a, _ = parent[a]
+        above_b, _, down_b = parent[b]
+        if above_a == above_b:  # siblings (a group's devices): one hop up, one down
+            return [up_a, down_b]
+        # Each chain runs up to the backbone: the meeting point is where their common tail
+        # begins. The chains above a device are its parent's, kept (a fleet has few parents).
+        up = (a, *self._above(above_a))
+        down = (b, *self._above(above_b))
         i, j = len(up), len(down)
         while i and j and up[i - 1] == down[j - 1]:
             i -= 1
@@ -302,6 +339,14 @@ class Topology:
         hops = [parent[n][1] for n in up[:i]]
         hops += [parent[n][2] for n in reversed(down[:j])]
         return hops
+
+    def _above(self, node: Node) -> tuple[Node, ...]:
+        """``node`` and its ancestors up to the backbone, made once per node asked for: path()
+        asks only for the parents of devices (switches, and devices others attach to)."""
+        chain = self._chains.get(node)
+        if chain is None:
+            chain = self._chains[node] = tuple(self._chain(node))
+        return chain
 
     def _chain(self, node: Node) -> list[Node]:
         """``node`` and its ancestors up to the backbone; raises where they form a cycle."""

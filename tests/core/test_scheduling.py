@@ -317,3 +317,24 @@ def test_balanced_round_is_never_slower_than_an_unbalanced_one(seed):
     balanced = max(shares[v.id] / v.throughput for v in views)
     unbalanced = max(base / v.throughput for v in views)
     assert balanced <= unbalanced + 1e-12
+
+
+def test_observed_view_carries_every_other_field():
+    # Prepare: a view whose every field differs from its default, and an overlay of history
+    # Execute: the overlay made by observed() and by dataclasses.replace
+    # Assert: the same view, so a field added to DeviceView cannot be dropped by observed()
+    from dataclasses import fields, replace
+
+    values = {"id": 7, "group": 3, "online": False, "cpu_busy": 0.5, "memory_available": 2e9}
+    values |= {"throughput": 11.0, "bandwidth": 2e6, "reliability": 0.3, "utility": 4.0}
+    values |= {"last_duration": 9.5, "samples": 12}
+    assert set(values) == {f.name for f in fields(DeviceView)}
+    v = DeviceView(**values)
+    overlay = {
+        "reliability": 0.9,
+        "utility": 1.5,
+        "throughput": 20.0,
+        "last_duration": 3.0,
+        "samples": 40,
+    }
+    assert v.observed(**overlay) == replace(v, **overlay)

@@ -1,11 +1,12 @@
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from topologies import hardware, link, star
 
 from fedsim.core.calibration import StepModel
 from fedsim.core.topology import (
+    CpuQuota,
     Device,
     Topology,
     TopologyError,
@@ -183,3 +184,28 @@ def test_only_a_measured_profile_carries_evaluation_step_models():
         hardware(), kind="measured", steps={"m": evaluation["m"]}, eval_steps=evaluation
     )
     assert measured.eval_steps == evaluation
+
+
+def test_with_traits_is_replace_and_shares_an_unchanged_device():
+    # Prepare: a device whose every field is set, and traits that differ from its own
+    hw, other = hardware("hw"), hardware("other", tflops=2.0)
+    own = link(latency_s=0.01)
+    d = Device(
+        id=4,
+        description="d",
+        group=2,
+        id_in_group=1,
+        role="trainer",
+        hardware=hw,
+        link=own,
+        attach_to=3,
+        speed=1.5,
+        cpu_quota=CpuQuota(cores=0.5, period_s=0.1),
+    )
+    assert all(getattr(d, f.name) != f.default for f in fields(Device))
+    traits = {"hardware": other, "link": replace(own, bandwidth=2e6), "speed": 0.5}
+
+    # Execute / Assert: the same device as replace() makes, and the device itself when the
+    # traits are its own (equal, not necessarily the same objects)
+    assert d.with_traits(**traits) == replace(d, **traits)
+    assert d.with_traits(hardware=replace(hw), link=replace(own), speed=1.5) is d

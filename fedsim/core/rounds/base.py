@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -119,9 +120,9 @@ def mean_loss(updates: Sequence[Update]) -> float | None:
     return float(sum(x * n for x, n in pairs) / sum(n for _, n in pairs))
 
 
-def device_order(r: TaskResult) -> tuple[int, str]:
-    """A result's place in device order (a device's task id breaks a tie)."""
-    return r.device, r.task_id
+# A result's place in device order (a device's task id breaks a tie): (device, task_id), read
+# in C rather than by a Python function a result (a million of them in a large round).
+device_order: Callable[[TaskResult], tuple[int, str]] = attrgetter("device", "task_id")
 
 
 def accepted_updates(results: Iterable[TaskResult]) -> list[Update]:
@@ -200,8 +201,7 @@ class Federation:
                 for d in candidates
             }
         return {
-            d: replace(
-                v,
+            d: v.observed(
                 reliability=self.reliability.score(d),
                 utility=self._utility.get(d, v.utility),
                 throughput=self._rate.get(d, v.throughput),
