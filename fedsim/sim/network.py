@@ -105,6 +105,55 @@ class _Flow:
         return self.finish < other.finish or (self.finish == other.finish and self.seq < other.seq)
 
 
+class _Entry:
+    """An entry of one of the network's heaps: its key, and the id that says whether it is
+    still its item's live entry (an item gets a new entry when its key changes; the old one
+    stays, stale, until it comes to the top). Ids grow with every entry, so they also order
+    equal keys by when they were pushed, as a tuple (key, id, item) would. One native object
+    where such a tuple is three (the tuple, a float and an int): about 64 bytes rather than
+    120, an entry in two heaps for each device in flight, and one allocation rather than
+    three each time an entry is renewed."""
+
+    __slots__ = ("id", "key")
+
+    def __init__(self, key: float, id: int) -> None:
+        self.key = key
+        self.id = id
+
+    def __lt__(self, other: _Entry) -> bool:
+        return self.key < other.key or (self.key == other.key and self.id < other.id)
+
+
+class _BundleEntry(_Entry):
+    """A bundle's next finish on its class's clock, in its class's heap."""
+
+    __slots__ = ("bundle",)
+
+    def __init__(self, key: float, id: int, bundle: _Bundle) -> None:
+        super().__init__(key, id)
+        self.bundle = bundle
+
+
+class _ClassEntry(_Entry):
+    """A class's next finish: on its route's clock (bound) or in seconds (capped)."""
+
+    __slots__ = ("cls",)
+
+    def __init__(self, key: float, id: int, cls: _Class) -> None:
+        super().__init__(key, id)
+        self.cls = cls
+
+
+class _RouteEntry(_Entry):
+    """When a route's first flow is due, or the earliest a wake-up could find it due."""
+
+    __slots__ = ("route",)
+
+    def __init__(self, key: float, id: int, route: _Route) -> None:
+        super().__init__(key, id)
+        self.route = route
+
+
 class FlowNetworkBase:
     """What every flow model shares: validation, latency, records and counters."""
 
@@ -264,7 +313,7 @@ class _Route:
         self.roof = math.inf  # the level its links of one route let it reach, in a fill
         self.full = 0.0  # its load at that roof
         self.full_at = math.nan  # the roof that load is for; nan once its flows change
-        self.heap: list[tuple[float, int, _Class]] = []  # bound classes by next finish (vclock)
+        self.heap: list[_ClassEntry] = []  # bound classes by next finish (vclock)
         self.v0 = 0.0
         self.t0 = now
 
@@ -310,7 +359,7 @@ class _Class:
     def __init__(self, route: _Route, cap: float, now: float):
         self.cap = cap
         self.route = route
-        self.heap: list[tuple[float, int, _Bundle]] = []  # (bundle's next finish, entry id)
+        self.heap: list[_BundleEntry] = []  # its bundles by next finish (class clock)
         self.bundles = 0
         self.weight = 0  # flows in the class
         self.entry = -1  # id of the live entry in the route's or the network's heap
@@ -379,13 +428,13 @@ class FlowNetwork(FlowNetworkBase):
         self._components: dict[Hashable, _Component] = {}  # each shared link's, once asked
         self._roofs: dict[Hashable, float] = {}  # level of each link of one route, alone
         self._last: dict[Hashable, float] = {}  # each link of several routes: its last level
-        self._timed: list[tuple[float, int, _Class]] = []  # capped classes by next finish time
+        self._timed: list[_ClassEntry] = []  # capped classes by next finish time
         # Routes by when their first flow is due (_due) and by the earliest time at which a
         # wake-up could find one due (_ready: less the share of a flow's size that counts as
         # sent), so that a wake-up and the scheduling look at the routes that may be due and
         # that changed, not at every route. Routes whose entries must be redone: _moved.
-        self._due: list[tuple[float, int, _Route]] = []
-        self._ready: list[tuple[float, int, _Route]] = []
+        self._due: list[_RouteEntry] = []
+        self._ready: list[_RouteEntry] = []
         self._moved: dict[_Route, None] = {}
         self._largest = 0.0  # the largest transfer admitted so far, in bytes
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
@@ -464,16 +513,17 @@ class FlowNetwork(FlowNetworkBase):
         ready, moved = self._ready, self._moved
         limit = now + 1e-9 * (1.0 + now)  # more than any rounding of the due times
         picked = []
-        while ready and ready[0][0] <= limit:
-            _, entry, route = heapq.heappop(ready)
-            if entry == route.due_id:
+        while ready and ready[0].key <= limit:
+            top = heapq.heappop(ready)
+            route = top.route
+            if top.id == route.due_id:
                 picked.append(route)
                 moved[route] = None
         picked.sort(key=_seq)
         for heap in [self._timed] + [route.heap for route in picked]:
             while heap:
-                _, entry, cls = heap[0]
-                if entry != cls.entry:
+                cls = heap[0].cls
+                if heap[0].id != cls.entry:
                     heapq.heappop(heap)
                     continue
                 if not self._drain(cls, now, finished, dirty):
@@ -517,8 +567,8 @@ class FlowNetwork(FlowNetworkBase):
         heap = cls.heap
         before = len(finished)
         while heap:
-            _, entry, bundle = heap[0]
-            if entry != bundle.entry:
+            bundle = heap[0].bundle
+            if heap[0].id != bundle.entry:
                 heapq.heappop(heap)
                 continue
             bundle_clock = clock + bundle.offset
@@ -583,7 +633,9 @@ class FlowNetwork(FlowNetworkBase):
             cls.route.tree.set_weight(cls.cap, cls.weight)
             self._reload(cls.route)
         bundle.entry = next(self._ids)
-        heapq.heappush(cls.heap, (bundle.flows[0].finish - bundle.offset, bundle.entry, bundle))
+        heapq.heappush(
+            cls.heap, _BundleEntry(bundle.flows[0].finish - bundle.offset, bundle.entry, bundle)
+        )
         self._touched[cls] = None
 
     def _new_class(
@@ -871,20 +923,20 @@ class FlowNetwork(FlowNetworkBase):
     def _rekey(self, cls: _Class) -> None:
         """Push the class's next finish into its route's heap (bound) or the timed heap."""
         heap = cls.heap
-        while heap and heap[0][1] != heap[0][2].entry:
+        while heap and heap[0].id != heap[0].bundle.entry:
             heapq.heappop(heap)
         if len(heap) > 2 * cls.bundles + 32:  # drop stale entries before they pile up
-            cls.heap = heap = [e for e in heap if e[1] == e[2].entry]
+            cls.heap = heap = [e for e in heap if e.id == e.bundle.entry]
             heapq.heapify(heap)
         if not heap:
             return
         cls.entry = next(self._ids)
         if cls.bound:
-            heapq.heappush(cls.route.heap, (heap[0][0] - cls.offset, cls.entry, cls))
+            heapq.heappush(cls.route.heap, _ClassEntry(heap[0].key - cls.offset, cls.entry, cls))
             self._moved[cls.route] = None
         else:
-            finish = cls.t0 + (heap[0][0] - cls.x0) / cls.cap
-            heapq.heappush(self._timed, (finish, cls.entry, cls))
+            finish = cls.t0 + (heap[0].key - cls.x0) / cls.cap
+            heapq.heappush(self._timed, _ClassEntry(finish, cls.entry, cls))
 
     def _schedule(self, now: float) -> None:
         """Wake up when the first flow is due: the capped classes' heap holds their finish
@@ -899,30 +951,31 @@ class FlowNetwork(FlowNetworkBase):
         soonest = math.inf
         timed = self._timed = self._live(self._timed, self._classes)
         if timed:
-            soonest = timed[0][0]
+            soonest = timed[0].key
         due, ready, ids = self._due, self._ready, self._ids
         for route in self._moved:
             heap = route.heap
             if len(heap) > 2 * route.bound + 32:
                 heap = route.heap = self._live(heap, route.bound)
-            while heap and heap[0][1] != heap[0][2].entry:
+            while heap and heap[0].id != heap[0].cls.entry:
                 heapq.heappop(heap)
             entry = route.due_id = next(ids)
             if heap:
                 # _Route.vclock spelled out (the same arithmetic).
                 level = route.level
                 v = route.v0 if level == math.inf else route.v0 + level * (now - route.t0)
-                at = now + (heap[0][0] - v) / level
-                heapq.heappush(due, (at, entry, route))
-                heapq.heappush(ready, (at - REL_EPS * self._largest / level, entry, route))
+                at = now + (heap[0].key - v) / level
+                heapq.heappush(due, _RouteEntry(at, entry, route))
+                ready_at = at - REL_EPS * self._largest / level
+                heapq.heappush(ready, _RouteEntry(ready_at, entry, route))
         self._moved.clear()
         if len(due) > 4 * len(self._routes) + 64:  # drop stale entries before they pile up
             self._due = due = self._current(due)
             self._ready = self._current(ready)
-        while due and due[0][1] != due[0][2].due_id:
+        while due and due[0].id != due[0].route.due_id:
             heapq.heappop(due)
         if due:
-            soonest = min(soonest, due[0][0])
+            soonest = min(soonest, due[0].key)
         if soonest == self._pending_for and self._pending is not None:
             return  # the wake-up set for that time still stands: no new one, no stale one
         self._pending, self._pending_for = None, soonest
@@ -931,20 +984,18 @@ class FlowNetwork(FlowNetworkBase):
             timeout.callbacks.append(self._on_timeout)
 
     @staticmethod
-    def _current(
-        heap: list[tuple[float, int, _Route]],
-    ) -> list[tuple[float, int, _Route]]:
+    def _current(heap: list[_RouteEntry]) -> list[_RouteEntry]:
         """A due heap with only the routes' live entries."""
-        heap = [e for e in heap if e[1] == e[2].due_id]
+        heap = [e for e in heap if e.id == e.route.due_id]
         heapq.heapify(heap)
         return heap
 
     @staticmethod
-    def _live(heap: list[tuple[float, int, _Class]], live: int) -> list[tuple[float, int, _Class]]:
+    def _live(heap: list[_ClassEntry], live: int) -> list[_ClassEntry]:
         """The heap with its stale top entries gone, rebuilt once stale ones pile up."""
         if len(heap) > 2 * live + 32:
-            heap = [e for e in heap if e[1] == e[2].entry]
+            heap = [e for e in heap if e.id == e.cls.entry]
             heapq.heapify(heap)
-        while heap and heap[0][1] != heap[0][2].entry:
+        while heap and heap[0].id != heap[0].cls.entry:
             heapq.heappop(heap)
         return heap
