@@ -46,8 +46,10 @@ import itertools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from fedsim.sim.captree import CapTree
 
@@ -72,9 +74,27 @@ Then = Callable[[None], object]
 
 class _Flow:
     """A transfer; in its bundle's heap, ordered by its finish on the bundle's clock and then by
-    when it was admitted (the flow itself is the heap's entry: no tuple, float and int a flow)."""
+    when it was admitted (the flow itself is the heap's entry: no tuple, float and int a flow).
 
-    __slots__ = ("cap", "done", "finish", "nbytes", "path", "seq", "start", "then")
+    While it waits out its path's latency the flow is itself the event in SimPy's queue: it has
+    what ``simpy.Environment.step`` reads of an event (``callbacks``, then ``_ok``), so that no
+    Timeout (an object, its attributes and its list of callbacks) is made for it, twice a
+    device a round. It is scheduled as a Timeout is (``Environment.schedule``), so the order
+    of events is the same.
+    """
+
+    __slots__ = (
+        "_ok",
+        "callbacks",
+        "cap",
+        "done",
+        "finish",
+        "nbytes",
+        "path",
+        "seq",
+        "start",
+        "then",
+    )
 
     def __init__(
         self,
@@ -93,6 +113,10 @@ class _Flow:
         self.then = then  # send()'s callback, or None for transfer()
         self.finish = 0.0  # on its bundle's clock, once admitted
         self.seq = 0  # the order of admission, for flows that finish together
+        # As an event in SimPy's queue: the network's list of the one callback, shared by every
+        # flow (SimPy sets it to None once it has called it), and a success.
+        self.callbacks: list[Callable[[_Flow], None]] | None = None
+        self._ok = True
 
     def __hash__(self) -> int:  # by identity, as without __lt__ (which mypyc's class drops it for)
         return id(self)
@@ -176,9 +200,10 @@ class FlowNetworkBase:
         self._latency = latency
         self.bytes_delivered = 0.0
         """Bytes of finished transfers that crossed at least one link."""
-        # One bound method for every transfer's arrival rather than a closure each: a round
-        # of a million devices starts a million transfers at once, each waiting its latency.
-        self._on_arrival = self._arrival
+        # One list holding one bound method for every transfer's arrival, rather than a
+        # closure or a list each: a round of a million devices starts a million transfers at
+        # once, each waiting its latency.
+        self._on_arrival: list[Callable[[_Flow], None]] = [self._arrival]
 
     def transfer(
         self, path: Sequence[Hashable], nbytes: float, *, cap: float = math.inf
@@ -220,17 +245,26 @@ class FlowNetworkBase:
             raise ValueError(f"nbytes must be non-negative, got {nbytes}")
         if not cap > 0:
             raise ValueError(f"cap must be positive, got {cap}")
-        unknown = [link for link in path if link not in self._capacity]
-        if unknown:
-            raise ValueError(f"unknown links {unknown}")
-        if len(set(path)) != len(path):
-            raise ValueError(f"path crosses a link twice: {path}")
+        # Checked without a list or a set made, as every transfer is: paths are a few links.
+        capacity = self._capacity
+        n = len(path)
+        for i in range(n):
+            link = path[i]
+            if link not in capacity:
+                raise ValueError(f"unknown links {[x for x in path if x not in capacity]}")
+            for j in range(i):
+                if path[j] == link:
+                    raise ValueError(f"path crosses a link twice: {path}")
         return path
 
     def _depart(self, flow: _Flow) -> None:
         """The flow on its way: it reaches the network after its path's latency."""
-        delay = sum(self._latency.get(link, 0.0) for link in flow.path)
-        self.env.timeout(delay, flow).callbacks.append(self._on_arrival)
+        delay = 0.0
+        for link in flow.path:
+            delay += self._latency.get(link, 0.0)
+        flow.callbacks = self._on_arrival
+        env: Any = self.env  # the flow is the event (see _Flow), which SimPy's types do not say
+        env.schedule(flow, NORMAL, delay)
 
     def capacity(self, link: Hashable) -> float:
         """The link's capacity now, in bytes/s."""
@@ -248,9 +282,7 @@ class FlowNetworkBase:
     def _reshare(self, link: Hashable) -> None:
         raise NotImplementedError
 
-    def _arrival(self, timeout: simpy.Event) -> None:
-        flow = timeout.value
-        assert isinstance(flow, _Flow)
+    def _arrival(self, flow: _Flow) -> None:
         self._arrive(flow)
 
     def _arrive(self, flow: _Flow) -> None:
