@@ -129,6 +129,17 @@ class _Flow:
         return self.finish < other.finish or (self.finish == other.finish and self.seq < other.seq)
 
 
+class _Wake:
+    """A wake-up of the network, itself the event in SimPy's queue as a flow is (see _Flow):
+    one small object where a Timeout is three, about two a device a round."""
+
+    __slots__ = ("_ok", "callbacks")
+
+    def __init__(self, callbacks: list[Callable[[_Wake], None]]) -> None:
+        self.callbacks: list[Callable[[_Wake], None]] | None = callbacks
+        self._ok = True
+
+
 class _Entry:
     """An entry of one of the network's heaps: its key, and the id that says whether it is
     still its item's live entry (an item gets a new entry when its key changes; the old one
@@ -471,11 +482,12 @@ class FlowNetwork(FlowNetworkBase):
         self._largest = 0.0  # the largest transfer admitted so far, in bytes
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
         self._ids = itertools.count()
-        self._pending: simpy.Event | None = None  # the wake-up due; earlier ones are stale
+        self._pending: _Wake | None = None  # the wake-up due; earlier ones are stale
         self._pending_for = math.nan  # the due time it was set for
-        # One bound method for every wake-up rather than a closure each: the stale ones wait
-        # in SimPy's queue until their time, one per rate change, so each should cost little.
-        self._on_timeout = self._wake
+        # One list holding one bound method for every wake-up rather than a closure or a list
+        # each: the stale ones wait in SimPy's queue until their time, one per rate change, so
+        # each should cost little.
+        self._on_timeout: list[Callable[[_Wake], None]] = [self._wake]
         self.active_flows = 0
         """Flows past their latency that have bytes left to send."""
 
@@ -532,7 +544,7 @@ class FlowNetwork(FlowNetworkBase):
         bundles = () if users is None else (users,) if isinstance(users, _Bundle) else users
         self._update(dict.fromkeys(bundles), self.env.now)
 
-    def _wake(self, timeout: simpy.Event) -> None:
+    def _wake(self, timeout: _Wake) -> None:
         if timeout is not self._pending:
             return
         self._pending = None
@@ -1012,8 +1024,9 @@ class FlowNetwork(FlowNetworkBase):
             return  # the wake-up set for that time still stands: no new one, no stale one
         self._pending, self._pending_for = None, soonest
         if soonest < math.inf:
-            timeout = self._pending = self.env.timeout(max(soonest - now, 0.0))
-            timeout.callbacks.append(self._on_timeout)
+            timeout = self._pending = _Wake(self._on_timeout)
+            env: Any = self.env  # the wake-up is the event (see _Wake)
+            env.schedule(timeout, NORMAL, max(soonest - now, 0.0))
 
     @staticmethod
     def _current(heap: list[_RouteEntry]) -> list[_RouteEntry]:

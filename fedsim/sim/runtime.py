@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import simpy
-from simpy.events import URGENT
+from simpy.events import NORMAL, URGENT
 
 from fedsim.core import collector
 from fedsim.core.events import Event, EventKind
@@ -661,6 +661,15 @@ class SimTransport(Transport):
 _Step = Callable[["_FitRun", simpy.Event | None], None]
 
 
+def _end(run: _FitRun) -> None:
+    """What SimPy calls when a run's own wait (its training) ends: its next step."""
+    run.step(run, None)
+
+
+# The callbacks of every run's own wait: one list, which SimPy reads and never changes.
+_ENDS: list[Callable[[_FitRun], None]] = [_end]
+
+
 class _FitRun:
     """A training task (download, training, upload) driven by callbacks rather than as a
     SimPy process: the same events, at the same times, as :meth:`SimTransport._task` makes
@@ -676,7 +685,9 @@ class _FitRun:
     latency jitter."""
 
     __slots__ = (
+        "_ok",
         "begin",
+        "callbacks",
         "cpu",
         "drops",
         "ins",
@@ -707,6 +718,11 @@ class _FitRun:
         # __call__ applies. The run itself is the event's callback, not a bound method made
         # per wait (64 bytes each, a device's while it waits).
         self.step: _Step = _FitRun._downloaded
+        # While it trains the run is itself the event in SimPy's queue, as a Timeout would be
+        # (what Environment.step reads of an event: callbacks, then _ok): no Timeout, its
+        # attributes and its list of callbacks a device.
+        self.callbacks: list[Callable[[_FitRun], None]] | None = None
+        self._ok = True
 
     def __call__(self, event: simpy.Event | None) -> None:
         self.step(self, event)
@@ -777,7 +793,9 @@ class _FitRun:
         # The processor seconds charged, as _compute charges them (no quota here).
         self.cpu = seconds / device.speed
         self.train_cpu = steps / device.speed
-        self._wait(t.env.timeout(self.cpu), _FitRun._trained)
+        self.step = _FitRun._trained
+        self.callbacks = _ENDS
+        t.env.schedule(self, NORMAL, self.cpu)  # type: ignore[arg-type]  # the run is the event
 
     def _trained(self, _: simpy.Event | None) -> None:
         t = self.transport
