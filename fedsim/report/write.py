@@ -50,13 +50,18 @@ class EventsWriter:
         self.dropped = 0
 
     def __call__(self, e: Event) -> None:
+        self.row(e.device, e.kind, e.start, e.end, e.nbytes, e.task)
+
+    def row(
+        self, device: int, kind: EventKind, start: float, end: float, nbytes: int, task: str
+    ) -> None:
+        """Write an event given by its fields (:data:`fedsim.core.events.Row`)."""
         if self.written >= self.limit:
             self.dropped += 1
             return
         rep, scenario = self._prefix
-        start, end, kind = e.start, e.end, _KIND_VALUE[e.kind]
         self._rows.writerow(
-            (rep, scenario, e.device, kind, start, end, end - start, e.nbytes, e.task)
+            (rep, scenario, device, _KIND_VALUE[kind], start, end, end - start, nbytes, task)
         )
         self.written += 1
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from itertools import accumulate
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from fedsim import __version__
 from fedsim.core.attacks import ByzantineTransport, attackers, flip_labels
 from fedsim.core.coordinator import ClientWork, Coordinator, Evaluation, RoundReport
-from fedsim.core.events import Event, EventColumns
+from fedsim.core.events import Event, EventColumns, EventKind
 from fedsim.core.privacy import local_participations, with_privacy
 from fedsim.core.results import (
     FEDERATED,
@@ -115,7 +114,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     with bar, written, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
         rows = _RoundRows()
-        transport.events.sink = rows.tee(written)
+        transport.events.attach(rows.tee(written))
         resources = session.resources(transport)
         attacked = None
         if byzantine:
@@ -342,6 +341,25 @@ def real_data(
     return shards, (X_test, y_test), labels
 
 
+class _Tee:
+    """An event log's sink: each event to the run's events file and to the current round's
+    columns; as fields too (``row``), so that the runtime makes no Event for them."""
+
+    __slots__ = ("_columns", "_file")
+
+    def __init__(self, file: EventsWriter, columns: EventColumns) -> None:
+        self._file, self._columns = file, columns
+
+    def __call__(self, event: Event) -> None:
+        self.row(event.device, event.kind, event.start, event.end, event.nbytes, event.task)
+
+    def row(
+        self, device: int, kind: EventKind, start: float, end: float, nbytes: int, task: str
+    ) -> None:
+        self._file.row(device, kind, start, end, nbytes, task)
+        self._columns.add_row(device, kind, start, end, nbytes)
+
+
 class _RoundRows:
     """Turns each round's report and events into a row as the round ends.
 
@@ -353,15 +371,9 @@ class _RoundRows:
         self.rows: list[RoundRow] = []
         self._fresh = EventColumns()
 
-    def tee(self, sink: Callable[[Event], None]) -> Callable[[Event], None]:
+    def tee(self, sink: EventsWriter) -> _Tee:
         """An event log's sink that hands each event to ``sink`` and keeps it for the row."""
-        keep = self._fresh.add
-
-        def both(event: Event) -> None:
-            sink(event)
-            keep(event)
-
-        return both
+        return _Tee(sink, self._fresh)
 
     def __call__(self, r: RoundReport) -> None:
         fresh = self._fresh

@@ -743,16 +743,7 @@ class _FitRun:
     def _record(self, kind: EventKind, src: int, dst: int, nbytes: int) -> None:
         t = self.transport
         device = src if dst == t.server else dst
-        t.events.record(
-            Event(
-                device=device,
-                kind=kind,
-                start=self.begin,
-                end=t.env.now,
-                nbytes=nbytes,
-                task=self.task.id,
-            )
-        )
+        t.events.add(device, kind, self.begin, t.env.now, nbytes, self.task.id)
 
     def _gone(self) -> bool:
         # An unreachable device goes silent: no result ever arrives.
@@ -801,11 +792,7 @@ class _FitRun:
         t = self.transport
         ins, dev = self.ins, self.task.device
         t._release(dev)
-        t.events.record(
-            Event(
-                device=dev, kind=EventKind.TRAIN, start=self.start, end=t.env.now, task=self.task.id
-            )
-        )
+        t.events.add(dev, EventKind.TRAIN, self.start, t.env.now, 0, self.task.id)
         if self._gone() or self.drops:
             return
         params, metrics = t.trainer(dev, ins) if t.trainer else (None, _NONE)
