@@ -424,7 +424,7 @@ class _Class:
 class _Bundle:
     """Flows with one path and per-flow cap; their finishes count on the bundle's clock."""
 
-    __slots__ = ("cap", "cls", "counted", "entry", "flows", "n", "offset", "path")
+    __slots__ = ("cap", "cls", "counted", "entry", "flows", "mask", "n", "offset", "path")
 
     def __init__(self, path: tuple, cap: float):
         self.path = path
@@ -432,6 +432,9 @@ class _Bundle:
         self.flows: list[_Flow] = []  # a heap
         self.n = 0
         self.cls: _Class | None = None
+        # Which links of its path were shared (bit i: path[i]) when it was put in cls: while
+        # they stay so, cls's route has its shared links, and _place makes no set of them.
+        self.mask = -1
         self.offset = 0.0  # bundle clock = class clock + offset
         self.counted = 0  # flows counted in cls.weight
         self.entry = -1  # id of the live entry in cls.heap; others are stale
@@ -481,7 +484,7 @@ class FlowNetwork(FlowNetworkBase):
         self._moved: dict[_Route, None] = {}
         self._largest = 0.0  # the largest transfer admitted so far, in bytes
         self._touched: dict[_Class, None] = {}  # classes whose heap entry must be renewed
-        self._ids = itertools.count()
+        self._ids = 0  # the next id of an entry, a flow or a route (see _id)
         self._pending: _Wake | None = None  # the wake-up due; earlier ones are stale
         self._pending_for = math.nan  # the due time it was set for
         # One list holding one bound method for every wake-up rather than a closure or a list
@@ -490,6 +493,14 @@ class FlowNetwork(FlowNetworkBase):
         self._on_timeout: list[Callable[[_Wake], None]] = [self._wake]
         self.active_flows = 0
         """Flows past their latency that have bytes left to send."""
+
+    def _id(self) -> int:
+        """The next of the ids that order entries, flows and routes: 0, 1, 2, ... A counter of
+        the network's own rather than itertools.count, whose ints are objects: compiled, the
+        ids stay machine integers, some ten a device in flight."""
+        n = self._ids
+        self._ids = n + 1
+        return n
 
     def rates(self) -> dict[object, float]:
         """Current rate of each active flow, keyed by its transfer() event or its send()
@@ -527,7 +538,7 @@ class FlowNetwork(FlowNetworkBase):
                 else:
                     users[bundle] = None
         finish = self._bundle_clock(bundle, now) + flow.nbytes
-        flow.finish, flow.seq = finish, next(self._ids)
+        flow.finish, flow.seq = finish, self._id()
         heapq.heappush(bundle.flows, flow)
         bundle.n += 1
         self.active_flows += 1
@@ -651,32 +662,38 @@ class FlowNetwork(FlowNetworkBase):
         if bundle.n == 0:
             self._detach(bundle)
             return
-        shared = []
         cap = bundle.cap
+        mask = 0
+        bit = 1
+        users, capacity = self._users, self._capacity
         for link in bundle.path:
-            if isinstance(self._users[link], dict):
-                shared.append(link)
+            if isinstance(users[link], dict):
+                mask |= bit
             else:
-                cap = min(cap, self._capacity[link] / bundle.n)
-        links = frozenset(shared)
+                cap = min(cap, capacity[link] / bundle.n)
+            bit <<= 1
         cls = bundle.cls
-        if cls is None or cls.cap != cap or cls.route.shared != links:
-            clock = self._bundle_clock(bundle, now)
-            self._detach(bundle)
-            route = self._routes.get(links)
-            cls = None if route is None else route.by_cap.get(cap)
-            if cls is None:  # made with the bundle's flows: one walk down its tree, not two
-                cls = self._new_class(links, cap, tuple(shared), now, bundle.n)
-                bundle.counted = bundle.n
-            bundle.cls = cls
-            cls.bundles += 1
-            bundle.offset = clock - cls.clock(now)
+        if cls is None or cls.cap != cap or mask != bundle.mask:
+            shared = [link for i, link in enumerate(bundle.path) if mask >> i & 1]
+            links = frozenset(shared)
+            if cls is None or cls.cap != cap or cls.route.shared != links:
+                clock = self._bundle_clock(bundle, now)
+                self._detach(bundle)
+                route = self._routes.get(links)
+                cls = None if route is None else route.by_cap.get(cap)
+                if cls is None:  # made with the bundle's flows: one walk down its tree, not two
+                    cls = self._new_class(links, cap, tuple(shared), now, bundle.n)
+                    bundle.counted = bundle.n
+                bundle.cls = cls
+                cls.bundles += 1
+                bundle.offset = clock - cls.clock(now)
+            bundle.mask = mask
         if bundle.n != bundle.counted:
             cls.weight += bundle.n - bundle.counted
             bundle.counted = bundle.n
             cls.route.tree.set_weight(cls.cap, cls.weight)
             self._reload(cls.route)
-        bundle.entry = next(self._ids)
+        bundle.entry = self._id()
         heapq.heappush(
             cls.heap, _BundleEntry(bundle.flows[0].finish - bundle.offset, bundle.entry, bundle)
         )
@@ -687,7 +704,7 @@ class FlowNetwork(FlowNetworkBase):
     ) -> _Class:
         route = self._routes.get(shared)
         if route is None:
-            route = self._routes[shared] = _Route(links, now, next(self._ids))
+            route = self._routes[shared] = _Route(links, now, self._id())
             for link in route.links:
                 self._link_routes.setdefault(link, {})[route] = None
             self._components.clear()
@@ -974,7 +991,7 @@ class FlowNetwork(FlowNetworkBase):
             heapq.heapify(heap)
         if not heap:
             return
-        cls.entry = next(self._ids)
+        cls.entry = self._id()
         if cls.bound:
             heapq.heappush(cls.route.heap, _ClassEntry(heap[0].key - cls.offset, cls.entry, cls))
             self._moved[cls.route] = None
@@ -996,14 +1013,14 @@ class FlowNetwork(FlowNetworkBase):
         timed = self._timed = self._live(self._timed, self._classes)
         if timed:
             soonest = timed[0].key
-        due, ready, ids = self._due, self._ready, self._ids
+        due, ready = self._due, self._ready
         for route in self._moved:
             heap = route.heap
             if len(heap) > 2 * route.bound + 32:
                 heap = route.heap = self._live(heap, route.bound)
             while heap and heap[0].id != heap[0].cls.entry:
                 heapq.heappop(heap)
-            entry = route.due_id = next(ids)
+            entry = route.due_id = self._id()
             if heap:
                 # _Route.vclock spelled out (the same arithmetic).
                 level = route.level
