@@ -757,7 +757,9 @@ class FlowNetwork(FlowNetworkBase):
 
     def _reload(self, route: _Route) -> None:
         """The route's flows changed: its links' levels must be redone, its load at its roof too."""
-        self._changed.update(dict.fromkeys(route.links))
+        changed = self._changed
+        for link in route.links:
+            changed[link] = None
         self._reloaded[route] = None
         route.full_at = math.nan
 
