@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from fedsim.core.scheduling import DeviceView, ResourceView
@@ -22,11 +23,15 @@ class SimResources(ResourceView):
     def snapshot(self, devices: Sequence[int]) -> dict[int, DeviceView]:
         t = self.transport
         topo = t.topology
+        capacity = t.network.capacity
         views = {}
         for d in devices:
             dev = topo.devices[d]
-            path = topo.path(d, t.server)
-            bandwidth = min((t.network.capacity(link) for link in path), default=float("inf"))
+            bandwidth = math.inf  # the path's narrowest link (no generator: a view a device)
+            for link in topo.path(d, t.server):
+                c = capacity(link)
+                if c < bandwidth:
+                    bandwidth = c
             views[d] = DeviceView(
                 id=d,
                 group=dev.group,
