@@ -8,7 +8,10 @@ time is accounted for (for scale). Each round becomes a :class:`RoundRow` as it 
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from itertools import accumulate
 from pathlib import Path
@@ -114,7 +117,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     with bar, written, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
         rows = _RoundRows()
-        transport.events.attach(rows.tee(written))
+        shown = _ShowUpdates(bar) if hooks.progress else None
+        transport.events.attach(rows.tee(written, shown))
         resources = session.resources(transport)
         attacked = None
         if byzantine:
@@ -139,6 +143,8 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
                 hooks.on_round(asdict(rows.rows[-1]))
             if versions is not None:
                 versions.record(r, coordinator.parameters)
+            if shown is not None:
+                shown.clear()
             bar.update(1)
 
         coordinator = Coordinator(
@@ -341,14 +347,54 @@ def real_data(
     return shards, (X_test, y_test), labels
 
 
+# How many steps (models sent, trainings, updates received) a round counts between two looks at
+# the clock for its progress line.
+SHOW_EVERY = 1000
+
+
+class _ShowUpdates:
+    """Puts on the rounds bar how many models the round under way has sent to devices, how many
+    devices have trained and how many updates it has received, at most every ``every_s``
+    seconds: a round of a million devices takes a minute or more, while which the bar itself
+    (a step a round) does not move."""
+
+    def __init__(
+        self, bar: Any, *, every_s: float = 0.5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.bar, self.every_s, self.clock = bar, every_s, clock
+        self.last = -math.inf  # when the line was last shown; -inf: not shown this round
+
+    def __call__(self, models: int, trained: int, updates: int) -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.bar.set_postfix_str(
+                f"{models:,} models out, {trained:,} trained, {updates:,} updates in"
+            )
+
+    def clear(self) -> None:
+        """The round is over: its line goes, with the bar's next step."""
+        if self.last > -math.inf:
+            self.last = -math.inf
+            self.bar.set_postfix_str("", refresh=False)
+
+
 class _Tee:
     """An event log's sink: each event to the run's events file and to the current round's
-    columns; as fields too (``row``), so that the runtime makes no Event for them."""
+    columns; as fields too (``row``), so that the runtime makes no Event for them. It counts
+    the round's models sent, trainings and updates received (the ends of those steps) and
+    hands the counts to ``show`` every :data:`SHOW_EVERY` of them."""
 
-    __slots__ = ("_columns", "_file")
+    __slots__ = ("_columns", "_file", "_show", "models", "trained", "updates")
 
-    def __init__(self, file: EventsWriter, columns: EventColumns) -> None:
-        self._file, self._columns = file, columns
+    def __init__(
+        self,
+        file: EventsWriter,
+        columns: EventColumns,
+        show: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        self._file, self._columns, self._show = file, columns, show
+        self.models = self.trained = self.updates = 0
 
     def __call__(self, event: Event) -> None:
         self.row(event.device, event.kind, event.start, event.end, event.nbytes, event.task)
@@ -358,6 +404,16 @@ class _Tee:
     ) -> None:
         self._file.row(device, kind, start, end, nbytes, task)
         self._columns.add_row(device, kind, start, end, nbytes)
+        if kind is EventKind.MODEL_DOWNLOAD:
+            self.models += 1
+        elif kind is EventKind.TRAIN:
+            self.trained += 1
+        elif kind is EventKind.UPDATE_UPLOAD:
+            self.updates += 1
+        else:
+            return
+        if self._show is not None and not (self.models + self.trained + self.updates) % SHOW_EVERY:
+            self._show(self.models, self.trained, self.updates)
 
 
 class _RoundRows:
@@ -370,10 +426,14 @@ class _RoundRows:
     def __init__(self) -> None:
         self.rows: list[RoundRow] = []
         self._fresh = EventColumns()
+        self._tee: _Tee | None = None
 
-    def tee(self, sink: EventsWriter) -> _Tee:
-        """An event log's sink that hands each event to ``sink`` and keeps it for the row."""
-        return _Tee(sink, self._fresh)
+    def tee(self, sink: EventsWriter, show: Callable[[int, int, int], None] | None = None) -> _Tee:
+        """An event log's sink that hands each event to ``sink`` and keeps it for the row;
+        ``show`` is told the round's counts of models sent, trainings and updates received as
+        they grow (see :class:`_Tee`)."""
+        self._tee = _Tee(sink, self._fresh, show)
+        return self._tee
 
     def __call__(self, r: RoundReport) -> None:
         fresh = self._fresh
@@ -398,6 +458,8 @@ class _RoundRows:
             )
         )
         fresh.clear()
+        if self._tee is not None:
+            self._tee.models = self._tee.trained = self._tee.updates = 0
 
 
 def _summary(
