@@ -35,6 +35,11 @@ PLOTS_DIR = "plots"
 _KIND_VALUE = {kind: kind.value for kind in EventKind}
 
 
+def _plain(text: str) -> bool:
+    """Whether the csv module writes ``text`` as it is (no character it would quote)."""
+    return not ("," in text or '"' in text or "\r" in text or "\n" in text)
+
+
 class EventsWriter:
     """Writes each event to ``path`` as it is recorded (the columns of ``events.csv``), the
     first ``limit`` of them; later ones are counted in ``dropped``. An :class:`EventLog`'s
@@ -46,6 +51,11 @@ class EventsWriter:
         self._file = self.path.open("w", newline="", encoding="utf-8", buffering=1 << 20)
         self._rows = csv.writer(self._file)
         self._rows.writerow(EVENT_COLUMNS)
+        # A row whose strings need no quotes is written as the csv module writes it (its
+        # numbers as str() gives them, "\r\n" at the end) but formatted in one step, about
+        # half of the csv module's time (three rows a device, millions in a large run).
+        self._head = f"{repetition},{scenario}," if _plain(scenario) else None
+        self._write = self._file.write
         self.written = 0
         self.dropped = 0
 
@@ -59,10 +69,15 @@ class EventsWriter:
         if self.written >= self.limit:
             self.dropped += 1
             return
-        rep, scenario = self._prefix
-        self._rows.writerow(
-            (rep, scenario, device, _KIND_VALUE[kind], start, end, end - start, nbytes, task)
-        )
+        head = self._head
+        if head is not None and _plain(task):
+            kind_value, took = _KIND_VALUE[kind], end - start
+            self._write(f"{head}{device},{kind_value},{start},{end},{took},{nbytes},{task}\r\n")
+        else:
+            rep, scenario = self._prefix
+            self._rows.writerow(
+                (rep, scenario, device, _KIND_VALUE[kind], start, end, end - start, nbytes, task)
+            )
         self.written += 1
 
     def close(self) -> None:
