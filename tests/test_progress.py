@@ -13,7 +13,7 @@ from fedsim.core.runtime import Transport
 from fedsim.core.topology import Topology
 from fedsim.runtimes import Needs, runtime
 from fedsim.scenarios.comparison import STAGES, _showing_stages
-from fedsim.scenarios.federated import SHOW_EVERY, _ShowUpdates, _Tee
+from fedsim.scenarios.federated import SHOW_EVERY, _RoundProgress, _Tee
 
 
 class Bar:
@@ -70,7 +70,7 @@ class _Writer:
 def test_a_round_shows_its_steps_every_thousand_at_most_twice_a_second():
     # Prepare: a round's sink that shows its counts on a bar, on a clock we move
     bar, now = Bar(), [0.0]
-    shown = _ShowUpdates(bar, every_s=0.5, clock=lambda: now[0])
+    shown = _RoundProgress(bar, every_s=0.5, clock=lambda: now[0])
     tee = _Tee(_Writer(), EventColumns(), shown)
 
     def steps(kind: EventKind, n: int) -> None:
@@ -97,7 +97,7 @@ def test_a_round_shows_its_steps_every_thousand_at_most_twice_a_second():
 def test_a_quiet_round_leaves_the_bar_alone():
     # Prepare / Execute: a round that showed nothing ends
     bar = Bar()
-    _ShowUpdates(bar).clear()
+    _RoundProgress(bar).clear()
 
     # Assert
     assert bar.postfixes == []

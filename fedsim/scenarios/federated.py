@@ -117,7 +117,7 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     with bar, written, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
         rows = _RoundRows()
-        shown = _ShowUpdates(bar) if hooks.progress else None
+        shown = _RoundProgress(bar) if hooks.progress else None
         transport.events.attach(rows.tee(written, shown))
         resources = session.resources(transport)
         attacked = None
@@ -352,10 +352,10 @@ def real_data(
 SHOW_EVERY = 1000
 
 
-class _ShowUpdates:
+class _RoundProgress:
     """Puts on the rounds bar how many models the round under way has sent to devices, how many
     devices have trained and how many updates it has received, at most every ``every_s``
-    seconds: a round of a million devices takes a minute or more, while which the bar itself
+    seconds: a round of a million devices takes a minute or more, during which the bar itself
     (a step a round) does not move."""
 
     def __init__(
