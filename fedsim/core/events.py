@@ -77,20 +77,21 @@ class EventLog:
     """
 
     events: list[Event] = field(default_factory=list)
-    sink: Callable[[Event], None] | None = None
-    row: Row | None = None  # the sink's row method, if it has one (attach)
+    # The sink and its row method (if it has one) are set together, by attach() only.
+    _sink: Callable[[Event], None] | None = field(default=None, init=False, repr=False)
+    _row: Row | None = field(default=None, init=False, repr=False)
 
     def attach(self, sink: Callable[[Event], None]) -> None:
         """Send every event to ``sink`` from now on. A sink with a ``row`` method, which takes
         an event's fields (:data:`Row`), gets those :meth:`add` records that way."""
-        self.sink = sink
-        self.row = getattr(sink, "row", None)
+        self._sink = sink
+        self._row = getattr(sink, "row", None)
 
     def record(self, event: Event) -> None:
-        if self.sink is None:
+        if self._sink is None:
             self.events.append(event)
         else:
-            self.sink(event)
+            self._sink(event)
 
     def add(
         self,
@@ -104,8 +105,8 @@ class EventLog:
         """``record(Event(...))``, for a runtime's steps by the million: a sink with a ``row``
         method takes the fields, and no Event is made (a frozen dataclass costs about 0.6 us
         to make)."""
-        if self.row is not None:
-            self.row(device, kind, start, end, nbytes, task)
+        if self._row is not None:
+            self._row(device, kind, start, end, nbytes, task)
         else:
             self.record(
                 Event(device=device, kind=kind, start=start, end=end, nbytes=nbytes, task=task)

@@ -261,6 +261,7 @@ class Topology:
     _chains: dict[Node, tuple[Node, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _server: int = field(init=False, repr=False, compare=False)  # the one server's id
 
     def __post_init__(self) -> None:
         # The devices of a group share its switch's node as their parent (equal either way,
@@ -282,15 +283,18 @@ class Topology:
             node: Node = ("device", d.id)
             parent[node] = (above, (node, "up"), (node, "down"))
         object.__setattr__(self, "_parent", parent)
+        # A device's chain is itself and its parent's: walking each parent's once (a fleet has
+        # few) finds any cycle, and keeps the chains path() asks for.
         for d in self.devices.values():
-            self._chain(("device", d.id))  # raises on a cycle
+            self._above(parent[("device", d.id)][0])  # raises on a cycle
         servers = [d.id for d in self.devices.values() if d.role == SERVER]
         if len(servers) != 1:
             raise TopologyError(f"topology.devices: need exactly one server, found {servers}")
+        object.__setattr__(self, "_server", servers[0])
 
     @property
     def server(self) -> int:
-        return next(d.id for d in self.devices.values() if d.role == SERVER)
+        return self._server
 
     @property
     def trainers(self) -> list[int]:

@@ -56,7 +56,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,17 +127,25 @@ class StepTimings:
     first_s: float
 
     def per_size(self, statistic: str = "median") -> tuple[list[int], list[float]]:
-        """Each batch size and one figure for its steps.
+        """Each batch size and one figure for its steps (:func:`per_size`)."""
+        return per_size(self.seconds, statistic)
 
-        ``median`` is robust to the odd slow step; ``min`` also to a host whose other
-        processes take the core away for stretches (then every figure but the fastest is
-        inflated, the median included), at the price of describing the host at its quietest.
-        """
-        if statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-        pick = STATISTICS[statistic]
-        sizes = sorted(self.seconds)
-        return sizes, [pick(self.seconds[b]) for b in sizes]
+
+def per_size(
+    seconds: Mapping[int, Sequence[float]], statistic: str = "median"
+) -> tuple[list[int], list[float]]:
+    """Each size of ``seconds`` (training steps by batch size, evaluation calls by sample
+    count), ascending, and one figure for its times: what a step model is fitted to.
+
+    ``median`` is robust to the odd slow call; ``min`` also to a host whose other processes
+    take the core away for stretches (then every figure but the fastest is inflated, the median
+    included), at the price of describing the host at its quietest.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    pick = STATISTICS[statistic]
+    sizes = sorted(seconds)
+    return sizes, [pick(seconds[b]) for b in sizes]
 
 
 @contextmanager
@@ -400,8 +408,7 @@ def calibrate(
             input_size=input_size,
             num_classes=num_classes,
         )
-        counts = sorted(evaluations)
-        eval_fit = fit_step_model(counts, [STATISTICS[statistic](evaluations[n]) for n in counts])
+        eval_fit = fit_step_model(*per_size(evaluations, statistic))
         # A task faster than its fitted steps (noise) has no overhead, not a negative one.
         task_overhead = max(0.0, task - TASK_STEPS * fit.model.seconds(batch_sizes[0]))
     today = datetime.date.today().isoformat()

@@ -116,9 +116,9 @@ def run(spec: ExperimentSpec, rt: Runtime, run_dir: Path, hooks: Hooks) -> RunRe
     written = EventsWriter(run_dir / EVENTS_FILE, scenario=FEDERATED, limit=fl.max_events)
     with bar, written, rt.open(spec, run_dir, needs) as session:
         transport = session.transport(spec.topology, seeds[1])
-        rows = _RoundRows()
         shown = _RoundProgress(bar) if hooks.progress else None
-        transport.events.attach(rows.tee(written, shown))
+        rows = _RoundRows(written, shown)
+        transport.events.attach(rows.sink)
         resources = session.resources(transport)
         attacked = None
         if byzantine:
@@ -415,6 +415,11 @@ class _Tee:
         if self._show is not None and not (self.models + self.trained + self.updates) % SHOW_EVERY:
             self._show(self.models, self.trained, self.updates)
 
+    def new_round(self) -> None:
+        """The round's row is made: its columns and counts start again."""
+        self._columns.clear()
+        self.models = self.trained = self.updates = 0
+
 
 class _RoundRows:
     """Turns each round's report and events into a row as the round ends.
@@ -423,17 +428,15 @@ class _RoundRows:
     while they are at hand, and the events themselves go to disk as they are recorded.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, file: EventsWriter, show: Callable[[int, int, int], None] | None = None
+    ) -> None:
         self.rows: list[RoundRow] = []
         self._fresh = EventColumns()
-        self._tee: _Tee | None = None
-
-    def tee(self, sink: EventsWriter, show: Callable[[int, int, int], None] | None = None) -> _Tee:
-        """An event log's sink that hands each event to ``sink`` and keeps it for the row;
-        ``show`` is told the round's counts of models sent, trainings and updates received as
-        they grow (see :class:`_Tee`)."""
-        self._tee = _Tee(sink, self._fresh, show)
-        return self._tee
+        # The event log's sink: each event to ``file`` and into the round's columns; ``show``
+        # is told the round's counts of models sent, trainings and updates received as they
+        # grow (see _Tee).
+        self.sink = _Tee(file, self._fresh, show)
 
     def __call__(self, r: RoundReport) -> None:
         fresh = self._fresh
@@ -457,9 +460,7 @@ class _RoundRows:
                 device_train_cpu_s=r.device_train_cpu_s,
             )
         )
-        fresh.clear()
-        if self._tee is not None:
-            self._tee.models = self._tee.trained = self._tee.updates = 0
+        self.sink.new_round()
 
 
 def _summary(

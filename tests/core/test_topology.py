@@ -209,3 +209,20 @@ def test_with_traits_is_replace_and_shares_an_unchanged_device():
     # traits are its own (equal, not necessarily the same objects)
     assert d.with_traits(**traits) == replace(d, **traits)
     assert d.with_traits(hardware=replace(hw), link=replace(own), speed=1.5) is d
+
+
+def test_devices_attached_in_a_cycle_are_refused_and_the_server_is_known_once_built():
+    # Prepare: devices 1 and 2 attached to each other; device 3 to itself
+    t = star(3)
+    pair = {
+        **t.devices,
+        1: replace(t.devices[1], attach_to=2),
+        2: replace(t.devices[2], attach_to=1),
+    }
+    alone = {**t.devices, 3: replace(t.devices[3], attach_to=3)}
+
+    # Execute / Assert: each is refused, naming the cycle; the valid one names its server
+    for devices in (pair, alone):
+        with pytest.raises(TopologyError, match="form a cycle"):
+            Topology("x", t.groups, devices)
+    assert t.server == 0
