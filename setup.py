@@ -25,7 +25,12 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 # In the order they import each other; fedsim/sim/__init__.py lists the same names
 # (tests/sim/test_compiled.py checks that).
-COMPILED = ("fedsim/sim/captree.py", "fedsim/sim/network.py", "fedsim/sim/maxmin.py")
+COMPILED = (
+    "fedsim/sim/captree.py",
+    "fedsim/sim/network.py",
+    "fedsim/sim/maxmin.py",
+    "fedsim/sim/independent.py",
+)
 RECORD = "compiled.json"
 
 

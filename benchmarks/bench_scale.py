@@ -42,8 +42,9 @@ QUICK = [1_000, 4_000]
 DEFAULT = [10_000, 100_000, 1_000_000]
 
 
-def overrides(devices: int) -> list[str]:
-    """The command-line overrides of the main job that make one round of ``devices`` trainers."""
+def overrides(devices: int, network: str = "shared") -> list[str]:
+    """The command-line overrides of the main job that make one round of ``devices`` trainers,
+    their transfers under the ``network`` model (``mode.network``)."""
     if devices % GROUPS:
         raise SystemExit(f"--devices: {devices} is not a multiple of the {GROUPS} groups")
     return [
@@ -55,6 +56,7 @@ def overrides(devices: int) -> list[str]:
         "fl.rounds=1",
         "fl.fraction_per_round=1.0",
         f"fl.max_events={4 * devices}",  # every event to events.csv, as it happens
+        f"mode.network={network}",
     ]
 
 
@@ -63,7 +65,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(devices: int) -> dict[str, Any]:
+def one(devices: int, network: str = "shared") -> dict[str, Any]:
     """Build, run and write one round of ``devices`` trainers in this process; its figures."""
     from fedsim.config import build_spec, compose
     from fedsim.pipeline import run
@@ -72,7 +74,7 @@ def one(devices: int) -> dict[str, Any]:
     from fedsim.scenarios import Hooks
     from fedsim.sim import compiled
 
-    cfg = compose(overrides(devices))
+    cfg = compose(overrides(devices, network))
     rt = runtime("sim")
     if devices == 0:  # the interpreter with everything imported and a config composed
         return {"devices": 0, "peak_rss_mb": peak_rss_mb(), "compiled": compiled()}
@@ -106,10 +108,10 @@ def one(devices: int) -> dict[str, Any]:
     }
 
 
-def child(devices: int) -> dict[str, Any]:
+def child(devices: int, network: str = "shared") -> dict[str, Any]:
     """:func:`one` in a fresh interpreter, so that its peak RSS is its own."""
     done = subprocess.run(
-        [sys.executable, __file__, "--one", str(devices)],
+        [sys.executable, __file__, "--one", str(devices), "--network", network],
         capture_output=True,
         text=True,
         check=False,
@@ -124,10 +126,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, nargs="+", help=f"default: {DEFAULT}")
     ap.add_argument("--quick", action="store_true", help=f"small sizes, {QUICK}")
+    ap.add_argument(
+        "--independent",
+        action="store_true",
+        help="also run each round with mode.network=independent (no link shared): what the "
+        "run costs without the max-min network's work",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--network", default="shared", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.one)))
+        print(json.dumps(one(args.one, args.network)))
         return
     sizes = sorted(set(args.devices or (QUICK if args.quick else DEFAULT)))
     if sizes[0] < GROUPS:
@@ -155,6 +164,20 @@ def main() -> None:
             f"{r['simulated_round_s']:>10.2f}",
             flush=True,
         )
+        if args.independent:
+            alone = child(n, "independent")
+            alone["bytes_per_device"] = (alone["peak_rss_mb"] - base_mb) * 2**20 / n
+            r["independent"] = alone
+            # The share of the wall time that sharing links max-min fairly costs.
+            r["network_share"] = 1 - alone["wall_s"] / r["wall_s"]
+            print(
+                f"{'':>10} {alone['wall_s']:>9.2f} {alone['cpu_s']:>8.2f} "
+                f"{alone['build_s']:>7.2f} {alone['run_s']:>7.2f} {alone['write_s']:>7.2f} "
+                f"{alone['peak_rss_mb']:>9.1f} {alone['bytes_per_device']:>9.0f} "
+                f"{alone['wall_s'] / n * 1e6:>10.1f} {alone['simulated_round_s']:>10.2f}"
+                f"  independent links: {r['network_share']:.0%} of the wall time is sharing",
+                flush=True,
+            )
     first, last = rows[0], rows[-1]
     exponent = None
     if last["devices"] > first["devices"]:

@@ -79,6 +79,8 @@ KINDS = tuple(SCENARIOS)  # the experiment kinds: one per registered scenario
 # What a config may ask for: every registered runtime but "attached", which runs a server's
 # jobs over the stores it is handed (mode.server_url sends an experiment there).
 MODES = tuple(name for name in RUNTIMES if name != "attached")
+# How simulated transfers share links: mode.network (fedsim.runtimes.sim).
+NETWORKS = ("shared", "independent")
 PARTITIONS = ("dirichlet", "iid")
 
 
@@ -356,6 +358,14 @@ def check_mode(mode: ModeConf) -> None:
         raise ConfigError(f"mode.port: must be in 0..65535, got {mode.port}")
     if mode.tls not in TLS_MODES:
         raise ConfigError(f"mode.tls: {mode.tls!r} is not one of {', '.join(TLS_MODES)}")
+    if mode.network not in NETWORKS:
+        raise ConfigError(f"mode.network: {mode.network!r} is not one of {', '.join(NETWORKS)}")
+    if mode.network != "shared" and mode.name != "sim":
+        # Agents send over this host's links (emulated: shaped ones), which share as links do.
+        raise ConfigError(
+            f"mode.network: {mode.network!r} is a model of the simulator only; "
+            f"mode={mode.name} sends over real links, which are shared"
+        )
     if mode.tls != "off" and (mode.name == "sim" or mode.server_url):
         # Only a cluster this run starts is this run's to secure.
         where = "mode=sim" if mode.name == "sim" else "mode.server_url (a running server)"

@@ -347,6 +347,10 @@ class ModeConf:
     # sim: latency as fedsim's agents pay it, a poll's answer before each task and a request
     # before each download (fedsim.sim.runtime); the prediction of a measured run sets it.
     polling: bool = False
+    # sim: how transfers share links. shared: max-min fair sharing of every link they cross
+    # (fedsim.sim.network); independent: each transfer alone at its path's narrowest capacity,
+    # nothing shared, as FedScale models a client's network (fedsim.sim.independent).
+    network: str = "shared"
 
 
 @dataclass

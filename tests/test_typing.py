@@ -46,6 +46,7 @@ TYPED_PATHS = (
     "fedsim/sim/network.py",
     "fedsim/sim/captree.py",
     "fedsim/sim/maxmin.py",
+    "fedsim/sim/independent.py",
     # Secure aggregation's cryptography (its protocol is under fedsim/core).
     "fedsim/real/secagg_crypto.py",
 )

@@ -17,9 +17,17 @@ from fedsim.core.secagg import SecAggDevices
 from fedsim.core.topology import Topology
 from fedsim.real.secagg_crypto import X25519Crypto
 from fedsim.runtimes import Needs, Runtime
+from fedsim.sim.independent import IndependentNetwork
+from fedsim.sim.network import FlowNetwork, FlowNetworkBase
 from fedsim.sim.resources import SimResources
 from fedsim.sim.runtime import SimTransport
 from fedsim.spec import ExperimentSpec
+
+# The flow models mode.network names (fedsim.config.NETWORKS lists the same names).
+NETWORKS: dict[str, type[FlowNetworkBase]] = {
+    "shared": FlowNetwork,
+    "independent": IndependentNetwork,
+}
 
 
 @dataclass(kw_only=True)
@@ -29,6 +37,7 @@ class SimSession:
     store: ModelRepository | None = None
     secure: bool = False
     polling: bool = False  # SimTransport's: latency as fedsim's agents pay it
+    network: str = "shared"  # mode.network: a key of NETWORKS
 
     def transport(self, topology: Topology, seed: np.random.SeedSequence) -> SimTransport:
         # Under secure aggregation the devices' side of the protocol runs in the transport,
@@ -41,6 +50,7 @@ class SimSession:
             faults=self.faults,
             secagg=secagg,
             polling=self.polling,
+            network=NETWORKS[self.network],
         )
 
     def resources(self, transport: SimTransport) -> SimResources:
@@ -70,6 +80,7 @@ class SimRuntime:
                     store=store,
                     secure=secure,
                     polling=spec.mode.polling,
+                    network=spec.mode.network,
                 )
         finally:
             if store is not None:

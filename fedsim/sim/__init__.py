@@ -30,7 +30,7 @@ from types import ModuleType
 log = logging.getLogger(__name__)
 
 # What setup.py compiles, in the order they import each other.
-COMPILED = ("captree", "network", "maxmin")
+COMPILED = ("captree", "network", "maxmin", "independent")
 RECORD = "compiled.json"
 HERE = Path(__file__).resolve().parent
 

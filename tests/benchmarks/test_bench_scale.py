@@ -13,10 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_small_sizes_report_time_memory_and_the_exponent():
+def test_small_sizes_report_time_memory_the_exponent_and_the_independent_round():
     # Execute
     done = subprocess.run(
-        [sys.executable, "benchmarks/bench_scale.py", "--devices", "100", "200"],
+        [sys.executable, "benchmarks/bench_scale.py", "--devices", "100", "200", "--independent"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -37,3 +37,9 @@ def test_small_sizes_report_time_memory_and_the_exponent():
         assert row["events"] == 3 * n + 2
         assert row["wall_s"] >= row["build_s"] + row["run_s"] + row["write_s"] - 1e-6
         assert row["cpu_s"] > 0
+        # The same round with no link shared ran too, as many devices, and the share of time
+        # that sharing cost is the ratio of the two.
+        alone = row["independent"]
+        assert alone["completed"] == n and alone["events"] == row["events"]
+        assert alone["simulated_round_s"] > 0
+        assert row["network_share"] == 1 - alone["wall_s"] / row["wall_s"]
