@@ -9,8 +9,8 @@ of its own and nothing shared: FedScale takes a client's communication time as (
 shows how much of a round's time the shared links account for: a server link that a thousand
 uploads share costs a thousand times the time of one here.
 
-An event costs O(log N) (one entry in SimPy's queue a transfer); a link whose capacity changes
-re-times the transfers in flight over it, O(N) once per change.
+A transfer is one entry in SimPy's queue, O(log N), from its start to its end; a link whose
+capacity changes re-times the transfers in flight over it, O(N) once per change.
 
 setup.py compiles this module with mypyc, as it compiles the network it subclasses.
 """
@@ -40,7 +40,12 @@ class _Retimed:
 
 
 class IndependentNetwork(FlowNetworkBase):
-    """Directed links with capacities (bytes/s) and latencies (s); each transfer alone on them."""
+    """Directed links with capacities (bytes/s) and latencies (s); each transfer alone on them.
+
+    A transfer is one event in SimPy's queue, at its end: its path's latency and then its
+    bytes at its rate, which is known when it leaves (nothing else changes it but a link's
+    capacity, which re-times it).
+    """
 
     def __init__(
         self,
@@ -50,19 +55,19 @@ class IndependentNetwork(FlowNetworkBase):
         latency: Mapping[Hashable, float] | None = None,
     ):
         super().__init__(env, capacity=capacity, latency=latency)
-        # Each transfer in flight and its rate, in the order they were admitted (a capacity
-        # change re-times them in that order).
+        # Each transfer in flight and its rate, in the order they left (a capacity change
+        # re-times them in that order).
         self._flying: dict[_Flow, float] = {}
         # A flow's first end is the flow itself in SimPy's queue (its seq 0); a later one, after
         # a capacity change, is a _Retimed with the flow's new seq.
         self._on_end: list[Callable[[_Flow], None]] = [self._end]
         self._on_retimed: list[Callable[[_Retimed], None]] = [self._retimed]
         self.active_flows = 0
-        """Flows past their latency that have bytes left to send."""
+        """Transfers in flight, their latency included."""
 
     def rates(self) -> dict[object, float]:
-        """Current rate of each active flow, keyed by its transfer() event or its send()
-        callback (a debug view, O(N))."""
+        """Rate of each transfer in flight (its rate once past its latency), keyed by its
+        transfer() event or its send() callback (a debug view, O(N))."""
         return {flow.waiter(): rate for flow, rate in self._flying.items()}
 
     def _rate(self, flow: _Flow) -> float:
@@ -74,15 +79,21 @@ class IndependentNetwork(FlowNetworkBase):
                 rate = c
         return rate
 
-    def _admit(self, flow: _Flow) -> None:
+    def _delay(self, flow: _Flow) -> float:
+        delay = 0.0
+        for link in flow.path:
+            delay += self._latency.get(link, 0.0)
+        return delay
+
+    def _depart(self, flow: _Flow) -> None:
         rate = self._rate(flow)
         self._flying[flow] = rate
         self.active_flows += 1
-        now = self.env.now
-        flow.finish = now + flow.nbytes / rate
+        delay = self._delay(flow) + flow.nbytes / rate
+        flow.finish = flow.start + delay
         flow.callbacks = self._on_end
         env: Any = self.env  # the flow is the event (see _Flow), which SimPy's types do not say
-        env.schedule(flow, NORMAL, flow.finish - now)
+        env.schedule(flow, NORMAL, delay)
 
     def _end(self, flow: _Flow) -> None:
         if flow.seq == 0:  # else a capacity change moved its end: a _Retimed ends it
@@ -98,7 +109,8 @@ class IndependentNetwork(FlowNetworkBase):
         self._complete(flow)
 
     def _reshare(self, link: Hashable) -> None:
-        # Bytes left at the old rate, then the rest at the new one, for the flows over the link.
+        # A transfer still within its latency sends all its bytes at the new rate; one past
+        # it, what is left.
         now = self.env.now
         env: Any = self.env
         for flow, rate in self._flying.items():
@@ -107,8 +119,11 @@ class IndependentNetwork(FlowNetworkBase):
             new = self._rate(flow)
             if new == rate:
                 continue
-            left = (flow.finish - now) * rate
             self._flying[flow] = new
-            flow.finish = now + left / new if left > 0 else now
+            sending = flow.start + self._delay(flow)
+            if now <= sending:
+                flow.finish = sending + flow.nbytes / new
+            else:
+                flow.finish = now + (flow.finish - now) * rate / new
             flow.seq += 1
             env.schedule(_Retimed(flow, flow.seq, self._on_retimed), NORMAL, flow.finish - now)

@@ -36,7 +36,7 @@ def test_transfers_over_one_link_do_not_share_it() -> None:
 
     # Assert: latency, then size / min(access, server), whatever the others do.
     assert [rates[e] for e in events] == [50 * MB, 100 * MB, 100 * MB]
-    assert active == 3
+    assert active == 3  # in flight, the one still within its latency included
     assert [e.value for e in events] == [
         FlowRecord(0, 0.012 + 2.0, 100 * MB),
         FlowRecord(0, 0.01 + 1.0, 100 * MB),
@@ -176,3 +176,23 @@ def test_a_fleet_round_on_independent_links_pays_no_contention(tmp_path: Path) -
         for name, e in (("shared", shared), ("independent", events))
     }
     assert mean["shared"] > 3 * mean["independent"]
+
+
+def test_capacity_change_during_the_latency_sets_the_whole_rate() -> None:
+    # Prepare: 10 MB over a link of 10 MB/s with 1 s of latency, under each model; the link
+    # halves at t=0.5, before the first byte goes.
+    def end(network: type) -> float:
+        env = simpy.Environment()
+        net = network(env, capacity={"l": 10 * MB}, latency={"l": 1.0})
+        event = net.transfer(["l"], 10 * MB)
+
+        def halve() -> simpy.events.ProcessGenerator:
+            yield env.timeout(0.5)
+            net.set_capacity("l", 5 * MB)
+
+        env.process(halve())
+        env.run()
+        return event.value.end
+
+    # Execute / Assert: the whole transfer at the new rate, as the shared model times it.
+    assert end(IndependentNetwork) == end(FlowNetwork) == 3.0
