@@ -262,6 +262,13 @@ class Topology:
         init=False, repr=False, compare=False, default_factory=dict
     )
     _server: int = field(init=False, repr=False, compare=False)  # the one server's id
+    # Devices that others attach to, by id: a path from or to any other device is its own
+    # link, the hops between the two parents, and the other's link.
+    _hubs: frozenset[int] = field(init=False, repr=False, compare=False)
+    # The hops between two parents, kept per pair that path() asked for (a fleet has few).
+    _between: dict[tuple[Node, Node], tuple[DirectedLink, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         # The devices of a group share its switch's node as their parent (equal either way,
@@ -283,6 +290,8 @@ class Topology:
             node: Node = ("device", d.id)
             parent[node] = (above, (node, "up"), (node, "down"))
         object.__setattr__(self, "_parent", parent)
+        hubs = {d.attach_to for d in self.devices.values() if d.attach_to is not None}
+        object.__setattr__(self, "_hubs", frozenset(hubs))
         # A device's chain is itself and its parent's: walking each parent's once (a fleet has
         # few) finds any cycle, and keeps the chains path() asks for.
         for d in self.devices.values():
@@ -332,10 +341,24 @@ class Topology:
         above_b, _, down_b = parent[b]
         if above_a == above_b:  # siblings (a group's devices): one hop up, one down
             return [up_a, down_b]
-        # Each chain runs up to the backbone: the meeting point is where their common tail
-        # begins. The chains above a device are its parent's, kept (a fleet has few parents).
-        up = (a, *self._above(above_a))
-        down = (b, *self._above(above_b))
+        hubs = self._hubs
+        if src not in hubs and dst not in hubs:
+            # Neither lies on the other's way up: between their own links, the hops between
+            # their parents, the same for every such pair of devices under those parents.
+            key = (above_a, above_b)
+            between = self._between.get(key)
+            if between is None:
+                between = self._between[key] = tuple(self._hops(above_a, above_b))
+            return [up_a, *between, down_b]
+        return self._hops(a, b)
+
+    def _hops(self, a: Node, b: Node) -> list[DirectedLink]:
+        """The directed links from node ``a`` up to where its chain meets ``b``'s, then down to
+        ``b``: each chain runs up to the backbone, and they meet where their common tail begins.
+        The chains above a device are its parent's, kept (a fleet has few parents)."""
+        parent = self._parent
+        up = (a, *self._above(parent[a][0]))
+        down = (b, *self._above(parent[b][0]))
         i, j = len(up), len(down)
         while i and j and up[i - 1] == down[j - 1]:
             i -= 1
