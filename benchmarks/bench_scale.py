@@ -15,7 +15,12 @@ Each N also reports its CPU time (``cpu_s``, the process's own), which other job
 machine disturb less than its wall time. The figures say whether the flow network ran compiled
 (mypyc, ``setup.py``) or from its Python source; ``FEDSIM_PURE_PYTHON=1`` asks for the latter.
 
-    python benchmarks/bench_scale.py [--devices 10000 100000 1000000] [--quick]
+With ``--independent`` each N runs a second time with ``mode.network=independent`` (each
+transfer alone at its path's narrowest link, one SimPy event a transfer): what the rest of the
+pipeline costs a device without the max-min network's work, and ``network_share``, the share
+of the wall time that work takes.
+
+    python benchmarks/bench_scale.py [--devices 10000 100000 1000000] [--quick] [--independent]
 
 The last line is one JSON object: the largest N's ``devices``, ``wall_s``, ``peak_rss_mb``,
 and every N's figures under ``sizes``.

@@ -79,12 +79,6 @@ class IndependentNetwork(FlowNetworkBase):
                 rate = c
         return rate
 
-    def _delay(self, flow: _Flow) -> float:
-        delay = 0.0
-        for link in flow.path:
-            delay += self._latency.get(link, 0.0)
-        return delay
-
     def _depart(self, flow: _Flow) -> None:
         rate = self._rate(flow)
         self._flying[flow] = rate

@@ -270,12 +270,16 @@ class FlowNetworkBase:
 
     def _depart(self, flow: _Flow) -> None:
         """The flow on its way: it reaches the network after its path's latency."""
+        flow.callbacks = self._on_arrival
+        env: Any = self.env  # the flow is the event (see _Flow), which SimPy's types do not say
+        env.schedule(flow, NORMAL, self._delay(flow))
+
+    def _delay(self, flow: _Flow) -> float:
+        """The latency of the flow's path (a sum, without a generator: every transfer asks)."""
         delay = 0.0
         for link in flow.path:
             delay += self._latency.get(link, 0.0)
-        flow.callbacks = self._on_arrival
-        env: Any = self.env  # the flow is the event (see _Flow), which SimPy's types do not say
-        env.schedule(flow, NORMAL, delay)
+        return delay
 
     def capacity(self, link: Hashable) -> float:
         """The link's capacity now, in bytes/s."""
