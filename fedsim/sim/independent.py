@@ -6,8 +6,8 @@ else crosses the same links. This is the model of simulators that give each clie
 of its own and nothing shared: FedScale takes a client's communication time as (download size
 + upload size) / its bandwidth (``ClientMetadata.get_completion_time`` in
 ``fedscale/cloud/internal/client_metadata.py``). Set beside the default max-min sharing, it
-shows how much of a round's time the shared links account for: a server link that a thousand
-uploads share costs a thousand times the time of one here.
+shows how much of a round's time the shared links account for: where a thousand uploads fill a
+server link, each takes up to a thousand times longer there than here.
 
 A transfer is one entry in SimPy's queue, O(log N), from its start to its end; a link whose
 capacity changes re-times the transfers in flight over it, O(N) once per change.
