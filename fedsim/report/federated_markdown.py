@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.core.results import RoundRow, RunResult
-from fedsim.report.markdown import assumptions_section, markdown_table, plots_section
+from fedsim.report.markdown import (
+    assumptions_section,
+    markdown_table,
+    mode_text,
+    plots_section,
+)
 from fedsim.report.tables import number_of_seconds, run_time
 
 PLOT_CAPTIONS = {
@@ -105,7 +110,7 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
     unit = "aggregations (asynchronous, FedBuff-style)" if mode == "async" else "rounds"
     text = (
         f"fedsim {summary.get('fedsim_version', '?')} ran the experiment "
-        f"`{summary.get('experiment', '?')}` in {summary.get('mode', '?')} mode on the topology "
+        f"`{summary.get('experiment', '?')}` in {mode_text(summary)} on the topology "
         f"`{summary.get('topology', '?')}` (clients: devices {clients}) with seed "
         f"{summary.get('seed', '?')}: {rounds} {unit} of "
         f"**{strategy_text(summary.get('strategy', '?'))}**, client selection "

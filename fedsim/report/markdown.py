@@ -55,6 +55,18 @@ def _bandwidth_ranges(bandwidths: Sequence[float], grid: Sequence[float]) -> str
     return ", ".join(_span(r[0], r[-1]) for r in runs)
 
 
+def mode_text(summary: Mapping[str, Any]) -> str:
+    """How the run ran: its mode, and where the simulator shared no link, that it did not (its
+    times then leave out all contention, so a reader must not take them for the default's)."""
+    text = f"{summary.get('mode', '?')} mode"
+    if summary.get("network") == "independent":
+        text += (
+            " with no link shared (`mode.network=independent`: each transfer alone at its "
+            "path's narrowest link)"
+        )
+    return text
+
+
 def scaled_text(summary: Mapping[str, Any]) -> str:
     """What a measured run's scaled job changed (``summary["scaled"]``), or ``""`` if none."""
     scaled = summary.get("scaled")
@@ -85,7 +97,7 @@ def _what_was_run(summary: Mapping[str, Any]) -> str:
     return (
         "## What was run\n\n"
         f"fedsim {summary['fedsim_version']} ran the experiment `{summary['experiment']}` in "
-        f"{summary['mode']} mode on the topology `{summary['topology']}` (server: device "
+        f"{mode_text(summary)} on the topology `{summary['topology']}` (server: device "
         f"{summary['server']}; clients: devices {clients}), {summary['repetitions']} "
         f"repetitions with seed {summary['seed']}. Each repetition times two scenarios. "
         "**Cloud-based** (t_ref): every client uploads its "

@@ -142,6 +142,7 @@ def _summary(
     summary: dict[str, Any] = {
         "experiment": spec.name,
         "mode": spec.mode.name,
+        "network": spec.mode.network,  # how simulated transfers shared links
         "repetitions": spec.repetitions,
         "seed": spec.seed,
         **outcome,

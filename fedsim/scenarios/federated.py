@@ -481,6 +481,7 @@ def _summary(
         "experiment": spec.name,
         "kind": FEDERATED,
         "mode": spec.mode.name,
+        "network": spec.mode.network,  # how simulated transfers shared links
         "seed": spec.seed,
         "strategy": dict(spec.strategy),
         "rounds": fl.rounds,

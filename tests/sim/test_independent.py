@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ from side_by_side import FLEET_ROUND
 
 from fedsim.config import NETWORKS, ConfigError, build_spec, compose
 from fedsim.pipeline import run
+from fedsim.report.write import write_run
 from fedsim.runtimes import runtime
 from fedsim.runtimes import sim as sim_runtime
 from fedsim.scenarios import Hooks
@@ -149,12 +151,12 @@ def test_unknown_or_non_sim_network_is_refused() -> None:
         build_spec(real)
 
 
-def test_a_fleet_round_on_independent_links_pays_no_contention(tmp_path: Path) -> None:
+def test_a_fleet_round_on_independent_links_pays_no_contention_and_says_so(tmp_path: Path) -> None:
     # Prepare: one round of 1,000 devices with their own link speeds, under each model.
     def round_of(network: str) -> tuple[pd.DataFrame, ExperimentSpec]:
         spec = build_spec(compose([*FLEET_ROUND, f"mode.network={network}"]))
         out = tmp_path / network
-        run(spec, runtime("sim"), out, Hooks(progress=False))
+        write_run(out, run(spec, runtime("sim"), out, Hooks(progress=False)))
         return pd.read_csv(out / "events.csv"), spec
 
     # Execute
@@ -176,6 +178,12 @@ def test_a_fleet_round_on_independent_links_pays_no_contention(tmp_path: Path) -
         for name, e in (("shared", shared), ("independent", events))
     }
     assert mean["shared"] > 3 * mean["independent"]
+    # The run says which model timed it, so that its times are not taken for the default's.
+    summaries = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in mean}
+    assert {n: v["network"] for n, v in summaries.items()} == {n: n for n in mean}
+    report = (tmp_path / "independent" / "report.md").read_text()
+    assert "in sim mode with no link shared (`mode.network=independent`" in report
+    assert "no link shared" not in (tmp_path / "shared" / "report.md").read_text()
 
 
 def test_capacity_change_during_the_latency_sets_the_whole_rate() -> None:
