@@ -127,6 +127,24 @@ def child(devices: int, network: str = "shared") -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def sized(devices: int, network: str, base_mb: float) -> dict[str, Any]:
+    """:func:`child`'s figures with the per-device ones: bytes above the interpreter's
+    ``base_mb`` and microseconds."""
+    r = child(devices, network)
+    r["bytes_per_device"] = (r["peak_rss_mb"] - base_mb) * 2**20 / devices
+    r["us_per_device"] = r["wall_s"] / devices * 1e6
+    return r
+
+
+def line(r: dict[str, Any]) -> str:
+    """A size's figures as the table's columns after ``devices``."""
+    return (
+        f"{r['wall_s']:>9.2f} {r['cpu_s']:>8.2f} {r['build_s']:>7.2f} {r['run_s']:>7.2f} "
+        f"{r['write_s']:>7.2f} {r['peak_rss_mb']:>9.1f} {r['bytes_per_device']:>9.0f} "
+        f"{r['us_per_device']:>10.1f} {r['simulated_round_s']:>10.2f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, nargs="+", help=f"default: {DEFAULT}")
@@ -158,28 +176,15 @@ def main() -> None:
     )
     rows = []
     for n in sizes:
-        r = child(n)
-        r["bytes_per_device"] = (r["peak_rss_mb"] - base_mb) * 2**20 / n
-        r["us_per_device"] = r["wall_s"] / n * 1e6
+        r = sized(n, "shared", base_mb)
         rows.append(r)
-        print(
-            f"{n:>10,} {r['wall_s']:>9.2f} {r['cpu_s']:>8.2f} {r['build_s']:>7.2f} "
-            f"{r['run_s']:>7.2f} {r['write_s']:>7.2f} {r['peak_rss_mb']:>9.1f} "
-            f"{r['bytes_per_device']:>9.0f} {r['us_per_device']:>10.1f} "
-            f"{r['simulated_round_s']:>10.2f}",
-            flush=True,
-        )
+        print(f"{n:>10,} {line(r)}", flush=True)
         if args.independent:
-            alone = child(n, "independent")
-            alone["bytes_per_device"] = (alone["peak_rss_mb"] - base_mb) * 2**20 / n
-            r["independent"] = alone
+            alone = r["independent"] = sized(n, "independent", base_mb)
             # The share of the wall time that sharing links max-min fairly costs.
             r["network_share"] = 1 - alone["wall_s"] / r["wall_s"]
             print(
-                f"{'':>10} {alone['wall_s']:>9.2f} {alone['cpu_s']:>8.2f} "
-                f"{alone['build_s']:>7.2f} {alone['run_s']:>7.2f} {alone['write_s']:>7.2f} "
-                f"{alone['peak_rss_mb']:>9.1f} {alone['bytes_per_device']:>9.0f} "
-                f"{alone['wall_s'] / n * 1e6:>10.1f} {alone['simulated_round_s']:>10.2f}"
+                f"{'':>10} {line(alone)}"
                 f"  independent links: {r['network_share']:.0%} of the wall time is sharing",
                 flush=True,
             )

@@ -71,13 +71,8 @@ class IndependentNetwork(FlowNetworkBase):
         return {flow.waiter(): rate for flow, rate in self._flying.items()}
 
     def _rate(self, flow: _Flow) -> float:
-        rate = flow.cap
-        capacity = self._capacity
-        for link in flow.path:
-            c = capacity[link]
-            if c < rate:
-                rate = c
-        return rate
+        narrowest = self.narrowest(flow.path)
+        return flow.cap if flow.cap < narrowest else narrowest
 
     def _depart(self, flow: _Flow) -> None:
         rate = self._rate(flow)

@@ -285,6 +285,18 @@ class FlowNetworkBase:
         """The link's capacity now, in bytes/s."""
         return self._capacity[link]
 
+    def narrowest(self, path: Sequence[Hashable]) -> float:
+        """The smallest capacity now of the links of ``path`` (inf for no link): what one
+        transfer alone on it reaches. A loop rather than min() over a generator: asked for
+        every device when selection views them, and for every transfer not sharing links."""
+        capacity = self._capacity
+        rate = math.inf
+        for link in path:
+            c = capacity[link]
+            if c < rate:
+                rate = c
+        return rate
+
     def set_capacity(self, link: Hashable, capacity: float) -> None:
         """Change ``link``'s capacity from now on (a link that degrades or recovers)."""
         if link not in self._capacity:

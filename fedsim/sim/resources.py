@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from fedsim.core.scheduling import DeviceView, ResourceView
@@ -23,15 +22,11 @@ class SimResources(ResourceView):
     def snapshot(self, devices: Sequence[int]) -> dict[int, DeviceView]:
         t = self.transport
         topo = t.topology
-        capacity = t.network.capacity
+        narrowest = t.network.narrowest
         views = {}
         for d in devices:
             dev = topo.devices[d]
-            bandwidth = math.inf  # the path's narrowest link (no generator: a view a device)
-            for link in topo.path(d, t.server):
-                c = capacity(link)
-                if c < bandwidth:
-                    bandwidth = c
+            bandwidth = narrowest(topo.path(d, t.server))
             views[d] = DeviceView(
                 id=d,
                 group=dev.group,
